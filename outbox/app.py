@@ -1,0 +1,178 @@
+"""The composition root: builds every part from settings, runs them, shuts them down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.aio import wait_any
+from outbox.config import Settings
+from outbox.db import migrate
+from outbox.db.engine import create_engine
+from outbox.db.listener import NotifyListener
+from outbox.db.store import MessageStore
+from outbox.db.tables import NOTIFY_CHANNEL
+from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
+from outbox.http.api_client import ApiClient, create_session
+from outbox.http.server import create_app
+from outbox.metrics import Metrics
+from outbox.sender import DB_ERRORS, Sender
+
+log = structlog.get_logger("outbox.app")
+
+ROLES = ("sender", "web")
+RESCUE_INTERVAL_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Started:
+    worker_id: str
+    http_port: int | None
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Raise unless the database is reachable and migrated to the head revision."""
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        current = await migrate.current_revision(engine)
+    except DB_ERRORS as exc:
+        raise DatabaseError(f"database unreachable: {type(exc).__name__}") from exc
+    head = migrate.head_revision()
+    if current != head:
+        raise SchemaOutdated(
+            f"schema at revision {current or 'none'}, expected {head}: run `outbox migrate`"
+        )
+
+
+async def run(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    roles: Collection[str] = ROLES,
+    registry: CollectorRegistry | None = None,
+    drain: bool = False,
+    on_started: Callable[[Started], None] | None = None,
+) -> None:
+    """Run the daemon until `stop` is set; with `drain`, until the queue is empty."""
+    worker_id = new_worker_id()
+    metrics = Metrics(registry or CollectorRegistry())
+    engine = create_engine(settings.database_url, pool_size=8)
+    runner: web.AppRunner | None = None
+    try:
+        await check_database(engine)
+        store = MessageStore(engine)
+        tasks: dict[str, Coroutine[Any, Any, None]] = {}
+        http_port = None
+        if "web" in roles:
+            runner, http_port = await _start_web(settings, metrics, engine)
+        session = create_session(settings.sender.max_in_flight, settings.sender.request_timeout)
+        async with session:
+            if "sender" in roles:
+                sender = Sender(
+                    store,
+                    ApiClient(session),
+                    settings.channels,
+                    settings.sender,
+                    worker_id=worker_id,
+                    observer=metrics,
+                )
+                listener = NotifyListener(settings.database_url, NOTIFY_CHANNEL, sender.wake)
+                tasks["sender"] = sender.run(stop, drain=drain)
+                tasks["listener"] = listener.run(stop)
+                tasks["rescuer"] = _rescue_loop(store, stop)
+            log.info(
+                "outbox.started",
+                worker_id=worker_id,
+                roles=sorted(roles),
+                channels=[c.id for c in settings.channels],
+                http_port=http_port,
+            )
+            if on_started is not None:
+                on_started(Started(worker_id, http_port))
+            await _supervise(tasks, stop, drain=drain)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await engine.dispose()
+        log.info("outbox.stopped", worker_id=worker_id)
+
+
+async def _supervise(
+    coroutines: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event, *, drain: bool
+) -> None:
+    """Run the parts together; the first one to fail (or the drained sender) stops them all."""
+    tasks = {asyncio.create_task(c, name=f"outbox.{n}"): n for n, c in coroutines.items()}
+    if not tasks:
+        await stop.wait()
+        return
+    try:
+        while tasks:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                name = tasks.pop(task)
+                if task.exception() is not None:
+                    log.error("outbox.part_failed", part=name, error=repr(task.exception()))
+                    stop.set()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    raise task.exception()  # type: ignore[misc]
+                if drain and name == "sender":
+                    stop.set()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _rescue_loop(store: MessageStore, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            rescued = await store.rescue_expired_leases()
+        except DB_ERRORS as exc:
+            log.warning("outbox.rescue.db_error", error=str(exc))
+        else:
+            if rescued:
+                log.warning("outbox.rescue.leases_expired", count=rescued, new_state="unknown")
+        await wait_any(stop, timeout=RESCUE_INTERVAL_SECONDS)
+
+
+async def _start_web(
+    settings: Settings, metrics: Metrics, engine: AsyncEngine
+) -> tuple[web.AppRunner, int]:
+    async def readiness() -> str | None:
+        try:
+            await check_database(engine)
+        except DatabaseError as exc:
+            return str(exc)
+        return None
+
+    runner = web.AppRunner(create_app(metrics.registry, readiness), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http.host, settings.http.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OutboxError(
+            f"cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}"
+        ) from exc
+    port = settings.http.port
+    with contextlib.suppress(Exception):
+        port = runner.addresses[0][1]
+    return runner, port

@@ -1,0 +1,267 @@
+"""The `outbox` command: parse, call, exit code. Every option has an OUTBOX_* fallback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from outbox import __version__
+from outbox.errors import ConfigError, OutboxError
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+
+def _env_default(parser: argparse.ArgumentParser, *flags: str, env: str, **kwargs: Any) -> None:
+    """Add an option whose default comes from OUTBOX_<env>, and say so in --help."""
+    name = f"OUTBOX_{env}"
+    default = os.environ.get(name, kwargs.pop("default", None))
+    help_text = kwargs.pop("help", "")
+    parser.add_argument(*flags, default=default, help=f"{help_text} (env: {name})", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outbox",
+        description="WhatsApp message-outbox daemon: sends rows of outbox.messages via 360dialog.",
+    )
+    parser.add_argument("--version", action="version", version=f"outbox {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    _env_default(common, "--config", env="CONFIG", type=Path, help="TOML configuration file")
+    _env_default(
+        common,
+        "--log-level",
+        env="LOG_LEVEL",
+        choices=["debug", "info", "warning", "error"],
+        help="log level",
+    )
+    _env_default(
+        common,
+        "--log-format",
+        env="LOG_FORMAT",
+        choices=["auto", "json", "console"],
+        help="log format; auto is JSON unless stderr is a terminal",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="run the daemon")
+    _env_default(
+        run,
+        "--role",
+        env="ROLE",
+        default="sender,web",
+        help="comma-separated parts to run in this process: sender, web",
+    )
+    run.set_defaults(func=_run)
+
+    migrate = commands.add_parser("migrate", parents=[common], help="apply schema migrations")
+    migrate.set_defaults(func=_migrate)
+
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="check configuration, database and migrations; exit 0 only if all is well",
+    )
+    check.set_defaults(func=_check)
+
+    sandbox = commands.add_parser(
+        "sandbox", parents=[common], help="run a local imitation of 360dialog's API"
+    )
+    _env_default(sandbox, "--host", env="SANDBOX_HOST", default="127.0.0.1", help="bind address")
+    _env_default(sandbox, "--port", env="SANDBOX_PORT", default=8081, type=int, help="port")
+    _env_default(
+        sandbox,
+        "--keys",
+        env="SANDBOX_KEYS",
+        default="sandbox-key=sandbox",
+        help="comma-separated KEY=LABEL pairs the sandbox accepts as D360-API-KEY",
+    )
+    _env_default(
+        sandbox,
+        "--latency-ms",
+        env="SANDBOX_LATENCY_MS",
+        default=0.0,
+        type=float,
+        help="delay before answering each send",
+    )
+    _env_default(
+        sandbox,
+        "--status-delays-ms",
+        env="SANDBOX_STATUS_DELAYS_MS",
+        default="50,100,150",
+        help="delays of the sent, delivered and read notifications after acceptance",
+    )
+    sandbox.add_argument("--reorder", action="store_true", help="shuffle each message's statuses")
+    sandbox.add_argument("--duplicate", action="store_true", help="post every notification twice")
+    sandbox.set_defaults(func=_sandbox)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run everything on embedded defaults (PostgreSQL, sandbox API) with sample traffic",
+    )
+    _env_default(
+        demo,
+        "--messages",
+        env="DEMO_MESSAGES",
+        default=2000,
+        type=int,
+        help="how many sample messages to enqueue",
+    )
+    _env_default(
+        demo,
+        "--latency-ms",
+        env="DEMO_LATENCY_MS",
+        default=20.0,
+        type=float,
+        help="sandbox API latency",
+    )
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from outbox import logconfig
+
+    logconfig.configure(args.log_level or "info", args.log_format or "auto")
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"outbox: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OutboxError as exc:
+        print(f"outbox: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    return code
+
+
+def run_async(factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run a coroutine on uvloop (when installed) with SIGTERM/SIGINT setting a stop event."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is absent on Windows only
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        stop = asyncio.Event()
+        loop = runner.get_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        return runner.run(factory(stop))
+
+
+def _settings(args: argparse.Namespace, *, need_channels: bool = True) -> Any:
+    from outbox.config import load_settings
+
+    return load_settings(args.config, need_channels=need_channels)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from outbox import app
+
+    settings = _settings(args)
+    roles = {r.strip() for r in str(args.role).split(",") if r.strip()}
+    unknown = roles - set(app.ROLES)
+    if unknown or not roles:
+        raise ConfigError(f"--role: unknown role {sorted(unknown)[0] if unknown else '(none)'}")
+
+    async def main(stop: asyncio.Event) -> int:
+        await app.run(settings, stop, roles=roles)
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from outbox.db import migrate
+    from outbox.db.engine import create_engine
+
+    settings = _settings(args, need_channels=False)
+
+    async def main(_: asyncio.Event) -> int:
+        engine = create_engine(settings.database_url, pool_size=1, role="migrate")
+        try:
+            before = await migrate.current_revision(engine)
+            await migrate.upgrade(engine)
+            after = await migrate.current_revision(engine)
+        except OSError as exc:
+            raise OutboxError(f"cannot reach the database: {exc}") from exc
+        finally:
+            await engine.dispose()
+        print(f"schema: {before or 'empty'} -> {after}")
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from outbox import app
+    from outbox.db.engine import create_engine
+
+    settings = _settings(args)
+    print(f"configuration: ok ({len(settings.channels)} channels)")
+
+    async def main(_: asyncio.Event) -> int:
+        engine = create_engine(settings.database_url, pool_size=1, role="check")
+        try:
+            await app.check_database(engine)
+        finally:
+            await engine.dispose()
+        print("database: ok, schema current")
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from outbox import sandbox
+
+    keys: dict[str, str] = {}
+    for pair in str(args.keys).split(","):
+        key, _, label = pair.strip().partition("=")
+        if not key:
+            raise ConfigError("--keys: empty API key")
+        keys[key] = label or key[:4] + "…"
+    try:
+        delays = tuple(float(d) / 1000 for d in str(args.status_delays_ms).split(","))
+    except ValueError:
+        raise ConfigError("--status-delays-ms: expected three numbers like 50,100,150") from None
+    if len(delays) != 3:
+        raise ConfigError("--status-delays-ms: expected three numbers like 50,100,150")
+    print(
+        f"sandbox: serving on http://{args.host}:{args.port} (On-Premise /v1/messages, "
+        "Cloud /messages)",
+        file=sys.stderr,
+    )
+
+    async def main(stop: asyncio.Event) -> int:
+        await sandbox.serve(
+            args.host,
+            args.port,
+            keys,
+            latency=args.latency_ms / 1000,
+            status_delays=(delays[0], delays[1], delays[2]),
+            reorder=args.reorder,
+            duplicate=args.duplicate,
+            stop=stop,
+        )
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from outbox import demo
+
+    return run_async(
+        lambda stop: demo.run(stop, messages=args.messages, latency=args.latency_ms / 1000)
+    )

@@ -1,0 +1,1 @@
+"""PostgreSQL adapters: table definitions, engine, the message store, LISTEN/NOTIFY, migrations."""

@@ -1,0 +1,76 @@
+"""LISTEN/NOTIFY as a hint: wakes the sender within milliseconds, reconnects when dropped.
+
+Polling stays the fallback, so a dead listener slows wake-ups but never stops sending. After
+every (re)connect the callback fires once, because rows inserted while we were not listening
+sent their notification to nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from outbox.aio import wait_any
+from outbox.db.engine import connect
+
+log = structlog.get_logger("outbox.listener")
+
+HEALTH_CHECK_SECONDS = 5.0  # a silent dead connection is noticed within this time
+_RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class NotifyListener:
+    def __init__(self, dsn: str, channel: str, on_notify: Callable[[], None]) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._on_notify = on_notify
+        self.connected = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self._listen(stop)
+                failures = 0
+            except (TimeoutError, OSError, ConnectionError) as exc:
+                self._disconnected(exc)
+            except Exception as exc:  # asyncpg's own errors have no common public base
+                if type(exc).__module__.split(".")[0] != "asyncpg":
+                    raise
+                self._disconnected(exc)
+            else:
+                continue
+            delay = _RECONNECT_SECONDS[min(failures, len(_RECONNECT_SECONDS) - 1)]
+            failures += 1
+            await wait_any(stop, timeout=delay)
+
+    def _disconnected(self, exc: BaseException) -> None:
+        self.connected.clear()
+        log.warning("outbox.listener.disconnected", error=f"{type(exc).__name__}: {exc}")
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        connection = await asyncio.wait_for(connect(self._dsn, role="listener"), 10)
+        lost = asyncio.Event()
+        try:
+            connection.add_termination_listener(lambda _: lost.set())
+            await connection.add_listener(self._channel, self._notified)
+            self.connected.set()
+            log.info("outbox.listener.connected", channel=self._channel)
+            self._on_notify()
+            while not stop.is_set() and not lost.is_set():
+                await wait_any(stop, lost, timeout=HEALTH_CHECK_SECONDS)
+                if not stop.is_set() and not lost.is_set():
+                    await asyncio.wait_for(connection.fetchval("SELECT 1"), HEALTH_CHECK_SECONDS)
+            if lost.is_set() and not stop.is_set():
+                raise ConnectionError("listener connection terminated")
+        finally:
+            self.connected.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 2)
+
+    def _notified(self, *_: Any) -> None:
+        self._on_notify()

@@ -1,0 +1,70 @@
+"""Value types shared by the domain rules and the adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Dialect(StrEnum):
+    """Which of 360dialog's two WhatsApp API dialects a channel speaks."""
+
+    ONPREM = "onprem"
+    CLOUD = "cloud"
+
+
+class State(StrEnum):
+    """`outbox.messages.state`, as the contract defines it."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    UNKNOWN = "unknown"
+    ACCEPTED = "accepted"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class SentAs(StrEnum):
+    FREEFORM = "freeform"
+    TEMPLATE = "template"
+    FALLBACK_TEMPLATE = "fallback_template"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    """A row the sender holds under a lease; only what sending needs."""
+
+    id: int
+    channel: str
+    recipient: str
+    payload: Any
+    fallback_template: Any
+    attempts: int
+    created_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the sender writes back for one claimed row.
+
+    `attempts_delta` undoes the attempt charged at claim time for outcomes that must not count
+    (a request that never left this process).
+    """
+
+    message_id: int
+    state: State
+    at: datetime
+    wamid: str | None = None
+    sent_as: SentAs | None = None
+    error_code: str | None = None
+    error_title: str | None = None
+    error_detail: str | None = None
+    next_attempt_at: datetime | None = None
+    attempts_delta: int = 0

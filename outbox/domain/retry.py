@@ -1,0 +1,112 @@
+"""What to do after a rejected send: classify by HTTP status and API error code, then decide.
+
+The table follows waba-api.md §9.2. An API error code, when present, wins over the HTTP status,
+because mocks and gateways put real codes behind surprising statuses (131056 behind a 403,
+130429 behind a 500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from outbox.domain.response import Rejected
+
+
+class ErrorClass(StrEnum):
+    THROTTLE = "throttle"  # the channel sends too fast
+    SERVER = "server"  # transient trouble at 360dialog or Meta
+    RECIPIENT_THROTTLE = "recipient_throttle"  # too fast to one recipient (pair rate)
+    WINDOW_CLOSED = "window_closed"  # free-form outside the 24-hour window
+    MEDIA = "media"  # the media link failed; may be flaky
+    CHANNEL = "channel"  # key, account or payment trouble: no message is at fault
+    PERMANENT = "permanent"  # request, template or recipient errors
+
+
+_BY_CODE: dict[int, ErrorClass] = {
+    **dict.fromkeys((4, 80007, 130429, 429, 1015, 1016), ErrorClass.THROTTLE),
+    **dict.fromkeys(
+        (1, 2, 131000, 131016, 133004, 500, 1000, 1011, 1014, 1017, 1018, 1023, 2002, 408, 410),
+        ErrorClass.SERVER,
+    ),
+    131056: ErrorClass.RECIPIENT_THROTTLE,
+    **dict.fromkeys((470, 131047), ErrorClass.WINDOW_CLOSED),
+    **dict.fromkeys((131052, 131053, 131014), ErrorClass.MEDIA),
+    **dict.fromkeys(
+        (0, 190, 10, 368, 402, 131031, 131042, 131045, 133010, 1022, 1024, 1031, 430, 432, 433),
+        ErrorClass.CHANNEL,
+    ),
+    **dict.fromkeys(range(200, 300), ErrorClass.CHANNEL),  # Graph permission errors
+}
+
+
+def classify(rejected: Rejected) -> ErrorClass:
+    if rejected.code is not None and rejected.code in _BY_CODE:
+        return _BY_CODE[rejected.code]
+    status = rejected.http_status
+    title = rejected.title.lower()
+    if status == 429 or ("exceeded" in title and "limit" in title):
+        return ErrorClass.THROTTLE
+    if status in (401, 403) or "lack of payment" in title or "has been disabled" in title:
+        return ErrorClass.CHANNEL
+    if status >= 500 or status == 408:
+        return ErrorClass.SERVER
+    if rejected.code is None and 200 <= status < 300:
+        # A 2xx without an id or a code: nothing says the request was wrong.
+        return ErrorClass.SERVER
+    return ErrorClass.PERMANENT
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    backoff_base: timedelta = timedelta(seconds=2)
+    backoff_cap: timedelta = timedelta(minutes=5)
+    throttle_delay: timedelta = timedelta(seconds=2)
+    recipient_delay: timedelta = timedelta(seconds=6)  # WhatsApp's pair rate: ~1 message / 6 s
+    channel_delay: timedelta = timedelta(seconds=60)
+    media_attempts: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    delay: timedelta
+    charge: bool  # False: the attempt taken at claim time is given back
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    reason: str
+
+
+def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> timedelta:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    ceiling = min(policy.backoff_cap, policy.backoff_base * 2 ** max(attempt - 1, 0))
+    delay: timedelta = ceiling * rand()
+    return delay
+
+
+def decide(
+    error: ErrorClass,
+    attempts: int,
+    policy: RetryPolicy,
+    rand: Callable[[], float],
+    retry_after: float | None = None,
+) -> Retry | GiveUp:
+    """`attempts` counts the attempt that just failed."""
+    if error is ErrorClass.THROTTLE:
+        hinted = timedelta(seconds=retry_after) if retry_after is not None else None
+        return Retry(max(hinted or policy.throttle_delay, policy.throttle_delay), charge=False)
+    if error is ErrorClass.RECIPIENT_THROTTLE:
+        return Retry(policy.recipient_delay, charge=False)
+    if error is ErrorClass.CHANNEL:
+        return Retry(policy.channel_delay, charge=False)
+    if error is ErrorClass.SERVER:
+        if attempts >= policy.max_attempts:
+            return GiveUp(f"gave up after {attempts} attempts")
+        return Retry(backoff(attempts, policy, rand), charge=True)
+    if error is ErrorClass.MEDIA and attempts < policy.media_attempts:
+        return Retry(backoff(attempts, policy, rand), charge=True)
+    return GiveUp(str(error))

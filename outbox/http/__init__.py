@@ -1,0 +1,1 @@
+"""HTTP adapters: the 360dialog API client and the daemon's own web server."""

@@ -1,0 +1,342 @@
+"""The send loop: claim due rows under a lease, post them, write the outcomes back in batches.
+
+Claims happen in short transactions and commit before any request leaves; each claimed row is
+sent by its own task; outcomes go to a buffer that one flusher writes with a single statement
+per batch. On stop, claiming ends, in-flight requests get `shutdown_grace` to finish, rows whose
+request never started go back to `queued`, and the buffer is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import structlog
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from outbox.aio import wait_any
+from outbox.config import ChannelConfig, SenderConfig
+from outbox.domain import outcome as outcomes
+from outbox.domain import retry
+from outbox.domain.models import ClaimedMessage, SendResult, State
+from outbox.domain.ratelimit import TokenBucket
+from outbox.domain.request import ApiRequest, InvalidMessage, build_request
+from outbox.domain.response import SendOutcome
+
+log = structlog.get_logger("outbox.sender")
+
+# Errors that mean "the database is unreachable right now": retried, never fatal.
+DB_ERRORS = (OperationalError, InterfaceError, DBAPIError, OSError)
+_FLUSH_BATCH = 2000  # results per UPDATE statement
+_DB_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+
+
+class Store(Protocol):
+    async def claim(
+        self, channel: str, limit: int, worker: str, lease: timedelta
+    ) -> list[ClaimedMessage]: ...
+    async def complete(self, results: Sequence[SendResult], worker: str) -> int: ...
+    async def release(self, ids: Sequence[int], worker: str) -> int: ...
+
+
+class Api(Protocol):
+    async def send(self, channel: ChannelConfig, request: ApiRequest) -> SendOutcome: ...
+
+
+class SendObserver(Protocol):
+    def sent(self, channel: str, result: SendResult, seconds: float) -> None: ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Flight:
+    message: ClaimedMessage
+    started: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Sender:
+    def __init__(
+        self,
+        store: Store,
+        api: Api,
+        channels: Sequence[ChannelConfig],
+        config: SenderConfig,
+        *,
+        worker_id: str,
+        observer: SendObserver | None = None,
+        now: Callable[[], datetime] = utc_now,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._api = api
+        self._channels = {c.id: c for c in channels}
+        self._config = config
+        self._worker = worker_id
+        self._observer = observer
+        self._now = now
+        self._rand = rand
+        self._policy = retry.RetryPolicy(
+            max_attempts=config.max_attempts,
+            backoff_base=config.backoff_base,
+            backoff_cap=config.backoff_cap,
+        )
+        self._buckets = {
+            c.id: TokenBucket(c.rate_per_second, burst=max(1.0, c.rate_per_second))
+            for c in channels
+        }
+        self._flights: dict[int, _Flight] = {}
+        self._results: list[SendResult] = []
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._results_ready = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+
+    def wake(self) -> None:
+        """Something was inserted: claim now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
+        """Send until `stop` is set (or, with `drain`, until nothing is left to claim)."""
+        flusher = asyncio.create_task(self._flush_loop(), name="outbox.sender.flush")
+        try:
+            await self._claim_loop(stop, drain)
+        finally:
+            await self._finish_flights()
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self._flush_remaining()
+
+    async def _claim_loop(self, stop: asyncio.Event, drain: bool) -> None:
+        failures = 0
+        while not stop.is_set():
+            self._wake.clear()
+            self._slot_freed.clear()
+            try:
+                claimed, more = await self._claim_round()
+                failures = 0
+            except DB_ERRORS as exc:
+                delay = _DB_RETRY_SECONDS[min(failures, len(_DB_RETRY_SECONDS) - 1)]
+                failures += 1
+                log.warning("outbox.claim.db_error", error=str(exc), retry_in=delay)
+                await wait_any(stop, timeout=delay)
+                continue
+            if drain and not claimed and not self._flights and not self._results:
+                await self._flushed.wait()
+                if not self._results:
+                    return
+            if more and self._free_slots() > 0 and self._bucket_wait() == 0.0:
+                continue
+            timeout = self._config.poll_interval.total_seconds()
+            if more:
+                timeout = min(timeout, self._bucket_wait() or timeout)
+            if drain:
+                timeout = min(timeout, 0.05)
+            await wait_any(stop, self._wake, self._slot_freed, timeout=timeout)
+
+    async def _claim_round(self) -> tuple[int, bool]:
+        """One claim per channel; returns rows claimed and whether some channel may have more."""
+        claimed, more = 0, False
+        for channel in self._channels.values():
+            free = self._free_slots()
+            if free <= 0:
+                return claimed, True
+            bucket = self._buckets[channel.id]
+            granted = bucket.take(time.monotonic(), min(self._config.batch_size, free))
+            if granted == 0:
+                more = True
+                continue
+            try:
+                rows = await self._store.claim(
+                    channel.id, granted, self._worker, self._config.lease
+                )
+            except BaseException:
+                bucket.give_back(granted)
+                raise
+            bucket.give_back(granted - len(rows))
+            more = more or len(rows) == granted
+            claimed += len(rows)
+            for message in rows:
+                self._start(channel, message)
+        return claimed, more
+
+    def _free_slots(self) -> int:
+        return self._config.max_in_flight - len(self._flights)
+
+    def _bucket_wait(self) -> float:
+        now = time.monotonic()
+        return min((b.wait_time(now) for b in self._buckets.values()), default=0.0)
+
+    def _start(self, channel: ChannelConfig, message: ClaimedMessage) -> None:
+        flight = _Flight(message)
+        self._flights[message.id] = flight
+        flight.task = asyncio.create_task(self._send(channel, flight))
+
+    async def _send(self, channel: ChannelConfig, flight: _Flight) -> None:
+        message = flight.message
+        try:
+            result = await self._attempt(channel, flight)
+            self._record(result)
+        finally:
+            del self._flights[message.id]
+            self._slot_freed.set()
+
+    async def _attempt(self, channel: ChannelConfig, flight: _Flight) -> SendResult:
+        message = flight.message
+        now = self._now()
+        if message.expires_at is not None and message.expires_at <= now:
+            return SendResult(
+                message.id,
+                State.EXPIRED,
+                now,
+                error_code="expired",
+                error_title="expires_at passed before the message was sent",
+                attempts_delta=-1,
+            )
+        try:
+            request = build_request(
+                channel.dialect,
+                message.recipient,
+                message.payload,
+                namespace=channel.namespace,
+                message_id=message.id,
+            )
+        except InvalidMessage as exc:
+            return SendResult(
+                message.id,
+                State.FAILED,
+                now,
+                error_code=exc.code,
+                error_title="the message cannot be sent as written",
+                error_detail=exc.detail,
+                attempts_delta=-1,
+            )
+        flight.started = True
+        started = time.monotonic()
+        outcome = await self._api.send(channel, request)
+        result = outcomes.result_for(
+            message,
+            request.sent_as,
+            outcome,
+            now=self._now(),
+            policy=self._policy,
+            rand=self._rand,
+        )
+        if self._observer is not None:
+            self._observer.sent(channel.id, result, time.monotonic() - started)
+        _log_result(channel.id, message, result)
+        return result
+
+    def _record(self, result: SendResult) -> None:
+        self._results.append(result)
+        self._flushed.clear()
+        self._results_ready.set()
+
+    async def _flush_loop(self) -> None:
+        interval = self._config.flush_interval.total_seconds()
+        while True:
+            await self._results_ready.wait()
+            # A short pause lets a burst of answers share one UPDATE.
+            await asyncio.sleep(interval)
+            self._results_ready.clear()
+            await self._flush_remaining(retry_forever=True)
+
+    async def _flush_remaining(self, *, retry_forever: bool = False) -> None:
+        failures = 0
+        while self._results:
+            batch = self._results[:_FLUSH_BATCH]
+            try:
+                written = await self._store.complete(batch, self._worker)
+            except DB_ERRORS as exc:
+                failures += 1
+                if not retry_forever and failures > len(_DB_RETRY_SECONDS):
+                    log.error(
+                        "outbox.results.lost",
+                        count=len(self._results),
+                        error=str(exc),
+                        note="rows stay 'sending' until their lease expires, then 'unknown'",
+                    )
+                    self._results.clear()
+                    break
+                delay = _DB_RETRY_SECONDS[min(failures - 1, len(_DB_RETRY_SECONDS) - 1)]
+                log.warning("outbox.results.db_error", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            del self._results[: len(batch)]
+            if written != len(batch):
+                log.warning("outbox.results.lease_lost", expected=len(batch), written=written)
+        self._flushed.set()
+
+    async def _finish_flights(self) -> None:
+        """Let started requests finish within the grace period; hand back the rest."""
+        flights = list(self._flights.values())
+        not_started = [f for f in flights if not f.started]
+        for flight in not_started:
+            assert flight.task is not None
+            flight.task.cancel()
+        tasks = [f.task for f in flights if f.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_grace.total_seconds())
+        abandoned = [f for f in flights if f.task in pending]
+        for flight in abandoned:
+            assert flight.task is not None
+            flight.task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        now = self._now()
+        for flight in abandoned:
+            self._record(
+                SendResult(
+                    flight.message.id,
+                    State.UNKNOWN,
+                    now,
+                    error_code="shutdown",
+                    error_title="stopped while the request was in flight",
+                )
+            )
+        await self._flush_remaining()
+        released = await self._store.release([f.message.id for f in not_started], self._worker)
+        log.info(
+            "outbox.sender.stopped",
+            finished=len(flights) - len(not_started) - len(abandoned),
+            released=released,
+            abandoned=len(abandoned),
+        )
+
+
+def _log_result(channel: str, message: ClaimedMessage, result: SendResult) -> None:
+    fields = {
+        "channel": channel,
+        "message_id": message.id,
+        "attempt": message.attempts,
+        "state": result.state.value,
+    }
+    if result.state is State.ACCEPTED:
+        log.debug("outbox.send.accepted", wamid=result.wamid, **fields)
+    elif result.state is State.QUEUED:
+        log.info(
+            "outbox.send.retry_scheduled",
+            error_code=result.error_code,
+            error_title=result.error_title,
+            next_attempt_at=result.next_attempt_at,
+            **fields,
+        )
+    else:
+        # ERROR only for the final word on a message; `unknown` and `expired` are warnings.
+        level = log.error if result.state is State.FAILED else log.warning
+        level(
+            f"outbox.send.{result.state.value}",
+            error_code=result.error_code,
+            error_title=result.error_title,
+            error_detail=result.error_detail,
+            **fields,
+        )

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.db import migrate
+from outbox.db.engine import create_engine
+from outbox.db.tables import SCHEMA, metadata
+
+
+def _drift(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "include_schemas": True,
+            "include_name": lambda name, type_, _: type_ != "schema" or name == SCHEMA,
+            "version_table_schema": SCHEMA,
+        },
+    )
+    return list(compare_metadata(context, metadata))
+
+
+async def _tables(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'outbox'")
+        )
+        return {row[0] for row in rows}
+
+
+async def test_upgrade_downgrade_upgrade_round_trip(empty_db_url: str) -> None:
+    engine = create_engine(empty_db_url, pool_size=1)
+    try:
+        await migrate.upgrade(engine)
+        assert await migrate.current_revision(engine) == migrate.head_revision()
+        assert {"messages", "contacts", "webhook_events"} <= await _tables(engine)
+
+        await migrate.downgrade(engine, "base")
+        assert await migrate.current_revision(engine) is None
+        assert await _tables(engine) == {"alembic_version"}
+
+        await migrate.upgrade(engine)
+        assert await migrate.current_revision(engine) == migrate.head_revision()
+        async with engine.connect() as connection:
+            assert await connection.run_sync(_drift) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_tables_match_migrations(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        assert await connection.run_sync(_drift) == []
+
+
+async def test_insert_notifies_once_per_statement(db_url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    listener = await asyncpg.connect(db_url)
+    received: list[str] = []
+    got = asyncio.Event()
+
+    def on_notify(*args: object) -> None:
+        received.append(str(args[2]))
+        got.set()
+
+    await listener.add_listener("outbox_messages", on_notify)
+    producer = await asyncpg.connect(db_url)
+    try:
+        await producer.execute(
+            """INSERT INTO outbox.messages (channel, recipient, payload)
+               SELECT 'c', '4915100000' || g, '{"type":"text","text":{"body":"x"}}'
+               FROM generate_series(1, 500) g"""
+        )
+        await asyncio.wait_for(got.wait(), 5)
+        await asyncio.sleep(0.1)
+        assert received == ["outbox_messages"]
+    finally:
+        await producer.close()
+        await listener.close()
+
+
+async def test_schema_constraints(engine: AsyncEngine) -> None:
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    insert = text(
+        "INSERT INTO outbox.messages (channel, recipient, payload, idempotency_key) "
+        "VALUES ('c', '491510000001', CAST(:payload AS jsonb), :key) "
+        "ON CONFLICT (channel, idempotency_key) DO NOTHING RETURNING id"
+    )
+    async with engine.begin() as connection:
+        first = (
+            await connection.execute(insert, {"payload": '{"type":"text"}', "key": "k1"})
+        ).all()
+        again = (
+            await connection.execute(insert, {"payload": '{"type":"text"}', "key": "k1"})
+        ).all()
+        row = (
+            await connection.execute(
+                text(
+                    "SELECT state, priority, attempts, send_after <= now() AS due "
+                    "FROM outbox.messages"
+                )
+            )
+        ).one()
+    assert len(first) == 1
+    assert again == []
+    assert (row.state, row.priority, row.attempts, row.due) == ("queued", 0, 0, True)
+    for bad in ('"not an object"', "[1]"):
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as connection:
+                await connection.execute(insert, {"payload": bad, "key": None})
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE outbox.messages SET state = 'bogus'"))
