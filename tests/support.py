@@ -1,0 +1,138 @@
+"""Helpers shared by the integration tests: settings, SQL inserts, row reads, daemons."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from outbox import app
+from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings
+from outbox.domain.models import Dialect
+
+KEYS = {"onprem-key": "onprem", "cloud-key": "cloud"}
+NAMESPACE = "d8bcb6bd_2ab2_439c_9d9e_947501266c77"
+
+
+def settings_for(db_url: str, base_url: str, **sender: Any) -> Settings:
+    return Settings(
+        database_url=db_url,
+        channels=(
+            ChannelConfig(
+                "onprem", Dialect.ONPREM, base_url, Secret("onprem-key"), 5000.0, NAMESPACE
+            ),
+            ChannelConfig("cloud", Dialect.CLOUD, base_url, Secret("cloud-key"), 5000.0),
+        ),
+        http=HttpConfig("127.0.0.1", 0),
+        sender=SenderConfig(**{"poll_interval": timedelta(seconds=1), **sender}),
+    )
+
+
+def config_toml(db_url: str, base_url: str, **sender: Any) -> str:
+    """The same two channels as a TOML file for `outbox run` in a subprocess."""
+    sender_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in sender.items())
+    return f"""
+database_url = {json.dumps(db_url)}
+
+[http]
+host = "127.0.0.1"
+port = 0
+
+[sender]
+poll_interval = 1
+{sender_lines}
+[[channels]]
+id = "onprem"
+dialect = "onprem"
+base_url = {json.dumps(base_url)}
+api_key_env = "TEST_ONPREM_KEY"
+namespace = "{NAMESPACE}"
+rate_per_second = 5000
+
+[[channels]]
+id = "cloud"
+dialect = "cloud"
+base_url = {json.dumps(base_url)}
+api_key_env = "TEST_CLOUD_KEY"
+rate_per_second = 5000
+"""
+
+
+SUBPROCESS_ENV = {"TEST_ONPREM_KEY": "onprem-key", "TEST_CLOUD_KEY": "cloud-key"}
+
+
+async def insert(
+    db_url: str,
+    channel: str,
+    recipient: str,
+    payload: Mapping[str, Any],
+    **columns: Any,
+) -> int:
+    names = ["channel", "recipient", "payload", *columns]
+    values: list[Any] = [channel, recipient, json.dumps(payload), *columns.values()]
+    placeholders = ", ".join(
+        f"${i}::jsonb" if name in ("payload", "fallback_template", "metadata") else f"${i}"
+        for i, name in enumerate(names, start=1)
+    )
+    connection = await asyncpg.connect(db_url)
+    try:
+        return int(
+            await connection.fetchval(
+                f"INSERT INTO outbox.messages ({', '.join(names)}) "
+                f"VALUES ({placeholders}) RETURNING id",
+                *values,
+            )
+        )
+    finally:
+        await connection.close()
+
+
+async def fetch(db_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(db_url)
+    try:
+        return list(await connection.fetch(sql, *args))
+    finally:
+        await connection.close()
+
+
+async def row(db_url: str, message_id: int) -> asyncpg.Record:
+    rows = await fetch(db_url, "SELECT * FROM outbox.messages WHERE id = $1", message_id)
+    return rows[0]
+
+
+async def drain(settings: Settings) -> None:
+    """Run the sender in-process until nothing is claimable."""
+    await asyncio.wait_for(app.run(settings, asyncio.Event(), roles={"sender"}, drain=True), 60)
+
+
+@asynccontextmanager
+async def running(settings: Settings, roles: set[str] | None = None) -> AsyncIterator[app.Started]:
+    """The daemon in-process, until the block ends."""
+    stop = asyncio.Event()
+    started: asyncio.Future[app.Started] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        app.run(settings, stop, roles=roles or {"sender"}, on_started=started.set_result)
+    )
+    try:
+        yield await asyncio.wait_for(asyncio.shield(started), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.02) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
