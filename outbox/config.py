@@ -165,6 +165,8 @@ def _dataclass_from(cls: Any, values: dict[str, Any], section: str, env: Mapping
             kwargs[name] = _coerce(f.default, env[env_name], env_name)
         elif name in values:
             kwargs[name] = _coerce(f.default, values[name], f"{section}.{name}")
+    if not 0 <= kwargs.get("port", 0) <= 65535:
+        raise ConfigError(f"{section}.port must be between 0 (any free port) and 65535")
     return cls(**kwargs)
 
 
@@ -172,7 +174,7 @@ def _coerce(default: Any, value: Any, key: str) -> Any:
     """Convert `value` to the type of `default`; durations are given in seconds."""
     converters: dict[type, Callable[[Any], Any]] = {
         bool: _bool,
-        int: _positive(int),
+        int: _positive(int, allow_zero=key.endswith("port")),
         float: _positive(float),
         timedelta: lambda v: timedelta(seconds=_positive(float)(v)),
         str: _text,
@@ -183,12 +185,12 @@ def _coerce(default: Any, value: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {exc}") from exc
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[Any], float]:
+def _positive(kind: type[int] | type[float], *, allow_zero: bool = False) -> Callable[[Any], float]:
     def convert(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError(f"expected a number, got {value!r}")
         number = kind(value)
-        if number <= 0:
+        if number < 0 or (number == 0 and not allow_zero):
             raise ValueError(f"must be greater than 0, got {value!r}")
         return number
 

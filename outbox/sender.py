@@ -100,6 +100,7 @@ class Sender:
         self._results_ready = asyncio.Event()
         self._flushed = asyncio.Event()
         self._flushed.set()
+        self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
     def wake(self) -> None:
         """Something was inserted: claim now rather than at the next poll."""
@@ -115,6 +116,11 @@ class Sender:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._flush_remaining()
+            log.info(
+                "outbox.sender.stopped",
+                worker_id=self._worker,
+                **{state.value: n for state, n in self._outcomes.items() if n},
+            )
 
     async def _claim_loop(self, stop: asyncio.Event, drain: bool) -> None:
         failures = 0
@@ -237,6 +243,7 @@ class Sender:
         return result
 
     def _record(self, result: SendResult) -> None:
+        self._outcomes[result.state] += 1
         self._results.append(result)
         self._flushed.clear()
         self._results_ready.set()
@@ -306,7 +313,7 @@ class Sender:
         await self._flush_remaining()
         released = await self._store.release([f.message.id for f in not_started], self._worker)
         log.info(
-            "outbox.sender.stopped",
+            "outbox.sender.in_flight_at_stop",
             finished=len(flights) - len(not_started) - len(abandoned),
             released=released,
             abandoned=len(abandoned),

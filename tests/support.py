@@ -33,7 +33,7 @@ def settings_for(db_url: str, base_url: str, **sender: Any) -> Settings:
     )
 
 
-def config_toml(db_url: str, base_url: str, **sender: Any) -> str:
+def config_toml(db_url: str, base_url: str, *, rate: float = 5000, **sender: Any) -> str:
     """The same two channels as a TOML file for `outbox run` in a subprocess."""
     sender_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in sender.items())
     return f"""
@@ -52,14 +52,14 @@ dialect = "onprem"
 base_url = {json.dumps(base_url)}
 api_key_env = "TEST_ONPREM_KEY"
 namespace = "{NAMESPACE}"
-rate_per_second = 5000
+rate_per_second = {rate}
 
 [[channels]]
 id = "cloud"
 dialect = "cloud"
 base_url = {json.dumps(base_url)}
 api_key_env = "TEST_CLOUD_KEY"
-rate_per_second = 5000
+rate_per_second = {rate}
 """
 
 
@@ -125,8 +125,8 @@ async def running(settings: Settings, roles: set[str] | None = None) -> AsyncIte
         await asyncio.wait_for(task, 30)
 
 
-async def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.02) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(predicate: Any, within: float = 20.0, interval: float = 0.02) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):

@@ -308,7 +308,7 @@ async def test_insert_wakes_an_idle_sender_well_before_the_poll(
         loop = asyncio.get_running_loop()
         began = loop.time()
         await insert(db_url, "cloud", RECIPIENT, {"type": "text", "text": {"body": "x"}})
-        await wait_until(lambda: api.message_requests(), timeout=5)
+        await wait_until(lambda: api.message_requests(), within=5)
         woke_after = loop.time() - began
     assert woke_after < 1.0, woke_after  # the poll would have taken 30 s
 
@@ -333,10 +333,10 @@ async def test_listener_reconnects_after_its_connection_is_killed(
                 db_url,
                 "SELECT 1 FROM pg_stat_activity WHERE application_name = 'outbox:listener'",
             ),
-            timeout=10,
+            within=10,
         )
         await insert(db_url, "cloud", RECIPIENT, {"type": "text", "text": {"body": "x"}})
-        await wait_until(lambda: api.message_requests(), timeout=5)
+        await wait_until(lambda: api.message_requests(), within=5)
 
 
 async def test_expired_lease_becomes_unknown_not_resent(

@@ -1,0 +1,158 @@
+"""Real `outbox run` processes against the embedded PostgreSQL and the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from outbox.sandbox import Sandbox
+from tests.support import KEYS, SUBPROCESS_ENV, config_toml, fetch, wait_until
+
+pytestmark = pytest.mark.slow
+
+_ENQUEUE = """
+INSERT INTO outbox.messages (channel, recipient, payload)
+SELECT CASE WHEN g % 2 = 0 THEN 'cloud' ELSE 'onprem' END,
+       '49151' || lpad(g::text, 8, '0'),
+       jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', 'n' || g))
+FROM generate_series(1, $1) AS g
+"""
+
+
+async def _spawn(config: Path, log: Path) -> asyncio.subprocess.Process:
+    env = {**os.environ, **SUBPROCESS_ENV, "OUTBOX_LOG_FORMAT": "json"}
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "outbox",
+            "run",
+            "--config",
+            str(config),
+            "--role",
+            "sender",
+            stdout=out,
+            stderr=out,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+
+
+async def _pending(db_url: str) -> int:
+    rows = await fetch(
+        db_url, "SELECT count(*) FROM outbox.messages WHERE state IN ('queued', 'sending')"
+    )
+    return int(rows[0][0])
+
+
+async def _listeners(db_url: str) -> int:
+    rows = await fetch(
+        db_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox:listener'",
+    )
+    return int(rows[0][0])
+
+
+async def _stop(process: asyncio.subprocess.Process, log: Path) -> int:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(process.wait(), 60)
+    except TimeoutError:
+        process.kill()
+        raise AssertionError(f"daemon did not stop; log:\n{log.read_text()[-3000:]}") from None
+
+
+@pytest.fixture
+async def sandbox_api() -> AsyncIterator[tuple[Sandbox, str]]:
+    api = Sandbox(KEYS, statuses=False)
+    base_url = await api.start()
+    yield api, base_url
+    await api.stop()
+
+
+async def test_two_processes_drain_10000_rows_each_sent_exactly_once(
+    db_url: str, sandbox_api: tuple[Sandbox, str], tmp_path: Path
+) -> None:
+    api, base_url = sandbox_api
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml(db_url, base_url, batch_size=100))
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    processes = [await _spawn(config, log) for log in logs]
+    try:
+        await wait_until(lambda: _listeners_are(db_url, 2), within=30)
+        await fetch(db_url, _ENQUEUE, 10_000)
+        await wait_until(lambda: _drained(db_url), within=120, interval=0.2)
+    finally:
+        codes = [await _stop(p, log) for p, log in zip(processes, logs, strict=True)]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+
+    requests = api.message_requests()
+    recipients = [r.body["to"] for r in requests]
+    assert len(requests) == 10_000
+    assert len(set(recipients)) == 10_000
+    cloud_ids = sorted(
+        int(r.body["biz_opaque_callback_data"].removeprefix("outbox:"))
+        for r in requests
+        if r.dialect == "cloud"
+    )
+    rows = await fetch(db_url, "SELECT id, channel, state, wamid FROM outbox.messages")
+    assert cloud_ids == sorted(r["id"] for r in rows if r["channel"] == "cloud")
+    assert {r["state"] for r in rows} == {"accepted"}
+    assert {r["wamid"] for r in rows} == {r.message_id for r in requests}
+    # Both processes took part, and their own counts add up.
+    accepted = [_accepted_count(log) for log in logs]
+    assert all(n > 0 for n in accepted), accepted
+    assert sum(accepted) == 10_000
+
+
+def _accepted_count(log: Path) -> int:
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["event"] == "outbox.sender.stopped":
+                return int(event.get("accepted", 0))
+    raise AssertionError(f"no outbox.sender.stopped line in {log}")
+
+
+async def _listeners_are(db_url: str, count: int) -> bool:
+    return await _listeners(db_url) == count
+
+
+async def _drained(db_url: str) -> bool:
+    return await _pending(db_url) == 0
+
+
+async def test_sigterm_mid_drain_leaves_nothing_sending_and_loses_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    api = Sandbox(KEYS, latency=0.05, statuses=False)
+    base_url = await api.start()
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml(db_url, base_url, rate=500))
+    log = tmp_path / "daemon.log"
+    try:
+        process = await _spawn(config, log)
+        await fetch(db_url, _ENQUEUE, 4000)
+        await wait_until(lambda: len(api.message_requests()) >= 500, within=60)
+        code = await _stop(process, log)
+    finally:
+        await api.stop()
+    assert code == 0, log.read_text()[-3000:]
+
+    rows = await fetch(db_url, "SELECT recipient, state, attempts FROM outbox.messages")
+    states = {r["state"] for r in rows}
+    assert states <= {"accepted", "queued"}, states
+    requested = [r.body["to"] for r in api.message_requests()]
+    assert len(requested) == len(set(requested))
+    accepted = {r["recipient"] for r in rows if r["state"] == "accepted"}
+    assert accepted == set(requested)
+    assert all(r["attempts"] == 0 for r in rows if r["state"] == "queued")
+    assert 500 <= len(accepted) < 4000
