@@ -129,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from outbox import logconfig
 
-    logconfig.configure(args.log_level or "info", args.log_format or "auto")
+    # The demo prints its own progress; only warnings and errors from the parts interrupt it.
+    default_level = "warning" if args.command == "demo" else "info"
+    logconfig.configure(args.log_level or default_level, args.log_format or "auto")
     try:
         code: int = args.func(args)
     except ConfigError as exc:
@@ -260,8 +262,8 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from outbox import demo
+    from outbox.demo import run as run_demo
 
     return run_async(
-        lambda stop: demo.run(stop, messages=args.messages, latency=args.latency_ms / 1000)
+        lambda stop: run_demo(stop, messages=args.messages, latency=args.latency_ms / 1000)
     )

@@ -6,6 +6,7 @@ repr never shows the value, so a settings object can be logged or printed safely
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -174,13 +175,15 @@ def _coerce(default: Any, value: Any, key: str) -> Any:
     """Convert `value` to the type of `default`; durations are given in seconds."""
     converters: dict[type, Callable[[Any], Any]] = {
         bool: _bool,
-        int: _positive(int, allow_zero=key.endswith("port")),
+        int: _positive(int, allow_zero=key.lower().endswith("port")),
         float: _positive(float),
         timedelta: lambda v: timedelta(seconds=_positive(float)(v)),
         str: _text,
     }
     try:
         return converters[type(default)](value)
+    except OverflowError:
+        raise ConfigError(f"{key}: {value!r} is too large") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: {exc}") from exc
 
@@ -190,6 +193,8 @@ def _positive(kind: type[int] | type[float], *, allow_zero: bool = False) -> Cal
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError(f"expected a number, got {value!r}")
         number = kind(value)
+        if not math.isfinite(number):
+            raise ValueError(f"must be a finite number, got {value!r}")
         if number < 0 or (number == 0 and not allow_zero):
             raise ValueError(f"must be greater than 0, got {value!r}")
         return number
@@ -255,7 +260,11 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
     except ValueError:
         raise ConfigError(f"{where}.dialect must be 'cloud' or 'onprem'") from None
     base_url = entry.get("base_url")
-    if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
+    if (
+        not isinstance(base_url, str)
+        or urlsplit(base_url).scheme not in ("http", "https")
+        or not urlsplit(base_url).hostname
+    ):
         raise ConfigError(f"{where}.base_url must be an http(s) URL")
     api_key = _secret(entry, "api_key", where, env)
     if api_key is None:

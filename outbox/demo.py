@@ -35,12 +35,14 @@ WITH people AS (
 INSERT INTO outbox.messages (channel, recipient, payload, priority, metadata)
 SELECT channel, recipient,
        CASE WHEN g % 4 < 2
-            THEN jsonb_build_object('type', 'text',
-                                    'text', jsonb_build_object('body', 'Your order ' || g || ' has shipped'))
+            THEN jsonb_build_object(
+                'type', 'text',
+                'text', jsonb_build_object('body', 'Your order ' || g || ' has shipped'))
             ELSE jsonb_build_object('type', 'template', 'template', jsonb_build_object(
-                     'name', 'order_update', 'language', jsonb_build_object('code', 'en'),
-                     'components', jsonb_build_array(jsonb_build_object('type', 'body',
-                         'parameters', jsonb_build_array(jsonb_build_object('type', 'text', 'text', g::text))))))
+                'name', 'order_update', 'language', jsonb_build_object('code', 'en'),
+                'components', jsonb_build_array(jsonb_build_object(
+                    'type', 'body', 'parameters', jsonb_build_array(
+                        jsonb_build_object('type', 'text', 'text', g::text))))))
        END,
        CASE WHEN g % 10 = 0 THEN 5 ELSE 0 END,
        jsonb_build_object('order', g)

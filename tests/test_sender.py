@@ -219,7 +219,7 @@ async def test_bad_rows_fail_without_a_request_and_good_rows_still_go(
     db_url: str, sandbox: tuple[Sandbox, str]
 ) -> None:
     api, base_url = sandbox
-    bad = {
+    bad: dict[str, tuple[str, str, Any, str]] = {
         "not-a-phone": (
             "cloud",
             "call me",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -15,7 +16,9 @@ class TokenBucket:
     updated: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if self.rate <= 0 or self.burst < 1:
+        if not (math.isfinite(self.rate) and self.rate > 0) or not (
+            math.isfinite(self.burst) and self.burst >= 1
+        ):
             raise ValueError("rate must be > 0 and burst >= 1")
         self.tokens = self.burst
 

@@ -62,7 +62,7 @@ def validate_payload(payload: Any, dialect: Dialect) -> str:
             f"payload must not set {', '.join(reserved)}: the daemon fills it from the row",
         )
     kind = payload.get("type", "text")
-    if kind not in _TYPES[dialect]:
+    if not isinstance(kind, str) or kind not in _TYPES[dialect]:
         raise InvalidMessage(
             "invalid_payload", f"payload type {kind!r} is not supported on {dialect} channels"
         )

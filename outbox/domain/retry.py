@@ -7,6 +7,7 @@ because mocks and gateways put real codes behind surprising statuses (131056 beh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -67,6 +68,7 @@ class RetryPolicy:
     throttle_delay: timedelta = timedelta(seconds=2)
     recipient_delay: timedelta = timedelta(seconds=6)  # WhatsApp's pair rate: ~1 message / 6 s
     channel_delay: timedelta = timedelta(seconds=60)
+    max_retry_after: timedelta = timedelta(hours=1)  # a larger Retry-After is taken as this
     media_attempts: int = 2
 
 
@@ -83,9 +85,12 @@ class GiveUp:
 
 def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> timedelta:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    ceiling = min(policy.backoff_cap, policy.backoff_base * 2 ** max(attempt - 1, 0))
-    delay: timedelta = ceiling * rand()
-    return delay
+    # Float seconds: 2**attempt as a timedelta overflows long before attempts run out.
+    exponent = min(max(attempt - 1, 0), 64)
+    ceiling = min(
+        policy.backoff_cap.total_seconds(), policy.backoff_base.total_seconds() * 2.0**exponent
+    )
+    return timedelta(seconds=ceiling * rand())
 
 
 def decide(
@@ -97,8 +102,10 @@ def decide(
 ) -> Retry | GiveUp:
     """`attempts` counts the attempt that just failed."""
     if error is ErrorClass.THROTTLE:
-        hinted = timedelta(seconds=retry_after) if retry_after is not None else None
-        return Retry(max(hinted or policy.throttle_delay, policy.throttle_delay), charge=False)
+        hinted = policy.throttle_delay
+        if retry_after is not None and math.isfinite(retry_after):
+            hinted = timedelta(seconds=min(retry_after, policy.max_retry_after.total_seconds()))
+        return Retry(min(max(hinted, policy.throttle_delay), policy.max_retry_after), charge=False)
     if error is ErrorClass.RECIPIENT_THROTTLE:
         return Retry(policy.recipient_delay, charge=False)
     if error is ErrorClass.CHANNEL:
