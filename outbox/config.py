@@ -192,6 +192,8 @@ def _positive(kind: type[int] | type[float], *, allow_zero: bool = False) -> Cal
     def convert(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError(f"expected a number, got {value!r}")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise TypeError(f"expected a whole number, got {value!r}")
         number = kind(value)
         if not math.isfinite(number):
             raise ValueError(f"must be a finite number, got {value!r}")

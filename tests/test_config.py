@@ -458,3 +458,8 @@ def test_missing_file(tmp_path: Path) -> None:
         load_settings(path, ENV)
     assert "cannot read config file" in str(caught.value)
     assert str(path) in str(caught.value)
+
+
+def test_a_fractional_port_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"http\.port"):
+        load(tmp_path, DB + "[http]\nport = 80.7\n" + channel())

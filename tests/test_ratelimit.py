@@ -130,3 +130,9 @@ def test_smallest_valid_bucket() -> None:
     bucket = TokenBucket(rate=0.001, burst=1)
     assert bucket.take(0.0, 2) == 1
     assert bucket.wait_time(0.0) == pytest.approx(1000.0)
+
+
+def test_a_clock_stepping_back_does_not_drain_the_bucket() -> None:
+    bucket = TokenBucket(rate=10, burst=5)
+    assert bucket.take(100.0, 2) == 2
+    assert bucket.take(90.0, 3) == 3  # would be 3 - 100 tokens if the step back counted

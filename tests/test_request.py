@@ -522,3 +522,19 @@ def test_media_with_exactly_one_reference_is_valid(
     assert validate_payload(payload, dialect) == media
     body = build_request(dialect, DIGITS, payload, namespace=None, message_id=1).body
     assert body[media] == ref
+
+
+def test_onprem_forces_the_deterministic_policy_over_the_producers() -> None:
+    payload = {
+        "type": "template",
+        "template": {"name": "otp", "language": {"code": "en", "policy": "fallback"}},
+    }
+    request = build_request(Dialect.ONPREM, DIGITS, payload, namespace=NAMESPACE, message_id=1)
+    assert request.body["template"]["language"] == {"code": "en", "policy": "deterministic"}
+
+
+@pytest.mark.parametrize("dialect", list(Dialect))
+def test_template_with_empty_language_code_is_invalid(dialect: Dialect) -> None:
+    payload = {"type": "template", "template": {"name": "otp", "language": {"code": ""}}}
+    with pytest.raises(InvalidMessage, match=r"language\.code"):
+        build_request(dialect, DIGITS, payload, namespace=NAMESPACE, message_id=1)

@@ -24,7 +24,9 @@ class TokenBucket:
 
     def _refill(self, now: float) -> None:
         if self.updated is not None:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            # max(): a clock that steps back must not drain the bucket.
+            elapsed = max(0.0, now - self.updated)
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
         self.updated = now
 
     def take(self, now: float, wanted: int) -> int:

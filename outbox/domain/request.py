@@ -89,7 +89,11 @@ def _validate_template(template: dict[str, Any]) -> None:
     if not isinstance(template.get("name"), str) or not template["name"]:
         raise InvalidMessage("invalid_payload", "template.name is required")
     language = template.get("language")
-    if not isinstance(language, dict) or not isinstance(language.get("code"), str):
+    if (
+        not isinstance(language, dict)
+        or not isinstance(language.get("code"), str)
+        or not language["code"]
+    ):
         raise InvalidMessage("invalid_payload", "template.language.code is required")
 
 
@@ -131,7 +135,7 @@ def _onprem(body: dict[str, Any], kind: str, to: str, namespace: str | None) -> 
                 )
             template["namespace"] = namespace
         # On-Premise accepts only the deterministic language policy (v2.27.8+).
-        template["language"] = {"policy": "deterministic", **template["language"]}
+        template["language"] = {**template["language"], "policy": "deterministic"}
     return {"to": to, "recipient_type": "individual", **body}
 
 

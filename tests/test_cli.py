@@ -1,0 +1,116 @@
+"""The `outbox` command as an operator runs it: real processes, exit codes, messages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import SUBPROCESS_ENV, config_toml, fetch
+
+pytestmark = pytest.mark.slow
+
+
+async def _outbox(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "outbox",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **SUBPROCESS_ENV, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_migrate_then_check(empty_db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml(empty_db_url, "http://127.0.0.1:9"))
+
+    code, _, err = await _outbox("check", "--config", str(config))
+    assert code == 1
+    assert "run `outbox migrate`" in err
+
+    code, out, _ = await _outbox("migrate", "--config", str(config))
+    assert code == 0
+    assert "schema: empty -> 0001" in out
+
+    code, out, _ = await _outbox("check", "--config", str(config))
+    assert code == 0, out
+    assert "schema current" in out
+
+
+async def test_alembic_upgrade_head_works_from_the_checkout(empty_db_url: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "alembic",
+        "upgrade",
+        "head",
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "OUTBOX_DATABASE_URL": empty_db_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    rows = await fetch(empty_db_url, "SELECT version_num FROM outbox.alembic_version")
+    assert [r[0] for r in rows] == ["0001"]
+
+
+async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "outbox.toml"
+    config.write_text(
+        config_toml(f"postgresql://nobody@/nowhere?host={tmp_path}", "http://127.0.0.1:9")
+    )
+    code, _, err = await _outbox("check", "--config", str(config))
+    assert code == 1
+    assert "database unreachable" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("mutate", "named"),
+    [
+        (
+            lambda t: t.replace('dialect = "cloud"', 'dialect = "graph"'),
+            "channels[1] (id 'cloud').dialect",
+        ),
+        (lambda t: t + "\nsurprise = 1\n", "surprise"),
+        (lambda t: t.replace("[sender]", "[sender]\nbatch_sise = 5"), "sender.batch_sise"),
+    ],
+    ids=["bad-dialect", "unknown-top-level-key", "typo-in-sender"],
+)
+async def test_bad_config_names_the_key_and_exits_2(
+    tmp_path: Path, mutate: object, named: str
+) -> None:
+    config = tmp_path / "outbox.toml"
+    config.write_text(mutate(config_toml("postgresql://u@/db", "http://127.0.0.1:9")))  # type: ignore[operator]
+    code, _, err = await _outbox("run", "--config", str(config))
+    assert code == 2
+    assert named in err
+    assert "Traceback" not in err
+
+
+async def test_missing_api_key_names_the_channel_and_no_secret(tmp_path: Path) -> None:
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml("postgresql://u@/db", "http://127.0.0.1:9"))
+    env = {**SUBPROCESS_ENV, "TEST_CLOUD_KEY": ""}
+    code, out, err = await _outbox("check", "--config", str(config), env=env)
+    assert code == 2
+    assert "channels[1] (id 'cloud')" in err
+    assert "TEST_CLOUD_KEY" in err
+    assert "onprem-key" not in out + err
+
+
+async def test_help_names_environment_fallbacks() -> None:
+    code, out, _ = await _outbox("run", "--help")
+    assert code == 0
+    assert "OUTBOX_CONFIG" in out
+    assert "OUTBOX_ROLE" in out
