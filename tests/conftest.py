@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db import migrate
 from outbox.db.engine import create_engine
+from outbox.sandbox import Sandbox
+from tests.support import KEYS
 
 # The developer's own settings must not leak into tests.
 for _name in [n for n in os.environ if n.startswith("OUTBOX_")]:
@@ -75,6 +77,15 @@ async def empty_db_url(pg_server: object) -> AsyncIterator[str]:
     await _admin(pg_server, f"CREATE DATABASE {name}")
     yield database_url(pg_server, name)
     await _admin(pg_server, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[tuple[Sandbox, str]]:
+    """The 360dialog imitation on a free loopback port, keys as in `tests.support.KEYS`."""
+    api = Sandbox(KEYS, statuses=False)
+    base_url = await api.start()
+    yield api, base_url
+    await api.stop()
 
 
 @pytest.fixture

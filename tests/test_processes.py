@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -70,18 +69,10 @@ async def _stop(process: asyncio.subprocess.Process, log: Path) -> int:
         raise AssertionError(f"daemon did not stop; log:\n{log.read_text()[-3000:]}") from None
 
 
-@pytest.fixture
-async def sandbox_api() -> AsyncIterator[tuple[Sandbox, str]]:
-    api = Sandbox(KEYS, statuses=False)
-    base_url = await api.start()
-    yield api, base_url
-    await api.stop()
-
-
 async def test_two_processes_drain_10000_rows_each_sent_exactly_once(
-    db_url: str, sandbox_api: tuple[Sandbox, str], tmp_path: Path
+    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
 ) -> None:
-    api, base_url = sandbox_api
+    api, base_url = sandbox
     config = tmp_path / "outbox.toml"
     config.write_text(config_toml(db_url, base_url, batch_size=100))
     logs = [tmp_path / "a.log", tmp_path / "b.log"]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from outbox.sandbox import Fault, Sandbox
 from tests.support import (
-    KEYS,
     NAMESPACE,
     drain,
     fetch,
@@ -33,14 +31,6 @@ BUTTONS = {
     "body": {"text": "Confirm delivery slot?"},
     "action": {"buttons": [{"type": "reply", "reply": {"id": "yes", "title": "Yes"}}]},
 }
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[tuple[Sandbox, str]]:
-    api = Sandbox(KEYS, statuses=False)
-    base_url = await api.start()
-    yield api, base_url
-    await api.stop()
 
 
 # (payload, expected On-Premise body minus `to`/`recipient_type`, expected Cloud body minus
