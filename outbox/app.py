@@ -24,6 +24,7 @@ from outbox.db.engine import create_engine
 from outbox.db.listener import NotifyListener
 from outbox.db.store import MessageStore
 from outbox.db.tables import NOTIFY_CHANNEL
+from outbox.db.webhook_store import WebhookEventStore
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
@@ -162,7 +163,14 @@ async def _start_web(
             return str(exc)
         return None
 
-    runner = web.AppRunner(create_app(metrics.registry, readiness), access_log=None)
+    app = create_app(
+        metrics.registry,
+        readiness,
+        {c.id: c for c in settings.channels},
+        WebhookEventStore(engine),
+        metrics,
+    )
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http.host, settings.http.port)
     try:

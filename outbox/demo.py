@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
+from sqlalchemy import text
 
 from outbox import app
 from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings
@@ -50,6 +52,7 @@ FROM people
 """
 
 _KEYS = {"demo-cloud": "demo-cloud-key", "demo-onprem": "demo-onprem-key"}
+_WEBHOOKS_STORED = "SELECT count(*) FROM outbox.webhook_events"
 _PENDING = (State.QUEUED, State.SENDING)
 
 
@@ -119,8 +122,10 @@ async def _drive(
 ) -> int:
     store = MessageStore(engine)
     daemon_stop = asyncio.Event()
-    started: list[app.Started] = []
-    daemon = asyncio.create_task(app.run(settings, daemon_stop, on_started=started.append))
+    started: asyncio.Future[app.Started] = asyncio.get_running_loop().create_future()
+    daemon = asyncio.create_task(app.run(settings, daemon_stop, on_started=started.set_result))
+    port = (await asyncio.wait_for(asyncio.shield(started), 30)).http_port
+    await _register_webhooks(settings, port)
     async with engine.begin() as connection:
         raw = await connection.get_raw_connection()
         began = time.monotonic()
@@ -128,17 +133,36 @@ async def _drive(
     say(f"enqueued {messages} messages with one INSERT ... SELECT (text and template)")
     try:
         counts = await _watch(store, stop, daemon, messages)
+        elapsed = time.monotonic() - began
+        await sandbox.wait_idle()  # the status notifications reach the receiver before it stops
     finally:
         daemon_stop.set()
         await daemon
-    elapsed = time.monotonic() - began
     _print_table(counts)
     accepted = sum(n for (_, state), n in counts.items() if state not in (*_PENDING, State.FAILED))
-    port = started[0].http_port if started else None
+    async with engine.connect() as connection:
+        stored = (await connection.execute(text(_WEBHOOKS_STORED))).scalar_one()
     say(f"throughput: {accepted / elapsed:,.0f} messages/s ({accepted} in {elapsed:.2f} s)")
     say(f"sandbox received {len(sandbox.message_requests())} send requests")
+    say(
+        f"webhooks were served at http://127.0.0.1:{port}/webhooks/<channel>: {stored} status "
+        "notifications stored in outbox.webhook_events (turning them into delivery states "
+        "is not built yet)"
+    )
     say(f"metrics were served at http://127.0.0.1:{port}/metrics, health at /healthz and /readyz")
     return 0 if accepted == messages else 1
+
+
+async def _register_webhooks(settings: Settings, port: int | None) -> None:
+    """Point each channel's webhook at our receiver, as `set-webhook` would at 360dialog."""
+    async with aiohttp.ClientSession() as session:
+        for channel in settings.channels:
+            async with session.post(
+                f"{channel.base_url}/v1/configs/webhook",
+                json={"url": f"http://127.0.0.1:{port}/webhooks/{channel.id}"},
+                headers={"D360-API-KEY": channel.api_key.reveal()},
+            ) as response:
+                response.raise_for_status()
 
 
 async def _watch(

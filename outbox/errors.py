@@ -20,3 +20,7 @@ class DatabaseError(OutboxError):
 
 class SchemaOutdated(DatabaseError):
     """The database schema is not at the current migration."""
+
+
+class BodyRejected(OutboxError):
+    """The database refused a webhook body itself (not an outage)."""

@@ -26,6 +26,16 @@ class Metrics:
             registry=registry,
         )
 
+        self.webhooks = Counter(
+            "outbox_webhooks",
+            "Webhook bodies by channel and outcome (stored, or the reason they were refused).",
+            ["channel", "outcome"],
+            registry=registry,
+        )
+
+    def webhook(self, channel: str, outcome: str) -> None:
+        self.webhooks.labels(channel, outcome).inc()
+
     def sent(self, channel: str, result: SendResult, seconds: float) -> None:
         self.sends.labels(channel, result.state.value).inc()
         self.api_latency.labels(channel).observe(seconds)

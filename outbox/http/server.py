@@ -1,16 +1,25 @@
-"""The daemon's web server: health, readiness and metrics."""
+"""The daemon's web server: webhooks, health, readiness and metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from outbox.config import ChannelConfig
+from outbox.http import webhooks
+
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None when ready, else the reason
 
 
-def create_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web.Application:
+def create_app(
+    registry: CollectorRegistry,
+    readiness: ReadinessCheck,
+    channels: Mapping[str, ChannelConfig],
+    sink: webhooks.WebhookSink,
+    observer: webhooks.WebhookObserver,
+) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -25,7 +34,8 @@ def create_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web.Ap
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    app = web.Application()
+    app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES)
+    webhooks.add_routes(app, channels, sink, observer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

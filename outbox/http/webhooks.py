@@ -1,0 +1,106 @@
+"""`POST /webhooks/{channel}`: store each raw notification durably, answer 200 only after commit.
+
+Nothing is interpreted here (the reconciler does that later, from the table), so the endpoint
+stays fast and a body we do not understand yet is still kept. A database that cannot take the row
+gets 503, which makes 360dialog retry: never a 200 without a stored row.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Mapping
+from typing import Protocol
+
+import orjson
+import structlog
+from aiohttp import web
+
+from outbox.config import ChannelConfig
+from outbox.errors import BodyRejected
+
+log = structlog.get_logger("outbox.webhooks")
+
+MAX_BODY_BYTES = 1024 * 1024  # 360dialog bodies are a few KiB; anything near this is abuse
+
+
+class WebhookSink(Protocol):
+    async def store_webhook(self, channel: str, body: str) -> int: ...
+
+
+class WebhookObserver(Protocol):
+    def webhook(self, channel: str, outcome: str) -> None: ...
+
+
+def add_routes(
+    app: web.Application,
+    channels: Mapping[str, ChannelConfig],
+    sink: WebhookSink,
+    observer: WebhookObserver,
+) -> None:
+    async def receive(request: web.Request) -> web.Response:
+        channel_id = request.match_info["channel"]
+        channel = channels.get(channel_id)
+        if channel is None:
+            return _reject(observer, "unknown", "unknown_channel", 404)
+        if not _authorised(channel, request.headers.get("Authorization")):
+            response = _reject(observer, channel_id, "unauthorised", 401)
+            response.headers["WWW-Authenticate"] = 'Basic realm="outbox"'
+            return response
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return _reject(observer, channel_id, "too_large", 413)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _reject(observer, channel_id, "too_large", 413)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _reject(observer, channel_id, "not_json", 400)
+        if not isinstance(body, dict):
+            return _reject(observer, channel_id, "not_an_object", 400)
+        try:
+            stored = await sink.store_webhook(channel_id, raw.decode("utf-8"))
+        except BodyRejected as exc:
+            return _reject(observer, channel_id, "unstorable", 400, str(exc))
+        except Exception as exc:
+            # An outage must reach 360dialog as a retryable answer, whatever the driver raised.
+            log.warning("outbox.webhook.store_failed", channel=channel_id, error=type(exc).__name__)
+            observer.webhook(channel_id, "unavailable")
+            return web.json_response({"error": "storage unavailable"}, status=503)
+        observer.webhook(channel_id, "stored")
+        return web.json_response({"stored": stored})
+
+    app.router.add_post("/webhooks/{channel}", receive)
+
+
+def _authorised(channel: ChannelConfig, header: str | None) -> bool:
+    if channel.webhook_username is None or channel.webhook_password is None:
+        return True
+    user, password = _basic_credentials(header)
+    # Both comparisons always run, so timing tells nothing about which part was wrong.
+    user_ok = hmac.compare_digest(user, channel.webhook_username.reveal().encode())
+    password_ok = hmac.compare_digest(password, channel.webhook_password.reveal().encode())
+    return user_ok and password_ok
+
+
+def _basic_credentials(header: str | None) -> tuple[bytes, bytes]:
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return b"", b""
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return b"", b""
+    user, _, password = decoded.partition(b":")
+    return user, password
+
+
+def _reject(
+    observer: WebhookObserver, channel: str, reason: str, status: int, detail: str | None = None
+) -> web.Response:
+    log.warning("outbox.webhook.rejected", channel=channel, reason=reason, status=status)
+    observer.webhook(channel, reason)
+    body = {"error": reason, "detail": detail} if detail else {"error": reason}
+    return web.json_response(body, status=status)
