@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import dataclasses
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
