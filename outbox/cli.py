@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from outbox import __version__
+from outbox.config import Settings
 from outbox.errors import ConfigError, OutboxError
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
@@ -161,7 +162,7 @@ def run_async(factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> i
         return runner.run(factory(stop))
 
 
-def _settings(args: argparse.Namespace, *, need_channels: bool = True) -> Any:
+def _settings(args: argparse.Namespace, *, need_channels: bool = True) -> Settings:
     from outbox.config import load_settings
 
     return load_settings(args.config, need_channels=need_channels)

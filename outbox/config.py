@@ -111,12 +111,9 @@ def load_settings(
     http = _section(top.pop("http", {}), "http")
     sender = _section(top.pop("sender", {}), "sender")
     channels_raw = top.pop("channels", [])
-    database_url = env.get(f"{ENV_PREFIX}DATABASE_URL") or top.pop("database_url", None)
-    top.pop("database_url", None)
-    log_level = env.get(f"{ENV_PREFIX}LOG_LEVEL") or top.pop("log_level", "info")
-    log_format = env.get(f"{ENV_PREFIX}LOG_FORMAT") or top.pop("log_format", "auto")
-    top.pop("log_level", None)
-    top.pop("log_format", None)
+    database_url = _top_level(top, env, "database_url", None)
+    log_level = _top_level(top, env, "log_level", "info")
+    log_format = _top_level(top, env, "log_format", "auto")
     if top:
         raise ConfigError(f"unknown configuration key: {sorted(top)[0]}")
     if not isinstance(database_url, str) or not database_url:
@@ -137,6 +134,12 @@ def load_settings(
         log_level=log_level,
         log_format=log_format,
     )
+
+
+def _top_level(top: dict[str, Any], env: Mapping[str, str], key: str, default: Any) -> Any:
+    """Take `key` out of the file's top level; OUTBOX_<KEY> wins over it."""
+    in_file = top.pop(key, default)
+    return env.get(f"{ENV_PREFIX}{key.upper()}") or in_file
 
 
 def validate_database_url(url: str) -> None:

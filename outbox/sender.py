@@ -128,7 +128,7 @@ class Sender:
             self._wake.clear()
             self._slot_freed.clear()
             try:
-                claimed, more = await self._claim_round()
+                claimed, retry_in = await self._claim_round()
                 failures = 0
             except DB_ERRORS as exc:
                 delay = _DB_RETRY_SECONDS[min(failures, len(_DB_RETRY_SECONDS) - 1)]
@@ -140,26 +140,31 @@ class Sender:
                 await self._flushed.wait()
                 if not self._results:
                     return
-            if more and self._free_slots() > 0 and self._bucket_wait() == 0.0:
+            if retry_in == 0.0 and self._free_slots() > 0:
                 continue
             timeout = self._config.poll_interval.total_seconds()
-            if more:
-                timeout = min(timeout, self._bucket_wait() or timeout)
+            if retry_in is not None:
+                timeout = min(timeout, retry_in)
             if drain:
                 timeout = min(timeout, 0.05)
             await wait_any(stop, self._wake, self._slot_freed, timeout=timeout)
 
-    async def _claim_round(self) -> tuple[int, bool]:
-        """One claim per channel; returns rows claimed and whether some channel may have more."""
-        claimed, more = 0, False
+    async def _claim_round(self) -> tuple[int, float | None]:
+        """One claim per channel.
+
+        Returns the rows claimed and when to claim again: 0 when some channel may have more due
+        rows and tokens to send them, the wait for tokens when it has rows but no tokens, None
+        when no channel is known to have more (or every slot is busy: a freed slot wakes us).
+        """
+        claimed, retry_in = 0, None
         for channel in self._channels.values():
             free = self._free_slots()
             if free <= 0:
-                return claimed, True
+                return claimed, None
             bucket = self._buckets[channel.id]
             granted = bucket.take(time.monotonic(), min(self._config.batch_size, free))
             if granted == 0:
-                more = True
+                retry_in = _earliest(retry_in, bucket.wait_time(time.monotonic()))
                 continue
             try:
                 rows = await self._store.claim(
@@ -169,18 +174,15 @@ class Sender:
                 bucket.give_back(granted)
                 raise
             bucket.give_back(granted - len(rows))
-            more = more or len(rows) == granted
+            if len(rows) == granted:
+                retry_in = _earliest(retry_in, bucket.wait_time(time.monotonic()))
             claimed += len(rows)
             for message in rows:
                 self._start(channel, message)
-        return claimed, more
+        return claimed, retry_in
 
     def _free_slots(self) -> int:
         return self._config.max_in_flight - len(self._flights)
-
-    def _bucket_wait(self) -> float:
-        now = time.monotonic()
-        return min((b.wait_time(now) for b in self._buckets.values()), default=0.0)
 
     def _start(self, channel: ChannelConfig, message: ClaimedMessage) -> None:
         flight = _Flight(message)
@@ -318,6 +320,10 @@ class Sender:
             released=released,
             abandoned=len(abandoned),
         )
+
+
+def _earliest(current: float | None, candidate: float) -> float:
+    return candidate if current is None else min(current, candidate)
 
 
 def _log_result(channel: str, message: ClaimedMessage, result: SendResult) -> None:

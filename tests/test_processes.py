@@ -102,6 +102,9 @@ async def test_two_processes_drain_10000_rows_each_sent_exactly_once(
     accepted = [_accepted_count(log) for log in logs]
     assert all(n > 0 for n in accepted), accepted
     assert sum(accepted) == 10_000
+    for log in logs:
+        text = log.read_text()
+        assert not [k for k in SUBPROCESS_ENV.values() if k in text], "an API key reached the log"
 
 
 def _accepted_count(log: Path) -> int:
