@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.aio import wait_any
 from outbox.config import Settings
 from outbox.db import migrate
 from outbox.db.engine import create_engine
@@ -28,13 +27,13 @@ from outbox.db.webhook_store import WebhookEventStore
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
+from outbox.maintenance import Maintenance
 from outbox.metrics import Metrics
 from outbox.sender import DB_ERRORS, Sender
 
 log = structlog.get_logger("outbox.app")
 
 ROLES = ("sender", "web")
-RESCUE_INTERVAL_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,8 @@ async def run(
                 listener = NotifyListener(settings.database_url, NOTIFY_CHANNEL, sender.wake)
                 tasks["sender"] = sender.run(stop, drain=drain)
                 tasks["listener"] = listener.run(stop)
-                tasks["rescuer"] = _rescue_loop(store, stop)
+                maintenance = Maintenance(store, settings.channels, settings.sender)
+                tasks["maintenance"] = maintenance.run(stop)
             log.info(
                 "outbox.started",
                 worker_id=worker_id,
@@ -139,18 +139,6 @@ async def _supervise(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _rescue_loop(store: MessageStore, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            rescued = await store.rescue_expired_leases()
-        except DB_ERRORS as exc:
-            log.warning("outbox.rescue.db_error", error=str(exc))
-        else:
-            if rescued:
-                log.warning("outbox.rescue.leases_expired", count=rescued, new_state="unknown")
-        await wait_any(stop, timeout=RESCUE_INTERVAL_SECONDS)
 
 
 async def _start_web(

@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +46,13 @@ class Secret:
         return hash(self._value)
 
 
+class UnknownPolicy(StrEnum):
+    """What happens to an `unknown` row once its quiet period passes with no evidence."""
+
+    RESEND = "resend"  # send it once more (a duplicate is possible; the README says when)
+    HOLD = "hold"  # leave it for an operator (`outbox replay`)
+
+
 @dataclass(frozen=True)
 class ChannelConfig:
     id: str
@@ -55,6 +63,9 @@ class ChannelConfig:
     namespace: str | None = None
     webhook_username: Secret | None = None
     webhook_password: Secret | None = None
+    unknown_policy: UnknownPolicy = UnknownPolicy.RESEND
+    # Least time between two messages to one recipient (pair pacing); zero: no pacing.
+    recipient_gap: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,18 @@ class SenderConfig:
     max_attempts: int = 8
     backoff_base: timedelta = timedelta(seconds=2)
     backoff_cap: timedelta = timedelta(minutes=5)
+    # Free-form is sent only while now < last inbound + 24 h - window_margin.
+    window_margin: timedelta = timedelta(minutes=5)
+    # An `unknown` row waits this long for a status webhook before its channel's policy applies.
+    unknown_quiet: timedelta = timedelta(minutes=5)
+    # Server errors in a row that pause a channel; a paused channel waits breaker_cooldown
+    # (doubling per failed probe, up to breaker_cooldown_max) before one probe request.
+    breaker_threshold: int = 20
+    breaker_cooldown: timedelta = timedelta(seconds=30)
+    breaker_cooldown_max: timedelta = timedelta(minutes=10)
+    # Rows naming a channel no replica is configured for fail after this long.
+    unknown_channel_grace: timedelta = timedelta(seconds=5)
+    maintenance_interval: timedelta = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -180,7 +203,9 @@ def _coerce(default: Any, value: Any, key: str) -> Any:
         bool: _bool,
         int: _positive(int, allow_zero=key.lower().endswith("port")),
         float: _positive(float),
-        timedelta: lambda v: timedelta(seconds=_positive(float)(v)),
+        timedelta: lambda v: timedelta(
+            seconds=_positive(float, allow_zero=key.lower().endswith(("margin", "gap")))(v)
+        ),
         str: _text,
     }
     try:
@@ -234,6 +259,8 @@ _CHANNEL_KEYS = frozenset(
         "webhook_username_file",
         "webhook_password_env",
         "webhook_password_file",
+        "unknown_policy",
+        "recipient_gap",
     }
 )
 
@@ -292,7 +319,19 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
         namespace=namespace,
         webhook_username=username,
         webhook_password=password,
+        unknown_policy=_choice(UnknownPolicy, entry.get("unknown_policy", "resend"), where),
+        recipient_gap=_coerce(
+            timedelta(0), entry.get("recipient_gap", 0), f"{where}.recipient_gap"
+        ),
     )
+
+
+def _choice(kind: type[UnknownPolicy], value: Any, where: str) -> UnknownPolicy:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = " or ".join(repr(v.value) for v in kind)
+        raise ConfigError(f"{where}.unknown_policy must be {allowed}") from None
 
 
 def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]) -> Secret | None:

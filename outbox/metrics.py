@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from outbox.domain.models import SendResult
 
@@ -25,7 +25,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
-
+        self.channel_paused = Gauge(
+            "outbox_channel_paused",
+            "1 while a channel's circuit breaker holds its sends back (in this process).",
+            ["channel"],
+            registry=registry,
+        )
         self.webhooks = Counter(
             "outbox_webhooks",
             "Webhook bodies by channel and outcome (stored, or the reason they were refused).",
@@ -39,3 +44,6 @@ class Metrics:
     def sent(self, channel: str, result: SendResult, seconds: float) -> None:
         self.sends.labels(channel, result.state.value).inc()
         self.api_latency.labels(channel).observe(seconds)
+
+    def paused(self, channel: str, paused: bool) -> None:
+        self.channel_paused.labels(channel).set(1 if paused else 0)

@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -23,10 +23,18 @@ from outbox.aio import wait_any
 from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain import outcome as outcomes
 from outbox.domain import retry
-from outbox.domain.models import ClaimedMessage, SendResult, State
+from outbox.domain.breaker import BreakerState, CircuitBreaker, Transition
+from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.ratelimit import TokenBucket
-from outbox.domain.request import ApiRequest, InvalidMessage, build_request
+from outbox.domain.request import (
+    ApiRequest,
+    InvalidMessage,
+    build_request,
+    normalise_recipient,
+    validate_payload,
+)
 from outbox.domain.response import SendOutcome
+from outbox.domain.window import WindowClosed, choose_content
 
 log = structlog.get_logger("outbox.sender")
 
@@ -42,6 +50,9 @@ class Store(Protocol):
     ) -> list[ClaimedMessage]: ...
     async def complete(self, results: Sequence[SendResult], worker: str) -> int: ...
     async def release(self, ids: Sequence[int], worker: str) -> int: ...
+    async def set_pause(
+        self, channel: str, until: datetime | None, reason: str | None, worker: str
+    ) -> None: ...
 
 
 class Api(Protocol):
@@ -50,6 +61,7 @@ class Api(Protocol):
 
 class SendObserver(Protocol):
     def sent(self, channel: str, result: SendResult, seconds: float) -> None: ...
+    def paused(self, channel: str, paused: bool) -> None: ...
 
 
 def utc_now() -> datetime:
@@ -93,6 +105,17 @@ class Sender:
             c.id: TokenBucket(c.rate_per_second, burst=max(1.0, c.rate_per_second))
             for c in channels
         }
+        self._breakers = {
+            c.id: CircuitBreaker(
+                threshold=config.breaker_threshold,
+                cooldown=config.breaker_cooldown.total_seconds(),
+                max_cooldown=config.breaker_cooldown_max.total_seconds(),
+            )
+            for c in channels
+        }
+        # Throttled channels claim nothing until then (monotonic seconds).
+        self._held_until: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._flights: dict[int, _Flight] = {}
         self._results: list[SendResult] = []
         self._wake = asyncio.Event()
@@ -116,6 +139,7 @@ class Sender:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._flush_remaining()
+            await asyncio.gather(*self._background, return_exceptions=True)
             log.info(
                 "outbox.sender.stopped",
                 worker_id=self._worker,
@@ -161,10 +185,23 @@ class Sender:
             free = self._free_slots()
             if free <= 0:
                 return claimed, None
+            now = time.monotonic()
+            breaker = self._breakers[channel.id]
+            allowance = breaker.allowance(now)
+            if allowance == 0:
+                wait = breaker.wait_time(now)
+                if wait is not None:
+                    retry_in = _earliest(retry_in, wait)
+                continue
+            held = self._held_until.get(channel.id, 0.0) - now
+            if held > 0:
+                retry_in = _earliest(retry_in, held)
+                continue
+            wanted = min(self._config.batch_size, free, allowance or free)
             bucket = self._buckets[channel.id]
-            granted = bucket.take(time.monotonic(), min(self._config.batch_size, free))
+            granted = bucket.take(now, wanted)
             if granted == 0:
-                retry_in = _earliest(retry_in, bucket.wait_time(time.monotonic()))
+                retry_in = _earliest(retry_in, bucket.wait_time(now))
                 continue
             try:
                 rows = await self._store.claim(
@@ -172,9 +209,17 @@ class Sender:
                 )
             except BaseException:
                 bucket.give_back(granted)
+                if allowance == 1:
+                    breaker.probe_unused()
                 raise
             bucket.give_back(granted - len(rows))
-            if len(rows) == granted:
+            if allowance == 1:
+                if rows:
+                    breaker.probing(rows[0].id)
+                    log.info("outbox.channel.probe", channel=channel.id, message_id=rows[0].id)
+                else:
+                    breaker.probe_unused()
+            elif len(rows) == granted:
                 retry_in = _earliest(retry_in, bucket.wait_time(time.monotonic()))
             claimed += len(rows)
             for message in rows:
@@ -195,6 +240,8 @@ class Sender:
             result = await self._attempt(channel, flight)
             self._record(result)
         finally:
+            # A probe that ended without an answer (bad row, expired, stopped) proved nothing.
+            self._breakers[channel.id].forget(message.id)
             del self._flights[message.id]
             self._slot_freed.set()
 
@@ -211,13 +258,7 @@ class Sender:
                 attempts_delta=-1,
             )
         try:
-            request = build_request(
-                channel.dialect,
-                message.recipient,
-                message.payload,
-                namespace=channel.namespace,
-                message_id=message.id,
-            )
+            request = self._request_for(channel, message, now)
         except InvalidMessage as exc:
             return SendResult(
                 message.id,
@@ -228,21 +269,108 @@ class Sender:
                 error_detail=exc.detail,
                 attempts_delta=-1,
             )
+        if isinstance(request, WindowClosed):
+            return SendResult(
+                message.id,
+                State.FAILED,
+                now,
+                error_code=outcomes.WINDOW_CLOSED,
+                error_title=outcomes.WINDOW_CLOSED_TITLE,
+                error_detail=request.detail,
+                attempts_delta=-1,
+            )
         flight.started = True
         started = time.monotonic()
         outcome = await self._api.send(channel, request)
-        result = outcomes.result_for(
-            message,
-            request.sent_as,
-            outcome,
-            now=self._now(),
-            policy=self._policy,
-            rand=self._rand,
+        elapsed = time.monotonic() - started
+        judged = outcomes.judge(
+            message, request.sent_as, outcome, now=self._now(), policy=self._policy, rand=self._rand
         )
+        result = judged.result
+        if result.state is State.ACCEPTED and channel.recipient_gap:
+            result = replace(result, pace_until=result.at + channel.recipient_gap)
+        self._learn(channel, message.id, judged)
         if self._observer is not None:
-            self._observer.sent(channel.id, result, time.monotonic() - started)
+            self._observer.sent(channel.id, result, elapsed)
         _log_result(channel.id, message, result)
         return result
+
+    def _request_for(
+        self, channel: ChannelConfig, message: ClaimedMessage, now: datetime
+    ) -> ApiRequest | WindowClosed:
+        """The request to send, after the row's own checks and the 24-hour window rule."""
+        normalise_recipient(message.recipient)
+        validate_payload(message.payload, channel.dialect)
+        content = choose_content(
+            message.payload,
+            message.fallback_template,
+            planned=message.planned,
+            last_inbound_at=message.last_inbound_at,
+            now=now,
+            margin=self._config.window_margin,
+        )
+        if isinstance(content, WindowClosed):
+            return content
+        try:
+            return build_request(
+                channel.dialect,
+                message.recipient,
+                content.payload,
+                namespace=channel.namespace,
+                message_id=message.id,
+                sent_as=content.sent_as,
+            )
+        except InvalidMessage as exc:
+            if content.sent_as is SentAs.FALLBACK_TEMPLATE:
+                raise InvalidMessage(exc.code, f"fallback_template: {exc.detail}") from None
+            raise
+
+    def _learn(self, channel: ChannelConfig, message_id: int, judged: outcomes.Judged) -> None:
+        """What one answer says about the channel: throttled, broken, or fine."""
+        if judged.error is retry.ErrorClass.THROTTLE:
+            delay = max(
+                self._policy.throttle_delay.total_seconds(),
+                min(judged.retry_after or 0.0, self._policy.max_retry_after.total_seconds()),
+            )
+            until = time.monotonic() + delay
+            if until > self._held_until.get(channel.id, 0.0):
+                self._held_until[channel.id] = until
+                log.warning("outbox.channel.throttled", channel=channel.id, hold_seconds=delay)
+        reason = judged.result.error_title or judged.result.error_code or ""
+        transition = self._breakers[channel.id].record(
+            time.monotonic(), message_id, judged.error, reason
+        )
+        if transition is not None:
+            self._announce(channel.id, transition)
+
+    def _announce(self, channel: str, transition: Transition) -> None:
+        paused = transition.state is BreakerState.OPEN
+        if paused:
+            log.error(
+                "outbox.channel.paused",
+                channel=channel,
+                reason=transition.reason,
+                probe_in_seconds=transition.cooldown,
+            )
+        else:
+            log.warning("outbox.channel.resumed", channel=channel, reason=transition.reason)
+        if self._observer is not None:
+            self._observer.paused(channel, paused)
+        until = self._now() + timedelta(seconds=transition.cooldown) if paused else None
+        task = asyncio.create_task(
+            self._persist_pause(channel, until, transition.reason if paused else None)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _persist_pause(
+        self, channel: str, until: datetime | None, reason: str | None
+    ) -> None:
+        try:
+            await self._store.set_pause(channel, until, reason, self._worker)
+        except DB_ERRORS as exc:
+            # Visibility only: the pause itself lives in this process and holds regardless.
+            log.warning("outbox.channel.pause_not_recorded", channel=channel, error=str(exc))
 
     def _record(self, result: SendResult) -> None:
         self._outcomes[result.state] += 1

@@ -71,8 +71,14 @@ async def insert(
     channel: str,
     recipient: str,
     payload: Mapping[str, Any],
+    *,
+    inbound_ago: timedelta | None = timedelta(minutes=1),
     **columns: Any,
 ) -> int:
+    """Insert one row as a producer would; by default the recipient wrote `inbound_ago` ago,
+    so the 24-hour window is open (None: no inbound message on record)."""
+    if inbound_ago is not None:
+        await set_last_inbound(db_url, channel, recipient, inbound_ago)
     names = ["channel", "recipient", "payload", *columns]
     values: list[Any] = [channel, recipient, json.dumps(payload), *columns.values()]
     placeholders = ", ".join(
@@ -90,6 +96,18 @@ async def insert(
         )
     finally:
         await connection.close()
+
+
+async def set_last_inbound(db_url: str, channel: str, recipient: str, ago: timedelta) -> None:
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
+        "VALUES ($1, regexp_replace($2, '[^0-9]', '', 'g'), now() - $3::interval) "
+        "ON CONFLICT (channel, wa_id) DO UPDATE SET last_inbound_at = excluded.last_inbound_at",
+        channel,
+        recipient,
+        ago,
+    )
 
 
 async def fetch(db_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:

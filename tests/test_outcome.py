@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
-from outbox.domain.outcome import result_for
+from outbox.domain.outcome import judge
 from outbox.domain.response import Accepted, Rejected, SendOutcome, TransportFailure
 from outbox.domain.retry import RetryPolicy
 
@@ -39,7 +39,9 @@ def run(
     rand: float = 1.0,
     policy: RetryPolicy = POLICY,
 ) -> SendResult:
-    return result_for(claimed(attempts), sent_as, outcome, now=NOW, policy=policy, rand=const(rand))
+    return judge(
+        claimed(attempts), sent_as, outcome, now=NOW, policy=policy, rand=const(rand)
+    ).result
 
 
 @pytest.mark.parametrize("sent_as", list(SentAs), ids=str)
@@ -254,14 +256,14 @@ def test_media_error_retries_once_then_fails() -> None:
 
 
 def test_the_result_is_for_the_claimed_row() -> None:
-    result = result_for(
+    result = judge(
         claimed(message_id=7),
         SentAs.FREEFORM,
         Rejected(400, None, "HTTP 400", None),
         now=NOW,
         policy=POLICY,
         rand=const(0.0),
-    )
+    ).result
     assert result.message_id == 7
     assert result.at == NOW
 

@@ -16,12 +16,20 @@ from tests.support import KEYS, SUBPROCESS_ENV, config_toml, fetch, wait_until
 
 pytestmark = pytest.mark.slow
 
+# Every recipient wrote a minute ago, so the free-form messages are inside the 24-hour window.
 _ENQUEUE = """
+WITH rows AS (
+    SELECT CASE WHEN g % 2 = 0 THEN 'cloud' ELSE 'onprem' END AS channel,
+           '49151' || lpad(g::text, 8, '0') AS recipient, g
+    FROM generate_series(1, $1) AS g
+), inbound AS (
+    INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
+    SELECT channel, recipient, now() - interval '1 minute' FROM rows
+)
 INSERT INTO outbox.messages (channel, recipient, payload)
-SELECT CASE WHEN g % 2 = 0 THEN 'cloud' ELSE 'onprem' END,
-       '49151' || lpad(g::text, 8, '0'),
+SELECT channel, recipient,
        jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', 'n' || g))
-FROM generate_series(1, $1) AS g
+FROM rows
 """
 
 

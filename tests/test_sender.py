@@ -110,13 +110,14 @@ async def test_each_dialect_receives_exactly_its_request(
 
 # (fault, expected state, error_code, attempts, retry scheduled)
 ERROR_CASES = {
+    # 1006 (unknown contact or media) gets one more try, as courier does.
     "onprem-404-1006": (
         "onprem",
         Fault("error_code", code=1006, http_status=404),
-        "failed",
+        "queued",
         "1006",
         1,
-        False,
+        True,
     ),
     "cloud-131026": (
         "cloud",
@@ -160,7 +161,8 @@ ERROR_CASES = {
         0,
         True,
     ),
-    "onprem-401": ("onprem", Fault("status", status=401), "queued", "http_401", 0, True),
+    # The channel pauses; the row waits in line, uncharged, with no retry time of its own.
+    "onprem-401": ("onprem", Fault("status", status=401), "queued", "http_401", 0, False),
     "cloud-disconnect": ("cloud", Fault("disconnect"), "unknown", "no_response", 1, False),
 }
 

@@ -48,6 +48,11 @@ class FakeStore:
         self.completed.extend(results)
         return len(results)
 
+    async def set_pause(
+        self, channel: str, until: datetime | None, reason: str | None, worker: str
+    ) -> None:
+        raise AssertionError("no channel is paused in these tests")
+
     async def release(self, ids: Sequence[int], worker: str) -> int:
         return 0
 

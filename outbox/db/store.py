@@ -7,34 +7,56 @@ by the worker that holds the lease, so a row that changed hands is never overwri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Integer, Text, TypeEngine
 
-from outbox.domain.models import ClaimedMessage, SendResult, State
+from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 
+# A row is claimable only if no older row to the same recipient on the channel is still open
+# (queued, sending or unknown): one message per recipient at a time, in insertion order, and a
+# head that ends (sent, failed, expired, cancelled) releases the next. Ready rows and due
+# retries come from two indexes, so rows waiting for later are never walked past.
+_CLAIMABLE = """
+    SELECT m.id, m.priority, m.wa_id FROM outbox.messages AS m
+    WHERE m.state = 'queued' AND m.channel = :channel AND {when}
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox.messages AS e
+          WHERE e.channel = m.channel AND e.wa_id = m.wa_id AND e.id < m.id
+            AND e.state IN ('queued', 'sending', 'unknown'))
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox.recipient_pace AS p
+          WHERE p.channel = m.channel AND p.wa_id = m.wa_id AND p.not_before > now())
+    ORDER BY {order}
+    LIMIT :limit
+    FOR UPDATE OF m SKIP LOCKED
+"""
+
+_READY = _CLAIMABLE.format(
+    when="m.next_attempt_at IS NULL AND m.send_after <= now()", order="m.priority DESC, m.id"
+)
+_DUE = _CLAIMABLE.format(when="m.next_attempt_at <= now()", order="m.next_attempt_at")
 _CLAIM = text(
-    """
-    WITH picked AS (
-        SELECT id FROM outbox.messages
-        WHERE state = 'queued' AND channel = :channel
-          AND send_after <= now()
-          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    f"""
+    WITH ready AS ({_READY}), due AS ({_DUE}),
+    picked AS (
+        SELECT id, wa_id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS u
         ORDER BY priority DESC, id
         LIMIT :limit
-        FOR UPDATE SKIP LOCKED
     )
     UPDATE outbox.messages AS m
     SET state = 'sending', claimed_by = :worker, attempts = m.attempts + 1,
         lease_until = now() + make_interval(secs => :lease_seconds), updated_at = now()
-    FROM picked WHERE m.id = picked.id
+    FROM picked LEFT JOIN outbox.contacts AS c
+        ON c.channel = :channel AND c.wa_id = picked.wa_id
+    WHERE m.id = picked.id
     RETURNING m.id, m.channel, m.recipient, m.payload, m.fallback_template, m.attempts,
-              m.created_at, m.expires_at, m.priority
+              m.created_at, m.expires_at, m.priority, m.sent_as, c.last_inbound_at
     """
 ).columns(payload=JSONB, fallback_template=JSONB)
 
@@ -50,25 +72,48 @@ _RESULT_COLUMNS: tuple[tuple[str, TypeEngine[Any]], ...] = (
     ("error_detail", Text()),
     ("next_attempt_at", _TIMESTAMP),
     ("attempts_delta", Integer()),
+    ("pace_until", _TIMESTAMP),
 )
 
+# One statement per batch: write the outcomes; a row that backs off takes its recipient's later
+# rows out of the ready index with it (they could not be sent before it anyway); a row sent to
+# a paced recipient records when the next one may go.
 _COMPLETE = text(
     f"""
-    UPDATE outbox.messages AS m SET
-        state = r.state,
-        attempts = m.attempts + r.attempts_delta,
-        wamid = coalesce(r.wamid, m.wamid),
-        sent_as = coalesce(r.sent_as, m.sent_as),
-        error_code = r.error_code,
-        error_title = r.error_title,
-        error_detail = r.error_detail,
-        next_attempt_at = r.next_attempt_at,
-        accepted_at = CASE WHEN r.state = 'accepted' THEN r.at ELSE m.accepted_at END,
-        failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
-        claimed_by = NULL, lease_until = NULL, updated_at = now()
-    FROM unnest({", ".join(f":{name}" for name, _ in _RESULT_COLUMNS)})
-        AS r({", ".join(name for name, _ in _RESULT_COLUMNS)})
-    WHERE m.id = r.id AND m.state = 'sending' AND m.claimed_by = :worker
+    WITH r AS (
+        SELECT * FROM unnest({", ".join(f":{name}" for name, _ in _RESULT_COLUMNS)})
+            AS r({", ".join(name for name, _ in _RESULT_COLUMNS)})
+    ), done AS (
+        UPDATE outbox.messages AS m SET
+            state = r.state,
+            attempts = m.attempts + r.attempts_delta,
+            wamid = coalesce(r.wamid, m.wamid),
+            sent_as = coalesce(r.sent_as, m.sent_as),
+            error_code = r.error_code,
+            error_title = r.error_title,
+            error_detail = r.error_detail,
+            next_attempt_at = r.next_attempt_at,
+            accepted_at = CASE WHEN r.state = 'accepted' THEN r.at ELSE m.accepted_at END,
+            failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
+            claimed_by = NULL, lease_until = NULL, updated_at = now()
+        FROM r
+        WHERE m.id = r.id AND m.state = 'sending' AND m.claimed_by = :worker
+        RETURNING m.id, m.channel, m.wa_id, m.state, m.next_attempt_at, r.pace_until
+    ), held AS (
+        UPDATE outbox.messages AS f SET next_attempt_at = d.next_attempt_at, updated_at = now()
+        FROM done AS d
+        WHERE d.state = 'queued' AND d.next_attempt_at IS NOT NULL
+          AND f.channel = d.channel AND f.wa_id = d.wa_id AND f.id > d.id AND f.state = 'queued'
+          AND (f.next_attempt_at IS NULL OR f.next_attempt_at < d.next_attempt_at)
+    ), paced AS (
+        INSERT INTO outbox.recipient_pace AS p (channel, wa_id, not_before)
+        SELECT channel, wa_id, max(pace_until) FROM done
+        WHERE pace_until IS NOT NULL
+        GROUP BY channel, wa_id
+        ON CONFLICT (channel, wa_id)
+            DO UPDATE SET not_before = greatest(p.not_before, excluded.not_before)
+    )
+    SELECT count(*) FROM done
     """
 ).bindparams(*(bindparam(name, type_=ARRAY(kind)) for name, kind in _RESULT_COLUMNS))
 
@@ -82,7 +127,8 @@ _RELEASE = text(
 ).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
 
 # A lease that ran out while `sending` means its holder died mid-send: the request may have
-# reached the API, so the row is not resent blindly but parked as `unknown`.
+# reached the API, so the row is not resent blindly but parked as `unknown` (or `expired`, if
+# it may no longer be sent at all).
 _RESCUE = text(
     """
     WITH lost AS (
@@ -93,11 +139,96 @@ _RESCUE = text(
         FOR UPDATE SKIP LOCKED
     )
     UPDATE outbox.messages AS m
-    SET state = 'unknown', error_code = 'lease_expired',
+    SET state = CASE WHEN m.expires_at <= now() THEN 'expired' ELSE 'unknown' END,
+        error_code = CASE WHEN m.expires_at <= now() THEN 'expired' ELSE 'lease_expired' END,
         error_title = 'the sending process stopped before recording an outcome',
         error_detail = 'lease held by ' || coalesce(m.claimed_by, '?') || ' expired',
         claimed_by = NULL, lease_until = NULL, updated_at = now()
     FROM lost WHERE m.id = lost.id
+    """
+)
+
+_EXPIRE = text(
+    """
+    WITH gone AS (
+        SELECT id FROM outbox.messages
+        WHERE state = 'queued' AND expires_at <= now()
+        ORDER BY expires_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox.messages AS m
+    SET state = 'expired', error_code = 'expired', error_title = :title,
+        next_attempt_at = NULL, updated_at = now()
+    FROM gone WHERE m.id = gone.id
+    """
+)
+
+# After the quiet period an `unknown` row with no evidence is sent once more (channels whose
+# policy is "resend"); a row that went `unknown` again after that stays for an operator.
+_RESEND_UNKNOWN = text(
+    """
+    WITH quiet AS (
+        SELECT id FROM outbox.messages
+        WHERE state = 'unknown' AND updated_at < now() - make_interval(secs => :quiet_seconds)
+          AND unknown_resends < 1 AND channel = ANY(:channels)
+        ORDER BY updated_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox.messages AS m
+    SET state = CASE WHEN m.expires_at <= now() THEN 'expired' ELSE 'queued' END,
+        unknown_resends = m.unknown_resends + 1,
+        error_title = CASE WHEN m.expires_at <= now()
+            THEN 'expires_at passed while the outcome was unknown'
+            ELSE 'no status arrived for the unknown outcome: sending once more' END,
+        next_attempt_at = NULL, updated_at = now()
+    FROM quiet WHERE m.id = quiet.id
+    """
+).bindparams(bindparam("channels", type_=ARRAY(Text())))
+
+# Distinct channels of open rows by skipping through an index, not by reading every row.
+_OPEN_CHANNELS = text(
+    """
+    WITH RECURSIVE ch(channel) AS (
+        (SELECT channel FROM outbox.messages
+         WHERE state IN ('queued', 'sending', 'unknown') ORDER BY channel LIMIT 1)
+        UNION ALL
+        SELECT (SELECT m.channel FROM outbox.messages AS m
+                WHERE m.state IN ('queued', 'sending', 'unknown') AND m.channel > ch.channel
+                ORDER BY m.channel LIMIT 1)
+        FROM ch WHERE ch.channel IS NOT NULL
+    )
+    SELECT channel FROM ch WHERE channel IS NOT NULL
+    """
+)
+
+_FAIL_CHANNEL = text(
+    """
+    WITH bad AS (
+        SELECT id FROM outbox.messages
+        WHERE channel = :channel AND state = 'queued'
+          AND created_at < now() - make_interval(secs => :grace_seconds)
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox.messages AS m
+    SET state = 'failed', error_code = 'unknown_channel',
+        error_title = 'no channel with this id is configured',
+        error_detail = :detail, failed_at = now(), next_attempt_at = NULL, updated_at = now()
+    FROM bad WHERE m.id = bad.id
+    """
+)
+
+_FORGET_PACE = text("DELETE FROM outbox.recipient_pace WHERE not_before < now()")
+
+_SET_PAUSE = text(
+    """
+    INSERT INTO outbox.channel_state AS s (channel, paused_until, pause_reason, paused_by)
+    VALUES (:channel, :until, :reason, :worker)
+    ON CONFLICT (channel) DO UPDATE
+    SET paused_until = excluded.paused_until, pause_reason = excluded.pause_reason,
+        paused_by = excluded.paused_by, updated_at = now()
     """
 )
 
@@ -118,6 +249,7 @@ def _result_row(r: SendResult) -> tuple[object, ...]:
         r.error_detail,
         r.next_attempt_at,
         r.attempts_delta,
+        r.pace_until,
     )
 
 
@@ -152,6 +284,8 @@ class MessageStore:
                 attempts=row.attempts,
                 created_at=row.created_at,
                 expires_at=row.expires_at,
+                planned=SentAs(row.sent_as) if row.sent_as else None,
+                last_inbound_at=row.last_inbound_at,
             )
             for row in rows
         ]
@@ -166,8 +300,7 @@ class MessageStore:
         }
         params["worker"] = worker
         async with self._engine.begin() as connection:
-            result = await connection.execute(_COMPLETE, params)
-        return result.rowcount
+            return int((await connection.execute(_COMPLETE, params)).scalar_one())
 
     async def release(self, ids: Sequence[int], worker: str) -> int:
         """Give unsent leased rows back to the queue, with their attempt."""
@@ -178,9 +311,55 @@ class MessageStore:
         return result.rowcount
 
     async def rescue_expired_leases(self, limit: int = 1000) -> int:
+        return await self._update(_RESCUE, {"limit": limit})
+
+    async def expire_due(self, limit: int = 1000) -> int:
+        """Queued rows past `expires_at` become `expired` without waiting for a claim."""
+        title = "expires_at passed before the message was sent"
+        return await self._update(_EXPIRE, {"limit": limit, "title": title})
+
+    async def resend_unknown(
+        self, channels: Sequence[str], quiet: timedelta, limit: int = 1000
+    ) -> int:
+        if not channels:
+            return 0
+        params = {"channels": list(channels), "quiet_seconds": quiet.total_seconds()}
+        return await self._update(_RESEND_UNKNOWN, {**params, "limit": limit})
+
+    async def fail_unknown_channels(
+        self, known: Collection[str], grace: timedelta, limit: int = 1000
+    ) -> dict[str, int]:
+        """Fail queued rows of channels not in `known` once they are `grace` old."""
+        async with self._engine.connect() as connection:
+            open_channels = (await connection.execute(_OPEN_CHANNELS)).scalars().all()
+        failed: dict[str, int] = {}
+        for channel in open_channels:
+            if channel in known:
+                continue
+            detail = f"channel {channel!r} is not one of: {', '.join(sorted(known))}"
+            params = {
+                "channel": channel,
+                "grace_seconds": grace.total_seconds(),
+                "limit": limit,
+                "detail": detail,
+            }
+            if count := await self._update(_FAIL_CHANNEL, params):
+                failed[channel] = count
+        return failed
+
+    async def forget_pace(self) -> int:
+        return await self._update(_FORGET_PACE, {})
+
+    async def set_pause(
+        self, channel: str, until: datetime | None, reason: str | None, worker: str
+    ) -> None:
+        """Record a channel's pause (or its end, with `until` None) where operators can see it."""
+        params = {"channel": channel, "until": until, "reason": reason, "worker": worker}
+        await self._update(_SET_PAUSE, params)
+
+    async def _update(self, statement: TextClause, params: dict[str, Any]) -> int:
         async with self._engine.begin() as connection:
-            result = await connection.execute(_RESCUE, {"limit": limit})
-        return result.rowcount
+            return (await connection.execute(statement, params)).rowcount
 
     async def state_counts(self) -> dict[tuple[str, State], int]:
         async with self._engine.connect() as connection:

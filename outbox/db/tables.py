@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     Identity,
     Index,
@@ -25,6 +26,9 @@ from outbox.domain.models import SentAs, State
 
 SCHEMA = "outbox"
 NOTIFY_CHANNEL = "outbox_messages"
+# The recipient as digits, for per-recipient order and the window lookup; agrees with
+# outbox.domain.request.normalise_recipient for every valid recipient.
+WA_ID = r"regexp_replace(recipient, '[[:space:]().+-]', '', 'g')"
 
 metadata = MetaData(
     schema=SCHEMA,
@@ -56,6 +60,8 @@ messages = Table(
     Column("expires_at", DateTime(timezone=True)),
     Column("metadata", JSONB),
     # Daemon columns.
+    Column("wa_id", Text, Computed(WA_ID, persisted=True), nullable=False),
+    Column("unknown_resends", SmallInteger, nullable=False, server_default=text("0")),
     Column("state", Text, nullable=False, server_default=text("'queued'")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", DateTime(timezone=True)),
@@ -78,15 +84,34 @@ messages = Table(
     CheckConstraint(_in("state", State), name="state"),
     CheckConstraint(f"sent_as IS NULL OR {_in('sent_as', SentAs)}", name="sent_as"),
     CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_object"),
-    # Only queued rows are in this index, so the claim stays cheap however many finished rows
-    # the table holds.
+    # Only rows ready now are in this index, so the claim stays cheap however many rows are
+    # finished, backing off or scheduled for later (those are in ix_messages_due).
     Index(
-        "ix_messages_claim",
+        "ix_messages_ready",
         "channel",
         text("priority DESC"),
         "id",
-        postgresql_where=text("state = 'queued'"),
+        postgresql_where=text("state = 'queued' AND next_attempt_at IS NULL"),
     ),
+    Index(
+        "ix_messages_due",
+        "channel",
+        "next_attempt_at",
+        postgresql_where=text("state = 'queued' AND next_attempt_at IS NOT NULL"),
+    ),
+    Index(
+        "ix_messages_recipient",
+        "channel",
+        "wa_id",
+        "id",
+        postgresql_where=text("state IN ('queued', 'sending', 'unknown')"),
+    ),
+    Index(
+        "ix_messages_expiry",
+        "expires_at",
+        postgresql_where=text("state = 'queued' AND expires_at IS NOT NULL"),
+    ),
+    Index("ix_messages_unknown", "updated_at", postgresql_where=text("state = 'unknown'")),
     Index("ix_messages_lease", "lease_until", postgresql_where=text("state = 'sending'")),
     Index("ix_messages_wamid", "wamid", unique=True, postgresql_where=text("wamid IS NOT NULL")),
 )
@@ -113,4 +138,24 @@ webhook_events = Table(
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id"),
     Index("ix_webhook_events_pending", "id", postgresql_where=text("processed_at IS NULL")),
+)
+
+recipient_pace = Table(
+    "recipient_pace",
+    metadata,
+    Column("channel", Text, nullable=False),
+    Column("wa_id", Text, nullable=False),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("channel", "wa_id"),
+)
+
+channel_state = Table(
+    "channel_state",
+    metadata,
+    Column("channel", Text, nullable=False),
+    Column("paused_until", DateTime(timezone=True)),
+    Column("pause_reason", Text),
+    Column("paused_by", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("channel"),
 )

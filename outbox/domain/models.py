@@ -48,6 +48,8 @@ class ClaimedMessage:
     attempts: int
     created_at: datetime
     expires_at: datetime | None
+    planned: SentAs | None = None  # the `sent_as` an earlier attempt chose
+    last_inbound_at: datetime | None = None  # of this recipient on this channel, at claim time
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +70,4 @@ class SendResult:
     error_detail: str | None = None
     next_attempt_at: datetime | None = None
     attempts_delta: int = 0
+    pace_until: datetime | None = None  # no other message to this recipient before then

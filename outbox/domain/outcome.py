@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from outbox.domain import retry
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.response import Accepted, SendOutcome, TransportFailure
 
+WINDOW_CLOSED = "window_closed"
+WINDOW_CLOSED_TITLE = "the 24-hour window is closed and the row has no fallback_template"
 
-def result_for(
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    result: SendResult
+    error: retry.ErrorClass | None  # None when accepted
+    retry_after: float | None = None  # the API's Retry-After, for throttles
+
+
+def judge(
     message: ClaimedMessage,
     sent_as: SentAs,
     outcome: SendOutcome,
@@ -18,13 +29,16 @@ def result_for(
     now: datetime,
     policy: retry.RetryPolicy,
     rand: Callable[[], float],
-) -> SendResult:
+) -> Judged:
     if isinstance(outcome, Accepted):
-        return SendResult(message.id, State.ACCEPTED, now, wamid=outcome.wamid, sent_as=sent_as)
+        return Judged(
+            SendResult(message.id, State.ACCEPTED, now, wamid=outcome.wamid, sent_as=sent_as),
+            None,
+        )
     if isinstance(outcome, TransportFailure):
         if outcome.ambiguous:
             # The API may have the message: resending now could deliver it twice.
-            return SendResult(
+            unknown = SendResult(
                 message.id,
                 State.UNKNOWN,
                 now,
@@ -33,52 +47,67 @@ def result_for(
                 error_title="the request was sent but no answer came back",
                 error_detail=outcome.reason,
             )
-        return _retry_or_fail(
-            message, now, policy, rand, retry.ErrorClass.SERVER, "unreachable", outcome.reason, None
-        )
-    return _retry_or_fail(
-        message,
-        now,
-        policy,
-        rand,
-        retry.classify(outcome),
-        str(outcome.code) if outcome.code is not None else f"http_{outcome.http_status}",
-        outcome.title,
-        outcome.detail,
-        outcome.retry_after,
-    )
-
-
-def _retry_or_fail(
-    message: ClaimedMessage,
-    now: datetime,
-    policy: retry.RetryPolicy,
-    rand: Callable[[], float],
-    error: retry.ErrorClass,
-    code: str,
-    title: str,
-    detail: str | None,
-    retry_after: float | None = None,
-) -> SendResult:
+            return Judged(unknown, retry.ErrorClass.SERVER)
+        error = retry.ErrorClass.SERVER
+        code, title, detail, retry_after = "unreachable", outcome.reason, None, None
+    else:
+        error = retry.classify(outcome)
+        code = str(outcome.code) if outcome.code is not None else f"http_{outcome.http_status}"
+        title, detail, retry_after = outcome.title, outcome.detail, outcome.retry_after
+    if error is retry.ErrorClass.WINDOW_CLOSED:
+        return Judged(window_closed(message, sent_as, now, f"API error {code}: {title}"), error)
     decision = retry.decide(error, message.attempts, policy, rand, retry_after)
     if isinstance(decision, retry.Retry):
+        result = SendResult(
+            message.id,
+            State.QUEUED,
+            now,
+            sent_as=sent_as,
+            error_code=code,
+            error_title=title,
+            error_detail=detail,
+            # A zero delay keeps the row in line as if never tried: a paused channel's rows.
+            next_attempt_at=now + decision.delay if decision.delay else None,
+            attempts_delta=0 if decision.charge else -1,
+        )
+        return Judged(result, error, retry_after)
+    if decision.exhausted is not None:
+        detail = f"{detail} ({decision.exhausted})" if detail else decision.exhausted
+    failed = SendResult(
+        message.id,
+        State.FAILED,
+        now,
+        sent_as=sent_as,
+        error_code=code,
+        error_title=title,
+        error_detail=detail,
+    )
+    return Judged(failed, error, retry_after)
+
+
+def window_closed(
+    message: ClaimedMessage, sent_as: SentAs, now: datetime, detail: str
+) -> SendResult:
+    """WhatsApp refused free-form for a closed window: the fallback goes next (once) or it fails."""
+    if sent_as is SentAs.FREEFORM and message.fallback_template is not None:
         return SendResult(
             message.id,
             State.QUEUED,
             now,
-            error_code=code,
-            error_title=title,
+            sent_as=SentAs.FALLBACK_TEMPLATE,
+            error_code=WINDOW_CLOSED,
+            error_title="the 24-hour window is closed: sending the fallback_template next",
             error_detail=detail,
-            next_attempt_at=now + decision.delay,
-            attempts_delta=0 if decision.charge else -1,
+            attempts_delta=-1,
         )
     return SendResult(
         message.id,
         State.FAILED,
         now,
-        error_code=code,
-        error_title=title,
-        error_detail=detail
-        if decision.reason == error.value
-        else f"{detail or ''} ({decision.reason})".strip(),
+        sent_as=sent_as,
+        error_code=WINDOW_CLOSED,
+        error_title=WINDOW_CLOSED_TITLE
+        if sent_as is SentAs.FREEFORM
+        else "the 24-hour window is closed and the fallback_template was refused too",
+        error_detail=detail,
     )

@@ -34,11 +34,15 @@ _BY_CODE: dict[int, ErrorClass] = {
     ),
     131056: ErrorClass.RECIPIENT_THROTTLE,
     **dict.fromkeys((470, 131047), ErrorClass.WINDOW_CLOSED),
-    **dict.fromkeys((131052, 131053, 131014), ErrorClass.MEDIA),
+    # 1006 is On-Premise's "resource not found": a media id, or a contact the API has not
+    # looked up yet; one more try is what courier does, and all a stateless sender can do.
+    **dict.fromkeys((131052, 131053, 131014, 1006), ErrorClass.MEDIA),
     **dict.fromkeys(
         (0, 190, 10, 368, 402, 131031, 131042, 131045, 133010, 1022, 1024, 1031, 430, 432, 433),
         ErrorClass.CHANNEL,
     ),
+    # Spam-rate and quality limits restrict the whole number: pausing it is the safe reading.
+    **dict.fromkeys((471, 131048), ErrorClass.CHANNEL),
     **dict.fromkeys(range(200, 300), ErrorClass.CHANNEL),  # Graph permission errors
 }
 
@@ -67,7 +71,6 @@ class RetryPolicy:
     backoff_cap: timedelta = timedelta(minutes=5)
     throttle_delay: timedelta = timedelta(seconds=2)
     recipient_delay: timedelta = timedelta(seconds=6)  # WhatsApp's pair rate: ~1 message / 6 s
-    channel_delay: timedelta = timedelta(seconds=60)
     max_retry_after: timedelta = timedelta(hours=1)  # a larger Retry-After is taken as this
     media_attempts: int = 2
 
@@ -80,7 +83,7 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    reason: str
+    exhausted: str | None = None  # why retrying stopped, when the error itself was retryable
 
 
 def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> timedelta:
@@ -109,11 +112,14 @@ def decide(
     if error is ErrorClass.RECIPIENT_THROTTLE:
         return Retry(policy.recipient_delay, charge=False)
     if error is ErrorClass.CHANNEL:
-        return Retry(policy.channel_delay, charge=False)
+        # The channel's breaker holds everything back; the row itself is not at fault.
+        return Retry(timedelta(0), charge=False)
     if error is ErrorClass.SERVER:
         if attempts >= policy.max_attempts:
             return GiveUp(f"gave up after {attempts} attempts")
         return Retry(backoff(attempts, policy, rand), charge=True)
-    if error is ErrorClass.MEDIA and attempts < policy.media_attempts:
+    if error is ErrorClass.MEDIA:
+        if attempts >= policy.media_attempts:
+            return GiveUp(f"gave up after {attempts} attempts")
         return Retry(backoff(attempts, policy, rand), charge=True)
-    return GiveUp(str(error))
+    return GiveUp()

@@ -1,0 +1,234 @@
+"""Reads one webhook body of either dialect into inbound messages, statuses and error notices.
+
+On-Premise (and Turn.io, vumi) bodies are flat: `messages`, `statuses`, `errors` and `contacts` at
+the top level. Cloud bodies wrap the same lists in `entry[].changes[].value` (waba-api.md §4).
+The body is untrusted: every part of it may be missing or of the wrong type, and the parser
+reports what it skipped as `Ignored` instead of raising.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+_FLAT_KEYS = ("messages", "statuses", "errors", "contacts")
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_CODE = re.compile(r"[0-9]{1,9}")
+_OUTBOX_ID = re.compile(r"outbox:([1-9][0-9]{0,18})")
+_MAX_BIGINT = 2**63 - 1  # outbox.messages.id is a PostgreSQL bigint
+_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second `datetime` can hold
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message from a user: it opens or refreshes the 24-hour window."""
+
+    wa_id: str
+    message_id: str | None
+    at: datetime
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """One `statuses[]` entry; `status` is the lower-cased raw value, known or not."""
+
+    wamid: str
+    status: str
+    at: datetime | None
+    recipient: str | None
+    outbox_id: int | None
+    error_code: int | None
+    error_title: str | None
+    error_detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorNotice:
+    """An out-of-band error (top-level or `value.errors[]`): log and alert, tied to no row."""
+
+    code: int | None
+    title: str
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A part of the body that has no effect, or that could not be understood."""
+
+    reason: str
+
+
+Event = Inbound | StatusUpdate | ErrorNotice | Ignored
+
+
+def parse_notification(body: object) -> list[Event]:
+    """Never raises, whatever `body` is; never returns an empty list.
+
+    Inbound messages are de-duplicated by message id across the whole body, because the same
+    message can appear twice in one POST (waba-api.md §4.2).
+    """
+    if not isinstance(body, dict):
+        return [Ignored("not a WhatsApp notification")]
+    events: list[Event] = []
+    seen: set[str] = set()
+    entries = body.get("entry")
+    if isinstance(entries, list):
+        for entry in entries:
+            _entry(entry, events, seen)
+    elif any(key in body for key in _FLAT_KEYS):
+        _value(body, events, seen)
+    else:
+        return [Ignored("not a WhatsApp notification")]
+    return events or [Ignored("no messages, statuses or errors")]
+
+
+def _entry(entry: object, events: list[Event], seen: set[str]) -> None:
+    if not isinstance(entry, dict):
+        events.append(Ignored("entry not an object"))
+        return
+    changes = entry.get("changes")
+    if not isinstance(changes, list):
+        events.append(Ignored("entry without changes"))
+        return
+    for change in changes:
+        if not isinstance(change, dict):
+            events.append(Ignored("change not an object"))
+        elif change.get("field") != "messages":
+            events.append(Ignored("unknown field entry"))
+        elif not isinstance(value := change.get("value"), dict):
+            events.append(Ignored("change without value"))
+        else:
+            _value(value, events, seen)
+
+
+def _value(value: dict[Any, Any], events: list[Event], seen: set[str]) -> None:
+    for key, parse in (("messages", _message), ("statuses", _status), ("errors", _error_notice)):
+        items = value.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            events.append(Ignored(f"{key} not a list"))
+            continue
+        for item in items:
+            event = parse(item, seen)
+            events.append(event)
+            if isinstance(event, Inbound) and event.message_id is not None:
+                seen.add(event.message_id)
+
+
+def _message(item: object, seen: set[str]) -> Event:
+    if not isinstance(item, dict):
+        return Ignored("message not an object")
+    kind = _text(item.get("type")) or "unknown"
+    if kind == "system":
+        # A number change or identity notice, written by WhatsApp, not by the user.
+        return Ignored("system message")
+    wa_id = _digits(item.get("from"))
+    if wa_id is None:
+        return Ignored("message without sender")
+    at = _timestamp(item.get("timestamp"))
+    if at is None:
+        return Ignored("message without timestamp")
+    message_id = _text(item.get("id"))
+    if message_id is not None and message_id in seen:
+        return Ignored("duplicate message")
+    return Inbound(wa_id, message_id, at, kind)
+
+
+def _status(item: object, _seen: set[str]) -> Event:
+    if not isinstance(item, dict):
+        return Ignored("status not an object")
+    wamid = _text(item.get("id"))
+    if wamid is None:
+        return Ignored("status without id")
+    status = _text(item.get("status"))
+    if status is None:
+        return Ignored("status without value")
+    message = item.get("message")
+    # `recipient_id` was announced to go away in On-Prem v2.45; Turn sends `message.recipient_id`.
+    recipient = _digits(item.get("recipient_id"))
+    if recipient is None and isinstance(message, dict):
+        recipient = _digits(message.get("recipient_id"))
+    code, title, detail = _first_error(item.get("errors"))
+    return StatusUpdate(
+        wamid=wamid,
+        status=status.lower(),
+        at=_timestamp(item.get("timestamp")),
+        recipient=recipient,
+        outbox_id=_outbox_id(item.get("biz_opaque_callback_data")),
+        error_code=code,
+        error_title=title,
+        error_detail=detail,
+    )
+
+
+def _error_notice(item: object, _seen: set[str]) -> Event:
+    if not isinstance(item, dict):
+        return Ignored("error not an object")
+    code, title, detail = _error_fields(item)
+    return ErrorNotice(code, title or _text(item.get("message")) or "error", detail)
+
+
+def _first_error(errors: object) -> tuple[int | None, str | None, str | None]:
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return _error_fields(errors[0])
+    return None, None, None
+
+
+def _error_fields(error: dict[Any, Any]) -> tuple[int | None, str | None, str | None]:
+    data = error.get("error_data")
+    detail = (
+        (_text(data.get("details")) if isinstance(data, dict) else None)
+        or _text(error.get("message"))
+        or _text(error.get("details"))
+    )
+    return _code(error.get("code")), _text(error.get("title")), detail
+
+
+def _timestamp(value: object) -> datetime | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= _MAX_TIMESTAMP:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):  # platform limits narrower than the bound above
+        return None
+
+
+def _digits(value: object) -> str | None:
+    """A phone number or wa_id as digits only: spaces anywhere and a leading '+' dropped."""
+    if not isinstance(value, str):
+        return None
+    compact = "".join(value.split()).removeprefix("+")
+    return compact if _DIGITS.fullmatch(compact) else None
+
+
+def _outbox_id(value: object) -> int | None:
+    if not isinstance(value, str) or not (match := _OUTBOX_ID.fullmatch(value)):
+        return None
+    number = int(match.group(1))
+    return number if number <= _MAX_BIGINT else None
+
+
+def _code(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and _CODE.fullmatch(value.strip()):
+        return int(value)
+    # Bounded so that str(code) can never hit Python's int-to-str digit limit downstream.
+    if isinstance(value, int) and 0 <= value < 10**9:
+        return value
+    return None
+
+
+def _text(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    stripped = value.strip()
+    return stripped or None

@@ -1,0 +1,65 @@
+"""WhatsApp's 24-hour customer-service window, and what a row is sent as because of it.
+
+Free-form messages may go out only while the window the user's last message opened is still
+open; templates may go out at any time. The rule is applied when a row is dispatched (and so
+again before every retry), never when it is enqueued, because a row can wait across the boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from outbox.domain.models import SentAs
+
+WINDOW = timedelta(hours=24)
+TEMPLATE_TYPES = frozenset({"template", "hsm"})
+
+
+def window_open(last_inbound_at: datetime | None, now: datetime, margin: timedelta) -> bool:
+    """Open while `now < last_inbound_at + 24 h - margin`.
+
+    The margin keeps a message from crossing the boundary while in flight and absorbs clock
+    skew between this host and WhatsApp's timestamps. An inbound time in the future (the
+    sender's clock ahead of ours) simply counts as a recent message.
+    """
+    return last_inbound_at is not None and now < last_inbound_at + WINDOW - margin
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    payload: Any
+    sent_as: SentAs
+
+
+@dataclass(frozen=True, slots=True)
+class WindowClosed:
+    detail: str
+
+
+def choose_content(
+    payload: Any,
+    fallback_template: Any,
+    *,
+    planned: SentAs | None,
+    last_inbound_at: datetime | None,
+    now: datetime,
+    margin: timedelta,
+) -> Content | WindowClosed:
+    """What to send for a row: its payload, its fallback template, or nothing.
+
+    `planned` is the `sent_as` an earlier attempt chose. Once a row has gone out as its fallback
+    it stays with the fallback, so retries never switch the content a user may already have.
+    """
+    if isinstance(payload, dict) and payload.get("type") in TEMPLATE_TYPES:
+        return Content(payload, SentAs.TEMPLATE)
+    if planned is SentAs.FALLBACK_TEMPLATE and fallback_template is not None:
+        return Content(fallback_template, SentAs.FALLBACK_TEMPLATE)
+    if window_open(last_inbound_at, now, margin):
+        return Content(payload, SentAs.FREEFORM)
+    if fallback_template is not None:
+        return Content(fallback_template, SentAs.FALLBACK_TEMPLATE)
+    if last_inbound_at is None:
+        return WindowClosed("no inbound message from this recipient is on record")
+    return WindowClosed(f"the recipient last wrote at {last_inbound_at.isoformat()}")

@@ -1,0 +1,53 @@
+"""Housekeeping that no single send triggers, run by every sender process on an interval.
+
+Each job is one short statement over a small partial index, safe to run from any number of
+replicas at once (rows are taken with SKIP LOCKED) and harmless to repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+
+from outbox.aio import wait_any
+from outbox.config import ChannelConfig, SenderConfig, UnknownPolicy
+from outbox.db.store import MessageStore
+from outbox.sender import DB_ERRORS
+
+log = structlog.get_logger("outbox.maintenance")
+
+
+class Maintenance:
+    def __init__(
+        self, store: MessageStore, channels: Sequence[ChannelConfig], config: SenderConfig
+    ) -> None:
+        self._store = store
+        self._known = frozenset(c.id for c in channels)
+        self._resend = [c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND]
+        self._config = config
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except DB_ERRORS as exc:
+                log.warning("outbox.maintenance.db_error", error=str(exc))
+            await wait_any(stop, timeout=self._config.maintenance_interval.total_seconds())
+
+    async def tick(self) -> None:
+        if rescued := await self._store.rescue_expired_leases():
+            log.warning("outbox.rescue.leases_expired", count=rescued)
+        if expired := await self._store.expire_due():
+            log.warning("outbox.send.expired", count=expired, where="queue")
+        if resent := await self._store.resend_unknown(self._resend, self._config.unknown_quiet):
+            log.warning("outbox.unknown.resending", count=resent)
+        failed = await self._store.fail_unknown_channels(
+            self._known, self._config.unknown_channel_grace
+        )
+        for channel, count in failed.items():
+            log.error(
+                "outbox.send.failed", error_code="unknown_channel", channel=channel, count=count
+            )
+        await self._store.forget_pace()
