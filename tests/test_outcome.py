@@ -2,25 +2,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
-from outbox.domain.outcome import judge
+from outbox.domain.outcome import WINDOW_CLOSED, WINDOW_CLOSED_TITLE, Judged, judge, window_closed
 from outbox.domain.response import Accepted, Rejected, SendOutcome, TransportFailure
-from outbox.domain.retry import RetryPolicy
+from outbox.domain.retry import ErrorClass, RetryPolicy
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy()
+FALLBACK: dict[str, Any] = {
+    "type": "template",
+    "template": {"name": "reengage", "language": {"policy": "deterministic", "code": "de"}},
+}
+FALLBACK_NEXT_TITLE = "the 24-hour window is closed: sending the fallback_template next"
+FALLBACK_REFUSED_TITLE = "the 24-hour window is closed and the fallback_template was refused too"
 
 
-def claimed(attempts: int = 1, message_id: int = 42) -> ClaimedMessage:
+def claimed(
+    attempts: int = 1, message_id: int = 42, fallback_template: Any = None
+) -> ClaimedMessage:
     return ClaimedMessage(
         id=message_id,
         channel="shop-de",
         recipient="4915112345678",
         payload={"type": "text", "text": {"body": "Hallo"}},
-        fallback_template=None,
+        fallback_template=fallback_template,
         attempts=attempts,
         created_at=NOW - timedelta(minutes=5),
         expires_at=None,
@@ -31,6 +40,19 @@ def const(value: float) -> Callable[[], float]:
     return lambda: value
 
 
+def judged(
+    outcome: SendOutcome,
+    *,
+    attempts: int = 1,
+    sent_as: SentAs = SentAs.FREEFORM,
+    rand: float = 1.0,
+    policy: RetryPolicy = POLICY,
+    fallback_template: Any = None,
+) -> Judged:
+    message = claimed(attempts, fallback_template=fallback_template)
+    return judge(message, sent_as, outcome, now=NOW, policy=policy, rand=const(rand))
+
+
 def run(
     outcome: SendOutcome,
     *,
@@ -38,23 +60,33 @@ def run(
     sent_as: SentAs = SentAs.FREEFORM,
     rand: float = 1.0,
     policy: RetryPolicy = POLICY,
+    fallback_template: Any = None,
 ) -> SendResult:
-    return judge(
-        claimed(attempts), sent_as, outcome, now=NOW, policy=policy, rand=const(rand)
+    return judged(
+        outcome,
+        attempts=attempts,
+        sent_as=sent_as,
+        rand=rand,
+        policy=policy,
+        fallback_template=fallback_template,
     ).result
 
 
 @pytest.mark.parametrize("sent_as", list(SentAs), ids=str)
 def test_accepted(sent_as: SentAs) -> None:
-    result = run(Accepted("wamid.HBgL", "4915112345678"), sent_as=sent_as)
-    assert result == SendResult(42, State.ACCEPTED, NOW, wamid="wamid.HBgL", sent_as=sent_as)
+    assert judged(Accepted("wamid.HBgL", "4915112345678"), sent_as=sent_as) == Judged(
+        SendResult(42, State.ACCEPTED, NOW, wamid="wamid.HBgL", sent_as=sent_as), None, None
+    )
 
 
 def test_ambiguous_transport_failure_is_unknown_not_retried() -> None:
-    result = run(
+    verdict = judged(
         TransportFailure(ambiguous=True, reason="timed out waiting for the answer"),
         sent_as=SentAs.TEMPLATE,
     )
+    assert verdict.error is ErrorClass.SERVER
+    assert verdict.retry_after is None
+    result = verdict.result
     assert result.state is State.UNKNOWN
     assert result.message_id == 42
     assert result.at == NOW
@@ -68,29 +100,37 @@ def test_ambiguous_transport_failure_is_unknown_not_retried() -> None:
 
 
 @pytest.mark.parametrize(
-    ("attempts", "rand", "delay"),
+    ("attempts", "rand", "next_attempt_at"),
     [
-        (1, 1.0, timedelta(seconds=2)),
-        (3, 1.0, timedelta(seconds=8)),
-        (3, 0.5, timedelta(seconds=4)),
-        (7, 0.0, timedelta(0)),
+        pytest.param(1, 1.0, NOW + timedelta(seconds=2), id="first"),
+        pytest.param(3, 1.0, NOW + timedelta(seconds=8), id="third"),
+        pytest.param(3, 0.5, NOW + timedelta(seconds=4), id="third-half-jitter"),
+        # A zero delay puts the row back in line (next_attempt_at NULL), still charged.
+        pytest.param(7, 0.0, None, id="zero-jitter"),
     ],
 )
-def test_unreachable_is_retried_and_charged(attempts: int, rand: float, delay: timedelta) -> None:
-    result = run(
+def test_unreachable_is_retried_and_charged(
+    attempts: int, rand: float, next_attempt_at: datetime | None
+) -> None:
+    verdict = judged(
         TransportFailure(ambiguous=False, reason="connect failed: refused"),
         attempts=attempts,
         rand=rand,
     )
-    assert result == SendResult(
-        42,
-        State.QUEUED,
-        NOW,
-        error_code="unreachable",
-        error_title="connect failed: refused",
-        error_detail=None,
-        next_attempt_at=NOW + delay,
-        attempts_delta=0,
+    assert verdict == Judged(
+        SendResult(
+            42,
+            State.QUEUED,
+            NOW,
+            sent_as=SentAs.FREEFORM,
+            error_code="unreachable",
+            error_title="connect failed: refused",
+            error_detail=None,
+            next_attempt_at=next_attempt_at,
+            attempts_delta=0,
+        ),
+        ErrorClass.SERVER,
+        None,
     )
 
 
@@ -101,9 +141,10 @@ def test_unreachable_fails_after_max_attempts(attempts: int) -> None:
         42,
         State.FAILED,
         NOW,
+        sent_as=SentAs.FREEFORM,
         error_code="unreachable",
         error_title="connect timed out",
-        error_detail=f"(gave up after {attempts} attempts)",
+        error_detail=f"gave up after {attempts} attempts",
     )
 
 
@@ -115,60 +156,82 @@ def test_max_attempts_comes_from_the_policy() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rejected", "error_code", "delay"),
+    ("rejected", "error_code", "error", "next_attempt_at"),
     [
         pytest.param(
             Rejected(429, None, "Too many requests", None),
             "http_429",
-            timedelta(seconds=2),
+            ErrorClass.THROTTLE,
+            NOW + timedelta(seconds=2),
             id="429-no-code",
         ),
         pytest.param(
             Rejected(429, None, "Too many requests", None, retry_after=30.0),
             "http_429",
-            timedelta(seconds=30),
+            ErrorClass.THROTTLE,
+            NOW + timedelta(seconds=30),
             id="429-retry-after",
         ),
         pytest.param(
             Rejected(500, 130429, "(#130429) Rate limit hit", "too many", retry_after=0.5),
             "130429",
-            timedelta(seconds=2),
+            ErrorClass.THROTTLE,
+            NOW + timedelta(seconds=2),
             id="130429-short-hint",
         ),
         pytest.param(
             Rejected(403, 131056, "(#131056) pair rate limit hit", None),
             "131056",
-            timedelta(seconds=6),
+            ErrorClass.RECIPIENT_THROTTLE,
+            NOW + timedelta(seconds=6),
             id="recipient-throttle",
         ),
+        # The breaker holds the channel back: the row keeps its place in line.
         pytest.param(
             Rejected(200, 190, "Invalid OAuth access token", None),
             "190",
-            timedelta(seconds=60),
+            ErrorClass.CHANNEL,
+            None,
             id="channel",
         ),
         pytest.param(
             Rejected(401, None, "HTTP 401", None),
             "http_401",
-            timedelta(seconds=60),
+            ErrorClass.CHANNEL,
+            None,
             id="channel-401",
+        ),
+        pytest.param(
+            Rejected(400, 131048, "(#131048) Spam rate limit hit", None),
+            "131048",
+            ErrorClass.CHANNEL,
+            None,
+            id="channel-spam-limit",
         ),
     ],
 )
 @pytest.mark.parametrize("attempts", [1, 8, 30])
 def test_free_retries_give_the_attempt_back(
-    rejected: Rejected, error_code: str, delay: timedelta, attempts: int
+    rejected: Rejected,
+    error_code: str,
+    error: ErrorClass,
+    next_attempt_at: datetime | None,
+    attempts: int,
 ) -> None:
-    result = run(rejected, attempts=attempts)
-    assert result == SendResult(
-        42,
-        State.QUEUED,
-        NOW,
-        error_code=error_code,
-        error_title=rejected.title,
-        error_detail=rejected.detail,
-        next_attempt_at=NOW + delay,
-        attempts_delta=-1,
+    assert judged(rejected, attempts=attempts) == Judged(
+        SendResult(
+            42,
+            State.QUEUED,
+            NOW,
+            sent_as=SentAs.FREEFORM,
+            error_code=error_code,
+            error_title=rejected.title,
+            error_detail=rejected.detail,
+            next_attempt_at=next_attempt_at,
+            attempts_delta=-1,
+        ),
+        error,
+        rejected.retry_after,
     )
 
 
@@ -178,6 +241,7 @@ def test_server_rejection_is_retried_and_charged() -> None:
         42,
         State.QUEUED,
         NOW,
+        sent_as=SentAs.FREEFORM,
         error_code="http_503",
         error_title="HTTP 503",
         error_detail="<html>down</html>",
@@ -192,10 +256,32 @@ def test_server_rejection_fails_after_max_attempts_and_says_why() -> None:
         42,
         State.FAILED,
         NOW,
+        sent_as=SentAs.FREEFORM,
         error_code="131000",
         error_title="Something went wrong",
         error_detail="boom (gave up after 8 attempts)",
     )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "sent_as"),
+    [
+        pytest.param(TransportFailure(False, "refused"), sent_as, id=f"server-{sent_as}")
+        for sent_as in SentAs
+    ]
+    + [
+        pytest.param(Rejected(429, None, "HTTP 429", None), sent_as, id=f"throttle-{sent_as}")
+        for sent_as in SentAs
+    ]
+    + [
+        pytest.param(Rejected(400, 131053, "Media", None), sent_as, id=f"media-{sent_as}")
+        for sent_as in SentAs
+    ],
+)
+def test_a_retry_keeps_the_form_that_was_attempted(outcome: SendOutcome, sent_as: SentAs) -> None:
+    result = run(outcome, sent_as=sent_as, fallback_template=FALLBACK)
+    assert result.state is State.QUEUED
+    assert result.sent_as is sent_as
 
 
 @pytest.mark.parametrize(
@@ -206,27 +292,37 @@ def test_server_rejection_fails_after_max_attempts_and_says_why() -> None:
             "131026",
             id="permanent-code",
         ),
-        pytest.param(Rejected(404, None, "HTTP 404", None), "http_404", id="permanent-no-code"),
+        pytest.param(Rejected(400, None, "HTTP 400", None), "http_400", id="permanent-no-code"),
+        pytest.param(Rejected(400, 1013, "User is not valid", None), "1013", id="onprem-recipient"),
         pytest.param(
-            Rejected(404, 1006, "Resource not found", "unknown contact"), "1006", id="1006"
+            Rejected(400, 132001, "(#132001) Template name does not exist", "no such template"),
+            "132001",
+            id="cloud-template-missing",
         ),
         pytest.param(
-            Rejected(400, 470, "Re-engagement message", "24h passed"), "470", id="window-closed"
-        ),
-        pytest.param(
-            Rejected(400, 131047, "Re-engagement message", None), "131047", id="window-cloud"
+            Rejected(200, 2001, "Template missing", None), "2001", id="2xx-with-template-error"
         ),
     ],
 )
-def test_permanent_rejections_fail_with_the_api_error(rejected: Rejected, error_code: str) -> None:
-    result = run(rejected, sent_as=SentAs.TEMPLATE)
-    assert result == SendResult(
-        42,
-        State.FAILED,
-        NOW,
-        error_code=error_code,
-        error_title=rejected.title,
-        error_detail=rejected.detail,
+@pytest.mark.parametrize("sent_as", [SentAs.TEMPLATE, SentAs.FALLBACK_TEMPLATE], ids=str)
+@pytest.mark.parametrize("attempts", [1, 5])
+def test_permanent_rejections_fail_with_the_api_error(
+    rejected: Rejected, error_code: str, sent_as: SentAs, attempts: int
+) -> None:
+    # No "gave up after" note: the error itself is final, not the attempts.
+    verdict = judged(rejected, sent_as=sent_as, attempts=attempts, fallback_template=FALLBACK)
+    assert verdict == Judged(
+        SendResult(
+            42,
+            State.FAILED,
+            NOW,
+            sent_as=sent_as,
+            error_code=error_code,
+            error_title=rejected.title,
+            error_detail=rejected.detail,
+        ),
+        ErrorClass.PERMANENT,
+        None,
     )
 
 
@@ -238,21 +334,52 @@ def test_a_zero_code_is_reported_as_zero() -> None:
     assert result.attempts_delta == -1
 
 
-def test_media_error_retries_once_then_fails() -> None:
-    rejected = Rejected(400, 131053, "Media upload error", "could not fetch")
-    first = run(rejected, attempts=1, rand=1.0)
-    assert first.state is State.QUEUED
-    assert first.attempts_delta == 0
-    assert first.next_attempt_at == NOW + timedelta(seconds=2)
+@pytest.mark.parametrize(
+    "rejected",
+    [
+        pytest.param(
+            Rejected(400, 131053, "Media upload error", "could not fetch"), id="131053-cloud"
+        ),
+        pytest.param(Rejected(400, 131052, "Media download error", "404"), id="131052-cloud"),
+        pytest.param(Rejected(400, 131014, "Media URL fetch failed", "404"), id="131014-cloud"),
+        pytest.param(
+            Rejected(404, 1006, "Resource not found", "unknown contact"), id="1006-onprem"
+        ),
+    ],
+)
+def test_media_error_retries_once_then_fails(rejected: Rejected) -> None:
+    first = judged(rejected, attempts=1, rand=1.0)
+    assert first == Judged(
+        SendResult(
+            42,
+            State.QUEUED,
+            NOW,
+            sent_as=SentAs.FREEFORM,
+            error_code=str(rejected.code),
+            error_title=rejected.title,
+            error_detail=rejected.detail,
+            next_attempt_at=NOW + timedelta(seconds=2),
+            attempts_delta=0,
+        ),
+        ErrorClass.MEDIA,
+        None,
+    )
     second = run(rejected, attempts=2)
     assert second == SendResult(
         42,
         State.FAILED,
         NOW,
-        error_code="131053",
-        error_title="Media upload error",
-        error_detail="could not fetch",
+        sent_as=SentAs.FREEFORM,
+        error_code=str(rejected.code),
+        error_title=rejected.title,
+        error_detail=f"{rejected.detail} (gave up after 2 attempts)",
     )
+
+
+def test_media_error_without_detail_says_why_it_gave_up() -> None:
+    result = run(Rejected(400, 131053, "Media upload error", None), attempts=2)
+    assert result.state is State.FAILED
+    assert result.error_detail == "gave up after 2 attempts"
 
 
 def test_the_result_is_for_the_claimed_row() -> None:
@@ -291,3 +418,311 @@ def test_a_non_finite_retry_after_does_not_crash_the_sender(retry_after: float) 
     assert result.attempts_delta == -1
     assert result.next_attempt_at is not None
     assert NOW < result.next_attempt_at <= NOW + POLICY.max_retry_after
+
+
+# --- Judged.error and Judged.retry_after --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "attempts", "error", "retry_after"),
+    [
+        pytest.param(Accepted("wamid.X", None), 1, None, None, id="accepted"),
+        pytest.param(
+            TransportFailure(ambiguous=True, reason="read timeout"),
+            1,
+            ErrorClass.SERVER,
+            None,
+            id="ambiguous",
+        ),
+        pytest.param(
+            TransportFailure(ambiguous=False, reason="refused"),
+            1,
+            ErrorClass.SERVER,
+            None,
+            id="unreachable",
+        ),
+        pytest.param(
+            TransportFailure(ambiguous=False, reason="refused"),
+            8,
+            ErrorClass.SERVER,
+            None,
+            id="unreachable-exhausted",
+        ),
+        pytest.param(
+            Rejected(429, None, "Too many requests", None),
+            1,
+            ErrorClass.THROTTLE,
+            None,
+            id="429-no-hint",
+        ),
+        pytest.param(
+            Rejected(429, None, "Too many requests", None, retry_after=30.0),
+            1,
+            ErrorClass.THROTTLE,
+            30.0,
+            id="429-hint",
+        ),
+        pytest.param(
+            Rejected(400, 130429, "(#130429) Rate limit hit", None, retry_after=7200.0),
+            1,
+            ErrorClass.THROTTLE,
+            7200.0,
+            id="130429-raw-hint-passed-on",
+        ),
+        pytest.param(
+            Rejected(
+                400,
+                None,
+                "You have exceeded the limit of 1 request every * seconds",
+                None,
+                retry_after=5.0,
+            ),
+            1,
+            ErrorClass.THROTTLE,
+            5.0,
+            id="gateway-limit-hint",
+        ),
+        pytest.param(
+            Rejected(400, 131056, "(#131056) pair rate limit hit", None),
+            1,
+            ErrorClass.RECIPIENT_THROTTLE,
+            None,
+            id="131056",
+        ),
+        pytest.param(
+            Rejected(401, 190, "Invalid OAuth access token", None),
+            1,
+            ErrorClass.CHANNEL,
+            None,
+            id="190",
+        ),
+        pytest.param(
+            Rejected(400, None, "Could not send message due to lack of payment", None),
+            1,
+            ErrorClass.CHANNEL,
+            None,
+            id="lack-of-payment",
+        ),
+        pytest.param(Rejected(503, None, "HTTP 503", None), 1, ErrorClass.SERVER, None, id="503"),
+        pytest.param(
+            Rejected(503, None, "HTTP 503", None), 8, ErrorClass.SERVER, None, id="503-exhausted"
+        ),
+        pytest.param(
+            Rejected(200, None, "response has no message id", None),
+            1,
+            ErrorClass.SERVER,
+            None,
+            id="2xx-no-id",
+        ),
+        pytest.param(
+            Rejected(400, 131053, "Media upload error", None),
+            2,
+            ErrorClass.MEDIA,
+            None,
+            id="media-exhausted",
+        ),
+        pytest.param(
+            Rejected(400, 131026, "Message undeliverable", None),
+            1,
+            ErrorClass.PERMANENT,
+            None,
+            id="permanent",
+        ),
+        pytest.param(
+            Rejected(400, 470, "Re-engagement message", None),
+            1,
+            ErrorClass.WINDOW_CLOSED,
+            None,
+            id="window-closed",
+        ),
+        pytest.param(
+            Rejected(400, 131047, "(#131047) Re-engagement message", None, retry_after=9.0),
+            1,
+            ErrorClass.WINDOW_CLOSED,
+            None,
+            id="window-closed-hint-dropped",
+        ),
+    ],
+)
+def test_judged_error_and_retry_after(
+    outcome: SendOutcome, attempts: int, error: ErrorClass | None, retry_after: float | None
+) -> None:
+    verdict = judged(outcome, attempts=attempts)
+    assert verdict.error is error
+    assert verdict.retry_after == retry_after
+
+
+# --- the 24-hour window -------------------------------------------------------------------------
+
+WINDOW_REJECTIONS = [
+    pytest.param(
+        Rejected(
+            400,
+            470,
+            "Re-engagement message",
+            "More than 24 hours have passed since the customer last replied to this number",
+        ),
+        "API error 470: Re-engagement message",
+        id="onprem-470",
+    ),
+    pytest.param(
+        Rejected(200, 470, "Re-engagement message", None),
+        "API error 470: Re-engagement message",
+        id="onprem-470-behind-200",
+    ),
+    pytest.param(
+        Rejected(
+            400,
+            131047,
+            "(#131047) Re-engagement message",
+            "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
+        ),
+        "API error 131047: (#131047) Re-engagement message",
+        id="cloud-131047",
+    ),
+    pytest.param(
+        Rejected(429, 131047, "(#131047) Re-engagement message", None, retry_after=30.0),
+        "API error 131047: (#131047) Re-engagement message",
+        id="cloud-131047-behind-429",
+    ),
+]
+
+
+@pytest.mark.parametrize(("rejected", "detail"), WINDOW_REJECTIONS)
+@pytest.mark.parametrize("attempts", [1, 8, 30])
+def test_window_closed_free_form_with_a_fallback_queues_the_fallback(
+    rejected: Rejected, detail: str, attempts: int
+) -> None:
+    verdict = judged(rejected, attempts=attempts, fallback_template=FALLBACK)
+    assert verdict == Judged(
+        SendResult(
+            42,
+            State.QUEUED,
+            NOW,
+            sent_as=SentAs.FALLBACK_TEMPLATE,
+            error_code=WINDOW_CLOSED,
+            error_title=FALLBACK_NEXT_TITLE,
+            error_detail=detail,
+            next_attempt_at=None,
+            attempts_delta=-1,
+        ),
+        ErrorClass.WINDOW_CLOSED,
+        None,
+    )
+
+
+@pytest.mark.parametrize(("rejected", "detail"), WINDOW_REJECTIONS)
+@pytest.mark.parametrize("attempts", [1, 8])
+def test_window_closed_free_form_without_a_fallback_fails(
+    rejected: Rejected, detail: str, attempts: int
+) -> None:
+    verdict = judged(rejected, attempts=attempts)
+    assert verdict == Judged(
+        SendResult(
+            42,
+            State.FAILED,
+            NOW,
+            sent_as=SentAs.FREEFORM,
+            error_code=WINDOW_CLOSED,
+            error_title=WINDOW_CLOSED_TITLE,
+            error_detail=detail,
+        ),
+        ErrorClass.WINDOW_CLOSED,
+        None,
+    )
+
+
+@pytest.mark.parametrize(("rejected", "detail"), WINDOW_REJECTIONS)
+def test_window_closed_for_the_fallback_itself_fails(rejected: Rejected, detail: str) -> None:
+    # The fallback went out once and was refused too: no third form to try.
+    verdict = judged(rejected, sent_as=SentAs.FALLBACK_TEMPLATE, fallback_template=FALLBACK)
+    assert verdict == Judged(
+        SendResult(
+            42,
+            State.FAILED,
+            NOW,
+            sent_as=SentAs.FALLBACK_TEMPLATE,
+            error_code=WINDOW_CLOSED,
+            error_title=FALLBACK_REFUSED_TITLE,
+            error_detail=detail,
+        ),
+        ErrorClass.WINDOW_CLOSED,
+        None,
+    )
+
+
+@pytest.mark.parametrize(("rejected", "detail"), WINDOW_REJECTIONS)
+@pytest.mark.parametrize("fallback", [None, FALLBACK], ids=["no-fallback", "fallback"])
+def test_window_closed_for_a_template_payload_fails_without_switching(
+    rejected: Rejected, detail: str, fallback: Any
+) -> None:
+    result = run(rejected, sent_as=SentAs.TEMPLATE, fallback_template=fallback)
+    assert result.state is State.FAILED
+    assert result.sent_as is SentAs.TEMPLATE
+    assert result.error_code == WINDOW_CLOSED
+    assert result.error_detail == detail
+    assert result.next_attempt_at is None
+    assert result.attempts_delta == 0
+
+
+@pytest.mark.parametrize(
+    ("sent_as", "fallback", "state", "now_as", "title", "attempts_delta"),
+    [
+        pytest.param(
+            SentAs.FREEFORM,
+            FALLBACK,
+            State.QUEUED,
+            SentAs.FALLBACK_TEMPLATE,
+            FALLBACK_NEXT_TITLE,
+            -1,
+            id="freeform-fallback",
+        ),
+        pytest.param(
+            SentAs.FREEFORM,
+            None,
+            State.FAILED,
+            SentAs.FREEFORM,
+            WINDOW_CLOSED_TITLE,
+            0,
+            id="freeform-no-fallback",
+        ),
+        pytest.param(
+            SentAs.FALLBACK_TEMPLATE,
+            FALLBACK,
+            State.FAILED,
+            SentAs.FALLBACK_TEMPLATE,
+            FALLBACK_REFUSED_TITLE,
+            0,
+            id="fallback-refused",
+        ),
+        # An empty object is still a fallback: only None means "none configured".
+        pytest.param(
+            SentAs.FREEFORM,
+            {},
+            State.QUEUED,
+            SentAs.FALLBACK_TEMPLATE,
+            FALLBACK_NEXT_TITLE,
+            -1,
+            id="freeform-empty-fallback",
+        ),
+    ],
+)
+def test_window_closed_helper(
+    sent_as: SentAs,
+    fallback: Any,
+    state: State,
+    now_as: SentAs,
+    title: str,
+    attempts_delta: int,
+) -> None:
+    message = claimed(attempts=3, message_id=9, fallback_template=fallback)
+    assert window_closed(message, sent_as, NOW, "status webhook: 131047") == SendResult(
+        9,
+        state,
+        NOW,
+        sent_as=now_as,
+        error_code=WINDOW_CLOSED,
+        error_title=title,
+        error_detail="status webhook: 131047",
+        attempts_delta=attempts_delta,
+    )

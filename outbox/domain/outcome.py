@@ -106,8 +106,11 @@ def window_closed(
         now,
         sent_as=sent_as,
         error_code=WINDOW_CLOSED,
-        error_title=WINDOW_CLOSED_TITLE
-        if sent_as is SentAs.FREEFORM
-        else "the 24-hour window is closed and the fallback_template was refused too",
+        error_title={
+            SentAs.FREEFORM: WINDOW_CLOSED_TITLE,
+            SentAs.TEMPLATE: "the API refused the template for a closed 24-hour window",
+            SentAs.FALLBACK_TEMPLATE: "the 24-hour window is closed and the "
+            "fallback_template was refused too",
+        }[sent_as],
         error_detail=detail,
     )

@@ -51,10 +51,15 @@ def classify(rejected: Rejected) -> ErrorClass:
     if rejected.code is not None and rejected.code in _BY_CODE:
         return _BY_CODE[rejected.code]
     status = rejected.http_status
-    title = rejected.title.lower()
+    # 360dialog's own gateway errors carry no WhatsApp code, only a title; a coded error's
+    # title is free text ("... length exceeded the limit") and must not be read that way.
+    title = rejected.title.lower() if rejected.code is None else ""
     if status == 429 or ("exceeded" in title and "limit" in title):
         return ErrorClass.THROTTLE
     if status in (401, 403) or "lack of payment" in title or "has been disabled" in title:
+        return ErrorClass.CHANNEL
+    if status == 404 and rejected.code is None:
+        # No such endpoint: a wrong base_url fails every row alike, so pause, not fail.
         return ErrorClass.CHANNEL
     if status >= 500 or status == 408:
         return ErrorClass.SERVER

@@ -52,7 +52,8 @@ def choose_content(
     `planned` is the `sent_as` an earlier attempt chose. Once a row has gone out as its fallback
     it stays with the fallback, so retries never switch the content a user may already have.
     """
-    if isinstance(payload, dict) and payload.get("type") in TEMPLATE_TYPES:
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    if isinstance(kind, str) and kind in TEMPLATE_TYPES:
         return Content(payload, SentAs.TEMPLATE)
     if planned is SentAs.FALLBACK_TEMPLATE and fallback_template is not None:
         return Content(fallback_template, SentAs.FALLBACK_TEMPLATE)
