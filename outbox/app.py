@@ -21,19 +21,21 @@ from outbox.config import Settings
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.db.listener import NotifyListener
+from outbox.db.reconcile_store import ReconcileStore
 from outbox.db.store import MessageStore
-from outbox.db.tables import NOTIFY_CHANNEL
+from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
 from outbox.maintenance import Maintenance
 from outbox.metrics import Metrics
+from outbox.reconciler import Reconciler
 from outbox.sender import DB_ERRORS, Sender
 
 log = structlog.get_logger("outbox.app")
 
-ROLES = ("sender", "web")
+ROLES = ("sender", "reconciler", "web")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ async def run(
             runner, http_port = await _start_web(settings, metrics, engine)
         session = create_session(settings.sender.max_in_flight, settings.sender.request_timeout)
         async with session:
+            wake: dict[str, Callable[[], None]] = {}
             if "sender" in roles:
                 sender = Sender(
                     store,
@@ -93,11 +96,16 @@ async def run(
                     worker_id=worker_id,
                     observer=metrics,
                 )
-                listener = NotifyListener(settings.database_url, NOTIFY_CHANNEL, sender.wake)
+                wake[NOTIFY_CHANNEL] = sender.wake
                 tasks["sender"] = sender.run(stop, drain=drain)
-                tasks["listener"] = listener.run(stop)
                 maintenance = Maintenance(store, settings.channels, settings.sender)
                 tasks["maintenance"] = maintenance.run(stop)
+            if "reconciler" in roles:
+                reconciler = Reconciler(ReconcileStore(engine), settings.reconciler, metrics)
+                wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
+                tasks["reconciler"] = reconciler.run(stop)
+            if wake:
+                tasks["listener"] = NotifyListener(settings.database_url, wake).run(stop)
             log.info(
                 "outbox.started",
                 worker_id=worker_id,

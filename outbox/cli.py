@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         run,
         "--role",
         env="ROLE",
-        default="sender,web",
-        help="comma-separated parts to run in this process: sender, web",
+        default="sender,reconciler,web",
+        help="comma-separated parts to run in this process: sender, reconciler, web",
     )
     run.set_defaults(func=_run)
 
@@ -69,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="check configuration, database and migrations; exit 0 only if all is well",
     )
     check.set_defaults(func=_check)
+
+    set_webhook = commands.add_parser(
+        "set-webhook",
+        parents=[common],
+        help="register a channel's webhook URL with the API (POST /v1/configs/webhook), with "
+        "the channel's Basic-auth credentials as a header when it has them; prints the answer",
+    )
+    set_webhook.add_argument("channel", help="the channel's id in the configuration")
+    set_webhook.add_argument("url", help="where 360dialog should post, e.g. .../webhooks/CHANNEL")
+    set_webhook.set_defaults(func=_set_webhook)
 
     sandbox = commands.add_parser(
         "sandbox", parents=[common], help="run a local imitation of 360dialog's API"
@@ -223,6 +234,45 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run_async(main)
+
+
+def _set_webhook(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    import aiohttp
+
+    from outbox.http.api_client import ApiClient, create_session
+
+    settings = _settings(args)
+    channel = settings.channel(args.channel)
+    if channel is None:
+        known = ", ".join(c.id for c in settings.channels)
+        raise ConfigError(f"no channel {args.channel!r} in the configuration (have: {known})")
+    if urlsplit(args.url).scheme not in ("http", "https") or not urlsplit(args.url).hostname:
+        raise ConfigError(f"URL must be an http(s) URL, got {args.url!r}")
+
+    async def main(_: asyncio.Event) -> int:
+        try:
+            async with create_session(1, settings.sender.request_timeout) as session:
+                answer = await ApiClient(session).set_webhook(channel, args.url)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise OutboxError(f"cannot reach {channel.base_url}: {reason}") from exc
+        body = _redact_headers(answer.body)
+        print(body if isinstance(body, str) else json.dumps(body, indent=2))
+        if not 200 <= answer.status < 300:
+            print(f"error: the API answered HTTP {answer.status}", file=sys.stderr)
+            return EXIT_ERROR
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _redact_headers(body: Any) -> Any:
+    """The API echoes the registered headers; the Basic-auth one holds the webhook password."""
+    if isinstance(body, dict) and isinstance(body.get("headers"), dict):
+        return {**body, "headers": dict.fromkeys(body["headers"], "********")}
+    return body
 
 
 def _sandbox(args: argparse.Namespace) -> int:

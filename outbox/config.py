@@ -101,11 +101,20 @@ class SenderConfig:
 
 
 @dataclass(frozen=True)
+class ReconcilerConfig:
+    batch_size: int = 500  # webhook rows per transaction
+    poll_interval: timedelta = timedelta(seconds=1)  # NOTIFY wakes it sooner
+    # A status naming no known message is tried again for this long, then counted an orphan.
+    orphan_horizon: timedelta = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     channels: tuple[ChannelConfig, ...]
     http: HttpConfig = field(default_factory=HttpConfig)
     sender: SenderConfig = field(default_factory=SenderConfig)
+    reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     log_level: str = "info"
     log_format: str = "auto"  # auto: JSON unless stderr is a terminal
 
@@ -133,6 +142,7 @@ def load_settings(
     top = dict(raw)
     http = _section(top.pop("http", {}), "http")
     sender = _section(top.pop("sender", {}), "sender")
+    reconciler = _section(top.pop("reconciler", {}), "reconciler")
     channels_raw = top.pop("channels", [])
     database_url = _top_level(top, env, "database_url", None)
     log_level = _top_level(top, env, "log_level", "info")
@@ -154,6 +164,7 @@ def load_settings(
         channels=channels,
         http=_dataclass_from(HttpConfig, http, "http", env),
         sender=_dataclass_from(SenderConfig, sender, "sender", env),
+        reconciler=_dataclass_from(ReconcilerConfig, reconciler, "reconciler", env),
         log_level=log_level,
         log_format=log_format,
     )

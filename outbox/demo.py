@@ -4,48 +4,62 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 from sqlalchemy import text
 
 from outbox import app
-from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings
+from outbox.config import (
+    ChannelConfig,
+    HttpConfig,
+    ReconcilerConfig,
+    Secret,
+    SenderConfig,
+    Settings,
+)
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.db.store import MessageStore
 from outbox.domain.models import Dialect, State
 from outbox.errors import OutboxError
+from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Sandbox
 
-_ENQUEUE = """
+_TEMPLATE = """jsonb_build_object('type', 'template', 'template', jsonb_build_object(
+    'name', 'order_update', 'language', jsonb_build_object('code', 'en'),
+    'components', jsonb_build_array(jsonb_build_object(
+        'type', 'body', 'parameters', jsonb_build_array(
+            jsonb_build_object('type', 'text', 'text', g::text))))))"""
+
+# A quarter of each: free-form inside the window, a template, free-form with a fallback template
+# to someone whose window is closed, and free-form inside a window that has nearly run out.
+_ENQUEUE = f"""
 WITH people AS (
-    SELECT g, CASE WHEN g % 2 = 0 THEN 'demo-cloud' ELSE 'demo-onprem' END AS channel,
+    SELECT g, CASE WHEN (g / 4) % 2 = 0 THEN 'demo-cloud' ELSE 'demo-onprem' END AS channel,
            '4915' || lpad(g::text, 9, '0') AS recipient
     FROM generate_series(1, $1) AS g
-), window_open AS (
-    -- Half the recipients wrote to us an hour ago: their 24-hour window is open.
+), inbound AS (
     INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
-    SELECT channel, recipient, now() - interval '1 hour' FROM people WHERE g % 4 < 2
+    SELECT channel, recipient,
+           now() - CASE WHEN g % 4 = 0 THEN interval '1 hour' ELSE interval '25 hours' END
+    FROM people WHERE g % 4 IN (0, 3)
 )
-INSERT INTO outbox.messages (channel, recipient, payload, priority, metadata)
+INSERT INTO outbox.messages (channel, recipient, payload, fallback_template, priority, metadata)
 SELECT channel, recipient,
-       CASE WHEN g % 4 < 2
-            THEN jsonb_build_object(
+       CASE WHEN g % 4 = 1 THEN {_TEMPLATE}
+            ELSE jsonb_build_object(
                 'type', 'text',
                 'text', jsonb_build_object('body', 'Your order ' || g || ' has shipped'))
-            ELSE jsonb_build_object('type', 'template', 'template', jsonb_build_object(
-                'name', 'order_update', 'language', jsonb_build_object('code', 'en'),
-                'components', jsonb_build_array(jsonb_build_object(
-                    'type', 'body', 'parameters', jsonb_build_array(
-                        jsonb_build_object('type', 'text', 'text', g::text))))))
        END,
+       CASE WHEN g % 4 = 2 THEN {_TEMPLATE} END,
        CASE WHEN g % 10 = 0 THEN 5 ELSE 0 END,
        jsonb_build_object('order', g)
 FROM people
@@ -53,6 +67,14 @@ FROM people
 
 _KEYS = {"demo-cloud": "demo-cloud-key", "demo-onprem": "demo-onprem-key"}
 _WEBHOOKS_STORED = "SELECT count(*) FROM outbox.webhook_events"
+_UNSETTLED = """
+SELECT (SELECT count(*) FROM outbox.webhook_events WHERE processed_at IS NULL)
+     + (SELECT count(*) FROM outbox.parked_statuses WHERE orphaned_at IS NULL)
+"""
+_SENT_AS = """
+SELECT coalesce(sent_as, error_code, state) AS how, count(*) AS n
+FROM outbox.messages GROUP BY 1 ORDER BY 1
+"""
 _PENDING = (State.QUEUED, State.SENDING)
 
 
@@ -100,8 +122,15 @@ def _settings(dsn: str, base_url: str) -> Settings:
     return Settings(
         database_url=dsn,
         channels=(
+            # Its webhook expects Basic auth, registered with the sandbox like set-webhook does.
             ChannelConfig(
-                "demo-cloud", Dialect.CLOUD, base_url, Secret(_KEYS["demo-cloud"]), 1000.0
+                "demo-cloud",
+                Dialect.CLOUD,
+                base_url,
+                Secret(_KEYS["demo-cloud"]),
+                1000.0,
+                webhook_username=Secret("demo"),
+                webhook_password=Secret(secrets.token_urlsafe(16)),
             ),
             ChannelConfig(
                 "demo-onprem",
@@ -114,6 +143,7 @@ def _settings(dsn: str, base_url: str) -> Settings:
         ),
         http=HttpConfig(host="127.0.0.1", port=0),
         sender=SenderConfig(max_in_flight=200),
+        reconciler=ReconcilerConfig(poll_interval=timedelta(milliseconds=200)),
     )
 
 
@@ -130,39 +160,58 @@ async def _drive(
         raw = await connection.get_raw_connection()
         began = time.monotonic()
         await raw.driver_connection.execute(_ENQUEUE, messages)
-    say(f"enqueued {messages} messages with one INSERT ... SELECT (text and template)")
+    say(
+        f"enqueued {messages} messages with one INSERT ... SELECT: free-form inside the 24-hour "
+        "window, templates, free-form with a fallback template for closed windows, and "
+        "free-form to recipients whose window closed without a fallback (these fail, no request)"
+    )
     try:
-        counts = await _watch(store, stop, daemon, messages)
+        await _watch(store, stop, daemon, messages)
         elapsed = time.monotonic() - began
-        await sandbox.wait_idle()  # the status notifications reach the receiver before it stops
+        say("all sent; waiting for the sent, delivered and read notifications to be reconciled")
+        await sandbox.wait_idle()  # every notification has reached the receiver
+        await _settled(engine, stop)
+        counts = await store.state_counts()
     finally:
         daemon_stop.set()
         await daemon
     _print_table(counts)
     accepted = sum(n for (_, state), n in counts.items() if state not in (*_PENDING, State.FAILED))
+    read = sum(n for (_, state), n in counts.items() if state is State.READ)
     async with engine.connect() as connection:
         stored = (await connection.execute(text(_WEBHOOKS_STORED))).scalar_one()
+        how = {row.how: row.n for row in await connection.execute(text(_SENT_AS))}
+    say("sent as: " + ", ".join(f"{name} {n}" for name, n in how.items()))
     say(f"throughput: {accepted / elapsed:,.0f} messages/s ({accepted} in {elapsed:.2f} s)")
     say(f"sandbox received {len(sandbox.message_requests())} send requests")
     say(
         f"webhooks were served at http://127.0.0.1:{port}/webhooks/<channel>: {stored} status "
-        "notifications stored in outbox.webhook_events (turning them into delivery states "
-        "is not built yet)"
+        "notifications stored in outbox.webhook_events and reconciled into the states above"
     )
     say(f"metrics were served at http://127.0.0.1:{port}/metrics, health at /healthz and /readyz")
-    return 0 if accepted == messages else 1
+    # The rows whose window had closed with no fallback must fail, without a request.
+    return 0 if read + how.get("window_closed", 0) == messages else 1
 
 
 async def _register_webhooks(settings: Settings, port: int | None) -> None:
-    """Point each channel's webhook at our receiver, as `set-webhook` would at 360dialog."""
-    async with aiohttp.ClientSession() as session:
+    """Point each channel's webhook at our receiver, as `outbox set-webhook` does."""
+    async with create_session(2, timedelta(seconds=10)) as session:
+        client = ApiClient(session)
         for channel in settings.channels:
-            async with session.post(
-                f"{channel.base_url}/v1/configs/webhook",
-                json={"url": f"http://127.0.0.1:{port}/webhooks/{channel.id}"},
-                headers={"D360-API-KEY": channel.api_key.reveal()},
-            ) as response:
-                response.raise_for_status()
+            url = f"http://127.0.0.1:{port}/webhooks/{channel.id}"
+            answer = await client.set_webhook(channel, url)
+            if answer.status != 200:
+                raise OutboxError(f"the sandbox refused the webhook of {channel.id}: {answer}")
+
+
+async def _settled(engine: Any, stop: asyncio.Event) -> None:
+    """Wait until every stored notification is processed and no status is parked."""
+    for _ in range(120):
+        async with engine.connect() as connection:
+            left = (await connection.execute(text(_UNSETTLED))).scalar_one()
+        if not left or stop.is_set():
+            return
+        await asyncio.sleep(0.25)
 
 
 async def _watch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from outbox.db.reconcile_store import Report
 from outbox.domain.models import SendResult
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -37,6 +38,46 @@ class Metrics:
             ["channel", "outcome"],
             registry=registry,
         )
+
+        self.statuses = Counter(
+            "outbox_status_updates",
+            "Status notifications by channel and what they did to their message "
+            "(applied, duplicate, no_downgrade, not_delivery, superseded, fallback, parked).",
+            ["channel", "verdict"],
+            registry=registry,
+        )
+        self.orphans = Counter(
+            "outbox_orphan_statuses",
+            "Statuses that named no known message within the orphan horizon.",
+            ["channel"],
+            registry=registry,
+        )
+        self.inbound = Counter(
+            "outbox_inbound_messages",
+            "User messages seen in webhooks (they open the 24-hour window).",
+            registry=registry,
+        )
+        self.notices = Counter(
+            "outbox_webhook_notices",
+            "Parts of webhook bodies that changed nothing: API error notices, ignored parts.",
+            ["channel", "kind"],
+            registry=registry,
+        )
+        self.unprocessable = Counter(
+            "outbox_webhooks_unprocessable",
+            "Webhook rows the reconciler could not process at all (their error is recorded).",
+            registry=registry,
+        )
+
+    def reconciled(self, report: Report) -> None:
+        for (channel, verdict), count in report.verdicts.items():
+            self.statuses.labels(channel, verdict).inc(count)
+        for channel, count in report.orphaned.items():
+            self.orphans.labels(channel).inc(count)
+        for (channel, kind), count in report.notes.items():
+            self.notices.labels(channel, kind).inc(count)
+        self.inbound.inc(report.inbound)
+        self.unprocessable.inc(report.failed_rows)
 
     def webhook(self, channel: str, outcome: str) -> None:
         self.webhooks.labels(channel, outcome).inc()

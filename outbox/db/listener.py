@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -24,10 +24,10 @@ _RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class NotifyListener:
-    def __init__(self, dsn: str, channel: str, on_notify: Callable[[], None]) -> None:
+    def __init__(self, dsn: str, callbacks: Mapping[str, Callable[[], None]]) -> None:
+        """`callbacks`: what to call on a notification, by NOTIFY channel."""
         self._dsn = dsn
-        self._channel = channel
-        self._on_notify = on_notify
+        self._callbacks = dict(callbacks)
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -57,10 +57,12 @@ class NotifyListener:
         lost = asyncio.Event()
         try:
             connection.add_termination_listener(lambda _: lost.set())
-            await connection.add_listener(self._channel, self._notified)
+            for channel in self._callbacks:
+                await connection.add_listener(channel, self._notified)
             self.connected.set()
-            log.info("outbox.listener.connected", channel=self._channel)
-            self._on_notify()
+            log.info("outbox.listener.connected", channels=sorted(self._callbacks))
+            for callback in self._callbacks.values():
+                callback()
             while not stop.is_set() and not lost.is_set():
                 await wait_any(stop, lost, timeout=HEALTH_CHECK_SECONDS)
                 if not stop.is_set() and not lost.is_set():
@@ -72,5 +74,5 @@ class NotifyListener:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 2)
 
-    def _notified(self, *_: Any) -> None:
-        self._on_notify()
+    def _notified(self, _connection: Any, _pid: int, channel: str, _payload: str) -> None:
+        self._callbacks[channel]()

@@ -26,6 +26,7 @@ from outbox.domain.models import SentAs, State
 
 SCHEMA = "outbox"
 NOTIFY_CHANNEL = "outbox_messages"
+WEBHOOK_NOTIFY_CHANNEL = "outbox_webhooks"
 # The recipient as digits, for per-recipient order and the window lookup; agrees with
 # outbox.domain.request.normalise_recipient for every valid recipient.
 WA_ID = r"regexp_replace(recipient, '[[:space:]().+-]', '', 'g')"
@@ -158,4 +159,45 @@ channel_state = Table(
     Column("paused_by", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("channel"),
+)
+
+status_history = Table(
+    "status_history",
+    metadata,
+    Column("id", BigInteger, Identity(always=False)),
+    Column("message_id", BigInteger, nullable=False),
+    Column("wamid", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    # The notification's own time, or when it was received if it carried none.
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("verdict", Text, nullable=False),
+    Column("error_code", Text),
+    Column("error_title", Text),
+    Column("error_detail", Text),
+    Column("webhook_event_id", BigInteger),
+    PrimaryKeyConstraint("id"),
+    # The same notification delivered twice is one entry.
+    Index("ix_status_history_message_id", "message_id", "wamid", "status", "at", unique=True),
+)
+
+# Statuses that named no known message yet (they can overtake the send result's commit): tried
+# again until a horizon, then kept as orphans.
+parked_statuses = Table(
+    "parked_statuses",
+    metadata,
+    Column("id", BigInteger, Identity(always=False)),
+    Column("channel", Text, nullable=False),
+    Column("status", JSONB, nullable=False),
+    Column("webhook_event_id", BigInteger),
+    Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("orphaned_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("id"),
+    Index(
+        "ix_parked_statuses_next_attempt_at",
+        "next_attempt_at",
+        postgresql_where=text("orphaned_at IS NULL"),
+    ),
 )

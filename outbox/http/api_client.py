@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 import orjson
@@ -27,9 +30,36 @@ def create_session(max_connections: int, timeout: timedelta) -> aiohttp.ClientSe
     )
 
 
+@dataclass(frozen=True)
+class ApiAnswer:
+    status: int
+    body: Any  # parsed JSON, or the text when it was not JSON
+
+
+def webhook_config(channel: ChannelConfig, url: str) -> dict[str, Any]:
+    """The body of `POST /v1/configs/webhook`: our URL, and the Basic-auth header 360dialog
+    must send with every notification when the channel expects one."""
+    config: dict[str, Any] = {"url": url}
+    if channel.webhook_username is not None and channel.webhook_password is not None:
+        pair = f"{channel.webhook_username.reveal()}:{channel.webhook_password.reveal()}"
+        token = base64.b64encode(pair.encode()).decode()
+        config["headers"] = {"Authorization": f"Basic {token}"}
+    return config
+
+
 class ApiClient:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
+
+    async def set_webhook(self, channel: ChannelConfig, url: str) -> ApiAnswer:
+        """Register `url` as the channel's webhook (the same path in both dialects)."""
+        async with self._session.post(
+            f"{channel.base_url}/v1/configs/webhook",
+            data=orjson.dumps(webhook_config(channel, url)),
+            headers={"D360-API-KEY": channel.api_key.reveal(), "Content-Type": "application/json"},
+        ) as response:
+            raw = await response.read()
+            return ApiAnswer(response.status, _decode(raw))
 
     async def send(self, channel: ChannelConfig, request: ApiRequest) -> SendOutcome:
         try:
@@ -52,8 +82,11 @@ class ApiClient:
             return TransportFailure(ambiguous=True, reason="timed out waiting for the answer")
         except aiohttp.ClientError as exc:
             return TransportFailure(ambiguous=True, reason=f"{type(exc).__name__}: {exc}")
-        try:
-            body: object = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = raw.decode("utf-8", errors="replace")
-        return parse_send_response(status, body, retry_after)
+        return parse_send_response(status, _decode(raw), retry_after)
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", errors="replace")

@@ -1,0 +1,390 @@
+"""Turns stored webhook rows into delivery states and last-inbound times, in short transactions.
+
+A batch takes unprocessed webhook rows with SKIP LOCKED (so any number of replicas can share the
+work, whoever inserted the rows), parses them, locks the outbox rows their statuses name, lets
+`outbox.domain.reconcile` decide, and writes everything with one statement per table before it
+commits. Statuses whose row is unknown are parked and tried again until a horizon.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import BigInteger, Boolean, DateTime, Text, TypeEngine
+
+from outbox.domain.delivery import Delivery
+from outbox.domain.models import SentAs, State
+from outbox.domain.notifications import (
+    ErrorNotice,
+    Ignored,
+    Inbound,
+    StatusUpdate,
+    parse_notification,
+)
+from outbox.domain.reconcile import Located, Plan, Target, plan_statuses
+
+_TIMESTAMP = DateTime(timezone=True)
+
+_TAKE_WEBHOOKS = text(
+    """
+    SELECT id, channel, payload::text AS payload FROM outbox.webhook_events
+    WHERE processed_at IS NULL
+    ORDER BY id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+_DONE_WEBHOOKS = text(
+    """
+    UPDATE outbox.webhook_events AS w
+    SET processed_at = now(), error = d.error, attempts = w.attempts + 1
+    FROM unnest(:ids, :errors) AS d(id, error)
+    WHERE w.id = d.id
+    """
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())), bindparam("errors", type_=ARRAY(Text())))
+
+# A notification cannot come from the future: a sender clock ahead of ours must not hold a
+# window open past its real end.
+_INBOUND = text(
+    """
+    INSERT INTO outbox.contacts AS c (channel, wa_id, last_inbound_at)
+    SELECT channel, wa_id, least(max(at), now())
+    FROM unnest(:channels, :wa_ids, :ats) AS i(channel, wa_id, at)
+    GROUP BY channel, wa_id
+    ORDER BY channel, wa_id
+    ON CONFLICT (channel, wa_id) DO UPDATE
+    SET last_inbound_at = greatest(c.last_inbound_at, excluded.last_inbound_at),
+        updated_at = now()
+    """
+).bindparams(
+    bindparam("channels", type_=ARRAY(Text())),
+    bindparam("wa_ids", type_=ARRAY(Text())),
+    bindparam("ats", type_=ARRAY(_TIMESTAMP)),
+)
+
+# Locked in id order, so two reconcilers touching the same rows cannot deadlock each other.
+_TARGETS = text(
+    """
+    SELECT id, channel, wamid, state, sent_as, fallback_template IS NOT NULL AS has_fallback,
+           sent_at, delivered_at, read_at, failed_at, error_code, error_title, error_detail
+    FROM outbox.messages
+    WHERE wamid = ANY(:wamids) OR id = ANY(:ids)
+    ORDER BY id
+    FOR UPDATE
+    """
+).bindparams(bindparam("wamids", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(BigInteger())))
+
+_CHANGE_COLUMNS: tuple[tuple[str, TypeEngine[Any]], ...] = (
+    ("id", BigInteger()),
+    ("state", Text()),
+    ("sent_at", _TIMESTAMP),
+    ("delivered_at", _TIMESTAMP),
+    ("read_at", _TIMESTAMP),
+    ("failed_at", _TIMESTAMP),
+    ("error_code", Text()),
+    ("error_title", Text()),
+    ("error_detail", Text()),
+    ("wamid", Text()),
+    ("sent_as", Text()),
+    ("requeue", Boolean()),
+)
+
+_CHANGE_ROWS = text(
+    f"""
+    UPDATE outbox.messages AS m SET
+        state = c.state, sent_at = c.sent_at, delivered_at = c.delivered_at,
+        read_at = c.read_at, failed_at = c.failed_at, error_code = c.error_code,
+        error_title = c.error_title, error_detail = c.error_detail, wamid = c.wamid,
+        sent_as = c.sent_as,
+        next_attempt_at = CASE WHEN c.requeue THEN NULL ELSE m.next_attempt_at END,
+        updated_at = now()
+    FROM unnest({", ".join(f":{name}" for name, _ in _CHANGE_COLUMNS)})
+        AS c({", ".join(name for name, _ in _CHANGE_COLUMNS)})
+    WHERE m.id = c.id
+    """
+).bindparams(*(bindparam(name, type_=ARRAY(kind)) for name, kind in _CHANGE_COLUMNS))
+
+_HISTORY_COLUMNS: tuple[tuple[str, TypeEngine[Any]], ...] = (
+    ("message_id", BigInteger()),
+    ("wamid", Text()),
+    ("status", Text()),
+    ("at", _TIMESTAMP),
+    ("verdict", Text()),
+    ("error_code", Text()),
+    ("error_title", Text()),
+    ("error_detail", Text()),
+    ("webhook_event_id", BigInteger()),
+)
+
+_HISTORY = text(
+    f"""
+    INSERT INTO outbox.status_history ({", ".join(name for name, _ in _HISTORY_COLUMNS)})
+    SELECT * FROM unnest({", ".join(f":{name}" for name, _ in _HISTORY_COLUMNS)})
+    ON CONFLICT DO NOTHING
+    """
+).bindparams(*(bindparam(name, type_=ARRAY(kind)) for name, kind in _HISTORY_COLUMNS))
+
+_PARK = text(
+    """
+    INSERT INTO outbox.parked_statuses (channel, status, webhook_event_id, next_attempt_at)
+    SELECT channel, status, event_id, now() + interval '1 second'
+    FROM unnest(:channels, :statuses, :event_ids) AS p(channel, status, event_id)
+    """
+).bindparams(
+    bindparam("channels", type_=ARRAY(Text())),
+    bindparam("statuses", type_=ARRAY(JSONB())),
+    bindparam("event_ids", type_=ARRAY(BigInteger())),
+)
+
+_TAKE_PARKED = text(
+    """
+    SELECT id, channel, status, webhook_event_id FROM outbox.parked_statuses
+    WHERE orphaned_at IS NULL AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+).columns(status=JSONB)
+
+_RESOLVED = text("DELETE FROM outbox.parked_statuses WHERE id = ANY(:ids)").bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger()))
+)
+
+# Tried again after 1, 2, 4 ... 30 seconds; past the horizon a status is an orphan for good.
+_STILL_PARKED = text(
+    """
+    UPDATE outbox.parked_statuses
+    SET attempts = attempts + 1,
+        next_attempt_at = now() + make_interval(secs => least(30, 2 ^ attempts)),
+        orphaned_at = CASE WHEN parked_at < now() - make_interval(secs => :horizon_seconds)
+                           THEN now() END
+    WHERE id = ANY(:ids)
+    RETURNING channel, orphaned_at IS NOT NULL AS orphaned
+    """
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
+
+
+@dataclass
+class Report:
+    """What one batch did, for logs and metrics."""
+
+    webhooks: int = 0
+    inbound: int = 0
+    verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, verdict)
+    notes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, what)
+    orphaned: Counter[str] = field(default_factory=Counter)  # by channel
+    failed_rows: int = 0  # webhook rows that could not be processed at all
+
+
+def _columns(values: Sequence[tuple[object, ...]], names: Sequence[str]) -> dict[str, list[Any]]:
+    columns = list(zip(*values, strict=True)) if values else [() for _ in names]
+    return {name: list(column) for name, column in zip(names, columns, strict=True)}
+
+
+class ReconcileStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def process_webhooks(self, limit: int) -> Report:
+        """Process up to `limit` stored webhook rows in one transaction."""
+        async with self._engine.begin() as connection:
+            rows = (await connection.execute(_TAKE_WEBHOOKS, {"limit": limit})).all()
+            return await self._process(connection, [(r.id, r.channel, r.payload) for r in rows])
+
+    async def process_webhook_alone(self, webhook_id: int) -> Report:
+        """One row in its own transaction, to find the one a failed batch choked on."""
+        async with self._engine.begin() as connection:
+            rows = (
+                await connection.execute(
+                    text(
+                        "SELECT id, channel, payload::text AS payload FROM outbox.webhook_events"
+                        " WHERE id = :id AND processed_at IS NULL FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"id": webhook_id},
+                )
+            ).all()
+            return await self._process(connection, [(r.id, r.channel, r.payload) for r in rows])
+
+    async def pending_webhook_ids(self, limit: int) -> list[int]:
+        async with self._engine.connect() as connection:
+            result = await connection.execute(
+                text(
+                    "SELECT id FROM outbox.webhook_events WHERE processed_at IS NULL"
+                    " ORDER BY id LIMIT :limit"
+                ),
+                {"limit": limit},
+            )
+            return list(result.scalars())
+
+    async def give_up_webhook(self, webhook_id: int, error: str) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(_DONE_WEBHOOKS, {"ids": [webhook_id], "errors": [error]})
+
+    async def retry_parked(self, limit: int, horizon: timedelta) -> Report:
+        """Try parked statuses again; those past `horizon` become orphans."""
+        report = Report()
+        async with self._engine.begin() as connection:
+            rows = (await connection.execute(_TAKE_PARKED, {"limit": limit})).all()
+            if not rows:
+                return report
+            statuses = [
+                Located(r.channel, _status_from_json(r.status), r.webhook_event_id, r.id)
+                for r in rows
+            ]
+            plan = await _apply(connection, statuses)
+            report.verdicts.update(plan.verdicts)
+            if plan.resolved:
+                await connection.execute(_RESOLVED, {"ids": plan.resolved})
+            still = [p.parked_id for p in plan.park if p.parked_id is not None]
+            if still:
+                result = await connection.execute(
+                    _STILL_PARKED, {"ids": still, "horizon_seconds": horizon.total_seconds()}
+                )
+                for row in result:
+                    if row.orphaned:
+                        report.orphaned[row.channel] += 1
+        return report
+
+    async def _process(
+        self, connection: AsyncConnection, rows: Sequence[tuple[int, str, str]]
+    ) -> Report:
+        report = Report(webhooks=len(rows))
+        inbound: list[tuple[str, str, datetime]] = []
+        statuses: list[Located] = []
+        errors: list[str | None] = []
+        for webhook_id, channel, payload in rows:
+            notes: list[str] = []
+            for event in parse_notification(orjson.loads(payload)):
+                if isinstance(event, Inbound):
+                    inbound.append((channel, event.wa_id, event.at))
+                elif isinstance(event, StatusUpdate):
+                    statuses.append(Located(channel, event, webhook_id))
+                elif isinstance(event, ErrorNotice):
+                    notes.append(f"error {event.code}: {event.title}")
+                    report.notes[(channel, "error")] += 1
+                elif isinstance(event, Ignored):
+                    notes.append(f"ignored: {event.reason}")
+                    report.notes[(channel, "ignored")] += 1
+            errors.append("; ".join(notes) or None)
+        if inbound:
+            await connection.execute(_INBOUND, _columns(inbound, ("channels", "wa_ids", "ats")))
+            report.inbound = len(inbound)
+        if statuses:
+            plan = await _apply(connection, statuses)
+            report.verdicts.update(plan.verdicts)
+            if plan.park:
+                parked = [
+                    (p.channel, _status_to_json(p.update), p.webhook_event_id) for p in plan.park
+                ]
+                await connection.execute(
+                    _PARK, _columns(parked, ("channels", "statuses", "event_ids"))
+                )
+        if rows:
+            await connection.execute(
+                _DONE_WEBHOOKS, {"ids": [r[0] for r in rows], "errors": errors}
+            )
+        return report
+
+
+async def _apply(connection: AsyncConnection, statuses: list[Located]) -> Plan:
+    """Lock the rows `statuses` name, plan, and write row changes and history."""
+    wamids = sorted({s.update.wamid for s in statuses})
+    ids = sorted({s.update.outbox_id for s in statuses if s.update.outbox_id is not None})
+    rows = (await connection.execute(_TARGETS, {"wamids": wamids, "ids": ids})).all()
+    targets = [
+        Target(
+            id=r.id,
+            channel=r.channel,
+            wamid=r.wamid,
+            sent_as=SentAs(r.sent_as) if r.sent_as else None,
+            has_fallback=r.has_fallback,
+            delivery=Delivery(
+                State(r.state),
+                r.sent_at,
+                r.delivered_at,
+                r.read_at,
+                r.failed_at,
+                r.error_code,
+                r.error_title,
+                r.error_detail,
+            ),
+        )
+        for r in rows
+    ]
+    by_wamid = {(t.channel, t.wamid): t for t in targets if t.wamid is not None}
+    by_id = {(t.channel, t.id): t for t in targets}
+    plan = plan_statuses(statuses, by_wamid, by_id, datetime.now(UTC))
+    if plan.changes:
+        changes = [
+            (
+                message_id,
+                c.delivery.state.value,
+                c.delivery.sent_at,
+                c.delivery.delivered_at,
+                c.delivery.read_at,
+                c.delivery.failed_at,
+                c.delivery.error_code,
+                c.delivery.error_title,
+                c.delivery.error_detail,
+                c.wamid,
+                c.sent_as.value if c.sent_as else None,
+                c.requeue,
+            )
+            for message_id, c in plan.changes.items()
+        ]
+        await connection.execute(
+            _CHANGE_ROWS, _columns(changes, [name for name, _ in _CHANGE_COLUMNS])
+        )
+    if plan.history:
+        history = [
+            (
+                h.message_id,
+                h.wamid,
+                h.status,
+                h.at,
+                h.verdict,
+                h.error_code,
+                h.error_title,
+                h.error_detail,
+                h.webhook_event_id,
+            )
+            for h in plan.history
+        ]
+        await connection.execute(_HISTORY, _columns(history, [n for n, _ in _HISTORY_COLUMNS]))
+    return plan
+
+
+def _status_to_json(update: StatusUpdate) -> dict[str, Any]:
+    return {
+        "wamid": update.wamid,
+        "status": update.status,
+        "at": update.at.isoformat() if update.at else None,
+        "recipient": update.recipient,
+        "outbox_id": update.outbox_id,
+        "error_code": update.error_code,
+        "error_title": update.error_title,
+        "error_detail": update.error_detail,
+    }
+
+
+def _status_from_json(data: dict[str, Any]) -> StatusUpdate:
+    at = data.get("at")
+    return StatusUpdate(
+        wamid=data["wamid"],
+        status=data["status"],
+        at=datetime.fromisoformat(at) if at else None,
+        recipient=data.get("recipient"),
+        outbox_id=data.get("outbox_id"),
+        error_code=data.get("error_code"),
+        error_title=data.get("error_title"),
+        error_detail=data.get("error_detail"),
+    )

@@ -1,0 +1,109 @@
+"""The reconcile loop: webhook rows into delivery states and window times, parked statuses retried.
+
+Runs while there is work, then waits for a NOTIFY (or the poll interval). A batch that fails for
+a reason other than the database being away is split, so one row that cannot be processed gets
+its error recorded and never holds back the rows behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+import structlog
+
+from outbox.aio import wait_any
+from outbox.config import ReconcilerConfig
+from outbox.db.reconcile_store import ReconcileStore, Report
+from outbox.sender import DB_ERRORS
+
+log = structlog.get_logger("outbox.reconciler")
+
+_PARKED_EVERY_SECONDS = 1.0
+
+
+class ReconcileObserver(Protocol):
+    def reconciled(self, report: Report) -> None: ...
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: ReconcileStore,
+        config: ReconcilerConfig,
+        observer: ReconcileObserver | None = None,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._observer = observer
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        parked_due = 0.0
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                report = await self._batch()
+                if time.monotonic() >= parked_due:
+                    self._observe(
+                        await self._store.retry_parked(
+                            self._config.batch_size, self._config.orphan_horizon
+                        )
+                    )
+                    parked_due = time.monotonic() + _PARKED_EVERY_SECONDS
+                failures = 0
+            except DB_ERRORS as exc:
+                failures += 1
+                delay = min(5.0, 0.5 * 2 ** (failures - 1))
+                log.warning("outbox.reconciler.db_error", error=str(exc), retry_in=delay)
+                await wait_any(stop, timeout=delay)
+                continue
+            if report.webhooks >= self._config.batch_size:
+                continue
+            await wait_any(
+                stop,
+                self._wake,
+                timeout=min(self._config.poll_interval.total_seconds(), _PARKED_EVERY_SECONDS),
+            )
+
+    async def _batch(self) -> Report:
+        try:
+            report = await self._store.process_webhooks(self._config.batch_size)
+        except DB_ERRORS:
+            raise
+        except Exception as exc:
+            log.warning("outbox.reconciler.batch_failed", error=repr(exc), note="splitting it")
+            report = await self._one_by_one()
+        self._observe(report)
+        return report
+
+    async def _one_by_one(self) -> Report:
+        total = Report()
+        for webhook_id in await self._store.pending_webhook_ids(self._config.batch_size):
+            try:
+                report = await self._store.process_webhook_alone(webhook_id)
+            except DB_ERRORS:
+                raise
+            except Exception as exc:
+                error = f"cannot be processed: {type(exc).__name__}: {exc}"[:1000]
+                await self._store.give_up_webhook(webhook_id, error)
+                log.error("outbox.webhook.unprocessable", webhook_id=webhook_id, error=error)
+                total.failed_rows += 1
+                total.webhooks += 1
+                continue
+            total.webhooks += report.webhooks
+            total.inbound += report.inbound
+            total.verdicts.update(report.verdicts)
+            total.notes.update(report.notes)
+        return total
+
+    def _observe(self, report: Report) -> None:
+        for channel, count in report.orphaned.items():
+            log.warning("outbox.status.orphaned", channel=channel, count=count)
+        if self._observer is not None:
+            self._observer.reconciled(report)
