@@ -220,6 +220,13 @@ CASES: list[tuple[str, Delivery, StatusUpdate, Delivery, Verdict]] = [
         FAILED,
         Verdict.APPLIED,
     ),
+    (
+        "a failure time without an error counts as a failure without a code",
+        Delivery(State.SENT, failed_at=T1),
+        UNDELIVERABLE,
+        Delivery(State.FAILED, failed_at=T1),
+        Verdict.APPLIED,
+    ),
     # --- failures after delivery: state kept, error recorded for the audit trail
     (
         "failed after delivered",
