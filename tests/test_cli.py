@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from outbox.db import migrate
+from outbox.sandbox import Sandbox
 from tests.support import SUBPROCESS_ENV, config_toml, fetch
 
 pytestmark = pytest.mark.slow
@@ -115,3 +117,57 @@ async def test_help_names_environment_fallbacks() -> None:
     assert code == 0
     assert "OUTBOX_CONFIG" in out
     assert "OUTBOX_ROLE" in out
+
+
+async def test_set_webhook_registers_the_url_with_basic_auth_and_masks_it(
+    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
+) -> None:
+    api, base_url = sandbox
+    config = tmp_path / "outbox.toml"
+    config.write_text(
+        config_toml(db_url, base_url).replace(
+            'api_key_env = "TEST_CLOUD_KEY"',
+            'api_key_env = "TEST_CLOUD_KEY"\n'
+            'webhook_username_env = "HOOK_USER"\nwebhook_password_env = "HOOK_PASS"',
+        )
+    )
+    url = "https://hooks.example.com/webhooks/cloud"
+    code, out, err = await _outbox(
+        "set-webhook",
+        "cloud",
+        url,
+        "--config",
+        str(config),
+        env={"HOOK_USER": "hook-user", "HOOK_PASS": "s3cret-pass"},
+    )
+    assert code == 0, err
+    assert url in out
+    assert '"Authorization": "********"' in out
+    token = base64.b64encode(b"hook-user:s3cret-pass").decode()
+    assert token not in out + err
+    [request] = [r for r in api.requests if r.path == "/v1/configs/webhook"]
+    assert request.body == {"url": url, "headers": {"Authorization": f"Basic {token}"}}
+    assert request.api_key_label == "cloud"
+
+
+async def test_set_webhook_refuses_unknown_channels_and_reports_api_errors(
+    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
+) -> None:
+    _, base_url = sandbox
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml(db_url, base_url))
+    code, _, err = await _outbox(
+        "set-webhook", "nope", "https://x.example/h", "--config", str(config)
+    )
+    assert code == 2
+    assert "no channel 'nope'" in err
+    code, _, err = await _outbox(
+        "set-webhook",
+        "onprem",
+        "https://x.example/h",
+        "--config",
+        str(config),
+        env={"TEST_ONPREM_KEY": "wrong-key"},
+    )
+    assert code == 1
+    assert "HTTP 401" in err
