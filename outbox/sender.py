@@ -50,6 +50,7 @@ class Store(Protocol):
     ) -> list[ClaimedMessage]: ...
     async def complete(self, results: Sequence[SendResult], worker: str) -> int: ...
     async def release(self, ids: Sequence[int], worker: str) -> int: ...
+    async def next_due(self, channel: str) -> datetime | None: ...
     async def set_pause(
         self, channel: str, until: datetime | None, reason: str | None, worker: str
     ) -> None: ...
@@ -185,46 +186,51 @@ class Sender:
             free = self._free_slots()
             if free <= 0:
                 return claimed, None
-            now = time.monotonic()
-            breaker = self._breakers[channel.id]
-            allowance = breaker.allowance(now)
-            if allowance == 0:
-                wait = breaker.wait_time(now)
-                if wait is not None:
-                    retry_in = _earliest(retry_in, wait)
-                continue
-            held = self._held_until.get(channel.id, 0.0) - now
-            if held > 0:
-                retry_in = _earliest(retry_in, held)
-                continue
-            wanted = min(self._config.batch_size, free, allowance or free)
-            bucket = self._buckets[channel.id]
-            granted = bucket.take(now, wanted)
-            if granted == 0:
-                retry_in = _earliest(retry_in, bucket.wait_time(now))
-                continue
-            try:
-                rows = await self._store.claim(
-                    channel.id, granted, self._worker, self._config.lease
-                )
-            except BaseException:
-                bucket.give_back(granted)
-                if allowance == 1:
-                    breaker.probe_unused()
-                raise
-            bucket.give_back(granted - len(rows))
-            if allowance == 1:
-                if rows:
-                    breaker.probing(rows[0].id)
-                    log.info("outbox.channel.probe", channel=channel.id, message_id=rows[0].id)
-                else:
-                    breaker.probe_unused()
-            elif len(rows) == granted:
-                retry_in = _earliest(retry_in, bucket.wait_time(time.monotonic()))
-            claimed += len(rows)
-            for message in rows:
-                self._start(channel, message)
+            count, again = await self._claim_channel(channel, free)
+            claimed += count
+            if again is not None:
+                retry_in = _earliest(retry_in, again)
         return claimed, retry_in
+
+    async def _claim_channel(self, channel: ChannelConfig, free: int) -> tuple[int, float | None]:
+        """Claim what the channel's breaker, throttle hold and tokens allow; start sending it."""
+        now = time.monotonic()
+        breaker = self._breakers[channel.id]
+        allowance = breaker.allowance(now)
+        if allowance == 0:
+            return 0, breaker.wait_time(now)
+        held = self._held_until.get(channel.id, 0.0) - now
+        if held > 0:
+            return 0, held
+        bucket = self._buckets[channel.id]
+        granted = bucket.take(now, min(self._config.batch_size, free, allowance or free))
+        if granted == 0:
+            return 0, bucket.wait_time(now)
+        try:
+            rows = await self._store.claim(channel.id, granted, self._worker, self._config.lease)
+        except BaseException:
+            bucket.give_back(granted)
+            if allowance == 1:
+                breaker.probe_unused()
+            raise
+        bucket.give_back(granted - len(rows))
+        retry_in = None
+        if len(rows) == granted:
+            retry_in = bucket.wait_time(time.monotonic())
+        else:
+            # Nothing more is ready: wake up for the first retry or paced row coming due.
+            due = await self._store.next_due(channel.id)
+            if due is not None:
+                retry_in = max(0.0, (due - self._now()).total_seconds())
+        if allowance == 1:
+            if rows:
+                breaker.probing(rows[0].id)
+                log.info("outbox.channel.probe", channel=channel.id, message_id=rows[0].id)
+            else:
+                breaker.probe_unused()
+        for message in rows:
+            self._start(channel, message)
+        return len(rows), retry_in
 
     def _free_slots(self) -> int:
         return self._config.max_in_flight - len(self._flights)
@@ -409,6 +415,8 @@ class Sender:
                 await asyncio.sleep(delay)
                 continue
             del self._results[: len(batch)]
+            # A finished row may be what held back its recipient's next one: claim again.
+            self._wake.set()
             if written != len(batch):
                 log.warning("outbox.results.lease_lost", expected=len(batch), written=written)
         self._flushed.set()

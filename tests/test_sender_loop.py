@@ -56,6 +56,9 @@ class FakeStore:
     async def release(self, ids: Sequence[int], worker: str) -> int:
         return 0
 
+    async def next_due(self, channel: str) -> datetime | None:
+        return None
+
 
 class FakeApi:
     async def send(self, channel: ChannelConfig, request: ApiRequest) -> Accepted:

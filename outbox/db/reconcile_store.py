@@ -18,8 +18,10 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.types import BigInteger, Boolean, DateTime, Text, TypeEngine
+from sqlalchemy.types import BigInteger, Boolean, DateTime, Text
 
+from outbox.db.arrays import ArrayColumns
+from outbox.db.store import WAKE_SENDERS
 from outbox.domain.delivery import Delivery
 from outbox.domain.models import SentAs, State
 from outbox.domain.notifications import (
@@ -43,32 +45,30 @@ _TAKE_WEBHOOKS = text(
     """
 )
 
-_DONE_WEBHOOKS = text(
-    """
+_DONE = ArrayColumns((("id", BigInteger()), ("error", Text())))
+_DONE_WEBHOOKS = _DONE.statement(
+    f"""
     UPDATE outbox.webhook_events AS w
     SET processed_at = now(), error = d.error, attempts = w.attempts + 1
-    FROM unnest(:ids, :errors) AS d(id, error)
+    FROM {_DONE.unnest("d")}
     WHERE w.id = d.id
     """
-).bindparams(bindparam("ids", type_=ARRAY(BigInteger())), bindparam("errors", type_=ARRAY(Text())))
+)
 
 # A notification cannot come from the future: a sender clock ahead of ours must not hold a
 # window open past its real end.
-_INBOUND = text(
-    """
+_INBOUND_COLUMNS = ArrayColumns((("channel", Text()), ("wa_id", Text()), ("at", _TIMESTAMP)))
+_INBOUND = _INBOUND_COLUMNS.statement(
+    f"""
     INSERT INTO outbox.contacts AS c (channel, wa_id, last_inbound_at)
     SELECT channel, wa_id, least(max(at), now())
-    FROM unnest(:channels, :wa_ids, :ats) AS i(channel, wa_id, at)
+    FROM {_INBOUND_COLUMNS.unnest("i")}
     GROUP BY channel, wa_id
     ORDER BY channel, wa_id
     ON CONFLICT (channel, wa_id) DO UPDATE
     SET last_inbound_at = greatest(c.last_inbound_at, excluded.last_inbound_at),
         updated_at = now()
     """
-).bindparams(
-    bindparam("channels", type_=ARRAY(Text())),
-    bindparam("wa_ids", type_=ARRAY(Text())),
-    bindparam("ats", type_=ARRAY(_TIMESTAMP)),
 )
 
 # Locked in id order, so two reconcilers touching the same rows cannot deadlock each other.
@@ -83,22 +83,24 @@ _TARGETS = text(
     """
 ).bindparams(bindparam("wamids", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(BigInteger())))
 
-_CHANGE_COLUMNS: tuple[tuple[str, TypeEngine[Any]], ...] = (
-    ("id", BigInteger()),
-    ("state", Text()),
-    ("sent_at", _TIMESTAMP),
-    ("delivered_at", _TIMESTAMP),
-    ("read_at", _TIMESTAMP),
-    ("failed_at", _TIMESTAMP),
-    ("error_code", Text()),
-    ("error_title", Text()),
-    ("error_detail", Text()),
-    ("wamid", Text()),
-    ("sent_as", Text()),
-    ("requeue", Boolean()),
+_CHANGES = ArrayColumns(
+    (
+        ("id", BigInteger()),
+        ("state", Text()),
+        ("sent_at", _TIMESTAMP),
+        ("delivered_at", _TIMESTAMP),
+        ("read_at", _TIMESTAMP),
+        ("failed_at", _TIMESTAMP),
+        ("error_code", Text()),
+        ("error_title", Text()),
+        ("error_detail", Text()),
+        ("wamid", Text()),
+        ("sent_as", Text()),
+        ("requeue", Boolean()),
+    )
 )
 
-_CHANGE_ROWS = text(
+_CHANGE_ROWS = _CHANGES.statement(
     f"""
     UPDATE outbox.messages AS m SET
         state = c.state, sent_at = c.sent_at, delivered_at = c.delivered_at,
@@ -107,42 +109,42 @@ _CHANGE_ROWS = text(
         sent_as = c.sent_as,
         next_attempt_at = CASE WHEN c.requeue THEN NULL ELSE m.next_attempt_at END,
         updated_at = now()
-    FROM unnest({", ".join(f":{name}" for name, _ in _CHANGE_COLUMNS)})
-        AS c({", ".join(name for name, _ in _CHANGE_COLUMNS)})
+    FROM {_CHANGES.unnest("c")}
     WHERE m.id = c.id
     """
-).bindparams(*(bindparam(name, type_=ARRAY(kind)) for name, kind in _CHANGE_COLUMNS))
-
-_HISTORY_COLUMNS: tuple[tuple[str, TypeEngine[Any]], ...] = (
-    ("message_id", BigInteger()),
-    ("wamid", Text()),
-    ("status", Text()),
-    ("at", _TIMESTAMP),
-    ("verdict", Text()),
-    ("error_code", Text()),
-    ("error_title", Text()),
-    ("error_detail", Text()),
-    ("webhook_event_id", BigInteger()),
 )
 
-_HISTORY = text(
+_HISTORY_COLUMNS = ArrayColumns(
+    (
+        ("message_id", BigInteger()),
+        ("wamid", Text()),
+        ("status", Text()),
+        ("at", _TIMESTAMP),
+        ("verdict", Text()),
+        ("error_code", Text()),
+        ("error_title", Text()),
+        ("error_detail", Text()),
+        ("webhook_event_id", BigInteger()),
+    )
+)
+
+_HISTORY = _HISTORY_COLUMNS.statement(
     f"""
-    INSERT INTO outbox.status_history ({", ".join(name for name, _ in _HISTORY_COLUMNS)})
-    SELECT * FROM unnest({", ".join(f":{name}" for name, _ in _HISTORY_COLUMNS)})
+    INSERT INTO outbox.status_history ({_HISTORY_COLUMNS.names})
+    SELECT * FROM {_HISTORY_COLUMNS.unnest("h")}
     ON CONFLICT DO NOTHING
     """
-).bindparams(*(bindparam(name, type_=ARRAY(kind)) for name, kind in _HISTORY_COLUMNS))
+)
 
-_PARK = text(
-    """
+_PARKED = ArrayColumns(
+    (("channel", Text()), ("status", JSONB()), ("webhook_event_id", BigInteger()))
+)
+_PARK = _PARKED.statement(
+    f"""
     INSERT INTO outbox.parked_statuses (channel, status, webhook_event_id, next_attempt_at)
-    SELECT channel, status, event_id, now() + interval '1 second'
-    FROM unnest(:channels, :statuses, :event_ids) AS p(channel, status, event_id)
+    SELECT channel, status, webhook_event_id, now() + interval '1 second'
+    FROM {_PARKED.unnest("p")}
     """
-).bindparams(
-    bindparam("channels", type_=ARRAY(Text())),
-    bindparam("statuses", type_=ARRAY(JSONB())),
-    bindparam("event_ids", type_=ARRAY(BigInteger())),
 )
 
 _TAKE_PARKED = text(
@@ -183,11 +185,6 @@ class Report:
     notes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, what)
     orphaned: Counter[str] = field(default_factory=Counter)  # by channel
     failed_rows: int = 0  # webhook rows that could not be processed at all
-
-
-def _columns(values: Sequence[tuple[object, ...]], names: Sequence[str]) -> dict[str, list[Any]]:
-    columns = list(zip(*values, strict=True)) if values else [() for _ in names]
-    return {name: list(column) for name, column in zip(names, columns, strict=True)}
 
 
 class ReconcileStore:
@@ -276,7 +273,7 @@ class ReconcileStore:
                     report.notes[(channel, "ignored")] += 1
             errors.append("; ".join(notes) or None)
         if inbound:
-            await connection.execute(_INBOUND, _columns(inbound, ("channels", "wa_ids", "ats")))
+            await connection.execute(_INBOUND, _INBOUND_COLUMNS.params(inbound))
             report.inbound = len(inbound)
         if statuses:
             plan = await _apply(connection, statuses)
@@ -285,9 +282,7 @@ class ReconcileStore:
                 parked = [
                     (p.channel, _status_to_json(p.update), p.webhook_event_id) for p in plan.park
                 ]
-                await connection.execute(
-                    _PARK, _columns(parked, ("channels", "statuses", "event_ids"))
-                )
+                await connection.execute(_PARK, _PARKED.params(parked))
         if rows:
             await connection.execute(
                 _DONE_WEBHOOKS, {"ids": [r[0] for r in rows], "errors": errors}
@@ -341,9 +336,9 @@ async def _apply(connection: AsyncConnection, statuses: list[Located]) -> Plan:
             )
             for message_id, c in plan.changes.items()
         ]
-        await connection.execute(
-            _CHANGE_ROWS, _columns(changes, [name for name, _ in _CHANGE_COLUMNS])
-        )
+        await connection.execute(_CHANGE_ROWS, _CHANGES.params(changes))
+        if any(c.requeue for c in plan.changes.values()):
+            await connection.execute(WAKE_SENDERS)
     if plan.history:
         history = [
             (
@@ -359,7 +354,7 @@ async def _apply(connection: AsyncConnection, statuses: list[Located]) -> Plan:
             )
             for h in plan.history
         ]
-        await connection.execute(_HISTORY, _columns(history, [n for n, _ in _HISTORY_COLUMNS]))
+        await connection.execute(_HISTORY, _HISTORY_COLUMNS.params(history))
     return plan
 
 

@@ -14,8 +14,10 @@ from typing import Any
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.types import BigInteger, DateTime, Integer, Text, TypeEngine
+from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 
+from outbox.db.arrays import ArrayColumns
+from outbox.db.tables import NOTIFY_CHANNEL
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 
 # A row is claimable only if no older row to the same recipient on the channel is still open
@@ -61,29 +63,28 @@ _CLAIM = text(
 ).columns(payload=JSONB, fallback_template=JSONB)
 
 _TIMESTAMP = DateTime(timezone=True)
-_RESULT_COLUMNS: tuple[tuple[str, TypeEngine[Any]], ...] = (
-    ("id", BigInteger()),
-    ("state", Text()),
-    ("at", _TIMESTAMP),
-    ("wamid", Text()),
-    ("sent_as", Text()),
-    ("error_code", Text()),
-    ("error_title", Text()),
-    ("error_detail", Text()),
-    ("next_attempt_at", _TIMESTAMP),
-    ("attempts_delta", Integer()),
-    ("pace_until", _TIMESTAMP),
+_RESULTS = ArrayColumns(
+    (
+        ("id", BigInteger()),
+        ("state", Text()),
+        ("at", _TIMESTAMP),
+        ("wamid", Text()),
+        ("sent_as", Text()),
+        ("error_code", Text()),
+        ("error_title", Text()),
+        ("error_detail", Text()),
+        ("next_attempt_at", _TIMESTAMP),
+        ("attempts_delta", Integer()),
+        ("pace_until", _TIMESTAMP),
+    )
 )
 
 # One statement per batch: write the outcomes; a row that backs off takes its recipient's later
 # rows out of the ready index with it (they could not be sent before it anyway); a row sent to
 # a paced recipient records when the next one may go.
-_COMPLETE = text(
+_COMPLETE = _RESULTS.statement(
     f"""
-    WITH r AS (
-        SELECT * FROM unnest({", ".join(f":{name}" for name, _ in _RESULT_COLUMNS)})
-            AS r({", ".join(name for name, _ in _RESULT_COLUMNS)})
-    ), done AS (
+    WITH r AS (SELECT * FROM {_RESULTS.unnest("r")}), done AS (
         UPDATE outbox.messages AS m SET
             state = r.state,
             attempts = m.attempts + r.attempts_delta,
@@ -115,7 +116,7 @@ _COMPLETE = text(
     )
     SELECT count(*) FROM done
     """
-).bindparams(*(bindparam(name, type_=ARRAY(kind)) for name, kind in _RESULT_COLUMNS))
+)
 
 _RELEASE = text(
     """
@@ -182,6 +183,7 @@ _RESEND_UNKNOWN = text(
         error_title = CASE WHEN m.expires_at <= now()
             THEN 'expires_at passed while the outcome was unknown'
             ELSE 'no status arrived for the unknown outcome: sending once more' END,
+        error_code = CASE WHEN m.expires_at <= now() THEN 'expired' ELSE m.error_code END,
         next_attempt_at = NULL, updated_at = now()
     FROM quiet WHERE m.id = quiet.id
     """
@@ -217,6 +219,19 @@ _FAIL_CHANNEL = text(
         error_title = 'no channel with this id is configured',
         error_detail = :detail, failed_at = now(), next_attempt_at = NULL, updated_at = now()
     FROM bad WHERE m.id = bad.id
+    """
+)
+
+# Rows put back in the queue by an UPDATE fire no insert trigger: tell the senders directly.
+WAKE_SENDERS = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+_NEXT_DUE = text(
+    """
+    SELECT least(
+        (SELECT min(next_attempt_at) FROM outbox.messages
+         WHERE state = 'queued' AND channel = :channel AND next_attempt_at > now()),
+        (SELECT min(not_before) FROM outbox.recipient_pace
+         WHERE channel = :channel AND not_before > now()))
     """
 )
 
@@ -294,10 +309,7 @@ class MessageStore:
         """Write outcomes in one statement; returns how many rows were still ours."""
         if not results:
             return 0
-        columns = zip(*(_result_row(r) for r in results), strict=True)
-        params: dict[str, object] = {
-            name: list(values) for (name, _), values in zip(_RESULT_COLUMNS, columns, strict=True)
-        }
+        params: dict[str, object] = {**_RESULTS.params([_result_row(r) for r in results])}
         params["worker"] = worker
         async with self._engine.begin() as connection:
             return int((await connection.execute(_COMPLETE, params)).scalar_one())
@@ -323,8 +335,17 @@ class MessageStore:
     ) -> int:
         if not channels:
             return 0
-        params = {"channels": list(channels), "quiet_seconds": quiet.total_seconds()}
-        return await self._update(_RESEND_UNKNOWN, {**params, "limit": limit})
+        params: dict[str, Any] = {
+            "channels": list(channels),
+            "quiet_seconds": quiet.total_seconds(),
+        }
+        async with self._engine.begin() as connection:
+            resent = (
+                await connection.execute(_RESEND_UNKNOWN, {**params, "limit": limit})
+            ).rowcount
+            if resent:
+                await connection.execute(WAKE_SENDERS)
+        return resent
 
     async def fail_unknown_channels(
         self, known: Collection[str], grace: timedelta, limit: int = 1000
@@ -346,6 +367,14 @@ class MessageStore:
             if count := await self._update(_FAIL_CHANNEL, params):
                 failed[channel] = count
         return failed
+
+    async def next_due(self, channel: str) -> datetime | None:
+        """When the channel's next retry, scheduled row or paced recipient comes due."""
+        async with self._engine.connect() as connection:
+            due: datetime | None = (
+                await connection.execute(_NEXT_DUE, {"channel": channel})
+            ).scalar_one()
+        return due
 
     async def forget_pace(self) -> int:
         return await self._update(_FORGET_PACE, {})
