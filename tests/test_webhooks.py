@@ -132,6 +132,21 @@ async def test_concurrent_posts_are_each_stored_once(db_url: str, receiver: str)
     assert sorted(p["n"] for _, p in await _stored(db_url)) == list(range(300))  # type: ignore[index]
 
 
+async def test_a_body_jsonb_refuses_fails_alone_in_a_group_commit(
+    db_url: str, receiver: str
+) -> None:
+    """Concurrent bodies share INSERTs; the one PostgreSQL refuses must not take others down."""
+    bodies = [
+        (b'{"n": %d, "bad": "\\u0000"}' if n % 50 == 7 else b'{"n": %d}') % n for n in range(400)
+    ]
+    statuses = await asyncio.gather(*(_post(f"{receiver}/webhooks/onprem", b) for b in bodies))
+    refused = [n for n, status in enumerate(statuses) if status == 400]
+    assert refused == [n for n in range(400) if n % 50 == 7]
+    assert set(statuses) == {200, 400}
+    stored = sorted(p["n"] for _, p in await _stored(db_url))  # type: ignore[index]
+    assert stored == [n for n in range(400) if n % 50 != 7]
+
+
 async def test_sandbox_statuses_flow_back_through_the_receiver(db_url: str) -> None:
     api = Sandbox(KEYS, status_delays=(0.01, 0.02, 0.03))
     base_url = await api.start()

@@ -22,10 +22,13 @@ class ArrayColumns:
     def names(self) -> str:
         return ", ".join(name for name, _ in self.columns)
 
-    def unnest(self, alias: str) -> str:
-        """`unnest(:a, :b) AS alias(a, b)`, for a FROM clause."""
+    def unnest(self, alias: str, *, ordinality: str | None = None) -> str:
+        """`unnest(:a, :b) AS alias(a, b)`, for a FROM clause; `ordinality` names a column
+        numbering the rows in array order."""
         arrays = ", ".join(f":{name}" for name, _ in self.columns)
-        return f"unnest({arrays}) AS {alias}({self.names})"
+        if ordinality is None:
+            return f"unnest({arrays}) AS {alias}({self.names})"
+        return f"unnest({arrays}) WITH ORDINALITY AS {alias}({self.names}, {ordinality})"
 
     def statement(self, sql: str) -> TextClause:
         return text(sql).bindparams(

@@ -1,32 +1,99 @@
-"""Raw webhook bodies into `outbox.webhook_events`, one committed row per body."""
+"""Raw webhook bodies into `outbox.webhook_events`: one committed row per body, committed in groups.
+
+Bodies that arrive while a write is in progress wait for the next one, so under load many bodies
+share one INSERT and one commit (and its WAL flush), and when idle a body is written at once. Every
+caller still learns only after the commit that includes its row.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.types import Text
 
+from outbox.db.arrays import ArrayColumns
 from outbox.errors import BodyRejected
 
+MAX_GROUP = 500  # bodies per INSERT
+
 # The body goes in as the text we received; PostgreSQL parses it once, into jsonb.
-_INSERT = text(
+_INSERT_ONE = text(
     "INSERT INTO outbox.webhook_events (channel, payload) "
     "VALUES (:channel, CAST(:body AS jsonb)) RETURNING id"
 )
+_BODIES = ArrayColumns((("channel", Text()), ("body", Text())))
+# Identity values are drawn in the order the rows are inserted, which ORDER BY fixes; so the
+# sorted ids line up with the group's order.
+_INSERT_MANY = _BODIES.statement(
+    f"""
+    INSERT INTO outbox.webhook_events (channel, payload)
+    SELECT channel, CAST(body AS jsonb)
+    FROM {_BODIES.unnest("b", ordinality="n")}
+    ORDER BY n
+    RETURNING id
+    """
+)
+
+
+@dataclass
+class _Waiting:
+    channel: str
+    body: str
+    stored: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class WebhookEventStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._queue: list[_Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def store_webhook(self, channel: str, body: str) -> int:
+        """Store one body; returns its row id once committed."""
+        waiting = _Waiting(channel, body)
+        self._queue.append(waiting)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all())
+        # A client that hangs up does not cancel the write of the group it is in.
+        return await asyncio.shield(waiting.stored)
+
+    async def _write_all(self) -> None:
+        while self._queue:
+            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+            try:
+                ids = await self._insert(group)
+            except BodyRejected:
+                # One body jsonb refuses fails the whole statement: store the rest one by one.
+                for waiting in group:
+                    await self._settle_alone(waiting)
+                continue
+            except Exception as exc:
+                for waiting in group:
+                    waiting.stored.set_exception(exc)
+                continue
+            for waiting, row_id in zip(group, ids, strict=True):
+                waiting.stored.set_result(row_id)
+
+    async def _settle_alone(self, waiting: _Waiting) -> None:
+        try:
+            waiting.stored.set_result((await self._insert([waiting]))[0])
+        except Exception as exc:
+            waiting.stored.set_exception(exc)
+
+    async def _insert(self, group: list[_Waiting]) -> list[int]:
         try:
             async with self._engine.begin() as connection:
-                return int(
-                    (
-                        await connection.execute(_INSERT, {"channel": channel, "body": body})
-                    ).scalar_one()
-                )
+                if len(group) == 1:
+                    params = {"channel": group[0].channel, "body": group[0].body}
+                    return [(await connection.execute(_INSERT_ONE, params)).scalar_one()]
+                params_many = _BODIES.params([(w.channel, w.body) for w in group])
+                return sorted((await connection.execute(_INSERT_MANY, params_many)).scalars())
         except DBAPIError as exc:
             # jsonb refuses some valid JSON (a \u0000 escape) with a data exception (SQLSTATE
             # class 22): the body is at fault. Anything else is ours and propagates.
