@@ -63,6 +63,12 @@ class Reconciler:
                 log.warning("outbox.reconciler.db_error", error=str(exc), retry_in=delay)
                 await wait_any(stop, timeout=delay)
                 continue
+            except Exception:
+                # A bug here must not take the sender down with it: log it loudly, retry later.
+                failures += 1
+                log.exception("outbox.reconciler.failed", retry_in=5.0)
+                await wait_any(stop, timeout=5.0)
+                continue
             if report.webhooks >= self._config.batch_size:
                 continue
             await wait_any(

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from outbox.config import Settings, UnknownPolicy
+from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Fault, RecordedRequest, Sandbox
 from tests.support import (
+    KEYS,
     drain,
     fetch,
     insert,
@@ -748,3 +750,38 @@ async def test_a_recipients_queue_and_due_retries_do_not_wait_for_the_poll(
     assert [body_text(r) for r in to(api, A)] == [f"a{i}" for i in range(5)]
     assert len(to(api, B)) == 2
     assert elapsed < 5, elapsed
+
+
+async def test_a_cloud_status_resolves_an_unknown_row_without_a_resend(db_url: str) -> None:
+    """The answer is lost, but the API took the message: its status (carrying the outbox id in
+    biz_opaque_callback_data) moves the row on, and the quiet period passes with no resend."""
+    api = Sandbox(KEYS, status_delays=(0.05, 0.1, 0.15))
+    base_url = await api.start()
+    api.faults.add(Fault("hang", delay=0.5, times=1))
+    settings = fast(db_url, base_url, **{**TIMEOUT, "unknown_quiet": timedelta(seconds=2)})
+    try:
+        async with running(settings, roles={"sender", "reconciler", "web"}) as started:
+            cloud = next(c for c in settings.channels if c.id == "cloud")
+            async with create_session(1, timedelta(seconds=5)) as session:
+                hook = f"http://127.0.0.1:{started.http_port}/webhooks/cloud"
+                assert (await ApiClient(session).set_webhook(cloud, hook)).status == 200
+            message_id = await insert(db_url, "cloud", A, text("hi"))
+            await wait_until(in_state(db_url, "read", message_id), within=10)
+            await asyncio.sleep(2.5)  # past the quiet period
+    finally:
+        await api.stop()
+    [request] = api.message_requests()
+    stored = await row(db_url, message_id)
+    assert (stored["state"], stored["unknown_resends"]) == ("read", 0)
+    assert stored["wamid"] == request.message_id
+    assert request.body["biz_opaque_callback_data"] == f"outbox:{message_id}"
+    verdicts = await fetch(
+        db_url,
+        "SELECT status, verdict FROM outbox.status_history WHERE message_id = $1",
+        message_id,
+    )
+    assert {(r["status"], r["verdict"]) for r in verdicts} == {
+        ("sent", "applied"),
+        ("delivered", "applied"),
+        ("read", "applied"),
+    }

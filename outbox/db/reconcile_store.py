@@ -224,7 +224,7 @@ class ReconcileStore:
 
     async def give_up_webhook(self, webhook_id: int, error: str) -> None:
         async with self._engine.begin() as connection:
-            await connection.execute(_DONE_WEBHOOKS, {"ids": [webhook_id], "errors": [error]})
+            await connection.execute(_DONE_WEBHOOKS, _DONE.params([(webhook_id, error)]))
 
     async def retry_parked(self, limit: int, horizon: timedelta) -> Report:
         """Try parked statuses again; those past `horizon` become orphans."""
@@ -285,7 +285,7 @@ class ReconcileStore:
                 await connection.execute(_PARK, _PARKED.params(parked))
         if rows:
             await connection.execute(
-                _DONE_WEBHOOKS, {"ids": [r[0] for r in rows], "errors": errors}
+                _DONE_WEBHOOKS, _DONE.params([(r[0], e) for r, e in zip(rows, errors, strict=True)])
             )
         return report
 
