@@ -15,6 +15,7 @@ import structlog
 
 from outbox.aio import wait_any
 from outbox.config import ReconcilerConfig
+from outbox.db.failures import is_data_error
 from outbox.db.reconcile_store import ReconcileStore, Report
 from outbox.sender import DB_ERRORS
 
@@ -50,11 +51,7 @@ class Reconciler:
             try:
                 report = await self._batch()
                 if time.monotonic() >= parked_due:
-                    self._observe(
-                        await self._store.retry_parked(
-                            self._config.batch_size, self._config.orphan_horizon
-                        )
-                    )
+                    await self._retry_parked()
                     parked_due = time.monotonic() + _PARKED_EVERY_SECONDS
                 failures = 0
             except DB_ERRORS as exc:
@@ -80,22 +77,36 @@ class Reconciler:
     async def _batch(self) -> Report:
         try:
             report = await self._store.process_webhooks(self._config.batch_size)
-        except DB_ERRORS:
-            raise
         except Exception as exc:
+            if isinstance(exc, DB_ERRORS) and not is_data_error(exc):
+                raise  # the database is away: the whole batch waits
             log.warning("outbox.reconciler.batch_failed", error=repr(exc), note="splitting it")
             report = await self._one_by_one()
         self._observe(report)
         return report
+
+    async def _retry_parked(self) -> None:
+        try:
+            report = await self._store.retry_parked(
+                self._config.batch_size, self._config.orphan_horizon
+            )
+        except DB_ERRORS as exc:
+            if not is_data_error(exc):
+                raise
+            # Never seen; if it happens, these statuses must not block the ones behind them.
+            orphaned = await self._store.orphan_due_parked(self._config.batch_size)
+            log.error("outbox.status.parked_unprocessable", count=orphaned, error=repr(exc))
+            return
+        self._observe(report)
 
     async def _one_by_one(self) -> Report:
         total = Report()
         for webhook_id in await self._store.pending_webhook_ids(self._config.batch_size):
             try:
                 report = await self._store.process_webhook_alone(webhook_id)
-            except DB_ERRORS:
-                raise
             except Exception as exc:
+                if isinstance(exc, DB_ERRORS) and not is_data_error(exc):
+                    raise
                 error = f"cannot be processed: {type(exc).__name__}: {exc}"[:1000]
                 await self._store.give_up_webhook(webhook_id, error)
                 log.error("outbox.webhook.unprocessable", webhook_id=webhook_id, error=error)

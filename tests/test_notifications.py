@@ -16,6 +16,7 @@ from outbox.domain.notifications import (
     Event,
     Ignored,
     Inbound,
+    NumberChanged,
     StatusUpdate,
     parse_notification,
 )
@@ -81,7 +82,9 @@ EXPECTED: dict[str, list[Event]] = {
     "onprem__inbound__reply-with-context.json": [
         inbound("16315551234", "gBGGFlA5FpafAgkOuJbRq54qwbM", 1521499915, "text")
     ],
-    "onprem__inbound__system-user-changed-number.json": [Ignored("system message")],
+    "onprem__inbound__system-user-changed-number.json": [
+        NumberChanged("16315558889", "16315558890", datetime.fromtimestamp(1574080102, UTC))
+    ],
     "onprem__inbound__group-mentions-trailing-space-from.json": [
         inbound("16315551234", DOC_ID, 1504902988, "text")
     ],

@@ -28,6 +28,7 @@ from outbox.domain.notifications import (
     ErrorNotice,
     Ignored,
     Inbound,
+    NumberChanged,
     StatusUpdate,
     parse_notification,
 )
@@ -65,6 +66,23 @@ _INBOUND = _INBOUND_COLUMNS.statement(
     FROM {_INBOUND_COLUMNS.unnest("i")}
     GROUP BY channel, wa_id
     ORDER BY channel, wa_id
+    ON CONFLICT (channel, wa_id) DO UPDATE
+    SET last_inbound_at = greatest(c.last_inbound_at, excluded.last_inbound_at),
+        updated_at = now()
+    """
+)
+
+# The window a user had on the old number carries over; the notice itself opens nothing.
+_MOVES = ArrayColumns((("channel", Text()), ("old_wa_id", Text()), ("new_wa_id", Text())))
+_NUMBER_CHANGED = _MOVES.statement(
+    f"""
+    INSERT INTO outbox.contacts AS c (channel, wa_id, last_inbound_at)
+    SELECT o.channel, n.new_wa_id, max(o.last_inbound_at)
+    FROM {_MOVES.unnest("n")}
+    JOIN outbox.contacts AS o ON o.channel = n.channel AND o.wa_id = n.old_wa_id
+    WHERE o.last_inbound_at IS NOT NULL
+    GROUP BY o.channel, n.new_wa_id
+    ORDER BY o.channel, n.new_wa_id
     ON CONFLICT (channel, wa_id) DO UPDATE
     SET last_inbound_at = greatest(c.last_inbound_at, excluded.last_inbound_at),
         updated_at = now()
@@ -156,6 +174,10 @@ _TAKE_PARKED = text(
     FOR UPDATE SKIP LOCKED
     """
 ).columns(status=JSONB)
+
+_ORPHAN_NOW = text(
+    "UPDATE outbox.parked_statuses SET orphaned_at = now() WHERE id = ANY(:ids)"
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
 
 _RESOLVED = text("DELETE FROM outbox.parked_statuses WHERE id = ANY(:ids)").bindparams(
     bindparam("ids", type_=ARRAY(BigInteger()))
@@ -251,11 +273,20 @@ class ReconcileStore:
                         report.orphaned[row.channel] += 1
         return report
 
+    async def orphan_due_parked(self, limit: int) -> int:
+        """Give up on the next due parked statuses at once (they made a batch fail)."""
+        async with self._engine.begin() as connection:
+            ids = [r.id for r in (await connection.execute(_TAKE_PARKED, {"limit": limit}))]
+            if ids:
+                await connection.execute(_ORPHAN_NOW, {"ids": ids})
+        return len(ids)
+
     async def _process(
         self, connection: AsyncConnection, rows: Sequence[tuple[int, str, str]]
     ) -> Report:
         report = Report(webhooks=len(rows))
         inbound: list[tuple[str, str, datetime]] = []
+        moves: list[tuple[str, str, str]] = []
         statuses: list[Located] = []
         errors: list[str | None] = []
         for webhook_id, channel, payload in rows:
@@ -265,6 +296,9 @@ class ReconcileStore:
                     inbound.append((channel, event.wa_id, event.at))
                 elif isinstance(event, StatusUpdate):
                     statuses.append(Located(channel, event, webhook_id))
+                elif isinstance(event, NumberChanged):
+                    moves.append((channel, event.old_wa_id, event.new_wa_id))
+                    notes.append(f"number changed to {event.new_wa_id}")
                 elif isinstance(event, ErrorNotice):
                     notes.append(f"error {event.code}: {event.title}")
                     report.notes[(channel, "error")] += 1
@@ -275,6 +309,8 @@ class ReconcileStore:
         if inbound:
             await connection.execute(_INBOUND, _INBOUND_COLUMNS.params(inbound))
             report.inbound = len(inbound)
+        if moves:
+            await connection.execute(_NUMBER_CHANGED, _MOVES.params(moves))
         if statuses:
             plan = await _apply(connection, statuses)
             report.verdicts.update(plan.verdicts)
@@ -315,9 +351,7 @@ async def _apply(connection: AsyncConnection, statuses: list[Located]) -> Plan:
         )
         for r in rows
     ]
-    by_wamid = {(t.channel, t.wamid): t for t in targets if t.wamid is not None}
-    by_id = {(t.channel, t.id): t for t in targets}
-    plan = plan_statuses(statuses, by_wamid, by_id, datetime.now(UTC))
+    plan = plan_statuses(statuses, targets, datetime.now(UTC))
     if plan.changes:
         changes = [
             (

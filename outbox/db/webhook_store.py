@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import Text
 
 from outbox.db.arrays import ArrayColumns
+from outbox.db.failures import is_data_error
 from outbox.errors import BodyRejected
 
 MAX_GROUP = 500  # bodies per INSERT
@@ -95,8 +96,8 @@ class WebhookEventStore:
                 params_many = _BODIES.params([(w.channel, w.body) for w in group])
                 return sorted((await connection.execute(_INSERT_MANY, params_many)).scalars())
         except DBAPIError as exc:
-            # jsonb refuses some valid JSON (a \u0000 escape) with a data exception (SQLSTATE
-            # class 22): the body is at fault. Anything else is ours and propagates.
-            if not str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
+            # jsonb refuses some valid JSON (a \u0000 escape): the body is at fault. Anything
+            # else is ours and propagates.
+            if not is_data_error(exc):
                 raise
             raise BodyRejected(f"PostgreSQL refused the body: {exc.orig}") from exc

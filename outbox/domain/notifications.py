@@ -19,6 +19,11 @@ _CODE = re.compile(r"[0-9]{1,9}")
 _OUTBOX_ID = re.compile(r"outbox:([1-9][0-9]{0,18})")
 _MAX_BIGINT = 2**63 - 1  # outbox.messages.id is a PostgreSQL bigint
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second `datetime` can hold
+# Real message ids are under 100 characters and statuses one word; longer values are not
+# WhatsApp's, and would not fit a btree index entry (about 2.7 kB) in the tables they key.
+_MAX_ID = 512
+_MAX_STATUS = 32
+_MAX_TEXT = 2000  # error titles and details are kept, but not without bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,16 @@ class Ignored:
     reason: str
 
 
-Event = Inbound | StatusUpdate | ErrorNotice | Ignored
+@dataclass(frozen=True, slots=True)
+class NumberChanged:
+    """WhatsApp says a user moved to a new number (a system message, not user activity)."""
+
+    old_wa_id: str
+    new_wa_id: str
+    at: datetime
+
+
+Event = Inbound | StatusUpdate | ErrorNotice | NumberChanged | Ignored
 
 
 def parse_notification(body: object) -> list[Event]:
@@ -125,28 +139,42 @@ def _message(item: object, seen: set[str]) -> Event:
     kind = _text(item.get("type")) or "unknown"
     if kind == "system":
         # A number change or identity notice, written by WhatsApp, not by the user.
-        return Ignored("system message")
+        return _system(item)
     wa_id = _digits(item.get("from"))
     if wa_id is None:
         return Ignored("message without sender")
     at = _timestamp(item.get("timestamp"))
     if at is None:
         return Ignored("message without timestamp")
-    message_id = _text(item.get("id"))
+    message_id = _text(item.get("id"), _MAX_ID)
     if message_id is not None and message_id in seen:
         return Ignored("duplicate message")
     return Inbound(wa_id, message_id, at, kind)
 
 
+def _system(item: dict[Any, Any]) -> Event:
+    system = item.get("system")
+    old, at = _digits(item.get("from")), _timestamp(item.get("timestamp"))
+    if isinstance(system, dict) and system.get("type") == "user_changed_number":
+        new = _digits(system.get("new_wa_id") or system.get("wa_id"))
+        if old is not None and new is not None and at is not None and old != new:
+            return NumberChanged(old, new, at)
+    return Ignored("system message")
+
+
 def _status(item: object, _seen: set[str]) -> Event:
     if not isinstance(item, dict):
         return Ignored("status not an object")
+    if isinstance(item.get("id"), str) and len(item["id"]) > _MAX_ID:
+        return Ignored("status id too long")
     wamid = _text(item.get("id"))
     if wamid is None:
         return Ignored("status without id")
     status = _text(item.get("status"))
     if status is None:
         return Ignored("status without value")
+    if len(status) > _MAX_STATUS:
+        return Ignored("status value too long")
     message = item.get("message")
     # `recipient_id` was announced to go away in On-Prem v2.45; Turn sends `message.recipient_id`.
     recipient = _digits(item.get("recipient_id"))
@@ -169,7 +197,7 @@ def _error_notice(item: object, _seen: set[str]) -> Event:
     if not isinstance(item, dict):
         return Ignored("error not an object")
     code, title, detail = _error_fields(item)
-    return ErrorNotice(code, title or _text(item.get("message")) or "error", detail)
+    return ErrorNotice(code, title or _text(item.get("message"), _MAX_TEXT) or "error", detail)
 
 
 def _first_error(errors: object) -> tuple[int | None, str | None, str | None]:
@@ -185,7 +213,7 @@ def _error_fields(error: dict[Any, Any]) -> tuple[int | None, str | None, str | 
         or _text(error.get("message"))
         or _text(error.get("details"))
     )
-    return _code(error.get("code")), _text(error.get("title")), detail
+    return _code(error.get("code")), _text(error.get("title"), _MAX_TEXT), _cut(detail)
 
 
 def _timestamp(value: object) -> datetime | None:
@@ -227,8 +255,13 @@ def _code(value: object) -> int | None:
     return None
 
 
-def _text(value: object) -> str | None:
+def _text(value: object, limit: int | None = None) -> str | None:
+    """A non-empty string, cut to `limit` characters when given."""
     if not isinstance(value, str):
         return None
     stripped = value.strip()
-    return stripped or None
+    return _cut(stripped, limit) or None
+
+
+def _cut(value: str | None, limit: int | None = _MAX_TEXT) -> str | None:
+    return value if value is None or limit is None else value[:limit]

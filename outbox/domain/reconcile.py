@@ -73,17 +73,17 @@ class Plan:
     verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, verdict)
 
 
-def plan_statuses(
-    statuses: list[Located],
-    by_wamid: dict[tuple[str, str], Target],
-    by_id: dict[tuple[str, int], Target],
-    now: datetime,
-) -> Plan:
+def plan_statuses(statuses: list[Located], targets: list[Target], now: datetime) -> Plan:
     """Apply `statuses` in order to the rows they name; the result does not depend on order.
 
     A status finds its row by wamid, or (Cloud) by the outbox id echoed in
-    biz_opaque_callback_data, always within its own channel.
+    biz_opaque_callback_data, always within its own channel. `targets` are the rows any of the
+    statuses' wamids or outbox ids name, in any channel.
     """
+    by_wamid = {(t.channel, t.wamid): t for t in targets if t.wamid is not None}
+    by_id = {(t.channel, t.id): t for t in targets}
+    # A wamid belongs to one message; a status must not hand it to a second one.
+    owners = {t.wamid: t.id for t in targets if t.wamid is not None}
     plan = Plan()
     rows: dict[int, Target] = {}
     for located in statuses:
@@ -91,6 +91,8 @@ def plan_statuses(
         found = by_wamid.get((located.channel, update.wamid))
         if found is None and update.outbox_id is not None:
             found = by_id.get((located.channel, update.outbox_id))
+            if found is not None and owners.get(update.wamid, found.id) != found.id:
+                found = None
         if found is None:
             _park(plan, located)
             continue
