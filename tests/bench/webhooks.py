@@ -1,11 +1,13 @@
 """Webhook receiver benchmark: latency under load, then time to reconcile (not a test).
 
-    python -m tests.bench.webhooks [--bodies 20000] [--concurrency 100]
+    python -m tests.bench.webhooks [--bodies 20000] [--rate 2000] [--roles web,reconciler]
+    python -m tests.bench.webhooks --serve 30 --port 18080 --roles web &
+    wrk -t1 -c20 -d10s --latency -s tests/bench/post_status.lua http://127.0.0.1:18080/webhooks/bench
 
 Starts an embedded PostgreSQL and `outbox run --role web,reconciler` in this process, seeds one
-accepted message per status body, fires Cloud status bodies at the receiver from `concurrency`
-clients and prints bodies/s, answer latency percentiles, and how long the reconciler took to
-apply them all.
+accepted message per status body, posts Cloud status bodies at a fixed offered rate from another
+process (open loop, as 360dialog does) and prints bodies/s, answer latency percentiles, and how
+long the reconciler took to apply them all.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from outbox.db.engine import create_engine
 from outbox.demo import embedded_database
 from outbox.domain.models import Dialect
 
-ROLES = {"web", "reconciler"}
 _SEED = """
 INSERT INTO outbox.messages (channel, recipient, payload, state, wamid, accepted_at)
 SELECT 'bench', '49151' || lpad(g::text, 8, '0'), '{"type":"text","text":{"body":"x"}}',
@@ -70,7 +71,7 @@ async def _client(
         latencies.append(time.perf_counter() - began)
 
 
-async def main(count: int, concurrency: int) -> None:
+async def main(count: int, rate: float, roles: set[str], serve: float | None, port: int) -> None:
     async with embedded_database() as dsn:
         engine = create_engine(dsn, pool_size=1)
         await migrate.upgrade(engine)
@@ -82,16 +83,22 @@ async def main(count: int, concurrency: int) -> None:
             channels=(
                 ChannelConfig("bench", Dialect.CLOUD, "http://127.0.0.1:9", Secret("k"), 80.0),
             ),
-            http=HttpConfig("127.0.0.1", 0),
+            http=HttpConfig("127.0.0.1", port),
             reconciler=ReconcilerConfig(poll_interval=timedelta(milliseconds=100)),
         )
         stop = asyncio.Event()
         started: asyncio.Future[app.Started] = asyncio.get_running_loop().create_future()
         daemon = asyncio.create_task(
-            app.run(settings, stop, roles=ROLES, on_started=started.set_result)
+            app.run(settings, stop, roles=roles, on_started=started.set_result)
         )
-        port = (await started).http_port
-        url = f"http://127.0.0.1:{port}/webhooks/bench"
+        url = f"http://127.0.0.1:{(await started).http_port}/webhooks/bench"
+        if serve is not None:
+            # For an outside load generator, e.g. wrk -s tests/bench/post_status.lua URL
+            print(f"serving {url} for {serve:.0f} s", flush=True)
+            await asyncio.sleep(serve)
+            stop.set()
+            await daemon
+            return
         began = time.perf_counter()
         # The load comes from another process, so it does not share this one's CPU.
         client = await asyncio.create_subprocess_exec(
@@ -102,12 +109,12 @@ async def main(count: int, concurrency: int) -> None:
             url,
             "--bodies",
             str(count),
-            "--concurrency",
-            str(concurrency),
+            "--rate",
+            str(rate),
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await client.communicate()
-        while await connection.fetchval(  # noqa: ASYNC110  (waiting on another process's work)
+        while "reconciler" in roles and await connection.fetchval(  # noqa: ASYNC110
             "SELECT count(*) FROM outbox.messages WHERE state <> 'delivered'"
         ):
             await asyncio.sleep(0.05)
@@ -119,17 +126,22 @@ async def main(count: int, concurrency: int) -> None:
     print(f"all applied after    {reconciled:.2f} s ({count / reconciled:,.0f} statuses/s)")
 
 
-async def load(url: str, count: int, concurrency: int) -> None:
+async def load(url: str, count: int, rate: float) -> None:
+    """Open loop, as 360dialog posts: bodies leave at `rate` per second whatever the answers."""
     bodies = [_body(n, "delivered") for n in range(1, count + 1)]
     latencies: list[float] = []
-    began = time.perf_counter()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        await asyncio.gather(
-            *(_client(session, url, bodies, latencies) for _ in range(concurrency))
-        )
-    posted = time.perf_counter() - began
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2000)) as session:
+        began = time.perf_counter()
+        tasks = []
+        for i, body in enumerate(bodies):
+            delay = began + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_client(session, url, [body], latencies)))
+        await asyncio.gather(*tasks)
+        posted = time.perf_counter() - began
     q = statistics.quantiles(latencies, n=100)
-    print(f"bodies posted        {count} from {concurrency} concurrent clients")
+    print(f"bodies posted        {count} at {rate:,.0f}/s offered")
     print(f"receiver throughput  {count / posted:,.0f} bodies/s ({posted:.2f} s)")
     print(
         f"answer latency       p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
@@ -140,10 +152,14 @@ async def load(url: str, count: int, concurrency: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bodies", type=int, default=20000)
-    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=2000, help="bodies offered per second")
+    parser.add_argument("--roles", default="web,reconciler", help="the daemon's roles")
+    parser.add_argument("--serve", type=float, metavar="SECONDS", help="only serve, this long")
+    parser.add_argument("--port", type=int, default=0, help="the receiver's port")
     parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        asyncio.run(load(args.client, args.bodies, args.concurrency))
+        asyncio.run(load(args.client, args.bodies, args.rate))
     else:
-        asyncio.run(main(args.bodies, args.concurrency))
+        roles = set(args.roles.split(","))
+        asyncio.run(main(args.bodies, args.rate, roles, args.serve, args.port))

@@ -1,0 +1,4 @@
+-- wrk script: POST one Cloud status body (for tests/bench/webhooks.py --serve)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"1"},"statuses":[{"id":"wamid.x1","recipient_id":"4915100000001","status":"delivered","timestamp":"1767225600"}]}}]}]}'
