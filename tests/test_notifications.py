@@ -671,7 +671,10 @@ JSON = st.recursive(
 def test_never_raises(body: object) -> None:
     events = parse_notification(body)
     assert events
-    assert all(isinstance(e, Inbound | StatusUpdate | ErrorNotice | Ignored) for e in events)
+    assert all(
+        isinstance(e, Inbound | StatusUpdate | ErrorNotice | NumberChanged | Ignored)
+        for e in events
+    )
 
 
 @given(st.dictionaries(KEYS, JSON, max_size=4), st.sampled_from(["flat", "cloud"]))
@@ -683,4 +686,245 @@ def test_never_raises_inside_an_envelope(value: dict[str, Any], shape: str) -> N
     )
     events = parse_notification(body)
     assert events
-    assert all(isinstance(e, Inbound | StatusUpdate | ErrorNotice | Ignored) for e in events)
+    assert all(
+        isinstance(e, Inbound | StatusUpdate | ErrorNotice | NumberChanged | Ignored)
+        for e in events
+    )
+
+
+# --- system messages: a number change is not user activity ---------------------------------
+
+OLD, NEW, CHANGED_AT = "16315558889", "16315558890", 1574080102
+SYSTEM: dict[str, Any] = {
+    "from": OLD,
+    "id": "ABGGFjFVWIifAzNzeXMtMTYzMTU1NTg4ODlA",
+    "system": {"body": "User A changed number", "new_wa_id": NEW, "type": "user_changed_number"},
+    "timestamp": str(CHANGED_AT),
+    "type": "system",
+}
+CHANGED = NumberChanged(OLD, NEW, at(CHANGED_AT))
+
+
+def system(**fields: Any) -> dict[str, Any]:
+    """SYSTEM with its `system` object's fields replaced (None: removed)."""
+    inner = {k: v for k, v in {**SYSTEM["system"], **fields}.items() if v is not None}
+    return {**SYSTEM, "system": inner}
+
+
+def without(message: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k != key}
+
+
+SYSTEM_CASES: list[tuple[str, Any, list[Event]]] = [
+    ("onprem, new_wa_id", {"messages": [SYSTEM]}, [CHANGED]),
+    ("cloud envelope, new_wa_id", cloud({"messages": [SYSTEM]}), [CHANGED]),
+    (
+        "wa_id when new_wa_id is absent",
+        {"messages": [system(new_wa_id=None, wa_id=NEW)]},
+        [CHANGED],
+    ),
+    ("new_wa_id before wa_id", {"messages": [system(wa_id="491234")]}, [CHANGED]),
+    ("empty new_wa_id: wa_id", {"messages": [system(new_wa_id="", wa_id=NEW)]}, [CHANGED]),
+    (
+        "numbers normalised, integer timestamp",
+        {
+            "messages": [
+                {
+                    **system(new_wa_id=" +1 631 555 8890"),
+                    "from": "+1631 5558889",
+                    "timestamp": CHANGED_AT,
+                }
+            ]
+        },
+        [CHANGED],
+    ),
+    (
+        "among other messages, no de-duplication by its id",
+        {"messages": [SYSTEM, {**TEXT, "id": SYSTEM["id"]}, SYSTEM]},
+        [CHANGED, inbound("491234", SYSTEM["id"], 1700000000, "text"), CHANGED],
+    ),
+    ("no new number", {"messages": [system(new_wa_id=None)]}, [Ignored("system message")]),
+    (
+        "new number not digits",
+        {"messages": [system(new_wa_id="US.1")]},
+        [Ignored("system message")],
+    ),
+    (
+        "new number an int",
+        {"messages": [system(new_wa_id=16315558890)]},
+        [Ignored("system message")],
+    ),
+    ("same number", {"messages": [system(new_wa_id=OLD)]}, [Ignored("system message")]),
+    (
+        "same number once normalised",
+        {"messages": [system(new_wa_id="+1 631 555 8889")]},
+        [Ignored("system message")],
+    ),
+    ("no timestamp", {"messages": [without(SYSTEM, "timestamp")]}, [Ignored("system message")]),
+    ("bad timestamp", {"messages": [{**SYSTEM, "timestamp": "-1"}]}, [Ignored("system message")]),
+    ("no sender", {"messages": [without(SYSTEM, "from")]}, [Ignored("system message")]),
+    ("sender not digits", {"messages": [{**SYSTEM, "from": "US.1"}]}, [Ignored("system message")]),
+    ("no system object", {"messages": [without(SYSTEM, "system")]}, [Ignored("system message")]),
+    (
+        "system a string",
+        {"messages": [{**SYSTEM, "system": "user_changed_number"}]},
+        [Ignored("system message")],
+    ),
+    (
+        "system a list",
+        {"messages": [{**SYSTEM, "system": [SYSTEM["system"]]}]},
+        [Ignored("system message")],
+    ),
+    ("system without type", {"messages": [system(type=None)]}, [Ignored("system message")]),
+    (
+        "identity changed",
+        {"messages": [system(type="customer_identity_changed")]},
+        [Ignored("system message")],
+    ),
+    (
+        "user identity changed",
+        {"messages": [system(type="user_identity_changed", new_wa_id=None)]},
+        [Ignored("system message")],
+    ),
+    (
+        "type in capitals",
+        {"messages": [system(type="USER_CHANGED_NUMBER")]},
+        [Ignored("system message")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"), [c[1:] for c in SYSTEM_CASES], ids=[c[0] for c in SYSTEM_CASES]
+)
+def test_system_messages(body: Any, expected: list[Event]) -> None:
+    assert parse_notification(body) == expected
+
+
+# --- length caps ---------------------------------------------------------------------------
+
+LONG_ID = "w" * 513
+LONG_TEXT = "x" * 2001
+
+
+def failed(**error: Any) -> dict[str, Any]:
+    return {"statuses": [{"id": "w", "status": "failed", "errors": [error]}]}
+
+
+CAPS: list[tuple[str, Any, list[Event]]] = [
+    (
+        "status id of 512",
+        {"statuses": [{**SENT, "id": "w" * 512}]},
+        [status("w" * 512, "sent", 1700000001, "491234")],
+    ),
+    ("status id of 513", {"statuses": [{**SENT, "id": LONG_ID}]}, [Ignored("status id too long")]),
+    (
+        "status id too long before stripping",
+        {"statuses": [{**SENT, "id": " " + "w" * 512}]},
+        [Ignored("status id too long")],
+    ),
+    (
+        "status id of 100000",
+        {"statuses": [{**SENT, "id": "w" * 100_000}, SENT]},
+        [Ignored("status id too long"), SENT_EVENT],
+    ),
+    (
+        "status value of 32",
+        {"statuses": [{**SENT, "status": "S" * 32}]},
+        [status("w1", "s" * 32, 1700000001, "491234")],
+    ),
+    (
+        "status value of 33",
+        {"statuses": [{**SENT, "status": "s" * 33}]},
+        [Ignored("status value too long")],
+    ),
+    (
+        "status value of 32 once stripped",
+        {"statuses": [{**SENT, "status": " " * 9 + "s" * 32 + " "}]},
+        [status("w1", "s" * 32, 1700000001, "491234")],
+    ),
+    (
+        "error title cut",
+        failed(code=1, title=LONG_TEXT),
+        [status("w", "failed", None, None, 1, "x" * 2000)],
+    ),
+    (
+        "error title of 2000 kept",
+        failed(title="t" * 2000),
+        [status("w", "failed", None, None, None, "t" * 2000)],
+    ),
+    (
+        "error_data details cut",
+        failed(error_data={"details": LONG_TEXT}),
+        [status("w", "failed", None, None, None, None, "x" * 2000)],
+    ),
+    (
+        "error message cut",
+        failed(message=LONG_TEXT),
+        [status("w", "failed", None, None, None, None, "x" * 2000)],
+    ),
+    (
+        "error details cut",
+        failed(details=LONG_TEXT),
+        [status("w", "failed", None, None, None, None, "x" * 2000)],
+    ),
+    (
+        "cut after stripping",
+        failed(title="  " + "y" * 2000 + "z"),
+        [status("w", "failed", None, None, None, "y" * 2000)],
+    ),
+    (
+        "error notice title and detail cut",
+        {"errors": [{"code": 5, "title": LONG_TEXT, "message": "m" * 3000}]},
+        [ErrorNotice(5, "x" * 2000, "m" * 2000)],
+    ),
+    (
+        "error notice title from a long message",
+        {"errors": [{"message": LONG_TEXT}]},
+        [ErrorNotice(None, "x" * 2000, "x" * 2000)],
+    ),
+    (
+        "message id of 512 kept",
+        {"messages": [{**TEXT, "id": "m" * 512}]},
+        [inbound("491234", "m" * 512, 1700000000, "text")],
+    ),
+    (
+        "message id cut",
+        {"messages": [{**TEXT, "id": "m" * 600}]},
+        [inbound("491234", "m" * 512, 1700000000, "text")],
+    ),
+    (
+        "long message ids still de-duplicated",
+        {
+            "messages": [
+                {**TEXT, "id": "m" * 600},
+                {**TEXT, "id": "m" * 600},
+                {**TEXT, "id": "m" * 511},
+            ]
+        },
+        [
+            inbound("491234", "m" * 512, 1700000000, "text"),
+            Ignored("duplicate message"),
+            inbound("491234", "m" * 511, 1700000000, "text"),
+        ],
+    ),
+    (
+        "long message ids de-duplicated across cloud entries",
+        {
+            "entry": [
+                {
+                    "changes": [
+                        {"field": "messages", "value": {"messages": [{**TEXT, "id": "m" * 5000}]}}
+                    ]
+                }
+            ]
+            * 2
+        },
+        [inbound("491234", "m" * 512, 1700000000, "text"), Ignored("duplicate message")],
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), [c[1:] for c in CAPS], ids=[c[0] for c in CAPS])
+def test_length_caps(body: Any, expected: list[Event]) -> None:
+    assert parse_notification(body) == expected

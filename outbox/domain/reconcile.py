@@ -86,6 +86,7 @@ def plan_statuses(statuses: list[Located], targets: list[Target], now: datetime)
     owners = {t.wamid: t.id for t in targets if t.wamid is not None}
     plan = Plan()
     rows: dict[int, Target] = {}
+    requeued: set[int] = set()
     for located in statuses:
         update = located.update
         found = by_wamid.get((located.channel, update.wamid))
@@ -105,11 +106,17 @@ def plan_statuses(statuses: list[Located], targets: list[Target], now: datetime)
             plan.resolved.append(located.parked_id)
         if target is not rows.get(found.id, found):
             rows[found.id] = target
+            if verdict == FALLBACK:
+                requeued.add(found.id)
+            if target.wamid is not None:
+                # Later statuses in this batch that carry only the wamid find the row too.
+                by_wamid[(located.channel, target.wamid)] = found
+                owners[target.wamid] = found.id
             plan.changes[found.id] = RowChange(
                 target.delivery,
                 target.wamid,
                 target.sent_as,
-                requeue=target.delivery.state is State.QUEUED,
+                requeue=found.id in requeued,
             )
         error_code = None if update.error_code is None else str(update.error_code)
         plan.history.append(
@@ -135,6 +142,9 @@ def _park(plan: Plan, located: Located) -> None:
 
 
 def _apply(target: Target, update: StatusUpdate) -> tuple[Target, str]:
+    if target.delivery.state is State.SENDING:
+        # Its send answer is not committed yet (it may bring this very wamid): wait for it.
+        return target, Verdict.NOT_YET
     if target.wamid is not None and update.wamid != target.wamid:
         return target, SUPERSEDED
     if target.delivery.state is State.QUEUED and target.wamid is not None:
