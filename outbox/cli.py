@@ -174,9 +174,15 @@ def run_async(factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> i
 
 
 def _settings(args: argparse.Namespace, *, need_channels: bool = True) -> Settings:
+    from outbox import logconfig
     from outbox.config import load_settings
 
-    return load_settings(args.config, need_channels=need_channels)
+    settings = load_settings(args.config, need_channels=need_channels)
+    # The file's log settings apply unless the command line (or its environment) set them.
+    logconfig.configure(
+        args.log_level or settings.log_level, args.log_format or settings.log_format
+    )
+    return settings
 
 
 def _run(args: argparse.Namespace) -> int:

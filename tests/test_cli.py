@@ -181,3 +181,21 @@ async def test_demo_runs_end_to_end_and_every_sent_message_ends_read() -> None:
     assert header == ["read", "failed"]
     assert cloud == ["demo-cloud", "75", "25"]
     assert onprem == ["demo-onprem", "75", "25"]
+
+
+async def test_the_config_files_log_level_applies(db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "outbox.toml"
+    config.write_text(
+        config_toml(db_url, "http://127.0.0.1:9").replace(
+            "[http]", 'log_level = "warning"\nlog_format = "json"\n\n[http]'
+        )
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "outbox", "run", "--config", str(config), "--role", "sender",
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, **SUBPROCESS_ENV},
+    )  # fmt: skip
+    await asyncio.sleep(3)
+    process.terminate()
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert b"outbox.started" not in err  # an info line
