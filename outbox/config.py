@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from outbox.domain.models import Dialect
+from outbox.domain.ratelimit import Limits
 from outbox.errors import ConfigError
 
 ENV_PREFIX = "OUTBOX_"
@@ -66,6 +67,11 @@ class ChannelConfig:
     unknown_policy: UnknownPolicy = UnknownPolicy.RESEND
     # Least time between two messages to one recipient (pair pacing); zero: no pacing.
     recipient_gap: timedelta = timedelta(0)
+    burst: float | None = None  # tokens the shared bucket holds; default a tenth of the rate
+    max_in_flight: int | None = None  # requests in flight per process; default: sender's
+
+    def limits(self) -> Limits:
+        return Limits(self.rate_per_second, self.burst or max(1.0, self.rate_per_second / 10))
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,8 @@ _CHANNEL_KEYS = frozenset(
         "webhook_password_file",
         "unknown_policy",
         "recipient_gap",
+        "burst",
+        "max_in_flight",
     }
 )
 
@@ -334,7 +342,13 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
         recipient_gap=_coerce(
             timedelta(0), entry.get("recipient_gap", 0), f"{where}.recipient_gap"
         ),
+        burst=_optional(1.0, entry.get("burst"), f"{where}.burst"),
+        max_in_flight=_optional(1, entry.get("max_in_flight"), f"{where}.max_in_flight"),
     )
+
+
+def _optional(kind: Any, value: Any, key: str) -> Any:
+    return None if value is None else _coerce(kind, value, key)
 
 
 def _choice(kind: type[UnknownPolicy], value: Any, where: str) -> UnknownPolicy:

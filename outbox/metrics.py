@@ -32,6 +32,12 @@ class Metrics:
             ["channel"],
             registry=registry,
         )
+        self.channel_rate = Gauge(
+            "outbox_channel_rate_per_second",
+            "A channel's effective send rate: the configured one, or less after throttling.",
+            ["channel"],
+            registry=registry,
+        )
         self.webhooks = Counter(
             "outbox_webhooks",
             "Webhook bodies by channel and outcome (stored, or the reason they were refused).",
@@ -85,6 +91,9 @@ class Metrics:
     def sent(self, channel: str, result: SendResult, seconds: float) -> None:
         self.sends.labels(channel, result.state.value).inc()
         self.api_latency.labels(channel).observe(seconds)
+
+    def rate(self, channel: str, per_second: float) -> None:
+        self.channel_rate.labels(channel).set(per_second)
 
     def paused(self, channel: str, paused: bool) -> None:
         self.channel_paused.labels(channel).set(1 if paused else 0)

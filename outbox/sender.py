@@ -9,12 +9,14 @@ request never started go back to `queued`, and the buffer is flushed.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -24,8 +26,8 @@ from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain import outcome as outcomes
 from outbox.domain import retry
 from outbox.domain.breaker import BreakerState, CircuitBreaker, Transition
-from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
-from outbox.domain.ratelimit import TokenBucket
+from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
+from outbox.domain.ratelimit import Limits
 from outbox.domain.request import (
     ApiRequest,
     InvalidMessage,
@@ -42,12 +44,16 @@ log = structlog.get_logger("outbox.sender")
 DB_ERRORS = (OperationalError, InterfaceError, DBAPIError, OSError)
 _FLUSH_BATCH = 2000  # results per UPDATE statement
 _DB_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+_SLOW_DOWN_EVERY_SECONDS = 1.0
 
 
 class Store(Protocol):
     async def claim(
-        self, channel: str, limit: int, worker: str, lease: timedelta
-    ) -> list[ClaimedMessage]: ...
+        self, channel: str, limit: int, worker: str, lease: timedelta, limits: Limits
+    ) -> Claim: ...
+    async def slow_down(
+        self, channel: str, limits: Limits, hold: timedelta
+    ) -> tuple[float, datetime]: ...
     async def complete(self, results: Sequence[SendResult], worker: str) -> int: ...
     async def release(self, ids: Sequence[int], worker: str) -> int: ...
     async def next_due(self, channel: str) -> datetime | None: ...
@@ -63,6 +69,7 @@ class Api(Protocol):
 class SendObserver(Protocol):
     def sent(self, channel: str, result: SendResult, seconds: float) -> None: ...
     def paused(self, channel: str, paused: bool) -> None: ...
+    def rate(self, channel: str, per_second: float) -> None: ...
 
 
 def utc_now() -> datetime:
@@ -102,10 +109,7 @@ class Sender:
             backoff_base=config.backoff_base,
             backoff_cap=config.backoff_cap,
         )
-        self._buckets = {
-            c.id: TokenBucket(c.rate_per_second, burst=max(1.0, c.rate_per_second))
-            for c in channels
-        }
+        self._limits = {c.id: c.limits() for c in channels}
         self._breakers = {
             c.id: CircuitBreaker(
                 threshold=config.breaker_threshold,
@@ -114,8 +118,11 @@ class Sender:
             )
             for c in channels
         }
-        # Throttled channels claim nothing until then (monotonic seconds).
-        self._held_until: dict[str, float] = {}
+        # When this process last slowed a channel down (monotonic): one throttled burst of
+        # answers is one slow-down, not one per answer.
+        self._slowed_at: dict[str, float] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._round = 0
         self._background: set[asyncio.Task[None]] = set()
         self._flights: dict[int, _Flight] = {}
         self._results: list[SendResult] = []
@@ -182,42 +189,47 @@ class Sender:
         when no channel is known to have more (or every slot is busy: a freed slot wakes us).
         """
         claimed, retry_in = 0, None
-        for channel in self._channels.values():
+        # Each round starts at another channel and offers each its share of the free slots, so
+        # one channel's backlog never leaves another waiting for a slot.
+        channels = list(self._channels.values())
+        self._round += 1
+        start = self._round % len(channels)
+        order = channels[start:] + channels[:start]
+        for position, channel in enumerate(order):
             free = self._free_slots()
             if free <= 0:
                 return claimed, None
-            count, again = await self._claim_channel(channel, free)
+            share = -(-free // (len(order) - position))
+            count, again = await self._claim_channel(channel, share)
             claimed += count
             if again is not None:
                 retry_in = _earliest(retry_in, again)
         return claimed, retry_in
 
-    async def _claim_channel(self, channel: ChannelConfig, free: int) -> tuple[int, float | None]:
-        """Claim what the channel's breaker, throttle hold and tokens allow; start sending it."""
-        now = time.monotonic()
+    async def _claim_channel(self, channel: ChannelConfig, share: int) -> tuple[int, float | None]:
+        """Claim what the channel's breaker, in-flight cap and shared bucket allow; send it."""
         breaker = self._breakers[channel.id]
-        allowance = breaker.allowance(now)
+        allowance = breaker.allowance(time.monotonic())
         if allowance == 0:
-            return 0, breaker.wait_time(now)
-        held = self._held_until.get(channel.id, 0.0) - now
-        if held > 0:
-            return 0, held
-        bucket = self._buckets[channel.id]
-        granted = bucket.take(now, min(self._config.batch_size, free, allowance or free))
-        if granted == 0:
-            return 0, bucket.wait_time(now)
+            return 0, breaker.wait_time(time.monotonic())
+        cap = channel.max_in_flight or self._config.max_in_flight
+        wanted = min(self._config.batch_size, share, cap - self._in_flight[channel.id])
+        if allowance == 1:
+            wanted = min(wanted, 1)
+        if wanted <= 0:
+            return 0, None  # a freed slot of this channel wakes the loop
         try:
-            rows = await self._store.claim(channel.id, granted, self._worker, self._config.lease)
+            claim = await self._store.claim(
+                channel.id, wanted, self._worker, self._config.lease, self._limits[channel.id]
+            )
         except BaseException:
-            bucket.give_back(granted)
             if allowance == 1:
                 breaker.probe_unused()
             raise
-        bucket.give_back(granted - len(rows))
-        retry_in = None
-        if len(rows) == granted:
-            retry_in = bucket.wait_time(time.monotonic())
-        else:
+        if self._observer is not None:
+            self._observer.rate(channel.id, claim.rate)
+        rows, retry_in = claim.messages, claim.wait
+        if retry_in is None:
             # Nothing more is ready: wake up for the first retry or paced row coming due.
             due = await self._store.next_due(channel.id)
             if due is not None:
@@ -238,6 +250,7 @@ class Sender:
     def _start(self, channel: ChannelConfig, message: ClaimedMessage) -> None:
         flight = _Flight(message)
         self._flights[message.id] = flight
+        self._in_flight[channel.id] += 1
         flight.task = asyncio.create_task(self._send(channel, flight))
 
     async def _send(self, channel: ChannelConfig, flight: _Flight) -> None:
@@ -249,6 +262,7 @@ class Sender:
             # A probe that ended without an answer (bad row, expired, stopped) proved nothing.
             self._breakers[channel.id].forget(message.id)
             del self._flights[message.id]
+            self._in_flight[channel.id] -= 1
             self._slot_freed.set()
 
     async def _attempt(self, channel: ChannelConfig, flight: _Flight) -> SendResult:
@@ -334,20 +348,45 @@ class Sender:
     def _learn(self, channel: ChannelConfig, message_id: int, judged: outcomes.Judged) -> None:
         """What one answer says about the channel: throttled, broken, or fine."""
         if judged.error is retry.ErrorClass.THROTTLE:
-            delay = max(
-                self._policy.throttle_delay.total_seconds(),
-                min(judged.retry_after or 0.0, self._policy.max_retry_after.total_seconds()),
-            )
-            until = time.monotonic() + delay
-            if until > self._held_until.get(channel.id, 0.0):
-                self._held_until[channel.id] = until
-                log.warning("outbox.channel.throttled", channel=channel.id, hold_seconds=delay)
+            self._slow_down(channel, judged.retry_after)
         reason = judged.result.error_title or judged.result.error_code or ""
         transition = self._breakers[channel.id].record(
             time.monotonic(), message_id, judged.error, reason
         )
         if transition is not None:
             self._announce(channel.id, transition)
+
+    def _slow_down(self, channel: ChannelConfig, retry_after: float | None) -> None:
+        """Lower the channel's shared rate and hold its claims, once per throttled burst."""
+        now = time.monotonic()
+        if now - self._slowed_at.get(channel.id, -math.inf) < _SLOW_DOWN_EVERY_SECONDS:
+            return
+        self._slowed_at[channel.id] = now
+        hold = max(
+            self._policy.throttle_delay.total_seconds(),
+            min(retry_after or 0.0, self._policy.max_retry_after.total_seconds()),
+        )
+        self._background_task(self._persist_slow_down(channel, timedelta(seconds=hold)))
+
+    async def _persist_slow_down(self, channel: ChannelConfig, hold: timedelta) -> None:
+        try:
+            rate, until = await self._store.slow_down(channel.id, self._limits[channel.id], hold)
+        except DB_ERRORS as exc:
+            log.warning("outbox.channel.slow_down_failed", channel=channel.id, error=str(exc))
+            return
+        log.warning(
+            "outbox.channel.throttled",
+            channel=channel.id,
+            rate_per_second=round(rate, 2),
+            hold_until=until.isoformat(),
+        )
+        if self._observer is not None:
+            self._observer.rate(channel.id, rate)
+
+    def _background_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _announce(self, channel: str, transition: Transition) -> None:
         paused = transition.state is BreakerState.OPEN
@@ -363,11 +402,9 @@ class Sender:
         if self._observer is not None:
             self._observer.paused(channel, paused)
         until = self._now() + timedelta(seconds=transition.cooldown) if paused else None
-        task = asyncio.create_task(
+        self._background_task(
             self._persist_pause(channel, until, transition.reason if paused else None)
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _persist_pause(
         self, channel: str, until: datetime | None, reason: str | None

@@ -16,9 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db import store as store_module
 from outbox.db.store import MessageStore
+from outbox.domain.ratelimit import Limits
 from tests.support import fetch
 
 LEASE = timedelta(minutes=1)
+LIMITS = Limits(rate=10_000, burst=10_000)
 A, B = "4915100000001", "4915100000002"
 
 # Each seeded row: (label, recipient, state, {column: SQL expression})
@@ -108,7 +110,7 @@ async def _seed(db_url: str, seeds: list[Seed]) -> dict[int, str]:
 async def test_claim_rules(db_url: str, engine: AsyncEngine, case: str) -> None:
     seeds, expected = CASES[case]
     labels = await _seed(db_url, seeds)
-    claimed = await MessageStore(engine).claim("c", 10, "w", LEASE)
+    claimed = (await MessageStore(engine).claim("c", 10, "w", LEASE, LIMITS)).messages
     assert [labels[m.id] for m in claimed] == expected
 
 
@@ -117,8 +119,8 @@ async def test_one_claim_takes_one_row_per_recipient_and_the_next_claim_none(
 ) -> None:
     await _seed(db_url, [(f"a{i}", A, "queued", {}) for i in range(5)])
     store = MessageStore(engine)
-    assert len(await store.claim("c", 10, "w1", LEASE)) == 1
-    assert await store.claim("c", 10, "w2", LEASE) == []
+    assert len((await store.claim("c", 10, "w1", LEASE, LIMITS)).messages) == 1
+    assert (await store.claim("c", 10, "w2", LEASE, LIMITS)).messages == []
 
 
 async def test_claim_reports_the_window_and_the_planned_form(
@@ -131,7 +133,7 @@ async def test_claim_reports_the_window_and_the_planned_form(
         "VALUES ('c', $1, '2026-01-02T03:04:05Z')",
         A,
     )
-    [message] = await MessageStore(engine).claim("c", 10, "w", LEASE)
+    [message] = (await MessageStore(engine).claim("c", 10, "w", LEASE, LIMITS)).messages
     assert message.last_inbound_at is not None
     assert message.last_inbound_at.isoformat() == "2026-01-02T03:04:05+00:00"
     assert message.planned == "fallback_template"
@@ -169,6 +171,10 @@ async def test_rows_in_backoff_are_not_walked_by_the_claim(db_url: str) -> None:
         "limit": "100",
         "worker": "'w'",
         "lease_seconds": "60",
+        "burst": "1000",
+        "tokens": "1000",
+        "rate": "NULL",
+        "refilled_at": "now()",
     }.items():
         sql = sql.replace(f":{name}", value)
     connection = await asyncpg.connect(db_url)

@@ -13,12 +13,14 @@ from typing import Any
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.tables import NOTIFY_CHANNEL
-from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
+from outbox.domain import ratelimit
+from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
+from outbox.domain.ratelimit import Limits
 
 # A row is claimable only if no older row to the same recipient on the channel is still open
 # (queued, sending or unknown): one message per recipient at a time, in insertion order, and a
@@ -50,17 +52,55 @@ _CLAIM = text(
         SELECT id, wa_id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS u
         ORDER BY priority DESC, id
         LIMIT :limit
+    ), claimed AS (
+        UPDATE outbox.messages AS m
+        SET state = 'sending', claimed_by = :worker, attempts = m.attempts + 1,
+            lease_until = now() + make_interval(secs => :lease_seconds), updated_at = now()
+        FROM picked LEFT JOIN outbox.contacts AS c
+            ON c.channel = :channel AND c.wa_id = picked.wa_id
+        WHERE m.id = picked.id
+        RETURNING m.id, m.channel, m.recipient, m.payload, m.fallback_template, m.attempts,
+                  m.created_at, m.expires_at, m.priority, m.sent_as, c.last_inbound_at
+    ), spent AS (
+        -- Tokens granted but not used (fewer rows were ready) go back into the bucket.
+        UPDATE outbox.channel_state
+        SET tokens = least(:burst, :tokens + :limit - (SELECT count(*) FROM claimed)),
+            rate = :rate, refilled_at = :refilled_at
+        WHERE channel = :channel
     )
-    UPDATE outbox.messages AS m
-    SET state = 'sending', claimed_by = :worker, attempts = m.attempts + 1,
-        lease_until = now() + make_interval(secs => :lease_seconds), updated_at = now()
-    FROM picked LEFT JOIN outbox.contacts AS c
-        ON c.channel = :channel AND c.wa_id = picked.wa_id
-    WHERE m.id = picked.id
-    RETURNING m.id, m.channel, m.recipient, m.payload, m.fallback_template, m.attempts,
-              m.created_at, m.expires_at, m.priority, m.sent_as, c.last_inbound_at
+    SELECT * FROM claimed
     """
 ).columns(payload=JSONB, fallback_template=JSONB)
+
+# The channel's bucket, locked until the claim commits: claims on one channel take turns, in
+# every replica, so together they never grant more than the bucket holds. The database's clock
+# is the one clock all replicas share.
+_BUCKET = text(
+    """
+    SELECT tokens, refilled_at, rate, greatest(hold_until, paused_until) AS blocked_until,
+           statement_timestamp() AS now
+    FROM outbox.channel_state WHERE channel = :channel
+    FOR UPDATE
+    """
+)
+
+_ENSURE_BUCKET = text(
+    """
+    INSERT INTO outbox.channel_state (channel, tokens, refilled_at)
+    VALUES (:channel, :burst, now())
+    ON CONFLICT (channel) DO NOTHING
+    """
+)
+
+_SLOW_DOWN = text(
+    """
+    UPDATE outbox.channel_state
+    SET tokens = :tokens, rate = :rate, refilled_at = :refilled_at,
+        hold_until = greatest(hold_until, :now + make_interval(secs => :hold_seconds)),
+        updated_at = now()
+    WHERE channel = :channel
+    """
+)
 
 _TIMESTAMP = DateTime(timezone=True)
 _RESULTS = ArrayColumns(
@@ -273,21 +313,67 @@ class MessageStore:
         self._engine = engine
 
     async def claim(
-        self, channel: str, limit: int, worker: str, lease: timedelta
-    ) -> list[ClaimedMessage]:
-        """Lease up to `limit` due queued rows of `channel`, best priority first."""
+        self, channel: str, limit: int, worker: str, lease: timedelta, limits: Limits
+    ) -> Claim:
+        """Lease up to `limit` due queued rows of `channel`, best priority first, as far as the
+        channel's shared bucket allows."""
         async with self._engine.begin() as connection:
-            rows = (
-                await connection.execute(
-                    _CLAIM,
-                    {
-                        "channel": channel,
-                        "limit": limit,
-                        "worker": worker,
-                        "lease_seconds": lease.total_seconds(),
-                    },
-                )
-            ).all()
+            bucket, now, blocked_until = await self._bucket(connection, channel, limits)
+            rate = bucket.effective_rate(limits)
+            if blocked_until is not None and blocked_until > now:
+                return Claim([], (blocked_until - now).total_seconds(), rate)
+            granted, after = ratelimit.take(bucket, limit)
+            if granted == 0:
+                return Claim([], ratelimit.wait_time(bucket, limits), rate)
+            params = {
+                "channel": channel,
+                "limit": granted,
+                "worker": worker,
+                "lease_seconds": lease.total_seconds(),
+                "burst": limits.burst,
+                "tokens": after.tokens,
+                "rate": after.rate,
+                "refilled_at": after.refilled_at,
+            }
+            rows = (await connection.execute(_CLAIM, params)).all()
+        spent = ratelimit.give_back(after, granted - len(rows), limits)
+        wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
+        return Claim(self._messages(rows), wait, rate)
+
+    async def slow_down(
+        self, channel: str, limits: Limits, hold: timedelta
+    ) -> tuple[float, datetime]:
+        """A throttling answer: lower the channel's effective rate and hold its claims for
+        `hold`, in every replica. Returns the new rate and when the hold ends."""
+        async with self._engine.begin() as connection:
+            bucket, now, _ = await self._bucket(connection, channel, limits)
+            slowed = ratelimit.slow_down(bucket, limits)
+            await connection.execute(
+                _SLOW_DOWN,
+                {
+                    "channel": channel,
+                    "tokens": slowed.tokens,
+                    "rate": slowed.rate,
+                    "refilled_at": slowed.refilled_at,
+                    "now": now,
+                    "hold_seconds": hold.total_seconds(),
+                },
+            )
+        return slowed.effective_rate(limits), now + hold
+
+    async def _bucket(
+        self, connection: AsyncConnection, channel: str, limits: Limits
+    ) -> tuple[ratelimit.Bucket, datetime, datetime | None]:
+        """The channel's bucket, refilled up to now, locked for this transaction."""
+        row = (await connection.execute(_BUCKET, {"channel": channel})).one_or_none()
+        if row is None:
+            await connection.execute(_ENSURE_BUCKET, {"channel": channel, "burst": limits.burst})
+            row = (await connection.execute(_BUCKET, {"channel": channel})).one()
+        stored = ratelimit.Bucket(row.tokens, row.refilled_at, row.rate)
+        return ratelimit.refill(stored, row.now, limits), row.now, row.blocked_until
+
+    @staticmethod
+    def _messages(rows: Sequence[Any]) -> list[ClaimedMessage]:
         rows = sorted(rows, key=lambda row: (-row.priority, row.id))
         return [
             ClaimedMessage(

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    Float,
     Identity,
     Index,
     Integer,
@@ -158,6 +159,11 @@ channel_state = Table(
     Column("pause_reason", Text),
     Column("paused_by", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The shared token bucket (outbox.domain.ratelimit) and the throttle hold.
+    Column("tokens", Float, nullable=False, server_default=text("0")),
+    Column("refilled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("rate", Float),
+    Column("hold_until", DateTime(timezone=True)),
     PrimaryKeyConstraint("channel"),
 )
 

@@ -53,6 +53,17 @@ class ClaimedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim on a channel got."""
+
+    messages: list[ClaimedMessage]
+    # Seconds until the channel may claim again: its bucket is empty or it is held. None when
+    # it still has tokens (fewer rows were ready than it could have sent).
+    wait: float | None
+    rate: float  # the channel's effective rate, per second
+
+
+@dataclass(frozen=True, slots=True)
 class SendResult:
     """What the sender writes back for one claimed row.
 

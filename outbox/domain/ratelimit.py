@@ -1,45 +1,71 @@
-"""Token-bucket arithmetic; the caller supplies the clock and does any waiting."""
+"""Token-bucket arithmetic for a channel's rate limit, shared by every replica through one row.
+
+The caller reads the bucket under a row lock with the database's clock, asks this module how
+many rows it may claim, and writes the bucket back in the same transaction; so the limit holds
+across any number of processes. The effective rate drops on throttling answers (multiplicative
+decrease) and climbs back linearly (additive increase), never above the configured rate.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 
-@dataclass
-class TokenBucket:
-    """`rate` tokens per second, holding at most `burst`; starts full."""
-
-    rate: float
-    burst: float
-    tokens: float = field(init=False)
-    updated: float | None = field(default=None, init=False)
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rate: float  # the configured rate, per second
+    burst: float  # tokens the bucket holds at most
+    decrease: float = 0.5  # a throttle multiplies the effective rate by this ...
+    floor: float = 0.05  # ... but not below this share of the configured rate
+    recovery: float = 0.05  # share of the configured rate regained per second
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.rate) and self.rate > 0) or not (
-            math.isfinite(self.burst) and self.burst >= 1
-        ):
-            raise ValueError("rate must be > 0 and burst >= 1")
-        self.tokens = self.burst
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError("rate must be a positive number")
+        if not (math.isfinite(self.burst) and self.burst >= 1):
+            raise ValueError("burst must be at least 1")
 
-    def _refill(self, now: float) -> None:
-        if self.updated is not None:
-            # max(): a clock that steps back must not drain the bucket.
-            elapsed = max(0.0, now - self.updated)
-            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        self.updated = now
 
-    def take(self, now: float, wanted: int) -> int:
-        """Take up to `wanted` whole tokens; returns how many were taken."""
-        self._refill(now)
-        granted = max(0, min(wanted, int(self.tokens)))
-        self.tokens -= granted
-        return granted
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    tokens: float
+    refilled_at: datetime
+    rate: float | None = None  # the effective rate; None: the configured one
 
-    def give_back(self, count: int) -> None:
-        self.tokens = min(self.burst, self.tokens + count)
+    def effective_rate(self, limits: Limits) -> float:
+        return limits.rate if self.rate is None else min(self.rate, limits.rate)
 
-    def wait_time(self, now: float) -> float:
-        """Seconds until at least one whole token is available."""
-        self._refill(now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+def refill(bucket: Bucket, now: datetime, limits: Limits) -> Bucket:
+    """Tokens earned since the last refill, and the rate regained meanwhile."""
+    # max(): a clock that steps back must neither drain the bucket nor slow it down.
+    elapsed = max(0.0, (now - bucket.refilled_at).total_seconds())
+    rate = bucket.effective_rate(limits)
+    tokens = min(limits.burst, bucket.tokens + elapsed * rate)
+    recovered = rate + elapsed * limits.recovery * limits.rate
+    new_rate = None if recovered >= limits.rate else recovered
+    return Bucket(tokens, max(now, bucket.refilled_at), new_rate)
+
+
+def take(bucket: Bucket, wanted: int) -> tuple[int, Bucket]:
+    """Whole tokens for up to `wanted` rows, and the bucket without them."""
+    granted = max(0, min(wanted, math.floor(bucket.tokens)))
+    return granted, replace(bucket, tokens=bucket.tokens - granted)
+
+
+def give_back(bucket: Bucket, unused: int, limits: Limits) -> Bucket:
+    return replace(bucket, tokens=min(limits.burst, bucket.tokens + max(0, unused)))
+
+
+def wait_time(bucket: Bucket, limits: Limits) -> float:
+    """Seconds until one whole token is there."""
+    missing = 1.0 - bucket.tokens
+    return 0.0 if missing <= 0 else missing / bucket.effective_rate(limits)
+
+
+def slow_down(bucket: Bucket, limits: Limits) -> Bucket:
+    """A throttling answer: cut the effective rate, and spend what the bucket held."""
+    rate = max(limits.floor * limits.rate, bucket.effective_rate(limits) * limits.decrease)
+    return replace(bucket, tokens=min(bucket.tokens, 0.0), rate=rate)
