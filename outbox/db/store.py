@@ -74,11 +74,13 @@ _CLAIM = text(
 
 # The channel's bucket, locked until the claim commits: claims on one channel take turns, in
 # every replica, so together they never grant more than the bucket holds. The database's clock
-# is the one clock all replicas share.
+# is the one clock all replicas share; clock_timestamp() (not the statement's start) because a
+# claim that waited for the lock must count from when it got it, and the row lock's recheck
+# evaluates it again after the wait.
 _BUCKET = text(
     """
     SELECT tokens, refilled_at, rate, greatest(hold_until, paused_until) AS blocked_until,
-           statement_timestamp() AS now
+           clock_timestamp() AS now
     FROM outbox.channel_state WHERE channel = :channel
     FOR UPDATE
     """

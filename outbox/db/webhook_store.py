@@ -89,6 +89,15 @@ class WebhookEventStore:
 
     async def _insert(self, group: list[_Waiting]) -> list[int]:
         try:
+            return await self._insert_once(group)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # A pooled connection the database dropped (say, on a restart): once more, fresh.
+            return await self._insert_once(group)
+
+    async def _insert_once(self, group: list[_Waiting]) -> list[int]:
+        try:
             async with self._engine.begin() as connection:
                 if len(group) == 1:
                     params = {"channel": group[0].channel, "body": group[0].body}

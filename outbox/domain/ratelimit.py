@@ -26,6 +26,8 @@ class Limits:
             raise ValueError("rate must be a positive number")
         if not (math.isfinite(self.burst) and self.burst >= 1):
             raise ValueError("burst must be at least 1")
+        if not (0 < self.decrease < 1 and 0 < self.floor <= 1 and self.recovery > 0):
+            raise ValueError("decrease must be in (0, 1), floor in (0, 1], recovery above 0")
 
 
 @dataclass(frozen=True, slots=True)

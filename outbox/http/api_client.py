@@ -9,6 +9,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
+from yarl import URL
 
 from outbox.config import ChannelConfig
 from outbox.domain.request import ApiRequest
@@ -50,6 +52,17 @@ def webhook_config(channel: ChannelConfig, url: str) -> dict[str, Any]:
 class ApiClient:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
+        # Parsed once per channel and path, not per request: this is the hot path.
+        self._targets: dict[tuple[str, str], tuple[URL, CIMultiDict[str]]] = {}
+
+    def _target(self, channel: ChannelConfig, path: str) -> tuple[URL, CIMultiDict[str]]:
+        key = (channel.id, path)
+        if key not in self._targets:
+            headers = CIMultiDict(
+                {"D360-API-KEY": channel.api_key.reveal(), "Content-Type": "application/json"}
+            )
+            self._targets[key] = (URL(channel.base_url + path), headers)
+        return self._targets[key]
 
     async def set_webhook(self, channel: ChannelConfig, url: str) -> ApiAnswer:
         """Register `url` as the channel's webhook (the same path in both dialects)."""
@@ -62,14 +75,10 @@ class ApiClient:
             return ApiAnswer(response.status, _decode(raw))
 
     async def send(self, channel: ChannelConfig, request: ApiRequest) -> SendOutcome:
+        url, headers = self._target(channel, request.path)
         try:
             async with self._session.post(
-                channel.base_url + request.path,
-                data=orjson.dumps(request.body),
-                headers={
-                    "D360-API-KEY": channel.api_key.reveal(),
-                    "Content-Type": "application/json",
-                },
+                url, data=orjson.dumps(request.body), headers=headers
             ) as response:
                 raw = await response.read()
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
