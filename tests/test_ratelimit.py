@@ -137,9 +137,10 @@ def test_refill_earns_elapsed_times_rate_up_to_burst(
     ],
 )
 def test_refill_earns_at_the_reduced_rate(rate: float, elapsed: float, expected: float) -> None:
-    limits = Limits(4.0, 10.0, recovery=0.0)  # no recovery: the rate stays put
+    limits = Limits(4.0, 10.0, recovery=1e-12)  # next to no recovery: the rate stays put
     refilled = refill(Bucket(0.0, T0, rate), at(elapsed), limits)
-    assert refilled == Bucket(expected, at(elapsed), rate)
+    assert (refilled.tokens, refilled.refilled_at) == (expected, at(elapsed))
+    assert refilled.rate == pytest.approx(rate)
 
 
 @pytest.mark.parametrize(
@@ -498,9 +499,9 @@ ZIGZAG = [Step(0, 300, 300, False)] + [
 @given(
     rate=st.floats(0.5, 200.0),
     burst_share=st.floats(0.0, 3.0),
-    decrease=st.floats(0.01, 1.0),
+    decrease=st.floats(0.01, 0.99),
     floor=st.floats(0.01, 1.0),
-    recovery=st.floats(0.0, 2.0),
+    recovery=st.floats(1e-6, 2.0),
     run=st.lists(steps, min_size=1, max_size=400),
 )
 def test_no_second_ever_grants_more_than_rate_plus_burst(
