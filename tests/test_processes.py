@@ -158,3 +158,52 @@ async def test_sigterm_mid_drain_leaves_nothing_sending_and_loses_nothing(
     assert accepted == set(requested)
     assert all(r["attempts"] == 0 for r in rows if r["state"] == "queued")
     assert 500 <= len(accepted) < 4000
+
+
+def _busiest_second(times: list[float]) -> int:
+    """The most requests any 1-second window [t, t + 1) of the log holds."""
+    times = sorted(times)
+    busiest, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - 1.0:
+            start += 1
+        busiest = max(busiest, end - start + 1)
+    return busiest
+
+
+RATES = {"onprem": (150.0, 15.0), "cloud": (400.0, 40.0)}  # rate, burst
+
+
+async def test_three_processes_hold_each_channels_rate_in_every_second(
+    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
+) -> None:
+    api, base_url = sandbox
+    text = config_toml(db_url, base_url, batch_size=100)
+    for channel, (rate, burst) in RATES.items():
+        text = text.replace(
+            f'id = "{channel}"', f'id = "{channel}"\nrate_per_second = {rate}\nburst = {burst}'
+        )
+    # The generic rate line comes after each channel's own and would win: drop it.
+    text = "\n".join(line for line in text.splitlines() if line != "rate_per_second = 5000")
+    config = tmp_path / "outbox.toml"
+    config.write_text(text)
+    logs = [tmp_path / f"{n}.log" for n in range(3)]
+    processes = [await _spawn(config, log) for log in logs]
+    try:
+        await wait_until(lambda: _listeners_are(db_url, 3), within=30)
+        await fetch(db_url, _ENQUEUE, 5_000)
+        await wait_until(lambda: _drained(db_url), within=120, interval=0.2)
+    finally:
+        codes = [await _stop(p, log) for p, log in zip(processes, logs, strict=True)]
+    assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
+
+    requests = api.message_requests()
+    assert len(requests) == 5_000
+    assert len({r.body["to"] for r in requests}) == 5_000  # no message requested twice
+    rows = await fetch(db_url, "SELECT state, count(*) AS n FROM outbox.messages GROUP BY state")
+    assert {r["state"]: r["n"] for r in rows} == {"accepted": 5_000}
+    for channel, (rate, burst) in RATES.items():
+        times = [r.at for r in requests if r.api_key_label == channel]
+        assert len(times) == 2_500
+        assert _busiest_second(times) <= rate + burst, channel
+    assert all(_accepted_count(log) > 0 for log in logs)  # every process took part
