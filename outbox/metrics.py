@@ -13,6 +13,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._send_children: dict[tuple[str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
         self.sends = Counter(
             "outbox_sends",
             "Send attempts by channel and the state they left the row in.",
@@ -89,8 +91,14 @@ class Metrics:
         self.webhooks.labels(channel, outcome).inc()
 
     def sent(self, channel: str, result: SendResult, seconds: float) -> None:
-        self.sends.labels(channel, result.state.value).inc()
-        self.api_latency.labels(channel).observe(seconds)
+        # Once per message: the label children are looked up once, not per call.
+        key = (channel, result.state.value)
+        if key not in self._send_children:
+            self._send_children[key] = self.sends.labels(*key)
+        self._send_children[key].inc()
+        if channel not in self._latency_children:
+            self._latency_children[channel] = self.api_latency.labels(channel)
+        self._latency_children[channel].observe(seconds)
 
     def rate(self, channel: str, per_second: float) -> None:
         self.channel_rate.labels(channel).set(per_second)

@@ -29,6 +29,8 @@ def create_session(max_connections: int, timeout: timedelta) -> aiohttp.ClientSe
         timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, 10.0)),
         json_serialize=lambda value: orjson.dumps(value).decode(),
         raise_for_status=False,
+        # The API sets no cookies worth keeping; skipping the jar saves work on every request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
