@@ -121,6 +121,15 @@ async def test_throttle_is_retried_after_the_hold_and_not_charged(
             waiting = await row(db_url, message_id)
             assert waiting["attempts"] == 0
             assert waiting["next_attempt_at"] is not None
+
+        async def both_slowed() -> bool:
+            buckets = await fetch(db_url, "SELECT * FROM outbox.channel_state")
+            return len(buckets) == 2 and all(
+                b["rate"] is not None and b["hold_until"] is not None for b in buckets
+            )
+
+        # The slow-down is shared: the channel's own row in the database says so.
+        await wait_until(both_slowed, within=5)
         await wait_until(in_state(db_url, "accepted", *ids.values()), within=10)
 
     for recipient, (_, _, statuses) in THROTTLES.items():
@@ -785,3 +794,42 @@ async def test_a_cloud_status_resolves_an_unknown_row_without_a_resend(db_url: s
         ("delivered", "applied"),
         ("read", "applied"),
     }
+
+
+async def test_a_backlog_on_one_channel_does_not_hold_up_another(
+    db_url: str, sandbox: tuple[Sandbox, str]
+) -> None:
+    """onprem has 2,000 slow rows and may use at most 4 slots; cloud's one row still goes at
+    once, while onprem never has more than 4 requests open."""
+    api, base_url = sandbox
+    api.faults.add(Fault("latency", delay=0.1))
+    await fetch(
+        db_url,
+        """
+        WITH rows AS (
+            SELECT '49153' || lpad(g::text, 8, '0') AS recipient, g
+            FROM generate_series(1, 2000) AS g
+        ), inbound AS (
+            INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
+            SELECT 'onprem', recipient, now() FROM rows
+        )
+        INSERT INTO outbox.messages (channel, recipient, payload)
+        SELECT 'onprem', recipient, '{"type":"text","text":{"body":"bulk"}}' FROM rows
+        """,
+    )
+    settings = with_channel(fast(db_url, base_url, max_in_flight=8), "onprem", max_in_flight=4)
+    async with running(settings):
+        await wait_until(lambda: len(on(api, "onprem")) >= 20, within=10)
+        urgent = await insert(db_url, "cloud", A, text("urgent"))
+        await wait_until(in_state(db_url, "accepted", urgent), within=5)
+        [backlog] = await fetch(
+            db_url,
+            "SELECT count(*) FROM outbox.messages WHERE channel = 'onprem' AND state = 'queued'",
+        )
+    assert backlog[0] > 1500  # onprem was still busy with its backlog
+    arrivals = sorted(r.at for r in on(api, "onprem"))
+    # With 0.1 s per answer, at most 4 onprem requests ever arrived within any 0.1 s.
+    assert (
+        max(sum(1 for later in arrivals[i:] if later < at + 0.099) for i, at in enumerate(arrivals))
+        <= 4
+    )

@@ -98,7 +98,9 @@ _SLOW_DOWN = text(
     """
     UPDATE outbox.channel_state
     SET tokens = :tokens, rate = :rate, refilled_at = :refilled_at,
-        hold_until = greatest(hold_until, :now + make_interval(secs => :hold_seconds)),
+        hold_until = greatest(
+            hold_until, CAST(:now AS timestamptz) + make_interval(secs => :hold_seconds)
+        ),
         updated_at = now()
     WHERE channel = :channel
     """

@@ -59,6 +59,7 @@ class Drain:
     duplicates: int
     accepted: int
     peak_rss_mb: float
+    busiest_second: int
 
     @property
     def rate(self) -> float:
@@ -71,7 +72,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(dsn: str, api: str, in_flight: int, path: Path) -> None:
+def _config(dsn: str, api: str, in_flight: int, path: Path, rate: float = 1_000_000) -> None:
     path.write_text(
         f"""
 database_url = {json.dumps(dsn)}
@@ -84,7 +85,7 @@ id = "bench"
 dialect = "cloud"
 base_url = {json.dumps(api)}
 api_key_env = "BENCH_KEY"
-rate_per_second = 1000000
+rate_per_second = {rate}
 """
     )
 
@@ -141,13 +142,20 @@ async def _log(session: aiohttp.ClientSession, api: str) -> list[tuple[str, floa
 
 
 async def drain(
-    dsn: str, workdir: Path, *, messages: int, latency_ms: float, processes: int, in_flight: int
+    dsn: str,
+    workdir: Path,
+    *,
+    messages: int,
+    latency_ms: float,
+    processes: int,
+    in_flight: int,
+    rate: float = 1_000_000,
 ) -> Drain:
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}"
     api = await _api(port, latency_ms)
     config = workdir / "outbox.toml"
-    _config(dsn, api_url, in_flight, config)
+    _config(dsn, api_url, in_flight, config, rate)
     connection = await asyncpg.connect(dsn)
     await connection.execute("TRUNCATE outbox.messages, outbox.contacts")
     await connection.execute(_ENQUEUE, messages, 0)
@@ -178,7 +186,17 @@ async def drain(
         sum(n - 1 for n in keys.values() if n > 1),
         int(accepted),
         peak,
+        _busiest_second(times),
     )
+
+
+def _busiest_second(times: list[float]) -> int:
+    busiest, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - 1.0:
+            start += 1
+        busiest = max(busiest, end - start + 1)
+    return busiest
 
 
 async def steady_latency(
@@ -247,6 +265,9 @@ async def main(messages: int, big: int, in_flight: int) -> None:
         large = await drain(
             dsn, workdir, messages=big, latency_ms=0, processes=1, in_flight=in_flight
         )
+        limited = await drain(
+            dsn, workdir, messages=5000, latency_ms=0, processes=3, in_flight=in_flight, rate=500
+        )
     print(f"\n{'run':<34}{'messages/s':>12}{'seconds':>9}{'peak RSS MB':>13}{'dupes':>7}")
     for run in [*runs, large]:
         label = f"{run.messages:,} rows, {run.latency_ms:.0f} ms API, {run.processes} proc"
@@ -255,7 +276,11 @@ async def main(messages: int, big: int, in_flight: int) -> None:
             f"{run.duplicates:>7}"
         )
     print(f"insert-to-request at 200 msg/s ({seen} rows): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    ok = all(r.duplicates == 0 and r.accepted == r.messages for r in [*runs, large])
+    print(
+        f"rate limit 500/s (burst 50), 5,000 rows, 3 processes: {limited.rate:,.0f}/s "
+        f"({limited.rate / 500:.1%} of the rate), busiest 1-second window {limited.busiest_second}"
+    )
+    ok = all(r.duplicates == 0 and r.accepted == r.messages for r in [*runs, large, limited])
     print(f"correctness: {'no id requested twice, every row accepted' if ok else 'FAILED'}")
 
 
