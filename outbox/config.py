@@ -47,6 +47,9 @@ class Secret:
         return hash(self._value)
 
 
+SEND_SLACK = 0.05  # seconds from a claim to its requests' arrival that the limit allows for
+
+
 class UnknownPolicy(StrEnum):
     """What happens to an `unknown` row once its quiet period passes with no evidence."""
 
@@ -71,7 +74,14 @@ class ChannelConfig:
     max_in_flight: int | None = None  # requests in flight per process; default: sender's
 
     def limits(self) -> Limits:
-        return Limits(self.rate_per_second, self.burst or max(1.0, self.rate_per_second / 10))
+        """The bucket behind `rate_per_second` and `burst`.
+
+        Tokens are taken at claim time; the requests reach the API a few milliseconds later and
+        can bunch up on the way. The bucket holds back SEND_SLACK worth of tokens from the
+        burst, so that any one second at the API stays within rate + burst.
+        """
+        burst = self.burst or max(1.0, self.rate_per_second / 10)
+        return Limits(self.rate_per_second, max(1.0, burst - self.rate_per_second * SEND_SLACK))
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,12 @@ _CLAIM = text(
     ), spent AS (
         -- Tokens granted but not used (fewer rows were ready) go back into the bucket.
         UPDATE outbox.channel_state
-        SET tokens = least(:burst, :tokens + :limit - (SELECT count(*) FROM claimed)),
-            rate = :rate, refilled_at = :refilled_at
+        -- Casts: left to infer, the parameters would take count(*)'s bigint and lose the
+        -- fraction of a token on every claim.
+        SET tokens = least(
+                CAST(:burst AS double precision),
+                CAST(:tokens AS double precision) + :limit - (SELECT count(*) FROM claimed)),
+            rate = CAST(:rate AS double precision), refilled_at = :refilled_at
         WHERE channel = :channel
     )
     SELECT * FROM claimed
@@ -97,7 +101,8 @@ _ENSURE_BUCKET = text(
 _SLOW_DOWN = text(
     """
     UPDATE outbox.channel_state
-    SET tokens = :tokens, rate = :rate, refilled_at = :refilled_at,
+    SET tokens = CAST(:tokens AS double precision), rate = CAST(:rate AS double precision),
+        refilled_at = :refilled_at,
         hold_until = greatest(
             hold_until, CAST(:now AS timestamptz) + make_interval(secs => :hold_seconds)
         ),
