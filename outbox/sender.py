@@ -245,7 +245,9 @@ class Sender:
         return len(rows), retry_in
 
     def _free_slots(self) -> int:
-        return self._config.max_in_flight - len(self._flights)
+        # An answer not yet written holds its slot: when the database falls behind, claiming
+        # slows down with it instead of piling up answers in memory (and leases unrenewed).
+        return self._config.max_in_flight - len(self._flights) - len(self._results)
 
     def _start(self, channel: ChannelConfig, message: ClaimedMessage) -> None:
         flight = _Flight(message)
