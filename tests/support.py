@@ -154,3 +154,14 @@ async def wait_until(predicate: Any, within: float = 20.0, interval: float = 0.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most events any 1-second window [t, t + 1) of a log of times holds."""
+    times = sorted(times)
+    busiest, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - 1.0:
+            start += 1
+        busiest = max(busiest, end - start + 1)
+    return busiest

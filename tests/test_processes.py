@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from outbox.sandbox import Sandbox
-from tests.support import KEYS, SUBPROCESS_ENV, config_toml, fetch, wait_until
+from tests.support import KEYS, SUBPROCESS_ENV, busiest_second, config_toml, fetch, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -160,17 +160,6 @@ async def test_sigterm_mid_drain_leaves_nothing_sending_and_loses_nothing(
     assert 500 <= len(accepted) < 4000
 
 
-def _busiest_second(times: list[float]) -> int:
-    """The most requests any 1-second window [t, t + 1) of the log holds."""
-    times = sorted(times)
-    busiest, start = 0, 0
-    for end, at in enumerate(times):
-        while times[start] <= at - 1.0:
-            start += 1
-        busiest = max(busiest, end - start + 1)
-    return busiest
-
-
 RATES = {"onprem": (150.0, 15.0), "cloud": (400.0, 40.0)}  # rate, burst
 
 
@@ -205,5 +194,5 @@ async def test_three_processes_hold_each_channels_rate_in_every_second(
     for channel, (rate, burst) in RATES.items():
         times = [r.at for r in requests if r.api_key_label == channel]
         assert len(times) == 2_500
-        assert _busiest_second(times) <= rate + burst, channel
+        assert busiest_second(times) <= rate + burst, channel
     assert all(_accepted_count(log) > 0 for log in logs)  # every process took part

@@ -34,6 +34,7 @@ import asyncpg
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.demo import embedded_database
+from tests.support import busiest_second
 
 _ENQUEUE = """
 WITH rows AS (
@@ -186,17 +187,8 @@ async def drain(
         sum(n - 1 for n in keys.values() if n > 1),
         int(accepted),
         peak,
-        _busiest_second(times),
+        busiest_second(times),
     )
-
-
-def _busiest_second(times: list[float]) -> int:
-    busiest, start = 0, 0
-    for end, at in enumerate(times):
-        while times[start] <= at - 1.0:
-            start += 1
-        busiest = max(busiest, end - start + 1)
-    return busiest
 
 
 async def steady_latency(
