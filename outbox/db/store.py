@@ -70,7 +70,9 @@ _CLAIM = text(
                 CAST(:burst AS double precision),
                 CAST(:tokens AS double precision) + :limit - (SELECT count(*) FROM claimed)),
             rate = CAST(:rate AS double precision), refilled_at = :refilled_at
-        WHERE channel = :channel
+        -- Nothing claimed: the bucket is as it was (a refill depends on time alone), and an
+        -- idle channel's claims write nothing.
+        WHERE channel = :channel AND EXISTS (SELECT 1 FROM claimed)
     )
     SELECT * FROM claimed
     """
