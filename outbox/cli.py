@@ -71,6 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_check)
 
+    show = commands.add_parser(
+        "show",
+        parents=[common],
+        help="one message: its columns, attempts and status history",
+    )
+    show.add_argument("id", type=int, help="the message's id (outbox.messages.id)")
+    show.set_defaults(func=_show)
+
+    stats = commands.add_parser(
+        "stats",
+        parents=[common],
+        help="per channel: counts per state, sent lately, oldest due row, paused or throttled",
+    )
+    _env_default(
+        stats,
+        "--recent-minutes",
+        env="STATS_RECENT_MINUTES",
+        default=5.0,
+        type=float,
+        help="the period 'sent lately' counts over",
+    )
+    stats.set_defaults(func=_stats)
+
     set_webhook = commands.add_parser(
         "set-webhook",
         parents=[common],
@@ -238,6 +261,58 @@ def _check(args: argparse.Namespace) -> int:
             await engine.dispose()
         print("database: ok, schema current")
         return EXIT_OK
+
+    return run_async(main)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from outbox.admin import format_message
+    from outbox.db.admin_store import AdminStore
+
+    async def read(store: AdminStore, _: Settings) -> int:
+        row = await store.message(args.id)
+        if row is None:
+            print(f"outbox: no message with id {args.id}", file=sys.stderr)
+            return EXIT_ERROR
+        print(format_message(row, await store.history(args.id)))
+        return EXIT_OK
+
+    return _with_admin_store(args, read)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from outbox.admin import format_stats
+    from outbox.db.admin_store import AdminStore
+
+    if not args.recent_minutes > 0:
+        raise ConfigError("--recent-minutes must be greater than 0")
+
+    async def read(store: AdminStore, settings: Settings) -> int:
+        configured = [c.id for c in settings.channels]
+        stats = await store.channel_stats(configured, args.recent_minutes * 60)
+        print(format_stats(stats, args.recent_minutes))
+        return EXIT_OK
+
+    return _with_admin_store(args, read)
+
+
+def _with_admin_store(
+    args: argparse.Namespace, read: Callable[[Any, Settings], Coroutine[Any, Any, int]]
+) -> int:
+    """Run `read` against the configured database, schema checked first."""
+    from outbox import app
+    from outbox.db.admin_store import AdminStore
+    from outbox.db.engine import create_engine
+
+    settings = _settings(args, need_channels=False)
+
+    async def main(_: asyncio.Event) -> int:
+        engine = create_engine(settings.database_url, pool_size=1, role="admin")
+        try:
+            await app.check_database(engine)
+            return await read(AdminStore(engine), settings)
+        finally:
+            await engine.dispose()
 
     return run_async(main)
 

@@ -199,3 +199,65 @@ async def test_the_config_files_log_level_applies(db_url: str, tmp_path: Path) -
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
     assert b"outbox.started" not in err  # an info line
+
+
+async def test_show_prints_a_message_with_its_status_history(db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml(db_url, "http://127.0.0.1:9"))
+    [row] = await fetch(
+        db_url,
+        "INSERT INTO outbox.messages (channel, recipient, payload, state, wamid, attempts,"
+        " accepted_at, delivered_at) VALUES ('cloud', '4915100000001',"
+        """ '{"type":"text","text":{"body":"hello there"}}', 'delivered', 'wamid.SHOW1', 1,"""
+        " now(), now()) RETURNING id",
+    )
+    message_id = row["id"]
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.status_history (message_id, wamid, status, at, verdict) VALUES"
+        " ($1, 'wamid.SHOW1', 'sent', '2026-01-01T00:00:00Z', 'applied'),"
+        " ($1, 'wamid.SHOW1', 'delivered', '2026-01-01T00:00:03Z', 'applied'),"
+        " ($1, 'wamid.SHOW1', 'sent', '2026-01-01T00:00:01Z', 'no_downgrade')",
+        message_id,
+    )
+    code, out, err = await _outbox("show", str(message_id), "--config", str(config))
+    assert code == 0, err
+    assert f"message {message_id}" in out
+    assert "wamid.SHOW1" in out
+    assert "hello there" in out
+    timeline = [line.split()[1:3] for line in out.split("status history", 1)[1].splitlines()[1:]]
+    assert timeline == [["sent", "applied"], ["sent", "no_downgrade"], ["delivered", "applied"]]
+
+    code, _, err = await _outbox("show", "999999", "--config", str(config))
+    assert code == 1
+    assert "no message with id 999999" in err
+
+
+async def test_stats_shows_counts_per_state_and_a_paused_channel(
+    db_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml(db_url, "http://127.0.0.1:9"))
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.messages (channel, recipient, payload, state, accepted_at)"
+        " SELECT CASE WHEN g <= 3 THEN 'cloud' ELSE 'onprem' END, '49151' || g,"
+        """ '{"type":"text","text":{"body":"x"}}',"""
+        " CASE WHEN g IN (1, 4) THEN 'queued' ELSE 'accepted' END,"
+        " CASE WHEN g IN (1, 4) THEN NULL ELSE now() END FROM generate_series(1, 5) AS g",
+    )
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.channel_state (channel, paused_until, pause_reason)"
+        " VALUES ('onprem', now() + interval '5 minutes', 'Invalid api_key')",
+    )
+    code, out, err = await _outbox("stats", "--config", str(config))
+    assert code == 0, err
+    header, *rows = out.strip().splitlines()
+    assert header.split()[:3] == ["channel", "queued", "accepted"]
+    by_channel = {line.split()[0]: line for line in rows}
+    assert by_channel["cloud"].split()[1:4] == ["1", "2", "2"]
+    assert by_channel["cloud"].endswith("ok")
+    assert by_channel["onprem"].split()[1:4] == ["1", "1", "1"]
+    assert "PAUSED until" in by_channel["onprem"]
+    assert "Invalid api_key" in by_channel["onprem"]

@@ -1,0 +1,105 @@
+"""Reads for the operator's commands (`outbox show`, `outbox stats`): never on a hot path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+_MESSAGE = text("SELECT * FROM outbox.messages WHERE id = :id")
+
+_HISTORY = text(
+    """
+    SELECT at, status, verdict, wamid, error_code, error_title, error_detail, recorded_at
+    FROM outbox.status_history WHERE message_id = :id
+    ORDER BY at, recorded_at, id
+    """
+)
+
+_PER_CHANNEL = text(
+    """
+    WITH counts AS (
+        SELECT channel, state, count(*) AS n FROM outbox.messages GROUP BY channel, state
+    ), recent AS (
+        SELECT channel, count(*) AS n FROM outbox.messages
+        WHERE accepted_at > now() - make_interval(secs => :recent_seconds)
+        GROUP BY channel
+    ), due AS (
+        SELECT channel, min(coalesce(next_attempt_at, send_after)) AS oldest
+        FROM outbox.messages
+        WHERE state = 'queued' AND coalesce(next_attempt_at, send_after) <= now()
+        GROUP BY channel
+    ), channels AS (
+        SELECT channel FROM counts UNION SELECT channel FROM outbox.channel_state
+        UNION SELECT unnest(CAST(:configured AS text[]))
+    )
+    SELECT c.channel,
+           coalesce(
+               (SELECT jsonb_object_agg(state, n) FROM counts WHERE counts.channel = c.channel),
+               '{}') AS states,
+           coalesce(r.n, 0) AS recent,
+           extract(epoch FROM now() - d.oldest) AS oldest_due_seconds,
+           s.paused_until > now() AS paused, s.pause_reason, s.paused_until,
+           s.rate, s.hold_until > now() AS held
+    FROM channels AS c
+    LEFT JOIN recent AS r ON r.channel = c.channel
+    LEFT JOIN due AS d ON d.channel = c.channel
+    LEFT JOIN outbox.channel_state AS s ON s.channel = c.channel
+    ORDER BY c.channel
+    """
+).columns(states=JSONB)
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    channel: str
+    states: dict[str, int]
+    recent: int  # accepted within the recent period
+    oldest_due_seconds: float | None  # how long the oldest due row has waited
+    paused: bool
+    pause_reason: str | None
+    paused_until: datetime | None
+    rate: float | None  # the effective rate when throttling lowered it
+    held: bool  # throttled: claims on hold
+
+
+class AdminStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def message(self, message_id: int) -> dict[str, Any] | None:
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_MESSAGE, {"id": message_id})).mappings().first()
+        return dict(row) if row is not None else None
+
+    async def history(self, message_id: int) -> list[dict[str, Any]]:
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_HISTORY, {"id": message_id})).mappings().all()
+        return [dict(row) for row in rows]
+
+    async def channel_stats(
+        self, configured: list[str], recent_seconds: float
+    ) -> list[ChannelStats]:
+        params = {"configured": configured, "recent_seconds": recent_seconds}
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_PER_CHANNEL, params)).all()
+        return [
+            ChannelStats(
+                channel=row.channel,
+                states=dict(row.states),
+                recent=int(row.recent),
+                oldest_due_seconds=None
+                if row.oldest_due_seconds is None
+                else float(row.oldest_due_seconds),
+                paused=bool(row.paused),
+                pause_reason=row.pause_reason if row.paused else None,
+                paused_until=row.paused_until if row.paused else None,
+                rate=row.rate,
+                held=bool(row.held),
+            )
+            for row in rows
+        ]
