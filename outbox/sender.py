@@ -129,9 +129,8 @@ class Sender:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._results_ready = asyncio.Event()
-        self._flushed = asyncio.Event()
-        self._flushed.set()
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
+        self._writes = 0  # result batches written so far
 
     def wake(self) -> None:
         """Something was inserted: claim now rather than at the next poll."""
@@ -159,6 +158,7 @@ class Sender:
         while not stop.is_set():
             self._wake.clear()
             self._slot_freed.clear()
+            writes_before = self._writes
             try:
                 claimed, retry_in = await self._claim_round()
                 failures = 0
@@ -168,10 +168,11 @@ class Sender:
                 log.warning("outbox.claim.db_error", error=str(exc), retry_in=delay)
                 await wait_any(stop, timeout=delay)
                 continue
-            if drain and not claimed and not self._flights and not self._results:
-                await self._flushed.wait()
-                if not self._results:
-                    return
+            # Drained: nothing claimed, nothing out, nothing to write, and no write landed while
+            # the claim ran (one could have released a row the claim did not yet see).
+            idle = not claimed and not self._flights and not self._results
+            if drain and idle and self._writes == writes_before:
+                return
             if retry_in == 0.0 and self._free_slots() > 0:
                 continue
             timeout = self._config.poll_interval.total_seconds()
@@ -420,7 +421,6 @@ class Sender:
     def _record(self, result: SendResult) -> None:
         self._outcomes[result.state] += 1
         self._results.append(result)
-        self._flushed.clear()
         self._results_ready.set()
 
     async def _flush_loop(self) -> None:
@@ -454,11 +454,11 @@ class Sender:
                 await asyncio.sleep(delay)
                 continue
             del self._results[: len(batch)]
+            self._writes += 1
             # A finished row may be what held back its recipient's next one: claim again.
             self._wake.set()
             if written != len(batch):
                 log.warning("outbox.results.lease_lost", expected=len(batch), written=written)
-        self._flushed.set()
 
     async def _finish_flights(self) -> None:
         """Let started requests finish within the grace period; hand back the rest."""

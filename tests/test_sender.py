@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -109,6 +110,10 @@ async def test_each_dialect_receives_exactly_its_request(
 
 
 # (fault, expected state, error_code, attempts, retry scheduled)
+# Full jitter can draw a delay of next to nothing, and a retry due before the drain ends is
+# sent within it: backoff this long makes that one chance in thousands.
+SLOW_BACKOFF = {"backoff_base": timedelta(hours=1), "backoff_cap": timedelta(days=1)}
+
 ERROR_CASES = {
     # 1006 (unknown contact or media) gets one more try, as courier does.
     "onprem-404-1006": (
@@ -176,7 +181,7 @@ async def test_error_shapes_map_to_row_values(
     api.faults.add(fault)
     message_id = await insert(db_url, channel, RECIPIENT, {"type": "text", "text": {"body": "x"}})
 
-    await drain(settings_for(db_url, base_url))
+    await drain(settings_for(db_url, base_url, **SLOW_BACKOFF))
 
     stored = await row(db_url, message_id)
     assert (stored["state"], stored["error_code"], stored["attempts"]) == (state, code, attempts)
@@ -194,7 +199,7 @@ async def test_retry_after_server_error_then_success(
     api, base_url = sandbox
     api.faults.add(Fault("status", status=500, times=1))
     message_id = await insert(db_url, "cloud", RECIPIENT, {"type": "text", "text": {"body": "x"}})
-    settings = settings_for(db_url, base_url)
+    settings = settings_for(db_url, base_url, **SLOW_BACKOFF)
 
     await drain(settings)
     first = await row(db_url, message_id)
