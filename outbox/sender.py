@@ -272,35 +272,22 @@ class Sender:
         message = flight.message
         now = self._now()
         if message.expires_at is not None and message.expires_at <= now:
-            return SendResult(
-                message.id,
-                State.EXPIRED,
-                now,
-                error_code="expired",
-                error_title="expires_at passed before the message was sent",
-                attempts_delta=-1,
+            return outcomes.without_request(
+                message, State.EXPIRED, now, "expired", outcomes.EXPIRED_TITLE
             )
         try:
             request = self._request_for(channel, message, now)
         except InvalidMessage as exc:
-            return SendResult(
-                message.id,
-                State.FAILED,
-                now,
-                error_code=exc.code,
-                error_title="the message cannot be sent as written",
-                error_detail=exc.detail,
-                attempts_delta=-1,
-            )
+            title = "the message cannot be sent as written"
+            return outcomes.without_request(message, State.FAILED, now, exc.code, title, exc.detail)
         if isinstance(request, WindowClosed):
-            return SendResult(
-                message.id,
+            return outcomes.without_request(
+                message,
                 State.FAILED,
                 now,
-                error_code=outcomes.WINDOW_CLOSED,
-                error_title=outcomes.WINDOW_CLOSED_TITLE,
-                error_detail=request.detail,
-                attempts_delta=-1,
+                outcomes.WINDOW_CLOSED,
+                outcomes.WINDOW_CLOSED_TITLE,
+                request.detail,
             )
         flight.started = True
         started = time.monotonic()

@@ -36,15 +36,15 @@ from outbox.domain.reconcile import Located, Plan, Target, plan_statuses
 
 _TIMESTAMP = DateTime(timezone=True)
 
-_TAKE_WEBHOOKS = text(
-    """
+_TAKE = """
     SELECT id, channel, payload::text AS payload FROM outbox.webhook_events
-    WHERE processed_at IS NULL
+    WHERE processed_at IS NULL {only}
     ORDER BY id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
-    """
-)
+"""
+_TAKE_WEBHOOKS = text(_TAKE.format(only=""))
+_TAKE_ONE_WEBHOOK = text(_TAKE.format(only="AND id = :id"))
 
 _DONE = ArrayColumns((("id", BigInteger()), ("error", Text())))
 _DONE_WEBHOOKS = _DONE.statement(
@@ -222,15 +222,8 @@ class ReconcileStore:
     async def process_webhook_alone(self, webhook_id: int) -> Report:
         """One row in its own transaction, to find the one a failed batch choked on."""
         async with self._engine.begin() as connection:
-            rows = (
-                await connection.execute(
-                    text(
-                        "SELECT id, channel, payload::text AS payload FROM outbox.webhook_events"
-                        " WHERE id = :id AND processed_at IS NULL FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"id": webhook_id},
-                )
-            ).all()
+            params = {"id": webhook_id, "limit": 1}
+            rows = (await connection.execute(_TAKE_ONE_WEBHOOK, params)).all()
             return await self._process(connection, [(r.id, r.channel, r.payload) for r in rows])
 
     async def pending_webhook_ids(self, limit: int) -> list[int]:

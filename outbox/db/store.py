@@ -20,6 +20,7 @@ from outbox.db.arrays import ArrayColumns
 from outbox.db.tables import NOTIFY_CHANNEL
 from outbox.domain import ratelimit
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
+from outbox.domain.outcome import EXPIRED_TITLE
 from outbox.domain.ratelimit import Limits
 
 # A row is claimable only if no older row to the same recipient on the channel is still open
@@ -424,8 +425,7 @@ class MessageStore:
 
     async def expire_due(self, limit: int = 1000) -> int:
         """Queued rows past `expires_at` become `expired` without waiting for a claim."""
-        title = "expires_at passed before the message was sent"
-        return await self._update(_EXPIRE, {"limit": limit, "title": title})
+        return await self._update(_EXPIRE, {"limit": limit, "title": EXPIRED_TITLE})
 
     async def resend_unknown(
         self, channels: Sequence[str], quiet: timedelta, limit: int = 1000

@@ -12,6 +12,27 @@ from outbox.domain.response import Accepted, SendOutcome, TransportFailure
 
 WINDOW_CLOSED = "window_closed"
 WINDOW_CLOSED_TITLE = "the 24-hour window is closed and the row has no fallback_template"
+EXPIRED_TITLE = "expires_at passed before the message was sent"
+
+
+def without_request(
+    message: ClaimedMessage,
+    state: State,
+    now: datetime,
+    code: str,
+    title: str,
+    detail: str | None = None,
+) -> SendResult:
+    """A row settled before any request left: the attempt taken at claim time is given back."""
+    return SendResult(
+        message.id,
+        state,
+        now,
+        error_code=code,
+        error_title=title,
+        error_detail=detail,
+        attempts_delta=-1,
+    )
 
 
 @dataclass(frozen=True, slots=True)
