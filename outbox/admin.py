@@ -1,14 +1,17 @@
-"""What `outbox show` and `outbox stats` print: plain text an operator reads in a terminal."""
+"""What the operator's commands print: plain text an operator reads in a terminal."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
 
 import orjson
 
 from outbox.db.admin_store import ChannelStats
 from outbox.domain.models import State
+from outbox.domain.replay import Candidate, Decision
 
 _ROW_FIELDS = (
     "channel",
@@ -22,6 +25,7 @@ _ROW_FIELDS = (
     "error_title",
     "error_detail",
     "unknown_resends",
+    "replays",
     "idempotency_key",
 )
 _TIMES = (
@@ -34,6 +38,7 @@ _TIMES = (
     "delivered_at",
     "read_at",
     "failed_at",
+    "replayed_at",
     "updated_at",
 )
 
@@ -42,7 +47,9 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.isoformat(timespec="seconds")
 
 
-def format_message(row: dict[str, Any], history: list[dict[str, Any]]) -> str:
+def format_message(
+    row: dict[str, Any], history: list[dict[str, Any]], actions: list[dict[str, Any]]
+) -> str:
     lines = [f"message {row['id']}"]
     lines += [f"  {name:<16}{row[name]}" for name in _ROW_FIELDS if row.get(name) is not None]
     lines.append("  times")
@@ -52,6 +59,8 @@ def format_message(row: dict[str, Any], history: list[dict[str, Any]]) -> str:
     lines.append("  payload         " + _short(row["payload"]))
     if row.get("fallback_template") is not None:
         lines.append("  fallback        " + _short(row["fallback_template"]))
+    if actions:
+        lines.append(format_actions(actions))
     if not history:
         lines.append("  status history  (none)")
         return "\n".join(lines)
@@ -109,3 +118,124 @@ def _health(c: ChannelStats) -> str:
     if c.rate is not None:
         return f"recovering (rate {c.rate:g}/s)"
     return "ok"
+
+
+def format_actions(actions: list[dict[str, Any]]) -> str:
+    """The lineage part of `outbox show`: what operators did to the row, and what it was."""
+    if not actions:
+        return ""
+    lines = ["  operator actions"]
+    for a in actions:
+        was = f"was {a['from_state']} after {a['attempts']} attempts"
+        if a["error_code"]:
+            was += f", error {a['error_code']}"
+        if a["wamid"]:
+            was += f", wamid {a['wamid']}"
+        forced = " (forced)" if a["forced"] else ""
+        note = f": {a['note']}" if a["note"] else ""
+        lines.append(f"    {_when(a['at'])}  {a['action']}{forced} by {a['actor']}; {was}{note}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Tally:
+    """What a replay or cancel did or would do, row by row, for the table and the summary."""
+
+    verb: str  # "replay" or "cancel"
+    acted: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    changed: int = 0  # decided to act, but the row changed before the write
+    shown: list[str] = field(default_factory=list)
+    unshown: int = 0
+
+    def row(self, candidate: Candidate, decision: Decision, limit: int) -> None:
+        if decision.act:
+            self.acted += 1
+        else:
+            self.skipped[decision.reason] += 1
+        if len(self.shown) >= limit:
+            self.unshown += 1
+            return
+        action = self.verb if decision.act else "skip"
+        self.shown.append(
+            f"{candidate.id:>10}  {candidate.channel:<14}{candidate.state.value:<10}"
+            f"{candidate.error_code or '-':<12}{candidate.attempts:>4}  {action:<8}"
+            f"{decision.reason}"
+        )
+
+    def table(self) -> str:
+        header = (
+            f"{'id':>10}  {'channel':<14}{'state':<10}{'error':<12}{'att':>4}  {'action':<8}why"
+        )
+        lines = [header, *self.shown]
+        if self.unshown:
+            lines.append(f"... and {self.unshown} more")
+        return "\n".join(lines)
+
+    def summary(self, dry_run: bool) -> str:
+        done = {"replay": "replayed", "cancel": "cancelled"}[self.verb]
+        head = f"would {self.verb}" if dry_run else done
+        lines = [f"{head}: {self.acted - self.changed}"]
+        if self.changed:
+            lines.append(f"left alone, changed while this ran: {self.changed}")
+        for reason, count in self.skipped.most_common():
+            lines.append(f"skipped, {reason}: {count}")
+        return "\n".join(lines)
+
+
+class Progress:
+    """A progress bar on a terminal; elsewhere a line per tenth, so logs stay readable."""
+
+    def __init__(self, label: str, total: int, stream: TextIO) -> None:
+        self._label, self._total, self._stream = label, total, stream
+        self._done = 0
+        self._tty = stream.isatty()
+        self._reported = 0
+
+    def advance(self, count: int) -> None:
+        self._done += count
+        share = self._done / self._total if self._total else 1.0
+        if self._tty:
+            bar = "#" * int(share * 30)
+            self._stream.write(
+                f"\r{self._label} [{bar:<30}] {self._done}/{self._total} {share:4.0%}"
+            )
+            self._stream.flush()
+        elif int(share * 10) > self._reported:
+            self._reported = int(share * 10)
+            print(f"{self._label}: {self._done}/{self._total}", file=self._stream)
+
+    def close(self) -> None:
+        if self._tty:
+            self._stream.write("\n")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str) -> timedelta:
+    """'90s', '15m', '12h', '30d', '2w', or plain seconds."""
+    text = value.strip().lower()
+    unit = _UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit else text
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"expected a duration like 30m, 12h or 7d, got {value!r}") from None
+    if not amount > 0 or amount == float("inf"):
+        raise ValueError(f"a duration must be greater than 0, got {value!r}")
+    return timedelta(seconds=amount * (unit or 1))
+
+
+def parse_time(value: str, now: datetime) -> datetime:
+    """An ISO 8601 time (UTC when it names no zone), or a duration meaning that long ago."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            return now - parse_duration(value)
+        except ValueError:
+            raise ValueError(
+                f"expected an ISO 8601 time or a duration ago like 2h, got {value!r}"
+            ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

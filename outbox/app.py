@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox.config import Settings
 from outbox.db import migrate
 from outbox.db.engine import create_engine
+from outbox.db.gauges import GaugeStore
 from outbox.db.listener import NotifyListener
 from outbox.db.reconcile_store import ReconcileStore
 from outbox.db.store import MessageStore
@@ -31,6 +32,7 @@ from outbox.http.server import create_app
 from outbox.maintenance import Maintenance
 from outbox.metrics import Metrics
 from outbox.reconciler import Reconciler
+from outbox.sampler import Sampler
 from outbox.sender import DB_ERRORS, Sender
 
 log = structlog.get_logger("outbox.app")
@@ -75,6 +77,7 @@ async def run(
     """Run the daemon until `stop` is set; with `drain`, until the queue is empty."""
     worker_id = new_worker_id()
     metrics = Metrics(registry or CollectorRegistry())
+    metrics.know_channels(c.id for c in settings.channels)
     engine = create_engine(settings.database_url, pool_size=8)
     runner: web.AppRunner | None = None
     try:
@@ -84,6 +87,7 @@ async def run(
         http_port = None
         if "web" in roles:
             runner, http_port = await _start_web(settings, metrics, engine)
+            tasks["sampler"] = Sampler(GaugeStore(engine), settings.metrics, metrics).run(stop)
         session = create_session(settings.sender.max_in_flight, settings.sender.request_timeout)
         async with session:
             wake: dict[str, Callable[[], None]] = {}

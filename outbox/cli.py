@@ -14,6 +14,7 @@ from typing import Any
 
 from outbox import __version__
 from outbox.config import Settings
+from outbox.domain.models import State
 from outbox.errors import ConfigError, OutboxError
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the period 'sent lately' counts over",
     )
     stats.set_defaults(func=_stats)
+
+    _add_replay(commands, common)
+    _add_cancel(commands, common)
+    _add_purge(commands, common)
 
     set_webhook = commands.add_parser(
         "set-webhook",
@@ -269,15 +274,16 @@ def _show(args: argparse.Namespace) -> int:
     from outbox.admin import format_message
     from outbox.db.admin_store import AdminStore
 
-    async def read(store: AdminStore, _: Settings) -> int:
+    async def read(engine: Any, _: Settings) -> int:
+        store = AdminStore(engine)
         row = await store.message(args.id)
         if row is None:
             print(f"outbox: no message with id {args.id}", file=sys.stderr)
             return EXIT_ERROR
-        print(format_message(row, await store.history(args.id)))
+        print(format_message(row, await store.history(args.id), await store.actions(args.id)))
         return EXIT_OK
 
-    return _with_admin_store(args, read)
+    return _with_engine(args, read)
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -287,21 +293,21 @@ def _stats(args: argparse.Namespace) -> int:
     if not args.recent_minutes > 0:
         raise ConfigError("--recent-minutes must be greater than 0")
 
-    async def read(store: AdminStore, settings: Settings) -> int:
+    async def read(engine: Any, settings: Settings) -> int:
+        store = AdminStore(engine)
         configured = [c.id for c in settings.channels]
         stats = await store.channel_stats(configured, args.recent_minutes * 60)
         print(format_stats(stats, args.recent_minutes))
         return EXIT_OK
 
-    return _with_admin_store(args, read)
+    return _with_engine(args, read)
 
 
-def _with_admin_store(
-    args: argparse.Namespace, read: Callable[[Any, Settings], Coroutine[Any, Any, int]]
+def _with_engine(
+    args: argparse.Namespace, use: Callable[[Any, Settings], Coroutine[Any, Any, int]]
 ) -> int:
-    """Run `read` against the configured database, schema checked first."""
+    """Run `use(engine, settings)` against the configured database, schema checked first."""
     from outbox import app
-    from outbox.db.admin_store import AdminStore
     from outbox.db.engine import create_engine
 
     settings = _settings(args, need_channels=False)
@@ -310,7 +316,7 @@ def _with_admin_store(
         engine = create_engine(settings.database_url, pool_size=1, role="admin")
         try:
             await app.check_database(engine)
-            return await read(AdminStore(engine), settings)
+            return await use(engine, settings)
         finally:
             await engine.dispose()
 
@@ -399,3 +405,309 @@ def _demo(args: argparse.Namespace) -> int:
     return run_async(
         lambda stop: run_demo(stop, messages=args.messages, latency=args.latency_ms / 1000)
     )
+
+
+# Selectors have no OUTBOX_* fallback on purpose: a variable left set in a shell must never
+# widen what a replay or cancel touches.
+def _add_selectors(
+    parser: argparse.ArgumentParser, states: Sequence[State], default: State
+) -> None:
+    chosen = parser.add_argument_group("selectors (all given ones must match)")
+    chosen.add_argument(
+        "--id", dest="ids", type=int, action="append", default=[], help="a message id; repeatable"
+    )
+    chosen.add_argument("--channel", help="the channel id")
+    chosen.add_argument(
+        "--error-code",
+        dest="error_codes",
+        action="append",
+        default=[],
+        help="error_code as stored, e.g. 131026 or http_500; repeatable",
+    )
+    chosen.add_argument(
+        "--since", help="created at or after: ISO 8601 (UTC unless a zone is given) or e.g. 2h ago"
+    )
+    chosen.add_argument("--until", help="created before: ISO 8601 or a duration ago")
+    chosen.add_argument("--recipient", help="the recipient, in any spelling producers use")
+    chosen.add_argument(
+        "--state",
+        dest="states",
+        action="append",
+        choices=[s.value for s in states],
+        help=f"the row's state; repeatable (default: {default.value})",
+    )
+    chosen.add_argument(
+        "--all", action="store_true", help="allow no selector but the state: every such row"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would happen; change nothing"
+    )
+    parser.add_argument("--reason", help="a note kept with each row's lineage")
+    _env_default(
+        parser,
+        "--actor",
+        env="ACTOR",
+        default=_default_actor(),
+        help="who is acting, recorded in the row's lineage",
+    )
+    _env_default(
+        parser,
+        "--show",
+        env="SHOW_ROWS",
+        default=50,
+        type=int,
+        help="rows listed in the table; the summary counts them all",
+    )
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def _default_actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _add_replay(commands: Any, common: argparse.ArgumentParser) -> None:
+    from outbox.domain.replay import REPLAYABLE
+
+    replay = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="requeue failed, unknown or expired messages (their lineage is kept)",
+        description="Requeue selected failed, unknown or expired messages as new. Rows whose "
+        "status history shows they were sent, delivered or read are refused unless --force. "
+        "The 24-hour window and expires_at are checked again when each is sent. Replayed rows "
+        "share their channel's rate with live traffic through a replay lane (channel setting "
+        "replay_share, default 0.2), so a large replay never starves live messages.",
+    )
+    _add_selectors(replay, sorted(REPLAYABLE), State.FAILED)
+    replay.add_argument(
+        "--force", action="store_true", help="replay rows that were sent or delivered too"
+    )
+    _env_default(
+        replay,
+        "--expires-in",
+        env="REPLAY_EXPIRES_IN",
+        help="give replayed rows a new expires_at this far ahead (e.g. 2h); needed for rows "
+        "whose expires_at has passed",
+    )
+    replay.set_defaults(func=_replay)
+
+
+def _add_cancel(commands: Any, common: argparse.ArgumentParser) -> None:
+    from outbox.domain.replay import CANCELLABLE
+
+    cancel = commands.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel queued messages (or unknown ones) by the same selectors as replay",
+    )
+    _add_selectors(cancel, sorted(CANCELLABLE), State.QUEUED)
+    cancel.set_defaults(func=_cancel)
+
+
+def _add_purge(commands: Any, common: argparse.ArgumentParser) -> None:
+    purge = commands.add_parser(
+        "purge",
+        parents=[common],
+        help="delete finished messages, processed webhook rows and old orphan statuses",
+        description="Deletes, in small batches that each commit on their own, messages in a "
+        "terminal state (read, failed, expired, cancelled) not updated for --older-than, with "
+        "their status history and lineage; webhook rows processed before then; and orphan "
+        "statuses older than that. Rows another session holds are skipped.",
+    )
+    _env_default(
+        purge,
+        "--older-than",
+        env="PURGE_OLDER_THAN",
+        required="OUTBOX_PURGE_OLDER_THAN" not in os.environ,
+        help="retention period, e.g. 30d (at least 1h)",
+    )
+    purge.add_argument(
+        "--include-delivered",
+        action="store_true",
+        help="also delete accepted, sent and delivered messages past the retention period",
+    )
+    _env_default(
+        purge,
+        "--batch-size",
+        env="PURGE_BATCH_SIZE",
+        default=1000,
+        type=int,
+        help="rows deleted per transaction",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
+    purge.set_defaults(func=_purge)
+
+
+def _selector(args: argparse.Namespace, default: State) -> Any:
+    from datetime import UTC, datetime
+
+    from outbox.admin import parse_time
+    from outbox.db.operator_store import Selector
+
+    now = datetime.now(UTC)
+    try:
+        since = parse_time(args.since, now) if args.since else None
+        until = parse_time(args.until, now) if args.until else None
+    except ValueError as exc:
+        raise ConfigError(f"--since/--until: {exc}") from None
+    if args.show < 0:
+        raise ConfigError("--show must be 0 or more")
+    selector = Selector(
+        states=tuple(State(s) for s in (args.states or [default.value])),
+        ids=tuple(args.ids),
+        channel=args.channel,
+        error_codes=tuple(args.error_codes),
+        since=since,
+        until=until,
+        recipient=args.recipient,
+    )
+    if not selector.narrows() and not args.all:
+        raise ConfigError(
+            "no selector given: name --id, --channel, --error-code, --since, --until or "
+            "--recipient, or say --all"
+        )
+    return selector
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from outbox.admin import parse_duration
+    from outbox.domain.replay import decide_replay
+
+    selector = _selector(args, State.FAILED)
+    try:
+        expires_in = parse_duration(args.expires_in) if args.expires_in else None
+    except ValueError as exc:
+        raise ConfigError(f"--expires-in: {exc}") from None
+
+    def decide(candidate: Any, settings: Settings) -> Any:
+        now = datetime.now(UTC)
+        return decide_replay(
+            candidate,
+            now=now,
+            force=args.force,
+            new_expiry=now + expires_in if expires_in else None,
+            window_margin=settings.sender.window_margin,
+        )
+
+    async def act(store: Any, ids: list[int]) -> Any:
+        expires_at = datetime.now(UTC) + expires_in if expires_in else None
+        return await store.replay(
+            ids,
+            selector.states,
+            actor=args.actor,
+            forced=args.force,
+            expires_at=expires_at,
+            note=args.reason,
+        )
+
+    return _operate(args, "replay", selector, decide, act)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from outbox.domain.replay import decide_cancel
+
+    selector = _selector(args, State.QUEUED)
+
+    async def act(store: Any, ids: list[int]) -> Any:
+        return await store.cancel(ids, selector.states, actor=args.actor, note=args.reason)
+
+    return _operate(args, "cancel", selector, lambda c, _: decide_cancel(c), act)
+
+
+_ACT_BATCH = 500
+
+
+def _operate(
+    args: argparse.Namespace,
+    verb: str,
+    selector: Any,
+    decide: Callable[[Any, Settings], Any],
+    act: Callable[[Any, list[int]], Coroutine[Any, Any, Any]],
+) -> int:
+    """Select, decide and show; then (unless a dry run) write in batches with progress."""
+    from outbox.admin import Progress, Tally
+    from outbox.db.operator_store import OperatorStore
+
+    async def run(engine: Any, settings: Settings) -> int:
+        store = OperatorStore(engine)
+        tally = Tally(verb)
+        chosen: list[int] = []
+        async for page in store.candidates(selector):
+            for candidate in page:
+                decision = decide(candidate, settings)
+                tally.row(candidate, decision, args.show)
+                if decision.act:
+                    chosen.append(candidate.id)
+        if not tally.shown:
+            print(f"no message matches; nothing to {verb}")
+            return EXIT_OK
+        print(tally.table())
+        if args.dry_run or not chosen:
+            print(tally.summary(dry_run=True))
+            return EXIT_OK
+        if not args.yes and sys.stdin.isatty():
+            answer = await asyncio.to_thread(input, f"{verb} {len(chosen)} messages? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing changed")
+                return EXIT_ERROR
+        progress = Progress(verb, len(chosen), sys.stderr)
+        for start in range(0, len(chosen), _ACT_BATCH):
+            applied = await act(store, chosen[start : start + _ACT_BATCH])
+            tally.changed += len(applied.changed)
+            progress.advance(len(applied.done) + len(applied.changed))
+        progress.close()
+        print(tally.summary(dry_run=False))
+        return EXIT_OK
+
+    return _with_engine(args, run)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from outbox.admin import parse_duration
+    from outbox.db.operator_store import PURGE_TABLES, OperatorStore
+    from outbox.domain.replay import PURGEABLE, PURGEABLE_ON_REQUEST
+
+    try:
+        older_than = parse_duration(str(args.older_than))
+    except ValueError as exc:
+        raise ConfigError(f"--older-than: {exc}") from None
+    if older_than < timedelta(hours=1):
+        raise ConfigError("--older-than must be at least 1h")
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    states = sorted(PURGEABLE | (PURGEABLE_ON_REQUEST if args.include_delivered else set()))
+
+    async def run(engine: Any, _: Settings) -> int:
+        store = OperatorStore(engine)
+        cutoff = datetime.now(UTC) - older_than
+        counts = await store.count_purgeable(states, cutoff)
+        print(f"older than {cutoff.isoformat(timespec='seconds')}:")
+        for table, count in counts.items():
+            print(f"  {table:<16}{count:>10}")
+        if args.dry_run:
+            print("dry run: nothing deleted")
+            return EXIT_OK
+        for table in PURGE_TABLES:
+            deleted, after = 0, 0
+            while True:
+                count, after = await store.purge_batch(
+                    table, after, cutoff, args.batch_size, states
+                )
+                deleted += count
+                if count < args.batch_size:
+                    break
+            print(f"deleted {deleted} {table}")
+        return EXIT_OK
+
+    return _with_engine(args, run)

@@ -72,6 +72,7 @@ class ChannelConfig:
     recipient_gap: timedelta = timedelta(0)
     burst: float | None = None  # tokens the shared bucket holds; default a tenth of the rate
     max_in_flight: int | None = None  # requests in flight per process; default: sender's
+    replay_share: float = 0.2  # share of the rate replayed rows get while live rows wait
 
     def limits(self) -> Limits:
         """The bucket behind `rate_per_second` and `burst`.
@@ -81,7 +82,11 @@ class ChannelConfig:
         burst, so that any one second at the API stays within rate + burst.
         """
         burst = self.burst or max(1.0, self.rate_per_second / 10)
-        return Limits(self.rate_per_second, max(1.0, burst - self.rate_per_second * SEND_SLACK))
+        return Limits(
+            self.rate_per_second,
+            max(1.0, burst - self.rate_per_second * SEND_SLACK),
+            replay_share=self.replay_share,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,12 +130,24 @@ class ReconcilerConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # Gauges read from the database (backlog, lag, missing delivery reports) are refreshed this
+    # often by every process serving /metrics, never per scrape.
+    sample_interval: timedelta = timedelta(seconds=15)
+    # An accepted row with no delivery report after this long counts as "DLR missing" ...
+    dlr_missing_after: timedelta = timedelta(hours=24)
+    # ... if it was accepted within this period (older ones have stopped being news).
+    dlr_lookback: timedelta = timedelta(days=7)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     channels: tuple[ChannelConfig, ...]
     http: HttpConfig = field(default_factory=HttpConfig)
     sender: SenderConfig = field(default_factory=SenderConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: str = "info"
     log_format: str = "auto"  # auto: JSON unless stderr is a terminal
 
@@ -159,6 +176,7 @@ def load_settings(
     http = _section(top.pop("http", {}), "http")
     sender = _section(top.pop("sender", {}), "sender")
     reconciler = _section(top.pop("reconciler", {}), "reconciler")
+    metrics = _section(top.pop("metrics", {}), "metrics")
     channels_raw = top.pop("channels", [])
     database_url = _top_level(top, env, "database_url", None)
     log_level = _top_level(top, env, "log_level", "info")
@@ -181,6 +199,7 @@ def load_settings(
         http=_dataclass_from(HttpConfig, http, "http", env),
         sender=_dataclass_from(SenderConfig, sender, "sender", env),
         reconciler=_dataclass_from(ReconcilerConfig, reconciler, "reconciler", env),
+        metrics=_dataclass_from(MetricsConfig, metrics, "metrics", env),
         log_level=log_level,
         log_format=log_format,
     )
@@ -290,6 +309,7 @@ _CHANNEL_KEYS = frozenset(
         "recipient_gap",
         "burst",
         "max_in_flight",
+        "replay_share",
     }
 )
 
@@ -354,7 +374,15 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
         ),
         burst=_optional(1.0, entry.get("burst"), f"{where}.burst"),
         max_in_flight=_optional(1, entry.get("max_in_flight"), f"{where}.max_in_flight"),
+        replay_share=_share(entry.get("replay_share", 0.2), f"{where}.replay_share"),
     )
+
+
+def _share(value: Any, key: str) -> float:
+    share: float = _coerce(0.2, value, key)
+    if share > 1:
+        raise ConfigError(f"{key}: must be at most 1, got {value!r}")
+    return share
 
 
 def _optional(kind: Any, value: Any, key: str) -> Any:

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from outbox.db.gauges import Sample
 from outbox.db.reconcile_store import Report
-from outbox.domain.models import SendResult
+from outbox.domain.models import State
+
+if TYPE_CHECKING:
+    from outbox.sender import Attempt
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Waits that include queueing, backoff and rate limits: from milliseconds to hours.
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+# Delivery to a phone: seconds when it is on, up to WhatsApp's 30 days when it is off.
+_DELIVERY_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600)
+BACKLOG_STATES = (State.QUEUED.value, State.SENDING.value, State.UNKNOWN.value)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._send_children: dict[tuple[str, str], Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
+        # Label children looked up once, not per message: sends are the hot path.
+        self._children: dict[tuple[object, ...], Any] = {}
         self.sends = Counter(
             "outbox_sends",
-            "Send attempts by channel and the state they left the row in.",
-            ["channel", "outcome"],
+            "Send attempts by channel, the state they left the row in, and the error class "
+            "(none, network, invalid, expired, or the API error's class).",
+            ["channel", "outcome", "error_class"],
             registry=registry,
         )
         self.api_latency = Histogram(
@@ -26,6 +40,27 @@ class Metrics:
             "Time from posting a send request to its answer (or failure).",
             ["channel"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.claim_to_request = Histogram(
+            "outbox_claim_to_request_seconds",
+            "Time from claiming a row to posting its request (in-process queueing).",
+            ["channel"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.insert_to_accepted = Histogram(
+            "outbox_insert_to_accepted_seconds",
+            "Time from the producer's INSERT to the API accepting the message.",
+            ["channel"],
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.accepted_to_delivered = Histogram(
+            "outbox_accepted_to_delivered_seconds",
+            "Time from the API accepting a message to its first delivered status.",
+            ["channel"],
+            buckets=_DELIVERY_BUCKETS,
             registry=registry,
         )
         self.channel_paused = Gauge(
@@ -46,7 +81,6 @@ class Metrics:
             ["channel", "outcome"],
             registry=registry,
         )
-
         self.statuses = Counter(
             "outbox_status_updates",
             "Status notifications by channel and what they did to their message "
@@ -76,6 +110,74 @@ class Metrics:
             "Webhook rows the reconciler could not process at all (their error is recorded).",
             registry=registry,
         )
+        # Read from the database every [metrics] sample_interval; the same on every replica.
+        self.backlog = Gauge(
+            "outbox_backlog_messages",
+            "Rows per channel in the states still to be settled: queued, sending, unknown.",
+            ["channel", "state"],
+            registry=registry,
+        )
+        self.oldest_due = Gauge(
+            "outbox_oldest_due_age_seconds",
+            "How long the oldest due queued row of a channel has waited (0: none waits).",
+            ["channel"],
+            registry=registry,
+        )
+        self.dlr_missing = Gauge(
+            "outbox_dlr_missing_messages",
+            "Rows accepted more than [metrics] dlr_missing_after ago (within dlr_lookback) "
+            "with no delivery status yet.",
+            ["channel"],
+            registry=registry,
+        )
+        self.reconciler_lag = Gauge(
+            "outbox_reconciler_lag_seconds",
+            "Age of the oldest webhook row not yet processed (0: none waits).",
+            registry=registry,
+        )
+        self.unprocessed_webhooks = Gauge(
+            "outbox_unprocessed_webhooks",
+            "Webhook rows not yet processed by a reconciler.",
+            registry=registry,
+        )
+        self.parked = Gauge(
+            "outbox_parked_statuses",
+            "Statuses waiting for the message they name (not yet orphans).",
+            registry=registry,
+        )
+        self.dead_tuples = Gauge(
+            "outbox_table_dead_tuples",
+            "Dead tuples of the outbox tables, from pg_stat_user_tables (vacuum debt).",
+            ["table"],
+            registry=registry,
+        )
+        self.oldest_transaction = Gauge(
+            "outbox_oldest_transaction_age_seconds",
+            "Age of the oldest open transaction in the database (it holds back vacuum).",
+            registry=registry,
+        )
+        self.sample_time = Gauge(
+            "outbox_sample_timestamp_seconds",
+            "Unix time of the last successful read of the database gauges.",
+            registry=registry,
+        )
+        self.sample_errors = Counter(
+            "outbox_sample_errors",
+            "Failed reads of the database gauges (they keep their last values).",
+            registry=registry,
+        )
+        self._channels: tuple[str, ...] = ()
+
+    def know_channels(self, channels: Iterable[str]) -> None:
+        """Channels whose per-channel gauges read 0 rather than nothing when idle."""
+        self._channels = tuple(channels)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def reconciled(self, report: Report) -> None:
         for (channel, verdict), count in report.verdicts.items():
@@ -84,24 +186,53 @@ class Metrics:
             self.orphans.labels(channel).inc(count)
         for (channel, kind), count in report.notes.items():
             self.notices.labels(channel, kind).inc(count)
+        for channel, seconds in report.delivered_after:
+            self._child(self.accepted_to_delivered, channel).observe(seconds)
         self.inbound.inc(report.inbound)
         self.unprocessable.inc(report.failed_rows)
 
     def webhook(self, channel: str, outcome: str) -> None:
-        self.webhooks.labels(channel, outcome).inc()
+        self._child(self.webhooks, channel, outcome).inc()
 
-    def sent(self, channel: str, result: SendResult, seconds: float) -> None:
-        # Once per message: the label children are looked up once, not per call.
-        key = (channel, result.state.value)
-        if key not in self._send_children:
-            self._send_children[key] = self.sends.labels(*key)
-        self._send_children[key].inc()
-        if channel not in self._latency_children:
-            self._latency_children[channel] = self.api_latency.labels(channel)
-        self._latency_children[channel].observe(seconds)
+    def sent(self, attempt: Attempt) -> None:
+        channel, result = attempt.channel, attempt.result
+        self._child(self.sends, channel, result.state.value, attempt.error_class).inc()
+        if attempt.request_seconds is not None:
+            self._child(self.api_latency, channel).observe(attempt.request_seconds)
+        if attempt.waited is not None:
+            self._child(self.claim_to_request, channel).observe(attempt.waited)
+        if result.state is State.ACCEPTED:
+            waited = (result.at - attempt.message.created_at).total_seconds()
+            self._child(self.insert_to_accepted, channel).observe(max(0.0, waited))
 
     def rate(self, channel: str, per_second: float) -> None:
         self.channel_rate.labels(channel).set(per_second)
 
     def paused(self, channel: str, paused: bool) -> None:
         self.channel_paused.labels(channel).set(1 if paused else 0)
+
+    def sampled(self, sample: Sample) -> None:
+        # Cleared and refilled within one step of the event loop, so no scrape sees a gap;
+        # channels that went quiet read 0 instead of keeping a stale value.
+        channels = set(self._channels) | {c for c, _ in sample.backlog}
+        self.backlog.clear()
+        for channel in channels:
+            for state in BACKLOG_STATES:
+                self.backlog.labels(channel, state).set(sample.backlog.get((channel, state), 0))
+        _set_all(self.oldest_due, self._channels, sample.oldest_due_seconds)
+        _set_all(self.dlr_missing, self._channels, sample.dlr_missing)
+        _set_all(self.dead_tuples, (), sample.dead_tuples)
+        self.reconciler_lag.set(sample.reconciler_lag_seconds)
+        self.unprocessed_webhooks.set(sample.unprocessed_webhooks)
+        self.parked.set(sample.parked_statuses)
+        self.oldest_transaction.set(sample.oldest_transaction_seconds)
+        self.sample_time.set(time.time())
+
+    def sample_failed(self) -> None:
+        self.sample_errors.inc()
+
+
+def _set_all(gauge: Gauge, known: Iterable[str], values: Mapping[str, float]) -> None:
+    gauge.clear()
+    for label in set(known) | values.keys():
+        gauge.labels(label).set(values.get(label, 0))

@@ -35,7 +35,7 @@ from outbox.domain.request import (
     normalise_recipient,
     validate_payload,
 )
-from outbox.domain.response import SendOutcome
+from outbox.domain.response import SendOutcome, TransportFailure
 from outbox.domain.window import WindowClosed, choose_content
 
 log = structlog.get_logger("outbox.sender")
@@ -66,8 +66,21 @@ class Api(Protocol):
     async def send(self, channel: ChannelConfig, request: ApiRequest) -> SendOutcome: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One claimed row's attempt, as metrics see it."""
+
+    channel: str
+    message: ClaimedMessage
+    result: SendResult
+    # none, network (no answer), invalid or expired (no request), else retry.ErrorClass
+    error_class: str
+    waited: float | None = None  # seconds from the claim to the request; None: no request
+    request_seconds: float | None = None
+
+
 class SendObserver(Protocol):
-    def sent(self, channel: str, result: SendResult, seconds: float) -> None: ...
+    def sent(self, attempt: Attempt) -> None: ...
     def paused(self, channel: str, paused: bool) -> None: ...
     def rate(self, channel: str, per_second: float) -> None: ...
 
@@ -80,6 +93,7 @@ def utc_now() -> datetime:
 class _Flight:
     message: ClaimedMessage
     started: bool = False
+    claimed: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -272,16 +286,18 @@ class Sender:
         message = flight.message
         now = self._now()
         if message.expires_at is not None and message.expires_at <= now:
-            return outcomes.without_request(
+            expired = outcomes.without_request(
                 message, State.EXPIRED, now, "expired", outcomes.EXPIRED_TITLE
             )
+            return self._observe(Attempt(channel.id, message, expired, "expired"))
         try:
             request = self._request_for(channel, message, now)
         except InvalidMessage as exc:
             title = "the message cannot be sent as written"
-            return outcomes.without_request(message, State.FAILED, now, exc.code, title, exc.detail)
+            bad = outcomes.without_request(message, State.FAILED, now, exc.code, title, exc.detail)
+            return self._observe(Attempt(channel.id, message, bad, "invalid"))
         if isinstance(request, WindowClosed):
-            return outcomes.without_request(
+            closed = outcomes.without_request(
                 message,
                 State.FAILED,
                 now,
@@ -289,6 +305,7 @@ class Sender:
                 outcomes.WINDOW_CLOSED_TITLE,
                 request.detail,
             )
+            return self._observe(Attempt(channel.id, message, closed, "window_closed"))
         flight.started = True
         started = time.monotonic()
         outcome = await self._api.send(channel, request)
@@ -300,10 +317,18 @@ class Sender:
         if result.state is State.ACCEPTED and channel.recipient_gap:
             result = replace(result, pace_until=result.at + channel.recipient_gap)
         self._learn(channel, message.id, judged)
+        if isinstance(outcome, TransportFailure):
+            error_class = "network"
+        else:
+            error_class = "none" if judged.error is None else judged.error.value
+        waited = started - flight.claimed
+        return self._observe(Attempt(channel.id, message, result, error_class, waited, elapsed))
+
+    def _observe(self, attempt: Attempt) -> SendResult:
         if self._observer is not None:
-            self._observer.sent(channel.id, result, elapsed)
-        _log_result(channel.id, message, result)
-        return result
+            self._observer.sent(attempt)
+        _log_result(attempt.channel, attempt.message, attempt.result)
+        return attempt.result
 
     def _request_for(
         self, channel: ChannelConfig, message: ClaimedMessage, now: datetime

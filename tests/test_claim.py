@@ -169,6 +169,7 @@ async def test_rows_in_backoff_are_not_walked_by_the_claim(db_url: str) -> None:
     for name, value in {
         "channel": "'c'",
         "limit": "100",
+        "replay_quota": "20",
         "worker": "'w'",
         "lease_seconds": "60",
         "burst": "1000",

@@ -10,6 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.db.gauges import OLDEST_DUE
+
 _MESSAGE = text("SELECT * FROM outbox.messages WHERE id = :id")
 
 _HISTORY = text(
@@ -20,27 +22,30 @@ _HISTORY = text(
     """
 )
 
-_PER_CHANNEL = text(
+_ACTIONS = text(
     """
+    SELECT at, action, actor, forced, from_state, attempts, wamid, error_code, error_title, note
+    FROM outbox.operator_actions WHERE message_id = :id
+    ORDER BY at, id
+    """
+)
+
+_PER_CHANNEL = text(
+    f"""
     WITH counts AS (
         SELECT channel, state, count(*) AS n FROM outbox.messages GROUP BY channel, state
     ), recent AS (
         SELECT channel, count(*) AS n FROM outbox.messages
         WHERE accepted_at > now() - make_interval(secs => :recent_seconds)
         GROUP BY channel
-    ), due AS (
-        SELECT channel, min(coalesce(next_attempt_at, send_after)) AS oldest
-        FROM outbox.messages
-        WHERE state = 'queued' AND coalesce(next_attempt_at, send_after) <= now()
-        GROUP BY channel
-    ), channels AS (
+    ), due AS ({OLDEST_DUE}), channels AS (
         SELECT channel FROM counts UNION SELECT channel FROM outbox.channel_state
         UNION SELECT unnest(CAST(:configured AS text[]))
     )
     SELECT c.channel,
            coalesce(
                (SELECT jsonb_object_agg(state, n) FROM counts WHERE counts.channel = c.channel),
-               '{}') AS states,
+               '{{}}') AS states,
            coalesce(r.n, 0) AS recent,
            extract(epoch FROM now() - d.oldest) AS oldest_due_seconds,
            s.paused_until > now() AS paused, s.pause_reason, s.paused_until,
@@ -79,6 +84,11 @@ class AdminStore:
     async def history(self, message_id: int) -> list[dict[str, Any]]:
         async with self._engine.connect() as connection:
             rows = (await connection.execute(_HISTORY, {"id": message_id})).mappings().all()
+        return [dict(row) for row in rows]
+
+    async def actions(self, message_id: int) -> list[dict[str, Any]]:
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_ACTIONS, {"id": message_id})).mappings().all()
         return [dict(row) for row in rows]
 
     async def channel_stats(

@@ -93,7 +93,8 @@ _NUMBER_CHANGED = _MOVES.statement(
 _TARGETS = text(
     """
     SELECT id, channel, wamid, state, sent_as, fallback_template IS NOT NULL AS has_fallback,
-           sent_at, delivered_at, read_at, failed_at, error_code, error_title, error_detail
+           accepted_at, sent_at, delivered_at, read_at, failed_at,
+           error_code, error_title, error_detail
     FROM outbox.messages
     WHERE wamid = ANY(:wamids) OR id = ANY(:ids)
     ORDER BY id
@@ -207,6 +208,8 @@ class Report:
     notes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, what)
     orphaned: Counter[str] = field(default_factory=Counter)  # by channel
     failed_rows: int = 0  # webhook rows that could not be processed at all
+    # (channel, seconds from acceptance) of rows first seen delivered
+    delivered_after: list[tuple[str, float]] = field(default_factory=list)
 
 
 class ReconcileStore:
@@ -252,8 +255,7 @@ class ReconcileStore:
                 Located(r.channel, _status_from_json(r.status), r.webhook_event_id, r.id)
                 for r in rows
             ]
-            plan = await _apply(connection, statuses)
-            report.verdicts.update(plan.verdicts)
+            plan = await _apply(connection, statuses, report)
             if plan.resolved:
                 await connection.execute(_RESOLVED, {"ids": plan.resolved})
             still = [p.parked_id for p in plan.park if p.parked_id is not None]
@@ -305,8 +307,7 @@ class ReconcileStore:
         if moves:
             await connection.execute(_NUMBER_CHANGED, _MOVES.params(moves))
         if statuses:
-            plan = await _apply(connection, statuses)
-            report.verdicts.update(plan.verdicts)
+            plan = await _apply(connection, statuses, report)
             if plan.park:
                 parked = [
                     (p.channel, _status_to_json(p.update), p.webhook_event_id) for p in plan.park
@@ -319,7 +320,7 @@ class ReconcileStore:
         return report
 
 
-async def _apply(connection: AsyncConnection, statuses: list[Located]) -> Plan:
+async def _apply(connection: AsyncConnection, statuses: list[Located], report: Report) -> Plan:
     """Lock the rows `statuses` name, plan, and write row changes and history."""
     wamids = sorted({s.update.wamid for s in statuses})
     ids = sorted({s.update.outbox_id for s in statuses if s.update.outbox_id is not None})
@@ -345,6 +346,13 @@ async def _apply(connection: AsyncConnection, statuses: list[Located]) -> Plan:
         for r in rows
     ]
     plan = plan_statuses(statuses, targets, datetime.now(UTC))
+    report.verdicts.update(plan.verdicts)
+    undelivered = {r.id: r for r in rows if r.delivered_at is None and r.accepted_at}
+    for message_id, change in plan.changes.items():
+        delivered_at, row = change.delivery.delivered_at, undelivered.get(message_id)
+        if row is not None and delivered_at is not None:
+            seconds = max(0.0, (delivered_at - row.accepted_at).total_seconds())
+            report.delivered_after.append((row.channel, seconds))
     if plan.changes:
         changes = [
             (

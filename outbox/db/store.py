@@ -7,7 +7,8 @@ by the worker that holds the lease, so a row that changed hands is never overwri
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import random
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,16 +43,27 @@ _CLAIMABLE = """
     FOR UPDATE OF m SKIP LOCKED
 """
 
-_READY = _CLAIMABLE.format(
-    when="m.next_attempt_at IS NULL AND m.send_after <= now()", order="m.priority DESC, m.id"
-)
+_READY = "m.next_attempt_at IS NULL AND m.send_after <= now() AND m.replayed_at IS {} NULL"
+_BEST_FIRST = "m.priority DESC, m.id"
+_LIVE = _CLAIMABLE.format(when=_READY.format(""), order=_BEST_FIRST)
+_REPLAYED = _CLAIMABLE.format(when=_READY.format("NOT"), order=_BEST_FIRST)
 _DUE = _CLAIMABLE.format(when="m.next_attempt_at <= now()", order="m.next_attempt_at")
+# Replayed rows (an operator's replay lane) go first up to :replay_quota, then live rows and
+# due retries, then replayed rows again: each lane gets its share and takes what the other
+# leaves, so a large replay never starves live traffic nor idles on a quiet channel.
 _CLAIM = text(
     f"""
-    WITH ready AS ({_READY}), due AS ({_DUE}),
+    WITH live AS ({_LIVE}), due AS ({_DUE}), replayed AS ({_REPLAYED}),
     picked AS (
-        SELECT id, wa_id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS u
-        ORDER BY priority DESC, id
+        SELECT id, wa_id FROM (
+            SELECT id, wa_id, priority, 1 AS lane FROM live
+            UNION ALL SELECT id, wa_id, priority, 1 FROM due
+            UNION ALL SELECT id, wa_id, priority,
+                CASE WHEN row_number() OVER (ORDER BY priority DESC, id) <= :replay_quota
+                     THEN 0 ELSE 2 END
+            FROM replayed
+        ) AS u
+        ORDER BY lane, priority DESC, id
         LIMIT :limit
     ), claimed AS (
         UPDATE outbox.messages AS m
@@ -321,8 +333,9 @@ def _result_row(r: SendResult) -> tuple[object, ...]:
 
 
 class MessageStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, rand: Callable[[], float] = random.random) -> None:
         self._engine = engine
+        self._rand = rand
 
     async def claim(
         self, channel: str, limit: int, worker: str, lease: timedelta, limits: Limits
@@ -340,6 +353,7 @@ class MessageStore:
             params = {
                 "channel": channel,
                 "limit": granted,
+                "replay_quota": ratelimit.replay_quota(granted, limits, self._rand()),
                 "worker": worker,
                 "lease_seconds": lease.total_seconds(),
                 "burst": limits.burst,

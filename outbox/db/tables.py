@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Computed,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -43,6 +45,9 @@ metadata = MetaData(
 )
 
 
+_READY = "state = 'queued' AND next_attempt_at IS NULL"
+
+
 def _in(column: str, values: type[State] | type[SentAs]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
@@ -64,6 +69,8 @@ messages = Table(
     # Daemon columns.
     Column("wa_id", Text, Computed(WA_ID, persisted=True), nullable=False),
     Column("unknown_resends", SmallInteger, nullable=False, server_default=text("0")),
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("replays", SmallInteger, nullable=False, server_default=text("0")),
     Column("state", Text, nullable=False, server_default=text("'queued'")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", DateTime(timezone=True)),
@@ -86,14 +93,22 @@ messages = Table(
     CheckConstraint(_in("state", State), name="state"),
     CheckConstraint(f"sent_as IS NULL OR {_in('sent_as', SentAs)}", name="sent_as"),
     CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_object"),
-    # Only rows ready now are in this index, so the claim stays cheap however many rows are
-    # finished, backing off or scheduled for later (those are in ix_messages_due).
+    # Only rows ready now are in these two indexes (live rows, and rows an operator replayed),
+    # so the claim stays cheap however many rows are finished, backing off or scheduled for
+    # later (those are in ix_messages_due).
     Index(
-        "ix_messages_ready",
+        "ix_messages_live",
         "channel",
         text("priority DESC"),
         "id",
-        postgresql_where=text("state = 'queued' AND next_attempt_at IS NULL"),
+        postgresql_where=text(f"{_READY} AND replayed_at IS NULL"),
+    ),
+    Index(
+        "ix_messages_replay",
+        "channel",
+        text("priority DESC"),
+        "id",
+        postgresql_where=text(f"{_READY} AND replayed_at IS NOT NULL"),
     ),
     Index(
         "ix_messages_due",
@@ -116,6 +131,12 @@ messages = Table(
     Index("ix_messages_unknown", "updated_at", postgresql_where=text("state = 'unknown'")),
     Index("ix_messages_lease", "lease_until", postgresql_where=text("state = 'sending'")),
     Index("ix_messages_wamid", "wamid", unique=True, postgresql_where=text("wamid IS NOT NULL")),
+    Index(
+        "ix_messages_undelivered",
+        "channel",
+        "accepted_at",
+        postgresql_where=text("state IN ('accepted', 'sent')"),
+    ),
 )
 
 contacts = Table(
@@ -206,4 +227,25 @@ parked_statuses = Table(
         "next_attempt_at",
         postgresql_where=text("orphaned_at IS NULL"),
     ),
+)
+
+# What operators did to a row (replay, cancel) and the row as it was before: its lineage.
+operator_actions = Table(
+    "operator_actions",
+    metadata,
+    Column("id", BigInteger, Identity(always=False)),
+    Column("message_id", BigInteger, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("actor", Text, nullable=False),
+    Column("forced", Boolean, nullable=False, server_default=false()),
+    Column("from_state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("wamid", Text),
+    Column("error_code", Text),
+    Column("error_title", Text),
+    Column("note", Text),
+    PrimaryKeyConstraint("id"),
+    CheckConstraint("action IN ('replay', 'cancel')", name="action"),
+    Index("ix_operator_actions_message_id", "message_id"),
 )

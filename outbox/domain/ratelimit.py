@@ -20,6 +20,7 @@ class Limits:
     decrease: float = 0.5  # a throttle multiplies the effective rate by this ...
     floor: float = 0.05  # ... but not below this share of the configured rate
     recovery: float = 0.05  # share of the configured rate regained per second
+    replay_share: float = 0.2  # share of each claim kept for replayed rows, when both wait
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate) and self.rate > 0):
@@ -28,6 +29,8 @@ class Limits:
             raise ValueError("burst must be at least 1")
         if not (0 < self.decrease < 1 and 0 < self.floor <= 1 and self.recovery > 0):
             raise ValueError("decrease must be in (0, 1), floor in (0, 1], recovery above 0")
+        if not 0 < self.replay_share <= 1:
+            raise ValueError("replay_share must be in (0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +74,16 @@ def slow_down(bucket: Bucket, limits: Limits) -> Bucket:
     """A throttling answer: cut the effective rate, and spend what the bucket held."""
     rate = max(limits.floor * limits.rate, bucket.effective_rate(limits) * limits.decrease)
     return replace(bucket, tokens=min(bucket.tokens, 0.0), rate=rate)
+
+
+def replay_quota(granted: int, limits: Limits, rand: float) -> int:
+    """How many of `granted` tokens go to replayed rows first; live rows get the rest.
+
+    Either lane takes what the other leaves unused, so a replay runs at full rate on a quiet
+    channel and at `replay_share` of it beside live traffic. The fraction is rounded up with
+    probability equal to itself (`rand` in [0, 1)), so the share holds on average even for
+    claims of one token and across replicas, without shared state.
+    """
+    exact = granted * limits.replay_share
+    whole = math.floor(exact)
+    return whole + (1 if rand < exact - whole else 0)

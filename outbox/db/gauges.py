@@ -1,0 +1,110 @@
+"""Reads behind the gauges on /metrics: backlog, waiting times, lag, database health.
+
+Run on an interval by every process that serves /metrics, never per scrape, and each query
+walks a partial index or a statistics view, so a large table costs no more than its backlog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# How long the oldest due row of each channel has waited: ready rows since their send_after,
+# retries and scheduled rows since their next_attempt_at.
+OLDEST_DUE = """
+    SELECT channel, min(due) AS oldest FROM (
+        SELECT channel, min(send_after) AS due FROM outbox.messages
+        WHERE state = 'queued' AND next_attempt_at IS NULL GROUP BY channel
+        UNION ALL
+        SELECT channel, min(next_attempt_at) FROM outbox.messages
+        WHERE state = 'queued' AND next_attempt_at <= now() GROUP BY channel
+    ) AS d GROUP BY channel
+"""
+
+_BACKLOG = text(
+    """
+    SELECT channel, state, count(*) AS n FROM outbox.messages
+    WHERE state IN ('queued', 'sending', 'unknown')
+    GROUP BY channel, state
+    """
+)
+
+_OLDEST_DUE = text(
+    f"SELECT channel, extract(epoch FROM now() - oldest) AS seconds FROM ({OLDEST_DUE}) AS o"
+)
+
+_DLR_MISSING = text(
+    """
+    SELECT channel, count(*) AS n FROM outbox.messages
+    WHERE state IN ('accepted', 'sent')
+      AND accepted_at < now() - make_interval(secs => :after_seconds)
+      AND accepted_at >= now() - make_interval(secs => :lookback_seconds)
+    GROUP BY channel
+    """
+)
+
+_WEBHOOKS = text(
+    """
+    SELECT (SELECT count(*) FROM outbox.webhook_events WHERE processed_at IS NULL) AS pending,
+           (SELECT extract(epoch FROM now() - received_at) FROM outbox.webhook_events
+            WHERE processed_at IS NULL ORDER BY id LIMIT 1) AS lag,
+           (SELECT count(*) FROM outbox.parked_statuses WHERE orphaned_at IS NULL) AS parked
+    """
+)
+
+_DEAD_TUPLES = text(
+    "SELECT relname, n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'outbox'"
+)
+
+# Any open transaction holds back vacuum of every table, ours included; this process's own
+# session is left out.
+_OLDEST_TRANSACTION = text(
+    """
+    SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)
+    FROM pg_stat_activity
+    WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()
+    """
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    backlog: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, state)
+    oldest_due_seconds: dict[str, float] = field(default_factory=dict)
+    dlr_missing: dict[str, int] = field(default_factory=dict)
+    unprocessed_webhooks: int = 0
+    reconciler_lag_seconds: float = 0.0
+    parked_statuses: int = 0
+    dead_tuples: dict[str, int] = field(default_factory=dict)  # by table
+    oldest_transaction_seconds: float = 0.0
+
+
+class GaugeStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def sample(self, dlr_missing_after: timedelta, dlr_lookback: timedelta) -> Sample:
+        dlr = {
+            "after_seconds": dlr_missing_after.total_seconds(),
+            "lookback_seconds": dlr_lookback.total_seconds(),
+        }
+        async with self._engine.connect() as connection:
+            backlog = (await connection.execute(_BACKLOG)).all()
+            oldest = (await connection.execute(_OLDEST_DUE)).all()
+            missing = (await connection.execute(_DLR_MISSING, dlr)).all()
+            webhooks = (await connection.execute(_WEBHOOKS)).one()
+            dead = (await connection.execute(_DEAD_TUPLES)).all()
+            transaction = (await connection.execute(_OLDEST_TRANSACTION)).scalar_one()
+        return Sample(
+            backlog={(r.channel, r.state): int(r.n) for r in backlog},
+            oldest_due_seconds={r.channel: max(0.0, float(r.seconds)) for r in oldest},
+            dlr_missing={r.channel: int(r.n) for r in missing},
+            unprocessed_webhooks=int(webhooks.pending),
+            reconciler_lag_seconds=max(0.0, float(webhooks.lag or 0)),
+            parked_statuses=int(webhooks.parked),
+            dead_tuples={r.relname: int(r.n_dead_tup) for r in dead},
+            oldest_transaction_seconds=max(0.0, float(transaction)),
+        )

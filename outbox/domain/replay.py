@@ -1,0 +1,91 @@
+"""What an operator's replay or cancel would do to each selected row: the rules, without I/O.
+
+A replay puts a finished row back in the queue as if it were new (the window and its TTL are
+checked again when it is sent); it must never send twice what reached the user, so any sign of
+delivery stops it unless the operator forces it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from outbox.domain.models import SentAs, State
+from outbox.domain.window import WindowClosed, choose_content
+
+REPLAYABLE = frozenset({State.FAILED, State.UNKNOWN, State.EXPIRED})
+CANCELLABLE = frozenset({State.QUEUED, State.UNKNOWN})
+# Terminal rows purge deletes by default; the delivery states can be added by the operator.
+PURGEABLE = frozenset({State.READ, State.FAILED, State.EXPIRED, State.CANCELLED})
+PURGEABLE_ON_REQUEST = frozenset({State.ACCEPTED, State.SENT, State.DELIVERED})
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A selected row, with what the decision needs."""
+
+    id: int
+    channel: str
+    recipient: str
+    state: State
+    error_code: str | None
+    attempts: int
+    expires_at: datetime | None
+    payload: Any
+    fallback_template: Any
+    last_inbound_at: datetime | None
+    reached: str | None  # the furthest delivery status on record (sent, delivered, read)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    act: bool
+    reason: str  # why not, or what will happen
+
+
+def decide_replay(
+    row: Candidate,
+    *,
+    now: datetime,
+    force: bool,
+    new_expiry: datetime | None,
+    window_margin: timedelta,
+) -> Decision:
+    if row.state not in REPLAYABLE:
+        return Decision(False, f"state {row.state.value} is not replayable")
+    if row.reached is not None and not force:
+        return Decision(False, f"it was {row.reached} per its status history (--force sends it)")
+    expires_at = new_expiry or row.expires_at
+    if expires_at is not None and expires_at <= now:
+        return Decision(False, "expires_at has passed (--expires-in gives it a new one)")
+    notes = []
+    if row.reached is not None:
+        notes.append(f"forced: it was {row.reached}")
+    if row.state is State.UNKNOWN:
+        notes.append("the first request may have reached the API: may arrive twice")
+    content = choose_content(
+        row.payload,
+        row.fallback_template,
+        planned=None,
+        last_inbound_at=row.last_inbound_at,
+        now=now,
+        margin=window_margin,
+    )
+    if isinstance(content, WindowClosed):
+        notes.append("window closed and no fallback: fails unless the user writes first")
+    elif content.sent_as is SentAs.FALLBACK_TEMPLATE:
+        notes.append("window closed: sends the fallback template")
+    else:
+        notes.append(f"sends as {content.sent_as.value}")
+    return Decision(True, "; ".join(notes))
+
+
+def decide_cancel(row: Candidate) -> Decision:
+    if row.state not in CANCELLABLE:
+        if row.state is State.SENDING:
+            return Decision(False, "in flight: its outcome is about to be written")
+        return Decision(False, f"state {row.state.value} cannot be cancelled")
+    if row.state is State.UNKNOWN:
+        return Decision(True, "cancelled; the request already made may still be delivered")
+    return Decision(True, "cancelled")
