@@ -22,6 +22,7 @@ def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
 def run_migrations(connection: Connection) -> None:
     # The version table lives in our schema, which must exist before Alembic creates it.
     connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    connection.commit()
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -40,7 +41,7 @@ async def _run_standalone() -> None:
         raise SystemExit("set OUTBOX_DATABASE_URL to the database to migrate")
     engine = create_engine(dsn, pool_size=1, role="migrate")
     try:
-        async with engine.begin() as connection:
+        async with engine.connect() as connection:
             await connection.run_sync(run_migrations)
     finally:
         await engine.dispose()

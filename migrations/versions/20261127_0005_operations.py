@@ -1,8 +1,7 @@
 """Operations: replay lane and lineage, operator actions, an index for missing delivery reports.
 
-The indexes are created with IF NOT EXISTS so that on a large table an operator can build them
-beforehand with CREATE INDEX CONCURRENTLY (same names and definitions; see the README's
-"Upgrading" section) and this revision then only swaps the ready index.
+The new indexes are built CONCURRENTLY, so producers keep inserting while a large table is
+indexed. A run that was interrupted can simply be repeated.
 
 Revision ID: 0005
 Revises: 0004
@@ -20,31 +19,31 @@ branch_labels = None
 depends_on = None
 
 _READY = "state = 'queued' AND next_attempt_at IS NULL"
+_BEST_FIRST = "(channel, priority DESC, id)"
+_INDEXES = {
+    "ix_messages_replay": f"{_BEST_FIRST} WHERE {_READY} AND replayed_at IS NOT NULL",
+    "ix_messages_live": f"{_BEST_FIRST} WHERE {_READY} AND replayed_at IS NULL",
+    # Accepted rows still waiting for a delivery report, for the "DLR missing" gauge.
+    "ix_messages_undelivered": "(channel, accepted_at) WHERE state IN ('accepted', 'sent')",
+}
 
 
 def upgrade() -> None:
     # When an operator last replayed the row; while it is set and the row is ready, the row
     # waits in the replay lane, which gets only a share of the channel's rate.
-    op.add_column("messages", sa.Column("replayed_at", sa.DateTime(timezone=True)), schema="outbox")
-    op.add_column(
-        "messages",
-        sa.Column("replays", sa.SmallInteger, nullable=False, server_default="0"),
-        schema="outbox",
-    )
+    # IF NOT EXISTS: the index builds below commit this part on its own, so a run interrupted
+    # after it must be able to start again.
     op.execute(
-        "CREATE INDEX IF NOT EXISTS ix_messages_replay ON outbox.messages "
-        f"(channel, priority DESC, id) WHERE {_READY} AND replayed_at IS NOT NULL"
+        "ALTER TABLE outbox.messages ADD COLUMN IF NOT EXISTS replayed_at timestamptz, "
+        "ADD COLUMN IF NOT EXISTS replays smallint NOT NULL DEFAULT 0"
     )
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS ix_messages_live ON outbox.messages "
-        f"(channel, priority DESC, id) WHERE {_READY} AND replayed_at IS NULL"
-    )
+    # Built without blocking producers' inserts: CONCURRENTLY cannot run in a transaction.
+    with op.get_context().autocommit_block():
+        for name, definition in _INDEXES.items():
+            # An interrupted build leaves an INVALID index of that name: start it afresh.
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS outbox.{name}")
+            op.execute(f"CREATE INDEX CONCURRENTLY {name} ON outbox.messages {definition}")
     op.drop_index("ix_messages_ready", "messages", schema="outbox")
-    # Accepted rows still waiting for a delivery report, for the "DLR missing" gauge.
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS ix_messages_undelivered ON outbox.messages "
-        "(channel, accepted_at) WHERE state IN ('accepted', 'sent')"
-    )
     op.create_table(
         "operator_actions",
         sa.Column("id", sa.BigInteger, sa.Identity(always=False)),

@@ -58,5 +58,7 @@ async def _run(engine: AsyncEngine, action: Callable[[Config], None]) -> None:
         config.attributes["connection"] = connection
         action(config)
 
-    async with engine.begin() as connection:
+    # Not engine.begin(): Alembic opens a transaction per revision itself, so that a revision
+    # can step out of it (CREATE INDEX CONCURRENTLY).
+    async with engine.connect() as connection:
         await connection.run_sync(run)
