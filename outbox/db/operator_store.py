@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import BigInteger, Text
@@ -167,33 +167,22 @@ _PURGE_MESSAGES = text(
     """
 ).bindparams(bindparam("states", type_=ARRAY(Text())))
 
-_PURGE_WEBHOOKS = text(
-    """
-    WITH gone AS (
-        DELETE FROM outbox.webhook_events WHERE id IN (
-            SELECT id FROM outbox.webhook_events
-            WHERE id > :after AND processed_at < :cutoff
-            ORDER BY id LIMIT :batch
-            FOR UPDATE SKIP LOCKED)
-        RETURNING id
-    )
-    SELECT count(*) AS n, max(id) AS last FROM gone
-    """
-)
 
-_PURGE_ORPHANS = text(
-    """
-    WITH gone AS (
-        DELETE FROM outbox.parked_statuses WHERE id IN (
-            SELECT id FROM outbox.parked_statuses
-            WHERE id > :after AND orphaned_at < :cutoff
-            ORDER BY id LIMIT :batch
-            FOR UPDATE SKIP LOCKED)
-        RETURNING id
+def _purge_rows(table: str, condition: str) -> TextClause:
+    return text(
+        f"""
+        WITH gone AS (
+            DELETE FROM outbox.{table} WHERE id IN (
+                SELECT id FROM outbox.{table}
+                WHERE id > :after AND {condition}
+                ORDER BY id LIMIT :batch
+                FOR UPDATE SKIP LOCKED)
+            RETURNING id
+        )
+        SELECT count(*) AS n, max(id) AS last FROM gone
+        """
     )
-    SELECT count(*) AS n, max(id) AS last FROM gone
-    """
-)
+
 
 _COUNT_PURGEABLE = text(
     """
@@ -207,8 +196,8 @@ _COUNT_PURGEABLE = text(
 
 PURGE_TABLES = {
     "messages": _PURGE_MESSAGES,
-    "webhook_events": _PURGE_WEBHOOKS,
-    "orphan statuses": _PURGE_ORPHANS,
+    "webhook_events": _purge_rows("webhook_events", "processed_at < :cutoff"),
+    "orphan statuses": _purge_rows("parked_statuses", "orphaned_at < :cutoff"),
 }
 
 
