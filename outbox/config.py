@@ -142,7 +142,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
+    database_url: str = field(repr=False)  # may hold a password
     channels: tuple[ChannelConfig, ...]
     http: HttpConfig = field(default_factory=HttpConfig)
     sender: SenderConfig = field(default_factory=SenderConfig)

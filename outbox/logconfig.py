@@ -18,7 +18,8 @@ _LEVELS = {
 
 
 def _orjson_dumps(value: object, **_: object) -> str:
-    return orjson.dumps(value, default=str).decode()
+    # A log call must never fail a send: odd keys and values are rendered as strings.
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -29,20 +30,33 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         if as_json
         else structlog.dev.ConsoleRenderer()
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
     # Libraries that log through the standard library (aiohttp, alembic, asyncpg) stay quiet
-    # unless something is wrong.
-    logging.basicConfig(
-        level=logging.WARNING, stream=out, format="%(levelname)s %(name)s %(message)s"
+    # unless something is wrong, and come out in the same format, so a JSON stream stays JSON.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
     )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_outbox", False)]:
+        root.removeHandler(old)
+    handler._outbox = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)

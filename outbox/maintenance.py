@@ -37,17 +37,27 @@ class Maintenance:
             await wait_any(stop, timeout=self._config.maintenance_interval.total_seconds())
 
     async def tick(self) -> None:
-        if rescued := await self._store.rescue_expired_leases():
-            log.warning("outbox.rescue.leases_expired", count=rescued)
-        if expired := await self._store.expire_due():
-            log.warning("outbox.send.expired", count=expired, where="queue")
+        for row in await self._store.rescue_expired_leases():
+            log.warning(
+                "outbox.rescue.lease_expired",
+                channel=row.channel,
+                message_id=row.id,
+                state=row.state.value,
+            )
+        for row in await self._store.expire_due():
+            log.warning(
+                "outbox.send.expired", channel=row.channel, message_id=row.id, where="queue"
+            )
         if resent := await self._store.resend_unknown(self._resend, self._config.unknown_quiet):
             log.warning("outbox.unknown.resending", count=resent)
         failed = await self._store.fail_unknown_channels(
             self._known, self._config.unknown_channel_grace
         )
-        for channel, count in failed.items():
+        for row in failed:
             log.error(
-                "outbox.send.failed", error_code="unknown_channel", channel=channel, count=count
+                "outbox.send.failed",
+                error_code="unknown_channel",
+                channel=row.channel,
+                message_id=row.id,
             )
         await self._store.forget_pace()

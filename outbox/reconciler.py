@@ -113,14 +113,21 @@ class Reconciler:
                 total.failed_rows += 1
                 total.webhooks += 1
                 continue
-            total.webhooks += report.webhooks
-            total.inbound += report.inbound
-            total.verdicts.update(report.verdicts)
-            total.notes.update(report.notes)
+            total.add(report)
         return total
 
     def _observe(self, report: Report) -> None:
         for channel, count in report.orphaned.items():
             log.warning("outbox.status.orphaned", channel=channel, count=count)
+        for failed in report.failed:
+            # The final word on a message the API had accepted.
+            log.error(
+                "outbox.delivery.failed",
+                channel=failed.channel,
+                message_id=failed.message_id,
+                wamid=failed.wamid,
+                error_code=failed.error_code,
+                error_title=failed.error_title,
+            )
         if self._observer is not None:
             self._observer.reconciled(report)

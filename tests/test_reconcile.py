@@ -28,6 +28,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+import structlog
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -474,11 +475,13 @@ async def test_status_bodies_on_a_seeded_row(db_url: str, path: Path, fallback: 
     channel = _channel(path)
     wamid = _status_id(json.loads(path.read_bytes()))
     message_id = await _seed(db_url, channel, wamid, fallback=fallback)
-    async with running(_settings(db_url), roles=WEB_RECONCILER) as started:
-        # Posted twice, as 360dialog does when our 200 is late: one history entry all the same.
-        for _ in range(2):
-            await _post_ok(_hook(started.http_port, channel), path.read_bytes())
-            await wait_until(lambda: _settled(db_url), within=10)
+    with structlog.testing.capture_logs() as logs:
+        async with running(_settings(db_url), roles=WEB_RECONCILER) as started:
+            # Posted twice, as 360dialog does when our 200 is late: one history entry all the
+            # same.
+            for _ in range(2):
+                await _post_ok(_hook(started.http_port, channel), path.read_bytes())
+                await wait_until(lambda: _settled(db_url), within=10)
 
     expected, verdict = _expected_row(case, fallback=fallback)
     assert await _row_view(db_url, message_id) == expected
@@ -491,6 +494,16 @@ async def test_status_bodies_on_a_seeded_row(db_url: str, path: Path, fallback: 
     if fallback:
         # Ready to go out again as its template, at once.
         assert (await row(db_url, message_id))["next_attempt_at"] is None
+    # A row the API had accepted and a status failed: its final word, logged once at ERROR.
+    failures = [
+        (e["log_level"], e["channel"], e["message_id"], e["wamid"], e["error_code"])
+        for e in logs
+        if e["event"] == "outbox.delivery.failed"
+    ]
+    final = expected["state"] == "failed"
+    assert failures == (
+        [("error", channel, message_id, wamid, expected["error_code"])] if final else []
+    )
 
 
 def _without_shared_ids(paths: list[Path]) -> list[list[Path]]:

@@ -210,6 +210,26 @@ class Report:
     failed_rows: int = 0  # webhook rows that could not be processed at all
     # (channel, seconds from acceptance) of rows first seen delivered
     delivered_after: list[tuple[str, float]] = field(default_factory=list)
+    failed: list[FailedDelivery] = field(default_factory=list)  # rows a status made `failed`
+
+    def add(self, other: Report) -> None:
+        self.webhooks += other.webhooks
+        self.inbound += other.inbound
+        self.verdicts.update(other.verdicts)
+        self.notes.update(other.notes)
+        self.orphaned.update(other.orphaned)
+        self.failed_rows += other.failed_rows
+        self.delivered_after += other.delivered_after
+        self.failed += other.failed
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    channel: str
+    message_id: int
+    wamid: str | None
+    error_code: str | None
+    error_title: str | None
 
 
 class ReconcileStore:
@@ -347,11 +367,17 @@ async def _apply(connection: AsyncConnection, statuses: list[Located], report: R
     ]
     plan = plan_statuses(statuses, targets, datetime.now(UTC))
     report.verdicts.update(plan.verdicts)
-    undelivered = {r.id: r for r in rows if r.delivered_at is None and r.accepted_at}
+    before = {r.id: r for r in rows}
     for message_id, change in plan.changes.items():
-        delivered_at, row = change.delivery.delivered_at, undelivered.get(message_id)
-        if row is not None and delivered_at is not None:
-            seconds = max(0.0, (delivered_at - row.accepted_at).total_seconds())
+        delivery, row = change.delivery, before[message_id]
+        if delivery.state is State.FAILED and row.state != State.FAILED.value:
+            report.failed.append(
+                FailedDelivery(
+                    row.channel, message_id, change.wamid, delivery.error_code, delivery.error_title
+                )
+            )
+        if delivery.delivered_at is not None and row.delivered_at is None and row.accepted_at:
+            seconds = max(0.0, (delivery.delivered_at - row.accepted_at).total_seconds())
             report.delivered_after.append((row.channel, seconds))
     if plan.changes:
         changes = [

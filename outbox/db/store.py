@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -210,6 +211,7 @@ _RESCUE = text(
         error_detail = 'lease held by ' || coalesce(m.claimed_by, '?') || ' expired',
         claimed_by = NULL, lease_until = NULL, updated_at = now()
     FROM lost WHERE m.id = lost.id
+    RETURNING m.id, m.channel, m.state
     """
 )
 
@@ -226,6 +228,7 @@ _EXPIRE = text(
     SET state = 'expired', error_code = 'expired', error_title = :title,
         next_attempt_at = NULL, updated_at = now()
     FROM gone WHERE m.id = gone.id
+    RETURNING m.id, m.channel, m.state
     """
 )
 
@@ -283,6 +286,7 @@ _FAIL_CHANNEL = text(
         error_title = 'no channel with this id is configured',
         error_detail = :detail, failed_at = now(), next_attempt_at = NULL, updated_at = now()
     FROM bad WHERE m.id = bad.id
+    RETURNING m.id, m.channel, m.state
     """
 )
 
@@ -330,6 +334,15 @@ def _result_row(r: SendResult) -> tuple[object, ...]:
         r.attempts_delta,
         r.pace_until,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A row the maintenance loop moved on, for its log line."""
+
+    id: int
+    channel: str
+    state: State
 
 
 class MessageStore:
@@ -434,12 +447,13 @@ class MessageStore:
             result = await connection.execute(_RELEASE, {"ids": list(ids), "worker": worker})
         return result.rowcount
 
-    async def rescue_expired_leases(self, limit: int = 1000) -> int:
-        return await self._update(_RESCUE, {"limit": limit})
+    async def rescue_expired_leases(self, limit: int = 1000) -> list[Settled]:
+        """Rows whose lease ran out become `unknown` (or `expired`)."""
+        return await self._settle(_RESCUE, {"limit": limit})
 
-    async def expire_due(self, limit: int = 1000) -> int:
+    async def expire_due(self, limit: int = 1000) -> list[Settled]:
         """Queued rows past `expires_at` become `expired` without waiting for a claim."""
-        return await self._update(_EXPIRE, {"limit": limit, "title": EXPIRED_TITLE})
+        return await self._settle(_EXPIRE, {"limit": limit, "title": EXPIRED_TITLE})
 
     async def resend_unknown(
         self, channels: Sequence[str], quiet: timedelta, limit: int = 1000
@@ -460,11 +474,11 @@ class MessageStore:
 
     async def fail_unknown_channels(
         self, known: Collection[str], grace: timedelta, limit: int = 1000
-    ) -> dict[str, int]:
+    ) -> list[Settled]:
         """Fail queued rows of channels not in `known` once they are `grace` old."""
         async with self._engine.connect() as connection:
             open_channels = (await connection.execute(_OPEN_CHANNELS)).scalars().all()
-        failed: dict[str, int] = {}
+        failed: list[Settled] = []
         for channel in open_channels:
             if channel in known:
                 continue
@@ -475,8 +489,7 @@ class MessageStore:
                 "limit": limit,
                 "detail": detail,
             }
-            if count := await self._update(_FAIL_CHANNEL, params):
-                failed[channel] = count
+            failed += await self._settle(_FAIL_CHANNEL, params)
         return failed
 
     async def next_due(self, channel: str) -> datetime | None:
@@ -500,6 +513,11 @@ class MessageStore:
     async def _update(self, statement: TextClause, params: dict[str, Any]) -> int:
         async with self._engine.begin() as connection:
             return (await connection.execute(statement, params)).rowcount
+
+    async def _settle(self, statement: TextClause, params: dict[str, Any]) -> list[Settled]:
+        async with self._engine.begin() as connection:
+            rows = (await connection.execute(statement, params)).all()
+        return [Settled(row.id, row.channel, State(row.state)) for row in rows]
 
     async def state_counts(self) -> dict[tuple[str, State], int]:
         async with self._engine.connect() as connection:
