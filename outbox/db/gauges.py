@@ -12,11 +12,12 @@ from datetime import timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-# How long the oldest due row of each channel has waited: ready rows since their send_after,
-# retries and scheduled rows since their next_attempt_at.
+# How long the oldest due row of each channel has waited: ready rows since they last became
+# ready (inserted, replayed, requeued as a fallback: updated_at), retries and scheduled rows
+# since their next_attempt_at.
 OLDEST_DUE = """
     SELECT channel, min(due) AS oldest FROM (
-        SELECT channel, min(send_after) AS due FROM outbox.messages
+        SELECT channel, min(greatest(send_after, updated_at)) AS due FROM outbox.messages
         WHERE state = 'queued' AND next_attempt_at IS NULL GROUP BY channel
         UNION ALL
         SELECT channel, min(next_attempt_at) FROM outbox.messages
@@ -59,13 +60,15 @@ _DEAD_TUPLES = text(
     "SELECT relname, n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'outbox'"
 )
 
-# Any open transaction holds back vacuum of every table, ours included; this process's own
-# session is left out.
+# An open transaction in this database holds back vacuum of our tables. Only client sessions
+# count (autovacuum's own long runs are not the problem), and this one is left out. Other roles'
+# sessions are visible only with pg_read_all_stats (pg_monitor): see the README.
 _OLDEST_TRANSACTION = text(
     """
     SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)
     FROM pg_stat_activity
     WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()
+      AND datname = current_database() AND backend_type = 'client backend'
     """
 )
 
