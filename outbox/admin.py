@@ -224,7 +224,10 @@ def parse_duration(value: str) -> timedelta:
         raise ValueError(f"expected a duration like 30m, 12h or 7d, got {value!r}") from None
     if not amount > 0 or amount == float("inf"):
         raise ValueError(f"a duration must be greater than 0, got {value!r}")
-    return timedelta(seconds=amount * (unit or 1))
+    try:
+        return timedelta(seconds=amount * (unit or 1))
+    except OverflowError:
+        raise ValueError(f"a duration that long cannot be handled, got {value!r}") from None
 
 
 def parse_time(value: str, now: datetime) -> datetime:
@@ -234,7 +237,7 @@ def parse_time(value: str, now: datetime) -> datetime:
     except ValueError:
         try:
             return now - parse_duration(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(
                 f"expected an ISO 8601 time or a duration ago like 2h, got {value!r}"
             ) from None

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -425,16 +425,19 @@ def _add_selectors(
         help="error_code as stored, e.g. 131026 or http_500; repeatable",
     )
     chosen.add_argument(
-        "--since", help="created at or after: ISO 8601 (UTC unless a zone is given) or e.g. 2h ago"
+        "--since",
+        help="created at or after: ISO 8601 (UTC unless a zone is given), or a duration "
+        "meaning that long ago, e.g. 2h",
     )
-    chosen.add_argument("--until", help="created before: ISO 8601 or a duration ago")
+    chosen.add_argument("--until", help="created before: ISO 8601, or a duration ago (e.g. 30m)")
     chosen.add_argument("--recipient", help="the recipient, in any spelling producers use")
     chosen.add_argument(
         "--state",
         dest="states",
         action="append",
         choices=[s.value for s in states],
-        help=f"the row's state; repeatable (default: {default.value})",
+        help=f"the row's state; repeatable (default: {default.value}; with --id, any state, "
+        "so that a row that cannot be acted on is listed with the reason)",
     )
     chosen.add_argument(
         "--all", action="store_true", help="allow no selector but the state: every such row"
@@ -546,6 +549,8 @@ def _add_purge(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _selector(args: argparse.Namespace, default: State) -> Any:
+    """The rows to look at. Rows named by --id are looked at in any state (unless --state is
+    given), so that one the command may not touch is listed with the reason."""
     from datetime import UTC, datetime
 
     from outbox.admin import parse_time
@@ -559,8 +564,11 @@ def _selector(args: argparse.Namespace, default: State) -> Any:
         raise ConfigError(f"--since/--until: {exc}") from None
     if args.show < 0:
         raise ConfigError("--show must be 0 or more")
+    states = _wanted(args, default)
+    if args.ids and not args.states:
+        states = tuple(State)
     selector = Selector(
-        states=tuple(State(s) for s in (args.states or [default.value])),
+        states=states,
         ids=tuple(args.ids),
         channel=args.channel,
         error_codes=tuple(args.error_codes),
@@ -576,21 +584,41 @@ def _selector(args: argparse.Namespace, default: State) -> Any:
     return selector
 
 
+def _wanted(args: argparse.Namespace, default: State) -> tuple[State, ...]:
+    """The states the command acts on: those given by --state, or its default."""
+    return tuple(State(s) for s in args.states) if args.states else (default,)
+
+
+def _unwanted(candidate: Any, wanted: tuple[State, ...], allowed: Collection[State]) -> Any:
+    """A row named by --id in a state the command could act on but was not asked to."""
+    from outbox.domain.replay import Decision
+
+    if candidate.state in allowed and candidate.state not in wanted:
+        state = candidate.state.value
+        return Decision(False, f"state {state} is not selected (--state {state} selects it)")
+    return None
+
+
 def _replay(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from outbox.admin import parse_duration
-    from outbox.domain.replay import decide_replay
+    from outbox.domain.replay import REPLAYABLE, decide_replay
 
     selector = _selector(args, State.FAILED)
+    # The write re-checks the state: only those asked for that a replay may start from.
+    wanted = _wanted(args, State.FAILED)
+    states = [s for s in wanted if s in REPLAYABLE]
     try:
         expires_in = parse_duration(args.expires_in) if args.expires_in else None
-    except ValueError as exc:
+        if expires_in is not None:
+            datetime.now(UTC) + expires_in
+    except (ValueError, OverflowError) as exc:
         raise ConfigError(f"--expires-in: {exc}") from None
 
     def decide(candidate: Any, settings: Settings) -> Any:
         now = datetime.now(UTC)
-        return decide_replay(
+        return _unwanted(candidate, wanted, REPLAYABLE) or decide_replay(
             candidate,
             now=now,
             force=args.force,
@@ -602,7 +630,7 @@ def _replay(args: argparse.Namespace) -> int:
         expires_at = datetime.now(UTC) + expires_in if expires_in else None
         return await store.replay(
             ids,
-            selector.states,
+            states,
             actor=args.actor,
             forced=args.force,
             expires_at=expires_at,
@@ -613,14 +641,19 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from outbox.domain.replay import decide_cancel
+    from outbox.domain.replay import CANCELLABLE, decide_cancel
 
     selector = _selector(args, State.QUEUED)
+    wanted = _wanted(args, State.QUEUED)
+    states = [s for s in wanted if s in CANCELLABLE]
+
+    def decide(candidate: Any, _: Settings) -> Any:
+        return _unwanted(candidate, wanted, CANCELLABLE) or decide_cancel(candidate)
 
     async def act(store: Any, ids: list[int]) -> Any:
-        return await store.cancel(ids, selector.states, actor=args.actor, note=args.reason)
+        return await store.cancel(ids, states, actor=args.actor, note=args.reason)
 
-    return _operate(args, "cancel", selector, lambda c, _: decide_cancel(c), act)
+    return _operate(args, "cancel", selector, decide, act)
 
 
 _ACT_BATCH = 500
@@ -647,7 +680,7 @@ def _operate(
                 tally.row(candidate, decision, args.show)
                 if decision.act:
                     chosen.append(candidate.id)
-        if not tally.shown:
+        if not tally.acted and not tally.skipped:
             print(f"no message matches; nothing to {verb}")
             return EXIT_OK
         print(tally.table())
