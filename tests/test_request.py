@@ -538,3 +538,30 @@ def test_template_with_empty_language_code_is_invalid(dialect: Dialect) -> None:
     payload = {"type": "template", "template": {"name": "otp", "language": {"code": ""}}}
     with pytest.raises(InvalidMessage, match=r"language\.code"):
         build_request(dialect, DIGITS, payload, namespace=NAMESPACE, message_id=1)
+
+
+@pytest.mark.parametrize("dialect", list(Dialect))
+@pytest.mark.parametrize(
+    ("payload", "accepted"),
+    [
+        ({"type": "template", "template": {"name": "t", "language": {"code": "en"}}}, True),
+        ({"type": "text", "text": {"body": "not a template"}}, False),
+        ({"text": {"body": "type defaults to text"}}, False),
+    ],
+)
+def test_a_fallback_must_be_a_template(dialect: Dialect, payload: Any, accepted: bool) -> None:
+    def build() -> Any:
+        return build_request(
+            dialect,
+            "4915100000001",
+            payload,
+            namespace="ns",
+            message_id=1,
+            sent_as=SentAs.FALLBACK_TEMPLATE,
+        )
+
+    if accepted:
+        assert build().sent_as is SentAs.FALLBACK_TEMPLATE
+    else:
+        with pytest.raises(InvalidMessage, match="must be a template message"):
+            build()

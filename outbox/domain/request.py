@@ -109,6 +109,9 @@ def build_request(
     """The request for one message; raises InvalidMessage for rows that cannot be sent."""
     to = normalise_recipient(recipient)
     kind = validate_payload(payload, dialect)
+    if sent_as is SentAs.FALLBACK_TEMPLATE and kind not in ("template", "hsm"):
+        # It is sent because the window is closed, where only a template may go.
+        raise InvalidMessage("invalid_payload", f"must be a template message, not {kind!r}")
     if sent_as is None:
         sent_as = SentAs.TEMPLATE if kind in ("template", "hsm") else SentAs.FREEFORM
     # Copy the top level and the one object we may rewrite; the rest is passed through untouched.

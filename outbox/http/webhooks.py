@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -54,9 +55,8 @@ def add_routes(
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _reject(observer, channel_id, "too_large", 413)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+        body = _parse(raw)
+        if body is _NOT_JSON:
             return _reject(observer, channel_id, "not_json", 400)
         if not isinstance(body, dict):
             return _reject(observer, channel_id, "not_an_object", 400)
@@ -73,6 +73,22 @@ def add_routes(
         return web.json_response({"stored": stored})
 
     app.router.add_post("/webhooks/{channel}", receive)
+
+
+_NOT_JSON = object()
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses some valid JSON that jsonb stores (integers beyond 64 bits, deep nesting):
+    # the standard library decides.
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
 
 
 def _authorised(channel: ChannelConfig, header: str | None) -> bool:
