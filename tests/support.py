@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -165,3 +169,61 @@ def busiest_second(times: list[float]) -> int:
             start += 1
         busiest = max(busiest, end - start + 1)
     return busiest
+
+
+# Every recipient wrote a minute ago, so the free-form messages are inside the 24-hour window.
+# $1 rows numbered after $2, alternately on 'cloud' and 'onprem' unless $3 names one channel.
+_ENQUEUE_IN_WINDOW = """
+WITH rows AS (
+    SELECT coalesce($3::text, CASE WHEN g % 2 = 0 THEN 'cloud' ELSE 'onprem' END) AS channel,
+           '49151' || lpad(g::text, 8, '0') AS recipient, g
+    FROM generate_series($2::int + 1, $2::int + $1::int) AS g
+), inbound AS (
+    INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
+    SELECT channel, recipient, now() - interval '1 minute' FROM rows
+)
+INSERT INTO outbox.messages (channel, recipient, payload)
+SELECT channel, recipient,
+       jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', 'n' || g))
+FROM rows
+"""
+
+
+async def enqueue_in_window(
+    db_url: str, count: int, *, after: int = 0, channel: str | None = None
+) -> None:
+    """`count` free-form rows to distinct recipients whose window is open, in one INSERT."""
+    await fetch(db_url, _ENQUEUE_IN_WINDOW, count, after, channel)
+
+
+async def spawn_daemon(
+    config: Path, log: Path, roles: str = "sender", env: Mapping[str, str] = SUBPROCESS_ENV
+) -> asyncio.subprocess.Process:
+    """`outbox run` as operators start it, logging JSON to `log` so tests can read events."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "outbox",
+            "run",
+            "--config",
+            str(config),
+            "--role",
+            roles,
+            stdout=out,
+            stderr=out,
+            env={**os.environ, **env, "OUTBOX_LOG_FORMAT": "json"},
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+
+
+async def stop_daemon(process: asyncio.subprocess.Process, log: Path) -> int:
+    """SIGTERM, then the exit code; a daemon that does not stop within 60 s fails the test."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(process.wait(), 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"daemon did not stop; log:\n{log.read_text()[-3000:]}") from None

@@ -2,54 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import sys
 from pathlib import Path
 
 import pytest
 
 from outbox.sandbox import Sandbox
-from tests.support import KEYS, SUBPROCESS_ENV, busiest_second, config_toml, fetch, wait_until
+from tests.support import (
+    KEYS,
+    SUBPROCESS_ENV,
+    busiest_second,
+    config_toml,
+    enqueue_in_window,
+    fetch,
+    spawn_daemon,
+    stop_daemon,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
-# Every recipient wrote a minute ago, so the free-form messages are inside the 24-hour window.
-_ENQUEUE = """
-WITH rows AS (
-    SELECT CASE WHEN g % 2 = 0 THEN 'cloud' ELSE 'onprem' END AS channel,
-           '49151' || lpad(g::text, 8, '0') AS recipient, g
-    FROM generate_series(1, $1) AS g
-), inbound AS (
-    INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
-    SELECT channel, recipient, now() - interval '1 minute' FROM rows
-)
-INSERT INTO outbox.messages (channel, recipient, payload)
-SELECT channel, recipient,
-       jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', 'n' || g))
-FROM rows
-"""
-
-
-async def _spawn(config: Path, log: Path) -> asyncio.subprocess.Process:
-    env = {**os.environ, **SUBPROCESS_ENV, "OUTBOX_LOG_FORMAT": "json"}
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "outbox",
-            "run",
-            "--config",
-            str(config),
-            "--role",
-            "sender",
-            stdout=out,
-            stderr=out,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
 
 
 async def _pending(db_url: str) -> int:
@@ -67,16 +38,6 @@ async def _listeners(db_url: str) -> int:
     return int(rows[0][0])
 
 
-async def _stop(process: asyncio.subprocess.Process, log: Path) -> int:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return await asyncio.wait_for(process.wait(), 60)
-    except TimeoutError:
-        process.kill()
-        raise AssertionError(f"daemon did not stop; log:\n{log.read_text()[-3000:]}") from None
-
-
 async def test_two_processes_drain_10000_rows_each_sent_exactly_once(
     db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
 ) -> None:
@@ -84,13 +45,13 @@ async def test_two_processes_drain_10000_rows_each_sent_exactly_once(
     config = tmp_path / "outbox.toml"
     config.write_text(config_toml(db_url, base_url, batch_size=100))
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    processes = [await _spawn(config, log) for log in logs]
+    processes = [await spawn_daemon(config, log) for log in logs]
     try:
         await wait_until(lambda: _listeners_are(db_url, 2), within=30)
-        await fetch(db_url, _ENQUEUE, 10_000)
+        await enqueue_in_window(db_url, 10_000)
         await wait_until(lambda: _drained(db_url), within=120, interval=0.2)
     finally:
-        codes = [await _stop(p, log) for p, log in zip(processes, logs, strict=True)]
+        codes = [await stop_daemon(p, log) for p, log in zip(processes, logs, strict=True)]
     assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
 
     requests = api.message_requests()
@@ -141,10 +102,10 @@ async def test_sigterm_mid_drain_leaves_nothing_sending_and_loses_nothing(
     config.write_text(config_toml(db_url, base_url, rate=500))
     log = tmp_path / "daemon.log"
     try:
-        process = await _spawn(config, log)
-        await fetch(db_url, _ENQUEUE, 4000)
+        process = await spawn_daemon(config, log)
+        await enqueue_in_window(db_url, 4000)
         await wait_until(lambda: len(api.message_requests()) >= 500, within=60)
-        code = await _stop(process, log)
+        code = await stop_daemon(process, log)
     finally:
         await api.stop()
     assert code == 0, log.read_text()[-3000:]
@@ -177,13 +138,13 @@ async def test_three_processes_hold_each_channels_rate_in_every_second(
     config = tmp_path / "outbox.toml"
     config.write_text(text)
     logs = [tmp_path / f"{n}.log" for n in range(3)]
-    processes = [await _spawn(config, log) for log in logs]
+    processes = [await spawn_daemon(config, log) for log in logs]
     try:
         await wait_until(lambda: _listeners_are(db_url, 3), within=30)
-        await fetch(db_url, _ENQUEUE, 5_000)
+        await enqueue_in_window(db_url, 5_000)
         await wait_until(lambda: _drained(db_url), within=120, interval=0.2)
     finally:
-        codes = [await _stop(p, log) for p, log in zip(processes, logs, strict=True)]
+        codes = [await stop_daemon(p, log) for p, log in zip(processes, logs, strict=True)]
     assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
 
     requests = api.message_requests()

@@ -39,7 +39,16 @@ from outbox.db.reconcile_store import ReconcileStore, Report
 from outbox.domain import notifications
 from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Sandbox
-from tests.support import KEYS, fetch, insert, row, running, settings_for, wait_until
+from tests.support import (
+    KEYS,
+    enqueue_in_window,
+    fetch,
+    insert,
+    row,
+    running,
+    settings_for,
+    wait_until,
+)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "webhooks"
 CORPUS = sorted(FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []
@@ -703,21 +712,6 @@ async def test_read_alone_fills_the_earlier_times_and_nothing_later_undoes_it(
 
 # --- 3. End to end with the sandbox ----------------------------------------------------------
 
-# Every recipient wrote a minute ago, so the free-form messages are inside the 24-hour window.
-_ENQUEUE = """
-WITH rows AS (
-    SELECT CASE WHEN g % 2 = 0 THEN 'cloud' ELSE 'onprem' END AS channel,
-           '49151' || lpad(g::text, 8, '0') AS recipient, g
-    FROM generate_series(1, $1) AS g
-), inbound AS (
-    INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
-    SELECT channel, recipient, now() - interval '1 minute' FROM rows
-)
-INSERT INTO outbox.messages (channel, recipient, payload)
-SELECT channel, recipient,
-       jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', 'n' || g))
-FROM rows
-"""
 
 # Half per channel. Every message brings six notification POSTs (three statuses, each twice),
 # and the sandbox, the receiver and the reconciler share this one process (~1,200 POSTs a second
@@ -758,7 +752,7 @@ async def test_end_to_end_every_message_ends_read_with_the_notified_times(db_url
         settings = _settings(db_url, base_url, rate=E2E_RATE)
         async with running(settings, roles={"sender", "reconciler", "web"}) as started:
             await _register_webhooks(settings, started.http_port)
-            await fetch(db_url, _ENQUEUE, E2E_MESSAGES)
+            await enqueue_in_window(db_url, E2E_MESSAGES)
 
             async def all_read() -> bool:
                 rows = await fetch(

@@ -20,12 +20,10 @@ import json
 import math
 import os
 import random
-import signal
 import string
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,50 +39,20 @@ from tests.support import (
     KEYS,
     SUBPROCESS_ENV,
     config_toml,
+    enqueue_in_window,
     fetch,
     insert,
     row,
     running,
     settings_for,
+    spawn_daemon,
+    stop_daemon,
     wait_until,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 # --- helpers: real `outbox run` processes -------------------------------------------------------
-
-
-async def _spawn(
-    config: Path, log: Path, *, roles: str, env: Mapping[str, str]
-) -> asyncio.subprocess.Process:
-    """`outbox run` as operators start it; JSON logs so the test can read the events."""
-    full_env = {**os.environ, **env, "OUTBOX_LOG_FORMAT": "json"}
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "outbox",
-            "run",
-            "--config",
-            str(config),
-            "--role",
-            roles,
-            stdout=out,
-            stderr=out,
-            env=full_env,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-
-
-async def _stop(process: asyncio.subprocess.Process, log: Path) -> int:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return await asyncio.wait_for(process.wait(), 60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"daemon did not stop; log:\n{log.read_text()[-3000:]}") from None
 
 
 def _events(log: Path) -> list[dict[str, Any]]:
@@ -147,24 +115,6 @@ async def _settle(db_url: str, within: float) -> dict[str, int]:
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
-
-
-# Every recipient wrote a minute ago, so the free-form rows are inside the 24-hour window.
-_ENQUEUE = """
-WITH rows AS (
-    SELECT CASE WHEN $2::text IS NOT NULL THEN $2::text
-                WHEN g % 2 = 0 THEN 'cloud' ELSE 'onprem' END AS channel,
-           '49152' || lpad(g::text, 8, '0') AS recipient, g
-    FROM generate_series(1, $1) AS g
-), inbound AS (
-    INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
-    SELECT channel, recipient, now() - interval '1 minute' FROM rows
-)
-INSERT INTO outbox.messages (channel, recipient, payload)
-SELECT channel, recipient,
-       jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', 'n' || g))
-FROM rows
-"""
 
 
 # --- 3. API outage ------------------------------------------------------------------------------
@@ -231,11 +181,11 @@ async def test_api_outage_of_30_s_loses_no_message(
     config = tmp_path / "outbox.toml"
     config.write_text(config_toml(db_url, base_url, rate=OUTAGE_RATE, **OUTAGE_SENDER))
     log = tmp_path / "daemon.log"
-    process = await _spawn(config, log, roles="sender", env=SUBPROCESS_ENV)
+    process = await spawn_daemon(config, log, "sender", SUBPROCESS_ENV)
     try:
         await _started(process, log)
         await wait_until(lambda: _listening(db_url), within=30)
-        await fetch(db_url, _ENQUEUE, OUTAGE_ROWS, None)
+        await enqueue_in_window(db_url, OUTAGE_ROWS)
         await wait_until(lambda: len(api.message_requests()) >= 300, within=30)
         began = time.monotonic()
         api.faults.add(Fault("status", status=503))
@@ -250,7 +200,7 @@ async def test_api_outage_of_30_s_loses_no_message(
         counts = await _settle(db_url, within=120)
         alive_to_the_end = process.returncode is None
     finally:
-        code = await _stop(process, log)
+        code = await stop_daemon(process, log)
         await api.stop()
     assert alive_to_the_end, log.read_text()[-3000:]
     assert code == 0, log.read_text()[-3000:]
@@ -366,12 +316,12 @@ async def test_revoked_api_key_pauses_the_channel_and_a_restart_with_the_right_k
     base_url = await api.start()
     config = tmp_path / "outbox.toml"
     config.write_text(config_toml(db_url, base_url, rate=KEY_RATE, **KEY_SENDER))
-    await fetch(db_url, _ENQUEUE, KEY_ROWS, "onprem")
+    await enqueue_in_window(db_url, KEY_ROWS, channel="onprem")
     bad_log, good_log = tmp_path / "bad-key.log", tmp_path / "fixed-key.log"
     spawned: list[tuple[asyncio.subprocess.Process, Path]] = []
     try:
-        bad = await _spawn(
-            config, bad_log, roles="sender", env={**SUBPROCESS_ENV, "TEST_ONPREM_KEY": BAD_KEY}
+        bad = await spawn_daemon(
+            config, bad_log, "sender", {**SUBPROCESS_ENV, "TEST_ONPREM_KEY": BAD_KEY}
         )
         spawned.append((bad, bad_log))
         began = time.monotonic()
@@ -382,21 +332,21 @@ async def test_revoked_api_key_pauses_the_channel_and_a_restart_with_the_right_k
         await wait_until(lambda: _paused(db_url, "onprem"), within=5)
         while_bad = await _channel_state(db_url, "onprem")
         bad_seconds = time.monotonic() - began
-        bad_code = await _stop(bad, bad_log)
+        bad_code = await stop_daemon(bad, bad_log)
         held = await fetch(db_url, "SELECT state, attempts, error_code FROM outbox.messages")
         bad_requests = list(api.message_requests())
 
         # The fix: no SIGHUP reload, so the process is restarted with the corrected variable.
         inherited = await _channel_state(db_url, "onprem")
         restarted_wall, restarted = datetime.now(UTC), time.monotonic()
-        good = await _spawn(config, good_log, roles="sender", env=SUBPROCESS_ENV)
+        good = await spawn_daemon(config, good_log, "sender", SUBPROCESS_ENV)
         spawned.append((good, good_log))
         await wait_until(lambda: _accepted(db_url, KEY_ROWS), within=60, interval=0.1)
         drained = time.monotonic()
-        good_code = await _stop(good, good_log)
+        good_code = await stop_daemon(good, good_log)
     finally:
         for process, log in spawned:  # after a failure midway; a no-op otherwise
-            await _stop(process, log)
+            await stop_daemon(process, log)
         await api.stop()
     assert (bad_code, good_code) == (0, 0), bad_log.read_text()[-3000:]
 
@@ -722,7 +672,7 @@ async def test_webhook_abuse_gets_4xx_and_5000_concurrent_posts_are_each_stored_
     log = tmp_path / "web.log"
     # The receiver and the reconciler in one process: fuzzed bodies that get stored are also
     # read by the reconciler, which must survive them too.
-    process = await _spawn(config, log, roles="web,reconciler", env=HOOK_ENV)
+    process = await spawn_daemon(config, log, "web,reconciler", HOOK_ENV)
     try:
         receiver = f"http://127.0.0.1:{(await _started(process, log))['http_port']}"
         async with aiohttp.ClientSession() as session:
@@ -793,7 +743,7 @@ async def test_webhook_abuse_gets_4xx_and_5000_concurrent_posts_are_each_stored_
         )
         alive = process.returncode is None
     finally:
-        code = await _stop(process, log)
+        code = await stop_daemon(process, log)
     assert code == 0, log.read_text()[-3000:]
 
     answers = Counter(status for _, _, status in fuzz)
@@ -1060,7 +1010,7 @@ async def test_bad_rows_fail_with_their_reason_and_cost_no_request_while_good_ro
         )
     )
     log = tmp_path / "daemon.log"
-    process = await _spawn(config, log, roles="sender", env=SUBPROCESS_ENV)
+    process = await spawn_daemon(config, log, "sender", SUBPROCESS_ENV)
     try:
         await _started(process, log)
         await wait_until(lambda: _listening(db_url), within=30)
@@ -1069,7 +1019,7 @@ async def test_bad_rows_fail_with_their_reason_and_cost_no_request_while_good_ro
         counts = await _settle(db_url, within=120)
         elapsed = time.monotonic() - began
     finally:
-        code = await _stop(process, log)
+        code = await stop_daemon(process, log)
     assert code == 0, log.read_text()[-3000:]
 
     stored = await fetch(

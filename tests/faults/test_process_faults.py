@@ -14,9 +14,7 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -32,30 +30,19 @@ import pytest
 
 from outbox.sandbox import Sandbox
 from outbox.sandbox.server import RecordedRequest
-from tests.support import KEYS, SUBPROCESS_ENV, config_toml, fetch, wait_until
+from tests.support import (
+    KEYS,
+    config_toml,
+    enqueue_in_window,
+    fetch,
+    spawn_daemon,
+    wait_until,
+)
 
 if TYPE_CHECKING:  # the fixtures' types only; pytest imports the conftest itself
     from tests.faults.conftest import Figures, RestartablePostgres
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-
-# Distinct recipients, alternating between the two channels, each of whom wrote a minute ago:
-# free-form is inside the window, and order per recipient never holds a row back. The offset
-# ($2) keeps a later batch's recipients apart from an earlier one's.
-_ENQUEUE = """
-WITH rows AS (
-    SELECT CASE WHEN g % 2 = 0 THEN 'cloud' ELSE 'onprem' END AS channel,
-           '49151' || lpad(g::text, 8, '0') AS recipient, g
-    FROM generate_series($2::int + 1, $2::int + $1::int) AS g
-), inbound AS (
-    INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
-    SELECT channel, recipient, now() - interval '1 minute' FROM rows
-)
-INSERT INTO outbox.messages (channel, recipient, payload)
-SELECT channel, recipient,
-       jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', 'n' || g))
-FROM rows
-"""
 
 
 async def _enqueue(db_url: str, count: int, offset: int = 0) -> None:
@@ -63,7 +50,7 @@ async def _enqueue(db_url: str, count: int, offset: int = 0) -> None:
     the backlog, the claim walks every open row of the channel per row it takes (see
     test_a_backlog_newer_than_the_statistics_drains_at_full_speed), and each scenario would
     measure that instead of its fault."""
-    await fetch(db_url, _ENQUEUE, count, offset)
+    await enqueue_in_window(db_url, count, after=offset)
     await fetch(db_url, "ANALYZE outbox.messages")
 
 
@@ -72,25 +59,6 @@ DONE = ("accepted", "sent", "delivered", "read")  # "accepted or later"
 
 
 # --- Processes -----------------------------------------------------------------------------
-
-
-async def _spawn(config: Path, log: Path, roles: str = "sender") -> asyncio.subprocess.Process:
-    env = {**os.environ, **SUBPROCESS_ENV, "OUTBOX_LOG_FORMAT": "json"}
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "outbox",
-            "run",
-            "--config",
-            str(config),
-            "--role",
-            roles,
-            stdout=out,
-            stderr=out,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
 
 
 async def _terminate(process: asyncio.subprocess.Process, log: Path) -> tuple[int, float]:
@@ -255,7 +223,7 @@ async def test_kill_9_mid_drain_resends_only_the_in_flight_rows_once(
             )
         )
         try:
-            processes.append(await _spawn(config, logs[0]))
+            processes.append(await spawn_daemon(config, logs[0]))
             await _until(processes[0], logs[0], lambda: _listening(db), within=30)
             await _enqueue(db, total)
             await _until(processes[0], logs[0], lambda: _api_accepted(api) >= kill_at, 60, 0.005)
@@ -269,7 +237,7 @@ async def test_kill_9_mid_drain_resends_only_the_in_flight_rows_once(
                 db, "SELECT count(*) FROM outbox.messages WHERE state = 'accepted'"
             )
             restarted = time.monotonic()
-            processes.append(await _spawn(config, logs[1]))
+            processes.append(await spawn_daemon(config, logs[1]))
             await _until(processes[1], logs[1], lambda: _all_done(db), within=60)
             drain_seconds = time.monotonic() - restarted
             code, _ = await _terminate(processes[1], logs[1])
@@ -451,7 +419,7 @@ async def test_postgres_restart_mid_drain_and_webhook_flood(
                 maintenance_interval=0.5,
             )
         )
-        process = await _spawn(config, log, roles="sender,reconciler,web")
+        process = await spawn_daemon(config, log, "sender,reconciler,web")
         flood_tasks: list[asyncio.Task[None]] = []
         pg_down = False
         try:
@@ -616,7 +584,7 @@ async def test_a_held_transaction_does_not_stall_the_drain(
     log = tmp_path / "daemon.log"
     async with _sandbox(latency=0.0) as (api, base_url):
         config.write_text(config_toml(db, base_url) + "\n[metrics]\nsample_interval = 1\n")
-        process = await _spawn(config, log, roles="sender,web")
+        process = await spawn_daemon(config, log, "sender,web")
         holder: Any = None
         try:
             port = await _http_port(log, process)
@@ -690,7 +658,7 @@ async def test_sigterm_at_full_speed_exits_within_grace_and_leaves_nothing_sendi
     log = tmp_path / "daemon.log"
     async with _sandbox(latency=0.0) as (api, base_url):
         config.write_text(config_toml(db, base_url, shutdown_grace=grace))
-        process = await _spawn(config, log)
+        process = await spawn_daemon(config, log)
         try:
             await _until(process, log, lambda: _listening(db), within=30)
             await _enqueue(db, total)
@@ -764,10 +732,10 @@ async def test_a_backlog_newer_than_the_statistics_drains_at_full_speed(
     log = tmp_path / "daemon.log"
     async with _sandbox(latency=0.0) as (api, base_url):
         config.write_text(config_toml(db, base_url))
-        process = await _spawn(config, log)
+        process = await spawn_daemon(config, log)
         try:
             await _until(process, log, lambda: _listening(db), within=30)
-            await fetch(db, _ENQUEUE, burst, 0)
+            await enqueue_in_window(db, burst)
             # The first `sample` requests warm up (connections, caches); the next are measured.
             await _until(process, log, lambda: len(api.message_requests()) >= 2 * sample, 60)
             await fetch(db, "ANALYZE outbox.messages")
