@@ -125,7 +125,7 @@ RATES = {"onprem": (150.0, 15.0), "cloud": (400.0, 40.0)}  # rate, burst
 
 
 async def test_three_processes_hold_each_channels_rate_in_every_second(
-    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
+    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path, quiet_gc: None
 ) -> None:
     api, base_url = sandbox
     text = config_toml(db_url, base_url, batch_size=100)

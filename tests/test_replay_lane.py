@@ -62,7 +62,7 @@ def _sent(api: Sandbox) -> list[RecordedRequest]:
 
 
 async def test_the_replay_lane_shares_the_rate_and_never_delays_live_rows(
-    db_url: str, engine: AsyncEngine, sandbox: tuple[Sandbox, str]
+    db_url: str, engine: AsyncEngine, sandbox: tuple[Sandbox, str], quiet_gc: None
 ) -> None:
     api, base_url = sandbox
     failed = await _rows(db_url, "4915200", "failed", ROWS)
