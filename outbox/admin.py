@@ -210,6 +210,7 @@ class Progress:
             self._stream.write("\n")
 
 
+_LONGEST = timedelta(days=36525)  # also keeps now ± a duration within the calendar
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -224,10 +225,10 @@ def parse_duration(value: str) -> timedelta:
         raise ValueError(f"expected a duration like 30m, 12h or 7d, got {value!r}") from None
     if not amount > 0 or amount == float("inf"):
         raise ValueError(f"a duration must be greater than 0, got {value!r}")
-    try:
-        return timedelta(seconds=amount * (unit or 1))
-    except OverflowError:
-        raise ValueError(f"a duration that long cannot be handled, got {value!r}") from None
+    seconds = amount * (unit or 1)
+    if seconds > _LONGEST.total_seconds():
+        raise ValueError(f"a duration must be at most 100 years, got {value!r}")
+    return timedelta(seconds=seconds)
 
 
 def parse_time(value: str, now: datetime) -> datetime:
@@ -237,7 +238,7 @@ def parse_time(value: str, now: datetime) -> datetime:
     except ValueError:
         try:
             return now - parse_duration(value)
-        except (ValueError, OverflowError):
+        except ValueError:
             raise ValueError(
                 f"expected an ISO 8601 time or a duration ago like 2h, got {value!r}"
             ) from None

@@ -611,9 +611,7 @@ def _replay(args: argparse.Namespace) -> int:
     states = [s for s in wanted if s in REPLAYABLE]
     try:
         expires_in = parse_duration(args.expires_in) if args.expires_in else None
-        if expires_in is not None:
-            datetime.now(UTC) + expires_in
-    except (ValueError, OverflowError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"--expires-in: {exc}") from None
 
     def decide(candidate: Any, settings: Settings) -> Any:
