@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -17,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.config import Settings
+from outbox.config import ChannelConfig, Settings
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.db.gauges import GaugeStore
@@ -73,8 +74,12 @@ async def run(
     registry: CollectorRegistry | None = None,
     drain: bool = False,
     on_started: Callable[[Started], None] | None = None,
+    reload: Callable[[], Settings] | None = None,
 ) -> None:
-    """Run the daemon until `stop` is set; with `drain`, until the queue is empty."""
+    """Run the daemon until `stop` is set; with `drain`, until the queue is empty.
+
+    With `reload`, SIGHUP reads the settings again and applies new channel credentials.
+    """
     worker_id = new_worker_id()
     metrics = Metrics(registry or CollectorRegistry())
     metrics.know_channels(c.id for c in settings.channels)
@@ -85,8 +90,11 @@ async def run(
         store = MessageStore(engine)
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
         http_port = None
+        # Shared with the webhook receiver, so that reloaded credentials apply to it at once.
+        channels = {c.id: c for c in settings.channels}
+        sender: Sender | None = None
         if "web" in roles:
-            runner, http_port = await _start_web(settings, metrics, engine)
+            runner, http_port = await _start_web(settings, channels, metrics, engine)
             tasks["sampler"] = Sampler(GaugeStore(engine), settings.metrics, metrics).run(stop)
         session = create_session(settings.sender.max_in_flight, settings.sender.request_timeout)
         async with session:
@@ -110,6 +118,10 @@ async def run(
                 tasks["reconciler"] = reconciler.run(stop)
             if wake:
                 tasks["listener"] = NotifyListener(settings.database_url, wake).run(stop)
+            if reload is not None:
+                asyncio.get_running_loop().add_signal_handler(
+                    signal.SIGHUP, _reload_credentials, reload, channels, sender
+                )
             log.info(
                 "outbox.started",
                 worker_id=worker_id,
@@ -121,6 +133,8 @@ async def run(
                 on_started(Started(worker_id, http_port))
             await _supervise(tasks, stop, drain=drain)
     finally:
+        if reload is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if runner is not None:
             await runner.cleanup()
         await engine.dispose()
@@ -153,8 +167,51 @@ async def _supervise(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _reload_credentials(
+    reload: Callable[[], Settings], channels: dict[str, ChannelConfig], sender: Sender | None
+) -> None:
+    """SIGHUP: take the channels' new API keys and webhook credentials (from files, or from the
+    environment the process started with). Any other change needs a restart, and says so."""
+    try:
+        fresh = reload()
+    except OutboxError as exc:
+        log.error("outbox.reload.failed", error=str(exc), note="the running settings stay")
+        return
+    changed, ignored = [], []
+    for new in fresh.channels:
+        old = channels.get(new.id)
+        if old is None:
+            ignored.append(new.id)
+            continue
+        updated = replace(
+            old,
+            api_key=new.api_key,
+            webhook_username=new.webhook_username,
+            webhook_password=new.webhook_password,
+        )
+        if updated != new:
+            ignored.append(new.id)  # more than its credentials changed
+        if updated == old:
+            continue
+        channels[new.id] = updated
+        if sender is not None and updated.api_key != old.api_key:
+            sender.new_key(updated)
+        changed.append(new.id)
+    log.warning("outbox.reload.credentials", channels=changed)
+    ignored += sorted(channels.keys() - {c.id for c in fresh.channels})
+    if ignored:
+        log.warning(
+            "outbox.reload.needs_restart",
+            note="only credentials are reloaded; other changes take a restart",
+            channels=ignored,
+        )
+
+
 async def _start_web(
-    settings: Settings, metrics: Metrics, engine: AsyncEngine
+    settings: Settings,
+    channels: dict[str, ChannelConfig],
+    metrics: Metrics,
+    engine: AsyncEngine,
 ) -> tuple[web.AppRunner, int]:
     async def readiness() -> str | None:
         try:
@@ -166,7 +223,7 @@ async def _start_web(
     app = create_app(
         metrics.registry,
         readiness,
-        {c.id: c for c in settings.channels},
+        channels,
         WebhookEventStore(engine),
         metrics,
     )

@@ -222,8 +222,13 @@ def _run(args: argparse.Namespace) -> int:
     if unknown or not roles:
         raise ConfigError(f"--role: unknown role {sorted(unknown)[0] if unknown else '(none)'}")
 
+    def reload() -> Settings:
+        from outbox.config import load_settings
+
+        return load_settings(args.config)
+
     async def main(stop: asyncio.Event) -> int:
-        await app.run(settings, stop, roles=roles)
+        await app.run(settings, stop, roles=roles, reload=reload)
         return EXIT_OK
 
     return run_async(main)

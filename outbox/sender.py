@@ -150,6 +150,20 @@ class Sender:
         """Something was inserted: claim now rather than at the next poll."""
         self._wake.set()
 
+    def new_key(self, channel: ChannelConfig) -> None:
+        """An operator reloaded the channel's API key: use it from the next request, and if
+        the channel is paused, lift the shared pause and probe at once."""
+        self._channels[channel.id] = channel
+        breaker = self._breakers[channel.id]
+        if breaker.state is BreakerState.CLOSED:
+            return
+        breaker.probe_now(time.monotonic())
+        self._background_task(self._lift_pause(channel.id))
+
+    async def _lift_pause(self, channel: str) -> None:
+        await self._persist_pause(channel, None, None)
+        self._wake.set()
+
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Send until `stop` is set (or, with `drain`, until nothing is left to claim)."""
         flusher = asyncio.create_task(self._flush_loop(), name="outbox.sender.flush")

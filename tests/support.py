@@ -227,3 +227,14 @@ async def stop_daemon(process: asyncio.subprocess.Process, log: Path) -> int:
         process.kill()
         await process.wait()
         raise AssertionError(f"daemon did not stop; log:\n{log.read_text()[-3000:]}") from None
+
+
+async def daemon_http_port(process: asyncio.subprocess.Process, log: Path) -> int:
+    """The port `[http] port = 0` picked, from the daemon's `outbox.started` log line."""
+    for _ in range(600):
+        assert process.returncode is None, log.read_text()[-3000:]
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"outbox.started"' in line:
+                return int(json.loads(line)["http_port"])
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no outbox.started line; log:\n{log.read_text()[-3000:]}")

@@ -398,3 +398,17 @@ def test_threshold_comes_from_the_breaker(threshold: int, errors_to_open: int) -
     assert breaker.record(9.0, 99, SERVER, "x") == Transition(
         OPEN, f"{errors_to_open} server errors in a row: x", 10.0
     )
+
+
+def test_probe_now_skips_the_rest_of_the_cool_down_but_keeps_its_doubling() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0, max_cooldown=100.0)
+    breaker.probe_now(0.0)  # closed: nothing to skip
+    assert breaker.allowance(0.0) is None
+    assert breaker.record(0.0, 1, ErrorClass.CHANNEL, "401") is not None
+    assert breaker.allowance(1.0) == 0
+    breaker.probe_now(1.0)
+    assert breaker.allowance(1.0) == 1  # a probe, at once
+    breaker.probing(2)
+    again = breaker.record(1.5, 2, ErrorClass.CHANNEL, "401")
+    assert again is not None
+    assert again.cooldown == 20.0  # the failed probe still doubles the next pause

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from outbox.sandbox import Sandbox
@@ -13,6 +16,7 @@ from tests.support import (
     SUBPROCESS_ENV,
     busiest_second,
     config_toml,
+    daemon_http_port,
     enqueue_in_window,
     fetch,
     spawn_daemon,
@@ -157,3 +161,85 @@ async def test_three_processes_hold_each_channels_rate_in_every_second(
         assert len(times) == 2_500
         assert busiest_second(times) <= rate + burst, channel
     assert all(_accepted_count(log) > 0 for log in logs)  # every process took part
+
+
+async def test_sighup_reloads_a_fixed_key_and_webhook_password_without_a_restart(
+    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
+) -> None:
+    """Keys mounted as files (a Kubernetes Secret) change under a running daemon: SIGHUP takes
+    the new ones, and a channel paused by the bad key resumes at once, not after its pause."""
+    api, base_url = sandbox
+    key, user, password = (tmp_path / name for name in ("key", "user", "password"))
+    key.write_text("revoked-key\n")
+    user.write_text("hooks")
+    password.write_text("old-password")
+    config = tmp_path / "outbox.toml"
+    config.write_text(
+        f"""
+database_url = {json.dumps(db_url)}
+[http]
+host = "127.0.0.1"
+port = 0
+[sender]
+poll_interval = 1
+breaker_cooldown = 300
+[[channels]]
+id = "cloud"
+dialect = "cloud"
+base_url = {json.dumps(base_url)}
+api_key_file = {json.dumps(str(key))}
+webhook_username_file = {json.dumps(str(user))}
+webhook_password_file = {json.dumps(str(password))}
+"""
+    )
+    log = tmp_path / "daemon.log"
+    process = await spawn_daemon(config, log, roles="sender,web")
+    try:
+        port = await daemon_http_port(process, log)
+        await enqueue_in_window(db_url, 50, channel="cloud")
+        await wait_until(lambda: _paused(db_url), within=30)
+        refused = len(api.message_requests())
+
+        key.write_text("cloud-key\n")
+        password.write_text("new-password")
+        process.send_signal(signal.SIGHUP)
+        # Well inside the 300 s pause: the reload lifted it.
+        await wait_until(lambda: _drained(db_url), within=30)
+        statuses = {
+            secret: await _post_webhook(port, "hooks", secret)
+            for secret in ("old-password", "new-password")
+        }
+    finally:
+        code = await stop_daemon(process, log)
+    assert code == 0, log.read_text()[-3000:]
+    assert refused >= 1
+    sent = api.message_requests()[refused:]
+    assert {r.api_key_label for r in sent} == {"cloud"}
+    rows = await fetch(db_url, "SELECT state, count(*) AS n FROM outbox.messages GROUP BY state")
+    assert {r["state"]: r["n"] for r in rows} == {"accepted": 50}
+    assert statuses == {"old-password": 401, "new-password": 200}
+    text = log.read_text()
+    assert '"outbox.reload.credentials"' in text
+    assert "cloud-key" not in text
+    assert "new-password" not in text
+
+
+async def _paused(db_url: str) -> bool:
+    rows = await fetch(
+        db_url,
+        "SELECT 1 FROM outbox.channel_state WHERE paused_until > now() AND channel = 'cloud'",
+    )
+    return bool(rows)
+
+
+async def _post_webhook(port: int, user: str, password: str) -> int:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}/webhooks/cloud",
+            json={"entry": []},
+            headers={"Authorization": f"Basic {token}"},
+        ) as response,
+    ):
+        return response.status

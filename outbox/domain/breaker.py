@@ -55,6 +55,12 @@ class CircuitBreaker:
             return max(0.0, self._open_until - now)
         return None
 
+    def probe_now(self, now: float) -> None:
+        """Something changed that may have fixed the channel (a new key): probe at once rather
+        than after the cool-down. The cool-down's doubling is kept, should the probe fail."""
+        if self.state is BreakerState.OPEN:
+            self._open_until = now
+
     def probing(self, message_id: int) -> None:
         self._probe = message_id
 

@@ -12,7 +12,7 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
-from outbox.config import ChannelConfig
+from outbox.config import ChannelConfig, Secret
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import (
     SendOutcome,
@@ -55,10 +55,11 @@ class ApiClient:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
         # Parsed once per channel and path, not per request: this is the hot path.
-        self._targets: dict[tuple[str, str], tuple[URL, CIMultiDict[str]]] = {}
+        self._targets: dict[tuple[str, Secret, str], tuple[URL, CIMultiDict[str]]] = {}
 
     def _target(self, channel: ChannelConfig, path: str) -> tuple[URL, CIMultiDict[str]]:
-        key = (channel.id, path)
+        # The key is part of the cache key: a reloaded key is used from the next request on.
+        key = (channel.id, channel.api_key, path)
         if key not in self._targets:
             headers = CIMultiDict(
                 {"D360-API-KEY": channel.api_key.reveal(), "Content-Type": "application/json"}

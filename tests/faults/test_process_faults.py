@@ -33,6 +33,7 @@ from outbox.sandbox.server import RecordedRequest
 from tests.support import (
     KEYS,
     config_toml,
+    daemon_http_port,
     enqueue_in_window,
     fetch,
     spawn_daemon,
@@ -94,17 +95,6 @@ def _events(log: Path, name: str) -> list[dict[str, Any]]:
                 if event.get("event") == name:
                     found.append(event)
     return found
-
-
-async def _http_port(log: Path, process: asyncio.subprocess.Process) -> int:
-    """The port `[http] port = 0` picked, from the `outbox.started` log line."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.returncode is None, _tail(log)
-        if started := _events(log, "outbox.started"):
-            return int(started[0]["http_port"])
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no outbox.started line; log:\n{_tail(log)}")
 
 
 async def _until(
@@ -423,7 +413,7 @@ async def test_postgres_restart_mid_drain_and_webhook_flood(
         flood_tasks: list[asyncio.Task[None]] = []
         pg_down = False
         try:
-            port = await _http_port(log, process)
+            port = await daemon_http_port(process, log)
             await _until(process, log, lambda: _listening(db), within=30)
             await _enqueue(db, total)
             recipients = [
@@ -587,7 +577,7 @@ async def test_a_held_transaction_does_not_stall_the_drain(
         process = await spawn_daemon(config, log, "sender,web")
         holder: Any = None
         try:
-            port = await _http_port(log, process)
+            port = await daemon_http_port(process, log)
             base = f"http://127.0.0.1:{port}"
             await _until(process, log, lambda: _listening(db), within=30)
             before_seconds, _ = await _drain_batch(process, log, api, db, before_rows, 0)
