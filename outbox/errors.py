@@ -1,4 +1,8 @@
-"""The exception hierarchy: one root, small classes, translated at the edges."""
+"""The exception hierarchy: one root, small classes, translated at the edges.
+
+Services catch only these. The database adapter turns every driver error into one of the two
+`DatabaseError` kinds (`outbox.db.errors`), so that no service needs to know the driver.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,17 @@ class DatabaseError(OutboxError):
     """The database is unreachable or misbehaved."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """The database is away or would not do the work now: retried, never fatal."""
+
+
+class StatementRejected(DatabaseError):
+    """The database refused a statement for what it carried: the same input fails again."""
+
+
 class SchemaOutdated(DatabaseError):
     """The database schema is not at the current migration."""
 
 
-class BodyRejected(OutboxError):
+class BodyRejected(StatementRejected):
     """The database refused a webhook body itself (not an outage)."""

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import structlog
 
-from outbox.aio import wait_any
 from outbox.config import ChannelConfig, SenderConfig, UnknownPolicy
 from outbox.db.store import MessageStore
+from outbox.loops import wait_any
 from outbox.sender import DB_ERRORS
 
 log = structlog.get_logger("outbox.maintenance")

@@ -13,10 +13,10 @@ from typing import Protocol
 
 import structlog
 
-from outbox.aio import wait_any
 from outbox.config import ReconcilerConfig
 from outbox.db.failures import is_data_error
 from outbox.db.reconcile_store import ReconcileStore, Report
+from outbox.loops import wait_any
 from outbox.sender import DB_ERRORS
 
 log = structlog.get_logger("outbox.reconciler")

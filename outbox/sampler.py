@@ -7,9 +7,9 @@ from typing import Protocol
 
 import structlog
 
-from outbox.aio import wait_any
 from outbox.config import MetricsConfig
 from outbox.db.gauges import GaugeStore, Sample
+from outbox.loops import wait_any
 from outbox.sender import DB_ERRORS
 
 log = structlog.get_logger("outbox.sampler")

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from outbox.aio import wait_any
 from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain import outcome as outcomes
 from outbox.domain import retry
@@ -37,6 +36,7 @@ from outbox.domain.request import (
 )
 from outbox.domain.response import SendOutcome, TransportFailure
 from outbox.domain.window import WindowClosed, choose_content
+from outbox.loops import wait_any
 
 log = structlog.get_logger("outbox.sender")
 

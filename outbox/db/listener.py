@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
-from outbox.aio import wait_any
 from outbox.db.engine import connect
+from outbox.loops import wait_any
 
 log = structlog.get_logger("outbox.listener")
 

@@ -1,0 +1,1 @@
+"""Orchestration: the loops and workflows that drive the domain through the ports."""
