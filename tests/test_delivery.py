@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox.domain.delivery import WINDOW_CLOSED_CODES, Delivery, Verdict, merge
+from outbox.domain.codes import WINDOW_CLOSED_CODES
+from outbox.domain.delivery import Delivery, Verdict, merge
 from outbox.domain.models import State
 from outbox.domain.notifications import StatusUpdate
 

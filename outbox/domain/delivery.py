@@ -13,14 +13,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from outbox.domain.codes import DELIVERY_RANK, WINDOW_CLOSED_CODES, Code
 from outbox.domain.models import State
 from outbox.domain.notifications import StatusUpdate
 
-WINDOW_CLOSED_CODES = frozenset({470, 131047})
-NO_CODE = "status_failed"  # error_code of a failed status that carried no error code
-
 _PROGRESS = {"sent": State.SENT, "delivered": State.DELIVERED, "read": State.READ}
-_RANK = {State.SENT: 1, State.DELIVERED: 2, State.READ: 3}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _ErrorKey = tuple[bool, datetime, str, str, str]
@@ -65,7 +62,7 @@ def merge(current: Delivery, update: StatusUpdate) -> tuple[Delivery, Verdict]:
 
 
 def _rank(state: State) -> int:
-    return _RANK.get(state, 0)
+    return DELIVERY_RANK.get(state, 0)
 
 
 def _advances(state: State, target: State) -> bool:
@@ -94,10 +91,10 @@ def _progress(current: Delivery, target: State, at: datetime | None) -> tuple[De
 
 
 def _failure(current: Delivery, update: StatusUpdate) -> tuple[Delivery, Verdict]:
-    delivered = _rank(current.state) >= _RANK[State.DELIVERED]
+    delivered = _rank(current.state) >= DELIVERY_RANK[State.DELIVERED]
     if not delivered and update.error_code in WINDOW_CLOSED_CODES:
         return current, Verdict.WINDOW_CLOSED
-    code = NO_CODE if update.error_code is None else str(update.error_code)
+    code = Code.STATUS_FAILED if update.error_code is None else str(update.error_code)
     new = replace(
         current,
         state=current.state if delivered else State.FAILED,
@@ -126,7 +123,9 @@ def _recorded_error_key(current: Delivery) -> _ErrorKey | None:
             return None
         # A failure time with no error is read as a failure without a code, so that the key
         # always describes the stored error and failed_at together.
-        return _error_key(current.failed_at, NO_CODE, current.error_title, current.error_detail)
+        return _error_key(
+            current.failed_at, Code.STATUS_FAILED, current.error_title, current.error_detail
+        )
     return _error_key(
         current.failed_at, current.error_code, current.error_title, current.error_detail
     )

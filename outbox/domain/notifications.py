@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from outbox.domain import parsing
+
 _FLAT_KEYS = ("messages", "statuses", "errors", "contacts")
 _DIGITS = re.compile(r"[0-9]{1,20}")
-_CODE = re.compile(r"[0-9]{1,9}")
 _OUTBOX_ID = re.compile(r"outbox:([1-9][0-9]{0,18})")
+# Bounded so that str(code) can never hit Python's int-to-str digit limit downstream.
+_CODE_LIMIT = 10**9
 _MAX_BIGINT = 2**63 - 1  # outbox.messages.id is a PostgreSQL bigint
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second `datetime` can hold
 # Real message ids are under 100 characters and statuses one word; longer values are not
@@ -136,7 +139,7 @@ def _value(value: dict[Any, Any], events: list[Event], seen: set[str]) -> None:
 def _message(item: object, seen: set[str]) -> Event:
     if not isinstance(item, dict):
         return Ignored("message not an object")
-    kind = _text(item.get("type")) or "unknown"
+    kind = parsing.text(item.get("type")) or "unknown"
     if kind == "system":
         # A number change or identity notice, written by WhatsApp, not by the user.
         return _system(item)
@@ -146,7 +149,7 @@ def _message(item: object, seen: set[str]) -> Event:
     at = _timestamp(item.get("timestamp"))
     if at is None:
         return Ignored("message without timestamp")
-    message_id = _text(item.get("id"), _MAX_ID)
+    message_id = parsing.text(item.get("id"), _MAX_ID)
     if message_id is not None and message_id in seen:
         return Ignored("duplicate message")
     return Inbound(wa_id, message_id, at, kind)
@@ -167,10 +170,10 @@ def _status(item: object, _seen: set[str]) -> Event:
         return Ignored("status not an object")
     if isinstance(item.get("id"), str) and len(item["id"]) > _MAX_ID:
         return Ignored("status id too long")
-    wamid = _text(item.get("id"))
+    wamid = parsing.text(item.get("id"))
     if wamid is None:
         return Ignored("status without id")
-    status = _text(item.get("status"))
+    status = parsing.text(item.get("status"))
     if status is None:
         return Ignored("status without value")
     if len(status) > _MAX_STATUS:
@@ -197,7 +200,9 @@ def _error_notice(item: object, _seen: set[str]) -> Event:
     if not isinstance(item, dict):
         return Ignored("error not an object")
     code, title, detail = _error_fields(item)
-    return ErrorNotice(code, title or _text(item.get("message"), _MAX_TEXT) or "error", detail)
+    return ErrorNotice(
+        code, title or parsing.text(item.get("message"), _MAX_TEXT) or "error", detail
+    )
 
 
 def _first_error(errors: object) -> tuple[int | None, str | None, str | None]:
@@ -209,11 +214,15 @@ def _first_error(errors: object) -> tuple[int | None, str | None, str | None]:
 def _error_fields(error: dict[Any, Any]) -> tuple[int | None, str | None, str | None]:
     data = error.get("error_data")
     detail = (
-        (_text(data.get("details")) if isinstance(data, dict) else None)
-        or _text(error.get("message"))
-        or _text(error.get("details"))
+        (parsing.text(data.get("details")) if isinstance(data, dict) else None)
+        or parsing.text(error.get("message"))
+        or parsing.text(error.get("details"))
     )
-    return _code(error.get("code")), _text(error.get("title"), _MAX_TEXT), _cut(detail)
+    return (
+        parsing.error_code(error.get("code"), below=_CODE_LIMIT),
+        parsing.text(error.get("title"), _MAX_TEXT),
+        _cut(detail),
+    )
 
 
 def _timestamp(value: object) -> datetime | None:
@@ -231,10 +240,7 @@ def _timestamp(value: object) -> datetime | None:
 
 def _digits(value: object) -> str | None:
     """A phone number or wa_id as digits only: spaces anywhere and a leading '+' dropped."""
-    if not isinstance(value, str):
-        return None
-    compact = "".join(value.split()).removeprefix("+")
-    return compact if _DIGITS.fullmatch(compact) else None
+    return parsing.phone_number(value, _DIGITS) if isinstance(value, str) else None
 
 
 def _outbox_id(value: object) -> int | None:
@@ -244,24 +250,33 @@ def _outbox_id(value: object) -> int | None:
     return number if number <= _MAX_BIGINT else None
 
 
-def _code(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and _CODE.fullmatch(value.strip()):
-        return int(value)
-    # Bounded so that str(code) can never hit Python's int-to-str digit limit downstream.
-    if isinstance(value, int) and 0 <= value < 10**9:
-        return value
-    return None
-
-
-def _text(value: object, limit: int | None = None) -> str | None:
-    """A non-empty string, cut to `limit` characters when given."""
-    if not isinstance(value, str):
-        return None
-    stripped = value.strip()
-    return _cut(stripped, limit) or None
-
-
 def _cut(value: str | None, limit: int | None = _MAX_TEXT) -> str | None:
     return value if value is None or limit is None else value[:limit]
+
+
+def status_to_json(update: StatusUpdate) -> dict[str, Any]:
+    """A status as JSON, to be parked until its row is known; `status_from_json` reads it back."""
+    return {
+        "wamid": update.wamid,
+        "status": update.status,
+        "at": update.at.isoformat() if update.at else None,
+        "recipient": update.recipient,
+        "outbox_id": update.outbox_id,
+        "error_code": update.error_code,
+        "error_title": update.error_title,
+        "error_detail": update.error_detail,
+    }
+
+
+def status_from_json(data: dict[str, Any]) -> StatusUpdate:
+    at = data.get("at")
+    return StatusUpdate(
+        wamid=data["wamid"],
+        status=data["status"],
+        at=datetime.fromisoformat(at) if at else None,
+        recipient=data.get("recipient"),
+        outbox_id=data.get("outbox_id"),
+        error_code=data.get("error_code"),
+        error_title=data.get("error_title"),
+        error_detail=data.get("error_detail"),
+    )

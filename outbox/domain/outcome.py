@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from outbox.domain import retry
+from outbox.domain import retry, window
+from outbox.domain.codes import Code
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.response import Accepted, SendOutcome, TransportFailure
 
@@ -110,28 +111,17 @@ def window_closed(
     message: ClaimedMessage, sent_as: SentAs, now: datetime, detail: str
 ) -> SendResult:
     """WhatsApp refused free-form for a closed window: the fallback goes next (once) or it fails."""
-    if sent_as is SentAs.FREEFORM and message.fallback_template is not None:
-        return SendResult(
-            message.id,
-            State.QUEUED,
-            now,
-            sent_as=SentAs.FALLBACK_TEMPLATE,
-            error_code=WINDOW_CLOSED,
-            error_title="the 24-hour window is closed: sending the fallback_template next",
-            error_detail=detail,
-            attempts_delta=-1,
-        )
+    refused = window.refused_for_closed_window(
+        sent_as, message.fallback_template is not None, late=False
+    )
     return SendResult(
         message.id,
-        State.FAILED,
+        refused.state,
         now,
-        sent_as=sent_as,
-        error_code=WINDOW_CLOSED,
-        error_title={
-            SentAs.FREEFORM: WINDOW_CLOSED_TITLE,
-            SentAs.TEMPLATE: "the API refused the template for a closed 24-hour window",
-            SentAs.FALLBACK_TEMPLATE: "the 24-hour window is closed and the "
-            "fallback_template was refused too",
-        }[sent_as],
+        sent_as=refused.sent_as,
+        error_code=Code.WINDOW_CLOSED,
+        error_title=refused.title,
         error_detail=detail,
+        # A fallback still to send is the same attempt, not a new one.
+        attempts_delta=-1 if refused.state is State.QUEUED else 0,
     )

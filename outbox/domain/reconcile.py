@@ -11,10 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from outbox.domain.codes import Code
 from outbox.domain.delivery import Delivery, Verdict, merge
 from outbox.domain.models import SentAs, State
 from outbox.domain.notifications import StatusUpdate
-from outbox.domain.outcome import WINDOW_CLOSED, WINDOW_CLOSED_TITLE
+from outbox.domain.window import refused_for_closed_window
 
 # Verdicts beyond delivery.Verdict, for statuses that never reach the merge.
 SUPERSEDED = "superseded"  # about an earlier send of a row that has been sent again since
@@ -142,17 +143,15 @@ def _park(plan: Plan, located: Located) -> None:
 
 
 def _apply(target: Target, update: StatusUpdate) -> tuple[Target, str]:
-    if target.delivery.state is State.SENDING:
+    delivery, verdict = merge(target.delivery, update)
+    if verdict == Verdict.NOT_YET:
         # Its send answer is not committed yet (it may bring this very wamid): wait for it.
-        return target, Verdict.NOT_YET
+        return target, verdict
     if target.wamid is not None and update.wamid != target.wamid:
         return target, SUPERSEDED
     if target.delivery.state is State.QUEUED and target.wamid is not None:
         # The row waits to go out again (as its fallback): this is about the earlier send.
         return target, SUPERSEDED
-    delivery, verdict = merge(target.delivery, update)
-    if verdict == Verdict.NOT_YET:
-        return target, verdict
     if verdict == Verdict.WINDOW_CLOSED:
         return _window_closed(target, update)
     if delivery == target.delivery and target.wamid is not None:
@@ -164,29 +163,26 @@ def _window_closed(target: Target, update: StatusUpdate) -> tuple[Target, str]:
     """The send failed later for a closed window: the fallback goes next (once), or it fails."""
     detail = f"status failed with error {update.error_code}: {update.error_title or ''}".strip()
     current = target.delivery
-    if target.sent_as is SentAs.FREEFORM and target.has_fallback:
+    refused = refused_for_closed_window(target.sent_as, target.has_fallback, late=True)
+    if refused.state is State.QUEUED:
         delivery = replace(
             current,
             state=State.QUEUED,
-            error_code=WINDOW_CLOSED,
-            error_title="the 24-hour window was closed: sending the fallback_template next",
+            error_code=Code.WINDOW_CLOSED,
+            error_title=refused.title,
             error_detail=detail,
         )
-        requeued = replace(
-            target, delivery=delivery, wamid=update.wamid, sent_as=SentAs.FALLBACK_TEMPLATE
-        )
+        requeued = replace(target, delivery=delivery, wamid=update.wamid, sent_as=refused.sent_as)
         return requeued, FALLBACK
-    if current.state is State.FAILED and current.error_code == WINDOW_CLOSED:
+    if current.state is State.FAILED and current.error_code == Code.WINDOW_CLOSED:
         return target, Verdict.DUPLICATE
     failed_at = update.at if current.failed_at is None else current.failed_at
     delivery = replace(
         current,
         state=State.FAILED,
         failed_at=failed_at if update.at is None else min(failed_at or update.at, update.at),
-        error_code=WINDOW_CLOSED,
-        error_title=WINDOW_CLOSED_TITLE
-        if target.sent_as is SentAs.FREEFORM
-        else "the 24-hour window was closed and the fallback_template failed too",
+        error_code=Code.WINDOW_CLOSED,
+        error_title=refused.title,
         error_detail=detail,
     )
     return replace(target, delivery=delivery, wamid=update.wamid), Verdict.APPLIED

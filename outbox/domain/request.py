@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from outbox.domain import parsing
 from outbox.domain.models import Dialect, SentAs
 
 MAX_TEXT_LENGTH = 4096  # characters; longer bodies fail with 1001 on the API
@@ -43,8 +44,8 @@ class ApiRequest:
 
 def normalise_recipient(raw: str) -> str:
     """Digits only: a leading `+`, spaces, dashes, dots and parentheses are dropped."""
-    digits = _RECIPIENT_NOISE.sub("", raw.strip()).removeprefix("+")
-    if not _RECIPIENT.fullmatch(digits):
+    digits = parsing.phone_number(raw, _RECIPIENT, _RECIPIENT_NOISE)
+    if digits is None:
         raise InvalidMessage(
             "invalid_recipient", f"recipient {raw!r} is not a phone number (7-15 digits)"
         )

@@ -8,12 +8,12 @@ errors or no message id is a rejection too.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from outbox.domain import parsing
+
 _DETAIL_LIMIT = 500  # characters of a non-JSON body kept for the operator
-_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ def _error_of(body: dict[str, Any]) -> tuple[int | None, str, str | None] | None
     if isinstance(errors, list) and errors:
         first = errors[0] if isinstance(errors[0], dict) else {}
         return (
-            _int(first.get("code")),
+            parsing.error_code(first.get("code")),
             _str(first.get("title")) or "error",
             _str(first.get("details")) or _str(first.get("detail")),
         )
@@ -101,7 +101,7 @@ def _error_of(body: dict[str, Any]) -> tuple[int | None, str, str | None] | None
         data = error.get("error_data")
         details = data.get("details") if isinstance(data, dict) else None
         return (
-            _int(error.get("code")),
+            parsing.error_code(error.get("code")),
             _str(error.get("message")) or _str(error.get("type")) or "error",
             _str(details),
         )
@@ -112,15 +112,6 @@ def _error_of(body: dict[str, Any]) -> tuple[int | None, str, str | None] | None
     return None
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        return int(value)
-    return None
-
-
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    # The API's own words are kept as it sent them, surrounding spaces included.
+    return parsing.text(value, strip=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
+from outbox.domain.codes import WINDOW_CLOSED_CODES
 from outbox.domain.response import Rejected
 
 
@@ -33,7 +34,7 @@ _BY_CODE: dict[int, ErrorClass] = {
         ErrorClass.SERVER,
     ),
     131056: ErrorClass.RECIPIENT_THROTTLE,
-    **dict.fromkeys((470, 131047), ErrorClass.WINDOW_CLOSED),
+    **dict.fromkeys(WINDOW_CLOSED_CODES, ErrorClass.WINDOW_CLOSED),
     # 1006 is On-Premise's "resource not found": a media id, or a contact the API has not
     # looked up yet; one more try is what courier does, and all a stateless sender can do.
     **dict.fromkeys((131052, 131053, 131014, 1006), ErrorClass.MEDIA),

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from outbox.domain.models import SentAs
+from outbox.domain.codes import Title
+from outbox.domain.models import SentAs, State
 
 WINDOW = timedelta(hours=24)
 TEMPLATE_TYPES = frozenset({"template", "hsm"})
@@ -64,3 +65,33 @@ def choose_content(
     if last_inbound_at is None:
         return WindowClosed("no inbound message from this recipient is on record")
     return WindowClosed(f"the recipient last wrote at {last_inbound_at.isoformat()}")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """What a closed window makes of a row WhatsApp refused for it."""
+
+    state: State  # QUEUED: the fallback template goes next; FAILED: nothing is left to send
+    sent_as: SentAs | None
+    title: Title
+
+
+def refused_for_closed_window(sent_as: SentAs | None, has_fallback: bool, *, late: bool) -> Refused:
+    """A free-form message with a fallback template sends the fallback next (once); anything
+    else fails.
+
+    `late`: a status said so after the API had accepted the request (the window "was" closed),
+    rather than the API's answer to it (the window "is" closed).
+    """
+    if sent_as is SentAs.FREEFORM and has_fallback:
+        title = Title.WINDOW_WAS_CLOSED_FALLBACK_NEXT if late else Title.WINDOW_CLOSED_FALLBACK_NEXT
+        return Refused(State.QUEUED, SentAs.FALLBACK_TEMPLATE, title)
+    if sent_as is SentAs.FREEFORM:
+        title = Title.WINDOW_CLOSED
+    elif late:
+        title = Title.FALLBACK_FAILED_CLOSED_WINDOW
+    elif sent_as is SentAs.TEMPLATE:
+        title = Title.TEMPLATE_REFUSED_CLOSED_WINDOW
+    else:
+        title = Title.FALLBACK_REFUSED_CLOSED_WINDOW
+    return Refused(State.FAILED, sent_as, title)
