@@ -32,9 +32,9 @@ from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
 from outbox.maintenance import Maintenance
 from outbox.metrics import Metrics
-from outbox.reconciler import Reconciler
-from outbox.sampler import Sampler
 from outbox.sender import DB_ERRORS, Sender
+from outbox.services.reconciler import Reconciler
+from outbox.services.sampler import Sampler
 
 log = structlog.get_logger("outbox.app")
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from outbox.db.gauges import Sample
-from outbox.db.reconcile_store import Report
 from outbox.domain.models import State
+from outbox.domain.report import Report
+from outbox.ports import Sample
 
 if TYPE_CHECKING:
     from outbox.sender import Attempt

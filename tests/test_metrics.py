@@ -32,14 +32,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import MetricsConfig, Settings
 from outbox.db.engine import create_engine
-from outbox.db.gauges import GaugeStore, Sample
+from outbox.db.gauges import GaugeStore
 from outbox.db.operator_store import OperatorStore
 from outbox.domain.models import State
 from outbox.http.api_client import ApiClient, create_session
 from outbox.metrics import Metrics
-from outbox.sampler import Sampler
+from outbox.ports import Sample
 from outbox.sandbox import Fault, Sandbox
 from outbox.sandbox.notifications import AcceptedMessage, status_body
+from outbox.services.sampler import Sampler
 from tests.support import KEYS, fetch, running, settings_for, wait_until
 
 pytestmark = pytest.mark.slow

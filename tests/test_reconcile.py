@@ -33,12 +33,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-import outbox.reconciler as reconciler_module
+import outbox.services.reconciler as reconciler_module
 from outbox.config import Settings
-from outbox.db.reconcile_store import ReconcileStore, Report
 from outbox.domain import notifications
+from outbox.domain.report import Report
 from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Sandbox
+from outbox.services.reconciler import Reconciler
 from tests.support import (
     KEYS,
     enqueue_in_window,
@@ -1144,15 +1145,15 @@ async def test_two_reconcilers_share_the_rows_once_each_without_deadlock(
 ) -> None:
     recorder = _LogRecorder()
     monkeypatch.setattr(reconciler_module, "log", recorder)
-    taken: Counter[int] = Counter()  # webhook rows per ReconcileStore (one per daemon)
-    original = ReconcileStore.process_webhooks
+    taken: Counter[int] = Counter()  # webhook rows per Reconciler (one per daemon)
+    original = Reconciler.process_webhooks
 
-    async def counting(self: ReconcileStore, limit: int) -> Report:
+    async def counting(self: Reconciler, limit: int) -> Report:
         report = await original(self, limit)
         taken[id(self)] += report.webhooks
         return report
 
-    monkeypatch.setattr(ReconcileStore, "process_webhooks", counting)
+    monkeypatch.setattr(Reconciler, "process_webhooks", counting)
 
     per_channel = 250
     seeded = await fetch(

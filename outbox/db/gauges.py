@@ -6,11 +6,13 @@ walks a partial index or a statistics view, so a large table costs no more than 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.db.errors import translated
+from outbox.ports import Sample
 
 # How long the oldest due row of each channel has waited: ready rows since they last became
 # ready (inserted, replayed, requeued as a fallback: updated_at), retries and scheduled rows
@@ -73,22 +75,11 @@ _OLDEST_TRANSACTION = text(
 )
 
 
-@dataclass(frozen=True)
-class Sample:
-    backlog: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, state)
-    oldest_due_seconds: dict[str, float] = field(default_factory=dict)
-    dlr_missing: dict[str, int] = field(default_factory=dict)
-    unprocessed_webhooks: int = 0
-    reconciler_lag_seconds: float = 0.0
-    parked_statuses: int = 0
-    dead_tuples: dict[str, int] = field(default_factory=dict)  # by table
-    oldest_transaction_seconds: float = 0.0
-
-
 class GaugeStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @translated
     async def sample(self, dlr_missing_after: timedelta, dlr_lookback: timedelta) -> Sample:
         dlr = {
             "after_seconds": dlr_missing_after.total_seconds(),

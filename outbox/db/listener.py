@@ -15,12 +15,14 @@ from typing import Any
 import structlog
 
 from outbox.db.engine import connect
-from outbox.loops import wait_any
+from outbox.db.errors import is_driver_error
+from outbox.loops import Backoff, wait_any
 
 log = structlog.get_logger("outbox.listener")
 
 HEALTH_CHECK_SECONDS = 5.0  # a silent dead connection is noticed within this time
-_RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+_RECONNECT_FIRST_SECONDS = 0.2
+_RECONNECT_CAP_SECONDS = 5.0
 
 
 class NotifyListener:
@@ -31,22 +33,17 @@ class NotifyListener:
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        failures = 0
+        backoff = Backoff(first=_RECONNECT_FIRST_SECONDS, cap=_RECONNECT_CAP_SECONDS)
         while not stop.is_set():
             try:
                 await self._listen(stop)
-                failures = 0
-            except (TimeoutError, OSError, ConnectionError) as exc:
-                self._disconnected(exc)
-            except Exception as exc:  # asyncpg's own errors have no common public base
-                if type(exc).__module__.split(".")[0] != "asyncpg":
+                backoff.succeeded()
+                continue
+            except Exception as exc:
+                if not is_driver_error(exc):
                     raise
                 self._disconnected(exc)
-            else:
-                continue
-            delay = _RECONNECT_SECONDS[min(failures, len(_RECONNECT_SECONDS) - 1)]
-            failures += 1
-            await wait_any(stop, timeout=delay)
+            await wait_any(stop, timeout=backoff.failed())
 
     def _disconnected(self, exc: BaseException) -> None:
         self.connected.clear()

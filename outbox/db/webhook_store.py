@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import Text
 
 from outbox.db.arrays import ArrayColumns
-from outbox.db.failures import is_data_error
-from outbox.errors import BodyRejected
+from outbox.db.errors import translate, translated_errors
+from outbox.errors import BodyRejected, StatementRejected
 
 MAX_GROUP = 500  # bodies per INSERT
 
@@ -88,13 +88,14 @@ class WebhookEventStore:
             waiting.stored.set_exception(exc)
 
     async def _insert(self, group: list[_Waiting]) -> list[int]:
-        try:
-            return await self._insert_once(group)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            # A pooled connection the database dropped (say, on a restart): once more, fresh.
-            return await self._insert_once(group)
+        with translated_errors():
+            try:
+                return await self._insert_once(group)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # A pooled connection the database dropped (say, on a restart): once more, fresh.
+                return await self._insert_once(group)
 
     async def _insert_once(self, group: list[_Waiting]) -> list[int]:
         try:
@@ -107,6 +108,6 @@ class WebhookEventStore:
         except DBAPIError as exc:
             # jsonb refuses some valid JSON (a \u0000 escape): the body is at fault. Anything
             # else is ours and propagates.
-            if not is_data_error(exc):
+            if not isinstance(translate(exc), StatementRejected):
                 raise
             raise BodyRejected(f"PostgreSQL refused the body: {exc.orig}") from exc

@@ -1,20 +1,30 @@
-"""Plans what a batch of status notifications does to the outbox rows they name.
+"""Reads a batch of stored webhook bodies, and plans what their statuses do to the outbox rows.
 
-The store locks the rows a batch can touch and hands them over as `Target`s; this module decides,
-without I/O, every row change, every history entry and which statuses must wait (parked) because
-their row is not known yet or is still being sent.
+`digest` sorts what the bodies say (inbound messages, number changes, statuses, notes); the store
+then locks the rows the statuses can touch and hands them over as `Target`s, and `plan_statuses`
+decides, without I/O, every row change, every history entry and which statuses must wait
+(parked) because their row is not known yet or is still being sent.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import assert_never
 
 from outbox.domain.codes import Code
 from outbox.domain.delivery import Delivery, Verdict, merge
 from outbox.domain.models import SentAs, State
-from outbox.domain.notifications import StatusUpdate
+from outbox.domain.notifications import (
+    ErrorNotice,
+    Ignored,
+    Inbound,
+    NumberChanged,
+    StatusUpdate,
+    parse_notification,
+)
 from outbox.domain.window import refused_for_closed_window
 
 # Verdicts beyond delivery.Verdict, for statuses that never reach the merge.
@@ -32,6 +42,7 @@ class Target:
     sent_as: SentAs | None
     has_fallback: bool
     delivery: Delivery
+    accepted_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,69 @@ class Located:
     update: StatusUpdate
     webhook_event_id: int | None = None
     parked_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRow:
+    """A stored webhook body, decoded, and the channel it was posted to."""
+
+    id: int
+    channel: str
+    body: object
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSeen:
+    channel: str
+    wa_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NumberMove:
+    """A user's new number inherits the window of the old one."""
+
+    channel: str
+    old_wa_id: str
+    new_wa_id: str
+
+
+@dataclass
+class Digest:
+    """What a batch of webhook bodies says, before any outbox row is looked at."""
+
+    inbound: list[InboundSeen] = field(default_factory=list)
+    moves: list[NumberMove] = field(default_factory=list)
+    statuses: list[Located] = field(default_factory=list)
+    # (webhook id, the note its row keeps as `error`: None when nothing needs saying), in row order
+    notes: list[tuple[int, str | None]] = field(default_factory=list)
+    noted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, error|ignored)
+
+
+def digest(rows: Sequence[WebhookRow]) -> Digest:
+    """Every event of every body, sorted by kind; never raises, whatever the bodies hold."""
+    result = Digest()
+    for row in rows:
+        notes: list[str] = []
+        for event in parse_notification(row.body):
+            match event:
+                case Inbound():
+                    result.inbound.append(InboundSeen(row.channel, event.wa_id, event.at))
+                case StatusUpdate():
+                    result.statuses.append(Located(row.channel, event, row.id))
+                case NumberChanged():
+                    result.moves.append(NumberMove(row.channel, event.old_wa_id, event.new_wa_id))
+                    notes.append(f"number changed to {event.new_wa_id}")
+                case ErrorNotice():
+                    notes.append(f"error {event.code}: {event.title}")
+                    result.noted[(row.channel, "error")] += 1
+                case Ignored():
+                    notes.append(f"ignored: {event.reason}")
+                    result.noted[(row.channel, "ignored")] += 1
+                case _:
+                    assert_never(event)
+        result.notes.append((row.id, "; ".join(notes) or None))
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +148,7 @@ class Plan:
     verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, verdict)
 
 
-def plan_statuses(statuses: list[Located], targets: list[Target], now: datetime) -> Plan:
+def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: datetime) -> Plan:
     """Apply `statuses` in order to the rows they name; the result does not depend on order.
 
     A status finds its row by wamid, or (Cloud) by the outbox id echoed in

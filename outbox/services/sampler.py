@@ -3,41 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
 import structlog
 
 from outbox.config import MetricsConfig
-from outbox.db.gauges import GaugeStore, Sample
-from outbox.loops import wait_any
-from outbox.sender import DB_ERRORS
+from outbox.errors import DatabaseError
+from outbox.loops import run_periodic
+from outbox.ports import GaugeReader, SampleObserver
 
 log = structlog.get_logger("outbox.sampler")
 
 
-class SampleObserver(Protocol):
-    def sampled(self, sample: Sample) -> None: ...
-
-    def sample_failed(self) -> None: ...
-
-
 class Sampler:
-    def __init__(self, store: GaugeStore, config: MetricsConfig, observer: SampleObserver) -> None:
+    def __init__(self, store: GaugeReader, config: MetricsConfig, observer: SampleObserver) -> None:
         self._store = store
         self._config = config
         self._observer = observer
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.tick()
-            await wait_any(stop, timeout=self._config.sample_interval.total_seconds())
+        every = self._config.sample_interval.total_seconds()
+        await run_periodic(self.tick, stop, every=every, name="outbox.sampler")
 
     async def tick(self) -> None:
         try:
             sample = await self._store.sample(
                 self._config.dlr_missing_after, self._config.dlr_lookback
             )
-        except DB_ERRORS as exc:
+        except DatabaseError as exc:
             # The gauges keep their last values; the staleness gauge and the error counter tell.
             log.warning("outbox.sampler.db_error", error=type(exc).__name__)
             self._observer.sample_failed()

@@ -1,0 +1,166 @@
+"""Statuses onto `outbox.messages` and `outbox.status_history`: lock the rows, write the plan.
+
+Shared by both kinds of reconcile batch (webhook rows, and parked statuses tried again), inside
+their transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import BigInteger, Boolean, DateTime, Text
+
+from outbox.db.arrays import ArrayColumns
+from outbox.db.errors import translated
+from outbox.db.store import WAKE_SENDERS
+from outbox.domain.delivery import Delivery
+from outbox.domain.models import SentAs, State
+from outbox.domain.reconcile import Located, Plan, Target
+
+_TIMESTAMP = DateTime(timezone=True)
+
+# Locked in id order, so two reconcilers touching the same rows cannot deadlock each other.
+LOCK_TARGETS = text(
+    """
+    SELECT id, channel, wamid, state, sent_as, fallback_template IS NOT NULL AS has_fallback,
+           accepted_at, sent_at, delivered_at, read_at, failed_at,
+           error_code, error_title, error_detail
+    FROM outbox.messages
+    WHERE wamid = ANY(:wamids) OR id = ANY(:ids)
+    ORDER BY id
+    FOR UPDATE
+    """
+).bindparams(bindparam("wamids", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(BigInteger())))
+
+ROW_CHANGE_COLUMNS = ArrayColumns(
+    (
+        ("id", BigInteger()),
+        ("state", Text()),
+        ("sent_at", _TIMESTAMP),
+        ("delivered_at", _TIMESTAMP),
+        ("read_at", _TIMESTAMP),
+        ("failed_at", _TIMESTAMP),
+        ("error_code", Text()),
+        ("error_title", Text()),
+        ("error_detail", Text()),
+        ("wamid", Text()),
+        ("sent_as", Text()),
+        ("requeue", Boolean()),
+    )
+)
+
+CHANGE_MESSAGES = ROW_CHANGE_COLUMNS.statement(
+    f"""
+    UPDATE outbox.messages AS m SET
+        state = c.state, sent_at = c.sent_at, delivered_at = c.delivered_at,
+        read_at = c.read_at, failed_at = c.failed_at, error_code = c.error_code,
+        error_title = c.error_title, error_detail = c.error_detail, wamid = c.wamid,
+        sent_as = c.sent_as,
+        next_attempt_at = CASE WHEN c.requeue THEN NULL ELSE m.next_attempt_at END,
+        updated_at = now()
+    FROM {ROW_CHANGE_COLUMNS.unnest("c")}
+    WHERE m.id = c.id
+    """
+)
+
+HISTORY_COLUMNS = ArrayColumns(
+    (
+        ("message_id", BigInteger()),
+        ("wamid", Text()),
+        ("status", Text()),
+        ("at", _TIMESTAMP),
+        ("verdict", Text()),
+        ("error_code", Text()),
+        ("error_title", Text()),
+        ("error_detail", Text()),
+        ("webhook_event_id", BigInteger()),
+    )
+)
+
+INSERT_HISTORY = HISTORY_COLUMNS.statement(
+    f"""
+    INSERT INTO outbox.status_history ({HISTORY_COLUMNS.names})
+    SELECT * FROM {HISTORY_COLUMNS.unnest("h")}
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+class StatusWriter:
+    """Statuses onto the rows they name, inside a batch's transaction."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    @translated
+    async def lock(self, statuses: Sequence[Located]) -> list[Target]:
+        wamids = sorted({s.update.wamid for s in statuses})
+        ids = sorted({s.update.outbox_id for s in statuses if s.update.outbox_id is not None})
+        params = {"wamids": wamids, "ids": ids}
+        return [_target(r) for r in await self._connection.execute(LOCK_TARGETS, params)]
+
+    @translated
+    async def apply(self, plan: Plan) -> None:
+        if plan.changes:
+            changes = [
+                (
+                    message_id,
+                    c.delivery.state.value,
+                    c.delivery.sent_at,
+                    c.delivery.delivered_at,
+                    c.delivery.read_at,
+                    c.delivery.failed_at,
+                    c.delivery.error_code,
+                    c.delivery.error_title,
+                    c.delivery.error_detail,
+                    c.wamid,
+                    c.sent_as.value if c.sent_as else None,
+                    c.requeue,
+                )
+                for message_id, c in plan.changes.items()
+            ]
+            await self._connection.execute(CHANGE_MESSAGES, ROW_CHANGE_COLUMNS.params(changes))
+            if any(c.requeue for c in plan.changes.values()):
+                await self._connection.execute(WAKE_SENDERS)
+        if plan.history:
+            history = [
+                (
+                    h.message_id,
+                    h.wamid,
+                    h.status,
+                    h.at,
+                    h.verdict,
+                    h.error_code,
+                    h.error_title,
+                    h.error_detail,
+                    h.webhook_event_id,
+                )
+                for h in plan.history
+            ]
+            await self._connection.execute(INSERT_HISTORY, HISTORY_COLUMNS.params(history))
+
+
+def _target(row: Row[Any]) -> Target:
+    return Target(
+        id=row.id,
+        channel=row.channel,
+        wamid=row.wamid,
+        sent_as=SentAs(row.sent_as) if row.sent_as else None,
+        has_fallback=row.has_fallback,
+        delivery=Delivery(
+            State(row.state),
+            row.sent_at,
+            row.delivered_at,
+            row.read_at,
+            row.failed_at,
+            row.error_code,
+            row.error_title,
+            row.error_detail,
+        ),
+        accepted_at=row.accepted_at,
+    )
