@@ -221,7 +221,7 @@ def _error_fields(error: dict[Any, Any]) -> tuple[int | None, str | None, str | 
     return (
         parsing.error_code(error.get("code"), below=_CODE_LIMIT),
         parsing.text(error.get("title"), _MAX_TEXT),
-        _cut(detail),
+        parsing.text(detail, _MAX_TEXT),
     )
 
 
@@ -248,10 +248,6 @@ def _outbox_id(value: object) -> int | None:
         return None
     number = int(match.group(1))
     return number if number <= _MAX_BIGINT else None
-
-
-def _cut(value: str | None, limit: int | None = _MAX_TEXT) -> str | None:
-    return value if value is None or limit is None else value[:limit]
 
 
 def status_to_json(update: StatusUpdate) -> dict[str, Any]:
