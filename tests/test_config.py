@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from outbox.config import Secret, Settings, load_settings
+from outbox.config import Secret, Settings
+from outbox.config_loader import load_settings
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
 
