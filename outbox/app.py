@@ -9,7 +9,7 @@ import secrets
 import signal
 import socket
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import ChannelConfig, Settings
+from outbox.config_loader import credentials_diff
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.db.gauges import GaugeStore
@@ -177,33 +178,18 @@ def _reload_credentials(
     except OutboxError as exc:
         log.error("outbox.reload.failed", error=str(exc), note="the running settings stay")
         return
-    changed, ignored = [], []
-    for new in fresh.channels:
-        old = channels.get(new.id)
-        if old is None:
-            ignored.append(new.id)
-            continue
-        updated = replace(
-            old,
-            api_key=new.api_key,
-            webhook_username=new.webhook_username,
-            webhook_password=new.webhook_password,
-        )
-        if updated != new:
-            ignored.append(new.id)  # more than its credentials changed
-        if updated == old:
-            continue
-        channels[new.id] = updated
+    diff = credentials_diff(channels, fresh)
+    for channel_id, updated in diff.updated.items():
+        old = channels[channel_id]
+        channels[channel_id] = updated
         if sender is not None and updated.api_key != old.api_key:
             sender.new_key(updated)
-        changed.append(new.id)
-    log.warning("outbox.reload.credentials", channels=changed)
-    ignored += sorted(channels.keys() - {c.id for c in fresh.channels})
-    if ignored:
+    log.warning("outbox.reload.credentials", channels=list(diff.updated))
+    if diff.needs_restart:
         log.warning(
             "outbox.reload.needs_restart",
             note="only credentials are reloaded; other changes take a restart",
-            channels=ignored,
+            channels=diff.needs_restart,
         )
 
 

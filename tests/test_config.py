@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from outbox.config import Secret, Settings, load_settings
+from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings
+from outbox.config_loader import credentials_diff, load_settings
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
 
@@ -463,3 +465,94 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_a_fractional_port_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"http\.port"):
         load(tmp_path, DB + "[http]\nport = 80.7\n" + channel())
+
+
+# --- limits declared on the fields -------------------------------------------------------------
+
+
+def test_limits_are_declared_on_the_fields() -> None:
+    def limits(cls: type) -> dict[str, dict[str, object]]:
+        return {
+            f.name: dict(f.metadata)
+            for f in fields(cls)
+            if "min" in f.metadata or "max" in f.metadata
+        }
+
+    assert limits(HttpConfig) == {
+        "port": {"min": 0, "max": 65535, "bounds": "between 0 (any free port) and 65535"}
+    }
+    assert limits(SenderConfig) == {"window_margin": {"min": 0}}
+    assert limits(ChannelConfig) == {"recipient_gap": {"min": 0}, "replay_share": {"max": 1}}
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (
+            DB + "[sender]\nwindow_margin = -1\n" + channel(),
+            ENV,
+            "sender.window_margin: must be greater than 0, got -1",
+        ),
+        (DB + channel(recipient_gap=-0.5), ENV, "recipient_gap: must be greater than 0, got -0.5"),
+        (DB + channel(replay_share=2), ENV, "replay_share: must be at most 1, got 2"),
+        (
+            DB + channel(),
+            {**ENV, "OUTBOX_HTTP_PORT": "65536"},
+            "http.port must be between 0 (any free port) and 65535",
+        ),
+        (
+            DB + "[sender]\nlease = 0\n" + channel(),
+            ENV,
+            "sender.lease: must be greater than 0, got 0",
+        ),
+    ],
+)
+def test_field_limits_word_their_errors(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    assert message in expect_error(tmp_path, text, env)
+
+
+def test_zero_is_allowed_where_the_field_says_so(tmp_path: Path) -> None:
+    text = DB + "[sender]\nwindow_margin = 0\n" + channel(recipient_gap=0, replay_share=1)
+    settings = load(tmp_path, text)
+    assert settings.sender.window_margin == timedelta(0)
+    assert (settings.channels[0].recipient_gap, settings.channels[0].replay_share) == (
+        timedelta(0),
+        1.0,
+    )
+
+
+# --- what a reload takes ------------------------------------------------------------------------
+
+
+def _running(tmp_path: Path) -> dict[str, ChannelConfig]:
+    return {c.id: c for c in load(tmp_path, CONTRACT_TOML).channels}
+
+
+def test_a_reload_takes_new_credentials_only(tmp_path: Path) -> None:
+    running = _running(tmp_path)
+    shop, legacy = running["shop-de"], running["legacy"]
+    rotated = replace(shop, api_key=Secret("rotated"), webhook_password=Secret("p"))
+    fresh = load(tmp_path, CONTRACT_TOML)
+    fresh = replace(fresh, channels=(rotated, replace(legacy, rate_per_second=1.0)))
+    diff = credentials_diff(running, fresh)
+    assert diff.updated == {"shop-de": rotated}
+    assert diff.needs_restart == ["legacy"]
+    assert running == _running(tmp_path)  # the running channels are not touched
+
+
+def test_a_reload_names_added_and_removed_channels_as_needing_a_restart(tmp_path: Path) -> None:
+    running = _running(tmp_path)
+    added = replace(running["legacy"], id="new", api_key=Secret("n"))
+    fresh = load(tmp_path, CONTRACT_TOML)
+    fresh = replace(fresh, channels=(added, replace(running["shop-de"], api_key=Secret("k"))))
+    diff = credentials_diff(running, fresh)
+    assert list(diff.updated) == ["shop-de"]
+    assert diff.needs_restart == ["new", "legacy"]
+
+
+def test_a_reload_with_nothing_new_changes_nothing(tmp_path: Path) -> None:
+    running = _running(tmp_path)
+    diff = credentials_diff(running, load(tmp_path, CONTRACT_TOML))
+    assert (diff.updated, diff.needs_restart) == ({}, [])

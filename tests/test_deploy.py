@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from outbox.config import load_settings
+from outbox.config_loader import load_settings
 from outbox.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent

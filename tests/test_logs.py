@@ -38,7 +38,8 @@ import structlog
 from structlog._config import BoundLoggerLazyProxy
 
 from outbox import app, logconfig
-from outbox.config import Settings, load_settings
+from outbox.config import Settings
+from outbox.config_loader import load_settings
 from outbox.sandbox import Fault, Sandbox
 from tests.support import NAMESPACE, fetch, insert, running, wait_until
 

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db.operator_store import OperatorStore, Selector
+from outbox.db.operator_store import OperatorStore
 from outbox.domain.models import State
+from outbox.ports import Selector
 from outbox.sandbox import Sandbox
 from tests.support import SUBPROCESS_ENV, config_toml, drain, fetch, insert, row, settings_for
 from tests.test_cli import _outbox

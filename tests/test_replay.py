@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from outbox.admin import parse_duration, parse_time
+from outbox.cli.render import parse_duration, parse_time
 from outbox.domain.models import State
-from outbox.domain.ratelimit import Limits, replay_quota
-from outbox.domain.replay import (
+from outbox.domain.operations import (
     CANCELLABLE,
     PURGEABLE,
     PURGEABLE_ON_REQUEST,
@@ -23,6 +22,7 @@ from outbox.domain.replay import (
     decide_cancel,
     decide_replay,
 )
+from outbox.domain.ratelimit import Limits, replay_quota
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 MARGIN = timedelta(minutes=5)

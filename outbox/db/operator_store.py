@@ -1,6 +1,6 @@
-"""The operator's writes (`outbox replay`, `cancel`, `purge`): batched, short, and re-checked.
+"""The operator's selection and writes (`outbox replay`, `cancel`): batched, short, re-checked.
 
-Rows are selected once and decided in outbox.domain.replay; every write statement checks the
+Rows are selected once and decided in outbox.domain.operations; every write statement checks the
 same conditions again, so a row that changed meanwhile (a late status, a sender's claim) is
 left alone rather than overwritten. Each batch is its own short transaction with a lock
 timeout, so an operator's command never holds up the daemon for long.
@@ -9,7 +9,6 @@ timeout, so an operator's command never holds up the daemon for long.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,71 +17,58 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import BigInteger, Text
 
+from outbox.db.errors import translated, translated_errors
 from outbox.db.store import WAKE_SENDERS
 from outbox.db.tables import WA_ID
+from outbox.domain.codes import DELIVERY_RANK, Code, Title
 from outbox.domain.models import State
-from outbox.domain.replay import Candidate
+from outbox.domain.operations import Candidate
+from outbox.ports import Applied, Selector
 
 _PAGE = 1000
-_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '5s'")
+# Each operator batch waits at most this long for a row lock, so it never holds up the daemon.
+LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '5s'")
 
-# The furthest delivery status the row itself or its history records, as a rank 1..3.
-_REACHED = """
+# The furthest delivery status the row itself or its history records, as a rank 1..3. The
+# ranks run 1..n, so a status's position in the array of statuses by rank is its rank.
+_BY_RANK = sorted(DELIVERY_RANK, key=DELIVERY_RANK.__getitem__)  # sent, delivered, read
+_ROW_RANK = " ".join(
+    f"WHEN m.{s.value}_at IS NOT NULL THEN {DELIVERY_RANK[s]}" for s in reversed(_BY_RANK)
+)
+_STATUSES = ", ".join(f"'{s.value}'" for s in _BY_RANK)
+_RANK_STATUS = " ".join(f"WHEN {DELIVERY_RANK[s]} THEN '{s.value}'" for s in reversed(_BY_RANK))
+_REACHED = f"""
     CASE greatest(
-        CASE WHEN m.read_at IS NOT NULL THEN 3 WHEN m.delivered_at IS NOT NULL THEN 2
-             WHEN m.sent_at IS NOT NULL THEN 1 ELSE 0 END,
-        coalesce((SELECT max(array_position(ARRAY['sent', 'delivered', 'read'], h.status))
+        CASE {_ROW_RANK} ELSE 0 END,
+        coalesce((SELECT max(array_position(ARRAY[{_STATUSES}], h.status))
                   FROM outbox.status_history AS h WHERE h.message_id = m.id), 0))
-    WHEN 3 THEN 'read' WHEN 2 THEN 'delivered' WHEN 1 THEN 'sent' END
+    {_RANK_STATUS} END
 """
 
 
-@dataclass(frozen=True)
-class Selector:
-    """Which rows an operator's command applies to; every given part must match."""
-
-    states: tuple[State, ...]
-    ids: tuple[int, ...] = ()
-    channel: str | None = None
-    error_codes: tuple[str, ...] = ()
-    since: datetime | None = None  # created at or after
-    until: datetime | None = None  # created before
-    recipient: str | None = None
-
-    def narrows(self) -> bool:
-        """True when something beyond the state was given."""
-        return bool(
-            self.ids
-            or self.channel
-            or self.error_codes
-            or self.since
-            or self.until
-            or self.recipient
-        )
-
-    def where(self) -> tuple[str, dict[str, Any]]:
-        clauses = ["m.state = ANY(CAST(:states AS text[]))"]
-        params: dict[str, Any] = {"states": [s.value for s in self.states]}
-        if self.ids:
-            clauses.append("m.id = ANY(CAST(:ids AS bigint[]))")
-            params["ids"] = list(self.ids)
-        if self.channel is not None:
-            clauses.append("m.channel = :channel")
-            params["channel"] = self.channel
-        if self.error_codes:
-            clauses.append("m.error_code = ANY(CAST(:error_codes AS text[]))")
-            params["error_codes"] = list(self.error_codes)
-        if self.since is not None:
-            clauses.append("m.created_at >= :since")
-            params["since"] = self.since
-        if self.until is not None:
-            clauses.append("m.created_at < :until")
-            params["until"] = self.until
-        if self.recipient is not None:
-            # The same normalisation as the generated wa_id column, so '+49 151…' finds it.
-            clauses.append(f"m.wa_id = {WA_ID.replace('recipient', 'CAST(:recipient AS text)')}")
-            params["recipient"] = self.recipient
-        return " AND ".join(clauses), params
+def _where(selector: Selector) -> tuple[str, dict[str, Any]]:
+    clauses = ["m.state = ANY(CAST(:states AS text[]))"]
+    params: dict[str, Any] = {"states": [s.value for s in selector.states]}
+    if selector.ids:
+        clauses.append("m.id = ANY(CAST(:ids AS bigint[]))")
+        params["ids"] = list(selector.ids)
+    if selector.channel is not None:
+        clauses.append("m.channel = :channel")
+        params["channel"] = selector.channel
+    if selector.error_codes:
+        clauses.append("m.error_code = ANY(CAST(:error_codes AS text[]))")
+        params["error_codes"] = list(selector.error_codes)
+    if selector.since is not None:
+        clauses.append("m.created_at >= :since")
+        params["since"] = selector.since
+    if selector.until is not None:
+        clauses.append("m.created_at < :until")
+        params["until"] = selector.until
+    if selector.recipient is not None:
+        # The same normalisation as the generated wa_id column, so '+49 151…' finds it.
+        clauses.append(f"m.wa_id = {WA_ID.replace('recipient', 'CAST(:recipient AS text)')}")
+        params["recipient"] = selector.recipient
+    return " AND ".join(clauses), params
 
 
 _TARGET = """
@@ -103,9 +89,6 @@ _ACTION = """
     RETURNING message_id
 """
 
-# Back to the queue as new: attempts, errors and delivery times cleared (the old ones stay in
-# operator_actions and status_history), content re-decided by the window rule at send time,
-# and into the replay lane.
 # A replay re-checks what the decision checked: no delivery on record (unless forced) and an
 # expiry, old or new, still ahead.
 _REPLAYABLE = f"""
@@ -138,76 +121,14 @@ _CANCEL = text(
     f"""
     WITH target AS ({_TARGET.format(condition="TRUE")}), done AS (
         UPDATE outbox.messages AS m
-        SET state = 'cancelled', next_attempt_at = NULL, error_code = 'cancelled',
-            error_title = 'cancelled by an operator', error_detail = :note, updated_at = now()
+        SET state = 'cancelled', next_attempt_at = NULL, error_code = :code,
+            error_title = :title, error_detail = :note, updated_at = now()
         FROM target AS t WHERE m.id = t.id
         RETURNING m.id
     )
     {_ACTION.format(action="cancel")}
     """
 ).bindparams(bindparam("ids", type_=ARRAY(BigInteger())), bindparam("states", type_=ARRAY(Text())))
-
-# Keyset batches in id order: each row is read once over the whole purge, however many
-# batches it takes; a row someone holds is skipped, not waited for.
-_PURGE_MESSAGES = text(
-    """
-    WITH doomed AS (
-        SELECT id FROM outbox.messages
-        WHERE id > :after AND state = ANY(:states) AND updated_at < :cutoff
-        ORDER BY id LIMIT :batch
-        FOR UPDATE SKIP LOCKED
-    ), history AS (
-        DELETE FROM outbox.status_history WHERE message_id IN (SELECT id FROM doomed)
-    ), actions AS (
-        DELETE FROM outbox.operator_actions WHERE message_id IN (SELECT id FROM doomed)
-    ), gone AS (
-        DELETE FROM outbox.messages AS m USING doomed WHERE m.id = doomed.id RETURNING m.id
-    )
-    SELECT count(*) AS n, max(id) AS last FROM gone
-    """
-).bindparams(bindparam("states", type_=ARRAY(Text())))
-
-
-def _purge_rows(table: str, condition: str) -> TextClause:
-    return text(
-        f"""
-        WITH gone AS (
-            DELETE FROM outbox.{table} WHERE id IN (
-                SELECT id FROM outbox.{table}
-                WHERE id > :after AND {condition}
-                ORDER BY id LIMIT :batch
-                FOR UPDATE SKIP LOCKED)
-            RETURNING id
-        )
-        SELECT count(*) AS n, max(id) AS last FROM gone
-        """
-    )
-
-
-_COUNT_PURGEABLE = text(
-    """
-    SELECT
-        (SELECT count(*) FROM outbox.messages
-         WHERE state = ANY(:states) AND updated_at < :cutoff) AS messages,
-        (SELECT count(*) FROM outbox.webhook_events WHERE processed_at < :cutoff) AS webhooks,
-        (SELECT count(*) FROM outbox.parked_statuses WHERE orphaned_at < :cutoff) AS orphans
-    """
-).bindparams(bindparam("states", type_=ARRAY(Text())))
-
-PURGE_TABLES = {
-    "messages": _PURGE_MESSAGES,
-    "webhook_events": _purge_rows("webhook_events", "processed_at < :cutoff"),
-    "orphan statuses": _purge_rows("parked_statuses", "orphaned_at < :cutoff"),
-}
-
-
-@dataclass
-class Applied:
-    """What a batch of replays or cancels did: the rows changed, and those that had changed
-    meanwhile and were left alone."""
-
-    done: list[int] = field(default_factory=list)
-    changed: list[int] = field(default_factory=list)
 
 
 class OperatorStore:
@@ -216,7 +137,7 @@ class OperatorStore:
 
     async def candidates(self, selector: Selector) -> AsyncIterator[list[Candidate]]:
         """The selected rows, a page at a time, in id order."""
-        where, params = selector.where()
+        where, params = _where(selector)
         query = text(
             f"""
             SELECT m.id, m.channel, m.recipient, m.state, m.error_code, m.attempts,
@@ -230,8 +151,9 @@ class OperatorStore:
         ).columns(payload=JSONB, fallback_template=JSONB)
         after = 0
         while True:
-            async with self._engine.connect() as connection:
-                rows = (await connection.execute(query, {**params, "after": after})).all()
+            with translated_errors():
+                async with self._engine.connect() as connection:
+                    rows = (await connection.execute(query, {**params, "after": after})).all()
             if not rows:
                 return
             yield [
@@ -252,6 +174,7 @@ class OperatorStore:
             ]
             after = rows[-1].id
 
+    @translated
     async def replay(
         self,
         ids: Sequence[int],
@@ -265,14 +188,16 @@ class OperatorStore:
         params = {"expires_at": expires_at}
         return await self._act(_REPLAY, ids, states, actor, forced, note, params)
 
+    @translated
     async def cancel(
         self, ids: Sequence[int], states: Sequence[State], *, actor: str, note: str | None
     ) -> Applied:
-        return await self._act(_CANCEL, ids, states, actor, False, note, {})
+        params = {"code": Code.CANCELLED.value, "title": Title.CANCELLED.value}
+        return await self._act(_CANCEL, ids, states, actor, False, note, params)
 
     async def _act(
         self,
-        statement: Any,
+        statement: TextClause,
         ids: Sequence[int],
         states: Sequence[State],
         actor: str,
@@ -289,31 +214,8 @@ class OperatorStore:
             **extra,
         }
         async with self._engine.begin() as connection:
-            await connection.execute(_LOCK_TIMEOUT)
+            await connection.execute(LOCK_TIMEOUT)
             done = set((await connection.execute(statement, params)).scalars().all())
             if done:
                 await connection.execute(WAKE_SENDERS)
         return Applied(sorted(done), [i for i in ids if i not in done])
-
-    async def count_purgeable(self, states: Sequence[State], cutoff: datetime) -> dict[str, int]:
-        params = {"states": [s.value for s in states], "cutoff": cutoff}
-        async with self._engine.connect() as connection:
-            row = (await connection.execute(_COUNT_PURGEABLE, params)).one()
-        return {
-            "messages": row.messages,
-            "webhook_events": row.webhooks,
-            "orphan statuses": row.orphans,
-        }
-
-    async def purge_batch(
-        self, table: str, after: int, cutoff: datetime, batch: int, states: Sequence[State]
-    ) -> tuple[int, int]:
-        """Delete one batch from `table`; returns how many went and the id to continue after
-        (the same `after` when the end was reached)."""
-        params: dict[str, Any] = {"after": after, "cutoff": cutoff, "batch": batch}
-        if table == "messages":
-            params["states"] = [s.value for s in states]
-        async with self._engine.begin() as connection:
-            await connection.execute(_LOCK_TIMEOUT)
-            row = (await connection.execute(PURGE_TABLES[table], params)).one()
-        return int(row.n), int(row.last) if row.last is not None else after

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.db.errors import translated
 from outbox.db.gauges import OLDEST_DUE
 
 _MESSAGE = text("SELECT * FROM outbox.messages WHERE id = :id")
@@ -72,25 +73,29 @@ class ChannelStats:
     held: bool  # throttled: claims on hold
 
 
-class AdminStore:
+class InspectionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @translated
     async def message(self, message_id: int) -> dict[str, Any] | None:
         async with self._engine.connect() as connection:
             row = (await connection.execute(_MESSAGE, {"id": message_id})).mappings().first()
         return dict(row) if row is not None else None
 
+    @translated
     async def history(self, message_id: int) -> list[dict[str, Any]]:
         async with self._engine.connect() as connection:
             rows = (await connection.execute(_HISTORY, {"id": message_id})).mappings().all()
         return [dict(row) for row in rows]
 
+    @translated
     async def actions(self, message_id: int) -> list[dict[str, Any]]:
         async with self._engine.connect() as connection:
             rows = (await connection.execute(_ACTIONS, {"id": message_id})).mappings().all()
         return [dict(row) for row in rows]
 
+    @translated
     async def channel_stats(
         self, configured: list[str], recent_seconds: float
     ) -> list[ChannelStats]:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from outbox.db.admin_store import ChannelStats
 from outbox.domain.models import State
-from outbox.domain.replay import Candidate, Decision
+from outbox.services.operations import Tally, Verb
+
+if TYPE_CHECKING:
+    from outbox.db.inspection import ChannelStats
 
 _ROW_FIELDS = (
     "channel",
@@ -137,50 +137,33 @@ def format_actions(actions: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class Tally:
-    """What a replay or cancel did or would do, row by row, for the table and the summary."""
-
-    verb: str  # "replay" or "cancel"
-    acted: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    changed: int = 0  # decided to act, but the row changed before the write
-    shown: list[str] = field(default_factory=list)
-    unshown: int = 0
-
-    def row(self, candidate: Candidate, decision: Decision, limit: int) -> None:
-        if decision.act:
-            self.acted += 1
-        else:
-            self.skipped[decision.reason] += 1
-        if len(self.shown) >= limit:
-            self.unshown += 1
-            return
-        action = self.verb if decision.act else "skip"
-        self.shown.append(
+def format_tally(tally: Tally) -> str:
+    """The table of rows a replay or cancel looked at: what it does to each, or why not."""
+    header = f"{'id':>10}  {'channel':<14}{'state':<10}{'error':<12}{'att':>4}  {'action':<8}why"
+    lines = [header]
+    for candidate, decision in tally.shown:
+        action = tally.verb.value if decision.act else "skip"
+        lines.append(
             f"{candidate.id:>10}  {candidate.channel:<14}{candidate.state.value:<10}"
             f"{candidate.error_code or '-':<12}{candidate.attempts:>4}  {action:<8}"
             f"{decision.reason}"
         )
+    if tally.unshown:
+        lines.append(f"... and {tally.unshown} more")
+    return "\n".join(lines)
 
-    def table(self) -> str:
-        header = (
-            f"{'id':>10}  {'channel':<14}{'state':<10}{'error':<12}{'att':>4}  {'action':<8}why"
-        )
-        lines = [header, *self.shown]
-        if self.unshown:
-            lines.append(f"... and {self.unshown} more")
-        return "\n".join(lines)
 
-    def summary(self, dry_run: bool) -> str:
-        done = {"replay": "replayed", "cancel": "cancelled"}[self.verb]
-        head = f"would {self.verb}" if dry_run else done
-        lines = [f"{head}: {self.acted - self.changed}"]
-        if self.changed:
-            lines.append(f"left alone, changed while this ran: {self.changed}")
-        for reason, count in self.skipped.most_common():
-            lines.append(f"skipped, {reason}: {count}")
-        return "\n".join(lines)
+_DONE = {Verb.REPLAY: "replayed", Verb.CANCEL: "cancelled"}
+
+
+def format_summary(tally: Tally, *, dry_run: bool) -> str:
+    head = f"would {tally.verb.value}" if dry_run else _DONE[tally.verb]
+    lines = [f"{head}: {tally.acted - tally.changed}"]
+    if tally.changed:
+        lines.append(f"left alone, changed while this ran: {tally.changed}")
+    for reason, count in tally.skipped.most_common():
+        lines.append(f"skipped, {reason}: {count}")
+    return "\n".join(lines)
 
 
 class Progress:

@@ -1,4 +1,5 @@
-"""What an operator's replay or cancel would do to each selected row: the rules, without I/O.
+"""The operator's verbs as rules, without I/O: what a replay or cancel would do to each
+selected row, and which rows a purge may delete.
 
 A replay puts a finished row back in the queue as if it were new (the window and its TTL are
 checked again when it is sent); it must never send twice what reached the user, so any sign of
@@ -7,8 +8,10 @@ delivery stops it unless the operator forces it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from outbox.domain.models import SentAs, State
@@ -19,6 +22,19 @@ CANCELLABLE = frozenset({State.QUEUED, State.UNKNOWN})
 # Terminal rows purge deletes by default; the delivery states can be added by the operator.
 PURGEABLE = frozenset({State.READ, State.FAILED, State.EXPIRED, State.CANCELLED})
 PURGEABLE_ON_REQUEST = frozenset({State.ACCEPTED, State.SENT, State.DELIVERED})
+
+
+class Purged(StrEnum):
+    """What a purge deletes, in the order it deletes it."""
+
+    MESSAGES = "messages"
+    WEBHOOK_EVENTS = "webhook_events"
+    ORPHAN_STATUSES = "parked_statuses"
+
+    @property
+    def label(self) -> str:
+        """The name an operator reads in `outbox purge`'s output."""
+        return "orphan statuses" if self is Purged.ORPHAN_STATUSES else self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +105,13 @@ def decide_cancel(row: Candidate) -> Decision:
     if row.state is State.UNKNOWN:
         return Decision(True, "cancelled; the request already made may still be delivered")
     return Decision(True, "cancelled")
+
+
+def unwanted(
+    row: Candidate, wanted: Collection[State], allowed: Collection[State]
+) -> Decision | None:
+    """A row named by --id in a state the command could act on but was not asked to."""
+    if row.state in allowed and row.state not in wanted:
+        state = row.state.value
+        return Decision(False, f"state {state} is not selected (--state {state} selects it)")
+    return None

@@ -1,0 +1,66 @@
+"""The `outbox` command: parse, call, exit code. Every option has an OUTBOX_* fallback.
+
+Each group of verbs adds its own subcommands: `daemon` (run, migrate, check), `operator`
+(show, stats, replay, cancel, purge) and `tools` (set-webhook, sandbox, demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from outbox import __version__
+from outbox.cli import daemon, operator, tools
+from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
+from outbox.errors import ConfigError, OutboxError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outbox",
+        description="WhatsApp message-outbox daemon: sends rows of outbox.messages via 360dialog.",
+    )
+    parser.add_argument("--version", action="version", version=f"outbox {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    env_default(common, "--config", env="CONFIG", type=Path, help="TOML configuration file")
+    env_default(
+        common,
+        "--log-level",
+        env="LOG_LEVEL",
+        choices=["debug", "info", "warning", "error"],
+        help="log level",
+    )
+    env_default(
+        common,
+        "--log-format",
+        env="LOG_FORMAT",
+        choices=["auto", "json", "console"],
+        help="log format; auto is JSON unless stderr is a terminal",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    daemon.add_parsers(commands, common)
+    operator.add_parsers(commands, common)
+    tools.add_parsers(commands, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from outbox import logconfig
+
+    # The demo prints its own progress; only warnings and errors from the parts interrupt it.
+    default_level = "warning" if args.command == "demo" else "info"
+    logconfig.configure(args.log_level or default_level, args.log_format or "auto")
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"outbox: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OutboxError as exc:
+        print(f"outbox: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    return code

@@ -1,0 +1,99 @@
+"""`outbox run`, `migrate` and `check`: the daemon and its schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import TYPE_CHECKING
+
+from outbox.cli.runtime import EXIT_OK, env_default, run_async, settings
+from outbox.errors import ConfigError, OutboxError
+
+if TYPE_CHECKING:
+    from outbox.config import Settings
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    run = commands.add_parser("run", parents=[common], help="run the daemon")
+    env_default(
+        run,
+        "--role",
+        env="ROLE",
+        default="sender,reconciler,web",
+        help="comma-separated parts to run in this process: sender, reconciler, web",
+    )
+    run.set_defaults(func=_run)
+
+    migrate = commands.add_parser("migrate", parents=[common], help="apply schema migrations")
+    migrate.set_defaults(func=_migrate)
+
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="check configuration, database and migrations; exit 0 only if all is well",
+    )
+    check.set_defaults(func=_check)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from outbox import app
+    from outbox.config_loader import load_settings
+
+    loaded = settings(args)
+    roles = {r.strip() for r in str(args.role).split(",") if r.strip()}
+    unknown = roles - set(app.ROLES)
+    if unknown or not roles:
+        raise ConfigError(f"--role: unknown role {sorted(unknown)[0] if unknown else '(none)'}")
+
+    def reload() -> Settings:
+        return load_settings(args.config)
+
+    async def main(stop: asyncio.Event) -> int:
+        await app.run(loaded, stop, roles=roles, reload=reload)
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from outbox.db import migrate
+    from outbox.db.engine import create_engine
+
+    loaded = settings(args, need_channels=False)
+
+    async def main(_: asyncio.Event) -> int:
+        engine = create_engine(loaded.database_url, pool_size=1, role="migrate")
+        try:
+            before = await migrate.current_revision(engine)
+            await migrate.upgrade(engine)
+            after = await migrate.current_revision(engine)
+        except OSError as exc:
+            raise OutboxError(f"cannot reach the database: {exc}") from exc
+        finally:
+            await engine.dispose()
+        print(f"schema: {before or 'empty'} -> {after}")
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from outbox import app
+    from outbox.db.engine import create_engine
+
+    loaded = settings(args)
+    print(f"configuration: ok ({len(loaded.channels)} channels)")
+
+    async def main(_: asyncio.Event) -> int:
+        engine = create_engine(loaded.database_url, pool_size=1, role="check")
+        try:
+            await app.check_database(engine)
+        finally:
+            await engine.dispose()
+        print("database: ok, schema current")
+        return EXIT_OK
+
+    return run_async(main)

@@ -1,0 +1,76 @@
+"""What every command shares: OUTBOX_* option defaults, exit codes, the event loop with TERM and
+INT, settings with their log configuration, and a checked database engine.
+
+Heavy modules (SQLAlchemy, the composition root) are imported when a command runs, not when the
+parser is built, so that `outbox --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from outbox.config import Settings
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+
+def env_default(parser: argparse.ArgumentParser, *flags: str, env: str, **kwargs: Any) -> None:
+    """Add an option whose default comes from OUTBOX_<env>, and say so in --help."""
+    name = f"OUTBOX_{env}"
+    default = os.environ.get(name, kwargs.pop("default", None))
+    help_text = kwargs.pop("help", "")
+    parser.add_argument(*flags, default=default, help=f"{help_text} (env: {name})", **kwargs)
+
+
+def run_async(factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run a coroutine on uvloop (when installed) with SIGTERM/SIGINT setting a stop event."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is absent on Windows only
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        stop = asyncio.Event()
+        loop = runner.get_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        return runner.run(factory(stop))
+
+
+def settings(args: argparse.Namespace, *, need_channels: bool = True) -> Settings:
+    from outbox import logconfig
+    from outbox.config_loader import load_settings
+
+    loaded = load_settings(args.config, need_channels=need_channels)
+    # The file's log settings apply unless the command line (or its environment) set them.
+    logconfig.configure(args.log_level or loaded.log_level, args.log_format or loaded.log_format)
+    return loaded
+
+
+def with_engine(
+    args: argparse.Namespace, use: Callable[[AsyncEngine, Settings], Awaitable[int]]
+) -> int:
+    """Run `use(engine, settings)` against the configured database, schema checked first."""
+    from outbox import app
+    from outbox.db.engine import create_engine
+
+    loaded = settings(args, need_channels=False)
+
+    async def main(_: asyncio.Event) -> int:
+        engine = create_engine(loaded.database_url, pool_size=1, role="admin")
+        try:
+            await app.check_database(engine)
+            return await use(engine, loaded)
+        finally:
+            await engine.dispose()
+
+    return run_async(main)

@@ -1,0 +1,165 @@
+"""`outbox set-webhook`, `sandbox` and `demo`: tools around the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, run_async, settings
+from outbox.errors import ConfigError, OutboxError
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    set_webhook = commands.add_parser(
+        "set-webhook",
+        parents=[common],
+        help="register a channel's webhook URL with the API (POST /v1/configs/webhook), with "
+        "the channel's Basic-auth credentials as a header when it has them; prints the answer",
+    )
+    set_webhook.add_argument("channel", help="the channel's id in the configuration")
+    set_webhook.add_argument("url", help="where 360dialog should post, e.g. .../webhooks/CHANNEL")
+    set_webhook.set_defaults(func=_set_webhook)
+
+    sandbox = commands.add_parser(
+        "sandbox", parents=[common], help="run a local imitation of 360dialog's API"
+    )
+    env_default(sandbox, "--host", env="SANDBOX_HOST", default="127.0.0.1", help="bind address")
+    env_default(sandbox, "--port", env="SANDBOX_PORT", default=8081, type=int, help="port")
+    env_default(
+        sandbox,
+        "--keys",
+        env="SANDBOX_KEYS",
+        default="sandbox-key=sandbox",
+        help="comma-separated KEY=LABEL pairs the sandbox accepts as D360-API-KEY",
+    )
+    env_default(
+        sandbox,
+        "--latency-ms",
+        env="SANDBOX_LATENCY_MS",
+        default=0.0,
+        type=float,
+        help="delay before answering each send",
+    )
+    env_default(
+        sandbox,
+        "--status-delays-ms",
+        env="SANDBOX_STATUS_DELAYS_MS",
+        default="50,100,150",
+        help="delays of the sent, delivered and read notifications after acceptance",
+    )
+    sandbox.add_argument("--reorder", action="store_true", help="shuffle each message's statuses")
+    sandbox.add_argument("--duplicate", action="store_true", help="post every notification twice")
+    sandbox.set_defaults(func=_sandbox)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run everything on embedded defaults (PostgreSQL, sandbox API) with sample traffic",
+    )
+    env_default(
+        demo,
+        "--messages",
+        env="DEMO_MESSAGES",
+        default=2000,
+        type=int,
+        help="how many sample messages to enqueue",
+    )
+    env_default(
+        demo,
+        "--latency-ms",
+        env="DEMO_LATENCY_MS",
+        default=20.0,
+        type=float,
+        help="sandbox API latency",
+    )
+    demo.set_defaults(func=_demo)
+
+
+def _set_webhook(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    import aiohttp
+
+    from outbox.http.api_client import ApiClient, create_session
+
+    loaded = settings(args)
+    channel = loaded.channel(args.channel)
+    if channel is None:
+        known = ", ".join(c.id for c in loaded.channels)
+        raise ConfigError(f"no channel {args.channel!r} in the configuration (have: {known})")
+    if urlsplit(args.url).scheme not in ("http", "https") or not urlsplit(args.url).hostname:
+        raise ConfigError(f"URL must be an http(s) URL, got {args.url!r}")
+
+    async def main(_: asyncio.Event) -> int:
+        try:
+            async with create_session(1, loaded.sender.request_timeout) as session:
+                answer = await ApiClient(session).set_webhook(channel, args.url)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise OutboxError(f"cannot reach {channel.base_url}: {reason}") from exc
+        body = _redact_headers(answer.body)
+        print(body if isinstance(body, str) else json.dumps(body, indent=2))
+        if not 200 <= answer.status < 300:
+            print(f"error: the API answered HTTP {answer.status}", file=sys.stderr)
+            return EXIT_ERROR
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _redact_headers(body: Any) -> Any:
+    """The API echoes the registered headers; the Basic-auth one holds the webhook password."""
+    if isinstance(body, dict) and isinstance(body.get("headers"), dict):
+        return {**body, "headers": dict.fromkeys(body["headers"], "********")}
+    return body
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from outbox import sandbox
+
+    keys: dict[str, str] = {}
+    for pair in str(args.keys).split(","):
+        key, _, label = pair.strip().partition("=")
+        if not key:
+            raise ConfigError("--keys: empty API key")
+        keys[key] = label or key[:4] + "…"
+    try:
+        delays = tuple(float(d) / 1000 for d in str(args.status_delays_ms).split(","))
+    except ValueError:
+        raise ConfigError("--status-delays-ms: expected three numbers like 50,100,150") from None
+    if len(delays) != 3:
+        raise ConfigError("--status-delays-ms: expected three numbers like 50,100,150")
+    print(
+        f"sandbox: serving on http://{args.host}:{args.port} (On-Premise /v1/messages, "
+        "Cloud /messages)",
+        file=sys.stderr,
+    )
+
+    async def main(stop: asyncio.Event) -> int:
+        await sandbox.serve(
+            args.host,
+            args.port,
+            keys,
+            latency=args.latency_ms / 1000,
+            status_delays=(delays[0], delays[1], delays[2]),
+            reorder=args.reorder,
+            duplicate=args.duplicate,
+            stop=stop,
+        )
+        return EXIT_OK
+
+    return run_async(main)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from outbox.demo import run as run_demo
+
+    return run_async(
+        lambda stop: run_demo(stop, messages=args.messages, latency=args.latency_ms / 1000)
+    )

@@ -1,0 +1,101 @@
+"""Retention (`outbox purge`): finished messages, processed webhook rows and old orphan
+statuses, deleted in small batches that each commit on their own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.types import Text
+
+from outbox.db.errors import translated
+from outbox.db.operator_store import LOCK_TIMEOUT
+from outbox.domain.models import State
+from outbox.domain.operations import Purged
+
+# Keyset batches in id order: each row is read once over the whole purge, however many
+# batches it takes; a row someone holds is skipped, not waited for.
+_PURGE_MESSAGES = text(
+    """
+    WITH doomed AS (
+        SELECT id FROM outbox.messages
+        WHERE id > :after AND state = ANY(:states) AND updated_at < :cutoff
+        ORDER BY id LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    ), history AS (
+        DELETE FROM outbox.status_history WHERE message_id IN (SELECT id FROM doomed)
+    ), actions AS (
+        DELETE FROM outbox.operator_actions WHERE message_id IN (SELECT id FROM doomed)
+    ), gone AS (
+        DELETE FROM outbox.messages AS m USING doomed WHERE m.id = doomed.id RETURNING m.id
+    )
+    SELECT count(*) AS n, max(id) AS last FROM gone
+    """
+).bindparams(bindparam("states", type_=ARRAY(Text())))
+
+
+def _purge_rows(table: str, condition: str) -> TextClause:
+    return text(
+        f"""
+        WITH gone AS (
+            DELETE FROM outbox.{table} WHERE id IN (
+                SELECT id FROM outbox.{table}
+                WHERE id > :after AND {condition}
+                ORDER BY id LIMIT :batch
+                FOR UPDATE SKIP LOCKED)
+            RETURNING id
+        )
+        SELECT count(*) AS n, max(id) AS last FROM gone
+        """
+    )
+
+
+_COUNT_PURGEABLE = text(
+    """
+    SELECT
+        (SELECT count(*) FROM outbox.messages
+         WHERE state = ANY(:states) AND updated_at < :cutoff) AS messages,
+        (SELECT count(*) FROM outbox.webhook_events WHERE processed_at < :cutoff) AS webhooks,
+        (SELECT count(*) FROM outbox.parked_statuses WHERE orphaned_at < :cutoff) AS orphans
+    """
+).bindparams(bindparam("states", type_=ARRAY(Text())))
+
+_PURGE = {
+    Purged.MESSAGES: _PURGE_MESSAGES,
+    Purged.WEBHOOK_EVENTS: _purge_rows("webhook_events", "processed_at < :cutoff"),
+    Purged.ORPHAN_STATUSES: _purge_rows("parked_statuses", "orphaned_at < :cutoff"),
+}
+
+
+class RetentionStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @translated
+    async def count_purgeable(self, states: Sequence[State], cutoff: datetime) -> dict[Purged, int]:
+        params = {"states": [s.value for s in states], "cutoff": cutoff}
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_COUNT_PURGEABLE, params)).one()
+        return {
+            Purged.MESSAGES: row.messages,
+            Purged.WEBHOOK_EVENTS: row.webhooks,
+            Purged.ORPHAN_STATUSES: row.orphans,
+        }
+
+    @translated
+    async def purge_batch(
+        self, table: Purged, after: int, cutoff: datetime, batch: int, states: Sequence[State]
+    ) -> tuple[int, int]:
+        """Delete one batch from `table`; returns how many went and the id to continue after
+        (the same `after` when the end was reached)."""
+        params: dict[str, Any] = {"after": after, "cutoff": cutoff, "batch": batch}
+        if table is Purged.MESSAGES:
+            params["states"] = [s.value for s in states]
+        async with self._engine.begin() as connection:
+            await connection.execute(LOCK_TIMEOUT)
+            row = (await connection.execute(_PURGE[table], params)).one()
+        return int(row.n), int(row.last) if row.last is not None else after

@@ -1,0 +1,227 @@
+"""The operator's workflow (replay, cancel, purge) in process, against PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.db.operator_store import OperatorStore
+from outbox.db.retention import RetentionStore
+from outbox.domain.codes import Code, Title
+from outbox.domain.models import State
+from outbox.domain.operations import Purged
+from outbox.ports import Selector
+from outbox.services.operations import Cancel, Operations, Purge, Replay, Retention, Verb
+from tests.support import fetch
+
+TEMPLATE = '{"type":"template","template":{"name":"t","language":{"code":"en"}}}'
+MARGIN = timedelta(minutes=5)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _put(db_url: str, state: str, recipient: str = "4915100000001", **columns: str) -> int:
+    """One cloud row with a template payload; column values are SQL expressions."""
+    values = {
+        "channel": "'cloud'",
+        "recipient": f"'{recipient}'",
+        "payload": f"'{TEMPLATE}'",
+        "state": f"'{state}'",
+        **columns,
+    }
+    [record] = await fetch(
+        db_url,
+        f"INSERT INTO outbox.messages ({', '.join(values)}) "
+        f"VALUES ({', '.join(values.values())}) RETURNING id",
+    )
+    return int(record["id"])
+
+
+async def _states(db_url: str, *ids: int) -> list[str]:
+    rows = await fetch(
+        db_url, "SELECT id, state FROM outbox.messages WHERE id = ANY($1::bigint[])", list(ids)
+    )
+    by_id = {r["id"]: r["state"] for r in rows}
+    return [by_id[i] for i in ids]
+
+
+REPLAY = Replay(wanted=(State.FAILED,), actor="ops", window_margin=MARGIN)
+
+
+async def test_replay_requeues_what_may_be_sent_again_and_refuses_what_was_delivered(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    fresh = await _put(db_url, "failed", error_code="'131026'")
+    delivered = await _put(db_url, "failed", "4915100000002")
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.status_history (message_id, wamid, status, at, verdict)"
+        " VALUES ($1, 'wamid.D', 'delivered', now(), 'applied')",
+        delivered,
+    )
+    operations = Operations(OperatorStore(engine), clock=_now)
+    command = replace(REPLAY, note="outage over")
+    tally = await operations.select(
+        command, Selector(states=(State.FAILED,), channel="cloud"), show=50
+    )
+
+    assert tally.verb is Verb.REPLAY
+    assert tally.chosen == [fresh]
+    assert tally.skipped == {"it was delivered per its status history (--force sends it)": 1}
+    assert [(c.id, d.act) for c, d in tally.shown] == [(fresh, True), (delivered, False)]
+    settled: list[int] = []
+    await operations.apply(command, tally, settled.append)
+    assert (settled, tally.changed) == ([1], 0)
+    assert await _states(db_url, fresh, delivered) == ["queued", "failed"]
+    [action] = await fetch(db_url, "SELECT * FROM outbox.operator_actions")
+    assert (action["message_id"], action["action"], action["actor"], action["note"]) == (
+        fresh,
+        "replay",
+        "ops",
+        "outage over",
+    )
+
+    forced = replace(REPLAY, force=True)
+    tally = await operations.select(
+        forced, Selector(states=(State.FAILED,), ids=(delivered,)), show=50
+    )
+    await operations.apply(forced, tally, settled.append)
+    assert await _states(db_url, delivered) == ["queued"]
+
+
+async def test_a_dry_run_is_a_selection_and_changes_nothing(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    ids = [await _put(db_url, "queued", f"49151000000{i:02}") for i in range(3)]
+    operations = Operations(OperatorStore(engine), clock=_now)
+    tally = await operations.select(
+        Cancel(wanted=(State.QUEUED,), actor="ops"), Selector(states=(State.QUEUED,)), show=1
+    )
+    assert (tally.acted, tally.chosen) == (3, ids)
+    assert (len(tally.shown), tally.unshown) == (1, 2)
+    assert await _states(db_url, *ids) == ["queued"] * 3
+    assert await fetch(db_url, "SELECT * FROM outbox.operator_actions") == []
+
+
+async def test_cancel_writes_our_code_and_title_and_refuses_rows_in_flight(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    queued = await _put(db_url, "queued")
+    unknown = await _put(db_url, "unknown", "4915100000002")
+    sending = await _put(db_url, "sending", "4915100000003", claimed_by="'w'")
+    operations = Operations(OperatorStore(engine), clock=_now)
+    command = Cancel(wanted=(State.QUEUED, State.UNKNOWN), actor="ops", note="wrong campaign")
+    selector = Selector(states=tuple(State), ids=(queued, unknown, sending))
+    tally = await operations.select(command, selector, show=50)
+    reasons = {c.id: d.reason for c, d in tally.shown}
+    assert reasons == {
+        queued: "cancelled",
+        unknown: "cancelled; the request already made may still be delivered",
+        sending: "in flight: its outcome is about to be written",
+    }
+    await operations.apply(command, tally, lambda _: None)
+    rows = await fetch(
+        db_url,
+        "SELECT id, state, error_code, error_title, error_detail FROM outbox.messages"
+        " WHERE state = 'cancelled' ORDER BY id",
+    )
+    assert [tuple(r) for r in rows] == [
+        (i, "cancelled", Code.CANCELLED.value, Title.CANCELLED.value, "wrong campaign")
+        for i in (queued, unknown)
+    ]
+    assert await _states(db_url, sending) == ["sending"]
+
+
+async def test_refusal_reasons_come_from_the_state_asked_for_and_the_clock(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    unknown = await _put(db_url, "unknown")
+    expiring = await _put(db_url, "failed", "4915100000002", expires_at="now() + interval '1 hour'")
+    later = datetime.now(UTC) + timedelta(hours=2)
+    operations = Operations(OperatorStore(engine), clock=lambda: later)
+    selector = Selector(states=tuple(State), ids=(unknown, expiring))
+    tally = await operations.select(REPLAY, selector, show=50)
+    assert tally.chosen == []
+    assert tally.skipped == {
+        "state unknown is not selected (--state unknown selects it)": 1,
+        "expires_at has passed (--expires-in gives it a new one)": 1,
+    }
+
+    # A new expiry, reckoned from the same clock, lets it go; the write sets it.
+    renewed = replace(REPLAY, expires_in=timedelta(hours=3))
+    tally = await operations.select(
+        renewed, Selector(states=(State.FAILED,), ids=(expiring,)), show=50
+    )
+    assert tally.chosen == [expiring]
+    await operations.apply(renewed, tally, lambda _: None)
+    [row] = await fetch(
+        db_url, "SELECT state, expires_at FROM outbox.messages WHERE id = $1", expiring
+    )
+    assert (row["state"], row["expires_at"]) == ("queued", later + timedelta(hours=3))
+
+
+async def test_rows_are_written_in_batches_with_progress_and_changes_counted(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    ids = [await _put(db_url, "failed", f"49151000000{i:02}") for i in range(5)]
+    operations = Operations(OperatorStore(engine), clock=_now, batch=2)
+    command = REPLAY
+    tally = await operations.select(command, Selector(states=(State.FAILED,)), show=50)
+    # A sender's late answer moves one row on after the selection: it is left alone.
+    await fetch(db_url, "UPDATE outbox.messages SET state = 'accepted' WHERE id = $1", ids[3])
+    settled: list[int] = []
+    await operations.apply(command, tally, settled.append)
+    assert settled == [2, 2, 1]
+    assert tally.changed == 1
+    assert await _states(db_url, *ids) == ["queued", "queued", "queued", "accepted", "queued"]
+
+
+async def test_purge_counts_then_deletes_each_kind_in_batches(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    old, recent = "now() - interval '40 days'", "now() - interval '1 day'"
+    gone = [
+        await _put(db_url, s, f"4915100000{i:03}", updated_at=old)
+        for i, s in enumerate(("read", "failed", "cancelled"))
+    ]
+    delivered = await _put(db_url, "delivered", "4915100000101", updated_at=old)
+    kept = await _put(db_url, "failed", "4915100000102", updated_at=recent)
+    for processed in (old, old, recent, "NULL"):
+        await fetch(
+            db_url,
+            "INSERT INTO outbox.webhook_events (channel, payload, processed_at)"
+            f" VALUES ('cloud', '{{}}', {processed})",
+        )
+    for orphaned in (old, "NULL"):
+        await fetch(
+            db_url,
+            "INSERT INTO outbox.parked_statuses (channel, status, orphaned_at)"
+            f" VALUES ('cloud', '{{}}', {orphaned})",
+        )
+    now = datetime.now(UTC)
+    retention = Retention(RetentionStore(engine), clock=lambda: now)
+    purge = Purge(timedelta(days=30), batch_size=1)
+
+    cutoff, counts = await retention.count(purge)
+    assert cutoff == now - timedelta(days=30)
+    assert counts == {Purged.MESSAGES: 3, Purged.WEBHOOK_EVENTS: 2, Purged.ORPHAN_STATUSES: 1}
+    assert [t.label for t in counts] == ["messages", "webhook_events", "orphan statuses"]
+
+    deleted: list[tuple[Purged, int]] = []
+    await retention.purge(purge, cutoff, lambda table, n: deleted.append((table, n)))
+    assert deleted == [
+        (Purged.MESSAGES, 3),
+        (Purged.WEBHOOK_EVENTS, 2),
+        (Purged.ORPHAN_STATUSES, 1),
+    ]
+    left = await fetch(db_url, "SELECT id FROM outbox.messages ORDER BY id")
+    assert [r["id"] for r in left] == [delivered, kept]
+    assert not set(gone) & {r["id"] for r in left}
+
+    with_delivered = Purge(timedelta(days=30), batch_size=10, include_delivered=True)
+    _, counts = await retention.count(with_delivered)
+    assert counts == {Purged.MESSAGES: 1, Purged.WEBHOOK_EVENTS: 0, Purged.ORPHAN_STATUSES: 0}
