@@ -14,10 +14,9 @@ from typing import Protocol
 import structlog
 
 from outbox.config import ReconcilerConfig
-from outbox.db.failures import is_data_error
 from outbox.db.reconcile_store import ReconcileStore, Report
+from outbox.errors import DatabaseError, DatabaseUnavailable, StatementRejected
 from outbox.loops import wait_any
-from outbox.sender import DB_ERRORS
 
 log = structlog.get_logger("outbox.reconciler")
 
@@ -54,7 +53,7 @@ class Reconciler:
                     await self._retry_parked()
                     parked_due = time.monotonic() + _PARKED_EVERY_SECONDS
                 failures = 0
-            except DB_ERRORS as exc:
+            except DatabaseError as exc:
                 failures += 1
                 delay = min(5.0, 0.5 * 2 ** (failures - 1))
                 log.warning("outbox.reconciler.db_error", error=str(exc), retry_in=delay)
@@ -78,7 +77,7 @@ class Reconciler:
         try:
             report = await self._store.process_webhooks(self._config.batch_size)
         except Exception as exc:
-            if isinstance(exc, DB_ERRORS) and not is_data_error(exc):
+            if isinstance(exc, DatabaseUnavailable):
                 raise  # the database is away: the whole batch waits
             log.warning("outbox.reconciler.batch_failed", error=repr(exc), note="splitting it")
             report = await self._one_by_one()
@@ -90,8 +89,8 @@ class Reconciler:
             report = await self._store.retry_parked(
                 self._config.batch_size, self._config.orphan_horizon
             )
-        except DB_ERRORS as exc:
-            if not is_data_error(exc):
+        except DatabaseError as exc:
+            if not isinstance(exc, StatementRejected):
                 raise
             # Never seen; if it happens, these statuses must not block the ones behind them.
             orphaned = await self._store.orphan_due_parked(self._config.batch_size)
@@ -105,7 +104,7 @@ class Reconciler:
             try:
                 report = await self._store.process_webhook_alone(webhook_id)
             except Exception as exc:
-                if isinstance(exc, DB_ERRORS) and not is_data_error(exc):
+                if isinstance(exc, DatabaseUnavailable):
                     raise
                 error = f"cannot be processed: {type(exc).__name__}: {exc}"[:1000]
                 await self._store.give_up_webhook(webhook_id, error)

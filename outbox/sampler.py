@@ -9,8 +9,8 @@ import structlog
 
 from outbox.config import MetricsConfig
 from outbox.db.gauges import GaugeStore, Sample
+from outbox.errors import DatabaseError
 from outbox.loops import wait_any
-from outbox.sender import DB_ERRORS
 
 log = structlog.get_logger("outbox.sampler")
 
@@ -37,7 +37,7 @@ class Sampler:
             sample = await self._store.sample(
                 self._config.dlr_missing_after, self._config.dlr_lookback
             )
-        except DB_ERRORS as exc:
+        except DatabaseError as exc:
             # The gauges keep their last values; the staleness gauge and the error counter tell.
             log.warning("outbox.sampler.db_error", error=type(exc).__name__)
             self._observer.sample_failed()

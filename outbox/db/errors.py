@@ -8,9 +8,9 @@ the same input fails the same way on every retry, so set it aside)?
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 from sqlalchemy import exc as sa
@@ -65,7 +65,9 @@ def translated_errors() -> Iterator[None]:
         raise translate(exc) from exc
 
 
-def translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def translated(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """`translated_errors()` around an adapter's coroutine method."""
 
     @functools.wraps(method)

@@ -12,6 +12,8 @@ from datetime import timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.db.sql import OPEN_STATES
+
 # How long the oldest due row of each channel has waited: ready rows since they last became
 # ready (inserted, replayed, requeued as a fallback: updated_at), retries and scheduled rows
 # since their next_attempt_at.
@@ -26,9 +28,9 @@ OLDEST_DUE = """
 """
 
 _BACKLOG = text(
-    """
+    f"""
     SELECT channel, state, count(*) AS n FROM outbox.messages
-    WHERE state IN ('queued', 'sending', 'unknown')
+    WHERE state IN ({OPEN_STATES})
     GROUP BY channel, state
     """
 )

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import BigInteger, Text
 
-from outbox.db.store import WAKE_SENDERS
+from outbox.db.sql import WAKE_SENDERS
 from outbox.db.tables import WA_ID
 from outbox.domain.models import State
 from outbox.domain.replay import Candidate

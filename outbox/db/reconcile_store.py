@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger, Boolean, DateTime, Text
 
 from outbox.db.arrays import ArrayColumns
-from outbox.db.store import WAKE_SENDERS
+from outbox.db.sql import WAKE_SENDERS
 from outbox.domain.delivery import Delivery
 from outbox.domain.models import SentAs, State
 from outbox.domain.notifications import (
