@@ -12,6 +12,7 @@ from datetime import timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.db.errors import translated
 from outbox.db.sql import OPEN_STATES
 
 # How long the oldest due row of each channel has waited: ready rows since they last became
@@ -91,6 +92,7 @@ class GaugeStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @translated
     async def sample(self, dlr_missing_after: timedelta, dlr_lookback: timedelta) -> Sample:
         dlr = {
             "after_seconds": dlr_missing_after.total_seconds(),
