@@ -99,3 +99,16 @@ class SendObserver(Protocol):
     def sent(self, attempt: Attempt) -> None: ...
     def paused(self, channel: str, paused: bool) -> None: ...
     def rate(self, channel: str, per_second: float) -> None: ...
+
+
+class NullSendObserver:
+    """Observes nothing: a sender without metrics."""
+
+    def sent(self, attempt: Attempt) -> None:
+        pass
+
+    def paused(self, channel: str, paused: bool) -> None:
+        pass
+
+    def rate(self, channel: str, per_second: float) -> None:
+        pass

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import structlog
 
-from outbox.config import ChannelConfig
+from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain import dispatch, outcome, retry
 from outbox.domain.models import ClaimedMessage, State
 from outbox.ports import Api, Attempt, Clock, Monotonic
@@ -23,6 +23,15 @@ class Rules:
     policy: retry.RetryPolicy
     window_margin: timedelta
     rand: Callable[[], float]
+
+    @classmethod
+    def of(cls, config: SenderConfig, rand: Callable[[], float]) -> Rules:
+        policy = retry.RetryPolicy(
+            max_attempts=config.max_attempts,
+            backoff_base=config.backoff_base,
+            backoff_cap=config.backoff_cap,
+        )
+        return cls(policy, config.window_margin, rand)
 
 
 async def attempt(

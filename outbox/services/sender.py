@@ -20,18 +20,17 @@ from datetime import UTC, datetime
 import structlog
 
 from outbox.config import ChannelConfig, SenderConfig
-from outbox.domain import retry
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, State
 from outbox.errors import DatabaseError
 from outbox.loops import Backoff, wait_any
 from outbox.ports import (
     Api,
-    Attempt,
     ChannelStates,
     Clock,
     MessageLeases,
     Monotonic,
+    NullSendObserver,
     SendObserver,
 )
 from outbox.services import attempt as attempts
@@ -43,19 +42,6 @@ log = structlog.get_logger("outbox.sender")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class NullObserver:
-    """Observes nothing: a sender without metrics."""
-
-    def sent(self, attempt: Attempt) -> None:
-        pass
-
-    def paused(self, channel: str, paused: bool) -> None:
-        pass
-
-    def rate(self, channel: str, per_second: float) -> None:
-        pass
 
 
 @dataclass
@@ -86,18 +72,10 @@ class Sender:
         self._channels = {c.id: c for c in channels}
         self._config = config
         self._worker = worker_id
-        self._observer = observer or NullObserver()
+        self._observer = observer or NullSendObserver()
         self._now = now
         self._monotonic = monotonic
-        self._rules = attempts.Rules(
-            retry.RetryPolicy(
-                max_attempts=config.max_attempts,
-                backoff_base=config.backoff_base,
-                backoff_cap=config.backoff_cap,
-            ),
-            config.window_margin,
-            rand,
-        )
+        self._rules = attempts.Rules.of(config, rand)
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._governor = ChannelGovernor(
