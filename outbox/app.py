@@ -21,21 +21,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox.config import ChannelConfig, Settings
 from outbox.config_loader import credentials_diff
 from outbox.db import migrate
+from outbox.db.channel_state import ChannelStateStore
 from outbox.db.engine import create_engine
+from outbox.db.errors import translated_errors
 from outbox.db.gauges import GaugeStore
+from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.listener import NotifyListener
+from outbox.db.messages import MessageStore
 from outbox.db.reconcile_store import ReconcileStore
-from outbox.db.store import MessageStore
 from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
-from outbox.maintenance import Maintenance
 from outbox.metrics import Metrics
-from outbox.sender import DB_ERRORS, Sender
+from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
+from outbox.services.sender import Sender
 
 log = structlog.get_logger("outbox.app")
 
@@ -55,11 +58,13 @@ def new_worker_id() -> str:
 async def check_database(engine: AsyncEngine) -> None:
     """Raise unless the database is reachable and migrated to the head revision."""
     try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-        current = await migrate.current_revision(engine)
-    except DB_ERRORS as exc:
-        raise DatabaseError(f"database unreachable: {type(exc).__name__}") from exc
+        with translated_errors():
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            current = await migrate.current_revision(engine)
+    except DatabaseError as exc:
+        cause = exc.__cause__ or exc
+        raise DatabaseError(f"database unreachable: {type(cause).__name__}") from cause
     head = migrate.head_revision()
     if current != head:
         raise SchemaOutdated(
@@ -107,11 +112,14 @@ async def run(
                     settings.channels,
                     settings.sender,
                     worker_id=worker_id,
+                    channel_state=ChannelStateStore(engine),
                     observer=metrics,
                 )
                 wake[NOTIFY_CHANNEL] = sender.wake
                 tasks["sender"] = sender.run(stop, drain=drain)
-                maintenance = Maintenance(store, settings.channels, settings.sender)
+                maintenance = Maintenance(
+                    HousekeepingStore(engine), settings.channels, settings.sender
+                )
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
                 reconciler = Reconciler(ReconcileStore(engine), settings.reconciler, metrics)

@@ -27,7 +27,7 @@ from outbox.config import (
 )
 from outbox.db import migrate
 from outbox.db.engine import create_engine
-from outbox.db.store import MessageStore
+from outbox.db.messages import MessageStore
 from outbox.domain.models import Dialect, State
 from outbox.errors import OutboxError
 from outbox.http.api_client import ApiClient, create_session

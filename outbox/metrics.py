@@ -13,7 +13,7 @@ from outbox.domain.report import Report
 from outbox.ports import Sample
 
 if TYPE_CHECKING:
-    from outbox.sender import Attempt
+    from outbox.ports import Attempt
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Waits that include queueing, backoff and rate limits: from milliseconds to hours.

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db import store as store_module
-from outbox.db.store import MessageStore
+from outbox.db import messages as store_module
+from outbox.db.messages import MessageStore
 from outbox.domain.ratelimit import Limits
 from tests.support import fetch
 
@@ -155,7 +155,7 @@ def _index_rows(plan: dict[str, Any]) -> int:
 
 async def _claim_plan(db_url: str) -> tuple[dict[str, Any], int]:
     """EXPLAIN ANALYZE of one claim of up to 100 rows on channel 'c', rolled back."""
-    sql = str(store_module._CLAIM)
+    sql = str(store_module.CLAIM_MESSAGES)
     for name, value in {
         "channel": "'c'",
         "limit": "100",

@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.db.channel_state import ChannelStateStore
 from outbox.db.engine import create_engine
-from outbox.db.store import MessageStore
+from outbox.db.messages import MessageStore
 from outbox.domain.ratelimit import Limits
 from tests.support import fetch
 
@@ -76,9 +77,10 @@ async def test_a_throttle_halves_the_rate_and_holds_every_claim(
 ) -> None:
     await fetch(db_url, _ROWS, 20, 0)
     store = MessageStore(engine)
+    channel_state = ChannelStateStore(engine)
     limits = Limits(rate=100.0, burst=10.0)
     assert len((await store.claim("c", 5, "w", LEASE, limits)).messages) == 5
-    rate, until = await store.slow_down("c", limits, timedelta(seconds=30))
+    rate, until = await channel_state.slow_down("c", limits, timedelta(seconds=30))
     assert rate == 50.0
     bucket = await _bucket(db_url)
     assert (bucket["rate"], bucket["hold_until"]) == (50.0, until)
@@ -90,7 +92,7 @@ async def test_a_throttle_halves_the_rate_and_holds_every_claim(
     assert 29 < held.wait <= 30
     # A second throttle halves again, down to the floor of 5 % and no further.
     for _ in range(10):
-        rate, _ = await store.slow_down("c", limits, timedelta(seconds=1))
+        rate, _ = await channel_state.slow_down("c", limits, timedelta(seconds=1))
     assert rate == 5.0
 
 

@@ -13,7 +13,7 @@ from outbox.domain.models import Claim, ClaimedMessage, Dialect, SendResult
 from outbox.domain.ratelimit import Limits
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
-from outbox.sender import Sender
+from outbox.services.sender import Sender
 
 
 class FakeStore:
@@ -95,6 +95,7 @@ async def test_a_rate_limited_channel_does_not_make_the_loop_spin() -> None:
         [_channel("slow", 2.0), _channel("idle", 1000.0)],
         SenderConfig(poll_interval=timedelta(seconds=30)),
         worker_id="test",
+        channel_state=store,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db.errors import translated
+from outbox.db.sql import OPEN_STATES
 from outbox.ports import Sample
 
 # How long the oldest due row of each channel has waited: ready rows since they last became
@@ -28,9 +29,9 @@ OLDEST_DUE = """
 """
 
 _BACKLOG = text(
-    """
+    f"""
     SELECT channel, state, count(*) AS n FROM outbox.messages
-    WHERE state IN ('queued', 'sending', 'unknown')
+    WHERE state IN ({OPEN_STATES})
     GROUP BY channel, state
     """
 )

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import BigInteger, Text
 
 from outbox.db.errors import translated, translated_errors
-from outbox.db.store import WAKE_SENDERS
+from outbox.db.sql import WAKE_SENDERS
 from outbox.db.tables import WA_ID
 from outbox.domain.codes import DELIVERY_RANK, Code, Title
 from outbox.domain.models import State

@@ -17,7 +17,7 @@ from sqlalchemy.types import BigInteger, Boolean, DateTime, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated
-from outbox.db.store import WAKE_SENDERS
+from outbox.db.sql import WAKE_SENDERS
 from outbox.domain.delivery import Delivery
 from outbox.domain.models import SentAs, State
 from outbox.domain.reconcile import Located, Plan, Target

@@ -1,19 +1,37 @@
-"""Turns what happened to one send into the row's next state."""
+"""Turns what happened to one send into the row's next state, and what the sender learns."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
 
 from outbox.domain import retry, window
-from outbox.domain.codes import Code
+from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.response import Accepted, SendOutcome, TransportFailure
 
-WINDOW_CLOSED = "window_closed"
-WINDOW_CLOSED_TITLE = "the 24-hour window is closed and the row has no fallback_template"
-EXPIRED_TITLE = "expires_at passed before the message was sent"
+WINDOW_CLOSED = Code.WINDOW_CLOSED
+WINDOW_CLOSED_TITLE = Title.WINDOW_CLOSED
+
+
+class SendError(StrEnum):
+    """The `error_class` label of a send on /metrics: what kept it from being accepted."""
+
+    NONE = "none"  # accepted
+    NETWORK = "network"  # no answer: the API could not be reached, or did not reply
+    INVALID = "invalid"  # no request: the row cannot be sent as written
+    EXPIRED = "expired"  # no request: `expires_at` had passed
+    # The API's answer, classified (`retry.ErrorClass`); WINDOW_CLOSED also when no request
+    # left because the window was already closed.
+    THROTTLE = retry.ErrorClass.THROTTLE.value
+    SERVER = retry.ErrorClass.SERVER.value
+    RECIPIENT_THROTTLE = retry.ErrorClass.RECIPIENT_THROTTLE.value
+    WINDOW_CLOSED = retry.ErrorClass.WINDOW_CLOSED.value
+    MEDIA = retry.ErrorClass.MEDIA.value
+    CHANNEL = retry.ErrorClass.CHANNEL.value
+    PERMANENT = retry.ErrorClass.PERMANENT.value
 
 
 def without_request(
@@ -38,12 +56,47 @@ def without_request(
 
 @dataclass(frozen=True, slots=True)
 class Judged:
+    """The whole decision about one answer: the row's next state, and what the channel learns.
+
+    Verdicts compare by what they decide for the row (`result`, `error`, `retry_after`); the
+    hold and the metric class follow from those and the kind of outcome.
+    """
+
     result: SendResult
     error: retry.ErrorClass | None  # None when accepted
     retry_after: float | None = None  # the API's Retry-After, for throttles
+    # How long the channel's shared claims wait after a throttle; None for any other answer.
+    throttle_hold: timedelta | None = field(default=None, compare=False)
+    metric: SendError = field(default=SendError.NONE, compare=False)
 
 
 def judge(
+    message: ClaimedMessage,
+    sent_as: SentAs,
+    outcome: SendOutcome,
+    *,
+    now: datetime,
+    policy: retry.RetryPolicy,
+    rand: Callable[[], float],
+    recipient_gap: timedelta = timedelta(0),
+) -> Judged:
+    """`recipient_gap` is the channel's pair pacing: after an accepted send, no other message
+    goes to the same recipient for that long."""
+    judged = _judge(message, sent_as, outcome, now=now, policy=policy, rand=rand)
+    result = judged.result
+    if result.state is State.ACCEPTED and recipient_gap:
+        result = replace(result, pace_until=result.at + recipient_gap)
+    if isinstance(outcome, TransportFailure):
+        metric = SendError.NETWORK
+    else:
+        metric = SendError.NONE if judged.error is None else SendError(judged.error.value)
+    hold = None
+    if judged.error is retry.ErrorClass.THROTTLE:
+        hold = retry.throttle_hold(policy, judged.retry_after)
+    return replace(judged, result=result, throttle_hold=hold, metric=metric)
+
+
+def _judge(
     message: ClaimedMessage,
     sent_as: SentAs,
     outcome: SendOutcome,
@@ -57,6 +110,7 @@ def judge(
             SendResult(message.id, State.ACCEPTED, now, wamid=outcome.wamid, sent_as=sent_as),
             None,
         )
+    code: str
     if isinstance(outcome, TransportFailure):
         if outcome.ambiguous:
             # The API may have the message: resending now could deliver it twice.
@@ -65,13 +119,13 @@ def judge(
                 State.UNKNOWN,
                 now,
                 sent_as=sent_as,
-                error_code="no_response",
-                error_title="the request was sent but no answer came back",
+                error_code=Code.NO_RESPONSE,
+                error_title=Title.NO_RESPONSE,
                 error_detail=outcome.reason,
             )
             return Judged(unknown, retry.ErrorClass.SERVER)
         error = retry.ErrorClass.SERVER
-        code, title, detail, retry_after = "unreachable", outcome.reason, None, None
+        code, title, detail, retry_after = Code.UNREACHABLE, outcome.reason, None, None
     else:
         error = retry.classify(outcome)
         code = str(outcome.code) if outcome.code is not None else f"http_{outcome.http_status}"

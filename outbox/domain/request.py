@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from outbox.domain import parsing
+from outbox.domain.codes import Code
 from outbox.domain.models import Dialect, SentAs
 
 MAX_TEXT_LENGTH = 4096  # characters; longer bodies fail with 1001 on the API
@@ -47,7 +48,7 @@ def normalise_recipient(raw: str) -> str:
     digits = parsing.phone_number(raw, _RECIPIENT, _RECIPIENT_NOISE)
     if digits is None:
         raise InvalidMessage(
-            "invalid_recipient", f"recipient {raw!r} is not a phone number (7-15 digits)"
+            Code.INVALID_RECIPIENT, f"recipient {raw!r} is not a phone number (7-15 digits)"
         )
     return digits
 
@@ -55,47 +56,49 @@ def normalise_recipient(raw: str) -> str:
 def validate_payload(payload: Any, dialect: Dialect) -> str:
     """Check what the API would reject for certain; return the message type."""
     if not isinstance(payload, dict):
-        raise InvalidMessage("invalid_payload", "payload must be a JSON object")
+        raise InvalidMessage(Code.INVALID_PAYLOAD, "payload must be a JSON object")
     reserved = sorted(_RESERVED & payload.keys())
     if reserved:
         raise InvalidMessage(
-            "invalid_payload",
+            Code.INVALID_PAYLOAD,
             f"payload must not set {', '.join(reserved)}: the daemon fills it from the row",
         )
     kind = payload.get("type", "text")
     if not isinstance(kind, str) or kind not in _TYPES[dialect]:
         raise InvalidMessage(
-            "invalid_payload", f"payload type {kind!r} is not supported on {dialect} channels"
+            Code.INVALID_PAYLOAD, f"payload type {kind!r} is not supported on {dialect} channels"
         )
     content = payload.get(kind)
     if not isinstance(content, dict) and not (kind == "contacts" and isinstance(content, list)):
-        raise InvalidMessage("invalid_payload", f"payload type {kind!r} needs an object {kind!r}")
+        raise InvalidMessage(
+            Code.INVALID_PAYLOAD, f"payload type {kind!r} needs an object {kind!r}"
+        )
     if kind == "text":
         body = content.get("body") if isinstance(content, dict) else None
         if not isinstance(body, str) or not body:
-            raise InvalidMessage("invalid_payload", "text.body must be a non-empty string")
+            raise InvalidMessage(Code.INVALID_PAYLOAD, "text.body must be a non-empty string")
         if len(body) > MAX_TEXT_LENGTH:
             raise InvalidMessage(
-                "invalid_payload",
+                Code.INVALID_PAYLOAD,
                 f"text.body has {len(body)} characters, more than {MAX_TEXT_LENGTH}",
             )
     elif kind == "template":
         _validate_template(payload["template"])
     elif kind in _MEDIA_TYPES and ("id" in content) == ("link" in content):
-        raise InvalidMessage("invalid_payload", f"{kind} needs exactly one of 'id' or 'link'")
+        raise InvalidMessage(Code.INVALID_PAYLOAD, f"{kind} needs exactly one of 'id' or 'link'")
     return str(kind)
 
 
 def _validate_template(template: dict[str, Any]) -> None:
     if not isinstance(template.get("name"), str) or not template["name"]:
-        raise InvalidMessage("invalid_payload", "template.name is required")
+        raise InvalidMessage(Code.INVALID_PAYLOAD, "template.name is required")
     language = template.get("language")
     if (
         not isinstance(language, dict)
         or not isinstance(language.get("code"), str)
         or not language["code"]
     ):
-        raise InvalidMessage("invalid_payload", "template.language.code is required")
+        raise InvalidMessage(Code.INVALID_PAYLOAD, "template.language.code is required")
 
 
 def build_request(
@@ -110,9 +113,26 @@ def build_request(
     """The request for one message; raises InvalidMessage for rows that cannot be sent."""
     to = normalise_recipient(recipient)
     kind = validate_payload(payload, dialect)
+    return render_request(
+        dialect, to, payload, kind, namespace=namespace, message_id=message_id, sent_as=sent_as
+    )
+
+
+def render_request(
+    dialect: Dialect,
+    to: str,
+    payload: Any,
+    kind: str,
+    *,
+    namespace: str | None,
+    message_id: int,
+    sent_as: SentAs | None = None,
+) -> ApiRequest:
+    """The request for a recipient already normalised (`to`) and a payload already validated
+    (of type `kind`); raises InvalidMessage for what only the dialect or `sent_as` rules out."""
     if sent_as is SentAs.FALLBACK_TEMPLATE and kind not in ("template", "hsm"):
         # It is sent because the window is closed, where only a template may go.
-        raise InvalidMessage("invalid_payload", f"must be a template message, not {kind!r}")
+        raise InvalidMessage(Code.INVALID_PAYLOAD, f"must be a template message, not {kind!r}")
     if sent_as is None:
         sent_as = SentAs.TEMPLATE if kind in ("template", "hsm") else SentAs.FREEFORM
     # Copy the top level and the one object we may rewrite; the rest is passed through untouched.
@@ -134,7 +154,7 @@ def _onprem(body: dict[str, Any], kind: str, to: str, namespace: str | None) -> 
         if not template.get("namespace"):
             if not namespace:
                 raise InvalidMessage(
-                    "invalid_payload",
+                    Code.INVALID_PAYLOAD,
                     "template has no namespace and the On-Premise channel configures none",
                 )
             template["namespace"] = namespace

@@ -102,6 +102,15 @@ def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> tim
     return timedelta(seconds=ceiling * rand())
 
 
+def throttle_hold(policy: RetryPolicy, retry_after: float | None) -> timedelta:
+    """How long a throttle holds back the row and its channel: the API's `Retry-After`, at
+    least `throttle_delay` and at most `max_retry_after`; a non-finite hint is ignored."""
+    hinted = policy.throttle_delay
+    if retry_after is not None and math.isfinite(retry_after):
+        hinted = timedelta(seconds=min(retry_after, policy.max_retry_after.total_seconds()))
+    return min(max(hinted, policy.throttle_delay), policy.max_retry_after)
+
+
 def decide(
     error: ErrorClass,
     attempts: int,
@@ -111,10 +120,7 @@ def decide(
 ) -> Retry | GiveUp:
     """`attempts` counts the attempt that just failed."""
     if error is ErrorClass.THROTTLE:
-        hinted = policy.throttle_delay
-        if retry_after is not None and math.isfinite(retry_after):
-            hinted = timedelta(seconds=min(retry_after, policy.max_retry_after.total_seconds()))
-        return Retry(min(max(hinted, policy.throttle_delay), policy.max_retry_after), charge=False)
+        return Retry(throttle_hold(policy, retry_after), charge=False)
     if error is ErrorClass.RECIPIENT_THROTTLE:
         return Retry(policy.recipient_delay, charge=False)
     if error is ErrorClass.CHANNEL:

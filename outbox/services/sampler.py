@@ -31,7 +31,7 @@ class Sampler:
             )
         except DatabaseError as exc:
             # The gauges keep their last values; the staleness gauge and the error counter tell.
-            log.warning("outbox.sampler.db_error", error=type(exc).__name__)
+            log.warning("outbox.sampler.db_error", error=type(exc.__cause__ or exc).__name__)
             self._observer.sample_failed()
             return
         self._observer.sampled(sample)

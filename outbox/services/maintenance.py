@@ -12,16 +12,16 @@ from collections.abc import Sequence
 import structlog
 
 from outbox.config import ChannelConfig, SenderConfig, UnknownPolicy
-from outbox.db.store import MessageStore
-from outbox.loops import wait_any
-from outbox.sender import DB_ERRORS
+from outbox.domain.codes import Code
+from outbox.loops import run_periodic
+from outbox.ports import Housekeeping
 
 log = structlog.get_logger("outbox.maintenance")
 
 
 class Maintenance:
     def __init__(
-        self, store: MessageStore, channels: Sequence[ChannelConfig], config: SenderConfig
+        self, store: Housekeeping, channels: Sequence[ChannelConfig], config: SenderConfig
     ) -> None:
         self._store = store
         self._known = frozenset(c.id for c in channels)
@@ -29,12 +29,12 @@ class Maintenance:
         self._config = config
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except DB_ERRORS as exc:
-                log.warning("outbox.maintenance.db_error", error=str(exc))
-            await wait_any(stop, timeout=self._config.maintenance_interval.total_seconds())
+        await run_periodic(
+            self.tick,
+            stop,
+            every=self._config.maintenance_interval.total_seconds(),
+            name="outbox.maintenance",
+        )
 
     async def tick(self) -> None:
         for row in await self._store.rescue_expired_leases():
@@ -56,7 +56,7 @@ class Maintenance:
         for row in failed:
             log.error(
                 "outbox.send.failed",
-                error_code="unknown_channel",
+                error_code=Code.UNKNOWN_CHANNEL,
                 channel=row.channel,
                 message_id=row.id,
             )

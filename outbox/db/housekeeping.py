@@ -1,0 +1,197 @@
+"""Housekeeping statements on `outbox.messages` and `recipient_pace`: rows no send will settle.
+
+Each takes its rows with SKIP LOCKED in small batches, so any number of replicas can run them
+at once, and each is harmless to repeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.types import Text
+
+from outbox.db.errors import translated
+from outbox.db.sql import OPEN_STATES, WAKE_SENDERS
+from outbox.domain.codes import Code, Title
+from outbox.domain.models import State
+from outbox.ports import Settled
+
+# A lease that ran out while `sending` means its holder died mid-send: the request may have
+# reached the API, so the row is not resent blindly but parked as `unknown` (or `expired`, if
+# it may no longer be sent at all).
+RESCUE_LEASES = text(
+    """
+    WITH lost AS (
+        SELECT id FROM outbox.messages
+        WHERE state = 'sending' AND lease_until < now()
+        ORDER BY lease_until
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox.messages AS m
+    SET state = CASE WHEN m.expires_at <= now() THEN 'expired' ELSE 'unknown' END,
+        error_code = CASE WHEN m.expires_at <= now() THEN :expired ELSE :lease_expired END,
+        error_title = :title,
+        error_detail = 'lease held by ' || coalesce(m.claimed_by, '?') || ' expired',
+        claimed_by = NULL, lease_until = NULL, updated_at = now()
+    FROM lost WHERE m.id = lost.id
+    RETURNING m.id, m.channel, m.state
+    """
+)
+
+EXPIRE_MESSAGES = text(
+    """
+    WITH gone AS (
+        SELECT id FROM outbox.messages
+        WHERE state = 'queued' AND expires_at <= now()
+        ORDER BY expires_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox.messages AS m
+    SET state = 'expired', error_code = :code, error_title = :title,
+        next_attempt_at = NULL, updated_at = now()
+    FROM gone WHERE m.id = gone.id
+    RETURNING m.id, m.channel, m.state
+    """
+)
+
+# After the quiet period an `unknown` row with no evidence is sent once more (channels whose
+# policy is "resend"); a row that went `unknown` again after that stays for an operator.
+RESEND_UNKNOWN = text(
+    """
+    WITH quiet AS (
+        SELECT id FROM outbox.messages
+        WHERE state = 'unknown' AND updated_at < now() - make_interval(secs => :quiet_seconds)
+          AND unknown_resends < 1 AND channel = ANY(:channels)
+        ORDER BY updated_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox.messages AS m
+    SET state = CASE WHEN m.expires_at <= now() THEN 'expired' ELSE 'queued' END,
+        unknown_resends = m.unknown_resends + 1,
+        error_title = CASE WHEN m.expires_at <= now()
+            THEN :expired_title
+            ELSE :resending_title END,
+        error_code = CASE WHEN m.expires_at <= now() THEN :expired ELSE m.error_code END,
+        next_attempt_at = NULL, updated_at = now()
+    FROM quiet WHERE m.id = quiet.id
+    """
+).bindparams(bindparam("channels", type_=ARRAY(Text())))
+
+# Distinct channels of open rows by skipping through an index, not by reading every row.
+FIND_OPEN_CHANNELS = text(
+    f"""
+    WITH RECURSIVE ch(channel) AS (
+        (SELECT channel FROM outbox.messages
+         WHERE state IN ({OPEN_STATES}) ORDER BY channel LIMIT 1)
+        UNION ALL
+        SELECT (SELECT m.channel FROM outbox.messages AS m
+                WHERE m.state IN ({OPEN_STATES}) AND m.channel > ch.channel
+                ORDER BY m.channel LIMIT 1)
+        FROM ch WHERE ch.channel IS NOT NULL
+    )
+    SELECT channel FROM ch WHERE channel IS NOT NULL
+    """
+)
+
+FAIL_UNKNOWN_CHANNEL = text(
+    """
+    WITH bad AS (
+        SELECT id FROM outbox.messages
+        WHERE channel = :channel AND state = 'queued'
+          AND created_at < now() - make_interval(secs => :grace_seconds)
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox.messages AS m
+    SET state = 'failed', error_code = :code,
+        error_title = :title,
+        error_detail = :detail, failed_at = now(), next_attempt_at = NULL, updated_at = now()
+    FROM bad WHERE m.id = bad.id
+    RETURNING m.id, m.channel, m.state
+    """
+)
+
+FORGET_PACE = text("DELETE FROM outbox.recipient_pace WHERE not_before < now()")
+
+
+class HousekeepingStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @translated
+    async def rescue_expired_leases(self, limit: int = 1000) -> list[Settled]:
+        """Rows whose lease ran out become `unknown` (or `expired`)."""
+        params = {
+            "limit": limit,
+            "expired": Code.EXPIRED.value,
+            "lease_expired": Code.LEASE_EXPIRED.value,
+            "title": Title.LEASE_EXPIRED.value,
+        }
+        return await self._settle(RESCUE_LEASES, params)
+
+    @translated
+    async def expire_due(self, limit: int = 1000) -> list[Settled]:
+        """Queued rows past `expires_at` become `expired` without waiting for a claim."""
+        params = {"limit": limit, "code": Code.EXPIRED.value, "title": Title.EXPIRED.value}
+        return await self._settle(EXPIRE_MESSAGES, params)
+
+    @translated
+    async def resend_unknown(
+        self, channels: Sequence[str], quiet: timedelta, limit: int = 1000
+    ) -> int:
+        if not channels:
+            return 0
+        params: dict[str, Any] = {
+            "channels": list(channels),
+            "quiet_seconds": quiet.total_seconds(),
+            "limit": limit,
+            "expired": Code.EXPIRED.value,
+            "expired_title": Title.EXPIRED_WHILE_UNKNOWN.value,
+            "resending_title": Title.RESENDING_UNKNOWN.value,
+        }
+        async with self._engine.begin() as connection:
+            resent = (await connection.execute(RESEND_UNKNOWN, params)).rowcount
+            if resent:
+                await connection.execute(WAKE_SENDERS)
+        return resent
+
+    @translated
+    async def fail_unknown_channels(
+        self, known: Collection[str], grace: timedelta, limit: int = 1000
+    ) -> list[Settled]:
+        """Fail queued rows of channels not in `known` once they are `grace` old."""
+        async with self._engine.connect() as connection:
+            open_channels = (await connection.execute(FIND_OPEN_CHANNELS)).scalars().all()
+        failed: list[Settled] = []
+        for channel in open_channels:
+            if channel in known:
+                continue
+            detail = f"channel {channel!r} is not one of: {', '.join(sorted(known))}"
+            params = {
+                "channel": channel,
+                "grace_seconds": grace.total_seconds(),
+                "limit": limit,
+                "detail": detail,
+                "code": Code.UNKNOWN_CHANNEL.value,
+                "title": Title.UNKNOWN_CHANNEL.value,
+            }
+            failed += await self._settle(FAIL_UNKNOWN_CHANNEL, params)
+        return failed
+
+    @translated
+    async def forget_pace(self) -> int:
+        async with self._engine.begin() as connection:
+            return (await connection.execute(FORGET_PACE)).rowcount
+
+    async def _settle(self, statement: TextClause, params: dict[str, Any]) -> list[Settled]:
+        async with self._engine.begin() as connection:
+            rows = (await connection.execute(statement, params)).all()
+        return [Settled(row.id, row.channel, State(row.state)) for row in rows]

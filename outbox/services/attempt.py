@@ -1,0 +1,105 @@
+"""One claimed row's attempt: dispatch it, post the request, judge the answer, log the result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from outbox.config import ChannelConfig, SenderConfig
+from outbox.domain import dispatch, outcome, retry
+from outbox.domain.models import ClaimedMessage, State
+from outbox.ports import Api, Attempt, Clock, Monotonic
+
+log = structlog.get_logger("outbox.sender")
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The sender-wide rules an attempt applies."""
+
+    policy: retry.RetryPolicy
+    window_margin: timedelta
+    rand: Callable[[], float]
+
+    @classmethod
+    def of(cls, config: SenderConfig, rand: Callable[[], float]) -> Rules:
+        policy = retry.RetryPolicy(
+            max_attempts=config.max_attempts,
+            backoff_base=config.backoff_base,
+            backoff_cap=config.backoff_cap,
+        )
+        return cls(policy, config.window_margin, rand)
+
+
+async def attempt(
+    message: ClaimedMessage,
+    channel: ChannelConfig,
+    *,
+    claimed: float,
+    api: Api,
+    rules: Rules,
+    now: Clock,
+    monotonic: Monotonic,
+    sending: Callable[[], None],
+    learn: Callable[[outcome.Judged], None],
+) -> Attempt:
+    """`claimed` is when the row was claimed (monotonic); `sending` is called just before the
+    request leaves, `learn` with the judged answer before the result is logged."""
+    prepared = dispatch.prepare(
+        message,
+        dispatch.ChannelRules(channel.dialect, channel.namespace),
+        now(),
+        rules.window_margin,
+    )
+    if isinstance(prepared, dispatch.Unsent):
+        return _logged(Attempt(channel.id, message, prepared.result, prepared.error))
+    sending()
+    started = monotonic()
+    answer = await api.send(channel, prepared)
+    elapsed = monotonic() - started
+    judged = outcome.judge(
+        message,
+        prepared.sent_as,
+        answer,
+        now=now(),
+        policy=rules.policy,
+        rand=rules.rand,
+        recipient_gap=channel.recipient_gap,
+    )
+    learn(judged)
+    waited = started - claimed
+    return _logged(Attempt(channel.id, message, judged.result, judged.metric, waited, elapsed))
+
+
+def _logged(attempt: Attempt) -> Attempt:
+    message, result = attempt.message, attempt.result
+    fields = {
+        "channel": attempt.channel,
+        "message_id": message.id,
+        "attempt": message.attempts,
+        "state": result.state.value,
+    }
+    if result.state is State.ACCEPTED:
+        log.debug("outbox.send.accepted", wamid=result.wamid, **fields)
+    elif result.state is State.QUEUED:
+        log.info(
+            "outbox.send.retry_scheduled",
+            error_code=result.error_code,
+            error_title=result.error_title,
+            next_attempt_at=result.next_attempt_at,
+            **fields,
+        )
+    else:
+        # ERROR only for the final word on a message; `unknown` and `expired` are warnings.
+        level = log.error if result.state is State.FAILED else log.warning
+        level(
+            f"outbox.send.{result.state.value}",
+            error_code=result.error_code,
+            error_title=result.error_title,
+            error_detail=result.error_detail,
+            **fields,
+        )
+    return attempt

@@ -1,0 +1,296 @@
+"""The send loop: claim due rows under a lease, post them, write the outcomes back in batches.
+
+Claims happen in short transactions and commit before any request leaves; each claimed row is
+sent by its own task (`attempt`); outcomes go to a buffer (`results`) that one flusher writes
+with a single statement per batch. On stop, claiming ends, in-flight requests get
+`shutdown_grace` to finish, rows whose request never started go back to `queued`, and the
+buffer is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from outbox.config import ChannelConfig, SenderConfig
+from outbox.domain.codes import Code, Title
+from outbox.domain.models import ClaimedMessage, SendResult, State
+from outbox.errors import DatabaseError
+from outbox.loops import Backoff, wait_any
+from outbox.ports import (
+    Api,
+    ChannelStates,
+    Clock,
+    MessageLeases,
+    Monotonic,
+    NullSendObserver,
+    SendObserver,
+)
+from outbox.services import attempt as attempts
+from outbox.services.channels import ChannelGovernor
+from outbox.services.results import ResultBuffer
+
+log = structlog.get_logger("outbox.sender")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Flight:
+    message: ClaimedMessage
+    claimed: float  # monotonic
+    started: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Sender:
+    def __init__(
+        self,
+        store: MessageLeases,
+        api: Api,
+        channels: Sequence[ChannelConfig],
+        config: SenderConfig,
+        *,
+        worker_id: str,
+        channel_state: ChannelStates,
+        observer: SendObserver | None = None,
+        now: Clock = utc_now,
+        monotonic: Monotonic = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._api = api
+        self._channels = {c.id: c for c in channels}
+        self._config = config
+        self._worker = worker_id
+        self._observer = observer or NullSendObserver()
+        self._now = now
+        self._monotonic = monotonic
+        self._rules = attempts.Rules.of(config, rand)
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._governor = ChannelGovernor(
+            channel_state,
+            channels,
+            config,
+            worker=worker_id,
+            observer=self._observer,
+            now=now,
+            monotonic=monotonic,
+            on_resume=self._wake.set,
+        )
+        self._results = ResultBuffer(
+            store,
+            worker_id,
+            flush_interval=config.flush_interval.total_seconds(),
+            on_written=self._wake.set,
+        )
+        self._in_flight: Counter[str] = Counter()
+        self._round = 0
+        self._flights: dict[int, _Flight] = {}
+        self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
+
+    def wake(self) -> None:
+        """Something was inserted: claim now rather than at the next poll."""
+        self._wake.set()
+
+    def new_key(self, channel: ChannelConfig) -> None:
+        """An operator reloaded the channel's API key: use it from the next request, and if
+        the channel is paused, lift the shared pause and probe at once."""
+        self._channels[channel.id] = channel
+        self._governor.new_key(channel.id)
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
+        """Send until `stop` is set (or, with `drain`, until nothing is left to claim)."""
+        flusher = asyncio.create_task(self._results.run(), name="outbox.sender.flush")
+        try:
+            await self._claim_loop(stop, drain)
+        finally:
+            await self._finish_flights()
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self._results.drain()
+            await self._governor.settle()
+            log.info(
+                "outbox.sender.stopped",
+                worker_id=self._worker,
+                **{state.value: n for state, n in self._outcomes.items() if n},
+            )
+
+    async def _claim_loop(self, stop: asyncio.Event, drain: bool) -> None:
+        backoff = Backoff()
+        while not stop.is_set():
+            self._wake.clear()
+            self._slot_freed.clear()
+            writes_before = self._results.writes
+            try:
+                claimed, retry_in = await self._claim_round()
+                backoff.succeeded()
+            except DatabaseError as exc:
+                delay = backoff.failed()
+                log.warning("outbox.claim.db_error", error=str(exc), retry_in=delay)
+                await wait_any(stop, timeout=delay)
+                continue
+            # Drained: nothing claimed, nothing out, nothing to write, and no write landed while
+            # the claim ran (one could have released a row the claim did not yet see).
+            idle = not claimed and not self._flights and not self._results
+            if drain and idle and self._results.writes == writes_before:
+                return
+            if retry_in == 0.0 and self._free_slots() > 0:
+                continue
+            timeout = self._config.poll_interval.total_seconds()
+            if retry_in is not None:
+                timeout = min(timeout, retry_in)
+            if drain:
+                timeout = min(timeout, 0.05)
+            await wait_any(stop, self._wake, self._slot_freed, timeout=timeout)
+
+    async def _claim_round(self) -> tuple[int, float | None]:
+        """One claim per channel.
+
+        Returns the rows claimed and when to claim again: 0 when some channel may have more due
+        rows and tokens to send them, the wait for tokens when it has rows but no tokens, None
+        when no channel is known to have more (or every slot is busy: a freed slot wakes us).
+        """
+        claimed, retry_in = 0, None
+        # Each round starts at another channel and offers each its share of the free slots, so
+        # one channel's backlog never leaves another waiting for a slot.
+        channels = list(self._channels.values())
+        self._round += 1
+        start = self._round % len(channels)
+        order = channels[start:] + channels[:start]
+        for position, channel in enumerate(order):
+            free = self._free_slots()
+            if free <= 0:
+                return claimed, None
+            share = -(-free // (len(order) - position))
+            count, again = await self._claim_channel(channel, share)
+            claimed += count
+            if again is not None:
+                retry_in = again if retry_in is None else min(retry_in, again)
+        return claimed, retry_in
+
+    async def _claim_channel(self, channel: ChannelConfig, share: int) -> tuple[int, float | None]:
+        """Claim what the channel's breaker, in-flight cap and shared bucket allow; send it."""
+        breaker = self._governor.breakers[channel.id]
+        allowance = breaker.allowance(self._monotonic())
+        if allowance == 0:
+            return 0, breaker.wait_time(self._monotonic())
+        cap = channel.max_in_flight or self._config.max_in_flight
+        wanted = min(self._config.batch_size, share, cap - self._in_flight[channel.id])
+        if allowance == 1:
+            wanted = min(wanted, 1)
+        if wanted <= 0:
+            return 0, None  # a freed slot of this channel wakes the loop
+        limits = self._governor.limits[channel.id]
+        try:
+            claim = await self._store.claim(
+                channel.id, wanted, self._worker, self._config.lease, limits
+            )
+        except BaseException:
+            if allowance == 1:
+                breaker.probe_unused()
+            raise
+        self._observer.rate(channel.id, claim.rate)
+        rows, retry_in = claim.messages, claim.wait
+        if retry_in is None:
+            # Nothing more is ready: wake up for the first retry or paced row coming due.
+            due = await self._store.next_due(channel.id)
+            if due is not None:
+                retry_in = max(0.0, (due - self._now()).total_seconds())
+        if allowance == 1:
+            if rows:
+                breaker.probing(rows[0].id)
+                log.info("outbox.channel.probe", channel=channel.id, message_id=rows[0].id)
+            else:
+                breaker.probe_unused()
+        for message in rows:
+            self._start(channel, message)
+        return len(rows), retry_in
+
+    def _free_slots(self) -> int:
+        # An answer not yet written holds its slot: when the database falls behind, claiming
+        # slows down with it instead of piling up answers in memory (and leases unrenewed).
+        return self._config.max_in_flight - len(self._flights) - len(self._results)
+
+    def _start(self, channel: ChannelConfig, message: ClaimedMessage) -> None:
+        flight = _Flight(message, self._monotonic())
+        self._flights[message.id] = flight
+        self._in_flight[channel.id] += 1
+        flight.task = asyncio.create_task(self._send(channel, flight))
+
+    async def _send(self, channel: ChannelConfig, flight: _Flight) -> None:
+        message = flight.message
+
+        def sending() -> None:
+            flight.started = True
+
+        try:
+            result = await attempts.attempt(
+                message,
+                channel,
+                claimed=flight.claimed,
+                api=self._api,
+                rules=self._rules,
+                now=self._now,
+                monotonic=self._monotonic,
+                sending=sending,
+                learn=lambda judged: self._governor.learn(channel.id, message.id, judged),
+            )
+            self._observer.sent(result)
+            self._record(result.result)
+        finally:
+            # A probe that ended without an answer (bad row, expired, stopped) proved nothing.
+            self._governor.breakers[channel.id].forget(message.id)
+            del self._flights[message.id]
+            self._in_flight[channel.id] -= 1
+            self._slot_freed.set()
+
+    def _record(self, result: SendResult) -> None:
+        self._outcomes[result.state] += 1
+        self._results.add(result)
+
+    async def _finish_flights(self) -> None:
+        """Let started requests finish within the grace period; hand back the rest."""
+        flights = list(self._flights.values())
+        not_started = [f for f in flights if not f.started]
+        for flight in not_started:
+            assert flight.task is not None
+            flight.task.cancel()
+        tasks = [f.task for f in flights if f.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_grace.total_seconds())
+        abandoned = [f for f in flights if f.task in pending]
+        for flight in abandoned:
+            assert flight.task is not None
+            flight.task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        now = self._now()
+        for flight in abandoned:
+            self._record(
+                SendResult(
+                    flight.message.id,
+                    State.UNKNOWN,
+                    now,
+                    error_code=Code.SHUTDOWN,
+                    error_title=Title.SHUTDOWN,
+                )
+            )
+        await self._results.drain()
+        released = await self._store.release([f.message.id for f in not_started], self._worker)
+        log.info(
+            "outbox.sender.in_flight_at_stop",
+            finished=len(flights) - len(not_started) - len(abandoned),
+            released=released,
+            abandoned=len(abandoned),
+        )
