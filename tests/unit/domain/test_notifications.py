@@ -20,8 +20,9 @@ from outbox.domain.notifications import (
     StatusUpdate,
     parse_notification,
 )
+from tests.paths import WEBHOOK_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "webhooks"
+FIXTURES = WEBHOOK_FIXTURES
 PARSED_KINDS = {"inbound", "status", "error", "mixed"}
 NOTIFICATIONS = (
     sorted(p for p in FIXTURES.glob("*.json") if p.name.split("__")[1] in PARSED_KINDS)

@@ -4,15 +4,15 @@ import json
 import random
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from outbox.domain import retry
 from outbox.domain.response import Rejected, parse_send_response
 from outbox.domain.retry import ErrorClass, GiveUp, Retry, RetryPolicy, backoff, classify, decide
+from tests.paths import WEBHOOK_FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures/webhooks")
+FIXTURES = WEBHOOK_FIXTURES
 POLICY = RetryPolicy()
 
 

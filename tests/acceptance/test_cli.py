@@ -12,6 +12,7 @@ import pytest
 
 from outbox.db import migrate
 from outbox.sandbox import Sandbox
+from tests.paths import ROOT
 from tests.support import SUBPROCESS_ENV, config_toml, fetch
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ async def test_alembic_upgrade_head_works_from_the_checkout(empty_db_url: str) -
         "alembic",
         "upgrade",
         "head",
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
         env={**os.environ, "OUTBOX_DATABASE_URL": empty_db_url},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

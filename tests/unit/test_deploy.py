@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from outbox.config_loader import load_settings
 from outbox.metrics import Metrics
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 PROMETHEUS = DEPLOY / "prometheus"

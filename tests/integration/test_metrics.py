@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,11 +40,11 @@ from outbox.ports import Sample
 from outbox.sandbox import Fault, Sandbox
 from outbox.sandbox.notifications import AcceptedMessage, status_body
 from outbox.services.sampler import Sampler
+from tests.paths import README
 from tests.support import KEYS, fetch, running, settings_for, wait_until
 
 pytestmark = pytest.mark.slow
 
-README = Path(__file__).parent.parent / "README.md"
 SAMPLE_INTERVAL = timedelta(milliseconds=200)
 TEMPLATE = {"type": "template", "template": {"name": "order_shipped", "language": {"code": "en"}}}
 TEXT = {"type": "text", "text": {"body": "hi"}}

@@ -40,6 +40,7 @@ from outbox.domain.report import Report
 from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Sandbox
 from outbox.services.reconciler import Reconciler
+from tests.paths import WEBHOOK_FIXTURES
 from tests.support import (
     KEYS,
     enqueue_in_window,
@@ -51,7 +52,7 @@ from tests.support import (
     wait_until,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "webhooks"
+FIXTURES = WEBHOOK_FIXTURES
 CORPUS = sorted(FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []
 needs_corpus = pytest.mark.skipif(not CORPUS, reason="shared fixtures not beside the checkout")
 

@@ -8,7 +8,6 @@ import dataclasses
 import io
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -16,9 +15,10 @@ import pytest
 
 from outbox.config import Secret, Settings
 from outbox.sandbox import Sandbox
+from tests.paths import WEBHOOK_FIXTURES
 from tests.support import KEYS, fetch, insert, running, settings_for, wait_until
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "webhooks"
+FIXTURES = WEBHOOK_FIXTURES
 NOTIFICATIONS = (
     sorted(p for p in FIXTURES.glob("*.json") if "__send-" not in p.name)
     if FIXTURES.is_dir()

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from outbox.domain.response import Accepted, Rejected, parse_retry_after, parse_send_response
+from tests.paths import WEBHOOK_FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures/webhooks")
+FIXTURES = WEBHOOK_FIXTURES
 
 _130429_DETAILS = (
     "Message failed to send because there were too many messages sent from this phone number "
