@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from outbox.config import ChannelConfig
@@ -33,6 +33,11 @@ from outbox.domain.response import SendOutcome
 
 # The wall clock, injected so that decisions can be tested at any time of day.
 Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The real wall clock, the default `Clock` everywhere."""
+    return datetime.now(UTC)
 
 
 # --- reconciling ---

@@ -8,7 +8,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from outbox.cli.render import (
@@ -24,7 +24,7 @@ from outbox.cli.selection import add_selectors, selector, wanted
 from outbox.domain.models import State
 from outbox.domain.operations import CANCELLABLE, REPLAYABLE, Purged
 from outbox.errors import ConfigError
-from outbox.ports import Selector
+from outbox.ports import Selector, utc_now
 from outbox.services.operations import Cancel, Command, Operations, Purge, Replay, Retention
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def _operate(
 
     async def run(engine: AsyncEngine, settings: Settings) -> int:
         command = command_for(settings)
-        operations = Operations(OperatorStore(engine), clock=_now)
+        operations = Operations(OperatorStore(engine), clock=utc_now)
         tally = await operations.select(command, chosen, show=args.show)
         if not tally.acted and not tally.skipped:
             print(f"no message matches; nothing to {command.verb}")
@@ -252,7 +252,7 @@ def _purge(args: argparse.Namespace) -> int:
         print(f"deleted {count} {table.label}")
 
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        retention = Retention(RetentionStore(engine), clock=_now)
+        retention = Retention(RetentionStore(engine), clock=utc_now)
         cutoff, counts = await retention.count(purge)
         print(f"older than {cutoff.isoformat(timespec='seconds')}:")
         for table, count in counts.items():
@@ -264,7 +264,3 @@ def _purge(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return with_engine(args, run)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

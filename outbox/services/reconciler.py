@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 import structlog
 
@@ -21,17 +20,20 @@ from outbox.domain.reconcile import Located, Plan, digest, plan_statuses
 from outbox.domain.report import Report, planned
 from outbox.errors import DatabaseError, DatabaseUnavailable, StatementRejected
 from outbox.loops import Backoff, wait_any
-from outbox.ports import Clock, ReconcileObserver, ReconcileStore, StatusWrites, WebhookBatch
+from outbox.ports import (
+    Clock,
+    ReconcileObserver,
+    ReconcileStore,
+    StatusWrites,
+    WebhookBatch,
+    utc_now,
+)
 
 log = structlog.get_logger("outbox.reconciler")
 
 _PARKED_EVERY_SECONDS = 1.0
 _BUG_RETRY_SECONDS = 5.0
 _ERROR_LIMIT = 1000  # characters of a "cannot be processed" note
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _Unobserved:
@@ -46,7 +48,7 @@ class Reconciler:
         config: ReconcilerConfig,
         observer: ReconcileObserver | None = None,
         *,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store

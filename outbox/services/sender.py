@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import structlog
 
@@ -32,16 +31,13 @@ from outbox.ports import (
     Monotonic,
     NullSendObserver,
     SendObserver,
+    utc_now,
 )
 from outbox.services import attempt as attempts
 from outbox.services.channels import ChannelGovernor
 from outbox.services.results import ResultBuffer
 
 log = structlog.get_logger("outbox.sender")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
