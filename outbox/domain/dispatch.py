@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, Dialect, SendResult, SentAs, State
@@ -87,25 +88,23 @@ def _request(
     if isinstance(content, WindowClosed):
         return content
     if content.sent_as is not SentAs.FALLBACK_TEMPLATE:
-        return render_request(
-            rules.dialect,
-            to,
-            content.payload,
-            kind,
-            namespace=rules.namespace,
-            message_id=message.id,
-            sent_as=content.sent_as,
-        )
+        return _render(message, rules, to, content.payload, kind, content.sent_as)
     try:
         fallback_kind = validate_payload(content.payload, rules.dialect)
-        return render_request(
-            rules.dialect,
-            to,
-            content.payload,
-            fallback_kind,
-            namespace=rules.namespace,
-            message_id=message.id,
-            sent_as=content.sent_as,
-        )
+        return _render(message, rules, to, content.payload, fallback_kind, content.sent_as)
     except InvalidMessage as exc:
         raise InvalidMessage(exc.code, f"fallback_template: {exc.detail}") from None
+
+
+def _render(
+    message: ClaimedMessage, rules: ChannelRules, to: str, payload: Any, kind: str, sent_as: SentAs
+) -> ApiRequest:
+    return render_request(
+        rules.dialect,
+        to,
+        payload,
+        kind,
+        namespace=rules.namespace,
+        message_id=message.id,
+        sent_as=sent_as,
+    )
