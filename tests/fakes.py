@@ -1,0 +1,248 @@
+"""In-memory stand-ins for the sender's ports, kept honest by tests/contract.
+
+`InMemoryMessageStore` follows `outbox.db.messages` and `outbox.db.channel_state` rule for rule:
+the contract test runs the same cases against both, so a rule changed in the SQL and not here
+(or the other way round) fails there, not in a unit test that trusted the fake.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from outbox.config import ChannelConfig
+from outbox.domain import ratelimit
+from outbox.domain.codes import OPEN_STATES
+from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
+from outbox.domain.ratelimit import Limits
+from outbox.domain.request import ApiRequest
+from outbox.domain.response import Accepted
+from outbox.ports import Clock, utc_now
+
+# outbox.db.tables.WA_ID: regexp_replace(recipient, '[[:space:]().+-]', '', 'g')
+_NOISE = re.compile(r"[ \t\n\v\f\r().+-]")
+
+
+def wa_id(recipient: str) -> str:
+    return _NOISE.sub("", recipient)
+
+
+@dataclass
+class Row:
+    """The columns of `outbox.messages` the sender's statements read or write."""
+
+    id: int
+    channel: str
+    recipient: str
+    payload: Any
+    created_at: datetime
+    send_after: datetime
+    priority: int = 0
+    fallback_template: Any = None
+    expires_at: datetime | None = None
+    replayed_at: datetime | None = None
+    state: State = State.QUEUED
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    claimed_by: str | None = None
+    lease_until: datetime | None = None
+    wamid: str | None = None
+    sent_as: SentAs | None = None
+    error_code: str | None = None
+    error_title: str | None = None
+    error_detail: str | None = None
+    accepted_at: datetime | None = None
+    failed_at: datetime | None = None
+
+    @property
+    def wa_id(self) -> str:
+        return wa_id(self.recipient)
+
+
+@dataclass
+class ChannelRow:
+    """`outbox.channel_state`: the shared bucket, the throttle hold and the pause."""
+
+    bucket: ratelimit.Bucket
+    hold_until: datetime | None = None
+    paused_until: datetime | None = None
+    pause_reason: str | None = None
+    paused_by: str | None = None
+
+
+class InMemoryMessageStore:
+    """`MessageLeases` and `ChannelStates` over dicts, on an injectable clock (the database's)."""
+
+    def __init__(self, clock: Clock = utc_now, rand: Callable[[], float] = random.random) -> None:
+        self._clock = clock
+        self._rand = rand
+        self.rows: dict[int, Row] = {}
+        self.inbound: dict[tuple[str, str], datetime] = {}  # outbox.contacts
+        self.pace: dict[tuple[str, str], datetime] = {}  # outbox.recipient_pace
+        self.channels: dict[str, ChannelRow] = {}
+        self.claims: Counter[str] = Counter()  # claim calls per channel, for tests to read
+        self.completed: list[SendResult] = []  # every result written (still leased)
+
+    # --- seeding, as a producer's INSERT (and its triggers) would ---
+
+    def add(self, channel: str, recipient: str, payload: Any, **columns: Any) -> int:
+        now = self._clock()
+        columns.setdefault("created_at", now)
+        columns.setdefault("send_after", now)
+        row = Row(len(self.rows) + 1, channel, recipient, payload, **columns)
+        if row.send_after > now and row.next_attempt_at is None:
+            row.next_attempt_at = row.send_after  # trigger messages_scheduled
+        self.rows[row.id] = row
+        return row.id
+
+    def set_last_inbound(self, channel: str, recipient: str, at: datetime) -> None:
+        self.inbound[channel, wa_id(recipient)] = at
+
+    def set_pace(self, channel: str, recipient: str, not_before: datetime) -> None:
+        self.pace[channel, wa_id(recipient)] = not_before
+
+    # --- MessageLeases ---
+
+    async def claim(
+        self, channel: str, limit: int, worker: str, lease: timedelta, limits: Limits
+    ) -> Claim:
+        self.claims[channel] += 1
+        now = self._clock()
+        state = self._lock_bucket(channel, limits)
+        bucket = ratelimit.refill(state.bucket, now, limits)
+        rate = bucket.effective_rate(limits)
+        blocked = [t for t in (state.hold_until, state.paused_until) if t is not None]
+        if blocked and max(blocked) > now:
+            return Claim([], (max(blocked) - now).total_seconds(), rate)
+        granted, after = ratelimit.take(bucket, limit)
+        if granted == 0:
+            return Claim([], ratelimit.wait_time(bucket, limits), rate)
+        picked = self._pick(channel, granted, ratelimit.replay_quota(granted, limits, self._rand()))
+        for row in picked:
+            row.state, row.claimed_by, row.attempts = State.SENDING, worker, row.attempts + 1
+            row.lease_until = now + lease
+        spent = ratelimit.give_back(after, granted - len(picked), limits)
+        if picked:  # nothing claimed: the bucket is written back as it was
+            state.bucket = spent
+        wait = ratelimit.wait_time(spent, limits) if len(picked) == granted else None
+        return Claim([self._claimed(row) for row in picked], wait, rate)
+
+    def _pick(self, channel: str, limit: int, replay_quota: int) -> list[Row]:
+        now = self._clock()
+        heads: dict[str, Row] = {}  # each recipient's oldest open row: the only one claimable
+        for row in sorted(self.rows.values(), key=lambda r: r.id):
+            if row.channel == channel and row.state in OPEN_STATES:
+                heads.setdefault(row.wa_id, row)
+        ready = [
+            r
+            for r in heads.values()
+            if r.state is State.QUEUED and self.pace.get((channel, r.wa_id), now) <= now
+        ]
+        best: Callable[[Row], tuple[int, int]] = lambda r: (-r.priority, r.id)  # noqa: E731
+        fresh = [r for r in ready if r.next_attempt_at is None and r.send_after <= now]
+        live = sorted((r for r in fresh if r.replayed_at is None), key=best)[:limit]
+        due = [r for r in ready if r.next_attempt_at is not None and r.next_attempt_at <= now]
+        due = sorted(due, key=lambda r: (r.next_attempt_at, r.id))[:limit]
+        replayed = sorted((r for r in fresh if r.replayed_at is not None), key=best)[:limit]
+        lanes = [(0 if i < replay_quota else 2, r) for i, r in enumerate(replayed)]
+        lanes += [(1, r) for r in live + due]
+        lanes.sort(key=lambda lane: (lane[0], *best(lane[1])))
+        return sorted((r for _, r in lanes[:limit]), key=best)
+
+    def _claimed(self, row: Row) -> ClaimedMessage:
+        return ClaimedMessage(
+            *(row.id, row.channel, row.recipient, row.payload, row.fallback_template),
+            *(row.attempts, row.created_at, row.expires_at),
+            planned=row.sent_as,
+            last_inbound_at=self.inbound.get((row.channel, row.wa_id)),
+        )
+
+    async def complete(self, results: Sequence[SendResult], worker: str) -> int:
+        done = [
+            (row, r)
+            for r in results
+            if (row := self.rows.get(r.message_id)) is not None
+            and row.state is State.SENDING
+            and row.claimed_by == worker
+        ]
+        for row, r in done:
+            row.state, row.attempts = r.state, row.attempts + r.attempts_delta
+            row.wamid, row.sent_as = r.wamid or row.wamid, r.sent_as or row.sent_as
+            row.error_code, row.error_title = r.error_code, r.error_title
+            row.error_detail = r.error_detail
+            row.next_attempt_at, row.claimed_by, row.lease_until = r.next_attempt_at, None, None
+            row.accepted_at = r.at if r.state is State.ACCEPTED else row.accepted_at
+            row.failed_at = r.at if r.state is State.FAILED else row.failed_at
+        written = {row.id for row, _ in done}
+        for row, _ in done:
+            until = row.next_attempt_at
+            if row.state is State.QUEUED and until is not None:  # hold the recipient's later rows
+                for f in self.rows.values():
+                    if (
+                        f.id not in written
+                        and (f.channel, f.wa_id, f.state) == (row.channel, row.wa_id, State.QUEUED)
+                        and f.id > row.id
+                        and (f.next_attempt_at is None or f.next_attempt_at < until)
+                    ):
+                        f.next_attempt_at = until
+        for row, r in done:
+            if r.pace_until is not None:
+                key = (row.channel, row.wa_id)
+                self.pace[key] = max(self.pace.get(key, r.pace_until), r.pace_until)
+        self.completed.extend(r for _, r in done)
+        return len(done)
+
+    async def release(self, ids: Sequence[int], worker: str) -> int:
+        rows = [self.rows[i] for i in set(ids) if i in self.rows]
+        held = [r for r in rows if r.state is State.SENDING and r.claimed_by == worker]
+        for row in held:
+            row.state, row.claimed_by, row.lease_until = State.QUEUED, None, None
+            row.attempts -= 1
+        return len(held)
+
+    async def next_due(self, channel: str) -> datetime | None:
+        now = self._clock()
+        retries = [
+            r.next_attempt_at
+            for r in self.rows.values()
+            if r.state is State.QUEUED and r.channel == channel and r.next_attempt_at is not None
+        ]
+        paced = [t for (c, _), t in self.pace.items() if c == channel]
+        future = [t for t in retries + paced if t > now]
+        return min(future, default=None)
+
+    # --- ChannelStates ---
+
+    def _lock_bucket(self, channel: str, limits: Limits) -> ChannelRow:
+        if channel not in self.channels:  # ENSURE_BUCKET: a full bucket
+            self.channels[channel] = ChannelRow(ratelimit.Bucket(limits.burst, self._clock()))
+        return self.channels[channel]
+
+    async def slow_down(
+        self, channel: str, limits: Limits, hold: timedelta
+    ) -> tuple[float, datetime]:
+        now = self._clock()
+        state = self._lock_bucket(channel, limits)
+        slowed = ratelimit.slow_down(ratelimit.refill(state.bucket, now, limits), limits)
+        state.bucket = slowed
+        state.hold_until = max(t for t in (state.hold_until, now + hold) if t is not None)
+        return slowed.effective_rate(limits), now + hold
+
+    async def set_pause(
+        self, channel: str, until: datetime | None, reason: str | None, worker: str
+    ) -> None:
+        # SET_PAUSE's INSERT of a new channel row leaves its bucket empty (tokens default 0).
+        state = self.channels.setdefault(channel, ChannelRow(ratelimit.Bucket(0.0, self._clock())))
+        state.paused_until, state.pause_reason, state.paused_by = until, reason, worker
+
+
+class AcceptingApi:
+    """An API that accepts every request at once."""
+
+    async def send(self, channel: ChannelConfig, request: ApiRequest) -> Accepted:
+        return Accepted(f"wamid.{id(request)}", None)
