@@ -70,11 +70,19 @@ def load_settings(
     channels = _channels(channels_raw, env)
     if need_channels and not channels:
         raise ConfigError("channels: at least one [[channels]] entry is required")
+    sender_config: SenderConfig = _dataclass_from(SenderConfig, sender, "sender", env)
+    if sender_config.lease <= sender_config.request_timeout:
+        # A lease that runs out while its request may still be answered is rescued as
+        # `unknown` and sent again: a duplicate from the configuration alone.
+        raise ConfigError(
+            f"sender.lease ({sender_config.lease.total_seconds():g} s) must be longer than"
+            f" sender.request_timeout ({sender_config.request_timeout.total_seconds():g} s)"
+        )
     return Settings(
         database_url=database_url,
         channels=channels,
         http=_dataclass_from(HttpConfig, http, "http", env),
-        sender=_dataclass_from(SenderConfig, sender, "sender", env),
+        sender=sender_config,
         reconciler=_dataclass_from(ReconcilerConfig, reconciler, "reconciler", env),
         metrics=_dataclass_from(MetricsConfig, metrics, "metrics", env),
         log_level=log_level,

@@ -513,6 +513,29 @@ def test_field_limits_word_their_errors(
     assert message in expect_error(tmp_path, text, env)
 
 
+@pytest.mark.parametrize(
+    ("sender", "env"),
+    [
+        ("lease = 10\nrequest_timeout = 30\n", {}),
+        ("lease = 30\nrequest_timeout = 30\n", {}),
+        ("", {"OUTBOX_SENDER_LEASE": "20"}),  # against the default request_timeout, 30 s
+    ],
+)
+def test_a_lease_must_outlast_the_request_timeout(
+    tmp_path: Path, sender: str, env: dict[str, str]
+) -> None:
+    # A lease that runs out while its request may still be answered is rescued as `unknown`
+    # and sent again: a duplicate from configuration alone.
+    message = expect_error(tmp_path, DB + "[sender]\n" + sender + channel(), {**ENV, **env})
+    assert "sender.lease" in message
+    assert "must be longer than sender.request_timeout" in message
+
+
+def test_a_lease_longer_than_the_request_timeout_loads(tmp_path: Path) -> None:
+    settings = load(tmp_path, DB + "[sender]\nlease = 3\nrequest_timeout = 2\n" + channel())
+    assert settings.sender.lease > settings.sender.request_timeout
+
+
 def test_zero_is_allowed_where_the_field_says_so(tmp_path: Path) -> None:
     text = DB + "[sender]\nwindow_margin = 0\n" + channel(recipient_gap=0, replay_share=1)
     settings = load(tmp_path, text)
