@@ -10,6 +10,8 @@ import re
 
 _CODE = re.compile(r"[0-9]{1,9}")
 _WHITESPACE = re.compile(r"\s")
+# A lone surrogate: Python strings may hold one (from `\\ud800` in JSON), UTF-8 cannot.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def error_code(value: object, *, below: int | None = None) -> int | None:
@@ -31,6 +33,13 @@ def text(value: object, limit: int | None = None, *, strip: bool = True) -> str 
     if strip:
         value = value.strip()
     return (value if limit is None else value[:limit]) or None
+
+
+def storable(value: str, limit: int) -> str:
+    """`value` as a PostgreSQL `text` column takes it, cut to `limit` characters: NUL removed
+    (no text value may hold one, and one refused value fails its whole statement) and lone
+    surrogates replaced by U+FFFD (they cannot be encoded to send)."""
+    return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))[:limit]
 
 
 def phone_number(

@@ -8,12 +8,19 @@ errors or no message id is a rejection too.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from outbox.domain import parsing
 
-_DETAIL_LIMIT = 500  # characters of a non-JSON body kept for the operator
+# Everything taken from an answer is cleaned (`parsing.storable`) and capped here, where it
+# enters, so that no answer can make the result's UPDATE fail or bloat rows and logs.
+TITLE_LIMIT = 200  # characters of an error title
+DETAIL_LIMIT = 500  # characters of error details, or of a body that was not JSON
+# Message ids are opaque, but every real one is a few dozen printable ASCII characters
+# (`wamid.HBgL...` on Cloud, `gBEGkYiEB1VXAglK1ZEqA1YKPrU` On-Premise, waba-api.md).
+_WAMID = re.compile(r"[!-~]{1,200}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,31 +66,40 @@ def parse_send_response(
     """`body` is the decoded JSON, or the raw text when it was not JSON."""
     if not isinstance(body, dict):
         text = body if isinstance(body, str) else repr(body)
-        return Rejected(
-            http_status, None, f"HTTP {http_status}", text[:_DETAIL_LIMIT] or None, retry_after
-        )
+        detail = parsing.storable(text, DETAIL_LIMIT) or None
+        return Rejected(http_status, None, f"HTTP {http_status}", detail, retry_after)
     error = _error_of(body)
     if error is None and 200 <= http_status < 300:
         accepted = _accepted(body)
-        if accepted is not None:
+        if isinstance(accepted, Accepted):
             return accepted
+        if accepted is not None:
+            # Stored as given it could break the result's UPDATE (too long for the wamid
+            # index, a NUL); taken as no id, the row is retried like any 2xx without one.
+            detail = f"{len(accepted):,} characters: {parsing.storable(accepted, 80)!r}"
+            return Rejected(
+                http_status, None, "response message id is not usable", detail, retry_after
+            )
         return Rejected(http_status, None, "response has no message id", None, retry_after)
     code, title, detail = error or (None, f"HTTP {http_status}", None)
     return Rejected(http_status, code, title, detail, retry_after)
 
 
-def _accepted(body: dict[str, Any]) -> Accepted | None:
+def _accepted(body: dict[str, Any]) -> Accepted | str | None:
+    """The acceptance; the message id alone when it is not usable; None without one."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
         return None
     wamid = messages[0].get("id")
     if not isinstance(wamid, str) or not wamid:
         return None
+    if not _WAMID.fullmatch(wamid):
+        return wamid
     wa_id = None
     contacts = body.get("contacts")
     if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict):
-        found = contacts[0].get("wa_id")
-        wa_id = found.strip() if isinstance(found, str) else None
+        wa_id = parsing.text(contacts[0].get("wa_id"), 64)
+        wa_id = parsing.storable(wa_id, 64) if wa_id else None
     return Accepted(wamid, wa_id)
 
 
@@ -93,8 +109,8 @@ def _error_of(body: dict[str, Any]) -> tuple[int | None, str, str | None] | None
         first = errors[0] if isinstance(errors[0], dict) else {}
         return (
             parsing.error_code(first.get("code")),
-            _str(first.get("title")) or "error",
-            _str(first.get("details")) or _str(first.get("detail")),
+            _str(first.get("title"), TITLE_LIMIT) or "error",
+            _str(first.get("details"), DETAIL_LIMIT) or _str(first.get("detail"), DETAIL_LIMIT),
         )
     error = body.get("error")
     if isinstance(error, dict):
@@ -102,16 +118,21 @@ def _error_of(body: dict[str, Any]) -> tuple[int | None, str, str | None] | None
         details = data.get("details") if isinstance(data, dict) else None
         return (
             parsing.error_code(error.get("code")),
-            _str(error.get("message")) or _str(error.get("type")) or "error",
-            _str(details),
+            _str(error.get("message"), TITLE_LIMIT)
+            or _str(error.get("type"), TITLE_LIMIT)
+            or "error",
+            _str(details, DETAIL_LIMIT),
         )
     meta = body.get("meta")
     if isinstance(meta, dict) and meta.get("success") is False:
-        message = _str(meta.get("developerMessage")) or _str(meta.get("developer_message"))
+        message = _str(meta.get("developerMessage"), TITLE_LIMIT) or _str(
+            meta.get("developer_message"), TITLE_LIMIT
+        )
         return None, message or "request rejected by 360dialog", None
     return None
 
 
-def _str(value: Any) -> str | None:
-    # The API's own words are kept as it sent them, surrounding spaces included.
-    return parsing.text(value, strip=False)
+def _str(value: Any, limit: int) -> str | None:
+    # The API's own words are kept as it sent them, surrounding spaces included: only what no
+    # text column can hold goes, and what is over `limit`.
+    return parsing.storable(value, limit) or None if isinstance(value, str) else None

@@ -13,8 +13,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from outbox.config import ChannelConfig, Secret
+from outbox.domain import parsing
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import (
+    DETAIL_LIMIT,
     SendOutcome,
     TransportFailure,
     parse_retry_after,
@@ -93,7 +95,9 @@ class ApiClient:
         except TimeoutError:
             return TransportFailure(ambiguous=True, reason="timed out waiting for the answer")
         except aiohttp.ClientError as exc:
-            return TransportFailure(ambiguous=True, reason=f"{type(exc).__name__}: {exc}")
+            # aiohttp's message can quote the garbled answer: stored, so cleaned and capped.
+            reason = parsing.storable(f"{type(exc).__name__}: {exc}", DETAIL_LIMIT)
+            return TransportFailure(ambiguous=True, reason=reason)
         return parse_send_response(status, _decode(raw), retry_after)
 
 

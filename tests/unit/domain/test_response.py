@@ -333,3 +333,92 @@ def test_contact_wa_id_is_trimmed_and_bsuid_is_not_a_wa_id() -> None:
 )
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     assert parse_retry_after(header) == expected
+
+
+# --- answers the database could not store (issue 14, item 1) -----------------------------------
+# Every text taken from an answer is written to a `text` column: no NUL (PostgreSQL refuses it),
+# no lone surrogate (no UTF-8 encodes it), and a bounded length, whatever the API sent.
+
+_NUL = "\x00"
+_LONG = "y" * 10_000
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        pytest.param(
+            400,
+            {"errors": [{"code": 100, "title": f"Bad{_NUL}Param", "details": f"a{_NUL}b"}]},
+            Rejected(400, 100, "BadParam", "ab"),
+            id="onprem-nul",
+        ),
+        pytest.param(
+            400,
+            {"error": {"code": 100, "message": f"x{_NUL}", "error_data": {"details": _NUL}}},
+            Rejected(400, 100, "x", None),
+            id="cloud-nul",
+        ),
+        pytest.param(
+            400,
+            {"meta": {"success": False, "developerMessage": f"no{_NUL}pe"}},
+            Rejected(400, None, "nope", None),
+            id="gateway-nul",
+        ),
+        pytest.param(
+            502,
+            f"<html>Bad Gateway{_NUL}\ufffd{_NUL}</html>",
+            Rejected(502, None, "HTTP 502", "<html>Bad Gateway\ufffd</html>"),
+            id="raw-nul",
+        ),
+        pytest.param(
+            400,
+            {"errors": [{"code": 1, "title": "\ud800t", "details": "d\udfff"}]},
+            Rejected(400, 1, "\ufffdt", "d\ufffd"),
+            id="lone-surrogates",
+        ),
+        pytest.param(
+            400,
+            {"errors": [{"code": 1, "title": _LONG, "details": _LONG}]},
+            Rejected(400, 1, "y" * 200, "y" * 500),
+            id="over-long",
+        ),
+        pytest.param(
+            400,
+            {"error": {"code": 1, "message": _LONG, "error_data": {"details": _LONG}}},
+            Rejected(400, 1, "y" * 200, "y" * 500),
+            id="cloud-over-long",
+        ),
+    ],
+)
+def test_answers_are_cleaned_for_storage(status: int, body: Any, expected: Rejected) -> None:
+    assert parse_send_response(status, body) == expected
+
+
+@pytest.mark.parametrize(
+    "wamid",
+    [
+        pytest.param("wamid." + "A" * 5000, id="over-long"),
+        pytest.param(f"wamid.{_NUL}x", id="nul"),
+        pytest.param("wamid. x", id="space"),
+        pytest.param("wamid.\u00e9", id="not-ascii"),
+        pytest.param("\ud800", id="surrogate"),
+    ],
+)
+def test_an_absurd_message_id_is_a_failed_answer_with_a_reason(wamid: str) -> None:
+    outcome = parse_send_response(200, {"messages": [{"id": wamid}]})
+    assert isinstance(outcome, Rejected)
+    assert outcome.title == "response message id is not usable"
+    assert outcome.detail is not None
+    assert _NUL not in outcome.detail
+    assert len(outcome.detail) <= 500
+
+
+@pytest.mark.parametrize(
+    "wamid",
+    [
+        "wamid.HBgLNDkxNTExMjM0NTY3FQIAERgSQjZCNEY4RjM1QzQ0QjcxRDI1AA==",
+        "gBEGkYiEB1VXAglK1ZEqA1YKPrU",
+    ],
+)
+def test_real_message_ids_are_usable(wamid: str) -> None:
+    assert parse_send_response(200, {"messages": [{"id": wamid}]}) == Accepted(wamid, None)
