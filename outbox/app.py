@@ -34,6 +34,7 @@ from outbox.db.webhook_store import WebhookEventStore
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
+from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
@@ -89,6 +90,8 @@ async def run(
     worker_id = new_worker_id()
     metrics = Metrics(registry or CollectorRegistry())
     metrics.know_channels(c.id for c in settings.channels)
+    metrics.know_parts(PARTS)
+    health = Health(metrics.statement_invalid)
     engine = create_engine(settings.database_url, pool_size=8)
     runner: web.AppRunner | None = None
     try:
@@ -100,7 +103,7 @@ async def run(
         channels = {c.id: c for c in settings.channels}
         sender: Sender | None = None
         if "web" in roles:
-            runner, http_port = await _start_web(settings, channels, metrics, engine)
+            runner, http_port = await _start_web(settings, channels, metrics, engine, health)
             tasks["sampler"] = Sampler(GaugeStore(engine), settings.metrics, metrics).run(stop)
         session = create_session(settings.sender.max_in_flight, settings.sender.request_timeout)
         async with session:
@@ -114,15 +117,18 @@ async def run(
                     worker_id=worker_id,
                     channel_state=ChannelStateStore(engine),
                     observer=metrics,
+                    health=health,
                 )
                 wake[NOTIFY_CHANNEL] = sender.wake
                 tasks["sender"] = sender.run(stop, drain=drain)
                 maintenance = Maintenance(
-                    HousekeepingStore(engine), settings.channels, settings.sender
+                    HousekeepingStore(engine), settings.channels, settings.sender, health
                 )
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
-                reconciler = Reconciler(ReconcileStore(engine), settings.reconciler, metrics)
+                reconciler = Reconciler(
+                    ReconcileStore(engine), settings.reconciler, metrics, health=health
+                )
                 wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
                 tasks["reconciler"] = reconciler.run(stop)
             if wake:
@@ -206,13 +212,16 @@ async def _start_web(
     channels: dict[str, ChannelConfig],
     metrics: Metrics,
     engine: AsyncEngine,
+    health: Health,
 ) -> tuple[web.AppRunner, int]:
     async def readiness() -> str | None:
         try:
             await check_database(engine)
         except DatabaseError as exc:
             return str(exc)
-        return None
+        # A part stuck on something no waiting cures (a statement the database refuses).
+        problems = health.problems()
+        return "; ".join(f"{part}: {text}" for part, text in problems.items()) or None
 
     app = create_app(
         metrics.registry,

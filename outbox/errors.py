@@ -1,6 +1,6 @@
 """The exception hierarchy: one root, small classes, translated at the edges.
 
-Services catch only these. The database adapter turns every driver error into one of the two
+Services catch only these. The database adapter turns every driver error into one of three
 `DatabaseError` kinds (`outbox.db.errors`), so that no service needs to know the driver.
 """
 
@@ -28,6 +28,11 @@ class DatabaseUnavailable(DatabaseError):
 
 class StatementRejected(DatabaseError):
     """The database refused a statement for what it carried: the same input fails again."""
+
+
+class StatementInvalid(DatabaseError):
+    """The database refused a statement itself (its text, or an object or right it needs):
+    a bug or an unexpected schema. Retrying will not help, nor will setting the input aside."""
 
 
 class SchemaOutdated(DatabaseError):

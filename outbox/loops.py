@@ -8,9 +8,55 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from outbox.errors import DatabaseError
+from outbox.errors import DatabaseError, StatementInvalid
 
 log = structlog.get_logger("outbox.loops")
+
+
+# The loops that report to `Health`, by the part name they report as.
+PARTS = ("claim", "results", "maintenance", "reconciler")
+
+
+class Health:
+    """What the long-running parts of this process found wrong and have not yet got past.
+
+    `/readyz` fails while any part is listed, and `on_problem` counts each report (a metric):
+    a part that cannot do its work for a reason no waiting cures must not look healthy.
+    """
+
+    def __init__(self, on_problem: Callable[[str], None] | None = None) -> None:
+        self._on_problem = on_problem
+        self._problems: dict[str, str] = {}
+
+    def failing(self, part: str, problem: str) -> None:
+        self._problems[part] = problem
+        if self._on_problem is not None:
+            self._on_problem(part)
+
+    def recovered(self, part: str) -> None:
+        self._problems.pop(part, None)
+
+    def problems(self) -> dict[str, str]:
+        return dict(self._problems)
+
+
+def database_failed(
+    exc: DatabaseError, *, part: str, event: str, health: Health, **fields: object
+) -> None:
+    """Report a database error as its kind deserves: an outage is a warning, waited out; a
+    statement the database refused for its text is a bug, logged as an ERROR and listed in
+    `health` until the part succeeds again. Either way the loop carries on: nothing is lost."""
+    if isinstance(exc, StatementInvalid):
+        log.error(
+            "outbox.db.statement_invalid",
+            part=part,
+            error=str(exc),
+            note="a bug or an unexpected schema: retried, but no wait will cure it",
+            **fields,
+        )
+        health.failing(part, f"a statement was refused: {exc}")
+    else:
+        log.warning(event, error=str(exc), **fields)
 
 
 async def wait_any(*events: asyncio.Event, timeout: float | None) -> None:  # noqa: ASYNC109
@@ -55,13 +101,18 @@ async def run_periodic(
     *,
     every: float,
     name: str,
+    health: Health | None = None,
 ) -> None:
-    """Run `tick`, then wait `every` seconds, until `stop`; a database outage is logged and
-    waited out like any interval, never fatal. `name` prefixes the log event (`<name>.db_error`).
+    """Run `tick`, then wait `every` seconds, until `stop`; a database error is reported
+    (`database_failed`) and waited out like any interval, never fatal. `name` prefixes the log
+    event (`<name>.db_error`) and names the part in `health`.
     """
+    health = health or Health()
+    part = name.removeprefix("outbox.")
     while not stop.is_set():
         try:
             await tick()
+            health.recovered(part)
         except DatabaseError as exc:
-            log.warning(f"{name}.db_error", error=str(exc))
+            database_failed(exc, part=part, event=f"{name}.db_error", health=health)
         await wait_any(stop, timeout=every)

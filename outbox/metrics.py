@@ -166,6 +166,13 @@ class Metrics:
             "Failed reads of the database gauges (they keep their last values).",
             registry=registry,
         )
+        self.statements_invalid = Counter(
+            "outbox_statements_invalid",
+            "Statements the database refused for their text or the objects they name (SQLSTATE "
+            "42, 0A, ...), by the loop that ran them: a bug or an unexpected schema.",
+            ["part"],
+            registry=registry,
+        )
         self._channels: tuple[str, ...] = ()
 
     def know_channels(self, channels: Iterable[str]) -> None:
@@ -227,6 +234,14 @@ class Metrics:
         self.parked.set(sample.parked_statuses)
         self.oldest_transaction.set(sample.oldest_transaction_seconds)
         self.sample_time.set(time.time())
+
+    def know_parts(self, parts: Iterable[str]) -> None:
+        """Loops whose refused-statement count reads 0 rather than nothing."""
+        for part in parts:
+            self._child(self.statements_invalid, part)
+
+    def statement_invalid(self, part: str) -> None:
+        self.statements_invalid.labels(part).inc()
 
     def sample_failed(self) -> None:
         self.sample_errors.inc()

@@ -1,8 +1,9 @@
 """The database error boundary: every driver error leaves the adapter as an `outbox.errors` kind.
 
-Two answers to the one question a caller has: is the database away (`DatabaseUnavailable`:
-wait and try again), or did it refuse the statement for what it carried (`StatementRejected`:
-the same input fails the same way on every retry, so set it aside)?
+Three answers to the one question a caller has: is the database away (`DatabaseUnavailable`:
+wait and try again), did it refuse the statement for what it carried (`StatementRejected`: the
+same input fails the same way on every retry, so set it aside), or did it refuse the statement
+itself (`StatementInvalid`: a bug or an unexpected schema; say so loudly, lose nothing)?
 """
 
 from __future__ import annotations
@@ -15,11 +16,22 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 from sqlalchemy import exc as sa
 
-from outbox.errors import DatabaseError, DatabaseUnavailable, StatementRejected
+from outbox.domain import parsing
+from outbox.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    StatementInvalid,
+    StatementRejected,
+)
 
 # SQLSTATE classes for data exceptions (22), integrity violations (23) and program limits such
 # as an index entry too large (54): what the statement carried is at fault.
 _REJECTED_CLASSES = ("22", "23", "54")
+# Classes for the statement itself: feature not supported (0A), invalid statement name (26),
+# invalid schema name (3F), syntax error or access rule violation (42: a missing table,
+# column or privilege too).
+_INVALID_CLASSES = ("0A", "26", "3F", "42")
+_MESSAGE_LIMIT = 500  # characters of the driver's message kept (it is logged, maybe stored)
 _DRIVER_ERRORS = (
     sa.DBAPIError,
     sa.TimeoutError,  # no pooled connection came free in time
@@ -41,13 +53,41 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception behind SQLAlchemy's wrappers."""
+    seen = exc
+    for candidate in (
+        getattr(exc, "orig", None),
+        getattr(getattr(exc, "orig", None), "__cause__", None),
+    ):
+        if isinstance(candidate, BaseException):
+            seen = candidate
+    return seen
+
+
+def _kind(exc: BaseException) -> type[DatabaseError]:
+    state = sqlstate(exc)
+    if state and state[:2] in _REJECTED_CLASSES:
+        return StatementRejected
+    if state and state[:2] in _INVALID_CLASSES:
+        return StatementInvalid
+    if isinstance(_driver_error(exc), asyncpg.exceptions._base.DataError):
+        # The driver could not encode an argument (a lone surrogate, a wrong type): the
+        # input again, refused before it left.
+        return StatementRejected
+    return DatabaseUnavailable
+
+
 def translate(exc: BaseException) -> DatabaseError:
-    """The `outbox.errors` kind of a driver error."""
+    """The `outbox.errors` kind of a driver error, with the driver's message: short, and
+    never SQLAlchemy's rendering with the whole statement and its parameters."""
     if isinstance(exc, DatabaseError):
         return exc
+    origin = _driver_error(exc)
     state = sqlstate(exc)
-    kind = StatementRejected if state and state[:2] in _REJECTED_CLASSES else DatabaseUnavailable
-    error = kind(str(exc) or type(exc).__name__)
+    words = str(origin).split("\n", 1)[0] or type(origin).__name__
+    message = f"{type(origin).__name__}{f' ({state})' if state else ''}: {words}"
+    error = _kind(exc)(parsing.storable(message, _MESSAGE_LIMIT))
     error.__cause__ = exc
     return error
 

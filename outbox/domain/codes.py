@@ -34,6 +34,7 @@ class Code(StrEnum):
     STATUS_FAILED = "status_failed"  # a failed status that carried no error code
     INVALID_PAYLOAD = "invalid_payload"
     INVALID_RECIPIENT = "invalid_recipient"
+    RESULT_REFUSED = "result_refused"  # the database refused the result as it came
 
 
 # The API's codes for "free-form outside the 24-hour window": answered at once, or as a status.
@@ -64,6 +65,7 @@ class Title(StrEnum):
     UNKNOWN_CHANNEL = "no channel with this id is configured"
     CANCELLED = "cancelled by an operator"
     SHUTDOWN = "stopped while the request was in flight"
+    RESULT_REFUSED = "the database refused the result as it came: stored without its texts"
 
 
 class Mover(StrEnum):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from outbox.domain import retry, window
+from outbox.domain import parsing, retry, window
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.response import Accepted, SendOutcome, TransportFailure
@@ -51,6 +51,22 @@ def without_request(
         error_title=title,
         error_detail=detail,
         attempts_delta=-1,
+    )
+
+
+def refused_by_store(result: SendResult, reason: str) -> SendResult:
+    """`result` with the values it took from outside (the wamid, the API's error texts)
+    replaced by why the database refused it, for a row that must not stay `sending`.
+
+    The state stays: an accepted message was sent, and its wamid is kept in the detail for
+    an operator (a repeated one is the usual cause)."""
+    detail = f"{reason}; wamid {result.wamid!r}" if result.wamid else reason
+    return replace(
+        result,
+        wamid=None,
+        error_code=Code.RESULT_REFUSED,
+        error_title=Title.RESULT_REFUSED,
+        error_detail=parsing.storable(detail, 500),
     )
 
 

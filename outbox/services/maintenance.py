@@ -13,7 +13,7 @@ import structlog
 
 from outbox.config import ChannelConfig, SenderConfig, UnknownPolicy
 from outbox.domain.codes import Code
-from outbox.loops import run_periodic
+from outbox.loops import Health, run_periodic
 from outbox.ports import Housekeeping
 
 log = structlog.get_logger("outbox.maintenance")
@@ -21,9 +21,14 @@ log = structlog.get_logger("outbox.maintenance")
 
 class Maintenance:
     def __init__(
-        self, store: Housekeeping, channels: Sequence[ChannelConfig], config: SenderConfig
+        self,
+        store: Housekeeping,
+        channels: Sequence[ChannelConfig],
+        config: SenderConfig,
+        health: Health | None = None,
     ) -> None:
         self._store = store
+        self._health = health
         self._known = frozenset(c.id for c in channels)
         self._resend = [c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND]
         self._config = config
@@ -34,6 +39,7 @@ class Maintenance:
             stop,
             every=self._config.maintenance_interval.total_seconds(),
             name="outbox.maintenance",
+            health=self._health,
         )
 
     async def tick(self) -> None:

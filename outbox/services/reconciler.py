@@ -18,8 +18,8 @@ import structlog
 from outbox.config import ReconcilerConfig
 from outbox.domain.reconcile import Located, Plan, digest, plan_statuses
 from outbox.domain.report import Report, planned
-from outbox.errors import DatabaseError, DatabaseUnavailable, StatementRejected
-from outbox.loops import Backoff, wait_any
+from outbox.errors import DatabaseError, DatabaseUnavailable, StatementInvalid, StatementRejected
+from outbox.loops import Backoff, Health, database_failed, wait_any
 from outbox.ports import (
     Clock,
     ReconcileObserver,
@@ -50,8 +50,10 @@ class Reconciler:
         *,
         clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        health: Health | None = None,
     ) -> None:
         self._store = store
+        self._health = health or Health()
         self._config = config
         self._observer = observer or _Unobserved()
         self._clock = clock
@@ -72,9 +74,16 @@ class Reconciler:
                     await self._retry_parked()
                     parked_due = self._monotonic() + _PARKED_EVERY_SECONDS
                 backoff.succeeded()
+                self._health.recovered("reconciler")
             except DatabaseError as exc:
                 delay = backoff.failed()
-                log.warning("outbox.reconciler.db_error", error=str(exc), retry_in=delay)
+                database_failed(
+                    exc,
+                    part="reconciler",
+                    event="outbox.reconciler.db_error",
+                    health=self._health,
+                    retry_in=delay,
+                )
                 await wait_any(stop, timeout=delay)
                 continue
             except Exception:
@@ -141,8 +150,8 @@ class Reconciler:
     async def _batch(self) -> Report:
         try:
             report = await self.process_webhooks(self._config.batch_size)
-        except DatabaseUnavailable:
-            raise  # the database is away: the whole batch waits
+        except (DatabaseUnavailable, StatementInvalid):
+            raise  # the database is away, or our statement is at fault: the whole batch waits
         except Exception as exc:
             log.warning(
                 "outbox.reconciler.batch_failed", error=repr(_origin(exc)), note="splitting it"
@@ -168,7 +177,7 @@ class Reconciler:
         for webhook_id in await self._store.pending_webhook_ids(self._config.batch_size):
             try:
                 report = await self.process_webhook_alone(webhook_id)
-            except DatabaseUnavailable:
+            except (DatabaseUnavailable, StatementInvalid):
                 raise
             except Exception as exc:
                 origin = _origin(exc)

@@ -3,24 +3,30 @@
 One flusher writes what has gathered shortly after the first result arrives, retrying while the
 database is away; on stop, `drain()` writes the rest, and gives up after a few tries rather than
 hold the process (the rows' leases then run out and housekeeping parks them as `unknown`).
+
+A batch the database refuses for what it carries is never retried as it was: it is halved
+until the refused result stands alone, every other result is written, and the refused one is
+written without the outside values that may be at fault (`outcome.refused_by_store`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
 from outbox.domain.models import SendResult
-from outbox.errors import DatabaseError
-from outbox.loops import Backoff
+from outbox.domain.outcome import refused_by_store
+from outbox.errors import DatabaseError, StatementRejected
+from outbox.loops import Backoff, Health, database_failed
 from outbox.ports import ResultSink
 
 log = structlog.get_logger("outbox.sender")
 
 BATCH = 2000  # results per UPDATE statement
 DRAIN_RETRIES = 4  # on stop, a database away this many times in a row loses the results
+PART = "results"  # this loop's name in `Health` and on the statements-invalid metric
 
 
 class ResultBuffer:
@@ -32,18 +38,24 @@ class ResultBuffer:
         flush_interval: float,
         on_written: Callable[[], None],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        health: Health | None = None,
     ) -> None:
         self._sink = sink
         self._worker = worker
         self._interval = flush_interval
         self._on_written = on_written
         self._sleep = sleep
+        self._health = health or Health()
         self._results: list[SendResult] = []
         self._ready = asyncio.Event()
         self.writes = 0  # batches written so far
 
     def __len__(self) -> int:
         return len(self._results)
+
+    def held(self) -> list[int]:
+        """The ids of the rows whose result waits here (their leases are still owed)."""
+        return [r.message_id for r in self._results]
 
     def add(self, result: SendResult) -> None:
         self._results.append(result)
@@ -65,9 +77,8 @@ class ResultBuffer:
     async def _flush(self, *, retry_forever: bool) -> None:
         backoff = Backoff()
         while self._results:
-            batch = self._results[:BATCH]
             try:
-                written = await self._sink.complete(batch, self._worker)
+                await self._write(self._results[:BATCH])
             except DatabaseError as exc:
                 if not retry_forever and backoff.failures >= DRAIN_RETRIES:
                     log.error(
@@ -79,12 +90,60 @@ class ResultBuffer:
                     self._results.clear()
                     break
                 delay = backoff.failed()
-                log.warning("outbox.results.db_error", error=str(exc), retry_in=delay)
+                database_failed(
+                    exc,
+                    part=PART,
+                    event="outbox.results.db_error",
+                    health=self._health,
+                    waiting=len(self._results),
+                    retry_in=delay,
+                )
                 await self._sleep(delay)
                 continue
-            del self._results[: len(batch)]
-            self.writes += 1
-            # A finished row may be what held back its recipient's next one: claim again.
-            self._on_written()
-            if written != len(batch):
-                log.warning("outbox.results.lease_lost", expected=len(batch), written=written)
+            self._health.recovered(PART)
+
+    async def _write(self, batch: Sequence[SendResult]) -> None:
+        """Write `batch`, halving it while the database refuses what it carries."""
+        try:
+            written = await self._sink.complete(batch, self._worker)
+        except StatementRejected as exc:
+            if len(batch) == 1:
+                await self._write_refused(batch[0], exc)
+                return
+            middle = len(batch) // 2
+            await self._write(batch[:middle])
+            await self._write(batch[middle:])
+            return
+        self._written(batch, written)
+
+    async def _write_refused(self, result: SendResult, exc: StatementRejected) -> None:
+        cleaned = refused_by_store(result, f"the database refused the result: {exc}")
+        try:
+            written = await self._sink.complete([cleaned], self._worker)
+        except StatementRejected as again:
+            # Not even the cleaned result goes in: give it up rather than block the others.
+            log.error(
+                "outbox.results.unwritable",
+                message_id=result.message_id,
+                error=str(again),
+                note="the row stays 'sending' until its lease expires, then 'unknown'",
+            )
+            self._written([result], 0)
+            return
+        log.error(
+            "outbox.results.refused",
+            message_id=result.message_id,
+            state=result.state.value,
+            error=str(exc),
+            note="written without the values taken from the answer",
+        )
+        self._written([result], written)
+
+    def _written(self, batch: Sequence[SendResult], written: int) -> None:
+        done = {id(r) for r in batch}
+        self._results = [r for r in self._results if id(r) not in done]
+        self.writes += 1
+        # A finished row may be what held back its recipient's next one: claim again.
+        self._on_written()
+        if written != len(batch):
+            log.warning("outbox.results.lease_lost", expected=len(batch), written=written)

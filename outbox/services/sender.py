@@ -22,7 +22,7 @@ from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, State
 from outbox.errors import DatabaseError
-from outbox.loops import Backoff, wait_any
+from outbox.loops import Backoff, Health, database_failed, wait_any
 from outbox.ports import (
     Api,
     ChannelStates,
@@ -62,8 +62,10 @@ class Sender:
         now: Clock = utc_now,
         monotonic: Monotonic = time.monotonic,
         rand: Callable[[], float] = random.random,
+        health: Health | None = None,
     ) -> None:
         self._store = store
+        self._health = health or Health()
         self._api = api
         self._channels = {c.id: c for c in channels}
         self._config = config
@@ -89,6 +91,7 @@ class Sender:
             worker_id,
             flush_interval=config.flush_interval.total_seconds(),
             on_written=self._wake.set,
+            health=self._health,
         )
         self._in_flight: Counter[str] = Counter()
         self._round = 0
@@ -131,9 +134,16 @@ class Sender:
             try:
                 claimed, retry_in = await self._claim_round()
                 backoff.succeeded()
+                self._health.recovered("claim")
             except DatabaseError as exc:
                 delay = backoff.failed()
-                log.warning("outbox.claim.db_error", error=str(exc), retry_in=delay)
+                database_failed(
+                    exc,
+                    part="claim",
+                    event="outbox.claim.db_error",
+                    health=self._health,
+                    retry_in=delay,
+                )
                 await wait_any(stop, timeout=delay)
                 continue
             # Drained: nothing claimed, nothing out, nothing to write, and no write landed while
