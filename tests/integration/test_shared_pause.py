@@ -33,7 +33,12 @@ def onprem(base_url: str, key: str = GOOD_KEY) -> ChannelConfig:
 
 @contextlib.asynccontextmanager
 async def replica(
-    engine: AsyncEngine, channel: ChannelConfig, worker: str, now: Clock = utc_now, **config: Any
+    engine: AsyncEngine,
+    channel: ChannelConfig,
+    worker: str,
+    *,
+    now: Clock = utc_now,
+    **config: Any,
 ) -> AsyncIterator[Sender]:
     """One `outbox run` sender, as its own process would run it (its own session and breaker)."""
     settings = SenderConfig(
@@ -95,7 +100,7 @@ async def test_a_failed_probe_after_another_replicas_success_does_not_pause_the_
     doubled cool-down (3 s here, up to 10 min in production) over A's success and every replica
     stopped for it."""
     await rows(db_url, 40)
-    cooldown = {"breaker_cooldown": timedelta(seconds=1.5)}
+    cooldown: dict[str, Any] = {"breaker_cooldown": timedelta(seconds=1.5)}
     async with sandbox(0.1) as (api_a, url_a), sandbox(0.6) as (api_b, url_b):
         api_a.faults.add(Fault("status", status=401, times=3))
         api_b.faults.add(Fault("status", status=401, times=3))
@@ -142,7 +147,7 @@ async def test_a_new_key_lifts_a_pause_that_another_process_wrote(
     """A pause written by a process that has gone since (or not reloaded yet): the reloaded
     process, whose own breaker never opened, lifts it and sends with the new key."""
     ids = await rows(db_url, 5)
-    long = {"breaker_cooldown": timedelta(minutes=10)}
+    long: dict[str, Any] = {"breaker_cooldown": timedelta(minutes=10)}
     async with sandbox(0.0) as (api, url):
         async with replica(engine, onprem(url, "stale-key"), "gone", **long):
             await wait_until(lambda: _paused(db_url))
