@@ -64,6 +64,7 @@ class ChannelGovernor:
         # answers is one write, not one per answer (the row decides whether it is a new event).
         self._slowed_at: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._started: set[str] = set()  # channels claimed since the process started
 
     @staticmethod
     def key_of(channel: ChannelConfig) -> str:
@@ -78,8 +79,12 @@ class ChannelGovernor:
         self._background_task(self._lift_credential_pause(channel.id, key))
 
     async def refresh(self, channel: str) -> None:
-        """On claim, while this process's breaker is not closed: if a success or a new key
-        ended the shared pause (the epoch moved on), the channel resumes here too."""
+        """On claim. The first time: a pause another key caused ends (this process started with
+        a new key: a restart is a reload too). While this process's breaker is not closed: if a
+        success or a new key ended the shared pause (the epoch moved on), it resumes here too."""
+        if channel not in self._started:
+            self._started.add(channel)
+            await self._lift_credential_pause(channel, self._keys[channel])
         if self.breakers[channel].state is BreakerState.CLOSED:
             return
         epoch = await self._store.pause_epoch(channel)

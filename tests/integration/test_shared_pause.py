@@ -187,3 +187,20 @@ async def test_an_old_key_probe_answered_after_the_reload_does_not_pause_again(
     # add its doubled cool-down (4 s) to that.
     assert took < 3.5, f"{took:.1f} s from the reload until every row was sent"
     assert state["paused_until"] is None
+
+
+async def test_a_process_started_with_a_new_key_lifts_the_old_keys_pause(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """A rolling restart is a key rotation too (the README offers it): the restarted process
+    lifts the pause the old key caused rather than idling out its cool-down."""
+    ids = await rows(db_url, 5)
+    long: dict[str, Any] = {"breaker_cooldown": timedelta(minutes=10)}
+    async with sandbox(0.0) as (_, url):
+        async with replica(engine, onprem(url, "stale-key"), "old", **long):
+            await wait_until(lambda: _paused(db_url))
+        started = time.monotonic()
+        async with replica(engine, onprem(url, GOOD_KEY), "restarted", **long):
+            await wait_until(lambda: _at_least(db_url, len(ids)), within=10)
+            took = time.monotonic() - started
+    assert took < 2.0, f"{took:.1f} s from the restart until every row was sent"
