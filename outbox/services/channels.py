@@ -76,7 +76,7 @@ class ChannelGovernor:
         key = self.key_of(channel)
         self._keys[channel.id] = key
         self.breakers[channel.id].probe_now(self._monotonic())
-        self._background_task(self._lift_credential_pause(channel.id, key))
+        self._background_task(self._lift_credential_pause(channel.id, key, wake=True))
 
     async def refresh(self, channel: str) -> None:
         """On claim. The first time: a pause another key caused ends (this process started with
@@ -84,7 +84,8 @@ class ChannelGovernor:
         success or a new key ended the shared pause (the epoch moved on), it resumes here too."""
         if channel not in self._started:
             self._started.add(channel)
-            await self._lift_credential_pause(channel, self._keys[channel])
+            # No wake-up: this claim goes ahead anyway.
+            await self._lift_credential_pause(channel, self._keys[channel], wake=False)
         if self.breakers[channel].state is BreakerState.CLOSED:
             return
         epoch = await self._store.pause_epoch(channel)
@@ -185,7 +186,7 @@ class ChannelGovernor:
         except DatabaseError as exc:
             log.warning("outbox.channel.resume_not_recorded", channel=channel, error=str(exc))
 
-    async def _lift_credential_pause(self, channel: str, key: str) -> None:
+    async def _lift_credential_pause(self, channel: str, key: str, *, wake: bool) -> None:
         try:
             lifted = await self._store.lift_credential_pause(channel, key, self._worker)
         except DatabaseError as exc:
@@ -193,7 +194,8 @@ class ChannelGovernor:
             return
         if lifted:
             log.warning("outbox.channel.pause_lifted", channel=channel, reason="new API key")
-        self._on_resume()
+        if wake:
+            self._on_resume()
 
     def _background_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
