@@ -228,14 +228,19 @@ class MessageLeases(ResultSink, Protocol):
 
 
 class ChannelStates(Protocol):
-    """The channel rows every replica shares: the slowed-down bucket, and pauses to show."""
+    """The channel rows every replica shares: the slowed-down bucket, and the pause.
+
+    A pause belongs to an epoch, which a success or a new key ends for every replica."""
 
     async def slow_down(
         self, channel: str, limits: Limits, hold: timedelta
     ) -> tuple[float, datetime]: ...
-    async def set_pause(
-        self, channel: str, until: datetime | None, reason: str | None, worker: str
-    ) -> None: ...
+    async def pause(
+        self, channel: str, *, epoch: int, seconds: float, reason: str, worker: str, key: str | None
+    ) -> bool: ...
+    async def resume(self, channel: str, worker: str) -> int: ...
+    async def lift_credential_pause(self, channel: str, key: str, worker: str) -> bool: ...
+    async def pause_epoch(self, channel: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

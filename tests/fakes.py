@@ -70,9 +70,12 @@ class ChannelRow:
 
     bucket: ratelimit.Bucket
     hold_until: datetime | None = None
+    slowed_at: datetime | None = None
     paused_until: datetime | None = None
     pause_reason: str | None = None
     paused_by: str | None = None
+    pause_epoch: int = 0
+    pause_key: str | None = None
 
 
 class InMemoryMessageStore:
@@ -114,14 +117,14 @@ class InMemoryMessageStore:
         self.claims[channel] += 1
         now = self._clock()
         state = self._lock_bucket(channel, limits)
-        bucket = ratelimit.refill(state.bucket, now, limits)
-        rate = bucket.effective_rate(limits)
+        bucket = self._refill(state, now, limits)
+        rate, epoch = bucket.effective_rate(limits), state.pause_epoch
         blocked = [t for t in (state.hold_until, state.paused_until) if t is not None]
         if blocked and max(blocked) > now:
-            return Claim([], (max(blocked) - now).total_seconds(), rate)
+            return Claim([], (max(blocked) - now).total_seconds(), rate, epoch)
         granted, after = ratelimit.take(bucket, limit)
         if granted == 0:
-            return Claim([], ratelimit.wait_time(bucket, limits), rate)
+            return Claim([], ratelimit.wait_time(bucket, limits), rate, epoch)
         picked = self._pick(channel, granted, ratelimit.replay_quota(granted, limits, self._rand()))
         for row in picked:
             row.state, row.claimed_by, row.attempts = State.SENDING, worker, row.attempts + 1
@@ -130,7 +133,7 @@ class InMemoryMessageStore:
         if picked:  # nothing claimed: the bucket is written back as it was
             state.bucket = spent
         wait = ratelimit.wait_time(spent, limits) if len(picked) == granted else None
-        return Claim([self._claimed(row) for row in picked], wait, rate)
+        return Claim([self._claimed(row) for row in picked], wait, rate, epoch)
 
     def _pick(self, channel: str, limit: int, replay_quota: int) -> list[Row]:
         now = self._clock()
@@ -223,22 +226,60 @@ class InMemoryMessageStore:
             self.channels[channel] = ChannelRow(ratelimit.Bucket(limits.burst, self._clock()))
         return self.channels[channel]
 
+    @staticmethod
+    def _refill(state: ChannelRow, now: datetime, limits: Limits) -> ratelimit.Bucket:
+        bucket = ratelimit.refill(state.bucket, now, limits, state.hold_until)
+        if bucket.refilled_at < state.bucket.refilled_at:  # REANCHOR_BUCKET
+            state.bucket = ratelimit.Bucket(
+                state.bucket.tokens, bucket.refilled_at, state.bucket.rate
+            )
+        return bucket
+
     async def slow_down(
         self, channel: str, limits: Limits, hold: timedelta
     ) -> tuple[float, datetime]:
         now = self._clock()
         state = self._lock_bucket(channel, limits)
-        slowed = ratelimit.slow_down(ratelimit.refill(state.bucket, now, limits), limits)
-        state.bucket = slowed
+        bucket = self._refill(state, now, limits)
+        if not ratelimit.same_throttle(now, state.slowed_at, state.hold_until):
+            bucket, state.slowed_at = ratelimit.slow_down(bucket, limits), now
+        state.bucket = bucket
         state.hold_until = max(t for t in (state.hold_until, now + hold) if t is not None)
-        return slowed.effective_rate(limits), now + hold
+        return bucket.effective_rate(limits), state.hold_until
 
-    async def set_pause(
-        self, channel: str, until: datetime | None, reason: str | None, worker: str
-    ) -> None:
-        # SET_PAUSE's INSERT of a new channel row leaves its bucket empty (tokens default 0).
-        state = self.channels.setdefault(channel, ChannelRow(ratelimit.Bucket(0.0, self._clock())))
-        state.paused_until, state.pause_reason, state.paused_by = until, reason, worker
+    def _pause_row(self, channel: str) -> ChannelRow:
+        # ENSURE_PAUSE_ROW's INSERT of a new channel row leaves its bucket empty (tokens 0).
+        return self.channels.setdefault(channel, ChannelRow(ratelimit.Bucket(0.0, self._clock())))
+
+    async def pause(
+        self, channel: str, *, epoch: int, seconds: float, reason: str, worker: str, key: str | None
+    ) -> bool:
+        state, now = self._pause_row(channel), self._clock()
+        if state.pause_epoch != epoch:
+            return False
+        live = state.paused_until is not None and state.paused_until > now
+        until = now + timedelta(seconds=seconds)
+        state.paused_until = max(until, state.paused_until) if state.paused_until else until
+        state.pause_key = key if key is not None else (state.pause_key if live else None)
+        state.pause_reason, state.paused_by = reason, worker
+        return True
+
+    async def resume(self, channel: str, worker: str) -> int:
+        state = self._pause_row(channel)
+        state.paused_until = state.pause_reason = state.pause_key = None
+        state.paused_by, state.pause_epoch = worker, state.pause_epoch + 1
+        return state.pause_epoch
+
+    async def lift_credential_pause(self, channel: str, key: str, worker: str) -> bool:
+        state = self.channels.get(channel)
+        if state is None or state.paused_until is None or state.pause_key in (None, key):
+            return False
+        await self.resume(channel, worker)
+        return True
+
+    async def pause_epoch(self, channel: str) -> int:
+        state = self.channels.get(channel)
+        return 0 if state is None else state.pause_epoch
 
 
 class AcceptingApi:

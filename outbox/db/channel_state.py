@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -19,7 +20,7 @@ from outbox.domain.ratelimit import Limits
 LOCK_BUCKET = text(
     """
     SELECT tokens, refilled_at, rate, greatest(hold_until, paused_until) AS blocked_until,
-           clock_timestamp() AS now
+           hold_until, slowed_at, pause_epoch, clock_timestamp() AS now
     FROM outbox.channel_state WHERE channel = :channel
     FOR UPDATE
     """
@@ -33,11 +34,15 @@ ENSURE_BUCKET = text(
     """
 )
 
+REANCHOR_BUCKET = text(
+    "UPDATE outbox.channel_state SET refilled_at = :at, updated_at = now() WHERE channel = :channel"
+)
+
 SLOW_DOWN_CHANNEL = text(
     """
     UPDATE outbox.channel_state
     SET tokens = CAST(:tokens AS double precision), rate = CAST(:rate AS double precision),
-        refilled_at = :refilled_at,
+        refilled_at = :refilled_at, slowed_at = :slowed_at,
         hold_until = greatest(
             hold_until, CAST(:now AS timestamptz) + make_interval(secs => :hold_seconds)
         ),
@@ -46,28 +51,70 @@ SLOW_DOWN_CHANNEL = text(
     """
 )
 
-SET_PAUSE = text(
+# A pause row for a channel no claim has touched yet (its bucket starts empty).
+ENSURE_PAUSE_ROW = text(
+    "INSERT INTO outbox.channel_state (channel) VALUES (:channel) ON CONFLICT (channel) DO NOTHING"
+)
+
+# A failure pauses (or extends the pause of) only the epoch it was sent in: once any replica
+# recorded a success (or a new key) the epoch moved on, and a failure from before it says nothing
+# about the channel now. The pause only ever grows, and its end comes from the database's clock.
+# A server-error extension keeps the key mark of a live credential pause.
+PAUSE_CHANNEL = text(
     """
-    INSERT INTO outbox.channel_state AS s (channel, paused_until, pause_reason, paused_by)
-    VALUES (:channel, :until, :reason, :worker)
-    ON CONFLICT (channel) DO UPDATE
-    SET paused_until = excluded.paused_until, pause_reason = excluded.pause_reason,
-        paused_by = excluded.paused_by, updated_at = now()
+    UPDATE outbox.channel_state
+    SET paused_until = greatest(
+            paused_until, clock_timestamp() + make_interval(secs => :seconds)),
+        pause_key = CASE WHEN CAST(:key AS text) IS NOT NULL THEN :key
+                         WHEN paused_until > clock_timestamp() THEN pause_key END,
+        pause_reason = :reason, paused_by = :worker, updated_at = now()
+    WHERE channel = :channel AND pause_epoch = :epoch
+    RETURNING paused_until
     """
 )
 
+_RESUME = """
+    UPDATE outbox.channel_state
+    SET paused_until = NULL, pause_reason = NULL, pause_key = NULL, paused_by = :worker,
+        pause_epoch = pause_epoch + 1, updated_at = now()
+    WHERE channel = :channel {}
+    RETURNING pause_epoch
+"""
+# A success wins for everyone: it ends the pause whoever wrote it, and moves the epoch on.
+RESUME_CHANNEL = text(_RESUME.format(""))
+# A new key ends a pause that another key's answers caused.
+LIFT_CREDENTIAL_PAUSE = text(
+    _RESUME.format("AND pause_key IS NOT NULL AND pause_key <> :key AND paused_until IS NOT NULL")
+)
 
-async def lock_bucket(
-    connection: AsyncConnection, channel: str, limits: Limits
-) -> tuple[ratelimit.Bucket, datetime, datetime | None]:
-    """The channel's bucket, refilled up to now, locked for this transaction; the database's
-    time; and until when the channel is held or paused."""
+PAUSE_EPOCH = text("SELECT pause_epoch FROM outbox.channel_state WHERE channel = :channel")
+
+
+class Locked(NamedTuple):
+    bucket: ratelimit.Bucket  # refilled up to `now`
+    now: datetime  # the database's time
+    blocked_until: datetime | None  # until when the channel is held or paused
+    hold_until: datetime | None
+    slowed_at: datetime | None
+    pause_epoch: int
+
+
+async def lock_bucket(connection: AsyncConnection, channel: str, limits: Limits) -> Locked:
+    """The channel's row, its bucket refilled up to now, locked for this transaction."""
     row = (await connection.execute(LOCK_BUCKET, {"channel": channel})).one_or_none()
     if row is None:
         await connection.execute(ENSURE_BUCKET, {"channel": channel, "burst": limits.burst})
         row = (await connection.execute(LOCK_BUCKET, {"channel": channel})).one()
     stored = ratelimit.Bucket(row.tokens, row.refilled_at, row.rate)
-    return ratelimit.refill(stored, row.now, limits), row.now, row.blocked_until
+    bucket = ratelimit.refill(stored, row.now, limits, row.hold_until)
+    if bucket.refilled_at < stored.refilled_at:
+        # The clock stepped back and the bucket re-anchored: keep the anchor even if this
+        # transaction writes nothing else (a claim that got no token), or every claim would
+        # re-anchor again and none would ever earn one.
+        await connection.execute(REANCHOR_BUCKET, {"channel": channel, "at": bucket.refilled_at})
+    return Locked(
+        bucket, row.now, row.blocked_until, row.hold_until, row.slowed_at, row.pause_epoch
+    )
 
 
 class ChannelStateStore:
@@ -78,29 +125,68 @@ class ChannelStateStore:
     async def slow_down(
         self, channel: str, limits: Limits, hold: timedelta
     ) -> tuple[float, datetime]:
-        """A throttling answer: lower the channel's effective rate and hold its claims for
-        `hold`, in every replica. Returns the new rate and when the hold ends."""
+        """A throttling answer: lower the channel's effective rate, once per throttling event
+        whichever replica saw it, and hold its claims for `hold`, in every replica. Returns the
+        rate and when the hold ends."""
         async with self._engine.begin() as connection:
-            bucket, now, _ = await lock_bucket(connection, channel, limits)
-            slowed = ratelimit.slow_down(bucket, limits)
+            locked = await lock_bucket(connection, channel, limits)
+            bucket, now, slowed_at = locked.bucket, locked.now, locked.slowed_at
+            if not ratelimit.same_throttle(now, slowed_at, locked.hold_until):
+                bucket, slowed_at = ratelimit.slow_down(bucket, limits), now
             await connection.execute(
                 SLOW_DOWN_CHANNEL,
                 {
                     "channel": channel,
-                    "tokens": slowed.tokens,
-                    "rate": slowed.rate,
-                    "refilled_at": slowed.refilled_at,
+                    "tokens": bucket.tokens,
+                    "rate": bucket.rate,
+                    "refilled_at": bucket.refilled_at,
+                    "slowed_at": slowed_at,
                     "now": now,
                     "hold_seconds": hold.total_seconds(),
                 },
             )
-        return slowed.effective_rate(limits), now + hold
+        return bucket.effective_rate(limits), max(now + hold, locked.hold_until or now)
 
     @translated
-    async def set_pause(
-        self, channel: str, until: datetime | None, reason: str | None, worker: str
-    ) -> None:
-        """Record a channel's pause (or its end, with `until` None) where operators can see it."""
-        params = {"channel": channel, "until": until, "reason": reason, "worker": worker}
+    async def pause(
+        self, channel: str, *, epoch: int, seconds: float, reason: str, worker: str, key: str | None
+    ) -> bool:
+        """Pause the channel for `seconds` from now (database time) in every replica, unless a
+        success was recorded since `epoch`: then False, and nothing is written."""
+        params = {
+            "channel": channel,
+            "epoch": epoch,
+            "seconds": seconds,
+            "reason": reason,
+            "worker": worker,
+            "key": key,
+        }
         async with self._engine.begin() as connection:
-            await connection.execute(SET_PAUSE, params)
+            await connection.execute(ENSURE_PAUSE_ROW, {"channel": channel})
+            return (await connection.execute(PAUSE_CHANNEL, params)).one_or_none() is not None
+
+    @translated
+    async def resume(self, channel: str, worker: str) -> int:
+        """A probe succeeded: end the pause for every replica; returns the new epoch."""
+        async with self._engine.begin() as connection:
+            await connection.execute(ENSURE_PAUSE_ROW, {"channel": channel})
+            epoch: int = (
+                await connection.execute(RESUME_CHANNEL, {"channel": channel, "worker": worker})
+            ).scalar_one()
+        return epoch
+
+    @translated
+    async def lift_credential_pause(self, channel: str, key: str, worker: str) -> bool:
+        """The key changed (to the one `key` fingerprints): end a pause another key caused."""
+        params = {"channel": channel, "key": key, "worker": worker}
+        async with self._engine.begin() as connection:
+            return (
+                await connection.execute(LIFT_CREDENTIAL_PAUSE, params)
+            ).one_or_none() is not None
+
+    @translated
+    async def pause_epoch(self, channel: str) -> int:
+        """How many pauses a success or a new key has ended on the channel so far."""
+        async with self._engine.connect() as connection:
+            epoch = (await connection.execute(PAUSE_EPOCH, {"channel": channel})).scalar()
+        return int(epoch or 0)

@@ -204,13 +204,19 @@ class MessageStore:
         """Lease up to `limit` due queued rows of `channel`, best priority first, as far as the
         channel's shared bucket allows."""
         async with self._engine.begin() as connection:
-            bucket, now, blocked_until = await lock_bucket(connection, channel, limits)
+            locked = await lock_bucket(connection, channel, limits)
+            bucket, now, blocked_until, epoch = (
+                locked.bucket,
+                locked.now,
+                locked.blocked_until,
+                locked.pause_epoch,
+            )
             rate = bucket.effective_rate(limits)
             if blocked_until is not None and blocked_until > now:
-                return Claim([], (blocked_until - now).total_seconds(), rate)
+                return Claim([], (blocked_until - now).total_seconds(), rate, epoch)
             granted, after = ratelimit.take(bucket, limit)
             if granted == 0:
-                return Claim([], ratelimit.wait_time(bucket, limits), rate)
+                return Claim([], ratelimit.wait_time(bucket, limits), rate, epoch)
             params = {
                 "channel": channel,
                 "limit": granted,
@@ -225,7 +231,7 @@ class MessageStore:
             rows = (await connection.execute(CLAIM_MESSAGES, params)).all()
         spent = ratelimit.give_back(after, granted - len(rows), limits)
         wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
-        return Claim(self._messages(rows), wait, rate)
+        return Claim(self._messages(rows), wait, rate, epoch)
 
     @staticmethod
     def _messages(rows: Sequence[Any]) -> list[ClaimedMessage]:

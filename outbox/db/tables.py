@@ -185,6 +185,11 @@ channel_state = Table(
     Column("refilled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("rate", Float),
     Column("hold_until", DateTime(timezone=True)),
+    # Since 0008: when the shared rate was last cut; resumes recorded (a failure extends only a
+    # pause of its own epoch); the fingerprint of the key a credential pause was caused by.
+    Column("slowed_at", DateTime(timezone=True)),
+    Column("pause_epoch", BigInteger, nullable=False, server_default=text("0")),
+    Column("pause_key", Text),
     PrimaryKeyConstraint("channel"),
 )
 

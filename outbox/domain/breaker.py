@@ -8,10 +8,17 @@ monotonic seconds supplied by the caller.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from outbox.domain.retry import ErrorClass
+
+
+def key_fingerprint(api_key: str) -> str:
+    """Which key a request was sent with, or a pause was caused by, without the key: a pause
+    records it, and answers to a key that was replaced since are not counted."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 class BreakerState(StrEnum):
@@ -57,9 +64,24 @@ class CircuitBreaker:
 
     def probe_now(self, now: float) -> None:
         """Something changed that may have fixed the channel (a new key): probe at once rather
-        than after the cool-down. The cool-down's doubling is kept, should the probe fail."""
+        than after the cool-down. A probe already out went with the old key: its answer is
+        ignored and a new probe may go. The cool-down's doubling is kept, should it fail."""
         if self.state is BreakerState.OPEN:
             self._open_until = now
+        elif self.state is BreakerState.HALF_OPEN:
+            self._probe = None
+
+    def resume(self, reason: str) -> Transition | None:
+        """The channel's pause ended elsewhere (another replica's probe succeeded, or a new
+        key lifted it): close without a probe of our own, and start the doubling over."""
+        if self.state is BreakerState.CLOSED:
+            return None
+        self._probe = None
+        self._server_errors = 0
+        self.state = BreakerState.CLOSED
+        self.reason = ""
+        self._trips = 0
+        return Transition(BreakerState.CLOSED, reason)
 
     def probing(self, message_id: int) -> None:
         self._probe = message_id

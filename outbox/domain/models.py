@@ -61,6 +61,9 @@ class Claim:
     # it still has tokens (fewer rows were ready than it could have sent).
     wait: float | None
     rate: float  # the channel's effective rate, per second
+    # The channel's pause epoch when claimed: a failure of these rows may pause only that epoch
+    # (a success recorded since, in any replica, makes them old news).
+    pause_epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+
+# Readings this far behind the bucket's last refill are the ordinary disorder of statements
+# (one started before the previous lock holder committed) and count as no time. Further back,
+# the database clock itself stepped back (an NTP step, a restored VM, a failover to a standby
+# whose clock differs): the bucket is re-anchored there rather than left waiting for the clock
+# to catch up, which stopped the channel for the size of the step.
+CLOCK_STEP_BACK = timedelta(seconds=1)
+# A throttling answer within this long of the last cut, or before that cut's hold ended, belongs
+# to the same throttling event: answers to requests sent before the hold keep coming back, from
+# every replica, and must not cut the shared rate again.
+SAME_THROTTLE = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +54,20 @@ class Bucket:
         return limits.rate if self.rate is None else min(self.rate, limits.rate)
 
 
-def refill(bucket: Bucket, now: datetime, limits: Limits) -> Bucket:
-    """Tokens earned since the last refill, and the rate regained meanwhile."""
-    # max(): a clock that steps back must neither drain the bucket nor slow it down.
-    elapsed = max(0.0, (now - bucket.refilled_at).total_seconds())
+def refill(
+    bucket: Bucket, now: datetime, limits: Limits, held_until: datetime | None = None
+) -> Bucket:
+    """Tokens earned since the last refill, and the rate regained meanwhile.
+
+    `held_until` is the channel's throttle hold: nothing is earned and no rate regained before
+    it ends, so the cut is still there when claims resume (counting from the slow-down, any hold
+    of 10 s or more undid a halving before the first claim after it).
+    """
+    if now < bucket.refilled_at - CLOCK_STEP_BACK:
+        return replace(bucket, refilled_at=now)
+    start = bucket.refilled_at if held_until is None else max(bucket.refilled_at, held_until)
+    # max(): a reading slightly behind must neither drain the bucket nor slow it down.
+    elapsed = max(0.0, (now - start).total_seconds())
     rate = bucket.effective_rate(limits)
     tokens = min(limits.burst, bucket.tokens + elapsed * rate)
     recovered = rate + elapsed * limits.recovery * limits.rate
@@ -74,6 +95,14 @@ def slow_down(bucket: Bucket, limits: Limits) -> Bucket:
     """A throttling answer: cut the effective rate, and spend what the bucket held."""
     rate = max(limits.floor * limits.rate, bucket.effective_rate(limits) * limits.decrease)
     return replace(bucket, tokens=min(bucket.tokens, 0.0), rate=rate)
+
+
+def same_throttle(now: datetime, slowed_at: datetime | None, held_until: datetime | None) -> bool:
+    """Whether a throttling answer at `now` belongs to the event whose cut was made at
+    `slowed_at` (by any replica): one cut per event, not one per replica."""
+    if slowed_at is None:
+        return False
+    return now < max(slowed_at + SAME_THROTTLE, held_until or slowed_at)
 
 
 def replay_quota(granted: int, limits: Limits, rand: float) -> int:

@@ -1,8 +1,11 @@
-"""Channel health as this process sees it: circuit breakers, throttle slow-downs, pauses.
+"""Channel health: circuit breakers, throttle slow-downs, and the pause every replica shares.
 
-A breaker lives in this process and decides alone; what every replica should know (a slowed
-shared bucket) or operators should see (a pause) is written in the background, so that no
-answer waits on the database.
+A breaker lives in this process and decides at once; what every replica should know (a slowed
+shared bucket, a pause) is written in the background, so that no answer waits on the database.
+The shared pause has one truth: it belongs to an epoch that a success (or a new key) ends for
+every replica. A failure pauses only the epoch its request was claimed in, so it cannot re-pause
+a channel that recovered meanwhile; a process whose own breaker is open reads the epoch on each
+claim and resumes when another replica's success ended the pause.
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
 from outbox.config import ChannelConfig, SenderConfig
-from outbox.domain.breaker import BreakerState, CircuitBreaker, Transition
+from outbox.domain.breaker import BreakerState, CircuitBreaker, Transition, key_fingerprint
 from outbox.domain.outcome import Judged
 from outbox.domain.ratelimit import Limits
+from outbox.domain.retry import ErrorClass
 from outbox.errors import DatabaseError
-from outbox.ports import ChannelStates, Clock, Monotonic, SendObserver
+from outbox.ports import ChannelStates, Monotonic, SendObserver
 
 log = structlog.get_logger("outbox.sender")
 
@@ -36,14 +40,12 @@ class ChannelGovernor:
         *,
         worker: str,
         observer: SendObserver,
-        now: Clock,
         monotonic: Monotonic,
         on_resume: Callable[[], None],
     ) -> None:
         self._store = store
         self._worker = worker
         self._observer = observer
-        self._now = now
         self._monotonic = monotonic
         self._on_resume = on_resume
         self.limits: dict[str, Limits] = {c.id: c.limits() for c in channels}
@@ -55,37 +57,73 @@ class ChannelGovernor:
             )
             for c in channels
         }
+        self._keys = {c.id: self.key_of(c) for c in channels}  # the key in use, fingerprinted
+        # The epoch of the pause this process's open breaker belongs to.
+        self._epochs: dict[str, int] = {}
         # When this process last slowed a channel down (monotonic): one throttled burst of
-        # answers is one slow-down, not one per answer.
+        # answers is one write, not one per answer (the row decides whether it is a new event).
         self._slowed_at: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._started: set[str] = set()  # channels claimed since the process started
 
-    def new_key(self, channel: str) -> None:
-        """The channel's API key changed: a paused channel lifts its shared pause and probes
-        at once."""
-        breaker = self.breakers[channel]
-        if breaker.state is BreakerState.CLOSED:
+    @staticmethod
+    def key_of(channel: ChannelConfig) -> str:
+        return key_fingerprint(channel.api_key.reveal())
+
+    def new_key(self, channel: ChannelConfig) -> None:
+        """The channel's API key changed: a pause another key caused is lifted for every
+        replica, whichever wrote it, and a paused breaker here probes at once."""
+        key = self.key_of(channel)
+        self._keys[channel.id] = key
+        self.breakers[channel.id].probe_now(self._monotonic())
+        self._background_task(self._lift_credential_pause(channel.id, key, wake=True))
+
+    async def refresh(self, channel: str) -> None:
+        """On claim. The first time: a pause another key caused ends (this process started with
+        a new key: a restart is a reload too). While this process's breaker is not closed: if a
+        success or a new key ended the shared pause (the epoch moved on), it resumes here too."""
+        if channel not in self._started:
+            self._started.add(channel)
+            # No wake-up: this claim goes ahead anyway.
+            await self._lift_credential_pause(channel, self._keys[channel], wake=False)
+        if self.breakers[channel].state is BreakerState.CLOSED:
             return
-        breaker.probe_now(self._monotonic())
-        self._background_task(self._lift_pause(channel))
+        epoch = await self._store.pause_epoch(channel)
+        if epoch > self._epochs.get(channel, epoch):
+            self._resumed_elsewhere(channel, "the shared pause was ended by another replica")
 
-    def learn(self, channel: str, message_id: int, judged: Judged) -> None:
-        """What one answer says about the channel: throttled, broken, or fine."""
+    def learn(self, channel: str, message_id: int, judged: Judged, *, key: str, epoch: int) -> None:
+        """What one answer says about the channel: throttled, broken, or fine. `key` is the
+        fingerprint of the key the request went with, `epoch` the pause epoch of its claim."""
         if judged.throttle_hold is not None:
             self._slow_down(channel, judged.throttle_hold)
+        if key != self._keys[channel]:
+            return  # sent with a key replaced since: it says nothing about the key in use
+        breaker = self.breakers[channel]
+        was_closed = breaker.state is BreakerState.CLOSED
         reason = judged.result.error_title or judged.result.error_code or ""
-        transition = self.breakers[channel].record(
-            self._monotonic(), message_id, judged.error, reason
-        )
-        if transition is not None:
-            self._announce(channel, transition)
+        transition = breaker.record(self._monotonic(), message_id, judged.error, reason)
+        if transition is None:
+            return
+        if transition.state is BreakerState.OPEN:
+            if was_closed:
+                self._epochs[channel] = epoch
+            credential = key if judged.error is ErrorClass.CHANNEL else None
+            self._announce_pause(channel, transition, credential)
+        else:
+            log.warning("outbox.channel.resumed", channel=channel, reason=transition.reason)
+            self._observer.paused(channel, False)
+            self._background_task(self._record_resume(channel))
 
     async def settle(self) -> None:
         """Wait for the background writes to finish."""
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def _lift_pause(self, channel: str) -> None:
-        await self._persist_pause(channel, None, None)
+    def _resumed_elsewhere(self, channel: str, reason: str) -> None:
+        if self.breakers[channel].resume(reason) is None:
+            return
+        log.warning("outbox.channel.resumed", channel=channel, reason=reason)
+        self._observer.paused(channel, False)
         self._on_resume()
 
     def _slow_down(self, channel: str, hold: timedelta) -> None:
@@ -110,31 +148,54 @@ class ChannelGovernor:
         )
         self._observer.rate(channel, rate)
 
-    def _announce(self, channel: str, transition: Transition) -> None:
-        paused = transition.state is BreakerState.OPEN
-        if paused:
-            log.error(
-                "outbox.channel.paused",
-                channel=channel,
-                reason=transition.reason,
-                probe_in_seconds=transition.cooldown,
-            )
-        else:
-            log.warning("outbox.channel.resumed", channel=channel, reason=transition.reason)
-        self._observer.paused(channel, paused)
-        until = self._now() + timedelta(seconds=transition.cooldown) if paused else None
-        self._background_task(
-            self._persist_pause(channel, until, transition.reason if paused else None)
+    def _announce_pause(self, channel: str, transition: Transition, key: str | None) -> None:
+        log.error(
+            "outbox.channel.paused",
+            channel=channel,
+            reason=transition.reason,
+            probe_in_seconds=transition.cooldown,
         )
+        self._observer.paused(channel, True)
+        epoch = self._epochs[channel]
+        self._background_task(self._persist_pause(channel, epoch, transition, key))
 
     async def _persist_pause(
-        self, channel: str, until: datetime | None, reason: str | None
+        self, channel: str, epoch: int, transition: Transition, key: str | None
     ) -> None:
         try:
-            await self._store.set_pause(channel, until, reason, self._worker)
+            recorded = await self._store.pause(
+                channel,
+                epoch=epoch,
+                seconds=transition.cooldown,
+                reason=transition.reason,
+                worker=self._worker,
+                key=key,
+            )
         except DatabaseError as exc:
-            # Visibility only: the pause itself lives in this process and holds regardless.
+            # The pause itself lives in this process and holds regardless.
             log.warning("outbox.channel.pause_not_recorded", channel=channel, error=str(exc))
+            return
+        if not recorded and self._epochs.get(channel) == epoch:
+            self._resumed_elsewhere(
+                channel, "a success was recorded after the failing request was claimed"
+            )
+
+    async def _record_resume(self, channel: str) -> None:
+        try:
+            await self._store.resume(channel, self._worker)
+        except DatabaseError as exc:
+            log.warning("outbox.channel.resume_not_recorded", channel=channel, error=str(exc))
+
+    async def _lift_credential_pause(self, channel: str, key: str, *, wake: bool) -> None:
+        try:
+            lifted = await self._store.lift_credential_pause(channel, key, self._worker)
+        except DatabaseError as exc:
+            log.warning("outbox.channel.pause_not_lifted", channel=channel, error=str(exc))
+            return
+        if lifted:
+            log.warning("outbox.channel.pause_lifted", channel=channel, reason="new API key")
+        if wake:
+            self._on_resume()
 
     def _background_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)

@@ -21,6 +21,7 @@ import structlog
 from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, State
+from outbox.domain.outcome import Judged
 from outbox.errors import DatabaseError
 from outbox.loops import Backoff, Health, database_failed, wait_any
 from outbox.ports import (
@@ -82,7 +83,6 @@ class Sender:
             config,
             worker=worker_id,
             observer=self._observer,
-            now=now,
             monotonic=monotonic,
             on_resume=self._wake.set,
         )
@@ -106,7 +106,7 @@ class Sender:
         """An operator reloaded the channel's API key: use it from the next request, and if
         the channel is paused, lift the shared pause and probe at once."""
         self._channels[channel.id] = channel
-        self._governor.new_key(channel.id)
+        self._governor.new_key(channel)
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Send until `stop` is set (or, with `drain`, until nothing is left to claim)."""
@@ -188,6 +188,7 @@ class Sender:
     async def _claim_channel(self, channel: ChannelConfig, share: int) -> tuple[int, float | None]:
         """Claim what the channel's breaker, in-flight cap and shared bucket allow; send it."""
         breaker = self._governor.breakers[channel.id]
+        await self._governor.refresh(channel.id)  # a pause ended elsewhere ends here
         allowance = breaker.allowance(self._monotonic())
         if allowance == 0:
             return 0, breaker.wait_time(self._monotonic())
@@ -220,7 +221,7 @@ class Sender:
             else:
                 breaker.probe_unused()
         for message in rows:
-            self._start(channel, message)
+            self._start(channel, message, claim.pause_epoch)
         return len(rows), retry_in
 
     def _free_slots(self) -> int:
@@ -228,14 +229,21 @@ class Sender:
         # slows down with it instead of piling up answers in memory (and leases unrenewed).
         return self._config.max_in_flight - len(self._flights) - len(self._results)
 
-    def _start(self, channel: ChannelConfig, message: ClaimedMessage) -> None:
+    def _start(self, channel: ChannelConfig, message: ClaimedMessage, epoch: int) -> None:
+        # The channel as it is now, not as the round began: a key reloaded during the claim is
+        # the one the request carries, and the one its answer is judged by.
+        channel = self._channels[channel.id]
         flight = _Flight(message, self._monotonic())
         self._flights[message.id] = flight
         self._in_flight[channel.id] += 1
-        flight.task = asyncio.create_task(self._send(channel, flight))
+        flight.task = asyncio.create_task(self._send(channel, flight, epoch))
 
-    async def _send(self, channel: ChannelConfig, flight: _Flight) -> None:
+    async def _send(self, channel: ChannelConfig, flight: _Flight, epoch: int) -> None:
         message = flight.message
+        key = self._governor.key_of(channel)
+
+        def learn(judged: Judged) -> None:
+            self._governor.learn(channel.id, message.id, judged, key=key, epoch=epoch)
 
         def sending() -> None:
             flight.started = True
@@ -250,7 +258,7 @@ class Sender:
                 now=self._now,
                 monotonic=self._monotonic,
                 sending=sending,
-                learn=lambda judged: self._governor.learn(channel.id, message.id, judged),
+                learn=learn,
             )
             self._observer.sent(result)
             self._record(result.result)

@@ -311,7 +311,9 @@ async def test_a_slowed_down_channel_is_held_and_a_paused_one_waits(harness: Har
     assert held.messages == []
     assert FAST.rate / 2 <= held.rate < FAST.rate * 0.6
     assert 25 < _wait(held) <= 30
-    await harness.channels.set_pause("p", _now() + timedelta(minutes=1), "broken", "w1")
+    assert await harness.channels.pause(
+        "p", epoch=0, seconds=60.0, reason="broken", worker="w1", key=None
+    )
     await harness.add(B, channel="p")
     paused = await harness.store.claim("p", 10, "w1", LEASE, FAST)
     assert paused.messages == []
@@ -335,3 +337,54 @@ async def test_a_pace_that_has_passed_holds_nothing(harness: Harness) -> None:
     a1 = await harness.add(A)
     assert await harness.store.next_due("c") is None
     assert await _claim(harness) == [a1]
+
+
+async def _pause(h: Harness, epoch: int, seconds: float, key: str | None = None) -> bool:
+    return await h.channels.pause(
+        "c", epoch=epoch, seconds=seconds, reason="broken", worker="w1", key=key
+    )
+
+
+async def _blocked_for(h: Harness) -> float:
+    claim = await h.store.claim("c", 10, "w1", LEASE, FAST)
+    assert claim.messages == []
+    return claim.wait or 0.0
+
+
+async def test_a_success_ends_the_pause_for_every_failure_sent_before_it(harness: Harness) -> None:
+    await harness.add(A)
+    assert (await harness.store.claim("c", 0, "w1", LEASE, FAST)).pause_epoch == 0
+    assert await _pause(harness, 0, 60.0)
+    assert 55 < await _blocked_for(harness) <= 60
+    assert await _pause(harness, 0, 5.0)  # an extension never shortens the pause
+    assert 55 < await _blocked_for(harness) <= 60
+    assert await harness.channels.resume("c", "w2") == 1
+    assert await harness.channels.pause_epoch("c") == 1
+    # A failure of a request claimed before that success: not written, nothing blocked.
+    assert not await _pause(harness, 0, 600.0)
+    claim = await harness.store.claim("c", 10, "w1", LEASE, FAST)
+    assert (len(claim.messages), claim.pause_epoch) == (1, 1)
+    assert await _pause(harness, 1, 60.0)  # a failure after it pauses again
+    assert 55 < await _blocked_for(harness) <= 60
+
+
+async def test_a_new_key_lifts_only_a_pause_another_key_caused(harness: Harness) -> None:
+    await harness.store.claim("c", 0, "w1", LEASE, FAST)  # a full bucket
+    assert await _pause(harness, 0, 60.0)  # server errors: no key to blame
+    assert not await harness.channels.lift_credential_pause("c", "new", "w2")
+    assert await _pause(harness, 0, 60.0, key="old")
+    assert not await harness.channels.lift_credential_pause("c", "old", "w2")
+    assert await harness.channels.pause_epoch("c") == 0
+    assert await harness.channels.lift_credential_pause("c", "new", "w2")
+    assert await harness.channels.pause_epoch("c") == 1
+    await harness.add(A)
+    assert len((await harness.store.claim("c", 10, "w1", LEASE, FAST)).messages) == 1
+    assert not await harness.channels.lift_credential_pause("c", "newer", "w2")
+
+
+async def test_one_throttling_event_cuts_the_rate_once(harness: Harness) -> None:
+    first, until = await harness.channels.slow_down("c", FAST, timedelta(seconds=30))
+    again, later = await harness.channels.slow_down("c", FAST, timedelta(seconds=5))
+    assert first == FAST.rate / 2
+    assert FAST.rate / 2 <= again < FAST.rate * 0.51
+    assert later == until  # the hold only ever grows

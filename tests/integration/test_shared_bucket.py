@@ -90,8 +90,16 @@ async def test_a_throttle_halves_the_rate_and_holds_every_claim(
     assert held.rate == pytest.approx(50.0, abs=0.5)  # recovering already, at 5 /s a second
     assert held.wait is not None
     assert 29 < held.wait <= 30
-    # A second throttle halves again, down to the floor of 5 % and no further.
+    # The same event's later answers cut nothing more ...
+    rate, _ = await channel_state.slow_down("c", limits, timedelta(seconds=1))
+    assert rate == pytest.approx(50.0, abs=0.5)
+    # ... but each later event halves again, down to the floor of 5 % and no further.
     for _ in range(10):
+        await fetch(
+            db_url,
+            "UPDATE outbox.channel_state SET slowed_at = slowed_at - interval '1 hour', "
+            "hold_until = now() - interval '1 second'",
+        )
         rate, _ = await channel_state.slow_down("c", limits, timedelta(seconds=1))
     assert rate == 5.0
 
@@ -126,3 +134,61 @@ async def test_the_fraction_of_a_token_is_kept_between_claims(
     tokens = (await _bucket(db_url))["tokens"]
     assert isinstance(tokens, float)
     assert 0.45 < tokens < 0.6
+
+
+async def test_a_database_clock_that_stepped_back_does_not_stop_the_channel(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """The state a 10-minute backward step leaves right after a claim: `refilled_at` ahead of
+    the database's clock. The bucket re-anchors at the clock it reads and earns from there."""
+    await fetch(db_url, _ROWS, 50, 0)
+    store = MessageStore(engine)
+    fast = Limits(rate=5000.0, burst=10.0)
+    await store.claim("c", 1, "w", LEASE, fast)
+    await fetch(
+        db_url,
+        "UPDATE outbox.channel_state SET tokens = 0, refilled_at = now() + interval '10 minutes'",
+    )
+    claimed = 0
+    for _ in range(40):
+        claim = await store.claim("c", 10, "w", LEASE, fast)
+        claimed += len(claim.messages)
+        await asyncio.sleep(0.01)
+    assert claimed == 49
+    assert (await _bucket(db_url))["refilled_at"] < (await fetch(db_url, "SELECT now()"))[0][0]
+
+
+async def test_one_throttling_event_cuts_the_shared_rate_once_whatever_the_replicas(
+    db_url: str,
+) -> None:
+    """Three replicas each see the event's 429s: the rate is halved once (80 -> 40), not three
+    times (80 -> 10)."""
+    limits = Limits(rate=80.0, burst=8.0)
+    engines = [create_engine(db_url, pool_size=1) for _ in range(3)]
+    try:
+        rates = [
+            (await ChannelStateStore(e).slow_down("c", limits, timedelta(seconds=2)))[0]
+            for e in engines
+        ]
+    finally:
+        await asyncio.gather(*(e.dispose() for e in engines))
+    assert rates == [40.0, 40.0, 40.0]
+    assert (await _bucket(db_url))["rate"] == 40.0
+
+
+async def test_the_rate_regains_and_tokens_accrue_only_after_the_hold(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """Counting from the slow-down, a hold undid the cut before the first claim after it and
+    that claim got a full burst at the full rate, straight back into the limit."""
+    await fetch(db_url, _ROWS, 50, 0)
+    store = MessageStore(engine)
+    limits = Limits(rate=80.0, burst=8.0)
+    await store.claim("c", 1, "w", LEASE, limits)
+    _, until = await ChannelStateStore(engine).slow_down("c", limits, timedelta(seconds=1.5))
+    [[db_now]] = await fetch(db_url, "SELECT now()")
+    await asyncio.sleep((until - db_now).total_seconds() + 0.1)
+    first = await store.claim("c", 8, "w", LEASE, limits)
+    # A tenth of a second or so after the hold: at most a few tokens at about 40/s.
+    assert len(first.messages) <= 5
+    assert 40.0 <= first.rate < 42.0

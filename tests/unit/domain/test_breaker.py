@@ -412,3 +412,48 @@ def test_probe_now_skips_the_rest_of_the_cool_down_but_keeps_its_doubling() -> N
     again = breaker.record(1.5, 2, ErrorClass.CHANNEL, "401")
     assert again is not None
     assert again.cooldown == 20.0  # the failed probe still doubles the next pause
+
+
+def test_probe_now_while_an_old_probe_is_out_sends_a_new_one_and_ignores_the_old() -> None:
+    """A new key arrived while the probe (sent with the old key) is in flight: its 401 says
+    nothing about the new key and must not re-open the breaker with a doubled cool-down."""
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0, max_cooldown=100.0)
+    assert breaker.record(0.0, 1, CHANNEL, "401") is not None
+    assert breaker.allowance(10.0) == 1
+    breaker.probing(2)  # the old-key probe leaves
+    breaker.probe_now(10.5)
+    assert breaker.allowance(10.5) == 1  # a new probe, at once
+    breaker.probing(3)
+    assert breaker.record(10.6, 2, CHANNEL, "401") is None  # the old probe's answer
+    assert breaker.state is HALF_OPEN
+    assert breaker.record(10.7, 3, None, "") == closed("401")
+
+
+@pytest.mark.parametrize(
+    ("steps", "expect"),
+    [
+        pytest.param([], None, id="closed-nothing-to-resume"),
+        pytest.param([Record(0.0, 1, CHANNEL)], Transition(CLOSED, "elsewhere"), id="open"),
+        pytest.param(
+            [Record(0.0, 1, CHANNEL), Allowance(10.0, 1), Probing(2)],
+            Transition(CLOSED, "elsewhere"),
+            id="half-open-with-probe-out",
+        ),
+    ],
+)
+def test_resume_closes_a_breaker_whose_pause_ended_elsewhere(
+    steps: list[Step], expect: Transition | None
+) -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0, max_cooldown=60.0)
+    for step in steps:
+        if isinstance(step, Record):
+            breaker.record(step.now, step.message_id, step.error, step.reason)
+        elif isinstance(step, Allowance):
+            assert breaker.allowance(step.now) == step.expect
+        elif isinstance(step, Probing):
+            breaker.probing(step.message_id)
+    assert breaker.resume("elsewhere") == expect
+    assert breaker.state is CLOSED
+    assert breaker.allowance(11.0) is None
+    # The doubling starts over: the next pause is the base cool-down again.
+    assert breaker.record(12.0, 9, CHANNEL, "x") == opened(10.0, "x")

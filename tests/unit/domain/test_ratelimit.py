@@ -159,14 +159,40 @@ def test_refill_earns_at_the_reduced_rate(rate: float, elapsed: float, expected:
     [
         pytest.param(timedelta(0), id="same-instant"),
         pytest.param(timedelta(microseconds=1), id="one-microsecond-back"),
+        pytest.param(timedelta(milliseconds=200), id="statement-order-back"),
         pytest.param(timedelta(seconds=1), id="one-second-back"),
-        pytest.param(timedelta(days=1), id="one-day-back"),
     ],
 )
 def test_refill_with_a_clock_that_does_not_advance_changes_nothing(
     bucket: Bucket, back: timedelta
 ) -> None:
     assert refill(bucket, T0 - back, FOUR) == bucket
+
+
+@pytest.mark.parametrize(
+    ("bucket", "back", "later", "tokens", "rate"),
+    [
+        # After a step back, the bucket earns from the new reading on: one second later it has
+        # a second's tokens (rate 4), not nothing until the clock is back where it was.
+        pytest.param(Bucket(0.0, T0), 600.0, 1.0, 4.0, None, id="ten-minutes-back-empty"),
+        pytest.param(Bucket(3.0, T0), 600.0, 1.0, 7.0, None, id="ten-minutes-back-keeps-tokens"),
+        pytest.param(Bucket(0.0, T0), 86400.0, 0.5, 2.0, None, id="one-day-back"),
+        pytest.param(Bucket(0.0, T0), 1.5, 1.0, 4.0, None, id="just-past-the-tolerance"),
+        pytest.param(Bucket(10.0, T0), 600.0, 1.0, 10.0, None, id="full-stays-full"),
+        # A slowed bucket keeps its cut through the step and regains from the new reading.
+        pytest.param(Bucket(0.0, T0, 2.0), 600.0, 1.0, 2.0, 2.2, id="slowed-keeps-its-rate"),
+    ],
+)
+def test_a_clock_that_steps_back_counts_no_time_and_re_anchors(
+    bucket: Bucket, back: float, later: float, tokens: float, rate: float | None
+) -> None:
+    stepped = T0 - timedelta(seconds=back)
+    anchored = refill(bucket, stepped, FOUR)
+    assert (anchored.tokens, anchored.rate) == (bucket.tokens, bucket.rate)
+    assert anchored.refilled_at == stepped
+    after = refill(anchored, stepped + timedelta(seconds=later), FOUR)
+    assert after.tokens == pytest.approx(tokens)
+    assert after.rate == (None if rate is None else pytest.approx(rate))
 
 
 @pytest.mark.parametrize(
