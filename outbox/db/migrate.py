@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db.tables import SCHEMA
+from outbox.db.tables import SCHEMA, schema_compat
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -62,3 +63,24 @@ async def _run(engine: AsyncEngine, action: Callable[[Config], None]) -> None:
     # can step out of it (CREATE INDEX CONCURRENTLY).
     async with engine.connect() as connection:
         await connection.run_sync(run)
+
+
+def declare_compatibility(revision: str, down_revision: str | None, compatible_with: str) -> None:
+    """Record, from a migration's upgrade(), the oldest release (by its newest revision) that
+    still runs on the schema this migration leaves: its own down_revision when it only adds,
+    its own revision when older code would break on it. Older releases cannot know a newer
+    migration's file, so they read this row from the database instead."""
+    values = {
+        "revision": revision,
+        "down_revision": down_revision,
+        "compatible_with": compatible_with,
+    }
+    # An upsert, so that a migration interrupted after this statement can run again.
+    statement = insert(schema_compat).values(values)
+    kept = {name: statement.excluded[name] for name in ("down_revision", "compatible_with")}
+    op.execute(statement.on_conflict_do_update(index_elements=["revision"], set_=kept))
+
+
+def forget_compatibility(revision: str) -> None:
+    """From a migration's downgrade(): the schema no longer holds what the row declared."""
+    op.execute(schema_compat.delete().where(schema_compat.c.revision == revision))
