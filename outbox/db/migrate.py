@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,11 +10,12 @@ from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db.tables import SCHEMA, schema_compat
+from outbox.domain.schema import Declaration
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -32,8 +34,48 @@ def alembic_config() -> Config:
     return config
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+@functools.cache
+def code_revisions() -> tuple[str, ...]:
+    """This release's revisions, oldest first. Read once per process: reading them imports and
+    runs every migration file, which `/readyz` must not do per request."""
+    script = ScriptDirectory.from_config(alembic_config())
+    script.get_current_head()  # raises unless the history is one line
+    return tuple(reversed([s.revision for s in script.walk_revisions()]))
+
+
+def head_revision() -> str:
+    return code_revisions()[-1]
+
+
+async def schema_state(engine: AsyncEngine) -> tuple[str | None, dict[str, Declaration]]:
+    """The database's revision and, when this release does not know it, what the migrations it
+    does not know declared; one connection, no migration file read."""
+    async with engine.connect() as connection:
+        versions, compat = (
+            await connection.execute(
+                text(
+                    f"SELECT to_regclass('{SCHEMA}.alembic_version') IS NOT NULL, "
+                    f"to_regclass('{SCHEMA}.schema_compat') IS NOT NULL"
+                )
+            )
+        ).one()
+        current = None
+        if versions:
+            rows = await connection.execute(
+                text(f"SELECT version_num FROM {SCHEMA}.alembic_version")
+            )
+            # Several rows only with branches, which these migrations never make: unknown to all.
+            current = "+".join(sorted(r[0] for r in rows)) or None
+        if not compat or current is None or current in code_revisions():
+            return current, {}
+        rows = await connection.execute(
+            select(
+                schema_compat.c.revision,
+                schema_compat.c.down_revision,
+                schema_compat.c.compatible_with,
+            )
+        )
+        return current, {r.revision: Declaration(r.down_revision, r.compatible_with) for r in rows}
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
