@@ -15,7 +15,6 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import ChannelConfig, Settings
@@ -31,6 +30,7 @@ from outbox.db.messages import MessageStore
 from outbox.db.reconcile_store import ReconcileStore
 from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.webhook_store import WebhookEventStore
+from outbox.domain.schema import judge_schema
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
@@ -56,21 +56,20 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-async def check_database(engine: AsyncEngine) -> None:
-    """Raise unless the database is reachable and migrated to the head revision."""
+async def check_database(engine: AsyncEngine) -> str:
+    """Raise unless the database is reachable and its schema fits this release: at this
+    release's newest revision, or newer and declared compatible by every later migration
+    (outbox.domain.schema). Returns what was found, as one line."""
     try:
         with translated_errors():
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-            current = await migrate.current_revision(engine)
+            current, declared = await migrate.schema_state(engine)
     except DatabaseError as exc:
         cause = exc.__cause__ or exc
         raise DatabaseError(f"database unreachable: {type(cause).__name__}") from cause
-    head = migrate.head_revision()
-    if current != head:
-        raise SchemaOutdated(
-            f"schema at revision {current or 'none'}, expected {head}: run `outbox migrate`"
-        )
+    verdict = judge_schema(current, migrate.code_revisions(), declared)
+    if not verdict.usable:
+        raise SchemaOutdated(verdict.message)
+    return verdict.message
 
 
 async def run(
@@ -95,7 +94,7 @@ async def run(
     engine = create_engine(settings.database_url, pool_size=8)
     runner: web.AppRunner | None = None
     try:
-        await check_database(engine)
+        schema = await check_database(engine)
         store = MessageStore(engine)
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
         http_port = None
@@ -143,6 +142,7 @@ async def run(
                 roles=sorted(roles),
                 channels=[c.id for c in settings.channels],
                 http_port=http_port,
+                schema=schema,
             )
             if on_started is not None:
                 on_started(Started(worker_id, http_port))

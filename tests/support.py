@@ -238,3 +238,19 @@ async def daemon_http_port(process: asyncio.subprocess.Process, log: Path) -> in
                 return int(json.loads(line)["http_port"])
         await asyncio.sleep(0.05)
     raise AssertionError(f"no outbox.started line; log:\n{log.read_text()[-3000:]}")
+
+
+async def outbox_command(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """One `outbox` command as an operator runs it: exit code, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "outbox",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **SUBPROCESS_ENV, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -59,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from outbox import app
     from outbox.db import migrate
     from outbox.db.engine import create_engine
 
@@ -68,6 +69,11 @@ def _migrate(args: argparse.Namespace) -> int:
         engine = create_engine(loaded.database_url, pool_size=1, role="migrate")
         try:
             before = await migrate.current_revision(engine)
+            if before is not None and before not in migrate.code_revisions():
+                # A newer release migrated already (a rollback, or an old Job run again):
+                # nothing of ours to apply; say whether this release may run on it.
+                print(f"schema: {await app.check_database(engine)}; nothing to migrate")
+                return EXIT_OK
             await migrate.upgrade(engine)
             after = await migrate.current_revision(engine)
         except OSError as exc:
@@ -90,10 +96,10 @@ def _check(args: argparse.Namespace) -> int:
     async def main(_: asyncio.Event) -> int:
         engine = create_engine(loaded.database_url, pool_size=1, role="check")
         try:
-            await app.check_database(engine)
+            schema = await app.check_database(engine)
         finally:
             await engine.dispose()
-        print("database: ok, schema current")
+        print(f"database: ok, {schema}")
         return EXIT_OK
 
     return run_async(main)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db.tables import SCHEMA
+from outbox.db.tables import SCHEMA, schema_compat
+from outbox.domain.schema import Declaration
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -31,8 +34,48 @@ def alembic_config() -> Config:
     return config
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+@functools.cache
+def code_revisions() -> tuple[str, ...]:
+    """This release's revisions, oldest first. Read once per process: reading them imports and
+    runs every migration file, which `/readyz` must not do per request."""
+    script = ScriptDirectory.from_config(alembic_config())
+    script.get_current_head()  # raises unless the history is one line
+    return tuple(reversed([s.revision for s in script.walk_revisions()]))
+
+
+def head_revision() -> str:
+    return code_revisions()[-1]
+
+
+async def schema_state(engine: AsyncEngine) -> tuple[str | None, dict[str, Declaration]]:
+    """The database's revision and, when this release does not know it, what the migrations it
+    does not know declared; one connection, no migration file read."""
+    async with engine.connect() as connection:
+        versions, compat = (
+            await connection.execute(
+                text(
+                    f"SELECT to_regclass('{SCHEMA}.alembic_version') IS NOT NULL, "
+                    f"to_regclass('{SCHEMA}.schema_compat') IS NOT NULL"
+                )
+            )
+        ).one()
+        current = None
+        if versions:
+            rows = await connection.execute(
+                text(f"SELECT version_num FROM {SCHEMA}.alembic_version")
+            )
+            # Several rows only with branches, which these migrations never make: unknown to all.
+            current = "+".join(sorted(r[0] for r in rows)) or None
+        if not compat or current is None or current in code_revisions():
+            return current, {}
+        rows = await connection.execute(
+            select(
+                schema_compat.c.revision,
+                schema_compat.c.down_revision,
+                schema_compat.c.compatible_with,
+            )
+        )
+        return current, {r.revision: Declaration(r.down_revision, r.compatible_with) for r in rows}
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
@@ -62,3 +105,24 @@ async def _run(engine: AsyncEngine, action: Callable[[Config], None]) -> None:
     # can step out of it (CREATE INDEX CONCURRENTLY).
     async with engine.connect() as connection:
         await connection.run_sync(run)
+
+
+def declare_compatibility(revision: str, down_revision: str | None, compatible_with: str) -> None:
+    """Record, from a migration's upgrade(), the oldest release (by its newest revision) that
+    still runs on the schema this migration leaves: its own down_revision when it only adds,
+    its own revision when older code would break on it. Older releases cannot know a newer
+    migration's file, so they read this row from the database instead."""
+    values = {
+        "revision": revision,
+        "down_revision": down_revision,
+        "compatible_with": compatible_with,
+    }
+    # An upsert, so that a migration interrupted after this statement can run again.
+    statement = insert(schema_compat).values(values)
+    kept = {name: statement.excluded[name] for name in ("down_revision", "compatible_with")}
+    op.execute(statement.on_conflict_do_update(index_elements=["revision"], set_=kept))
+
+
+def forget_compatibility(revision: str) -> None:
+    """From a migration's downgrade(): the schema no longer holds what the row declared."""
+    op.execute(schema_compat.delete().where(schema_compat.c.revision == revision))

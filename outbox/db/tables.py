@@ -254,3 +254,17 @@ operator_actions = Table(
     CheckConstraint("action IN ('replay', 'cancel')", name="action"),
     Index("ix_operator_actions_message_id", "message_id"),
 )
+
+# What each migration (0009 on) declares about the code that may run on the schema it leaves:
+# the oldest release, by its newest revision, that keeps working. A release reads the rows of
+# the revisions it does not know, a newer release's, to decide whether it may keep running
+# during a rolling update or after a rollback (outbox.domain.schema).
+schema_compat = Table(
+    "schema_compat",
+    metadata,
+    Column("revision", Text),
+    Column("down_revision", Text),
+    Column("compatible_with", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("revision"),
+)

@@ -14,23 +14,9 @@ from outbox.db import migrate
 from outbox.sandbox import Sandbox
 from tests.paths import ROOT
 from tests.support import SUBPROCESS_ENV, config_toml, fetch
+from tests.support import outbox_command as _outbox
 
 pytestmark = pytest.mark.slow
-
-
-async def _outbox(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "outbox",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **SUBPROCESS_ENV, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_migrate_then_check(empty_db_url: str, tmp_path: Path) -> None:

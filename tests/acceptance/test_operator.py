@@ -18,8 +18,8 @@ from outbox.db.operator_store import OperatorStore
 from outbox.domain.models import State
 from outbox.ports import Selector
 from outbox.sandbox import Sandbox
-from tests.acceptance.test_cli import _outbox
 from tests.support import SUBPROCESS_ENV, config_toml, drain, fetch, insert, row, settings_for
+from tests.support import outbox_command as _outbox
 
 pytestmark = pytest.mark.slow
 
