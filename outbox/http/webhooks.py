@@ -55,13 +55,21 @@ def add_routes(
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _reject(observer, channel_id, "too_large", 413)
-        body = _parse(raw)
+        # JSON on the wire is UTF-8 (RFC 8259 section 8.1). Decoded here, at the edge, so that
+        # a body in another encoding is the sender's mistake (400) and never reaches the store,
+        # where a decoding error would read as an outage (503, retried for ever).
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            detail = f"the body is not UTF-8 (invalid byte at offset {exc.start})"
+            return _reject(observer, channel_id, "not_utf8", 400, detail)
+        body = _parse(text)
         if body is _NOT_JSON:
             return _reject(observer, channel_id, "not_json", 400)
         if not isinstance(body, dict):
             return _reject(observer, channel_id, "not_an_object", 400)
         try:
-            stored = await sink.store_webhook(channel_id, raw.decode("utf-8"))
+            stored = await sink.store_webhook(channel_id, text)
         except BodyRejected as exc:
             return _reject(observer, channel_id, "unstorable", 400, str(exc))
         except Exception as exc:
@@ -78,15 +86,15 @@ def add_routes(
 _NOT_JSON = object()
 
 
-def _parse(raw: bytes) -> Any:
+def _parse(text: str) -> Any:
     try:
-        return orjson.loads(raw)
+        return orjson.loads(text)
     except orjson.JSONDecodeError:
         pass
     # orjson refuses some valid JSON that jsonb stores (integers beyond 64 bits, deep nesting):
     # the standard library decides.
     try:
-        return json.loads(raw)
+        return json.loads(text)
     except (ValueError, RecursionError):
         return _NOT_JSON
 
