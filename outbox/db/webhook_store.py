@@ -3,6 +3,10 @@
 Bodies that arrive while a write is in progress wait for the next one, so under load many bodies
 share one INSERT and one commit (and its WAL flush), and when idle a body is written at once. Every
 caller still learns only after the commit that includes its row.
+
+What waits is bounded: while PostgreSQL hangs (no error, no answer) bodies would pile up in memory,
+so past `max_held_bytes` a body is refused at once with `WriteQueueFull` (the receiver answers 503
+and 360dialog retries it later) instead of joining the queue.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from sqlalchemy.types import Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translate, translated_errors
-from outbox.errors import BodyRejected, StatementRejected
+from outbox.errors import BodyRejected, StatementRejected, WriteQueueFull
 
 MAX_GROUP = 500  # bodies per INSERT
+# Bodies held (waiting or being written) at most, in bytes: 64 bodies of the largest size the
+# receiver takes, or some 30,000 ordinary status bodies of a few hundred bytes.
+MAX_HELD_BYTES = 64 * 1024 * 1024
+BODY_OVERHEAD = 1024  # what one waiting body costs beyond its text (future, task, row)
 
 # The body goes in as the text we received; PostgreSQL parses it once, into jsonb.
 _INSERT_ONE = text(
@@ -50,19 +58,32 @@ class _Waiting:
 
 
 class WebhookEventStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, max_held_bytes: int = MAX_HELD_BYTES) -> None:
         self._engine = engine
         self._queue: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
+        self._max_held = max_held_bytes
+        self._held = 0  # bytes of the bodies queued or in the INSERT under way
 
     async def store_webhook(self, channel: str, body: str) -> int:
-        """Store one body; returns its row id once committed."""
+        """Store one body; returns its row id once committed.
+
+        Raises WriteQueueFull at once, without queueing, while too much is waiting already.
+        """
+        size = len(body) + BODY_OVERHEAD
+        if self._held + size > self._max_held:
+            raise WriteQueueFull(f"{self._held} bytes of webhook bodies wait for the database")
         waiting = _Waiting(channel, body)
+        self._held += size
+        waiting.stored.add_done_callback(lambda _: self._release(size))
         self._queue.append(waiting)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
         # A client that hangs up does not cancel the write of the group it is in.
         return await asyncio.shield(waiting.stored)
+
+    def _release(self, size: int) -> None:
+        self._held -= size
 
     async def _write_all(self) -> None:
         while self._queue:

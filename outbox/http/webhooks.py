@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from outbox.config import ChannelConfig
-from outbox.errors import BodyRejected
+from outbox.errors import BodyRejected, WriteQueueFull
 
 log = structlog.get_logger("outbox.webhooks")
 
@@ -72,6 +72,12 @@ def add_routes(
             stored = await sink.store_webhook(channel_id, text)
         except BodyRejected as exc:
             return _reject(observer, channel_id, "unstorable", 400, str(exc))
+        except WriteQueueFull:
+            # The database is too slow to take what arrives: refuse at once rather than hold
+            # more in memory; 360dialog retries later.
+            log.warning("outbox.webhook.overloaded", channel=channel_id)
+            observer.webhook(channel_id, "overloaded")
+            return web.json_response({"error": "overloaded"}, status=503)
         except Exception as exc:
             # An outage must reach 360dialog as a retryable answer, whatever the driver raised.
             log.warning("outbox.webhook.store_failed", channel=channel_id, error=type(exc).__name__)
