@@ -32,6 +32,7 @@ from outbox.db.reconcile_store import ReconcileStore
 from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
+from outbox.http import webhooks
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
 from outbox.metrics import Metrics
@@ -214,6 +215,7 @@ async def _start_web(
             return str(exc)
         return None
 
+    webhooks.log_origins(channels)
     app = create_app(
         metrics.registry,
         readiness,

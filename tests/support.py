@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from outbox import app
-from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings
+from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings, WebhookAuth
 from outbox.domain.models import Dialect
 
 KEYS = {"onprem-key": "onprem", "cloud-key": "cloud"}
@@ -24,13 +24,24 @@ NAMESPACE = "d8bcb6bd_2ab2_439c_9d9e_947501266c77"
 
 
 def settings_for(db_url: str, base_url: str, **sender: Any) -> Settings:
+    """Two channels that take webhooks without credentials, by choice (tests of authentication
+    give a channel credentials)."""
+    anyone = WebhookAuth.NONE
     return Settings(
         database_url=db_url,
         channels=(
             ChannelConfig(
-                "onprem", Dialect.ONPREM, base_url, Secret("onprem-key"), 5000.0, NAMESPACE
+                "onprem",
+                Dialect.ONPREM,
+                base_url,
+                Secret("onprem-key"),
+                5000.0,
+                NAMESPACE,
+                webhook_auth=anyone,
             ),
-            ChannelConfig("cloud", Dialect.CLOUD, base_url, Secret("cloud-key"), 5000.0),
+            ChannelConfig(
+                "cloud", Dialect.CLOUD, base_url, Secret("cloud-key"), 5000.0, webhook_auth=anyone
+            ),
         ),
         http=HttpConfig("127.0.0.1", 0),
         sender=SenderConfig(**{"poll_interval": timedelta(seconds=1), **sender}),
@@ -57,6 +68,7 @@ base_url = {json.dumps(base_url)}
 api_key_env = "TEST_ONPREM_KEY"
 namespace = "{NAMESPACE}"
 rate_per_second = {rate}
+webhook_auth = "none"
 
 [[channels]]
 id = "cloud"
@@ -64,6 +76,7 @@ dialect = "cloud"
 base_url = {json.dumps(base_url)}
 api_key_env = "TEST_CLOUD_KEY"
 rate_per_second = {rate}
+webhook_auth = "none"
 """
 
 

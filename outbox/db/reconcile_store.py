@@ -35,7 +35,7 @@ from outbox.domain.reconcile import (
 _TIMESTAMP = DateTime(timezone=True)
 
 _TAKE = """
-    SELECT id, channel, payload::text AS payload FROM outbox.webhook_events
+    SELECT id, channel, payload::text AS payload, authenticated FROM outbox.webhook_events
     WHERE processed_at IS NULL {only}
     ORDER BY id
     LIMIT :limit
@@ -100,13 +100,18 @@ PARK_STATUSES = PARKED_COLUMNS.statement(
     """
 )
 
+# A parked status keeps the origin of its webhook row; one whose row is gone (purged) counts as
+# unauthenticated, so it can still find its row by wamid but never by the outbox id.
 TAKE_PARKED = text(
     """
-    SELECT id, channel, status, webhook_event_id FROM outbox.parked_statuses
-    WHERE orphaned_at IS NULL AND next_attempt_at <= now()
-    ORDER BY next_attempt_at
+    SELECT p.id, p.channel, p.status, p.webhook_event_id,
+           coalesce(w.authenticated, false) AS authenticated
+    FROM outbox.parked_statuses AS p
+    LEFT JOIN outbox.webhook_events AS w ON w.id = p.webhook_event_id
+    WHERE p.orphaned_at IS NULL AND p.next_attempt_at <= now()
+    ORDER BY p.next_attempt_at
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF p SKIP LOCKED
     """
 ).columns(status=JSONB)
 
@@ -163,7 +168,13 @@ class ReconcileStore:
             async with self._engine.begin() as connection:
                 rows = (await connection.execute(TAKE_PARKED, {"limit": limit})).all()
                 statuses = [
-                    Located(r.channel, status_from_json(r.status), r.webhook_event_id, r.id)
+                    Located(
+                        r.channel,
+                        status_from_json(r.status),
+                        r.webhook_event_id,
+                        r.id,
+                        authenticated=r.authenticated,
+                    )
                     for r in rows
                 ]
                 yield _ParkedBatch(connection, statuses)
@@ -233,4 +244,4 @@ class _ParkedBatch(StatusWriter):
 
 
 def _webhook_row(row: Row[Any]) -> WebhookRow:
-    return WebhookRow(row.id, row.channel, orjson.loads(row.payload))
+    return WebhookRow(row.id, row.channel, orjson.loads(row.payload), row.authenticated)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.types import Text
+from sqlalchemy.types import Boolean, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translate, translated_errors
@@ -31,16 +31,16 @@ BODY_OVERHEAD = 1024  # what one waiting body costs beyond its text (future, tas
 
 # The body goes in as the text we received; PostgreSQL parses it once, into jsonb.
 _INSERT_ONE = text(
-    "INSERT INTO outbox.webhook_events (channel, payload) "
-    "VALUES (:channel, CAST(:body AS jsonb)) RETURNING id"
+    "INSERT INTO outbox.webhook_events (channel, payload, authenticated) "
+    "VALUES (:channel, CAST(:body AS jsonb), :authenticated) RETURNING id"
 )
-_BODIES = ArrayColumns((("channel", Text()), ("body", Text())))
+_BODIES = ArrayColumns((("channel", Text()), ("body", Text()), ("authenticated", Boolean())))
 # Identity values are drawn in the order the rows are inserted, which ORDER BY fixes; so the
 # sorted ids line up with the group's order.
 _INSERT_MANY = _BODIES.statement(
     f"""
-    INSERT INTO outbox.webhook_events (channel, payload)
-    SELECT channel, CAST(body AS jsonb)
+    INSERT INTO outbox.webhook_events (channel, payload, authenticated)
+    SELECT channel, CAST(body AS jsonb), authenticated
     FROM {_BODIES.unnest("b", ordinality="n")}
     ORDER BY n
     RETURNING id
@@ -52,6 +52,7 @@ _INSERT_MANY = _BODIES.statement(
 class _Waiting:
     channel: str
     body: str
+    authenticated: bool
     stored: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -65,15 +66,16 @@ class WebhookEventStore:
         self._max_held = max_held_bytes
         self._held = 0  # bytes of the bodies queued or in the INSERT under way
 
-    async def store_webhook(self, channel: str, body: str) -> int:
-        """Store one body; returns its row id once committed.
+    async def store_webhook(self, channel: str, body: str, *, authenticated: bool) -> int:
+        """Store one body, and whether its credentials were checked; returns its row id once
+        committed.
 
         Raises WriteQueueFull at once, without queueing, while too much is waiting already.
         """
         size = len(body) + BODY_OVERHEAD
         if self._held + size > self._max_held:
             raise WriteQueueFull(f"{self._held} bytes of webhook bodies wait for the database")
-        waiting = _Waiting(channel, body)
+        waiting = _Waiting(channel, body, authenticated)
         self._held += size
         waiting.stored.add_done_callback(lambda _: self._release(size))
         self._queue.append(waiting)
@@ -122,9 +124,14 @@ class WebhookEventStore:
         try:
             async with self._engine.begin() as connection:
                 if len(group) == 1:
-                    params = {"channel": group[0].channel, "body": group[0].body}
+                    one = group[0]
+                    params = {
+                        "channel": one.channel,
+                        "body": one.body,
+                        "authenticated": one.authenticated,
+                    }
                     return [(await connection.execute(_INSERT_ONE, params)).scalar_one()]
-                params_many = _BODIES.params([(w.channel, w.body) for w in group])
+                params_many = _BODIES.params([(w.channel, w.body, w.authenticated) for w in group])
                 return sorted((await connection.execute(_INSERT_MANY, params_many)).scalars())
         except DBAPIError as exc:
             # jsonb refuses some valid JSON (a \u0000 escape): the body is at fault. Anything

@@ -18,7 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from outbox.config import ChannelConfig
+from outbox.config import ChannelConfig, WebhookOrigin
 from outbox.errors import BodyRejected, WriteQueueFull
 
 log = structlog.get_logger("outbox.webhooks")
@@ -27,11 +27,33 @@ MAX_BODY_BYTES = 1024 * 1024  # 360dialog bodies are a few KiB; anything near th
 
 
 class WebhookSink(Protocol):
-    async def store_webhook(self, channel: str, body: str) -> int: ...
+    async def store_webhook(self, channel: str, body: str, *, authenticated: bool) -> int: ...
 
 
 class WebhookObserver(Protocol):
     def webhook(self, channel: str, outcome: str) -> None: ...
+
+
+def log_origins(channels: Mapping[str, ChannelConfig]) -> None:
+    """Say at start which channels take webhooks from anyone, and which refuse them all."""
+    for channel in channels.values():
+        match channel.webhook_origin():
+            case WebhookOrigin.ANYONE:
+                log.warning(
+                    "outbox.webhook.unauthenticated",
+                    channel=channel.id,
+                    note='webhook_auth = "none": anyone can post; its statuses find rows by '
+                    "wamid only, so a lost send answer is not resolved by a status",
+                )
+            case WebhookOrigin.REFUSED:
+                log.error(
+                    "outbox.webhook.no_credentials",
+                    channel=channel.id,
+                    note="every webhook is refused with 401: set webhook_username_* and "
+                    'webhook_password_*, or webhook_auth = "none" to take them unchecked',
+                )
+            case WebhookOrigin.CHECKED:
+                pass
 
 
 def add_routes(
@@ -45,7 +67,11 @@ def add_routes(
         channel = channels.get(channel_id)
         if channel is None:
             return _reject(observer, "unknown", "unknown_channel", 404)
-        if not _authorised(channel, request.headers.get("Authorization")):
+        origin = channel.webhook_origin()
+        if origin is WebhookOrigin.REFUSED or (
+            origin is WebhookOrigin.CHECKED
+            and not _authorised(channel, request.headers.get("Authorization"))
+        ):
             response = _reject(observer, channel_id, "unauthorised", 401)
             response.headers["WWW-Authenticate"] = 'Basic realm="outbox"'
             return response
@@ -69,7 +95,9 @@ def add_routes(
         if not isinstance(body, dict):
             return _reject(observer, channel_id, "not_an_object", 400)
         try:
-            stored = await sink.store_webhook(channel_id, text)
+            stored = await sink.store_webhook(
+                channel_id, text, authenticated=origin is WebhookOrigin.CHECKED
+            )
         except BodyRejected as exc:
             return _reject(observer, channel_id, "unstorable", 400, str(exc))
         except WriteQueueFull:
@@ -107,7 +135,7 @@ def _parse(text: str) -> Any:
 
 def _authorised(channel: ChannelConfig, header: str | None) -> bool:
     if channel.webhook_username is None or channel.webhook_password is None:
-        return True
+        return False
     user, password = _basic_credentials(header)
     # Both comparisons always run, so timing tells nothing about which part was wrong.
     user_ok = hmac.compare_digest(user, channel.webhook_username.reveal().encode())

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.config import ChannelConfig, Secret
+from outbox.config import ChannelConfig, Secret, WebhookAuth
 from outbox.db.webhook_store import BODY_OVERHEAD, WebhookEventStore
 from outbox.domain.models import Dialect
 from outbox.errors import WriteQueueFull
@@ -38,11 +38,16 @@ async def test_a_hanging_database_holds_a_bounded_queue(engine: AsyncEngine, db_
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("LOCK TABLE outbox.webhook_events IN ACCESS EXCLUSIVE MODE")
-        waiting = [asyncio.create_task(store.store_webhook("onprem", BODY)) for _ in range(HELD)]
+        waiting = [
+            asyncio.create_task(store.store_webhook("onprem", BODY, authenticated=True))
+            for _ in range(HELD)
+        ]
         await asyncio.sleep(0)  # each is queued (the first one's INSERT now waits on the lock)
         began = time.monotonic()
         with pytest.raises(WriteQueueFull):
-            await asyncio.wait_for(store.store_webhook("onprem", BODY), timeout=5)
+            await asyncio.wait_for(
+                store.store_webhook("onprem", BODY, authenticated=True), timeout=5
+            )
         refused_in = time.monotonic() - began
         assert not any(task.done() for task in waiting)
         await transaction.rollback()
@@ -53,7 +58,7 @@ async def test_a_hanging_database_holds_a_bounded_queue(engine: AsyncEngine, db_
     assert refused_in < 0.5
     assert await _stored(db_url) == HELD
     # Once the queue drained, bodies are taken again.
-    await store.store_webhook("onprem", BODY)
+    await store.store_webhook("onprem", BODY, authenticated=True)
     await wait_until(lambda: _count_is(db_url, HELD + 1))
 
 
@@ -62,14 +67,16 @@ async def _count_is(db_url: str, n: int) -> bool:
 
 
 class _FullSink:
-    async def store_webhook(self, channel: str, body: str) -> int:
+    async def store_webhook(self, channel: str, body: str, *, authenticated: bool) -> int:
         raise WriteQueueFull()
 
 
 async def test_a_full_queue_is_answered_503_and_counted_overloaded() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    channel = ChannelConfig("onprem", Dialect.ONPREM, "http://127.0.0.1:9", Secret("k"))
+    channel = ChannelConfig(
+        "onprem", Dialect.ONPREM, "http://127.0.0.1:9", Secret("k"), webhook_auth=WebhookAuth.NONE
+    )
     app = web.Application()
     webhooks.add_routes(app, {"onprem": channel}, _FullSink(), metrics)
     async with TestClient(TestServer(app)) as client:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from outbox.config import Secret, Settings
+from outbox.config import Secret, Settings, WebhookAuth
 from outbox.sandbox import Sandbox
 from tests.paths import WEBHOOK_FIXTURES
 from tests.support import KEYS, fetch, insert, running, settings_for, wait_until
@@ -36,7 +36,10 @@ AUTH = basic("hook-user", "hook-pass")
 def _with_auth(settings: Settings) -> Settings:
     onprem, cloud = settings.channels
     cloud = dataclasses.replace(
-        cloud, webhook_username=Secret("hook-user"), webhook_password=Secret("hook-pass")
+        cloud,
+        webhook_username=Secret("hook-user"),
+        webhook_password=Secret("hook-pass"),
+        webhook_auth=WebhookAuth.BASIC,
     )
     return dataclasses.replace(settings, channels=(onprem, cloud))
 
