@@ -147,7 +147,10 @@ class SenderConfig:
 
 @dataclass(frozen=True)
 class ReconcilerConfig:
-    batch_size: int = 500  # webhook rows per transaction
+    batch_size: int = 500  # webhook rows per transaction ...
+    # ... while the bodies before a row hold fewer than this many bytes (as received): memory
+    # grows with statuses, some 36 MB per 1 MiB body of small ones; a larger body goes alone.
+    batch_bytes: int = 2 * 1024 * 1024
     poll_interval: timedelta = timedelta(seconds=1)  # NOTIFY wakes it sooner
     # A status naming no known message is tried again for this long, then counted an orphan.
     orphan_horizon: timedelta = timedelta(minutes=15)

@@ -88,7 +88,9 @@ class ParkedBatch(StatusWrites, Protocol):
 
 
 class ReconcileStore(Protocol):
-    def webhooks(self, limit: int) -> AbstractAsyncContextManager[WebhookBatch]: ...
+    def webhooks(self, limit: int, budget: int) -> AbstractAsyncContextManager[WebhookBatch]:
+        """Up to `limit` rows, while the bodies before each hold fewer than `budget` bytes."""
+        ...
 
     def webhook(self, webhook_id: int) -> AbstractAsyncContextManager[WebhookBatch]:
         """One row alone (if it is still unprocessed), to find the one a failed batch choked on."""

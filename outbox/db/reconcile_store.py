@@ -34,12 +34,25 @@ from outbox.domain.reconcile import (
 
 _TIMESTAMP = DateTime(timezone=True)
 
+# Rows in id order until the byte budget is spent: memory grows with a body's statuses, not
+# with the number of rows, so a batch is bounded by the bodies' sizes as received. The first row
+# is always taken, so a body larger than the budget goes alone. The rows past the budget stay
+# locked until the batch commits (other replicas take the rows after them) and come next.
 _TAKE = """
-    SELECT id, channel, payload::text AS payload, authenticated FROM outbox.webhook_events
-    WHERE processed_at IS NULL {only}
-    ORDER BY id
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    WITH taken AS (
+        SELECT id, coalesce(body_bytes, octet_length(payload::text)) AS size
+        FROM outbox.webhook_events
+        WHERE processed_at IS NULL {only}
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), budgeted AS (
+        SELECT id, sum(size) OVER (ORDER BY id) - size AS before FROM taken
+    )
+    SELECT w.id, w.channel, w.payload::text AS payload, w.authenticated
+    FROM outbox.webhook_events AS w JOIN budgeted AS b ON b.id = w.id
+    WHERE b.before < :budget
+    ORDER BY w.id
 """
 TAKE_WEBHOOKS = text(_TAKE.format(only=""))
 TAKE_WEBHOOK = text(_TAKE.format(only="AND id = :id"))
@@ -145,12 +158,13 @@ class ReconcileStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    def webhooks(self, limit: int) -> AbstractAsyncContextManager[_WebhookBatch]:
-        """Up to `limit` unprocessed webhook rows, locked, in one transaction."""
-        return self._webhooks(TAKE_WEBHOOKS, {"limit": limit})
+    def webhooks(self, limit: int, budget: int) -> AbstractAsyncContextManager[_WebhookBatch]:
+        """Up to `limit` unprocessed webhook rows, locked, in one transaction, as long as the
+        bodies before each one hold fewer than `budget` bytes."""
+        return self._webhooks(TAKE_WEBHOOKS, {"limit": limit, "budget": budget})
 
     def webhook(self, webhook_id: int) -> AbstractAsyncContextManager[_WebhookBatch]:
-        return self._webhooks(TAKE_WEBHOOK, {"id": webhook_id, "limit": 1})
+        return self._webhooks(TAKE_WEBHOOK, {"id": webhook_id, "limit": 1, "budget": 1})
 
     @asynccontextmanager
     async def _webhooks(

@@ -163,6 +163,8 @@ webhook_events = Table(
     # False when the channel takes webhooks from anyone (webhook_auth = "none"): its statuses
     # find rows by wamid only. Rows written by other means are trusted, as they always were.
     Column("authenticated", Boolean, nullable=False, server_default=true()),
+    # The body's size as received, for the reconciler's byte budget (NULL: measured when taken).
+    Column("body_bytes", Integer),
     PrimaryKeyConstraint("id"),
     Index("ix_webhook_events_pending", "id", postgresql_where=text("processed_at IS NULL")),
 )

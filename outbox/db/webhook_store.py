@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.types import Boolean, Text
+from sqlalchemy.types import Boolean, Integer, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translate, translated_errors
@@ -31,16 +31,18 @@ BODY_OVERHEAD = 1024  # what one waiting body costs beyond its text (future, tas
 
 # The body goes in as the text we received; PostgreSQL parses it once, into jsonb.
 _INSERT_ONE = text(
-    "INSERT INTO outbox.webhook_events (channel, payload, authenticated) "
-    "VALUES (:channel, CAST(:body AS jsonb), :authenticated) RETURNING id"
+    "INSERT INTO outbox.webhook_events (channel, payload, authenticated, body_bytes) "
+    "VALUES (:channel, CAST(:body AS jsonb), :authenticated, :size) RETURNING id"
 )
-_BODIES = ArrayColumns((("channel", Text()), ("body", Text()), ("authenticated", Boolean())))
+_BODIES = ArrayColumns(
+    (("channel", Text()), ("body", Text()), ("authenticated", Boolean()), ("size", Integer()))
+)
 # Identity values are drawn in the order the rows are inserted, which ORDER BY fixes; so the
 # sorted ids line up with the group's order.
 _INSERT_MANY = _BODIES.statement(
     f"""
-    INSERT INTO outbox.webhook_events (channel, payload, authenticated)
-    SELECT channel, CAST(body AS jsonb), authenticated
+    INSERT INTO outbox.webhook_events (channel, payload, authenticated, body_bytes)
+    SELECT channel, CAST(body AS jsonb), authenticated, size
     FROM {_BODIES.unnest("b", ordinality="n")}
     ORDER BY n
     RETURNING id
@@ -53,6 +55,7 @@ class _Waiting:
     channel: str
     body: str
     authenticated: bool
+    size: int  # bytes as received
     stored: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -72,12 +75,13 @@ class WebhookEventStore:
 
         Raises WriteQueueFull at once, without queueing, while too much is waiting already.
         """
-        size = len(body) + BODY_OVERHEAD
-        if self._held + size > self._max_held:
+        size = len(body.encode("utf-8"))
+        held = size + BODY_OVERHEAD
+        if self._held + held > self._max_held:
             raise WriteQueueFull(f"{self._held} bytes of webhook bodies wait for the database")
-        waiting = _Waiting(channel, body, authenticated)
-        self._held += size
-        waiting.stored.add_done_callback(lambda _: self._release(size))
+        waiting = _Waiting(channel, body, authenticated, size)
+        self._held += held
+        waiting.stored.add_done_callback(lambda _: self._release(held))
         self._queue.append(waiting)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
@@ -129,9 +133,12 @@ class WebhookEventStore:
                         "channel": one.channel,
                         "body": one.body,
                         "authenticated": one.authenticated,
+                        "size": one.size,
                     }
                     return [(await connection.execute(_INSERT_ONE, params)).scalar_one()]
-                params_many = _BODIES.params([(w.channel, w.body, w.authenticated) for w in group])
+                params_many = _BODIES.params(
+                    [(w.channel, w.body, w.authenticated, w.size) for w in group]
+                )
                 return sorted((await connection.execute(_INSERT_MANY, params_many)).scalars())
         except DBAPIError as exc:
             # jsonb refuses some valid JSON (a \u0000 escape): the body is at fault. Anything
