@@ -126,6 +126,9 @@ class Sample:
     parked_statuses: int = 0
     dead_tuples: dict[str, int] = field(default_factory=dict)  # by table
     oldest_transaction_seconds: float = 0.0
+    # Channels whose shared pause (outbox.channel_state.paused_until) holds now, whichever
+    # replica wrote it: each replica's gauge shows it, even after that replica died.
+    paused_channels: frozenset[str] = frozenset()
 
 
 class GaugeReader(Protocol):
