@@ -16,7 +16,7 @@ from typing import Protocol
 
 from outbox.config import ChannelConfig
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
-from outbox.domain.operations import Candidate, Purged
+from outbox.domain.operations import Candidate, PurgeCursor, Purged
 from outbox.domain.outcome import SendError
 from outbox.domain.ratelimit import Limits
 from outbox.domain.reconcile import (
@@ -209,8 +209,13 @@ class RetentionRows(Protocol):
     ) -> Awaitable[dict[Purged, int]]: ...
 
     def purge_batch(
-        self, table: Purged, after: int, cutoff: datetime, batch: int, states: Sequence[State]
-    ) -> Awaitable[tuple[int, int]]: ...
+        self,
+        table: Purged,
+        after: PurgeCursor,
+        cutoff: datetime,
+        batch: int,
+        states: Sequence[State],
+    ) -> Awaitable[tuple[int, PurgeCursor]]: ...
 
 
 # --- sending ---
