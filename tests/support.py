@@ -48,9 +48,17 @@ def settings_for(db_url: str, base_url: str, **sender: Any) -> Settings:
     )
 
 
-def config_toml(db_url: str, base_url: str, *, rate: float = 5000, **sender: Any) -> str:
-    """The same two channels as a TOML file for `outbox run` in a subprocess."""
+def config_toml(
+    db_url: str, base_url: str, *, rate: float = 5000, cloud_hook_auth: bool = False, **sender: Any
+) -> str:
+    """The same two channels as a TOML file for `outbox run` in a subprocess; with
+    `cloud_hook_auth`, the cloud channel expects Basic auth (TEST_HOOK_USER, TEST_HOOK_PASS)."""
     sender_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in sender.items())
+    cloud_hook = (
+        'webhook_username_env = "TEST_HOOK_USER"\nwebhook_password_env = "TEST_HOOK_PASS"'
+        if cloud_hook_auth
+        else 'webhook_auth = "none"'
+    )
     return f"""
 database_url = {json.dumps(db_url)}
 
@@ -76,7 +84,7 @@ dialect = "cloud"
 base_url = {json.dumps(base_url)}
 api_key_env = "TEST_CLOUD_KEY"
 rate_per_second = {rate}
-webhook_auth = "none"
+{cloud_hook}
 """
 
 

@@ -416,12 +416,7 @@ AUTH = _basic("hook-user", "hook-pass")
 
 def _hook_config(db_url: str) -> str:
     """The two test channels; `cloud` expects Basic auth on its webhook, `onprem` none."""
-    return config_toml(db_url, "http://127.0.0.1:9").replace(
-        'id = "cloud"',
-        'id = "cloud"\n'
-        'webhook_username_env = "TEST_HOOK_USER"\n'
-        'webhook_password_env = "TEST_HOOK_PASS"',
-    )
+    return config_toml(db_url, "http://127.0.0.1:9", cloud_hook_auth=True)
 
 
 @dataclass(frozen=True)
