@@ -79,6 +79,12 @@ async def _settled(db_url: str) -> bool:
     return int(pending) == 0
 
 
+async def _parked_retried(db_url: str) -> bool:
+    """Every parked status was tried again at least once (or resolved: gone)."""
+    rows = await fetch(db_url, "SELECT attempts FROM outbox.parked_statuses")
+    return all(r["attempts"] >= 1 for r in rows)
+
+
 async def test_a_forged_status_on_an_open_channel_does_not_resolve_an_unknown_row(
     db_url: str,
 ) -> None:
@@ -87,6 +93,8 @@ async def test_a_forged_status_on_an_open_channel_does_not_resolve_an_unknown_ro
     async with running(settings, roles={"web", "reconciler"}) as started:
         assert await _post(started.http_port, _forged_read(message_id)) == 200
         await wait_until(lambda: _settled(db_url), within=10)
+        # Retried from parking too (its origin comes along): still not by the outbox id.
+        await wait_until(lambda: _parked_retried(db_url), within=10, interval=0.1)
     stored = await row(db_url, message_id)
     assert (stored["state"], stored["wamid"], stored["read_at"]) == ("unknown", None, None)
     [origin] = await fetch(db_url, "SELECT authenticated FROM outbox.webhook_events")
