@@ -32,6 +32,7 @@ from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.domain.schema import judge_schema
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
+from outbox.http import webhooks
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
 from outbox.loops import PARTS, Health
@@ -223,6 +224,7 @@ async def _start_web(
         problems = health.problems()
         return "; ".join(f"{part}: {text}" for part, text in problems.items()) or None
 
+    webhooks.log_origins(channels)
     app = create_app(
         metrics.registry,
         readiness,

@@ -51,6 +51,23 @@ class UnknownPolicy(StrEnum):
     HOLD = "hold"  # leave it for an operator (`outbox replay`)
 
 
+class WebhookAuth(StrEnum):
+    """How the channel's webhook receiver knows a body came from 360dialog."""
+
+    BASIC = "basic"  # Basic auth with webhook_username_* / webhook_password_* (the default)
+    # Anyone may post, chosen on purpose: such bodies are stored as unauthenticated, and their
+    # statuses find rows by wamid only, never by the guessable outbox id.
+    NONE = "none"
+
+
+class WebhookOrigin(StrEnum):
+    """What the receiver does with a channel's webhooks, from its settings."""
+
+    CHECKED = "checked"  # credentials are checked; stored bodies are authenticated
+    ANYONE = "anyone"  # webhook_auth = "none": taken unchecked, stored as unauthenticated
+    REFUSED = "refused"  # no credentials and no explicit choice: every body gets 401
+
+
 @dataclass(frozen=True)
 class ChannelConfig:
     id: str
@@ -62,6 +79,7 @@ class ChannelConfig:
     webhook_username: Secret | None = field(default=None, metadata={"secret": True})
     webhook_password: Secret | None = field(default=None, metadata={"secret": True})
     unknown_policy: UnknownPolicy = UnknownPolicy.RESEND
+    webhook_auth: WebhookAuth = WebhookAuth.BASIC
     # Least time between two messages to one recipient (pair pacing); zero: no pacing.
     recipient_gap: timedelta = field(default=timedelta(0), metadata={"min": 0})
     burst: float | None = None  # tokens the shared bucket holds; default a tenth of the rate
@@ -69,6 +87,13 @@ class ChannelConfig:
     replay_share: float = field(
         default=0.2, metadata={"max": 1}
     )  # share of the rate replayed rows get while live rows wait
+
+    def webhook_origin(self) -> WebhookOrigin:
+        if self.webhook_username is not None and self.webhook_password is not None:
+            return WebhookOrigin.CHECKED
+        if self.webhook_auth is WebhookAuth.NONE:
+            return WebhookOrigin.ANYONE
+        return WebhookOrigin.REFUSED
 
     def limits(self) -> Limits:
         """The bucket behind `rate_per_second` and `burst`.
@@ -122,7 +147,10 @@ class SenderConfig:
 
 @dataclass(frozen=True)
 class ReconcilerConfig:
-    batch_size: int = 500  # webhook rows per transaction
+    batch_size: int = 500  # webhook rows per transaction ...
+    # ... while the bodies before a row hold fewer than this many bytes (as received): memory
+    # grows with statuses, some 36 MB per 1 MiB body of small ones; a larger body goes alone.
+    batch_bytes: int = 2 * 1024 * 1024
     poll_interval: timedelta = timedelta(seconds=1)  # NOTIFY wakes it sooner
     # A status naming no known message is tried again for this long, then counted an orphan.
     orphan_horizon: timedelta = timedelta(minutes=15)

@@ -13,8 +13,9 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, fields, replace
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from outbox.config import (
@@ -26,11 +27,13 @@ from outbox.config import (
     SenderConfig,
     Settings,
     UnknownPolicy,
+    WebhookAuth,
 )
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
 
 ENV_PREFIX = "OUTBOX_"
+E = TypeVar("E", bound=StrEnum)
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
@@ -241,6 +244,12 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
     password = _secret(entry, "webhook_password", where, env)
     if (username is None) != (password is None):
         raise ConfigError(f"{where}: webhook_username_* and webhook_password_* go together")
+    webhook_auth = _choice(WebhookAuth, entry.get("webhook_auth", "basic"), where, "webhook_auth")
+    if webhook_auth is WebhookAuth.NONE and username is not None:
+        raise ConfigError(
+            f'{where}: webhook_auth = "none" takes webhooks from anyone, but the channel has '
+            "webhook credentials: remove one or the other"
+        )
     return ChannelConfig(
         id=entry["id"],
         dialect=dialect,
@@ -250,7 +259,10 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
         namespace=namespace,
         webhook_username=username,
         webhook_password=password,
-        unknown_policy=_choice(UnknownPolicy, entry.get("unknown_policy", "resend"), where),
+        unknown_policy=_choice(
+            UnknownPolicy, entry.get("unknown_policy", "resend"), where, "unknown_policy"
+        ),
+        webhook_auth=webhook_auth,
         recipient_gap=_number(timedelta(0), entry, "recipient_gap", where),
         burst=_number(1.0, entry, "burst", where),
         max_in_flight=_number(1, entry, "max_in_flight", where),
@@ -269,12 +281,12 @@ def _number(kind: Any, entry: dict[str, Any], name: str, where: str) -> Any:
     return number
 
 
-def _choice(kind: type[UnknownPolicy], value: Any, where: str) -> UnknownPolicy:
+def _choice(kind: type[E], value: Any, where: str, name: str) -> E:
     try:
         return kind(value)
     except ValueError:
         allowed = " or ".join(repr(v.value) for v in kind)
-        raise ConfigError(f"{where}.unknown_policy must be {allowed}") from None
+        raise ConfigError(f"{where}.{name} must be {allowed}") from None
 
 
 def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]) -> Secret | None:

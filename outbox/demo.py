@@ -122,7 +122,7 @@ def _settings(dsn: str, base_url: str) -> Settings:
     return Settings(
         database_url=dsn,
         channels=(
-            # Its webhook expects Basic auth, registered with the sandbox like set-webhook does.
+            # Both webhooks expect Basic auth, registered with the sandbox like set-webhook does.
             ChannelConfig(
                 "demo-cloud",
                 Dialect.CLOUD,
@@ -139,6 +139,8 @@ def _settings(dsn: str, base_url: str) -> Settings:
                 Secret(_KEYS["demo-onprem"]),
                 1000.0,
                 namespace="demo_namespace",
+                webhook_username=Secret("demo"),
+                webhook_password=Secret(secrets.token_urlsafe(16)),
             ),
         ),
         http=HttpConfig(host="127.0.0.1", port=0),

@@ -26,6 +26,10 @@ class DatabaseUnavailable(DatabaseError):
     """The database is away or would not do the work now: retried, never fatal."""
 
 
+class WriteQueueFull(DatabaseUnavailable):
+    """Too many webhook bodies are waiting for the database: try again later."""
+
+
 class StatementRejected(DatabaseError):
     """The database refused a statement for what it carried: the same input fails again."""
 

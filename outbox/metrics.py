@@ -65,7 +65,8 @@ class Metrics:
         )
         self.channel_paused = Gauge(
             "outbox_channel_paused",
-            "1 while a channel's circuit breaker holds its sends back (in this process).",
+            "1 while a channel is paused by a circuit breaker: its shared pause, as every "
+            "replica reads it, and at once in the replica that paused it.",
             ["channel"],
             registry=registry,
         )
@@ -229,6 +230,9 @@ class Metrics:
         _set_all(self.oldest_due, self._channels, sample.oldest_due_seconds)
         _set_all(self.dlr_missing, self._channels, sample.dlr_missing)
         _set_all(self.dead_tuples, (), sample.dead_tuples)
+        # The breaker sets the gauge at once in the process that trips it; the shared row is
+        # the truth every replica reports, also after the pausing replica died.
+        _set_all(self.channel_paused, self._channels, dict.fromkeys(sample.paused_channels, 1))
         self.reconciler_lag.set(sample.reconciler_lag_seconds)
         self.unprocessed_webhooks.set(sample.unprocessed_webhooks)
         self.parked.set(sample.parked_statuses)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from outbox.config import ChannelConfig
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
-from outbox.domain.operations import Candidate, Purged
+from outbox.domain.operations import Candidate, PurgeCursor, Purged
 from outbox.domain.outcome import SendError
 from outbox.domain.ratelimit import Limits
 from outbox.domain.reconcile import (
@@ -88,7 +88,9 @@ class ParkedBatch(StatusWrites, Protocol):
 
 
 class ReconcileStore(Protocol):
-    def webhooks(self, limit: int) -> AbstractAsyncContextManager[WebhookBatch]: ...
+    def webhooks(self, limit: int, budget: int) -> AbstractAsyncContextManager[WebhookBatch]:
+        """Up to `limit` rows, while the bodies before each hold fewer than `budget` bytes."""
+        ...
 
     def webhook(self, webhook_id: int) -> AbstractAsyncContextManager[WebhookBatch]:
         """One row alone (if it is still unprocessed), to find the one a failed batch choked on."""
@@ -124,6 +126,9 @@ class Sample:
     parked_statuses: int = 0
     dead_tuples: dict[str, int] = field(default_factory=dict)  # by table
     oldest_transaction_seconds: float = 0.0
+    # Channels whose shared pause (outbox.channel_state.paused_until) holds now, whichever
+    # replica wrote it: each replica's gauge shows it, even after that replica died.
+    paused_channels: frozenset[str] = frozenset()
 
 
 class GaugeReader(Protocol):
@@ -204,8 +209,13 @@ class RetentionRows(Protocol):
     ) -> Awaitable[dict[Purged, int]]: ...
 
     def purge_batch(
-        self, table: Purged, after: int, cutoff: datetime, batch: int, states: Sequence[State]
-    ) -> Awaitable[tuple[int, int]]: ...
+        self,
+        table: Purged,
+        after: PurgeCursor,
+        cutoff: datetime,
+        batch: int,
+        states: Sequence[State],
+    ) -> Awaitable[tuple[int, PurgeCursor]]: ...
 
 
 # --- sending ---

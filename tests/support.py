@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from outbox import app
-from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings
+from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings, WebhookAuth
 from outbox.domain.models import Dialect
 
 KEYS = {"onprem-key": "onprem", "cloud-key": "cloud"}
@@ -24,22 +24,41 @@ NAMESPACE = "d8bcb6bd_2ab2_439c_9d9e_947501266c77"
 
 
 def settings_for(db_url: str, base_url: str, **sender: Any) -> Settings:
+    """Two channels that take webhooks without credentials, by choice (tests of authentication
+    give a channel credentials)."""
+    anyone = WebhookAuth.NONE
     return Settings(
         database_url=db_url,
         channels=(
             ChannelConfig(
-                "onprem", Dialect.ONPREM, base_url, Secret("onprem-key"), 5000.0, NAMESPACE
+                "onprem",
+                Dialect.ONPREM,
+                base_url,
+                Secret("onprem-key"),
+                5000.0,
+                NAMESPACE,
+                webhook_auth=anyone,
             ),
-            ChannelConfig("cloud", Dialect.CLOUD, base_url, Secret("cloud-key"), 5000.0),
+            ChannelConfig(
+                "cloud", Dialect.CLOUD, base_url, Secret("cloud-key"), 5000.0, webhook_auth=anyone
+            ),
         ),
         http=HttpConfig("127.0.0.1", 0),
         sender=SenderConfig(**{"poll_interval": timedelta(seconds=1), **sender}),
     )
 
 
-def config_toml(db_url: str, base_url: str, *, rate: float = 5000, **sender: Any) -> str:
-    """The same two channels as a TOML file for `outbox run` in a subprocess."""
+def config_toml(
+    db_url: str, base_url: str, *, rate: float = 5000, cloud_hook_auth: bool = False, **sender: Any
+) -> str:
+    """The same two channels as a TOML file for `outbox run` in a subprocess; with
+    `cloud_hook_auth`, the cloud channel expects Basic auth (TEST_HOOK_USER, TEST_HOOK_PASS)."""
     sender_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in sender.items())
+    cloud_hook = (
+        'webhook_username_env = "TEST_HOOK_USER"\nwebhook_password_env = "TEST_HOOK_PASS"'
+        if cloud_hook_auth
+        else 'webhook_auth = "none"'
+    )
     return f"""
 database_url = {json.dumps(db_url)}
 
@@ -57,6 +76,7 @@ base_url = {json.dumps(base_url)}
 api_key_env = "TEST_ONPREM_KEY"
 namespace = "{NAMESPACE}"
 rate_per_second = {rate}
+webhook_auth = "none"
 
 [[channels]]
 id = "cloud"
@@ -64,6 +84,7 @@ dialect = "cloud"
 base_url = {json.dumps(base_url)}
 api_key_env = "TEST_CLOUD_KEY"
 rate_per_second = {rate}
+{cloud_hook}
 """
 
 

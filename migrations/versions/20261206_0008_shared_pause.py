@@ -7,8 +7,7 @@ request left. `pause_key` is the fingerprint (never the key) of the API key whos
 credential pause, so that a new key lifts it in every replica.
 
 Revision ID: 0008
-Revises: 0005 (in the `channels` branch; 0006 and 0007 are written elsewhere at the same time
-and the merge relinks this revision after them)
+Revises: 0007
 Create Date: 2026-12-06
 """
 
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -144,11 +144,13 @@ def _add_purge(
     purge = commands.add_parser(
         "purge",
         parents=[common],
-        help="delete finished messages, processed webhook rows and old orphan statuses",
+        help="delete finished messages, processed webhook rows, old orphan statuses and contacts",
         description="Deletes, in small batches that each commit on their own, messages in a "
         "terminal state (read, failed, expired, cancelled) not updated for --older-than, with "
-        "their status history and lineage; webhook rows processed before then; and orphan "
-        "statuses older than that. Rows another session holds are skipped.",
+        "their status history and lineage; webhook rows processed before then; orphan "
+        "statuses older than that; and contacts (outbox.contacts) whose last inbound message "
+        "is older than that and than 24 hours, untouched since. Rows another session holds "
+        "are skipped.",
     )
     env_default(
         purge,

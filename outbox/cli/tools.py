@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, run_async, settings
+from outbox.config import ChannelConfig
 from outbox.errors import ConfigError, OutboxError
 
 
@@ -103,7 +104,7 @@ def _set_webhook(args: argparse.Namespace) -> int:
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise OutboxError(f"cannot reach {channel.base_url}: {reason}") from exc
-        body = _redact_headers(answer.body)
+        body = masked_answer(answer.body, channel)
         print(body if isinstance(body, str) else json.dumps(body, indent=2))
         if not 200 <= answer.status < 300:
             print(f"error: the API answered HTTP {answer.status}", file=sys.stderr)
@@ -113,11 +114,57 @@ def _set_webhook(args: argparse.Namespace) -> int:
     return run_async(main)
 
 
-def _redact_headers(body: Any) -> Any:
-    """The API echoes the registered headers; the Basic-auth one holds the webhook password."""
-    if isinstance(body, dict) and isinstance(body.get("headers"), dict):
-        return {**body, "headers": dict.fromkeys(body["headers"], "********")}
-    return body
+MASK = "********"
+# Keys whose values are credentials whatever they hold, at any depth of the answer.
+_SECRET_KEYS = frozenset({"authorization", "password", "api_key", "d360-api-key", "token"})
+
+
+def masked_answer(body: Any, channel: ChannelConfig) -> Any:
+    """The API's answer with every credential masked, wherever it is echoed.
+
+    The API echoes the registered headers (the Basic-auth one is the webhook password in
+    base64), but not always at the top: a nested config, a list of webhooks, or an error that
+    quotes the request. So the whole answer is walked: every `headers` object and every value
+    under a credential-like key is masked, and any string (keys and text bodies included) that
+    contains one of the channel's credentials, raw or as the Basic token, has it replaced.
+    """
+    secrets = _credentials(channel)
+    return _mask(body, secrets)
+
+
+def _credentials(channel: ChannelConfig) -> list[str]:
+    from outbox.http.api_client import webhook_config  # the header exactly as it was sent
+
+    raw = [
+        s.reveal()
+        for s in (channel.api_key, channel.webhook_username, channel.webhook_password)
+        if s is not None
+    ]
+    header = webhook_config(channel, "").get("headers", {}).get("Authorization")
+    derived = [] if header is None else [header, header.partition(" ")[2]]
+    # Longest first, so that a secret containing another is masked whole.
+    return sorted({s for s in [*raw, *derived] if s}, key=len, reverse=True)
+
+
+def _mask(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, list):
+        return [_mask(v, secrets) for v in value]
+    if isinstance(value, dict):
+        masked: dict[Any, Any] = {}
+        for key, item in value.items():
+            name = _mask(key, secrets)
+            if str(key).lower() in _SECRET_KEYS and item is not None:
+                masked[name] = MASK
+            elif str(key).lower() == "headers" and isinstance(item, dict):
+                masked[name] = {_mask(k, secrets): MASK for k in item}
+            else:
+                masked[name] = _mask(item, secrets)
+        return masked
+    return value
 
 
 def _sandbox(args: argparse.Namespace) -> int:

@@ -59,6 +59,8 @@ _WEBHOOKS = text(
     """
 )
 
+_PAUSED = text("SELECT channel FROM outbox.channel_state WHERE paused_until > now()")
+
 _DEAD_TUPLES = text(
     "SELECT relname, n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'outbox'"
 )
@@ -93,6 +95,7 @@ class GaugeStore:
             webhooks = (await connection.execute(_WEBHOOKS)).one()
             dead = (await connection.execute(_DEAD_TUPLES)).all()
             transaction = (await connection.execute(_OLDEST_TRANSACTION)).scalar_one()
+            paused = (await connection.execute(_PAUSED)).scalars().all()
         return Sample(
             backlog={(r.channel, r.state): int(r.n) for r in backlog},
             oldest_due_seconds={r.channel: max(0.0, float(r.seconds)) for r in oldest},
@@ -102,4 +105,5 @@ class GaugeStore:
             parked_statuses=int(webhooks.parked),
             dead_tuples={r.relname: int(r.n_dead_tup) for r in dead},
             oldest_transaction_seconds=max(0.0, float(transaction)),
+            paused_channels=frozenset(paused),
         )

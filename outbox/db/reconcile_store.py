@@ -34,12 +34,25 @@ from outbox.domain.reconcile import (
 
 _TIMESTAMP = DateTime(timezone=True)
 
+# Rows in id order until the byte budget is spent: memory grows with a body's statuses, not
+# with the number of rows, so a batch is bounded by the bodies' sizes as received. The first row
+# is always taken, so a body larger than the budget goes alone. The rows past the budget stay
+# locked until the batch commits (other replicas take the rows after them) and come next.
 _TAKE = """
-    SELECT id, channel, payload::text AS payload FROM outbox.webhook_events
-    WHERE processed_at IS NULL {only}
-    ORDER BY id
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    WITH taken AS (
+        SELECT id, coalesce(body_bytes, octet_length(payload::text)) AS size
+        FROM outbox.webhook_events
+        WHERE processed_at IS NULL {only}
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), budgeted AS (
+        SELECT id, sum(size) OVER (ORDER BY id) - size AS before FROM taken
+    )
+    SELECT w.id, w.channel, w.payload::text AS payload, w.authenticated
+    FROM outbox.webhook_events AS w JOIN budgeted AS b ON b.id = w.id
+    WHERE b.before < :budget
+    ORDER BY w.id
 """
 TAKE_WEBHOOKS = text(_TAKE.format(only=""))
 TAKE_WEBHOOK = text(_TAKE.format(only="AND id = :id"))
@@ -100,13 +113,18 @@ PARK_STATUSES = PARKED_COLUMNS.statement(
     """
 )
 
+# A parked status keeps the origin of its webhook row; one whose row is gone (purged) counts as
+# unauthenticated, so it can still find its row by wamid but never by the outbox id.
 TAKE_PARKED = text(
     """
-    SELECT id, channel, status, webhook_event_id FROM outbox.parked_statuses
-    WHERE orphaned_at IS NULL AND next_attempt_at <= now()
-    ORDER BY next_attempt_at
+    SELECT p.id, p.channel, p.status, p.webhook_event_id,
+           coalesce(w.authenticated, false) AS authenticated
+    FROM outbox.parked_statuses AS p
+    LEFT JOIN outbox.webhook_events AS w ON w.id = p.webhook_event_id
+    WHERE p.orphaned_at IS NULL AND p.next_attempt_at <= now()
+    ORDER BY p.next_attempt_at
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF p SKIP LOCKED
     """
 ).columns(status=JSONB)
 
@@ -140,12 +158,13 @@ class ReconcileStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    def webhooks(self, limit: int) -> AbstractAsyncContextManager[_WebhookBatch]:
-        """Up to `limit` unprocessed webhook rows, locked, in one transaction."""
-        return self._webhooks(TAKE_WEBHOOKS, {"limit": limit})
+    def webhooks(self, limit: int, budget: int) -> AbstractAsyncContextManager[_WebhookBatch]:
+        """Up to `limit` unprocessed webhook rows, locked, in one transaction, as long as the
+        bodies before each one hold fewer than `budget` bytes."""
+        return self._webhooks(TAKE_WEBHOOKS, {"limit": limit, "budget": budget})
 
     def webhook(self, webhook_id: int) -> AbstractAsyncContextManager[_WebhookBatch]:
-        return self._webhooks(TAKE_WEBHOOK, {"id": webhook_id, "limit": 1})
+        return self._webhooks(TAKE_WEBHOOK, {"id": webhook_id, "limit": 1, "budget": 1})
 
     @asynccontextmanager
     async def _webhooks(
@@ -163,7 +182,13 @@ class ReconcileStore:
             async with self._engine.begin() as connection:
                 rows = (await connection.execute(TAKE_PARKED, {"limit": limit})).all()
                 statuses = [
-                    Located(r.channel, status_from_json(r.status), r.webhook_event_id, r.id)
+                    Located(
+                        r.channel,
+                        status_from_json(r.status),
+                        r.webhook_event_id,
+                        r.id,
+                        authenticated=r.authenticated,
+                    )
                     for r in rows
                 ]
                 yield _ParkedBatch(connection, statuses)
@@ -233,4 +258,4 @@ class _ParkedBatch(StatusWriter):
 
 
 def _webhook_row(row: Row[Any]) -> WebhookRow:
-    return WebhookRow(row.id, row.channel, orjson.loads(row.payload))
+    return WebhookRow(row.id, row.channel, orjson.loads(row.payload), row.authenticated)

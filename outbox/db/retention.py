@@ -1,5 +1,5 @@
-"""Retention (`outbox purge`): finished messages, processed webhook rows and old orphan
-statuses, deleted in small batches that each commit on their own."""
+"""Retention (`outbox purge`): finished messages, processed webhook rows, old orphan statuses
+and contacts that wrote last long ago, deleted in small batches that each commit on their own."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy.types import Text
 from outbox.db.errors import translated
 from outbox.db.operator_store import LOCK_TIMEOUT
 from outbox.domain.models import State
-from outbox.domain.operations import Purged
+from outbox.domain.operations import PurgeCursor, Purged
 
 # Keyset batches in id order: each row is read once over the whole purge, however many
 # batches it takes; a row someone holds is skipped, not waited for.
@@ -54,13 +54,43 @@ def _purge_rows(table: str, condition: str) -> TextClause:
     )
 
 
-_COUNT_PURGEABLE = text(
+# A contact goes when nothing touched it since the cutoff and its last inbound message is older
+# than the cutoff and than a day: its 24-hour window is closed whatever the retention, so no
+# send is decided differently without it (a missing contact reads as a closed window).
+_OLD_CONTACT = """
+    updated_at < :cutoff
+    AND (last_inbound_at IS NULL
+         OR last_inbound_at < least(:cutoff, now() - interval '24 hours'))
+"""
+
+# Keyset batches over the primary key, as for the tables keyed by id.
+_PURGE_CONTACTS = text(
+    f"""
+    WITH doomed AS (
+        SELECT channel, wa_id FROM outbox.contacts
+        WHERE (channel, wa_id) > (:after_channel, :after_wa_id) AND {_OLD_CONTACT}
+        ORDER BY channel, wa_id LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM outbox.contacts AS c USING doomed
+        WHERE c.channel = doomed.channel AND c.wa_id = doomed.wa_id
+        RETURNING c.channel, c.wa_id
+    )
+    SELECT count(*) AS n,
+           (array_agg(channel ORDER BY channel DESC, wa_id DESC))[1] AS last_channel,
+           (array_agg(wa_id ORDER BY channel DESC, wa_id DESC))[1] AS last_wa_id
+    FROM gone
     """
+)
+
+_COUNT_PURGEABLE = text(
+    f"""
     SELECT
         (SELECT count(*) FROM outbox.messages
          WHERE state = ANY(:states) AND updated_at < :cutoff) AS messages,
         (SELECT count(*) FROM outbox.webhook_events WHERE processed_at < :cutoff) AS webhooks,
-        (SELECT count(*) FROM outbox.parked_statuses WHERE orphaned_at < :cutoff) AS orphans
+        (SELECT count(*) FROM outbox.parked_statuses WHERE orphaned_at < :cutoff) AS orphans,
+        (SELECT count(*) FROM outbox.contacts WHERE {_OLD_CONTACT}) AS contacts
     """
 ).bindparams(bindparam("states", type_=ARRAY(Text())))
 
@@ -68,6 +98,7 @@ _PURGE = {
     Purged.MESSAGES: _PURGE_MESSAGES,
     Purged.WEBHOOK_EVENTS: _purge_rows("webhook_events", "processed_at < :cutoff"),
     Purged.ORPHAN_STATUSES: _purge_rows("parked_statuses", "orphaned_at < :cutoff"),
+    Purged.CONTACTS: _PURGE_CONTACTS,
 }
 
 
@@ -84,18 +115,35 @@ class RetentionStore:
             Purged.MESSAGES: row.messages,
             Purged.WEBHOOK_EVENTS: row.webhooks,
             Purged.ORPHAN_STATUSES: row.orphans,
+            Purged.CONTACTS: row.contacts,
         }
 
     @translated
     async def purge_batch(
-        self, table: Purged, after: int, cutoff: datetime, batch: int, states: Sequence[State]
-    ) -> tuple[int, int]:
-        """Delete one batch from `table`; returns how many went and the id to continue after
-        (the same `after` when the end was reached)."""
-        params: dict[str, Any] = {"after": after, "cutoff": cutoff, "batch": batch}
+        self,
+        table: Purged,
+        after: PurgeCursor,
+        cutoff: datetime,
+        batch: int,
+        states: Sequence[State],
+    ) -> tuple[int, PurgeCursor]:
+        """Delete one batch from `table`; returns how many went and where to continue (the
+        same `after` when the end was reached)."""
+        params: dict[str, Any] = {"cutoff": cutoff, "batch": batch}
+        if table is Purged.CONTACTS:
+            params["after_channel"], params["after_wa_id"] = (
+                after if isinstance(after, tuple) else ("", "")
+            )
+        else:
+            params["after"] = after if isinstance(after, int) else 0
         if table is Purged.MESSAGES:
             params["states"] = [s.value for s in states]
         async with self._engine.begin() as connection:
             await connection.execute(LOCK_TIMEOUT)
             row = (await connection.execute(_PURGE[table], params)).one()
-        return int(row.n), int(row.last) if row.last is not None else after
+        last: PurgeCursor
+        if table is Purged.CONTACTS:
+            last = None if row.last_channel is None else (row.last_channel, row.last_wa_id)
+        else:
+            last = None if row.last is None else int(row.last)
+        return int(row.n), after if last is None else last

@@ -22,6 +22,7 @@ from sqlalchemy import (
     false,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -159,6 +160,11 @@ webhook_events = Table(
     Column("processed_at", DateTime(timezone=True)),
     Column("error", Text),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # False when the channel takes webhooks from anyone (webhook_auth = "none"): its statuses
+    # find rows by wamid only. Rows written by other means are trusted, as they always were.
+    Column("authenticated", Boolean, nullable=False, server_default=true()),
+    # The body's size as received, for the reconciler's byte budget (NULL: measured when taken).
+    Column("body_bytes", Integer),
     PrimaryKeyConstraint("id"),
     Index("ix_webhook_events_pending", "id", postgresql_where=text("processed_at IS NULL")),
 )

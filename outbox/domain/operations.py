@@ -19,6 +19,9 @@ from outbox.domain.window import WindowClosed, choose_content
 
 REPLAYABLE = frozenset({State.FAILED, State.UNKNOWN, State.EXPIRED})
 CANCELLABLE = frozenset({State.QUEUED, State.UNKNOWN})
+# Where a purge goes on from: the last id deleted, or for contacts the last (channel, wa_id);
+# None to begin.
+PurgeCursor = int | tuple[str, str] | None
 # Terminal rows purge deletes by default; the delivery states can be added by the operator.
 PURGEABLE = frozenset({State.READ, State.FAILED, State.EXPIRED, State.CANCELLED})
 PURGEABLE_ON_REQUEST = frozenset({State.ACCEPTED, State.SENT, State.DELIVERED})
@@ -30,6 +33,9 @@ class Purged(StrEnum):
     MESSAGES = "messages"
     WEBHOOK_EVENTS = "webhook_events"
     ORPHAN_STATUSES = "parked_statuses"
+    # Users who wrote last before the retention period (and before their 24-hour window could
+    # still be open): a contact that old decides no send, the window is closed either way.
+    CONTACTS = "contacts"
 
     @property
     def label(self) -> str:

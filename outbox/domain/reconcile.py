@@ -47,21 +47,28 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Located:
-    """A status and where it came from: a webhook row, or an earlier parking."""
+    """A status and where it came from: a webhook row, or an earlier parking.
+
+    `authenticated` is False for a body its channel took without credentials (webhook_auth =
+    "none"): such a status finds its row by wamid only (see `plan_statuses`).
+    """
 
     channel: str
     update: StatusUpdate
     webhook_event_id: int | None = None
     parked_id: int | None = None
+    authenticated: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class WebhookRow:
-    """A stored webhook body, decoded, and the channel it was posted to."""
+    """A stored webhook body, decoded, the channel it was posted to, and whether its credentials
+    were checked (rows written by other means than the receiver count as checked)."""
 
     id: int
     channel: str
     body: object
+    authenticated: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +109,8 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                 case Inbound():
                     result.inbound.append(InboundSeen(row.channel, event.wa_id, event.at))
                 case StatusUpdate():
-                    result.statuses.append(Located(row.channel, event, row.id))
+                    located = Located(row.channel, event, row.id, authenticated=row.authenticated)
+                    result.statuses.append(located)
                 case NumberChanged():
                     result.moves.append(NumberMove(row.channel, event.old_wa_id, event.new_wa_id))
                     notes.append(f"number changed to {event.new_wa_id}")
@@ -154,6 +162,11 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
     A status finds its row by wamid, or (Cloud) by the outbox id echoed in
     biz_opaque_callback_data, always within its own channel. `targets` are the rows any of the
     statuses' wamids or outbox ids name, in any channel.
+
+    The outbox id is sequential, so anyone can name a row by it; only an authenticated status
+    may. An unauthenticated one finds its row by wamid (which only the API and we know), or
+    waits parked like any status naming no known row: a forged `read` must not resolve an
+    `unknown` row, whose resend would then never happen.
     """
     by_wamid = {(t.channel, t.wamid): t for t in targets if t.wamid is not None}
     by_id = {(t.channel, t.id): t for t in targets}
@@ -165,7 +178,7 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
     for located in statuses:
         update = located.update
         found = by_wamid.get((located.channel, update.wamid))
-        if found is None and update.outbox_id is not None:
+        if found is None and update.outbox_id is not None and located.authenticated:
             found = by_id.get((located.channel, update.outbox_id))
             if found is not None and owners.get(update.wamid, found.id) != found.id:
                 found = None

@@ -18,8 +18,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from outbox.config import ChannelConfig
-from outbox.errors import BodyRejected
+from outbox.config import ChannelConfig, WebhookOrigin
+from outbox.errors import BodyRejected, WriteQueueFull
 
 log = structlog.get_logger("outbox.webhooks")
 
@@ -27,11 +27,33 @@ MAX_BODY_BYTES = 1024 * 1024  # 360dialog bodies are a few KiB; anything near th
 
 
 class WebhookSink(Protocol):
-    async def store_webhook(self, channel: str, body: str) -> int: ...
+    async def store_webhook(self, channel: str, body: str, *, authenticated: bool) -> int: ...
 
 
 class WebhookObserver(Protocol):
     def webhook(self, channel: str, outcome: str) -> None: ...
+
+
+def log_origins(channels: Mapping[str, ChannelConfig]) -> None:
+    """Say at start which channels take webhooks from anyone, and which refuse them all."""
+    for channel in channels.values():
+        match channel.webhook_origin():
+            case WebhookOrigin.ANYONE:
+                log.warning(
+                    "outbox.webhook.unauthenticated",
+                    channel=channel.id,
+                    note='webhook_auth = "none": anyone can post; its statuses find rows by '
+                    "wamid only, so a lost send answer is not resolved by a status",
+                )
+            case WebhookOrigin.REFUSED:
+                log.error(
+                    "outbox.webhook.no_credentials",
+                    channel=channel.id,
+                    note="every webhook is refused with 401: set webhook_username_* and "
+                    'webhook_password_*, or webhook_auth = "none" to take them unchecked',
+                )
+            case WebhookOrigin.CHECKED:
+                pass
 
 
 def add_routes(
@@ -45,7 +67,11 @@ def add_routes(
         channel = channels.get(channel_id)
         if channel is None:
             return _reject(observer, "unknown", "unknown_channel", 404)
-        if not _authorised(channel, request.headers.get("Authorization")):
+        origin = channel.webhook_origin()
+        if origin is WebhookOrigin.REFUSED or (
+            origin is WebhookOrigin.CHECKED
+            and not _authorised(channel, request.headers.get("Authorization"))
+        ):
             response = _reject(observer, channel_id, "unauthorised", 401)
             response.headers["WWW-Authenticate"] = 'Basic realm="outbox"'
             return response
@@ -55,15 +81,31 @@ def add_routes(
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _reject(observer, channel_id, "too_large", 413)
-        body = _parse(raw)
+        # JSON on the wire is UTF-8 (RFC 8259 section 8.1). Decoded here, at the edge, so that
+        # a body in another encoding is the sender's mistake (400) and never reaches the store,
+        # where a decoding error would read as an outage (503, retried for ever).
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            detail = f"the body is not UTF-8 (invalid byte at offset {exc.start})"
+            return _reject(observer, channel_id, "not_utf8", 400, detail)
+        body = _parse(text)
         if body is _NOT_JSON:
             return _reject(observer, channel_id, "not_json", 400)
         if not isinstance(body, dict):
             return _reject(observer, channel_id, "not_an_object", 400)
         try:
-            stored = await sink.store_webhook(channel_id, raw.decode("utf-8"))
+            stored = await sink.store_webhook(
+                channel_id, text, authenticated=origin is WebhookOrigin.CHECKED
+            )
         except BodyRejected as exc:
             return _reject(observer, channel_id, "unstorable", 400, str(exc))
+        except WriteQueueFull:
+            # The database is too slow to take what arrives: refuse at once rather than hold
+            # more in memory; 360dialog retries later.
+            log.warning("outbox.webhook.overloaded", channel=channel_id)
+            observer.webhook(channel_id, "overloaded")
+            return web.json_response({"error": "overloaded"}, status=503)
         except Exception as exc:
             # An outage must reach 360dialog as a retryable answer, whatever the driver raised.
             log.warning("outbox.webhook.store_failed", channel=channel_id, error=type(exc).__name__)
@@ -78,22 +120,22 @@ def add_routes(
 _NOT_JSON = object()
 
 
-def _parse(raw: bytes) -> Any:
+def _parse(text: str) -> Any:
     try:
-        return orjson.loads(raw)
+        return orjson.loads(text)
     except orjson.JSONDecodeError:
         pass
     # orjson refuses some valid JSON that jsonb stores (integers beyond 64 bits, deep nesting):
     # the standard library decides.
     try:
-        return json.loads(raw)
+        return json.loads(text)
     except (ValueError, RecursionError):
         return _NOT_JSON
 
 
 def _authorised(channel: ChannelConfig, header: str | None) -> bool:
     if channel.webhook_username is None or channel.webhook_password is None:
-        return True
+        return False
     user, password = _basic_credentials(header)
     # Both comparisons always run, so timing tells nothing about which part was wrong.
     user_ok = hmac.compare_digest(user, channel.webhook_username.reveal().encode())

@@ -22,6 +22,7 @@ from outbox.domain.operations import (
     REPLAYABLE,
     Candidate,
     Decision,
+    PurgeCursor,
     Purged,
     decide_cancel,
     decide_replay,
@@ -181,7 +182,8 @@ class Retention:
         """Delete what is older than `cutoff`; `deleted` hears each table's total when done."""
         states = purge.states
         for table in Purged:
-            total, after = 0, 0
+            total = 0
+            after: PurgeCursor = None
             while True:
                 count, after = await self._rows.purge_batch(
                     table, after, cutoff, purge.batch_size, states

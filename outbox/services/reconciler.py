@@ -92,7 +92,9 @@ class Reconciler:
                 log.exception("outbox.reconciler.failed", retry_in=_BUG_RETRY_SECONDS)
                 await wait_any(stop, timeout=_BUG_RETRY_SECONDS)
                 continue
-            if report.webhooks >= self._config.batch_size:
+            if report.webhooks:
+                # More may be waiting: a batch ends at the row or the byte budget, so one with
+                # fewer rows than `batch_size` says nothing about what is left.
                 continue
             await wait_any(
                 stop,
@@ -101,8 +103,9 @@ class Reconciler:
             )
 
     async def process_webhooks(self, limit: int) -> Report:
-        """One batch of up to `limit` unprocessed webhook rows, in one transaction."""
-        async with self._store.webhooks(limit) as batch:
+        """One batch of up to `limit` unprocessed webhook rows within the byte budget, in one
+        transaction."""
+        async with self._store.webhooks(limit, self._config.batch_bytes) as batch:
             return await self._process(batch)
 
     async def process_webhook_alone(self, webhook_id: int) -> Report:

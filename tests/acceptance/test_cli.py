@@ -111,13 +111,7 @@ async def test_set_webhook_registers_the_url_with_basic_auth_and_masks_it(
 ) -> None:
     api, base_url = sandbox
     config = tmp_path / "outbox.toml"
-    config.write_text(
-        config_toml(db_url, base_url).replace(
-            'api_key_env = "TEST_CLOUD_KEY"',
-            'api_key_env = "TEST_CLOUD_KEY"\n'
-            'webhook_username_env = "HOOK_USER"\nwebhook_password_env = "HOOK_PASS"',
-        )
-    )
+    config.write_text(config_toml(db_url, base_url, cloud_hook_auth=True))
     url = "https://hooks.example.com/webhooks/cloud"
     code, out, err = await _outbox(
         "set-webhook",
@@ -125,7 +119,7 @@ async def test_set_webhook_registers_the_url_with_basic_auth_and_masks_it(
         url,
         "--config",
         str(config),
-        env={"HOOK_USER": "hook-user", "HOOK_PASS": "s3cret-pass"},
+        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass"},
     )
     assert code == 0, err
     assert url in out

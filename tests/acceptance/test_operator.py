@@ -671,7 +671,7 @@ SELECT 'cloud', jsonb_build_object('g', g), now() - interval '41 days',
             ELSE now() - interval '40 days' END
 FROM generate_series(1, 20) AS g
 """
-_COUNTS = re.compile(r"^  (messages|webhook_events|orphan statuses)\s+(\d+)$", re.M)
+_COUNTS = re.compile(r"^  (messages|webhook_events|orphan statuses|contacts)\s+(\d+)$", re.M)
 
 
 async def _ids(db_url: str, sql: str) -> set[int]:
@@ -713,6 +713,7 @@ async def test_purge_deletes_old_finished_rows_in_batches_and_keeps_the_rest(
         "messages": "12",
         "webhook_events": "14",
         "orphan statuses": "10",
+        "contacts": "0",
     }
     assert "dry run: nothing deleted" in out
     assert await _dump(db_url) == before
@@ -737,6 +738,7 @@ async def test_purge_deletes_old_finished_rows_in_batches_and_keeps_the_rest(
         "messages": "9",
         "webhook_events": "0",
         "orphan statuses": "0",
+        "contacts": "0",
     }
     code, out, err = await _cli(
         config, "purge", "--older-than", "30d", "--include-delivered", "--batch-size", "7"

@@ -221,6 +221,7 @@ base_url = {json.dumps(base_url)}
 api_key_env = "LOGTEST_ONPREM_KEY"
 namespace = "{NAMESPACE}"
 rate_per_second = 5000
+webhook_auth = "none"
 
 [[channels]]
 id = "revoked"
@@ -228,6 +229,7 @@ dialect = "cloud"
 base_url = {json.dumps(base_url)}
 api_key_file = {json.dumps(str(revoked_key_file))}
 rate_per_second = 5000
+webhook_auth = "none"
 """
 
 

@@ -401,7 +401,7 @@ async def test_webhook_and_reconcile_counters_match_the_database(live: Live) -> 
     assert s.by("outbox_webhook_notices_total", "channel", "kind") == {("onprem", "error"): 1.0}
     assert s.value("outbox_webhooks_unprocessable_total") == 0
     # The key trouble paused the cloud channel, and the successful probe resumed it.
-    assert s.by("outbox_channel_paused", "channel") == {("cloud",): 0.0}
+    assert s.by("outbox_channel_paused", "channel") == {("cloud",): 0.0, ("onprem",): 0.0}
     # The throttle cut onprem's rate (it climbs back at 5 % a second, so by the scrape it may
     # be whole again); nothing cut cloud's.
     rates = s.by("outbox_channel_rate_per_second", "channel")
@@ -813,3 +813,27 @@ async def test_a_transaction_in_another_database_is_not_counted(
     finally:
         await other.close()
     assert sample.oldest_transaction_seconds < 1.0
+
+
+async def test_every_replica_reports_a_pause_another_replica_wrote(db_url: str) -> None:
+    """The replica whose breaker paused a channel died; the shared pause still holds the channel
+    (every replica skips it), so every replica's gauge must say so, from the shared row."""
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.channel_state (channel, paused_until, pause_reason, paused_by)"
+        " VALUES ('cloud', now() + interval '10 minutes', 'HTTP 401', 'a-dead-replica')",
+    )
+
+    def paused(s: Scrape) -> bool:
+        return s.value("outbox_channel_paused", channel="cloud") == 1
+
+    def resumed(s: Scrape) -> bool:
+        return s.value("outbox_channel_paused", channel="cloud") == 0
+
+    settings = fast_metrics(settings_for(db_url, "http://127.0.0.1:9"))
+    async with running(settings, roles={"web"}) as started:
+        s = await until_scraped(started.http_port, paused, within=10)
+        assert s.value("outbox_channel_paused", channel="onprem") == 0
+        # The pause ran out (or an operator lifted it): the gauge follows the row.
+        await fetch(db_url, "UPDATE outbox.channel_state SET paused_until = now()")
+        await until_scraped(started.http_port, resumed, within=10)

@@ -208,8 +208,14 @@ async def test_purge_counts_then_deletes_each_kind_in_batches(
 
     cutoff, counts = await retention.count(purge)
     assert cutoff == now - timedelta(days=30)
-    assert counts == {Purged.MESSAGES: 3, Purged.WEBHOOK_EVENTS: 2, Purged.ORPHAN_STATUSES: 1}
-    assert [t.label for t in counts] == ["messages", "webhook_events", "orphan statuses"]
+    assert counts == {
+        Purged.MESSAGES: 3,
+        Purged.WEBHOOK_EVENTS: 2,
+        Purged.ORPHAN_STATUSES: 1,
+        Purged.CONTACTS: 0,
+    }
+    labels = ["messages", "webhook_events", "orphan statuses", "contacts"]
+    assert [t.label for t in counts] == labels
 
     deleted: list[tuple[Purged, int]] = []
     await retention.purge(purge, cutoff, lambda table, n: deleted.append((table, n)))
@@ -217,6 +223,7 @@ async def test_purge_counts_then_deletes_each_kind_in_batches(
         (Purged.MESSAGES, 3),
         (Purged.WEBHOOK_EVENTS, 2),
         (Purged.ORPHAN_STATUSES, 1),
+        (Purged.CONTACTS, 0),
     ]
     left = await fetch(db_url, "SELECT id FROM outbox.messages ORDER BY id")
     assert [r["id"] for r in left] == [delivered, kept]
@@ -224,4 +231,55 @@ async def test_purge_counts_then_deletes_each_kind_in_batches(
 
     with_delivered = Purge(timedelta(days=30), batch_size=10, include_delivered=True)
     _, counts = await retention.count(with_delivered)
-    assert counts == {Purged.MESSAGES: 1, Purged.WEBHOOK_EVENTS: 0, Purged.ORPHAN_STATUSES: 0}
+    assert counts == {
+        Purged.MESSAGES: 1,
+        Purged.WEBHOOK_EVENTS: 0,
+        Purged.ORPHAN_STATUSES: 0,
+        Purged.CONTACTS: 0,
+    }
+
+
+async def test_purge_deletes_contacts_whose_last_message_is_past_retention_and_window(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """`outbox.contacts` holds one row per user who ever wrote: purge takes those that wrote
+    last before the retention period, and never one whose 24-hour window may still be open."""
+    contacts = {
+        ("cloud", "4915100000901"): ("40 days", "40 days"),  # gone
+        ("onprem", "4915100000902"): ("40 days", "40 days"),  # gone
+        ("cloud", "4915100000903"): (None, "40 days"),  # gone: never wrote, not touched since
+        ("cloud", "4915100000904"): ("1 day", "1 day"),  # kept at 30 days, gone at 1 hour
+        ("cloud", "4915100000905"): ("40 days", "1 day"),  # kept at 30 days: touched lately
+        ("cloud", "4915100000906"): ("2 hours", "2 hours"),  # kept even at 1 hour: window open
+        ("onprem", "4915100000907"): ("25 hours", "25 hours"),  # gone at 1 hour
+    }
+    for (channel, wa_id), (inbound, updated) in contacts.items():
+        await fetch(
+            db_url,
+            "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at, updated_at)"
+            " VALUES ($1, $2, now() - $3::text::interval, now() - $4::text::interval)",
+            channel,
+            wa_id,
+            inbound,
+            updated,
+        )
+    now = datetime.now(UTC)
+    retention = Retention(RetentionStore(engine), clock=lambda: now)
+
+    async def left() -> set[str]:
+        return {r["wa_id"] for r in await fetch(db_url, "SELECT wa_id FROM outbox.contacts")}
+
+    month = Purge(timedelta(days=30), batch_size=1)
+    cutoff, counts = await retention.count(month)
+    assert counts[Purged.CONTACTS] == 3
+    deleted: list[tuple[Purged, int]] = []
+    await retention.purge(month, cutoff, lambda table, n: deleted.append((table, n)))
+    assert (Purged.CONTACTS, 3) in deleted
+    assert await left() == {"4915100000904", "4915100000905", "4915100000906", "4915100000907"}
+
+    # A short retention still keeps every contact that wrote within the last day.
+    hour = Purge(timedelta(hours=1), batch_size=10)
+    cutoff, counts = await retention.count(hour)
+    assert counts[Purged.CONTACTS] == 3
+    await retention.purge(hour, cutoff, lambda table, n: None)
+    assert await left() == {"4915100000906"}

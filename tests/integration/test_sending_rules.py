@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from outbox.config import Settings, UnknownPolicy
+from outbox.config import Secret, Settings, UnknownPolicy
 from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Fault, RecordedRequest, Sandbox
 from tests.support import (
@@ -768,6 +768,16 @@ async def test_a_cloud_status_resolves_an_unknown_row_without_a_resend(db_url: s
     base_url = await api.start()
     api.faults.add(Fault("hang", delay=0.5, times=1))
     settings = fast(db_url, base_url, **{**TIMEOUT, "unknown_quiet": timedelta(seconds=2)})
+    # Only an authenticated status may name its row by the outbox id: the webhook registered
+    # with the sandbox carries the channel's Basic-auth header.
+    hook_user, hook_password = Secret("hook-user"), Secret("hook-pass")
+    channels = tuple(
+        replace(c, webhook_username=hook_user, webhook_password=hook_password)
+        if c.id == "cloud"
+        else c
+        for c in settings.channels
+    )
+    settings = replace(settings, channels=channels)
     try:
         async with running(settings, roles={"sender", "reconciler", "web"}) as started:
             cloud = next(c for c in settings.channels if c.id == "cloud")

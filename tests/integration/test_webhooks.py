@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from outbox.config import Secret, Settings
+from outbox.config import Secret, Settings, WebhookAuth
 from outbox.sandbox import Sandbox
 from tests.paths import WEBHOOK_FIXTURES
 from tests.support import KEYS, fetch, insert, running, settings_for, wait_until
@@ -36,7 +36,10 @@ AUTH = basic("hook-user", "hook-pass")
 def _with_auth(settings: Settings) -> Settings:
     onprem, cloud = settings.channels
     cloud = dataclasses.replace(
-        cloud, webhook_username=Secret("hook-user"), webhook_password=Secret("hook-pass")
+        cloud,
+        webhook_username=Secret("hook-user"),
+        webhook_password=Secret("hook-pass"),
+        webhook_auth=WebhookAuth.BASIC,
     )
     return dataclasses.replace(settings, channels=(onprem, cloud))
 
@@ -82,6 +85,10 @@ async def test_every_fixture_body_is_stored_as_received(db_url: str, receiver: s
         ("/webhooks/onprem", b"[1, 2]", None, 400),
         ("/webhooks/onprem", b'{"statuses": "\\u0000"}', None, 400),
         ("/webhooks/onprem", b'{"x": "' + b"a" * (1024 * 1024) + b'"}', None, 413),
+        ("/webhooks/onprem", '{"statuses": []}'.encode("utf-16"), None, 400),
+        ("/webhooks/onprem", '{"statuses": []}'.encode("utf-16-le"), None, 400),
+        ("/webhooks/onprem", '{"statuses": []}'.encode("utf-32"), None, 400),
+        ("/webhooks/onprem", b'{"a": "\xff"}', None, 400),
     ],
     ids=[
         "unknown-channel",
@@ -92,6 +99,10 @@ async def test_every_fixture_body_is_stored_as_received(db_url: str, receiver: s
         "not-an-object",
         "nul-escape",
         "too-large",
+        "utf-16",
+        "utf-16-no-bom",
+        "utf-32",
+        "latin-1",
     ],
 )
 async def test_bad_posts_get_a_4xx_and_store_nothing(
@@ -99,6 +110,25 @@ async def test_bad_posts_get_a_4xx_and_store_nothing(
 ) -> None:
     assert await _post(receiver + path, body, auth) == status
     assert await _stored(db_url) == []
+
+
+async def test_a_body_that_is_not_utf8_is_a_client_mistake_not_an_outage(
+    db_url: str, receiver: str
+) -> None:
+    """JSON must be UTF-8 (RFC 8259): a UTF-16 body is refused with a reason, and counted as the
+    sender's mistake, never as "database unavailable" (which pages and makes 360dialog retry)."""
+    body = '{"statuses": []}'.encode("utf-16")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{receiver}/webhooks/onprem", data=body) as response,
+        session.get(f"{receiver}/metrics") as metrics,
+    ):
+        answer = await response.json()
+        exposition = await metrics.text()
+    assert (response.status, answer["error"]) == (400, "not_utf8")
+    assert "UTF-8" in answer["detail"]
+    assert 'outbox_webhooks_total{channel="onprem",outcome="not_utf8"} 1.0' in exposition
+    assert 'outcome="unavailable"' not in exposition
 
 
 async def test_right_credentials_are_accepted(db_url: str, receiver: str) -> None:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings
+from outbox.config import (
+    ChannelConfig,
+    HttpConfig,
+    Secret,
+    SenderConfig,
+    Settings,
+    WebhookAuth,
+    WebhookOrigin,
+)
 from outbox.config_loader import credentials_diff, load_settings
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
@@ -579,3 +587,69 @@ def test_a_reload_with_nothing_new_changes_nothing(tmp_path: Path) -> None:
     running = _running(tmp_path)
     diff = credentials_diff(running, load(tmp_path, CONTRACT_TOML))
     assert (diff.updated, diff.needs_restart) == ({}, [])
+
+
+# --- webhook authentication ---------------------------------------------------------------------
+
+
+def test_webhook_auth_is_basic_unless_none_is_chosen(tmp_path: Path) -> None:
+    default, chosen = load(
+        tmp_path,
+        DB + channel() + channel(id="open", webhook_auth="none", api_key_env="D360_KEY_LEGACY"),
+    ).channels
+    assert default.webhook_auth is WebhookAuth.BASIC
+    assert chosen.webhook_auth is WebhookAuth.NONE
+    assert (chosen.webhook_username, chosen.webhook_password) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        pytest.param(
+            DB
+            + channel(
+                webhook_auth="none",
+                webhook_username_env="SHOP_DE_HOOK_USER",
+                webhook_password_env="SHOP_DE_HOOK_PASS",
+            ),
+            ["shop-de", "webhook_auth", "none", "credentials"],
+            id="none-with-credentials",
+        ),
+        pytest.param(
+            DB + channel(webhook_auth="open"),
+            ["shop-de", "webhook_auth", "'basic'", "'none'"],
+            id="unknown-value",
+        ),
+    ],
+)
+def test_webhook_auth_contradictions_are_config_errors(
+    tmp_path: Path, text: str, fragments: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("auth", "user", "expected"),
+    [
+        (WebhookAuth.BASIC, "u", WebhookOrigin.CHECKED),
+        (WebhookAuth.NONE, None, WebhookOrigin.ANYONE),
+        (WebhookAuth.BASIC, None, WebhookOrigin.REFUSED),
+    ],
+)
+def test_what_a_channel_does_with_webhooks(
+    auth: WebhookAuth, user: str | None, expected: WebhookOrigin
+) -> None:
+    secret = None if user is None else Secret(user)
+    configured = ChannelConfig(
+        "c",
+        Dialect.CLOUD,
+        "https://x",
+        Secret("k"),
+        webhook_username=secret,
+        webhook_password=secret,
+        webhook_auth=auth,
+    )
+    assert configured.webhook_origin() is expected

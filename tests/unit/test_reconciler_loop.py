@@ -71,8 +71,9 @@ class FakeStore:
         self.settled = asyncio.Event()
         self._bad, self._error, self._failures = bad, error, failures
 
-    def webhooks(self, limit: int) -> AbstractAsyncContextManager[_Batch]:
-        return self._batch(sorted(self.pending)[:limit])
+    def webhooks(self, limit: int, budget: int) -> AbstractAsyncContextManager[_Batch]:
+        # Every row is 1 byte here: the byte budget cuts a batch like the row limit does.
+        return self._batch(sorted(self.pending)[: min(limit, budget)])
 
     def webhook(self, webhook_id: int) -> AbstractAsyncContextManager[_Batch]:
         return self._batch([webhook_id] if webhook_id in self.pending else [])
@@ -171,3 +172,19 @@ async def test_a_database_that_is_away_makes_the_whole_batch_wait() -> None:
     assert store.given_up == {}
     assert store.notes == {n: f"error None: row {n}" for n in (1, 2, 3)}
     assert (observer.total.webhooks, observer.total.failed_rows) == (3, 0)
+
+
+async def test_a_batch_cut_short_by_the_byte_budget_is_followed_at_once() -> None:
+    """A batch ends at its byte budget with fewer rows than batch_size: the loop must take the
+    next one at once, not after the poll interval (here a minute; 20 rows in 20 batches)."""
+    store = FakeStore(rows=20, bad=set(), error=Exception, failures=0)
+    config = ReconcilerConfig(batch_size=10, batch_bytes=1, poll_interval=timedelta(minutes=1))
+    reconciler = Reconciler(store, config, Observer())
+    stop = asyncio.Event()
+    task = asyncio.create_task(reconciler.run(stop))
+    try:
+        await asyncio.wait_for(store.settled.wait(), 5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert store.batches[:20] == [[n] for n in range(1, 21)]

@@ -48,8 +48,10 @@ def located(
     channel: str = "a",
     event: int | None = EVENT,
     parked_id: int | None = None,
+    *,
+    authenticated: bool = True,
 ) -> Located:
-    return Located(channel, update, event, parked_id)
+    return Located(channel, update, event, parked_id, authenticated)
 
 
 def row(
@@ -169,6 +171,26 @@ CASES: dict[str, Case] = {
         [row(1, None, Delivery(State.UNKNOWN))],
         {1: RowChange(replace(UNDELIVERABLE, sent_at=None), "W", SentAs.FREEFORM)},
         [applied(replace(FAILED_W, outbox_id=1))],
+        verdicts={("a", "applied"): 1},
+    ),
+    # An unauthenticated body (webhook_auth = "none") could name any row by its sequential id.
+    "unauthenticated: never by outbox id, the unknown row stays for its policy": Case(
+        [located(SENT_W_BY_ID, authenticated=False)],
+        [row(1, None, Delivery(State.UNKNOWN, error_code="no_response"))],
+        park=[located(SENT_W_BY_ID, authenticated=False)],
+        verdicts={("a", "parked"): 1},
+    ),
+    "unauthenticated: never by outbox id, even for a row still sending": Case(
+        [located(SENT_W_BY_ID, authenticated=False)],
+        [row(1, None, Delivery(State.SENDING))],
+        park=[located(SENT_W_BY_ID, authenticated=False)],
+        verdicts={("a", "parked"): 1},
+    ),
+    "unauthenticated: by wamid as any status": Case(
+        [located(SENT_W_BY_ID, authenticated=False)],
+        [row()],
+        {1: RowChange(SENT, "W", SentAs.FREEFORM)},
+        [applied(SENT_W_BY_ID)],
         verdicts={("a", "applied"): 1},
     ),
     "no outbox id and no wamid match: parked": Case(
