@@ -20,6 +20,7 @@ from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import lock_bucket
 from outbox.db.errors import translated
+from outbox.db.jsonb import reason
 from outbox.db.sql import OPEN_STATES
 from outbox.domain import ratelimit
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
@@ -176,6 +177,14 @@ COUNT_STATES = text(
 )
 
 
+def _unreadable(payload: object, fallback_template: object) -> str | None:
+    if (problem := reason(payload)) is not None:
+        return f"payload: {problem}"
+    if (problem := reason(fallback_template)) is not None:
+        return f"fallback_template: {problem}"
+    return None
+
+
 def _result_row(r: SendResult) -> tuple[object, ...]:
     return (
         r.message_id,
@@ -223,15 +232,19 @@ class MessageStore:
                 "refilled_at": after.refilled_at,
             }
             rows = (await connection.execute(CLAIM_MESSAGES, params)).all()
+            # Read inside the transaction: anything that fails here rolls the claim back
+            # rather than leaving rows leased to a worker that never saw them.
+            messages = self._messages(rows)
         spent = ratelimit.give_back(after, granted - len(rows), limits)
         wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
-        return Claim(self._messages(rows), wait, rate)
+        return Claim(messages, wait, rate)
 
     @staticmethod
     def _messages(rows: Sequence[Any]) -> list[ClaimedMessage]:
         rows = sorted(rows, key=lambda row: (-row.priority, row.id))
         return [
             ClaimedMessage(
+                unreadable=_unreadable(row.payload, row.fallback_template),
                 id=row.id,
                 channel=row.channel,
                 recipient=row.recipient,

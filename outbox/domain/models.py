@@ -50,6 +50,9 @@ class ClaimedMessage:
     expires_at: datetime | None
     planned: SentAs | None = None  # the `sent_as` an earlier attempt chose
     last_inbound_at: datetime | None = None  # of this recipient on this channel, at claim time
+    # Why the payload or fallback_template could not be read faithfully (the row then fails
+    # invalid_payload with no request); None when both were.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
