@@ -24,8 +24,8 @@ from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
 from outbox.ports import Clock, utc_now
 
-# outbox.db.tables.WA_ID: regexp_replace(recipient, '[[:space:]().+-]', '', 'g')
-_NOISE = re.compile(r"[ \t\n\v\f\r().+-]")
+# outbox.db.tables.WA_ID: regexp_replace(recipient, '[^0-9]', '', 'g')
+_NOISE = re.compile(r"[^0-9]")
 
 
 def wa_id(recipient: str) -> str:

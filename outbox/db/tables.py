@@ -30,9 +30,10 @@ from outbox.domain.models import SentAs, State
 SCHEMA = "outbox"
 NOTIFY_CHANNEL = "outbox_messages"
 WEBHOOK_NOTIFY_CHANNEL = "outbox_webhooks"
-# The recipient as digits, for per-recipient order and the window lookup; agrees with
-# outbox.domain.request.normalise_recipient for every valid recipient.
-WA_ID = r"regexp_replace(recipient, '[[:space:]().+-]', '', 'g')"
+# The recipient as digits, for per-recipient order and the window lookup: every character but
+# the ASCII digits removed. normalise_recipient accepts only digits once Unicode spaces, dashes,
+# dots, parentheses and a leading '+' are gone, so for every valid recipient the two agree.
+WA_ID = r"regexp_replace(recipient, '[^0-9]', '', 'g')"
 
 metadata = MetaData(
     schema=SCHEMA,
