@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from outbox.db.channel_state import lock_bucket
 from outbox.db.errors import translated
 from outbox.db.jsonb import reason
 from outbox.db.sql import OPEN_STATES
-from outbox.domain import ratelimit
+from outbox.domain import ratelimit, window
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.ratelimit import Limits
 
@@ -153,6 +154,16 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
     """
 )
 
+PLAN_COLUMNS = ArrayColumns((("id", BigInteger()), ("sent_as", Text())))
+# What each claimed row is about to be sent as, written before any request leaves.
+RECORD_PLANS = PLAN_COLUMNS.statement(
+    f"""
+    UPDATE outbox.messages AS m SET sent_as = p.sent_as
+    FROM {PLAN_COLUMNS.unnest("p")}
+    WHERE m.id = p.id
+    """
+)
+
 RELEASE_MESSAGES = text(
     """
     UPDATE outbox.messages
@@ -175,6 +186,20 @@ NEXT_DUE = text(
 COUNT_STATES = text(
     "SELECT channel, state, count(*) AS n FROM outbox.messages GROUP BY channel, state"
 )
+
+
+def _planned(message: ClaimedMessage, now: datetime, margin: timedelta) -> ClaimedMessage:
+    if message.unreadable is not None:
+        return message
+    planned = window.plan(
+        message.payload,
+        message.fallback_template,
+        previous=message.planned,
+        last_inbound_at=message.last_inbound_at,
+        now=now,
+        margin=margin,
+    )
+    return replace(message, planned=planned or message.planned)
 
 
 def _unreadable(payload: object, fallback_template: object) -> str | None:
@@ -208,10 +233,17 @@ class MessageStore:
 
     @translated
     async def claim(
-        self, channel: str, limit: int, worker: str, lease: timedelta, limits: Limits
+        self,
+        channel: str,
+        limit: int,
+        worker: str,
+        lease: timedelta,
+        limits: Limits,
+        *,
+        window_margin: timedelta = window.DEFAULT_MARGIN,
     ) -> Claim:
         """Lease up to `limit` due queued rows of `channel`, best priority first, as far as the
-        channel's shared bucket allows."""
+        channel's shared bucket allows, and record what each is about to be sent as."""
         async with self._engine.begin() as connection:
             bucket, now, blocked_until = await lock_bucket(connection, channel, limits)
             rate = bucket.effective_rate(limits)
@@ -234,7 +266,17 @@ class MessageStore:
             rows = (await connection.execute(CLAIM_MESSAGES, params)).all()
             # Read inside the transaction: anything that fails here rolls the claim back
             # rather than leaving rows leased to a worker that never saw them.
-            messages = self._messages(rows)
+            read = self._messages(rows)
+            # Recorded before the commit, so a row whose answer is never written (a crash)
+            # still knows what went out; `now` is the database's clock.
+            messages = [_planned(m, now, window_margin) for m in read]
+            recorded = [
+                (m.id, m.planned.value)
+                for m, before in zip(messages, read, strict=True)
+                if m.planned is not None and m.planned is not before.planned
+            ]
+            if recorded:
+                await connection.execute(RECORD_PLANS, PLAN_COLUMNS.params(recorded))
         spent = ratelimit.give_back(after, granted - len(rows), limits)
         wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
         return Claim(messages, wait, rate)

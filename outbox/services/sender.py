@@ -190,7 +190,12 @@ class Sender:
         limits = self._governor.limits[channel.id]
         try:
             claim = await self._store.claim(
-                channel.id, wanted, self._worker, self._config.lease, limits
+                channel.id,
+                wanted,
+                self._worker,
+                self._config.lease,
+                limits,
+                window_margin=self._config.window_margin,
             )
         except BaseException:
             if allowance == 1:
