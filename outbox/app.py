@@ -118,7 +118,10 @@ async def run(
                 wake[NOTIFY_CHANNEL] = sender.wake
                 tasks["sender"] = sender.run(stop, drain=drain)
                 maintenance = Maintenance(
-                    HousekeepingStore(engine), settings.channels, settings.sender
+                    HousekeepingStore(engine),
+                    settings.channels,
+                    settings.sender,
+                    worker_id=worker_id,
                 )
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:

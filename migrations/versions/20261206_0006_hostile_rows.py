@@ -1,4 +1,4 @@
-"""Hostile rows: one recipient normalisation in SQL and Python.
+"""Hostile rows: one recipient normalisation in SQL and Python; replicas' channels.
 
 `wa_id` becomes every character of `recipient` but the ASCII digits removed. Python accepts a
 recipient only if it is digits once its Unicode spaces (`str.isspace`, which covers the Zs
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0006"
 down_revision = "0005"
@@ -51,7 +52,20 @@ def _wa_id(expression: str) -> None:
 
 def upgrade() -> None:
     _wa_id(WA_ID)
+    # The channels each replica knows, with its last heartbeat: during a rolling update that
+    # adds a channel, old replicas fail its rows only once no live replica knows it.
+    op.create_table(
+        "replicas",
+        sa.Column("worker_id", sa.Text, nullable=False),
+        sa.Column("channels", postgresql.ARRAY(sa.Text), nullable=False),
+        sa.Column(
+            "seen_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.PrimaryKeyConstraint("worker_id", name="pk_replicas"),
+        schema="outbox",
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("replicas", schema="outbox")
     _wa_id(OLD_WA_ID)

@@ -119,6 +119,24 @@ FAIL_UNKNOWN_CHANNEL = text(
     """
 )
 
+# This replica's channels with the time it said so (a heartbeat), and the channels the other
+# replicas seen lately know. The SELECT does not see the INSERT (one snapshot): the caller adds
+# its own. Replicas silent for a day are forgotten.
+HEARTBEAT = text(
+    """
+    WITH me AS (
+        INSERT INTO outbox.replicas AS r (worker_id, channels, seen_at)
+        VALUES (:worker, :channels, now())
+        ON CONFLICT (worker_id)
+            DO UPDATE SET channels = excluded.channels, seen_at = excluded.seen_at
+    ), gone AS (
+        DELETE FROM outbox.replicas WHERE seen_at < now() - interval '1 day'
+    )
+    SELECT DISTINCT unnest(channels) AS channel FROM outbox.replicas
+    WHERE worker_id <> :worker AND seen_at > now() - make_interval(secs => :live_seconds)
+    """
+).bindparams(bindparam("channels", type_=ARRAY(Text())))
+
 FORGET_PACE = text("DELETE FROM outbox.recipient_pace WHERE not_before < now()")
 
 
@@ -164,17 +182,36 @@ class HousekeepingStore:
         return resent
 
     @translated
+    async def heartbeat(
+        self, worker: str, channels: Collection[str], live: timedelta
+    ) -> frozenset[str]:
+        """Record `channels` as this replica's; return every channel a replica seen within
+        `live` knows, these included."""
+        params = {
+            "worker": worker,
+            "channels": sorted(channels),
+            "live_seconds": live.total_seconds(),
+        }
+        async with self._engine.begin() as connection:
+            others = (await connection.execute(HEARTBEAT, params)).scalars().all()
+        return frozenset(channels) | frozenset(others)
+
+    @translated
     async def fail_unknown_channels(
         self, known: Collection[str], grace: timedelta, limit: int = 1000
     ) -> list[Settled]:
-        """Fail queued rows of channels not in `known` once they are `grace` old."""
+        """Fail queued rows of channels not in `known` (what every live replica knows) once
+        they are `grace` old."""
         async with self._engine.connect() as connection:
             open_channels = (await connection.execute(FIND_OPEN_CHANNELS)).scalars().all()
         failed: list[Settled] = []
         for channel in open_channels:
             if channel in known:
                 continue
-            detail = f"channel {channel!r} is not one of: {', '.join(sorted(known))}"
+            detail = (
+                f"channel {channel!r} is not known to any live replica "
+                f"(they know: {', '.join(sorted(known))})"
+            )
             params = {
                 "channel": channel,
                 "grace_seconds": grace.total_seconds(),

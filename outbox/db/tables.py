@@ -23,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from outbox.domain.models import SentAs, State
 
@@ -228,6 +228,17 @@ parked_statuses = Table(
         "next_attempt_at",
         postgresql_where=text("orphaned_at IS NULL"),
     ),
+)
+
+# The channels each replica knows, with its last heartbeat: a row is failed `unknown_channel`
+# only for a channel no live replica knows (old and new replicas overlap during a rollout).
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("worker_id", Text, nullable=False),
+    Column("channels", ARRAY(Text), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("worker_id"),
 )
 
 # What operators did to a row (replay, cancel) and the row as it was before: its lineage.
