@@ -30,7 +30,9 @@ from outbox.domain.ratelimit import Limits
 # A row is claimable only if no older row to the same recipient on the channel is still open
 # (queued, sending or unknown): one message per recipient at a time, in insertion order, and a
 # head that ends (sent, failed, expired, cancelled) releases the next. Ready rows and due
-# retries come from two indexes, so rows waiting for later are never walked past.
+# retries come from two indexes, so rows waiting for later are never walked past; both hold
+# only heads (`head`, kept by triggers), so a backlog to one recipient is not walked either.
+# The probe stays: `head` may be stale the other way (an older row opened again).
 # The checks are scalar subqueries with LIMIT 1, not NOT EXISTS: the planner cannot turn them
 # into an anti-join, which it would plan as a scan of every open row of the channel per
 # candidate whenever the statistics predate a burst (about 1,000,000 rows read per claim of
@@ -50,11 +52,13 @@ _CLAIMABLE = f"""
     FOR UPDATE OF m SKIP LOCKED
 """
 
-_READY = "m.next_attempt_at IS NULL AND m.send_after <= now() AND m.replayed_at IS {} NULL"
+_READY = (
+    "m.head AND m.next_attempt_at IS NULL AND m.send_after <= now() AND m.replayed_at IS {} NULL"
+)
 _BEST_FIRST = "m.priority DESC, m.id"
 _LIVE = _CLAIMABLE.format(when=_READY.format(""), order=_BEST_FIRST)
 _REPLAYED = _CLAIMABLE.format(when=_READY.format("NOT"), order=_BEST_FIRST)
-_DUE = _CLAIMABLE.format(when="m.next_attempt_at <= now()", order="m.next_attempt_at")
+_DUE = _CLAIMABLE.format(when="m.head AND m.next_attempt_at <= now()", order="m.next_attempt_at")
 # Replayed rows (an operator's replay lane) go first up to :replay_quota, then live rows and
 # due retries, then replayed rows again: each lane gets its share and takes what the other
 # leaves, so a large replay never starves live traffic nor idles on a quiet channel.
@@ -177,7 +181,7 @@ NEXT_DUE = text(
     """
     SELECT least(
         (SELECT min(next_attempt_at) FROM outbox.messages
-         WHERE state = 'queued' AND channel = :channel AND next_attempt_at > now()),
+         WHERE state = 'queued' AND channel = :channel AND next_attempt_at > now() AND head),
         (SELECT min(not_before) FROM outbox.recipient_pace
          WHERE channel = :channel AND not_before > now()))
     """

@@ -46,7 +46,8 @@ metadata = MetaData(
 )
 
 
-_READY = "state = 'queued' AND next_attempt_at IS NULL"
+# Only recipients' heads (no older open row to the same recipient) are where the claim looks.
+_READY = "state = 'queued' AND next_attempt_at IS NULL AND head"
 
 
 def _in(column: str, values: type[State] | type[SentAs]) -> str:
@@ -70,6 +71,9 @@ messages = Table(
     # Daemon columns.
     Column("wa_id", Text, Computed(WA_ID, persisted=True), nullable=False),
     Column("unknown_resends", SmallInteger, nullable=False, server_default=text("0")),
+    # No older row to this recipient on the channel is open: kept by triggers (revision 0006),
+    # so only heads are in the claim's indexes.
+    Column("head", Boolean, nullable=False, server_default=text("true")),
     Column("replayed_at", DateTime(timezone=True)),
     Column("replays", SmallInteger, nullable=False, server_default=text("0")),
     Column("state", Text, nullable=False, server_default=text("'queued'")),
@@ -115,7 +119,14 @@ messages = Table(
         "ix_messages_due",
         "channel",
         "next_attempt_at",
-        postgresql_where=text("state = 'queued' AND next_attempt_at IS NOT NULL"),
+        postgresql_where=text("state = 'queued' AND next_attempt_at IS NOT NULL AND head"),
+    ),
+    Index(
+        "ix_messages_waiting",
+        "channel",
+        "wa_id",
+        "id",
+        postgresql_where=text("state = 'queued' AND NOT head"),
     ),
     Index(
         "ix_messages_recipient",

@@ -38,6 +38,7 @@ class Maintenance:
         self._worker = worker_id
         self._known = frozenset(c.id for c in channels)
         self._live = max(REPLICA_LIVE, 3 * config.maintenance_interval)
+        self._heads_after = ("", "")  # where the sweep of missed hand-overs goes on from
         self._resend = [c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND]
         self._config = config
 
@@ -75,3 +76,6 @@ class Maintenance:
                 message_id=row.id,
             )
         await self._store.forget_pace()
+        repaired, self._heads_after = await self._store.repair_heads(self._heads_after)
+        if repaired:
+            log.info("outbox.order.heads_repaired", count=repaired)
