@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -20,11 +18,11 @@ from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import lock_bucket
+from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
-from outbox.db.jsonb import reason
 from outbox.db.sql import OPEN_STATES
 from outbox.domain import ratelimit, window
-from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
+from outbox.domain.models import Claim, SendResult, State
 from outbox.domain.ratelimit import Limits
 
 # A row is claimable only if no older row to the same recipient on the channel is still open
@@ -158,16 +156,6 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
     """
 )
 
-PLAN_COLUMNS = ArrayColumns((("id", BigInteger()), ("sent_as", Text())))
-# What each claimed row is about to be sent as, written before any request leaves.
-RECORD_PLANS = PLAN_COLUMNS.statement(
-    f"""
-    UPDATE outbox.messages AS m SET sent_as = p.sent_as
-    FROM {PLAN_COLUMNS.unnest("p")}
-    WHERE m.id = p.id
-    """
-)
-
 RELEASE_MESSAGES = text(
     """
     UPDATE outbox.messages
@@ -190,28 +178,6 @@ NEXT_DUE = text(
 COUNT_STATES = text(
     "SELECT channel, state, count(*) AS n FROM outbox.messages GROUP BY channel, state"
 )
-
-
-def _planned(message: ClaimedMessage, now: datetime, margin: timedelta) -> ClaimedMessage:
-    if message.unreadable is not None:
-        return message
-    planned = window.plan(
-        message.payload,
-        message.fallback_template,
-        previous=message.planned,
-        last_inbound_at=message.last_inbound_at,
-        now=now,
-        margin=margin,
-    )
-    return replace(message, planned=planned or message.planned)
-
-
-def _unreadable(payload: object, fallback_template: object) -> str | None:
-    if (problem := reason(payload)) is not None:
-        return f"payload: {problem}"
-    if (problem := reason(fallback_template)) is not None:
-        return f"fallback_template: {problem}"
-    return None
 
 
 def _result_row(r: SendResult) -> tuple[object, ...]:
@@ -268,42 +234,11 @@ class MessageStore:
                 "refilled_at": after.refilled_at,
             }
             rows = (await connection.execute(CLAIM_MESSAGES, params)).all()
-            # Read inside the transaction: anything that fails here rolls the claim back
-            # rather than leaving rows leased to a worker that never saw them.
-            read = self._messages(rows)
-            # Recorded before the commit, so a row whose answer is never written (a crash)
-            # still knows what went out; `now` is the database's clock.
-            messages = [_planned(m, now, window_margin) for m in read]
-            recorded = [
-                (m.id, m.planned.value)
-                for m, before in zip(messages, read, strict=True)
-                if m.planned is not None and m.planned is not before.planned
-            ]
-            if recorded:
-                await connection.execute(RECORD_PLANS, PLAN_COLUMNS.params(recorded))
+            # Read (and planned) inside the transaction: see outbox.db.claimed.
+            messages = await read_claimed(connection, rows, now, window_margin)
         spent = ratelimit.give_back(after, granted - len(rows), limits)
         wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
         return Claim(messages, wait, rate)
-
-    @staticmethod
-    def _messages(rows: Sequence[Any]) -> list[ClaimedMessage]:
-        rows = sorted(rows, key=lambda row: (-row.priority, row.id))
-        return [
-            ClaimedMessage(
-                unreadable=_unreadable(row.payload, row.fallback_template),
-                id=row.id,
-                channel=row.channel,
-                recipient=row.recipient,
-                payload=row.payload,
-                fallback_template=row.fallback_template,
-                attempts=row.attempts,
-                created_at=row.created_at,
-                expires_at=row.expires_at,
-                planned=SentAs(row.sent_as) if row.sent_as else None,
-                last_inbound_at=row.last_inbound_at,
-            )
-            for row in rows
-        ]
 
     @translated
     async def complete(self, results: Sequence[SendResult], worker: str) -> int:
