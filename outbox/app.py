@@ -122,7 +122,11 @@ async def run(
                 wake[NOTIFY_CHANNEL] = sender.wake
                 tasks["sender"] = sender.run(stop, drain=drain)
                 maintenance = Maintenance(
-                    HousekeepingStore(engine), settings.channels, settings.sender, health
+                    HousekeepingStore(engine),
+                    settings.channels,
+                    settings.sender,
+                    health,
+                    worker_id=worker_id,
                 )
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:

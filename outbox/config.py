@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from outbox.domain.models import Dialect
 from outbox.domain.ratelimit import Limits
+from outbox.domain.window import DEFAULT_MARGIN
 
 
 class Secret:
@@ -132,7 +133,7 @@ class SenderConfig:
     backoff_base: timedelta = timedelta(seconds=2)
     backoff_cap: timedelta = timedelta(minutes=5)
     # Free-form is sent only while now < last inbound + 24 h - window_margin.
-    window_margin: timedelta = field(default=timedelta(minutes=5), metadata={"min": 0})
+    window_margin: timedelta = field(default=DEFAULT_MARGIN, metadata={"min": 0})
     # An `unknown` row waits this long for a status webhook before its channel's policy applies.
     unknown_quiet: timedelta = timedelta(minutes=5)
     # Server errors in a row that pause a channel; a paused channel waits breaker_cooldown

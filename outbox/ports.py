@@ -30,6 +30,7 @@ from outbox.domain.reconcile import (
 from outbox.domain.report import Report
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import SendOutcome
+from outbox.domain.window import DEFAULT_MARGIN
 
 # The wall clock, injected so that decisions can be tested at any time of day.
 Clock = Callable[[], datetime]
@@ -231,7 +232,14 @@ class MessageLeases(ResultSink, Protocol):
     """The sender's view of `outbox.messages`: leases taken, results written, leases handed back."""
 
     async def claim(
-        self, channel: str, limit: int, worker: str, lease: timedelta, limits: Limits
+        self,
+        channel: str,
+        limit: int,
+        worker: str,
+        lease: timedelta,
+        limits: Limits,
+        *,
+        window_margin: timedelta = DEFAULT_MARGIN,
     ) -> Claim: ...
     async def next_due(self, channel: str) -> datetime | None: ...
     async def release(self, ids: Sequence[int], worker: str) -> int: ...
@@ -268,9 +276,15 @@ class Housekeeping(Protocol):
     async def resend_unknown(
         self, channels: Sequence[str], quiet: timedelta, limit: int = ...
     ) -> int: ...
+    async def heartbeat(
+        self, worker: str, channels: Collection[str], live: timedelta
+    ) -> frozenset[str]: ...
     async def fail_unknown_channels(
         self, known: Collection[str], grace: timedelta, limit: int = ...
     ) -> list[Settled]: ...
+    async def repair_heads(
+        self, after: tuple[str, str], limit: int = ...
+    ) -> tuple[int, tuple[str, str]]: ...
     async def forget_pace(self) -> int: ...
 
 

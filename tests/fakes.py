@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from outbox.config import ChannelConfig
-from outbox.domain import ratelimit
+from outbox.domain import ratelimit, window
 from outbox.domain.codes import OPEN_STATES
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.ratelimit import Limits
@@ -24,8 +24,8 @@ from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
 from outbox.ports import Clock, utc_now
 
-# outbox.db.tables.WA_ID: regexp_replace(recipient, '[[:space:]().+-]', '', 'g')
-_NOISE = re.compile(r"[ \t\n\v\f\r().+-]")
+# outbox.db.tables.WA_ID: regexp_replace(recipient, '[^0-9]', '', 'g')
+_NOISE = re.compile(r"[^0-9]")
 
 
 def wa_id(recipient: str) -> str:
@@ -112,7 +112,14 @@ class InMemoryMessageStore:
     # --- MessageLeases ---
 
     async def claim(
-        self, channel: str, limit: int, worker: str, lease: timedelta, limits: Limits
+        self,
+        channel: str,
+        limit: int,
+        worker: str,
+        lease: timedelta,
+        limits: Limits,
+        *,
+        window_margin: timedelta = window.DEFAULT_MARGIN,
     ) -> Claim:
         self.claims[channel] += 1
         now = self._clock()
@@ -129,6 +136,15 @@ class InMemoryMessageStore:
         for row in picked:
             row.state, row.claimed_by, row.attempts = State.SENDING, worker, row.attempts + 1
             row.lease_until = now + lease
+            planned = window.plan(
+                row.payload,
+                row.fallback_template,
+                previous=row.sent_as,
+                last_inbound_at=self.inbound.get((row.channel, row.wa_id)),
+                now=now,
+                margin=window_margin,
+            )
+            row.sent_as = planned or row.sent_as  # RECORD_PLANS
         spent = ratelimit.give_back(after, granted - len(picked), limits)
         if picked:  # nothing claimed: the bucket is written back as it was
             state.bucket = spent

@@ -14,7 +14,7 @@ reconciler measures those when it takes them.
 Adding columns with a constant default (or none) does not rewrite the table.
 
 Revision ID: 0007
-Revises: 0005 (to be relinked to 0006 at merge: 0006 is written at the same time)
+Revises: 0006
 Create Date: 2026-12-06
 """
 
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -14,6 +14,8 @@ import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from outbox.db import jsonb
+
 APPLICATION_NAME = "outbox"
 
 
@@ -37,5 +39,6 @@ def create_engine(dsn: str, *, pool_size: int = 10, role: str = "daemon") -> Asy
         # No ping per checkout: it costs a round trip per transaction. A connection found dead
         # fails its statement, SQLAlchemy then invalidates the pool, and the callers retry.
         json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
+        # Producers write jsonb the fast decoder may refuse: one such row must fail alone.
+        json_deserializer=jsonb.decode,
     )

@@ -21,10 +21,10 @@ from outbox.ports import Sample
 OLDEST_DUE = """
     SELECT channel, min(due) AS oldest FROM (
         SELECT channel, min(greatest(send_after, updated_at)) AS due FROM outbox.messages
-        WHERE state = 'queued' AND next_attempt_at IS NULL GROUP BY channel
+        WHERE state = 'queued' AND next_attempt_at IS NULL AND head GROUP BY channel
         UNION ALL
         SELECT channel, min(next_attempt_at) FROM outbox.messages
-        WHERE state = 'queued' AND next_attempt_at <= now() GROUP BY channel
+        WHERE state = 'queued' AND next_attempt_at <= now() AND head GROUP BY channel
     ) AS d GROUP BY channel
 """
 

@@ -119,7 +119,61 @@ FAIL_UNKNOWN_CHANNEL = text(
     """
 )
 
+# This replica's channels with the time it said so (a heartbeat), and the channels the other
+# replicas seen lately know. The SELECT does not see the INSERT (one snapshot): the caller adds
+# its own. Replicas silent for a day are forgotten.
+HEARTBEAT = text(
+    """
+    WITH me AS (
+        INSERT INTO outbox.replicas AS r (worker_id, channels, seen_at)
+        VALUES (:worker, :channels, now())
+        ON CONFLICT (worker_id)
+            DO UPDATE SET channels = excluded.channels, seen_at = excluded.seen_at
+    ), gone AS (
+        DELETE FROM outbox.replicas WHERE seen_at < now() - interval '1 day'
+    )
+    SELECT DISTINCT unnest(channels) AS channel FROM outbox.replicas
+    WHERE worker_id <> :worker AND seen_at > now() - make_interval(secs => :live_seconds)
+    """
+).bindparams(bindparam("channels", type_=ARRAY(Text())))
+
+# A row inserted behind a head whose end committed before the insert did was not visible to the
+# hand-over (triggers see committed rows only): it waits with `head` false behind nobody. This
+# walks the recipients with waiting rows, :limit at a time after a cursor (one index probe
+# each), and makes the oldest open row of each its head if it is not.
+REPAIR_HEADS = text(
+    f"""
+    WITH RECURSIVE lines(channel, wa_id) AS (
+        (SELECT channel, wa_id FROM outbox.messages
+         WHERE state = 'queued' AND NOT head AND (channel, wa_id) > (:channel, :wa_id)
+         ORDER BY channel, wa_id LIMIT 1)
+        UNION ALL
+        SELECT n.channel, n.wa_id FROM lines, LATERAL (
+            SELECT m.channel, m.wa_id FROM outbox.messages AS m
+            WHERE m.state = 'queued' AND NOT m.head
+              AND (m.channel, m.wa_id) > (lines.channel, lines.wa_id)
+            ORDER BY m.channel, m.wa_id LIMIT 1) AS n
+    ), batch AS (SELECT * FROM lines LIMIT :limit), fixed AS (
+        UPDATE outbox.messages AS m SET head = true, updated_at = now()
+        FROM batch AS b
+        WHERE m.id = (SELECT e.id FROM outbox.messages AS e
+                      WHERE e.channel = b.channel AND e.wa_id = b.wa_id
+                        AND e.state IN ({OPEN_STATES})
+                      ORDER BY e.id LIMIT 1)
+          AND m.state = 'queued' AND NOT m.head
+        RETURNING m.id
+    )
+    SELECT (SELECT count(*) FROM fixed) AS fixed, (SELECT count(*) FROM batch) AS walked,
+           last.channel, last.wa_id
+    FROM (SELECT channel, wa_id FROM batch ORDER BY channel DESC, wa_id DESC LIMIT 1) AS last
+    RIGHT JOIN (SELECT 1) AS one ON true
+    """
+)
+
 FORGET_PACE = text("DELETE FROM outbox.recipient_pace WHERE not_before < now()")
+
+
+START = ("", "")  # before every (channel, wa_id)
 
 
 class HousekeepingStore:
@@ -164,17 +218,36 @@ class HousekeepingStore:
         return resent
 
     @translated
+    async def heartbeat(
+        self, worker: str, channels: Collection[str], live: timedelta
+    ) -> frozenset[str]:
+        """Record `channels` as this replica's; return every channel a replica seen within
+        `live` knows, these included."""
+        params = {
+            "worker": worker,
+            "channels": sorted(channels),
+            "live_seconds": live.total_seconds(),
+        }
+        async with self._engine.begin() as connection:
+            others = (await connection.execute(HEARTBEAT, params)).scalars().all()
+        return frozenset(channels) | frozenset(others)
+
+    @translated
     async def fail_unknown_channels(
         self, known: Collection[str], grace: timedelta, limit: int = 1000
     ) -> list[Settled]:
-        """Fail queued rows of channels not in `known` once they are `grace` old."""
+        """Fail queued rows of channels not in `known` (what every live replica knows) once
+        they are `grace` old."""
         async with self._engine.connect() as connection:
             open_channels = (await connection.execute(FIND_OPEN_CHANNELS)).scalars().all()
         failed: list[Settled] = []
         for channel in open_channels:
             if channel in known:
                 continue
-            detail = f"channel {channel!r} is not one of: {', '.join(sorted(known))}"
+            detail = (
+                f"channel {channel!r} is not known to any live replica "
+                f"(they know: {', '.join(sorted(known))})"
+            )
             params = {
                 "channel": channel,
                 "grace_seconds": grace.total_seconds(),
@@ -185,6 +258,19 @@ class HousekeepingStore:
             }
             failed += await self._settle(FAIL_UNKNOWN_CHANNEL, params)
         return failed
+
+    @translated
+    async def repair_heads(
+        self, after: tuple[str, str], limit: int = 200
+    ) -> tuple[int, tuple[str, str]]:
+        """Make up for hand-overs a commit race missed, for up to `limit` recipients after
+        `after` (channel, wa_id). Returns how many rows became heads and where to go on from
+        (back to the start once the end is reached)."""
+        params = {"channel": after[0], "wa_id": after[1], "limit": limit}
+        async with self._engine.begin() as connection:
+            row = (await connection.execute(REPAIR_HEADS, params)).one()
+        more = row.walked == limit and row.channel is not None
+        return int(row.fixed), (row.channel, row.wa_id) if more else START
 
     @translated
     async def forget_pace(self) -> int:

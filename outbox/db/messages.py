@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -19,16 +18,19 @@ from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import lock_bucket
+from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
 from outbox.db.sql import OPEN_STATES
-from outbox.domain import ratelimit
-from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
+from outbox.domain import ratelimit, window
+from outbox.domain.models import Claim, SendResult, State
 from outbox.domain.ratelimit import Limits
 
 # A row is claimable only if no older row to the same recipient on the channel is still open
 # (queued, sending or unknown): one message per recipient at a time, in insertion order, and a
 # head that ends (sent, failed, expired, cancelled) releases the next. Ready rows and due
-# retries come from two indexes, so rows waiting for later are never walked past.
+# retries come from two indexes, so rows waiting for later are never walked past; both hold
+# only heads (`head`, kept by triggers), so a backlog to one recipient is not walked either.
+# The probe stays: `head` may be stale the other way (an older row opened again).
 # The checks are scalar subqueries with LIMIT 1, not NOT EXISTS: the planner cannot turn them
 # into an anti-join, which it would plan as a scan of every open row of the channel per
 # candidate whenever the statistics predate a burst (about 1,000,000 rows read per claim of
@@ -48,11 +50,13 @@ _CLAIMABLE = f"""
     FOR UPDATE OF m SKIP LOCKED
 """
 
-_READY = "m.next_attempt_at IS NULL AND m.send_after <= now() AND m.replayed_at IS {} NULL"
+_READY = (
+    "m.head AND m.next_attempt_at IS NULL AND m.send_after <= now() AND m.replayed_at IS {} NULL"
+)
 _BEST_FIRST = "m.priority DESC, m.id"
 _LIVE = _CLAIMABLE.format(when=_READY.format(""), order=_BEST_FIRST)
 _REPLAYED = _CLAIMABLE.format(when=_READY.format("NOT"), order=_BEST_FIRST)
-_DUE = _CLAIMABLE.format(when="m.next_attempt_at <= now()", order="m.next_attempt_at")
+_DUE = _CLAIMABLE.format(when="m.head AND m.next_attempt_at <= now()", order="m.next_attempt_at")
 # Replayed rows (an operator's replay lane) go first up to :replay_quota, then live rows and
 # due retries, then replayed rows again: each lane gets its share and takes what the other
 # leaves, so a large replay never starves live traffic nor idles on a quiet channel.
@@ -165,7 +169,7 @@ NEXT_DUE = text(
     """
     SELECT least(
         (SELECT min(next_attempt_at) FROM outbox.messages
-         WHERE state = 'queued' AND channel = :channel AND next_attempt_at > now()),
+         WHERE state = 'queued' AND channel = :channel AND next_attempt_at > now() AND head),
         (SELECT min(not_before) FROM outbox.recipient_pace
          WHERE channel = :channel AND not_before > now()))
     """
@@ -199,10 +203,17 @@ class MessageStore:
 
     @translated
     async def claim(
-        self, channel: str, limit: int, worker: str, lease: timedelta, limits: Limits
+        self,
+        channel: str,
+        limit: int,
+        worker: str,
+        lease: timedelta,
+        limits: Limits,
+        *,
+        window_margin: timedelta = window.DEFAULT_MARGIN,
     ) -> Claim:
         """Lease up to `limit` due queued rows of `channel`, best priority first, as far as the
-        channel's shared bucket allows."""
+        channel's shared bucket allows, and record what each is about to be sent as."""
         async with self._engine.begin() as connection:
             locked = await lock_bucket(connection, channel, limits)
             bucket, now, blocked_until, epoch = (
@@ -229,28 +240,11 @@ class MessageStore:
                 "refilled_at": after.refilled_at,
             }
             rows = (await connection.execute(CLAIM_MESSAGES, params)).all()
+            # Read (and planned) inside the transaction: see outbox.db.claimed.
+            messages = await read_claimed(connection, rows, now, window_margin)
         spent = ratelimit.give_back(after, granted - len(rows), limits)
         wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
-        return Claim(self._messages(rows), wait, rate, epoch)
-
-    @staticmethod
-    def _messages(rows: Sequence[Any]) -> list[ClaimedMessage]:
-        rows = sorted(rows, key=lambda row: (-row.priority, row.id))
-        return [
-            ClaimedMessage(
-                id=row.id,
-                channel=row.channel,
-                recipient=row.recipient,
-                payload=row.payload,
-                fallback_template=row.fallback_template,
-                attempts=row.attempts,
-                created_at=row.created_at,
-                expires_at=row.expires_at,
-                planned=SentAs(row.sent_as) if row.sent_as else None,
-                last_inbound_at=row.last_inbound_at,
-            )
-            for row in rows
-        ]
+        return Claim(messages, wait, rate, epoch)
 
     @translated
     async def complete(self, results: Sequence[SendResult], worker: str) -> int:

@@ -24,16 +24,17 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from outbox.domain.models import SentAs, State
 
 SCHEMA = "outbox"
 NOTIFY_CHANNEL = "outbox_messages"
 WEBHOOK_NOTIFY_CHANNEL = "outbox_webhooks"
-# The recipient as digits, for per-recipient order and the window lookup; agrees with
-# outbox.domain.request.normalise_recipient for every valid recipient.
-WA_ID = r"regexp_replace(recipient, '[[:space:]().+-]', '', 'g')"
+# The recipient as digits, for per-recipient order and the window lookup: every character but
+# the ASCII digits removed. normalise_recipient accepts only digits once Unicode spaces, dashes,
+# dots, parentheses and a leading '+' are gone, so for every valid recipient the two agree.
+WA_ID = r"regexp_replace(recipient, '[^0-9]', '', 'g')"
 
 metadata = MetaData(
     schema=SCHEMA,
@@ -46,7 +47,8 @@ metadata = MetaData(
 )
 
 
-_READY = "state = 'queued' AND next_attempt_at IS NULL"
+# Only recipients' heads (no older open row to the same recipient) are where the claim looks.
+_READY = "state = 'queued' AND next_attempt_at IS NULL AND head"
 
 
 def _in(column: str, values: type[State] | type[SentAs]) -> str:
@@ -70,6 +72,9 @@ messages = Table(
     # Daemon columns.
     Column("wa_id", Text, Computed(WA_ID, persisted=True), nullable=False),
     Column("unknown_resends", SmallInteger, nullable=False, server_default=text("0")),
+    # No older row to this recipient on the channel is open: kept by triggers (revision 0006),
+    # so only heads are in the claim's indexes.
+    Column("head", Boolean, nullable=False, server_default=text("true")),
     Column("replayed_at", DateTime(timezone=True)),
     Column("replays", SmallInteger, nullable=False, server_default=text("0")),
     Column("state", Text, nullable=False, server_default=text("'queued'")),
@@ -115,7 +120,14 @@ messages = Table(
         "ix_messages_due",
         "channel",
         "next_attempt_at",
-        postgresql_where=text("state = 'queued' AND next_attempt_at IS NOT NULL"),
+        postgresql_where=text("state = 'queued' AND next_attempt_at IS NOT NULL AND head"),
+    ),
+    Index(
+        "ix_messages_waiting",
+        "channel",
+        "wa_id",
+        "id",
+        postgresql_where=text("state = 'queued' AND NOT head"),
     ),
     Index(
         "ix_messages_recipient",
@@ -238,6 +250,17 @@ parked_statuses = Table(
         "next_attempt_at",
         postgresql_where=text("orphaned_at IS NULL"),
     ),
+)
+
+# The channels each replica knows, with its last heartbeat: a row is failed `unknown_channel`
+# only for a channel no live replica knows (old and new replicas overlap during a rollout).
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("worker_id", Text, nullable=False),
+    Column("channels", ARRAY(Text), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("worker_id"),
 )
 
 # What operators did to a row (replay, cancel) and the row as it was before: its lineage.

@@ -51,6 +51,8 @@ def prepare(
         expired = without_request(message, State.EXPIRED, now, Code.EXPIRED, Title.EXPIRED)
         return Unsent(expired, SendError.EXPIRED)
     try:
+        if message.unreadable is not None:
+            raise InvalidMessage(Code.INVALID_PAYLOAD, message.unreadable)
         request = _request(message, rules, now, window_margin)
     except InvalidMessage as exc:
         bad = without_request(message, State.FAILED, now, exc.code, Title.INVALID, exc.detail)

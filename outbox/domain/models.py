@@ -48,8 +48,13 @@ class ClaimedMessage:
     attempts: int
     created_at: datetime
     expires_at: datetime | None
-    planned: SentAs | None = None  # the `sent_as` an earlier attempt chose
+    # The `sent_as` this claim recorded (the window rule at claim time; a row once sent as its
+    # fallback stays with it), or what an earlier attempt chose when nothing will be sent.
+    planned: SentAs | None = None
     last_inbound_at: datetime | None = None  # of this recipient on this channel, at claim time
+    # Why the payload or fallback_template could not be read faithfully (the row then fails
+    # invalid_payload with no request); None when both were.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

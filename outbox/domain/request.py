@@ -44,7 +44,12 @@ class ApiRequest:
 
 
 def normalise_recipient(raw: str) -> str:
-    """Digits only: a leading `+`, spaces, dashes, dots and parentheses are dropped."""
+    """Digits only: a leading `+`, spaces, dashes, dots and parentheses are dropped.
+
+    Spaces are every `str.isspace` character (the Zs category included). What is accepted is
+    then exactly the recipient with every character but the ASCII digits removed, which is how
+    the generated `wa_id` column (`outbox.db.tables.WA_ID`) reads it.
+    """
     digits = parsing.phone_number(raw, _RECIPIENT, _RECIPIENT_NOISE)
     if digits is None:
         raise InvalidMessage(

@@ -15,6 +15,7 @@ from outbox.domain.codes import Title
 from outbox.domain.models import SentAs, State
 
 WINDOW = timedelta(hours=24)
+DEFAULT_MARGIN = timedelta(minutes=5)  # `window_margin`'s default
 TEMPLATE_TYPES = frozenset({"template", "hsm"})
 
 
@@ -65,6 +66,31 @@ def choose_content(
     if last_inbound_at is None:
         return WindowClosed("no inbound message from this recipient is on record")
     return WindowClosed(f"the recipient last wrote at {last_inbound_at.isoformat()}")
+
+
+def plan(
+    payload: Any,
+    fallback_template: Any,
+    *,
+    previous: SentAs | None,
+    last_inbound_at: datetime | None,
+    now: datetime,
+    margin: timedelta,
+) -> SentAs | None:
+    """What a claim records the row as about to be sent as (None: nothing will be sent).
+
+    Recorded before the request leaves, so a row whose answer is lost (a crash, a rescued
+    lease) still knows what went out when a late status refuses it for a closed window.
+    """
+    content = choose_content(
+        payload,
+        fallback_template,
+        planned=previous,
+        last_inbound_at=last_inbound_at,
+        now=now,
+        margin=margin,
+    )
+    return content.sent_as if isinstance(content, Content) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 
 import structlog
 
@@ -19,6 +20,11 @@ from outbox.ports import Housekeeping
 log = structlog.get_logger("outbox.maintenance")
 
 
+# A replica is live while its heartbeat (one per maintenance tick) is at most this old, or three
+# ticks, whichever is longer: a replica slowed by a database blip is not taken for gone.
+REPLICA_LIVE = timedelta(seconds=30)
+
+
 class Maintenance:
     def __init__(
         self,
@@ -26,10 +32,15 @@ class Maintenance:
         channels: Sequence[ChannelConfig],
         config: SenderConfig,
         health: Health | None = None,
+        *,
+        worker_id: str,
     ) -> None:
         self._store = store
         self._health = health
+        self._worker = worker_id
         self._known = frozenset(c.id for c in channels)
+        self._live = max(REPLICA_LIVE, 3 * config.maintenance_interval)
+        self._heads_after = ("", "")  # where the sweep of missed hand-overs goes on from
         self._resend = [c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND]
         self._config = config
 
@@ -56,9 +67,10 @@ class Maintenance:
             )
         if resent := await self._store.resend_unknown(self._resend, self._config.unknown_quiet):
             log.warning("outbox.unknown.resending", count=resent)
-        failed = await self._store.fail_unknown_channels(
-            self._known, self._config.unknown_channel_grace
-        )
+        # During a rolling update old replicas do not know a channel new ones added: a row is
+        # failed only for a channel no live replica knows.
+        known = await self._store.heartbeat(self._worker, self._known, self._live)
+        failed = await self._store.fail_unknown_channels(known, self._config.unknown_channel_grace)
         for row in failed:
             log.error(
                 "outbox.send.failed",
@@ -67,3 +79,6 @@ class Maintenance:
                 message_id=row.id,
             )
         await self._store.forget_pace()
+        repaired, self._heads_after = await self._store.repair_heads(self._heads_after)
+        if repaired:
+            log.info("outbox.order.heads_repaired", count=repaired)

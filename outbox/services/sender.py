@@ -201,7 +201,12 @@ class Sender:
         limits = self._governor.limits[channel.id]
         try:
             claim = await self._store.claim(
-                channel.id, wanted, self._worker, self._config.lease, limits
+                channel.id,
+                wanted,
+                self._worker,
+                self._config.lease,
+                limits,
+                window_margin=self._config.window_margin,
             )
         except BaseException:
             if allowance == 1:
@@ -209,20 +214,29 @@ class Sender:
             raise
         self._observer.rate(channel.id, claim.rate)
         rows, retry_in = claim.messages, claim.wait
-        if retry_in is None:
-            # Nothing more is ready: wake up for the first retry or paced row coming due.
-            due = await self._store.next_due(channel.id)
-            if due is not None:
-                retry_in = max(0.0, (due - self._now()).total_seconds())
         if allowance == 1:
             if rows:
                 breaker.probing(rows[0].id)
                 log.info("outbox.channel.probe", channel=channel.id, message_id=rows[0].id)
             else:
                 breaker.probe_unused()
+        # The claim has committed: its rows are started before any further I/O, so a database
+        # blip after the claim can delay them but never leave them leased and unsent.
         for message in rows:
             self._start(channel, message, claim.pause_epoch)
+        if retry_in is None:
+            retry_in = await self._next_due(channel)
         return len(rows), retry_in
+
+    async def _next_due(self, channel: ChannelConfig) -> float | None:
+        """Seconds until the channel's first retry or paced row comes due: best effort, as the
+        poll interval (and every freed slot) wakes the loop anyway."""
+        try:
+            due = await self._store.next_due(channel.id)
+        except DatabaseError as exc:
+            log.warning("outbox.claim.next_due_failed", channel=channel.id, error=str(exc))
+            return None
+        return None if due is None else max(0.0, (due - self._now()).total_seconds())
 
     def _free_slots(self) -> int:
         # An answer not yet written holds its slot: when the database falls behind, claiming

@@ -15,8 +15,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db import messages as store_module
+from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.messages import MessageStore
 from outbox.domain.ratelimit import Limits
+from tests.support import enqueue_in_window as enqueue
 from tests.support import fetch
 
 LEASE = timedelta(minutes=1)
@@ -226,3 +228,78 @@ async def test_the_claim_stays_cheap_when_the_statistics_predate_the_backlog(db_
     # 100 candidates, one index probe each for their recipient's older rows, plus the walk of
     # the ready index; a scan per candidate would read 100 x 10,000.
     assert _index_rows(plan) < 2000, plan
+
+
+async def test_a_backlog_to_one_recipient_is_not_walked_by_the_claim(db_url: str) -> None:
+    """Only a recipient's head can be claimed: its 20,000 later rows, ranked first by priority,
+    must not be read by every claim of the channel (each claim holds the bucket's lock)."""
+    await fetch(
+        db_url,
+        """
+        INSERT INTO outbox.messages (channel, recipient, payload, priority)
+        SELECT 'c', '4917000000001', '{"type":"text","text":{"body":"x"}}', 1
+        FROM generate_series(1, 20000) AS g
+        """,
+    )
+    await enqueue(db_url, 300, channel="c")
+    await fetch(db_url, "ANALYZE outbox.messages")
+    plan, claimed = await _claim_plan(db_url)
+    assert claimed == 100
+    assert _index_rows(plan) < 2000, plan
+
+
+async def test_the_next_row_of_a_recipient_becomes_claimable_when_its_head_ends(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """Whichever way the head ends (a result, housekeeping, an operator), the next row goes."""
+    labels = await _seed(db_url, [(f"a{i}", A, "queued", {}) for i in range(4)])
+    ids = sorted(labels)
+    store = MessageStore(engine)
+    for ending, head in zip(("accepted", "failed", "cancelled"), ids[:3], strict=True):
+        [claimed] = (await store.claim("c", 10, "w", LEASE, LIMITS)).messages
+        assert claimed.id == head
+        await fetch(db_url, "UPDATE outbox.messages SET state = $1 WHERE id = $2", ending, head)
+    [last] = (await store.claim("c", 10, "w", LEASE, LIMITS)).messages
+    assert last.id == ids[3]
+
+
+async def test_a_row_inserted_while_its_head_ended_is_not_left_behind(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """The head ends and commits while a producer's INSERT behind it is still uncommitted: the
+    hand-over cannot see the new row. Maintenance's sweep makes it the head."""
+    labels = await _seed(db_url, [("a1", A, "sending", {})])
+    [head] = labels
+    producer = await asyncpg.connect(db_url)
+    try:
+        transaction = producer.transaction()
+        await transaction.start()
+        follower = await producer.fetchval(
+            "INSERT INTO outbox.messages (channel, recipient, payload) "
+            "VALUES ('c', $1, '{}') RETURNING id",
+            A,
+        )
+        await fetch(db_url, "UPDATE outbox.messages SET state = 'accepted' WHERE id = $1", head)
+        await transaction.commit()
+    finally:
+        await producer.close()
+    store = MessageStore(engine)
+    assert (await store.claim("c", 10, "w", LEASE, LIMITS)).messages == []
+    repaired, after = await HousekeepingStore(engine).repair_heads(("", ""))
+    assert (repaired, after) == (1, ("", ""))
+    [claimed] = (await store.claim("c", 10, "w", LEASE, LIMITS)).messages
+    assert claimed.id == follower
+
+
+async def test_the_sweep_of_missed_hand_overs_walks_recipients_a_page_at_a_time(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    recipients = [f"49170000000{n:02}" for n in range(5)]
+    await _seed(db_url, [(f"{r}-{i}", r, "queued", {}) for r in recipients for i in range(2)])
+    housekeeping = HousekeepingStore(engine)
+    pages = []
+    after = ("", "")
+    for _ in range(3):
+        repaired, after = await housekeeping.repair_heads(after, limit=2)
+        pages.append((repaired, after))
+    assert pages == [(0, ("c", recipients[1])), (0, ("c", recipients[3])), (0, ("", ""))]

@@ -695,7 +695,7 @@ async def test_bad_rows_fail_without_a_request(
         "unknown-channel": (
             await insert(db_url, "nowhere", A, text("x")),
             "unknown_channel",
-            "channel 'nowhere' is not one of: cloud, onprem",
+            "channel 'nowhere' is not known to any live replica (they know: cloud, onprem)",
         ),
         "recipient": (
             await insert(db_url, channel, "hello", text("x"), inbound_ago=None),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from outbox.config import ChannelConfig, Secret, SenderConfig
-from outbox.domain.models import Dialect
+from outbox.domain.models import Dialect, State
+from outbox.errors import DatabaseUnavailable
 from outbox.services.sender import Sender
 from tests.fakes import AcceptingApi, InMemoryMessageStore
 
@@ -37,3 +38,38 @@ async def test_a_rate_limited_channel_does_not_make_the_loop_spin() -> None:
     # asked once per such wake-up, not in a tight loop.
     assert 2 <= len(store.completed) <= 4
     assert store.claims["idle"] <= 6, store.claims
+
+
+class _BlipAfterClaim(InMemoryMessageStore):
+    """The database goes away right after a claim committed: the next read fails once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def next_due(self, channel: str) -> datetime | None:
+        if self.failures == 0:
+            self.failures += 1
+            raise DatabaseUnavailable("connection reset")
+        return await super().next_due(channel)
+
+
+async def test_rows_claimed_just_before_a_database_blip_are_still_sent() -> None:
+    store = _BlipAfterClaim()
+    ids = [
+        store.add("c", f"49151{n:08}", {"type": "text", "text": {"body": "x"}}) for n in range(3)
+    ]
+    for n in range(3):
+        store.set_last_inbound("c", f"49151{n:08}", datetime.now(UTC))
+    sender = Sender(
+        store,
+        AcceptingApi(),
+        [_channel("c", 1000.0)],
+        SenderConfig(poll_interval=timedelta(seconds=30)),
+        worker_id="test",
+        channel_state=store,
+    )
+    stop = asyncio.Event()
+    await asyncio.wait_for(sender.run(stop, drain=True), 10)
+    assert store.failures == 1
+    assert [store.rows[i].state for i in ids] == [State.ACCEPTED] * 3

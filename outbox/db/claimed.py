@@ -1,0 +1,86 @@
+"""The rows a claim leased, read inside the claim's transaction: decoded, planned, recorded.
+
+Reading happens before the commit, so anything that fails here rolls the claim back instead of
+leaving rows leased to a worker that never saw them. Each row's JSON was decoded by the guarded
+decoder (`outbox.db.jsonb`): a document it refused marks only its own row. What each row is
+about to be sent as is written before any request leaves, so a row whose answer is never
+written (a crash, a rescued lease) still knows what went out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import BigInteger, Text
+
+from outbox.db.arrays import ArrayColumns
+from outbox.db.jsonb import reason
+from outbox.domain import window
+from outbox.domain.models import ClaimedMessage, SentAs
+
+PLAN_COLUMNS = ArrayColumns((("id", BigInteger()), ("sent_as", Text())))
+RECORD_PLANS = PLAN_COLUMNS.statement(
+    f"""
+    UPDATE outbox.messages AS m SET sent_as = p.sent_as
+    FROM {PLAN_COLUMNS.unnest("p")}
+    WHERE m.id = p.id
+    """
+)
+
+
+async def read_claimed(
+    connection: AsyncConnection, rows: Sequence[Any], now: datetime, margin: timedelta
+) -> list[ClaimedMessage]:
+    """The claimed rows best first, each with its plan; `now` is the database's clock."""
+    read = [_message(row) for row in sorted(rows, key=lambda row: (-row.priority, row.id))]
+    messages = [_planned(m, now, margin) for m in read]
+    recorded = [
+        (m.id, m.planned.value)
+        for m, before in zip(messages, read, strict=True)
+        if m.planned is not None and m.planned is not before.planned
+    ]
+    if recorded:
+        await connection.execute(RECORD_PLANS, PLAN_COLUMNS.params(recorded))
+    return messages
+
+
+def _message(row: Any) -> ClaimedMessage:
+    return ClaimedMessage(
+        id=row.id,
+        channel=row.channel,
+        recipient=row.recipient,
+        payload=row.payload,
+        fallback_template=row.fallback_template,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        planned=SentAs(row.sent_as) if row.sent_as else None,
+        last_inbound_at=row.last_inbound_at,
+        unreadable=_unreadable(row.payload, row.fallback_template),
+    )
+
+
+def _planned(message: ClaimedMessage, now: datetime, margin: timedelta) -> ClaimedMessage:
+    if message.unreadable is not None:
+        return message
+    planned = window.plan(
+        message.payload,
+        message.fallback_template,
+        previous=message.planned,
+        last_inbound_at=message.last_inbound_at,
+        now=now,
+        margin=margin,
+    )
+    return replace(message, planned=planned or message.planned)
+
+
+def _unreadable(payload: object, fallback_template: object) -> str | None:
+    if (problem := reason(payload)) is not None:
+        return f"payload: {problem}"
+    if (problem := reason(fallback_template)) is not None:
+        return f"fallback_template: {problem}"
+    return None

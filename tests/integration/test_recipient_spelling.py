@@ -1,0 +1,60 @@
+"""One normalisation of recipients: the generated `wa_id` column agrees with Python's digits.
+
+Order per recipient, pacing and the 24-hour window are keyed by `wa_id`; the request goes to
+`normalise_recipient`'s digits. For every valid recipient the two must be the same string,
+whatever Unicode space separates its digits (numbers copied from spreadsheets and web pages
+carry non-breaking and thin spaces).
+"""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from datetime import timedelta
+
+from outbox.domain.request import normalise_recipient
+from outbox.sandbox import Sandbox
+from tests.support import drain, fetch, insert, row, set_last_inbound, settings_for
+
+SPACES = sorted(
+    c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() or unicodedata.category(c) == "Zs"
+)
+NOISE = [*SPACES, "-", "(", ")", "."]
+
+
+async def test_wa_id_is_the_digits_python_sends_to_for_every_space_character(db_url: str) -> None:
+    assert len(SPACES) >= 29  # the str.isspace set and the Zs category
+    spellings = [f"+49{c}151{c}(1234){c}5678" for c in NOISE] + [
+        f"{c}4915112345678{c}" for c in NOISE
+    ]
+    rows = await fetch(
+        db_url,
+        "INSERT INTO outbox.messages (channel, recipient, payload) "
+        "SELECT 'c', r, '{}'::jsonb FROM unnest($1::text[]) AS r RETURNING recipient, wa_id",
+        spellings,
+    )
+    disagree = {
+        f"U+{ord(r['recipient'][3]):04X}": (r["wa_id"], normalise_recipient(r["recipient"]))
+        for r in rows
+        if r["wa_id"] != normalise_recipient(r["recipient"])
+    }
+    assert disagree == {}
+    assert {r["wa_id"] for r in rows} == {"4915112345678"}
+
+
+async def test_a_reply_to_a_number_written_with_non_breaking_spaces_finds_its_window(
+    db_url: str, sandbox: tuple[Sandbox, str]
+) -> None:
+    api, base_url = sandbox
+    await set_last_inbound(db_url, "cloud", "4915112345678", timedelta(minutes=1))
+    nbsp = await insert(
+        db_url,
+        "cloud",
+        "+49\u00a0151\u00a012345678",
+        {"type": "text", "text": {"body": "hi"}},
+        inbound_ago=None,
+    )
+    await drain(settings_for(db_url, base_url))
+    done = await row(db_url, nbsp)
+    assert (done["state"], done["error_code"]) == ("accepted", None)
+    assert [r.body["to"] for r in api.message_requests()] == ["4915112345678"]
