@@ -14,7 +14,7 @@ log = structlog.get_logger("outbox.loops")
 
 
 # The loops that report to `Health`, by the part name they report as.
-PARTS = ("claim", "results", "maintenance", "reconciler")
+PARTS = ("claim", "results", "leases", "maintenance", "reconciler")
 
 
 class Health:

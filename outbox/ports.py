@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from outbox.config import ChannelConfig
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
@@ -228,7 +228,21 @@ class ResultSink(Protocol):
     async def complete(self, results: Sequence[SendResult], worker: str) -> int: ...
 
 
-class MessageLeases(ResultSink, Protocol):
+class Renewed(NamedTuple):
+    """What a renewal did: leases extended, and rescued rows taken back to `sending`."""
+
+    extended: list[int]
+    taken_back: list[int]
+
+
+class LeaseRenewals(Protocol):
+    async def renew(self, ids: Sequence[int], worker: str, lease: timedelta) -> Renewed:
+        """Extend the leases of the rows among `ids` this worker holds, and take back those
+        rescued from it (`unknown`, `lease_expired`) that nobody has resent."""
+        ...
+
+
+class MessageLeases(ResultSink, LeaseRenewals, Protocol):
     """The sender's view of `outbox.messages`: leases taken, results written, leases handed back."""
 
     async def claim(

@@ -17,12 +17,12 @@ from typing import Any
 
 from outbox.config import ChannelConfig
 from outbox.domain import ratelimit, window
-from outbox.domain.codes import OPEN_STATES
+from outbox.domain.codes import OPEN_STATES, Code
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.ratelimit import Limits
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
-from outbox.ports import Clock, utc_now
+from outbox.ports import Clock, Renewed, utc_now
 
 # outbox.db.tables.WA_ID: regexp_replace(recipient, '[^0-9]', '', 'g')
 _NOISE = re.compile(r"[^0-9]")
@@ -185,9 +185,7 @@ class InMemoryMessageStore:
         done = [
             (row, r)
             for r in results
-            if (row := self.rows.get(r.message_id)) is not None
-            and row.state is State.SENDING
-            and row.claimed_by == worker
+            if (row := self.rows.get(r.message_id)) is not None and self._held(row, worker)
         ]
         for row, r in done:
             row.state, row.attempts = r.state, row.attempts + r.attempts_delta
@@ -215,6 +213,24 @@ class InMemoryMessageStore:
                 self.pace[key] = max(self.pace.get(key, r.pace_until), r.pace_until)
         self.completed.extend(r for _, r in done)
         return len(done)
+
+    @staticmethod
+    def _held(row: Row, worker: str) -> bool:
+        """outbox.db.leases.HELD_BY_WORKER: leased, or rescued from the worker and not resent."""
+        rescued = row.state is State.UNKNOWN and row.error_code == Code.LEASE_EXPIRED
+        return row.claimed_by == worker and (row.state is State.SENDING or rescued)
+
+    async def renew(self, ids: Sequence[int], worker: str, lease: timedelta) -> Renewed:
+        held = [
+            row for i in sorted(set(ids)) if (row := self.rows.get(i)) and self._held(row, worker)
+        ]
+        taken_back = [row.id for row in held if row.state is State.UNKNOWN]
+        for row in held:
+            if row.state is State.UNKNOWN:  # taken back: the rescue's error goes
+                row.state, row.error_code, row.error_title = State.SENDING, None, None
+                row.error_detail = None
+            row.lease_until = self._clock() + lease
+        return Renewed([row.id for row in held if row.id not in taken_back], taken_back)
 
     async def release(self, ids: Sequence[int], worker: str) -> int:
         rows = [self.rows[i] for i in set(ids) if i in self.rows]

@@ -21,9 +21,11 @@ from outbox.domain.codes import Code, Title
 from outbox.domain.models import State
 from outbox.ports import Settled
 
-# A lease that ran out while `sending` means its holder died mid-send: the request may have
-# reached the API, so the row is not resent blindly but parked as `unknown` (or `expired`, if
-# it may no longer be sent at all).
+# A lease that ran out while `sending` means its holder died mid-send, or lost the database
+# for longer than the lease: the request may have reached the API, so the row is not resent
+# blindly but parked as `unknown` (or `expired`, if it may no longer be sent at all). The
+# holder stays in `claimed_by`: if it is alive, its renewal takes the row back and its answer
+# is written over the rescue, until a resend (which clears `claimed_by`) hands the row on.
 RESCUE_LEASES = text(
     """
     WITH lost AS (
@@ -38,7 +40,7 @@ RESCUE_LEASES = text(
         error_code = CASE WHEN m.expires_at <= now() THEN :expired ELSE :lease_expired END,
         error_title = :title,
         error_detail = 'lease held by ' || coalesce(m.claimed_by, '?') || ' expired',
-        claimed_by = NULL, lease_until = NULL, updated_at = now()
+        lease_until = NULL, updated_at = now()
     FROM lost WHERE m.id = lost.id
     RETURNING m.id, m.channel, m.state
     """
@@ -63,6 +65,8 @@ EXPIRE_MESSAGES = text(
 
 # After the quiet period an `unknown` row with no evidence is sent once more (channels whose
 # policy is "resend"); a row that went `unknown` again after that stays for an operator.
+# The row is no longer its old holder's (`claimed_by` cleared): a late answer or renewal of
+# the first attempt must not write over the second.
 RESEND_UNKNOWN = text(
     """
     WITH quiet AS (
@@ -80,7 +84,7 @@ RESEND_UNKNOWN = text(
             THEN :expired_title
             ELSE :resending_title END,
         error_code = CASE WHEN m.expires_at <= now() THEN :expired ELSE m.error_code END,
-        next_attempt_at = NULL, updated_at = now()
+        next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL, updated_at = now()
     FROM quiet WHERE m.id = quiet.id
     """
 ).bindparams(bindparam("channels", type_=ARRAY(Text())))

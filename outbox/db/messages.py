@@ -2,7 +2,8 @@
 
 Every transaction here is short and none is open while a request is in flight: a claim commits
 before the first byte goes to the API. Every state change is guarded by the state it expects and
-by the worker that holds the lease, so a row that changed hands is never overwritten.
+by the worker that holds the lease, so a row that changed hands is never overwritten; a live
+holder renews its leases, and keeps a row rescued from it until the row is resent.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import lock_bucket
 from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
+from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
 from outbox.db.sql import OPEN_STATES
 from outbox.domain import ratelimit, window
 from outbox.domain.models import Claim, SendResult, State
 from outbox.domain.ratelimit import Limits
+from outbox.ports import Renewed
 
 # A row is claimable only if no older row to the same recipient on the channel is still open
 # (queued, sending or unknown): one message per recipient at a time, in insertion order, and a
@@ -136,7 +139,7 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
             failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
             claimed_by = NULL, lease_until = NULL, updated_at = now()
         FROM r
-        WHERE m.id = r.id AND m.state = 'sending' AND m.claimed_by = :worker
+        WHERE m.id = r.id AND {HELD_BY_WORKER}
         RETURNING m.id, m.channel, m.wa_id, m.state, m.next_attempt_at, r.pace_until
     ), held AS (
         UPDATE outbox.messages AS f SET next_attempt_at = d.next_attempt_at, updated_at = now()
@@ -257,6 +260,19 @@ class MessageStore:
         params["worker"] = worker
         async with self._engine.begin() as connection:
             return int((await connection.execute(COMPLETE_SENDS, params)).scalar_one())
+
+    @translated
+    async def renew(self, ids: Sequence[int], worker: str, lease: timedelta) -> Renewed:
+        """Extend the leases of `ids` this worker holds; take back those rescued from it."""
+        if not ids:
+            return Renewed([], [])
+        params = {"ids": sorted(ids), "worker": worker, "lease_seconds": lease.total_seconds()}
+        async with self._engine.begin() as connection:
+            rows = (await connection.execute(RENEW_LEASES, params)).all()
+        return Renewed(
+            sorted(r.id for r in rows if not r.taken_back),
+            sorted(r.id for r in rows if r.taken_back),
+        )
 
     @translated
     async def release(self, ids: Sequence[int], worker: str) -> int:

@@ -122,7 +122,9 @@ _CANCEL = text(
     WITH target AS ({_TARGET.format(condition="TRUE")}), done AS (
         UPDATE outbox.messages AS m
         SET state = 'cancelled', next_attempt_at = NULL, error_code = :code,
-            error_title = :title, error_detail = :note, updated_at = now()
+            error_title = :title, error_detail = :note, updated_at = now(),
+            -- No holder of an earlier attempt (a rescued row's) may write over the cancel.
+            claimed_by = NULL, lease_until = NULL
         FROM target AS t WHERE m.id = t.id
         RETURNING m.id
     )

@@ -75,6 +75,7 @@ class Mover(StrEnum):
     CLAIM = "claim"  # the sender's claim under a lease
     SEND = "send"  # the answer to a request, or a row settled without one
     RELEASE = "release"  # a stopping sender hands back rows it never sent
+    RENEW = "renew"  # a live holder extends its leases, taking back rows rescued from it
     HOUSEKEEPING = "housekeeping"  # lease rescue, expiry, unknown resend, unknown channels
     STATUS = "status"  # a webhook status, through the reconciler
     OPERATOR = "operator"  # replay and cancel
@@ -92,7 +93,7 @@ TRANSITIONS: dict[tuple[State, State], frozenset[Mover]] = {
     (State.SENDING, State.FAILED): frozenset({Mover.SEND}),
     (State.SENDING, State.EXPIRED): frozenset({Mover.SEND, Mover.HOUSEKEEPING}),
     (State.SENDING, State.UNKNOWN): frozenset({Mover.SEND, Mover.HOUSEKEEPING}),
-    (State.UNKNOWN, State.EXPIRED): frozenset({Mover.HOUSEKEEPING}),
+    (State.UNKNOWN, State.EXPIRED): frozenset({Mover.HOUSEKEEPING, Mover.SEND}),
     (State.UNKNOWN, State.CANCELLED): frozenset({Mover.OPERATOR}),
     (State.FAILED, State.QUEUED): frozenset({Mover.OPERATOR}),
     (State.EXPIRED, State.QUEUED): frozenset({Mover.OPERATOR}),
@@ -104,7 +105,15 @@ TRANSITIONS: dict[tuple[State, State], frozenset[Mover]] = {
     },
     # A status that the window was closed sends the fallback template next.
     (State.ACCEPTED, State.QUEUED): frozenset({Mover.STATUS}),
-    (State.UNKNOWN, State.QUEUED): frozenset({Mover.HOUSEKEEPING, Mover.OPERATOR, Mover.STATUS}),
+    (State.UNKNOWN, State.QUEUED): frozenset(
+        {Mover.HOUSEKEEPING, Mover.OPERATOR, Mover.STATUS, Mover.SEND}
+    ),
+    # A rescued row (`lease_expired`) whose holder is alive and has not lost it to a resend:
+    # the holder's renewal takes it back, or the holder's answer is written over the rescue
+    # (the SEND moves out of `unknown`, here and above).
+    (State.UNKNOWN, State.SENDING): frozenset({Mover.RENEW}),
+    (State.UNKNOWN, State.ACCEPTED): frozenset({Mover.SEND}),
+    (State.UNKNOWN, State.FAILED): frozenset({Mover.STATUS, Mover.SEND}),
 }
 
 

@@ -36,6 +36,7 @@ from outbox.ports import (
 )
 from outbox.services import attempt as attempts
 from outbox.services.channels import ChannelGovernor
+from outbox.services.leases import LeaseKeeper
 from outbox.services.results import ResultBuffer
 
 log = structlog.get_logger("outbox.sender")
@@ -93,10 +94,14 @@ class Sender:
             on_written=self._wake.set,
             health=self._health,
         )
+        self._leases = LeaseKeeper(store, worker_id, config.lease, self._owed, health=self._health)
         self._in_flight: Counter[str] = Counter()
         self._round = 0
         self._flights: dict[int, _Flight] = {}
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
+
+    def _owed(self) -> list[int]:  # the rows whose result we still owe: their leases hold
+        return [*self._flights, *self._results.held()]
 
     def wake(self) -> None:
         """Something was inserted: claim now rather than at the next poll."""
@@ -111,6 +116,7 @@ class Sender:
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Send until `stop` is set (or, with `drain`, until nothing is left to claim)."""
         flusher = asyncio.create_task(self._results.run(), name="outbox.sender.flush")
+        renewer = asyncio.create_task(self._leases.run(), name="outbox.sender.leases")
         try:
             await self._claim_loop(stop, drain)
         finally:
@@ -118,6 +124,8 @@ class Sender:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._results.drain()
+            renewer.cancel()  # only now: leases are kept until the last answer is written
+            await asyncio.gather(renewer, return_exceptions=True)
             await self._governor.settle()
             log.info(
                 "outbox.sender.stopped",
@@ -240,7 +248,7 @@ class Sender:
 
     def _free_slots(self) -> int:
         # An answer not yet written holds its slot: when the database falls behind, claiming
-        # slows down with it instead of piling up answers in memory (and leases unrenewed).
+        # slows down with it instead of piling up answers in memory (and leases to renew).
         return self._config.max_in_flight - len(self._flights) - len(self._results)
 
     def _start(self, channel: ChannelConfig, message: ClaimedMessage, epoch: int) -> None:

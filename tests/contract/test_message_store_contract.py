@@ -223,6 +223,42 @@ async def test_complete_writes_only_the_rows_this_worker_still_holds(harness: Ha
     assert await harness.store.complete([], "w1") == 0
 
 
+async def test_complete_writes_the_holders_answer_over_its_rescued_row(harness: Harness) -> None:
+    rescued = await harness.add(
+        A, state=State.UNKNOWN, claimed_by="w1", attempts=1, error_code="lease_expired"
+    )
+    unknown = await harness.add(
+        B, state=State.UNKNOWN, claimed_by="w1", attempts=1, error_code="no_response"
+    )
+    assert await harness.store.complete([_accepted(rescued)], "w2") == 0
+    assert await harness.store.complete([_accepted(rescued), _accepted(unknown)], "w1") == 1
+    assert await harness.row(rescued) == Seen(State.ACCEPTED, 1, None, None)
+    assert await harness.row(unknown) == Seen(State.UNKNOWN, 1, "w1", None)
+
+
+async def test_renew_keeps_the_workers_rows_and_takes_back_its_rescued_ones(
+    harness: Harness,
+) -> None:
+    leased = await harness.add(A, state=State.SENDING, claimed_by="w1", attempts=1)
+    rescued = await harness.add(
+        B, state=State.UNKNOWN, claimed_by="w1", attempts=1, error_code="lease_expired"
+    )
+    resent = await harness.add(C, state=State.QUEUED, attempts=1)  # a resend cleared its holder
+    unknown = await harness.add(
+        D, state=State.UNKNOWN, claimed_by="w1", attempts=1, error_code="no_response"
+    )
+    theirs = await harness.add(E, state=State.SENDING, claimed_by="w2", attempts=1)
+    ids = [theirs, unknown, resent, rescued, leased]
+    assert await harness.store.renew(ids, "w1", LEASE) == ([leased], [rescued])
+    assert await harness.row(leased) == Seen(State.SENDING, 1, "w1", None)
+    assert await harness.row(rescued) == Seen(State.SENDING, 1, "w1", None)
+    assert await harness.row(resent) == Seen(State.QUEUED, 1, None, None)
+    assert await harness.row(unknown) == Seen(State.UNKNOWN, 1, "w1", None)
+    assert await harness.row(theirs) == Seen(State.SENDING, 1, "w2", None)
+    assert await harness.store.renew(ids, "w1", LEASE) == ([leased, rescued], [])
+    assert await harness.store.renew([], "w1", LEASE) == ([], [])
+
+
 async def test_a_backed_off_row_holds_its_recipients_later_rows(harness: Harness) -> None:
     a1, a2, a3, b1 = [await harness.add(r) for r in (A, A, A, B)]
     b2 = await harness.add(B)

@@ -350,7 +350,8 @@ async def test_expired_lease_becomes_unknown_not_resent(
     async with running(settings_for(db_url, base_url)):
         await wait_until(lambda: _state(db_url, message_id, "unknown"))
     stored = await row(db_url, message_id)
-    assert (stored["error_code"], stored["claimed_by"]) == ("lease_expired", None)
+    # The holder stays on record: were it alive, its answer would still win (test_lease_rescue).
+    assert (stored["error_code"], stored["claimed_by"]) == ("lease_expired", "crashed:1")
     assert api.message_requests() == []
 
 

@@ -1,8 +1,8 @@
 """Every state change the send side's statements make is one `codes.TRANSITIONS` allows.
 
 Each statement runs against PostgreSQL over rows seeded in every state, fresh and stale (lease
-run out, long quiet, past `expires_at`); every row it moved is checked, before and after,
-against the transition table for the statement's mover.
+run out, long quiet, past `expires_at`, rescued from a live holder); every row it moved is
+checked, before and after, against the transition table for the statement's mover.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ VARIANTS = {
         "updated_at": "now() - interval '1 day'",
         "expires_at": "now() - interval '1 minute'",
     },
+    # Rescued by housekeeping from a holder (WORKER) that is still alive and owes its answer.
+    "rescued": {"lease_until": "NULL", "error_code": "'lease_expired'"},
 }
 
 Run = Callable[[AsyncEngine, list[int]], Awaitable[object]]
@@ -62,6 +64,7 @@ STATEMENTS: dict[str, tuple[Mover, Run]] = {
         for state in (State.QUEUED, State.ACCEPTED, State.FAILED, State.EXPIRED, State.UNKNOWN)
     },
     "release": (Mover.RELEASE, lambda engine, ids: MessageStore(engine).release(ids, WORKER)),
+    "renew": (Mover.RENEW, lambda engine, ids: MessageStore(engine).renew(ids, WORKER, LEASE)),
     "rescue": (
         Mover.HOUSEKEEPING,
         lambda engine, _: HousekeepingStore(engine).rescue_expired_leases(),
