@@ -174,16 +174,6 @@ async def test_set_webhook_refuses_unknown_channels_and_reports_api_errors(
     assert "HTTP 401" in err
 
 
-async def test_demo_runs_end_to_end_and_every_sent_message_ends_read() -> None:
-    code, out, err = await _outbox("demo", "--messages", "200")
-    assert code == 0, out[-2000:] + err[-2000:]
-    assert "sent as: fallback_template 50, freeform 50, template 50, window_closed 50" in out
-    header, cloud, onprem = (line.split() for line in out.split("channel", 1)[1].splitlines()[:3])
-    assert header == ["read", "failed"]
-    assert cloud == ["demo-cloud", "75", "25"]
-    assert onprem == ["demo-onprem", "75", "25"]
-
-
 async def test_the_config_files_log_level_applies(db_url: str, tmp_path: Path) -> None:
     config = tmp_path / "outbox.toml"
     config.write_text(
