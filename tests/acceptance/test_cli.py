@@ -13,24 +13,15 @@ import pytest
 from outbox.db import migrate
 from outbox.sandbox import Sandbox
 from tests.paths import ROOT
-from tests.support import SUBPROCESS_ENV, config_toml, fetch
+from tests.support import SUBPROCESS_ENV, config_toml, fetch, reap, run_process
 
 pytestmark = pytest.mark.slow
 
 
 async def _outbox(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "outbox",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **SUBPROCESS_ENV, **(env or {})},
+    return await run_process(
+        sys.executable, "-m", "outbox", *args, env={**os.environ, **SUBPROCESS_ENV, **(env or {})}
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_migrate_then_check(empty_db_url: str, tmp_path: Path) -> None:
@@ -51,19 +42,11 @@ async def test_migrate_then_check(empty_db_url: str, tmp_path: Path) -> None:
 
 
 async def test_alembic_upgrade_head_works_from_the_checkout(empty_db_url: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "alembic",
-        "upgrade",
-        "head",
-        cwd=ROOT,
-        env={**os.environ, "OUTBOX_DATABASE_URL": empty_db_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
+    code, _, err = await run_process(
+        sys.executable, "-m", "alembic", "upgrade", "head",
+        cwd=ROOT, env={**os.environ, "OUTBOX_DATABASE_URL": empty_db_url},
+    )  # fmt: skip
+    assert code == 0, err
     rows = await fetch(empty_db_url, "SELECT version_num FROM outbox.alembic_version")
     assert [r[0] for r in rows] == [migrate.head_revision()]
 
@@ -185,9 +168,12 @@ async def test_the_config_files_log_level_applies(db_url: str, tmp_path: Path) -
         sys.executable, "-m", "outbox", "run", "--config", str(config), "--role", "sender",
         stderr=asyncio.subprocess.PIPE, env={**os.environ, **SUBPROCESS_ENV},
     )  # fmt: skip
-    await asyncio.sleep(3)
-    process.terminate()
-    _, err = await asyncio.wait_for(process.communicate(), 30)
+    try:
+        await asyncio.sleep(3)
+        process.terminate()
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        await reap(process)
     assert process.returncode == 0, err.decode()
     assert b"outbox.started" not in err  # an info line
 

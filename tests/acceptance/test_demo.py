@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -12,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support import run_process
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +29,11 @@ async def demo() -> Run:
     """One run of `outbox demo --messages 200` for every test here (it takes seconds)."""
     # Without XDG_RUNTIME_DIR a dependency warns (RuntimeDirWarning); that must not leak either.
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "outbox", "demo", "--messages", "200",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return Run(process.returncode, out.decode(), err.decode())
+    # Under pytest-timeout's 120 s for the whole setup, so that a slow run is killed, not left.
+    code, out, err = await run_process(
+        sys.executable, "-m", "outbox", "demo", "--messages", "200", env=env, within=110
+    )
+    return Run(code, out, err)
 
 
 async def test_demo_runs_end_to_end_and_every_sent_message_ends_read(demo: Run) -> None:
