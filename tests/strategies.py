@@ -98,3 +98,35 @@ def times() -> st.SearchStrategy[datetime | None]:
     return st.none() | st.datetimes(
         min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
     )
+
+
+def statuses(text: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """One WhatsApp status notification, every field hostile."""
+    error = st.fixed_dictionaries({"code": st.integers() | text, "title": text})
+    return st.fixed_dictionaries(
+        {
+            "id": text,
+            "status": st.sampled_from(["sent", "delivered", "read", "failed", "deleted"]) | text,
+            "timestamp": text | st.integers(),
+            "recipient_id": text,
+        },
+        optional={
+            "biz_opaque_callback_data": st.integers(0, 2**70).map("outbox:{}".format) | text,
+            "errors": st.lists(error, max_size=2),
+        },
+    )
+
+
+def webhook_bodies(text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+    """Status notifications in both dialects' shapes, in any number, and any JSON at all."""
+    many = st.tuples(statuses(text), st.integers(0, 500)).map(lambda s: [s[0]] * s[1])
+    listed = st.lists(statuses(text), max_size=20) | many
+    cloud = listed.map(
+        lambda ss: {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": {"statuses": ss}}]}],
+        }
+    )
+    onprem = listed.map(lambda ss: {"statuses": ss})
+    anything = json_values(text, beyond_doubles=True) | nested(st.integers(0, 3000))
+    return cloud | onprem | anything

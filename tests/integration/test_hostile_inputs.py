@@ -13,17 +13,21 @@ their minimal example: after the fix is merged, drop both.
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import re
 import string
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from outbox.config import Secret
 from outbox.domain.codes import Code
 from outbox.domain.models import State
 from outbox.domain.request import InvalidMessage, normalise_recipient
@@ -35,6 +39,7 @@ from tests.support import fetch, running, settings_for, wait_until
 PENDING = {
     "numbers beyond a double, nesting beyond 1,024 in producer rows": "issue 14 item 2",
     "Unicode spaces other than ASCII ones in recipients": "issue 14 item 9",
+    "webhook bodies in UTF-16": "issue 14 item 11",
 }
 
 EXAMPLES = settings(
@@ -260,3 +265,79 @@ async def test_pending_item_9_a_recipient_with_a_unicode_space(
     db_url: str, api: Api, daemon: None, space: str
 ) -> None:
     await check_settled(db_url, api, [_row(recipient=f"4915112345{space}678", plain=True)])
+
+
+# --- (c) webhook bodies ------------------------------------------------------------------------
+
+HOOK_USER, HOOK_PASSWORD = "hook-user", "hook-pass"
+AUTH = "Basic " + base64.b64encode(f"{HOOK_USER}:{HOOK_PASSWORD}".encode()).decode()
+# UTF-16 is PENDING (issue 14 item 11).
+ENCODINGS = ["utf-8", "utf-8-sig", "utf-32", "latin-1"]
+
+
+def encoded(value: Any, encoding: str) -> bytes:
+    return hs.json_text(value).encode(encoding, errors="replace")
+
+
+WEBHOOK_BODIES = st.one_of(
+    st.builds(encoded, hs.webhook_bodies(hs.ANY_TEXT), st.sampled_from(ENCODINGS)),
+    st.binary(max_size=200),
+)
+
+
+@pytest.fixture
+async def receiver(db_url: str) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    onprem, cloud = settings_for(db_url, "http://127.0.0.1:9").channels
+    secured = dataclasses.replace(
+        cloud, webhook_username=Secret(HOOK_USER), webhook_password=Secret(HOOK_PASSWORD)
+    )
+    config = dataclasses.replace(
+        settings_for(db_url, "http://127.0.0.1:9"), channels=(onprem, secured)
+    )
+    async with (
+        running(config, roles={"web", "reconciler"}) as started,
+        aiohttp.ClientSession(headers={"Authorization": AUTH}) as session,
+    ):
+        yield f"http://127.0.0.1:{started.http_port}/webhooks/cloud", session
+
+
+_UNPROCESSED = "SELECT count(*) FROM outbox.webhook_events WHERE processed_at IS NULL"
+
+
+async def check_received(
+    db_url: str, url: str, session: aiohttp.ClientSession, bodies: list[bytes]
+) -> None:
+    for body in bodies:
+        async with session.post(
+            url, data=body, headers={"Content-Type": "application/json"}
+        ) as answer:
+            await answer.read()
+            # The database is up: whatever the body, refusing it is the client's fault (4xx).
+            assert answer.status in (200, 400, 413), (answer.status, body[:200])
+
+    async def processed() -> bool:
+        assert any(t.get_name() == "outbox.reconciler" for t in asyncio.all_tasks()), (
+            "reconciler exited"
+        )
+        return int((await fetch(db_url, _UNPROCESSED))[0][0]) == 0
+
+    await wait_until(processed, within=60)
+
+
+# Not yet in the fast suite: its first run reported a failure hypothesis could not reproduce
+# (FlakyFailure, 4 bodies of up to 3,000 statuses on a loaded machine); to be settled.
+@pytest.mark.slow
+@EXAMPLES
+@given(bodies=st.lists(WEBHOOK_BODIES, min_size=1, max_size=4))
+async def test_any_webhook_body_gets_no_5xx_and_every_stored_one_is_processed(
+    db_url: str, receiver: tuple[str, aiohttp.ClientSession], bodies: list[bytes]
+) -> None:
+    await check_received(db_url, *receiver, bodies)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16"])
+@pytest.mark.xfail(strict=True, reason="issue 14 item 11")
+async def test_pending_item_11_a_utf16_body(
+    db_url: str, receiver: tuple[str, aiohttp.ClientSession], encoding: str
+) -> None:
+    await check_received(db_url, *receiver, [encoded({"statuses": []}, encoding)])
