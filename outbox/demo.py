@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -236,6 +238,27 @@ def _print_table(counts: dict[tuple[str, State], int]) -> None:
     for channel in channels:
         say(f"{channel:<14}" + "".join(f"{counts.get((channel, s), 0):>11}" for s in states))
     say("")
+
+
+_SEVERITY = ("critical", "error", "warning", "info", "debug")
+
+
+def describe_log(path: Path) -> str:
+    """Where the daemon's logs went, with a count of lines per level, most severe first."""
+    levels: Counter[str] = Counter()
+    with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            try:
+                levels[str(json.loads(line)["level"])] += 1
+            except (ValueError, TypeError, KeyError):
+                levels["unparsed"] += 1
+    ordered = sorted(levels.items(), key=lambda item: (_rank(item[0]), item[0]))
+    counts = ", ".join(f"{n} {level}" for level, n in ordered) or "no lines"
+    return f"the daemon's logs are in {path}: {counts}"
+
+
+def _rank(level: str) -> int:
+    return _SEVERITY.index(level) if level in _SEVERITY else len(_SEVERITY)
 
 
 def say(line: str) -> None:

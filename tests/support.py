@@ -217,6 +217,32 @@ async def enqueue_in_window(
     await fetch(db_url, _ENQUEUE_IN_WINDOW, count, after, channel)
 
 
+async def run_process(
+    *argv: str, within: float = 60, stdin: Any = asyncio.subprocess.DEVNULL, **options: Any
+) -> tuple[int, str, str]:
+    """Run a command to its end: exit code, stdout, stderr. One that overruns `within` seconds (or
+    whose test is cancelled) is killed and reaped before the error propagates: a process left
+    running would close its pipes in some later test, and fail that one with a ResourceWarning."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        **options,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), within)
+    finally:
+        await reap(process)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def reap(process: asyncio.subprocess.Process) -> None:
+    """Kill a child that still runs, then collect it and close its pipes; shielded, so that a
+    cancelled or timed-out test still does it."""
+    if process.returncode is None:
+        process.kill()
+    await asyncio.shield(process.communicate())
+
+
 async def spawn_daemon(
     config: Path, log: Path, roles: str = "sender", env: Mapping[str, str] = SUBPROCESS_ENV
 ) -> asyncio.subprocess.Process:
@@ -263,15 +289,6 @@ async def daemon_http_port(process: asyncio.subprocess.Process, log: Path) -> in
 
 async def outbox_command(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """One `outbox` command as an operator runs it: exit code, stdout, stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "outbox",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **SUBPROCESS_ENV, **(env or {})},
+    return await run_process(
+        sys.executable, "-m", "outbox", *args, env={**os.environ, **SUBPROCESS_ENV, **(env or {})}
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()

@@ -50,9 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from outbox import logconfig
 
-    # The demo prints its own progress; only warnings and errors from the parts interrupt it.
-    default_level = "warning" if args.command == "demo" else "info"
-    logconfig.configure(args.log_level or default_level, args.log_format or "auto")
+    logconfig.configure(args.log_level or "info", args.log_format or "auto")
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, run_async, settings
@@ -78,6 +82,14 @@ def add_parsers(
         default=20.0,
         type=float,
         help="sandbox API latency",
+    )
+    env_default(
+        demo,
+        "--log-file",
+        env="DEMO_LOG_FILE",
+        type=Path,
+        help="where the daemon's JSON logs go (default: a new outbox-demo-*.log in the "
+        "temporary directory); the terminal shows only the demo's own story",
     )
     demo.set_defaults(func=_demo)
 
@@ -205,8 +217,25 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from outbox import logconfig
+    from outbox.demo import describe_log, say
     from outbox.demo import run as run_demo
 
-    return run_async(
-        lambda stop: run_demo(stop, messages=args.messages, latency=args.latency_ms / 1000)
-    )
+    if args.log_file is None:
+        fd, name = tempfile.mkstemp(prefix="outbox-demo-", suffix=".log")
+        os.close(fd)
+        args.log_file = Path(name)
+    # The daemon's logs (500 ERROR lines for the rows failed on purpose, at the default size) and
+    # the warnings of dependencies would bury the demo's story: they go to the file, as JSON so
+    # that they can be counted, and the story ends by naming it.
+    with args.log_file.open("w", encoding="utf-8") as log_file:
+        logconfig.configure(args.log_level or "info", "json", stream=log_file)
+        logging.captureWarnings(True)
+        try:
+            return run_async(
+                lambda stop: run_demo(stop, messages=args.messages, latency=args.latency_ms / 1000)
+            )
+        finally:
+            logging.captureWarnings(False)
+            logconfig.configure(args.log_level or "warning", args.log_format or "auto")
+            say(describe_log(args.log_file))

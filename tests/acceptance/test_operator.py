@@ -18,7 +18,16 @@ from outbox.db.operator_store import OperatorStore
 from outbox.domain.models import State
 from outbox.ports import Selector
 from outbox.sandbox import Sandbox
-from tests.support import SUBPROCESS_ENV, config_toml, drain, fetch, insert, row, settings_for
+from tests.support import (
+    SUBPROCESS_ENV,
+    config_toml,
+    drain,
+    fetch,
+    insert,
+    row,
+    run_process,
+    settings_for,
+)
 from tests.support import outbox_command as _outbox
 
 pytestmark = pytest.mark.slow
@@ -76,21 +85,10 @@ async def _history(db_url: str, message_id: int, status: str) -> None:
 async def _cli(config: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """`outbox ARGS --config CONFIG` in a subprocess, its stdin not a terminal (so never a
     confirmation prompt, whatever terminal runs the tests)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "outbox",
-        *args,
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await run_process(
+        sys.executable, "-m", "outbox", *args, "--config", str(config),
         env={**os.environ, **SUBPROCESS_ENV, "COLUMNS": "200", **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -845,18 +843,14 @@ async def test_a_terminal_is_asked_for_confirmation(db_url: str, config: Path) -
         leader, follower = pty.openpty()
         try:
             os.write(leader, text)
-            process = await asyncio.create_subprocess_exec(
+            code, out, _ = await run_process(
                 sys.executable, "-m", "outbox", "replay", "--id", str(message_id),
-                "--config", str(config),
-                stdin=follower, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, **SUBPROCESS_ENV},
+                "--config", str(config), stdin=follower, env={**os.environ, **SUBPROCESS_ENV},
             )  # fmt: skip
-            out, _ = await asyncio.wait_for(process.communicate(), 60)
         finally:
             os.close(follower)
             os.close(leader)
-        assert process.returncode is not None
-        return process.returncode, out.decode()
+        return code, out
 
     code, out = await answer(b"n\n")
     assert code == 1

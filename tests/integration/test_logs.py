@@ -41,7 +41,7 @@ from outbox import app, logconfig
 from outbox.config import Settings
 from outbox.config_loader import load_settings
 from outbox.sandbox import Fault, Sandbox
-from tests.support import NAMESPACE, fetch, insert, running, wait_until
+from tests.support import NAMESPACE, fetch, insert, run_process, running, wait_until
 
 CLOUD_KEY = "k3y-S3CRET-api-0042"
 ONPREM_KEY = "k3y-S3CRET-onprem-0043"
@@ -253,18 +253,7 @@ async def module_db_url(pg_server: Any, template_url: str) -> AsyncIterator[str]
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "outbox",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **ENV},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_process(sys.executable, "-m", "outbox", *args, env={**os.environ, **ENV})
 
 
 async def _post_webhook(url: str, auth: str | None) -> int:
