@@ -32,6 +32,8 @@ def json_text(value: Any) -> str:
         return "[" + ",".join(json_text(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ",".join(f"{json_text(k)}:{json_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # any size: orjson refuses integers beyond 64 bits
     return orjson.dumps(value).decode()
 
 

@@ -5,9 +5,8 @@ against the sandbox; (b) API answers: any bytes, status, headers, sizes and enco
 loopback server, through the real client, parser, verdict and result write; (c) webhook bodies:
 any JSON, encodings, depths and status counts posted to the real receiver, then reconciled.
 
-Examples are derandomized so that a run is repeatable; inputs that hit a defect of issue 14 still
-being fixed elsewhere are kept out of the generators (`PENDING`) and pinned as strict xfails with
-their minimal example: after the fix is merged, drop both.
+Examples are derandomized so that a run is repeatable; the minimal examples of the defects these
+properties found (issue 14 items 2, 9 and 11) stay as explicit cases beside them.
 """
 
 from __future__ import annotations
@@ -34,13 +33,6 @@ from outbox.domain.request import InvalidMessage, normalise_recipient
 from outbox.sandbox import Sandbox
 from tests import strategies as hs
 from tests.support import fetch, running, settings_for, wait_until
-
-# Known defects of issue 14, kept out of the generators until their fix is merged.
-PENDING = {
-    "numbers beyond a double, nesting beyond 1,024 in producer rows": "issue 14 item 2",
-    "Unicode spaces other than ASCII ones in recipients": "issue 14 item 9",
-    "webhook bodies in UTF-16": "issue 14 item 11",
-}
 
 EXAMPLES = settings(
     max_examples=25,
@@ -82,9 +74,9 @@ def payloads(*, hostile_numbers: bool, depth: int) -> st.SearchStrategy[str]:
     ).map(hs.json_text)
 
 
-def producer_rows(*, hostile: bool = False) -> st.SearchStrategy[ProducerRow]:
-    any_json = payloads(hostile_numbers=hostile, depth=1500 if hostile else 200)
-    recipients = hs.recipients() if hostile else ascii_recipients()
+def producer_rows() -> st.SearchStrategy[ProducerRow]:
+    any_json = payloads(hostile_numbers=True, depth=1500)
+    recipients = hs.recipients()
     hostile_row = st.builds(
         ProducerRow,
         channel=st.sampled_from(["onprem", "cloud"]),
@@ -112,13 +104,6 @@ def producer_rows(*, hostile: bool = False) -> st.SearchStrategy[ProducerRow]:
         plain=st.just(True),
     )
     return hostile_row | plain_row
-
-
-def ascii_recipients() -> st.SearchStrategy[str]:
-    # Python's `\s` takes U+001C-U+001F and U+0085 as spaces, SQL's [[:space:]] does not.
-    return hs.recipients().filter(
-        lambda r: not any(c.isspace() and c not in " \t\n\r\f\v" for c in r)
-    )
 
 
 _INSERT = """
@@ -252,16 +237,14 @@ def _row(payload: str = _TEXT % "null", **changes: Any) -> ProducerRow:
         pytest.param(_row(fallback_template=_TEMPLATE % "1e400"), id="fallback-1e400"),
     ],
 )
-@pytest.mark.xfail(strict=True, reason="issue 14 item 2")
-async def test_pending_item_2_rows_the_decoder_refuses(
+async def test_rows_the_decoder_refuses_settle_alone(
     db_url: str, api: Api, daemon: None, row: ProducerRow
 ) -> None:
     await check_settled(db_url, api, [row])
 
 
 @pytest.mark.parametrize("space", ["\u00a0", "\x1f"], ids=["no-break-space", "unit-separator"])
-@pytest.mark.xfail(strict=True, reason="issue 14 item 9")
-async def test_pending_item_9_a_recipient_with_a_unicode_space(
+async def test_a_recipient_with_a_unicode_space_is_sent_to(
     db_url: str, api: Api, daemon: None, space: str
 ) -> None:
     await check_settled(db_url, api, [_row(recipient=f"4915112345{space}678", plain=True)])
@@ -271,8 +254,7 @@ async def test_pending_item_9_a_recipient_with_a_unicode_space(
 
 HOOK_USER, HOOK_PASSWORD = "hook-user", "hook-pass"
 AUTH = "Basic " + base64.b64encode(f"{HOOK_USER}:{HOOK_PASSWORD}".encode()).decode()
-# UTF-16 is PENDING (issue 14 item 11).
-ENCODINGS = ["utf-8", "utf-8-sig", "utf-32", "latin-1"]
+ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "utf-32", "latin-1"]
 
 
 def encoded(value: Any, encoding: str) -> bytes:
@@ -336,8 +318,7 @@ async def test_any_webhook_body_gets_no_5xx_and_every_stored_one_is_processed(
 
 
 @pytest.mark.parametrize("encoding", ["utf-16"])
-@pytest.mark.xfail(strict=True, reason="issue 14 item 11")
-async def test_pending_item_11_a_utf16_body(
+async def test_a_utf16_body_is_refused_as_the_clients_mistake(
     db_url: str, receiver: tuple[str, aiohttp.ClientSession], encoding: str
 ) -> None:
     await check_received(db_url, *receiver, [encoded({"statuses": []}, encoding)])
