@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from outbox import app
@@ -276,15 +277,49 @@ async def stop_daemon(process: asyncio.subprocess.Process, log: Path) -> int:
         raise AssertionError(f"daemon did not stop; log:\n{log.read_text()[-3000:]}") from None
 
 
-async def daemon_http_port(process: asyncio.subprocess.Process, log: Path) -> int:
-    """The port `[http] port = 0` picked, from the daemon's `outbox.started` log line."""
+async def daemon_started(process: asyncio.subprocess.Process, log: Path) -> dict[str, Any]:
+    """The daemon's `outbox.started` log line (worker_id, http_port, schema, ...), once written."""
     for _ in range(600):
         assert process.returncode is None, log.read_text()[-3000:]
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("{") and '"outbox.started"' in line:
-                return int(json.loads(line)["http_port"])
+                event: dict[str, Any] = json.loads(line)
+                return event
         await asyncio.sleep(0.05)
     raise AssertionError(f"no outbox.started line; log:\n{log.read_text()[-3000:]}")
+
+
+async def daemon_http_port(process: asyncio.subprocess.Process, log: Path) -> int:
+    """The port `[http] port = 0` picked, from the daemon's `outbox.started` log line."""
+    return int((await daemon_started(process, log))["http_port"])
+
+
+def accepted_count(log: Path) -> int:
+    """How many rows a daemon that stopped cleanly says it got accepted (`outbox.sender.stopped`)."""
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["event"] == "outbox.sender.stopped":
+                return int(event.get("accepted", 0))
+    raise AssertionError(f"no outbox.sender.stopped line in {log}")
+
+
+async def listener_count(db_url: str) -> int:
+    """Daemons whose NOTIFY listener is connected: they are woken by the next INSERT."""
+    rows = await fetch(
+        db_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox:listener'",
+    )
+    return int(rows[0][0])
+
+
+async def readyz(port: int) -> tuple[int, str]:
+    """A daemon's `/readyz`: the HTTP status and the reason it gives (empty when ready)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/readyz") as response,
+    ):
+        return response.status, (await response.json()).get("reason", "")
 
 
 async def outbox_command(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -14,11 +14,13 @@ from outbox.sandbox import Sandbox
 from tests.support import (
     KEYS,
     SUBPROCESS_ENV,
+    accepted_count,
     busiest_second,
     config_toml,
     daemon_http_port,
     enqueue_in_window,
     fetch,
+    listener_count,
     spawn_daemon,
     stop_daemon,
     wait_until,
@@ -30,14 +32,6 @@ pytestmark = pytest.mark.slow
 async def _pending(db_url: str) -> int:
     rows = await fetch(
         db_url, "SELECT count(*) FROM outbox.messages WHERE state IN ('queued', 'sending')"
-    )
-    return int(rows[0][0])
-
-
-async def _listeners(db_url: str) -> int:
-    rows = await fetch(
-        db_url,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox:listener'",
     )
     return int(rows[0][0])
 
@@ -72,7 +66,7 @@ async def test_two_processes_drain_10000_rows_each_sent_exactly_once(
     assert {r["state"] for r in rows} == {"accepted"}
     assert {r["wamid"] for r in rows} == {r.message_id for r in requests}
     # Both processes took part, and their own counts add up.
-    accepted = [_accepted_count(log) for log in logs]
+    accepted = [accepted_count(log) for log in logs]
     assert all(n > 0 for n in accepted), accepted
     assert sum(accepted) == 10_000
     for log in logs:
@@ -80,17 +74,8 @@ async def test_two_processes_drain_10000_rows_each_sent_exactly_once(
         assert not [k for k in SUBPROCESS_ENV.values() if k in text], "an API key reached the log"
 
 
-def _accepted_count(log: Path) -> int:
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event["event"] == "outbox.sender.stopped":
-                return int(event.get("accepted", 0))
-    raise AssertionError(f"no outbox.sender.stopped line in {log}")
-
-
 async def _listeners_are(db_url: str, count: int) -> bool:
-    return await _listeners(db_url) == count
+    return await listener_count(db_url) == count
 
 
 async def _drained(db_url: str) -> bool:
@@ -160,7 +145,7 @@ async def test_three_processes_hold_each_channels_rate_in_every_second(
         times = [r.at for r in requests if r.api_key_label == channel]
         assert len(times) == 2_500
         assert busiest_second(times) <= rate + burst, channel
-    assert all(_accepted_count(log) > 0 for log in logs)  # every process took part
+    assert all(accepted_count(log) > 0 for log in logs)  # every process took part
 
 
 async def test_sighup_reloads_a_fixed_key_and_webhook_password_without_a_restart(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from outbox.db import migrate
@@ -19,20 +18,13 @@ from tests.support import (
     enqueue_in_window,
     fetch,
     outbox_command,
+    readyz,
     spawn_daemon,
     stop_daemon,
     wait_until,
 )
 
 pytestmark = pytest.mark.slow
-
-
-async def _readyz(port: int) -> tuple[int, str]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/readyz") as response,
-    ):
-        return response.status, (await response.json()).get("reason", "")
 
 
 async def _all_accepted(db_url: str, count: int) -> bool:
@@ -60,7 +52,7 @@ async def test_rolling_update_and_rollback_as_the_readme_says(
         # Step 1: the next release's `outbox migrate`, while this release runs.
         await upgrade_with(db_url, release, "9001")
         for _ in range(4):  # the probes keep passing, so the Service keeps this pod
-            assert await _readyz(port) == (200, "")
+            assert await readyz(port) == (200, "")
             await asyncio.sleep(0.25)
         await enqueue_in_window(db_url, 20, after=20)
         await wait_until(lambda: _all_accepted(db_url, 40), within=20)
@@ -80,7 +72,7 @@ async def test_rolling_update_and_rollback_as_the_readme_says(
     restarted = await spawn_daemon(config, log, roles="sender,web")
     try:
         port = await daemon_http_port(restarted, log)
-        assert await _readyz(port) == (200, "")
+        assert await readyz(port) == (200, "")
 
         # A later release declares that no release before it runs on its schema.
         write_revision(
@@ -91,7 +83,7 @@ async def test_rolling_update_and_rollback_as_the_readme_says(
             f"schema at revision 9002 needs a release at revision 9002 or newer; "
             f"this release is at {head}: deploy a newer release"
         )
-        assert await _readyz(port) == (503, refusal)
+        assert await readyz(port) == (503, refusal)
     finally:
         assert await stop_daemon(restarted, log) == 0
 
