@@ -16,7 +16,7 @@ from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.messages import MessageStore
 from outbox.domain.models import SendResult, State
 from outbox.domain.ratelimit import Limits
-from tests.integration.test_claim import A, B, LEASE, LIMITS, Seed, _seed
+from tests.integration.test_claim import LEASE, LIMITS, A, B, Seed, _seed
 from tests.support import fetch
 
 OTP = {"ordering_key": "'otp'"}
@@ -107,9 +107,7 @@ async def test_rows_behind_a_head_in_backoff_go_at_once_when_it_ends(
     await HousekeepingStore(engine).expire_due()
     [row] = await fetch(db_url, "SELECT state FROM outbox.messages WHERE id = $1", head)
     assert row["state"] != "queued"
-    assert [m.id for m in (await store.claim("c", 10, "w", LEASE, LIMITS)).messages] == [
-        follower
-    ]
+    assert [m.id for m in (await store.claim("c", 10, "w", LEASE, LIMITS)).messages] == [follower]
 
 
 async def test_a_released_row_keeps_its_own_send_after(db_url: str, engine: AsyncEngine) -> None:
@@ -123,10 +121,12 @@ async def test_a_released_row_keeps_its_own_send_after(db_url: str, engine: Asyn
     await _back_off(engine, head, 7200)
     await fetch(db_url, ENDINGS["cancelled by an operator"], head)
     [row] = await fetch(
-        db_url, "SELECT head, next_attempt_at, send_after FROM outbox.messages WHERE id = $1",
+        db_url,
+        "SELECT head, next_attempt_at, send_after FROM outbox.messages WHERE id = $1",
         follower,
     )
-    assert row["head"] and row["next_attempt_at"] == row["send_after"]
+    assert row["head"]
+    assert row["next_attempt_at"] == row["send_after"]
     assert (await store.claim("c", 10, "w", LEASE, LIMITS)).messages == []
 
 
@@ -151,7 +151,8 @@ async def test_heads_are_kept_per_line(db_url: str, engine: AsyncEngine) -> None
     await fetch(db_url, "UPDATE outbox.messages SET state = 'accepted' WHERE id = $1", ids["o1"])
     [o2] = await fetch(db_url, "SELECT head FROM outbox.messages WHERE id = $1", ids["o2"])
     [a2] = await fetch(db_url, "SELECT head FROM outbox.messages WHERE id = $1", ids["a2"])
-    assert o2["head"] and not a2["head"]
+    assert o2["head"]
+    assert not a2["head"]
 
 
 async def test_a_missing_key_is_the_recipients_own_line(db_url: str) -> None:
@@ -165,7 +166,7 @@ async def test_a_missing_key_is_the_recipients_own_line(db_url: str) -> None:
     assert [(r["ordering_key"], r["head"]) for r in rows] == [("", True), ("", False)]
 
 
-PACED = Limits(rate=10_000, burst=10_000)  # paced=True once pacing is per line
+PACED = Limits(rate=10_000, burst=10_000, paced=True)
 
 
 async def test_pacing_stays_per_recipient(db_url: str, engine: AsyncEngine) -> None:
