@@ -203,3 +203,23 @@ async def test_replayed_rows_that_back_off_stay_in_the_replay_lane(
     assert labels[first.id] == "b1"
     [second] = (await store.claim("c", 1, "w", LEASE, LIMITS)).messages
     assert labels[second.id] == "r1"
+
+
+async def test_show_says_what_a_waiting_row_waits_for(db_url: str, engine: AsyncEngine) -> None:
+    """`outbox show` names the head a row waits behind, with its state and next attempt."""
+    from outbox.cli.render import format_message
+    from outbox.db.inspection import InspectionStore
+
+    labels = await _seed(db_url, [("a1", A, "queued", {}), ("a2", A, "queued", {})])
+    head, follower = sorted(labels)
+    await MessageStore(engine).claim("c", 10, "w", LEASE, LIMITS)
+    await _back_off(engine, head, 300)
+    store = InspectionStore(engine)
+    waiting = await store.waiting(follower)
+    assert waiting is not None
+    assert waiting.startswith(f"message {head} ahead in its line (queued, next attempt 20")
+    row = await store.message(follower)
+    assert row is not None
+    assert f"waits for       message {head} ahead" in format_message(row, [], [], waiting)
+    assert await store.waiting(head) is not None
+    assert (await store.waiting(head) or "").startswith("its retry at ")
