@@ -16,8 +16,10 @@ from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.messages import MessageStore
 from outbox.domain.models import SendResult, State
 from outbox.domain.ratelimit import Limits
+from outbox.sandbox import Sandbox
+from outbox.sandbox.faults import Fault
 from tests.integration.test_claim import LEASE, LIMITS, A, B, Seed, _seed
-from tests.support import fetch
+from tests.support import fetch, insert, row, running, settings_for, wait_until
 
 OTP = {"ordering_key": "'otp'"}
 LATER = "now() + interval '1 hour'"
@@ -223,3 +225,38 @@ async def test_show_says_what_a_waiting_row_waits_for(db_url: str, engine: Async
     assert f"waits for       message {head} ahead" in format_message(row, [], [], waiting)
     assert await store.waiting(head) is not None
     assert (await store.waiting(head) or "").startswith("its retry at ")
+
+
+async def test_a_one_time_password_with_its_own_key_passes_a_notice_retrying_503s(
+    db_url: str, sandbox: tuple[Sandbox, str]
+) -> None:
+    """The issue's scenario through the sender and the sandbox: an order notice answered 503
+    backs off (for up to an hour here); a one-time password to the same person, priority 10,
+    a 40 s expires_at and its own ordering_key, is accepted at once."""
+    api, base_url = sandbox
+    api.faults.add(Fault("status", recipients=frozenset({A}), times=1, status=503))
+    settings = settings_for(
+        db_url, base_url, backoff_base=timedelta(hours=1), backoff_cap=timedelta(hours=1)
+    )
+    async with running(settings):
+        notice = await insert(db_url, "cloud", A, {"type": "text", "text": {"body": "order"}})
+
+        async def backing_off() -> bool:
+            return (await row(db_url, notice))["next_attempt_at"] is not None
+
+        await wait_until(backing_off)
+        otp = await insert(
+            db_url,
+            "cloud",
+            A,
+            {"type": "text", "text": {"body": "123456"}},
+            priority=10,
+            expires_at=datetime.now(UTC) + timedelta(seconds=40),
+            ordering_key="otp",
+        )
+
+        async def accepted() -> bool:
+            return (await row(db_url, otp))["state"] == "accepted"
+
+        await wait_until(accepted, within=10)
+    assert (await row(db_url, notice))["state"] == "queued"
