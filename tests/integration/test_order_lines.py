@@ -256,7 +256,7 @@ async def test_a_one_time_password_with_its_own_key_passes_a_notice_retrying_503
         )
 
         async def accepted() -> bool:
-            return (await row(db_url, otp))["state"] == "accepted"
+            return bool((await row(db_url, otp))["state"] == "accepted")
 
         await wait_until(accepted, within=10)
     assert (await row(db_url, notice))["state"] == "queued"
