@@ -7,7 +7,7 @@ channel's bucket lock (so claims on one channel take turns and see each other's 
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import TextualSelect, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from outbox.db.sql import OPEN_STATES
@@ -16,8 +16,10 @@ from outbox.db.sql import OPEN_STATES
 # still open (queued, sending or unknown): one message per line at a time, in insertion order,
 # and a head that ends (sent, failed, expired, cancelled) releases the next. Nor while a newer
 # row of its line is in flight: an older row opened again (a replay, a late window refusal)
-# waits for it rather than overtake it on the wire. With pair pacing (:paced) a recipient gets
-# one row at a time whatever the lines: none while any of its rows is in flight, one per claim.
+# waits for it rather than overtake it on the wire. With pair pacing (CLAIM_PACED) a recipient
+# gets one row at a time whatever the lines: none while any of its rows is in flight, one per
+# claim. Two statements rather than a parameter: a prepared statement's generic plan would
+# otherwise carry the pacing's window and wider probe into every claim.
 # Ready rows and due retries come from two indexes, so rows waiting for later are never walked
 # past; both hold only heads (`head`, kept by triggers), so a backlog to one recipient is not
 # walked either. The probe stays: `head` may be stale the other way (an older row opened again).
@@ -36,7 +38,7 @@ _CLAIMABLE = f"""
            LIMIT 1) IS NULL
       AND (SELECT 1 FROM outbox.messages AS e
            WHERE e.channel = m.channel AND e.wa_id = m.wa_id AND e.state = 'sending'
-             AND (CAST(:paced AS boolean) OR (e.ordering_key = m.ordering_key AND e.id > m.id))
+             {{in_flight}}
            LIMIT 1) IS NULL
       AND (SELECT 1 FROM outbox.recipient_pace AS p
            WHERE p.channel = m.channel AND p.wa_id = m.wa_id AND p.not_before > now()
@@ -50,20 +52,21 @@ _READY = (
     "m.head AND m.next_attempt_at IS NULL AND m.send_after <= now() AND m.replayed_at IS {} NULL"
 )
 _BEST_FIRST = "m.priority DESC, m.id"
-_LIVE = _CLAIMABLE.format(when=_READY.format(""), order=_BEST_FIRST)
-_REPLAYED = _CLAIMABLE.format(when=_READY.format("NOT"), order=_BEST_FIRST)
-_DUE = _CLAIMABLE.format(when="m.head AND m.next_attempt_at <= now()", order="m.next_attempt_at")
+_LIVE = _CLAIMABLE.format(when=_READY.format(""), order=_BEST_FIRST, in_flight="{in_flight}")
+_REPLAYED = _CLAIMABLE.format(when=_READY.format("NOT"), order=_BEST_FIRST, in_flight="{in_flight}")
+_DUE = _CLAIMABLE.format(
+    when="m.head AND m.next_attempt_at <= now()", order="m.next_attempt_at", in_flight="{in_flight}"
+)
 # Replayed rows (an operator's replay lane: those ready and those due for a retry) go first up
 # to :replay_quota, then live rows and live due retries, then replayed rows again: each lane gets
 # its share and takes what the other leaves, so a large replay never starves live traffic nor
 # idles on a quiet channel, and replayed rows that back off do not join the live lane.
-CLAIM_MESSAGES = text(
-    f"""
+_CLAIM = f"""
     WITH live AS ({_LIVE}), due AS ({_DUE}), replayed AS ({_REPLAYED}),
     picked AS (
         SELECT id, wa_id FROM (
             SELECT id, wa_id, priority, lane,
-                   row_number() OVER (PARTITION BY wa_id ORDER BY lane, priority DESC, id) AS nth
+                   {{nth}} AS nth
             FROM (
                 SELECT id, wa_id, priority, 1 AS lane FROM live
                 UNION ALL SELECT id, wa_id, priority, 1 FROM due WHERE NOT replayed
@@ -74,8 +77,7 @@ CLAIM_MESSAGES = text(
                       UNION ALL SELECT id, wa_id, priority FROM due WHERE replayed) AS r
             ) AS u
         ) AS ranked
-        -- Pair pacing: one row per recipient in a claim, whatever its lines.
-        WHERE nth = 1 OR NOT CAST(:paced AS boolean)
+        WHERE nth = 1
         ORDER BY lane, priority DESC, id
         LIMIT :limit
     ), claimed AS (
@@ -101,5 +103,20 @@ CLAIM_MESSAGES = text(
         WHERE channel = :channel AND EXISTS (SELECT 1 FROM claimed)
     )
     SELECT * FROM claimed
-    """
-).columns(payload=JSONB, fallback_template=JSONB)
+"""
+
+
+def _claim(*, paced: bool) -> TextualSelect:
+    sql = _CLAIM.format(
+        # A newer row of the same line in flight; with pacing, any row to the recipient.
+        in_flight="" if paced else "AND e.ordering_key = m.ordering_key AND e.id > m.id",
+        # Pair pacing: one row per recipient in a claim, whatever its lines.
+        nth="row_number() OVER (PARTITION BY wa_id ORDER BY lane, priority DESC, id)"
+        if paced
+        else "1",
+    )
+    return text(sql).columns(payload=JSONB, fallback_template=JSONB)
+
+
+CLAIM_MESSAGES = _claim(paced=False)
+CLAIM_PACED = _claim(paced=True)

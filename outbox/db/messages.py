@@ -19,7 +19,7 @@ from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import lock_bucket
-from outbox.db.claim import CLAIM_MESSAGES
+from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED
 from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
 from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
@@ -161,7 +161,6 @@ class MessageStore:
                 "channel": channel,
                 "limit": granted,
                 "replay_quota": ratelimit.replay_quota(granted, limits, self._rand()),
-                "paced": limits.paced,
                 "worker": worker,
                 "lease_seconds": lease.total_seconds(),
                 "burst": limits.burst,
@@ -169,7 +168,8 @@ class MessageStore:
                 "rate": after.rate,
                 "refilled_at": after.refilled_at,
             }
-            rows = (await connection.execute(CLAIM_MESSAGES, params)).all()
+            statement = CLAIM_PACED if limits.paced else CLAIM_MESSAGES
+            rows = (await connection.execute(statement, params)).all()
             # Read (and planned) inside the transaction: see outbox.db.claimed.
             messages = await read_claimed(connection, rows, now, window_margin)
         spent = ratelimit.give_back(after, granted - len(rows), limits)

@@ -162,7 +162,6 @@ async def _claim_plan(db_url: str) -> tuple[dict[str, Any], int]:
         "channel": "'c'",
         "limit": "100",
         "replay_quota": "20",
-        "paced": "false",
         "worker": "'w'",
         "lease_seconds": "60",
         "burst": "1000",
