@@ -92,6 +92,11 @@ async def run(
     metrics.know_channels(c.id for c in settings.channels)
     metrics.know_parts(PARTS)
     health = Health(metrics.statement_invalid)
+    # Installed before anything waits (the start-up check on a slow database): a SIGHUP that
+    # came meanwhile used to end the process; it is now applied once the parts exist.
+    hangup = _Hangup(reload) if reload is not None else None
+    if hangup is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.signalled)
     engine = create_engine(settings.database_url, pool_size=8)
     runner: web.AppRunner | None = None
     try:
@@ -137,10 +142,8 @@ async def run(
                 tasks["reconciler"] = reconciler.run(stop)
             if wake:
                 tasks["listener"] = NotifyListener(settings.database_url, wake).run(stop)
-            if reload is not None:
-                asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGHUP, _reload_credentials, reload, channels, sender
-                )
+            if hangup is not None:
+                hangup.ready(channels, sender)
             log.info(
                 "outbox.started",
                 worker_id=worker_id,
@@ -153,7 +156,7 @@ async def run(
                 on_started(Started(worker_id, http_port))
             await _supervise(tasks, stop, drain=drain)
     finally:
-        if reload is not None:
+        if hangup is not None:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if runner is not None:
             await runner.cleanup()
@@ -185,6 +188,29 @@ async def _supervise(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Hangup:
+    """SIGHUP from the start of `run`: one that arrives before the parts exist waits for them
+    (the credential files may have changed since they were read), then applies."""
+
+    def __init__(self, reload: Callable[[], Settings]) -> None:
+        self._reload = reload
+        self._parts: tuple[dict[str, ChannelConfig], Sender | None] | None = None
+        self._pending = False
+
+    def signalled(self) -> None:
+        if self._parts is None:
+            self._pending = True
+            log.info("outbox.reload.deferred", note="applied once the daemon has started")
+            return
+        _reload_credentials(self._reload, *self._parts)
+
+    def ready(self, channels: dict[str, ChannelConfig], sender: Sender | None) -> None:
+        self._parts = (channels, sender)
+        if self._pending:
+            self._pending = False
+            self.signalled()
 
 
 def _reload_credentials(

@@ -108,6 +108,7 @@ class ChannelConfig:
             self.rate_per_second,
             max(1.0, burst - self.rate_per_second * SEND_SLACK),
             replay_share=self.replay_share,
+            paced=self.recipient_gap > timedelta(0),
         )
 
 

@@ -167,9 +167,11 @@ class InMemoryMessageStore:
         live = sorted((r for r in fresh if r.replayed_at is None), key=best)[:limit]
         due = [r for r in ready if r.next_attempt_at is not None and r.next_attempt_at <= now]
         due = sorted(due, key=lambda r: (r.next_attempt_at, r.id))[:limit]
-        replayed = sorted((r for r in fresh if r.replayed_at is not None), key=best)[:limit]
+        # Replayed rows, ready or due for a retry, share the replay lane.
+        replayed = [r for r in fresh if r.replayed_at is not None][:limit]
+        replayed = sorted(replayed + [r for r in due if r.replayed_at is not None], key=best)
         lanes = [(0 if i < replay_quota else 2, r) for i, r in enumerate(replayed)]
-        lanes += [(1, r) for r in live + due]
+        lanes += [(1, r) for r in live + due if r.replayed_at is None]
         lanes.sort(key=lambda lane: (lane[0], *best(lane[1])))
         return sorted((r for _, r in lanes[:limit]), key=best)
 
@@ -195,18 +197,7 @@ class InMemoryMessageStore:
             row.next_attempt_at, row.claimed_by, row.lease_until = r.next_attempt_at, None, None
             row.accepted_at = r.at if r.state is State.ACCEPTED else row.accepted_at
             row.failed_at = r.at if r.state is State.FAILED else row.failed_at
-        written = {row.id for row, _ in done}
-        for row, _ in done:
-            until = row.next_attempt_at
-            if row.state is State.QUEUED and until is not None:  # hold the recipient's later rows
-                for f in self.rows.values():
-                    if (
-                        f.id not in written
-                        and (f.channel, f.wa_id, f.state) == (row.channel, row.wa_id, State.QUEUED)
-                        and f.id > row.id
-                        and (f.next_attempt_at is None or f.next_attempt_at < until)
-                    ):
-                        f.next_attempt_at = until
+        # A row that backs off lends its retry time to nobody: its later rows are not heads.
         for row, r in done:
             if r.pace_until is not None:
                 key = (row.channel, row.wa_id)

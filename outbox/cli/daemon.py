@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from typing import TYPE_CHECKING
 
 from outbox.cli.runtime import EXIT_OK, env_default, run_async, settings
@@ -42,6 +43,10 @@ def _run(args: argparse.Namespace) -> int:
     from outbox import app
     from outbox.config_loader import load_settings
 
+    # Until `app.run` installs its handler (its first step), a SIGHUP (`systemctl reload`
+    # during a start) must not end the process. Ignored: before the settings are read it has
+    # nothing to reload; one in the milliseconds between reading them and `app.run` is lost.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     loaded = settings(args)
     roles = {r.strip() for r in str(args.role).split(",") if r.strip()}
     unknown = roles - set(app.ROLES)

@@ -74,7 +74,8 @@ def _show(args: argparse.Namespace) -> int:
         if row is None:
             print(f"outbox: no message with id {args.id}", file=sys.stderr)
             return EXIT_ERROR
-        print(format_message(row, await store.history(args.id), await store.actions(args.id)))
+        history, actions = await store.history(args.id), await store.actions(args.id)
+        print(format_message(row, history, actions, await store.waiting(args.id)))
         return EXIT_OK
 
     return with_engine(args, read)

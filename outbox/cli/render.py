@@ -48,10 +48,17 @@ def _when(value: datetime | None) -> str:
 
 
 def format_message(
-    row: dict[str, Any], history: list[dict[str, Any]], actions: list[dict[str, Any]]
+    row: dict[str, Any],
+    history: list[dict[str, Any]],
+    actions: list[dict[str, Any]],
+    waiting: str | None = None,
 ) -> str:
     lines = [f"message {row['id']}"]
     lines += [f"  {name:<16}{row[name]}" for name in _ROW_FIELDS if row.get(name) is not None]
+    if row.get("ordering_key"):
+        lines.append(f"  {'ordering_key':<16}{row['ordering_key']}")
+    if waiting is not None:
+        lines.append(f"  {'waits for':<16}{waiting}")
     lines.append("  times")
     lines += [f"    {name:<16}{_when(row[name])}" for name in _TIMES if row.get(name) is not None]
     if row.get("claimed_by"):

@@ -19,7 +19,7 @@ from outbox.db.errors import translated
 from outbox.db.sql import OPEN_STATES, WAKE_SENDERS
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import State
-from outbox.ports import Settled
+from outbox.ports import LINES_START, LineCursor, Settled
 
 # A lease that ran out while `sending` means its holder died mid-send, or lost the database
 # for longer than the lease: the request may have reached the API, so the row is not resent
@@ -143,41 +143,44 @@ HEARTBEAT = text(
 
 # A row inserted behind a head whose end committed before the insert did was not visible to the
 # hand-over (triggers see committed rows only): it waits with `head` false behind nobody. This
-# walks the recipients with waiting rows, :limit at a time after a cursor (one index probe
-# each), and makes the oldest open row of each its head if it is not.
+# walks the lines (channel, recipient, ordering_key) with waiting rows, :limit at a time after
+# a cursor (one index probe each), and makes the oldest open row of each its head if it is not,
+# on its own schedule, as the hand-over does.
 REPAIR_HEADS = text(
     f"""
-    WITH RECURSIVE lines(channel, wa_id) AS (
-        (SELECT channel, wa_id FROM outbox.messages
-         WHERE state = 'queued' AND NOT head AND (channel, wa_id) > (:channel, :wa_id)
-         ORDER BY channel, wa_id LIMIT 1)
+    WITH RECURSIVE lines(channel, wa_id, ordering_key) AS (
+        (SELECT channel, wa_id, ordering_key FROM outbox.messages
+         WHERE state = 'queued' AND NOT head
+           AND (channel, wa_id, ordering_key) > (:channel, :wa_id, :ordering_key)
+         ORDER BY channel, wa_id, ordering_key LIMIT 1)
         UNION ALL
-        SELECT n.channel, n.wa_id FROM lines, LATERAL (
-            SELECT m.channel, m.wa_id FROM outbox.messages AS m
+        SELECT n.channel, n.wa_id, n.ordering_key FROM lines, LATERAL (
+            SELECT m.channel, m.wa_id, m.ordering_key FROM outbox.messages AS m
             WHERE m.state = 'queued' AND NOT m.head
-              AND (m.channel, m.wa_id) > (lines.channel, lines.wa_id)
-            ORDER BY m.channel, m.wa_id LIMIT 1) AS n
+              AND (m.channel, m.wa_id, m.ordering_key)
+                  > (lines.channel, lines.wa_id, lines.ordering_key)
+            ORDER BY m.channel, m.wa_id, m.ordering_key LIMIT 1) AS n
     ), batch AS (SELECT * FROM lines LIMIT :limit), fixed AS (
-        UPDATE outbox.messages AS m SET head = true, updated_at = now()
+        UPDATE outbox.messages AS m
+        SET head = true, updated_at = now(),
+            next_attempt_at = CASE WHEN m.send_after > now() THEN m.send_after END
         FROM batch AS b
         WHERE m.id = (SELECT e.id FROM outbox.messages AS e
                       WHERE e.channel = b.channel AND e.wa_id = b.wa_id
-                        AND e.state IN ({OPEN_STATES})
+                        AND e.ordering_key = b.ordering_key AND e.state IN ({OPEN_STATES})
                       ORDER BY e.id LIMIT 1)
           AND m.state = 'queued' AND NOT m.head
         RETURNING m.id
     )
     SELECT (SELECT count(*) FROM fixed) AS fixed, (SELECT count(*) FROM batch) AS walked,
-           last.channel, last.wa_id
-    FROM (SELECT channel, wa_id FROM batch ORDER BY channel DESC, wa_id DESC LIMIT 1) AS last
+           last.channel, last.wa_id, last.ordering_key
+    FROM (SELECT * FROM batch ORDER BY channel DESC, wa_id DESC, ordering_key DESC LIMIT 1)
+         AS last
     RIGHT JOIN (SELECT 1) AS one ON true
     """
 )
 
 FORGET_PACE = text("DELETE FROM outbox.recipient_pace WHERE not_before < now()")
-
-
-START = ("", "")  # before every (channel, wa_id)
 
 
 class HousekeepingStore:
@@ -264,17 +267,15 @@ class HousekeepingStore:
         return failed
 
     @translated
-    async def repair_heads(
-        self, after: tuple[str, str], limit: int = 200
-    ) -> tuple[int, tuple[str, str]]:
-        """Make up for hand-overs a commit race missed, for up to `limit` recipients after
-        `after` (channel, wa_id). Returns how many rows became heads and where to go on from
-        (back to the start once the end is reached)."""
-        params = {"channel": after[0], "wa_id": after[1], "limit": limit}
+    async def repair_heads(self, after: LineCursor, limit: int = 200) -> tuple[int, LineCursor]:
+        """Make up for hand-overs a commit race missed, for up to `limit` lines after `after`
+        (channel, wa_id, ordering_key). Returns how many rows became heads and where to go on
+        from (back to the start once the end is reached)."""
+        params = {"channel": after[0], "wa_id": after[1], "ordering_key": after[2], "limit": limit}
         async with self._engine.begin() as connection:
             row = (await connection.execute(REPAIR_HEADS, params)).one()
         more = row.walked == limit and row.channel is not None
-        return int(row.fixed), (row.channel, row.wa_id) if more else START
+        return int(row.fixed), (row.channel, row.wa_id, row.ordering_key) if more else LINES_START
 
     @translated
     async def forget_pace(self) -> int:

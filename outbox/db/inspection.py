@@ -12,8 +12,32 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db.errors import translated
 from outbox.db.gauges import OLDEST_DUE
+from outbox.db.sql import OPEN_STATES
+from outbox.domain.waiting import Waiting, waits_for
 
 _MESSAGE = text("SELECT * FROM outbox.messages WHERE id = :id")
+
+# What holds a row back, by the claim's rules: the oldest open row ahead of it in its line, a
+# newer row of its line in flight, its recipient's pace.
+_WAITING = text(
+    f"""
+    SELECT m.state, now() AS now, m.send_after, m.next_attempt_at,
+           h.id AS head_id, h.state AS head_state, h.next_attempt_at AS head_next_attempt_at,
+           (SELECT f.id FROM outbox.messages AS f
+            WHERE f.channel = m.channel AND f.wa_id = m.wa_id
+              AND f.ordering_key = m.ordering_key AND f.id > m.id AND f.state = 'sending'
+            ORDER BY f.id LIMIT 1) AS in_flight_id,
+           (SELECT p.not_before FROM outbox.recipient_pace AS p
+            WHERE p.channel = m.channel AND p.wa_id = m.wa_id) AS pace_until
+    FROM outbox.messages AS m
+    LEFT JOIN LATERAL (
+        SELECT e.id, e.state, e.next_attempt_at FROM outbox.messages AS e
+        WHERE e.channel = m.channel AND e.wa_id = m.wa_id AND e.ordering_key = m.ordering_key
+          AND e.id < m.id AND e.state IN ({OPEN_STATES})
+        ORDER BY e.id LIMIT 1) AS h ON true
+    WHERE m.id = :id
+    """
+)
 
 _HISTORY = text(
     """
@@ -82,6 +106,13 @@ class InspectionStore:
         async with self._engine.connect() as connection:
             row = (await connection.execute(_MESSAGE, {"id": message_id})).mappings().first()
         return dict(row) if row is not None else None
+
+    @translated
+    async def waiting(self, message_id: int) -> str | None:
+        """What the row waits for, if it is queued (outbox.domain.waiting)."""
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_WAITING, {"id": message_id})).mappings().first()
+        return None if row is None else waits_for(Waiting(**row))
 
     @translated
     async def history(self, message_id: int) -> list[dict[str, Any]]:

@@ -13,95 +13,20 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import lock_bucket
+from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED
 from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
 from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
-from outbox.db.sql import OPEN_STATES
 from outbox.domain import ratelimit, window
 from outbox.domain.models import Claim, SendResult, State
 from outbox.domain.ratelimit import Limits
 from outbox.ports import Renewed
-
-# A row is claimable only if no older row to the same recipient on the channel is still open
-# (queued, sending or unknown): one message per recipient at a time, in insertion order, and a
-# head that ends (sent, failed, expired, cancelled) releases the next. Ready rows and due
-# retries come from two indexes, so rows waiting for later are never walked past; both hold
-# only heads (`head`, kept by triggers), so a backlog to one recipient is not walked either.
-# The probe stays: `head` may be stale the other way (an older row opened again).
-# The checks are scalar subqueries with LIMIT 1, not NOT EXISTS: the planner cannot turn them
-# into an anti-join, which it would plan as a scan of every open row of the channel per
-# candidate whenever the statistics predate a burst (about 1,000,000 rows read per claim of
-# 100 from a fresh 20,000-row backlog). Each is one probe of ix_messages_recipient.
-_CLAIMABLE = f"""
-    SELECT m.id, m.priority, m.wa_id FROM outbox.messages AS m
-    WHERE m.state = 'queued' AND m.channel = :channel AND {{when}}
-      AND (SELECT 1 FROM outbox.messages AS e
-           WHERE e.channel = m.channel AND e.wa_id = m.wa_id AND e.id < m.id
-             AND e.state IN ({OPEN_STATES})
-           LIMIT 1) IS NULL
-      AND (SELECT 1 FROM outbox.recipient_pace AS p
-           WHERE p.channel = m.channel AND p.wa_id = m.wa_id AND p.not_before > now()
-           LIMIT 1) IS NULL
-    ORDER BY {{order}}
-    LIMIT :limit
-    FOR UPDATE OF m SKIP LOCKED
-"""
-
-_READY = (
-    "m.head AND m.next_attempt_at IS NULL AND m.send_after <= now() AND m.replayed_at IS {} NULL"
-)
-_BEST_FIRST = "m.priority DESC, m.id"
-_LIVE = _CLAIMABLE.format(when=_READY.format(""), order=_BEST_FIRST)
-_REPLAYED = _CLAIMABLE.format(when=_READY.format("NOT"), order=_BEST_FIRST)
-_DUE = _CLAIMABLE.format(when="m.head AND m.next_attempt_at <= now()", order="m.next_attempt_at")
-# Replayed rows (an operator's replay lane) go first up to :replay_quota, then live rows and
-# due retries, then replayed rows again: each lane gets its share and takes what the other
-# leaves, so a large replay never starves live traffic nor idles on a quiet channel.
-CLAIM_MESSAGES = text(
-    f"""
-    WITH live AS ({_LIVE}), due AS ({_DUE}), replayed AS ({_REPLAYED}),
-    picked AS (
-        SELECT id, wa_id FROM (
-            SELECT id, wa_id, priority, 1 AS lane FROM live
-            UNION ALL SELECT id, wa_id, priority, 1 FROM due
-            UNION ALL SELECT id, wa_id, priority,
-                CASE WHEN row_number() OVER (ORDER BY priority DESC, id) <= :replay_quota
-                     THEN 0 ELSE 2 END
-            FROM replayed
-        ) AS u
-        ORDER BY lane, priority DESC, id
-        LIMIT :limit
-    ), claimed AS (
-        UPDATE outbox.messages AS m
-        SET state = 'sending', claimed_by = :worker, attempts = m.attempts + 1,
-            lease_until = now() + make_interval(secs => :lease_seconds), updated_at = now()
-        FROM picked LEFT JOIN outbox.contacts AS c
-            ON c.channel = :channel AND c.wa_id = picked.wa_id
-        WHERE m.id = picked.id
-        RETURNING m.id, m.channel, m.recipient, m.payload, m.fallback_template, m.attempts,
-                  m.created_at, m.expires_at, m.priority, m.sent_as, c.last_inbound_at
-    ), spent AS (
-        -- Tokens granted but not used (fewer rows were ready) go back into the bucket.
-        UPDATE outbox.channel_state
-        -- Casts: left to infer, the parameters would take count(*)'s bigint and lose the
-        -- fraction of a token on every claim.
-        SET tokens = least(
-                CAST(:burst AS double precision),
-                CAST(:tokens AS double precision) + :limit - (SELECT count(*) FROM claimed)),
-            rate = CAST(:rate AS double precision), refilled_at = :refilled_at
-        -- Nothing claimed: the bucket is as it was (a refill depends on time alone), and an
-        -- idle channel's claims write nothing.
-        WHERE channel = :channel AND EXISTS (SELECT 1 FROM claimed)
-    )
-    SELECT * FROM claimed
-    """
-).columns(payload=JSONB, fallback_template=JSONB)
 
 _TIMESTAMP = DateTime(timezone=True)
 SEND_RESULT_COLUMNS = ArrayColumns(
@@ -120,12 +45,19 @@ SEND_RESULT_COLUMNS = ArrayColumns(
     )
 )
 
-# One statement per batch: write the outcomes; a row that backs off takes its recipient's later
-# rows out of the ready index with it (they could not be sent before it anyway); a row sent to
-# a paced recipient records when the next one may go.
+# One statement per batch: write the outcomes; a row sent to a paced recipient records when the
+# next one may go. The rows are locked in id order first, as the reconciler locks them: in the
+# order the answers came, two such statements could deadlock. A row that backs off lends its
+# retry time to nobody: the rows behind it are not heads, so no claim looks at them, and when
+# it ends, however it ends, the next row goes on its own schedule (the hand-over trigger).
 COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
     f"""
-    WITH r AS (SELECT * FROM {SEND_RESULT_COLUMNS.unnest("r")}), done AS (
+    WITH r AS (SELECT * FROM {SEND_RESULT_COLUMNS.unnest("r")}), locked AS MATERIALIZED (
+        SELECT m.id FROM outbox.messages AS m
+        WHERE m.id IN (SELECT id FROM r) AND {HELD_BY_WORKER}
+        ORDER BY m.id
+        FOR UPDATE OF m
+    ), done AS (
         UPDATE outbox.messages AS m SET
             state = r.state,
             attempts = m.attempts + r.attempts_delta,
@@ -138,15 +70,9 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
             accepted_at = CASE WHEN r.state = 'accepted' THEN r.at ELSE m.accepted_at END,
             failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
             claimed_by = NULL, lease_until = NULL, updated_at = now()
-        FROM r
+        FROM r JOIN locked ON locked.id = r.id
         WHERE m.id = r.id AND {HELD_BY_WORKER}
-        RETURNING m.id, m.channel, m.wa_id, m.state, m.next_attempt_at, r.pace_until
-    ), held AS (
-        UPDATE outbox.messages AS f SET next_attempt_at = d.next_attempt_at, updated_at = now()
-        FROM done AS d
-        WHERE d.state = 'queued' AND d.next_attempt_at IS NOT NULL
-          AND f.channel = d.channel AND f.wa_id = d.wa_id AND f.id > d.id AND f.state = 'queued'
-          AND (f.next_attempt_at IS NULL OR f.next_attempt_at < d.next_attempt_at)
+        RETURNING m.channel, m.wa_id, r.pace_until
     ), paced AS (
         INSERT INTO outbox.recipient_pace AS p (channel, wa_id, not_before)
         SELECT channel, wa_id, max(pace_until) FROM done
@@ -242,7 +168,8 @@ class MessageStore:
                 "rate": after.rate,
                 "refilled_at": after.refilled_at,
             }
-            rows = (await connection.execute(CLAIM_MESSAGES, params)).all()
+            statement = CLAIM_PACED if limits.paced else CLAIM_MESSAGES
+            rows = (await connection.execute(statement, params)).all()
             # Read (and planned) inside the transaction: see outbox.db.claimed.
             messages = await read_claimed(connection, rows, now, window_margin)
         spent = ratelimit.give_back(after, granted - len(rows), limits)

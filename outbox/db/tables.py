@@ -69,11 +69,14 @@ messages = Table(
     Column("send_after", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("expires_at", DateTime(timezone=True)),
     Column("metadata", JSONB),
+    # Since 0011: rows with one key to one recipient go in order; '' (NULL is read as '') is
+    # the recipient's own line. Pair pacing stays per recipient.
+    Column("ordering_key", Text, nullable=False, server_default=text("''")),
     # Daemon columns.
     Column("wa_id", Text, Computed(WA_ID, persisted=True), nullable=False),
     Column("unknown_resends", SmallInteger, nullable=False, server_default=text("0")),
-    # No older row to this recipient on the channel is open: kept by triggers (revision 0006),
-    # so only heads are in the claim's indexes.
+    # No older row of its line (channel, recipient, ordering_key) is open: kept by triggers
+    # (revisions 0006, 0011), so only heads are in the claim's indexes.
     Column("head", Boolean, nullable=False, server_default=text("true")),
     Column("replayed_at", DateTime(timezone=True)),
     Column("replays", SmallInteger, nullable=False, server_default=text("0")),
@@ -99,6 +102,7 @@ messages = Table(
     CheckConstraint(_in("state", State), name="state"),
     CheckConstraint(f"sent_as IS NULL OR {_in('sent_as', SentAs)}", name="sent_as"),
     CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_object"),
+    CheckConstraint("octet_length(ordering_key) <= 200", name="ordering_key"),
     # Only rows ready now are in these two indexes (live rows, and rows an operator replayed),
     # so the claim stays cheap however many rows are finished, backing off or scheduled for
     # later (those are in ix_messages_due).
@@ -122,19 +126,32 @@ messages = Table(
         "next_attempt_at",
         postgresql_where=text("state = 'queued' AND next_attempt_at IS NOT NULL AND head"),
     ),
+    # One line's open rows (channel, recipient, ordering_key): the order probe, the head
+    # triggers; the rows waiting behind a head (the repair sweep); rows in flight (a newer one
+    # holds an older one opened again; pair pacing).
     Index(
-        "ix_messages_waiting",
+        "ix_messages_line",
         "channel",
         "wa_id",
+        "ordering_key",
+        "id",
+        postgresql_where=text("state IN ('queued', 'sending', 'unknown')"),
+    ),
+    Index(
+        "ix_messages_line_waiting",
+        "channel",
+        "wa_id",
+        "ordering_key",
         "id",
         postgresql_where=text("state = 'queued' AND NOT head"),
     ),
     Index(
-        "ix_messages_recipient",
+        "ix_messages_in_flight",
         "channel",
         "wa_id",
+        "ordering_key",
         "id",
-        postgresql_where=text("state IN ('queued', 'sending', 'unknown')"),
+        postgresql_where=text("state = 'sending'"),
     ),
     Index(
         "ix_messages_expiry",

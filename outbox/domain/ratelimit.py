@@ -32,6 +32,8 @@ class Limits:
     floor: float = 0.05  # ... but not below this share of the configured rate
     recovery: float = 0.05  # share of the configured rate regained per second
     replay_share: float = 0.2  # share of each claim kept for replayed rows, when both wait
+    # Pair pacing (a recipient_gap): one message to a recipient at a time, whatever its lines.
+    paced: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate) and self.rate > 0):

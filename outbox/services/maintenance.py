@@ -15,7 +15,7 @@ import structlog
 from outbox.config import ChannelConfig, SenderConfig, UnknownPolicy
 from outbox.domain.codes import Code
 from outbox.loops import Health, run_periodic
-from outbox.ports import Housekeeping
+from outbox.ports import LINES_START, Housekeeping
 
 log = structlog.get_logger("outbox.maintenance")
 
@@ -40,7 +40,7 @@ class Maintenance:
         self._worker = worker_id
         self._known = frozenset(c.id for c in channels)
         self._live = max(REPLICA_LIVE, 3 * config.maintenance_interval)
-        self._heads_after = ("", "")  # where the sweep of missed hand-overs goes on from
+        self._heads_after = LINES_START  # where the sweep of missed hand-overs goes on from
         self._resend = [c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND]
         self._config = config
 

@@ -48,6 +48,10 @@ class ResultBuffer:
         self._health = health or Health()
         self._results: list[SendResult] = []
         self._ready = asyncio.Event()
+        # One flush at a time: a drain at shutdown while the flusher is writing would take the
+        # same results and write them again (false `lease_lost` warnings on the second write).
+        self._flushing = asyncio.Lock()
+        self._draining = False  # a drain waits for the flusher: which then gives up in time too
         self.writes = 0  # batches written so far
 
     def __len__(self) -> int:
@@ -72,15 +76,21 @@ class ResultBuffer:
 
     async def drain(self) -> None:
         """Write everything buffered now."""
+        self._draining = True
         await self._flush(retry_forever=False)
 
     async def _flush(self, *, retry_forever: bool) -> None:
+        async with self._flushing:
+            await self._flush_held(retry_forever=retry_forever)
+
+    async def _flush_held(self, *, retry_forever: bool) -> None:
         backoff = Backoff()
         while self._results:
             try:
                 await self._write(self._results[:BATCH])
             except DatabaseError as exc:
-                if not retry_forever and backoff.failures >= DRAIN_RETRIES:
+                gives_up = not retry_forever or self._draining
+                if gives_up and backoff.failures >= DRAIN_RETRIES:
                     log.error(
                         "outbox.results.lost",
                         count=len(self._results),

@@ -260,6 +260,8 @@ async def test_renew_keeps_the_workers_rows_and_takes_back_its_rescued_ones(
 
 
 async def test_a_backed_off_row_holds_its_recipients_later_rows(harness: Harness) -> None:
+    """They wait behind it without borrowing its retry time (issue 15, item 4): when it ends,
+    whichever way, the next one goes at once."""
     a1, a2, a3, b1 = [await harness.add(r) for r in (A, A, A, B)]
     b2 = await harness.add(B)
     assert await _claim(harness) == [a1, b1]
@@ -267,8 +269,8 @@ async def test_a_backed_off_row_holds_its_recipients_later_rows(harness: Harness
     backed_off = SendResult(a1, State.QUEUED, _now(), error_code="x", next_attempt_at=retry)
     assert await harness.store.complete([backed_off, _accepted(b1)], "w1") == 2
     assert await harness.row(a1) == Seen(State.QUEUED, 1, None, retry)
-    assert await harness.row(a2) == Seen(State.QUEUED, 0, None, retry)
-    assert await harness.row(a3) == Seen(State.QUEUED, 0, None, retry)
+    assert await harness.row(a2) == Seen(State.QUEUED, 0, None, None)
+    assert await harness.row(a3) == Seen(State.QUEUED, 0, None, None)
     assert await harness.row(b2) == Seen(State.QUEUED, 0, None, None)
     assert await _claim(harness) == [b2]
     assert await harness.store.next_due("c") == retry

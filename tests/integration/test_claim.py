@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db import messages as store_module
+from outbox.db import claim as store_module
 from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.messages import MessageStore
 from outbox.domain.ratelimit import Limits
@@ -285,8 +285,8 @@ async def test_a_row_inserted_while_its_head_ended_is_not_left_behind(
         await producer.close()
     store = MessageStore(engine)
     assert (await store.claim("c", 10, "w", LEASE, LIMITS)).messages == []
-    repaired, after = await HousekeepingStore(engine).repair_heads(("", ""))
-    assert (repaired, after) == (1, ("", ""))
+    repaired, after = await HousekeepingStore(engine).repair_heads(("", "", ""))
+    assert (repaired, after) == (1, ("", "", ""))
     [claimed] = (await store.claim("c", 10, "w", LEASE, LIMITS)).messages
     assert claimed.id == follower
 
@@ -298,8 +298,12 @@ async def test_the_sweep_of_missed_hand_overs_walks_recipients_a_page_at_a_time(
     await _seed(db_url, [(f"{r}-{i}", r, "queued", {}) for r in recipients for i in range(2)])
     housekeeping = HousekeepingStore(engine)
     pages = []
-    after = ("", "")
+    after = ("", "", "")
     for _ in range(3):
         repaired, after = await housekeeping.repair_heads(after, limit=2)
         pages.append((repaired, after))
-    assert pages == [(0, ("c", recipients[1])), (0, ("c", recipients[3])), (0, ("", ""))]
+    assert pages == [
+        (0, ("c", recipients[1], "")),
+        (0, ("c", recipients[3], "")),
+        (0, ("", "", "")),
+    ]
