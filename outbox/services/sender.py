@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import structlog
 
@@ -36,18 +34,11 @@ from outbox.ports import (
 )
 from outbox.services import attempt as attempts
 from outbox.services.channels import ChannelGovernor
+from outbox.services.flights import Flight, Flights
 from outbox.services.leases import LeaseKeeper
 from outbox.services.results import ResultBuffer
 
 log = structlog.get_logger("outbox.sender")
-
-
-@dataclass
-class _Flight:
-    message: ClaimedMessage
-    claimed: float  # monotonic
-    started: bool = False
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class Sender:
@@ -95,13 +86,12 @@ class Sender:
             health=self._health,
         )
         self._leases = LeaseKeeper(store, worker_id, config.lease, self._owed, health=self._health)
-        self._in_flight: Counter[str] = Counter()
         self._round = 0
-        self._flights: dict[int, _Flight] = {}
+        self._flights = Flights()
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
     def _owed(self) -> list[int]:  # the rows whose result we still owe: their leases hold
-        return [*self._flights, *self._results.held()]
+        return [*self._flights.ids(), *self._results.held()]
 
     def wake(self) -> None:
         """Something was inserted: claim now rather than at the next poll."""
@@ -201,7 +191,7 @@ class Sender:
         if allowance == 0:
             return 0, breaker.wait_time(self._monotonic())
         cap = channel.max_in_flight or self._config.max_in_flight
-        wanted = min(self._config.batch_size, share, cap - self._in_flight[channel.id])
+        wanted = min(self._config.batch_size, share, cap - self._flights.per_channel[channel.id])
         if allowance == 1:
             wanted = min(wanted, 1)
         if wanted <= 0:
@@ -255,12 +245,14 @@ class Sender:
         # The channel as it is now, not as the round began: a key reloaded during the claim is
         # the one the request carries, and the one its answer is judged by.
         channel = self._channels[channel.id]
-        flight = _Flight(message, self._monotonic())
-        self._flights[message.id] = flight
-        self._in_flight[channel.id] += 1
-        flight.task = asyncio.create_task(self._send(channel, flight, epoch))
+        self._flights.start(
+            channel.id,
+            message,
+            self._monotonic(),
+            lambda flight: self._send(channel, flight, epoch),
+        )
 
-    async def _send(self, channel: ChannelConfig, flight: _Flight, epoch: int) -> None:
+    async def _send(self, channel: ChannelConfig, flight: Flight, epoch: int) -> None:
         message = flight.message
         key = self._governor.key_of(channel)
 
@@ -287,8 +279,7 @@ class Sender:
         finally:
             # A probe that ended without an answer (bad row, expired, stopped) proved nothing.
             self._governor.breakers[channel.id].forget(message.id)
-            del self._flights[message.id]
-            self._in_flight[channel.id] -= 1
+            self._flights.landed(channel.id, message)
             self._slot_freed.set()
 
     def _record(self, result: SendResult) -> None:
@@ -297,25 +288,14 @@ class Sender:
 
     async def _finish_flights(self) -> None:
         """Let started requests finish within the grace period; hand back the rest."""
-        flights = list(self._flights.values())
-        not_started = [f for f in flights if not f.started]
-        for flight in not_started:
-            assert flight.task is not None
-            flight.task.cancel()
-        tasks = [f.task for f in flights if f.task is not None]
-        if not tasks:
+        if not self._flights:
             return
-        _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_grace.total_seconds())
-        abandoned = [f for f in flights if f.task in pending]
-        for flight in abandoned:
-            assert flight.task is not None
-            flight.task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        ended = await self._flights.wind_down(self._config.shutdown_grace.total_seconds())
         now = self._now()
-        for flight in abandoned:
+        for message in ended.abandoned:
             self._record(
                 SendResult(
-                    flight.message.id,
+                    message.id,
                     State.UNKNOWN,
                     now,
                     error_code=Code.SHUTDOWN,
@@ -323,10 +303,10 @@ class Sender:
                 )
             )
         await self._results.drain()
-        released = await self._store.release([f.message.id for f in not_started], self._worker)
+        released = await self._store.release([m.id for m in ended.not_started], self._worker)
         log.info(
             "outbox.sender.in_flight_at_stop",
-            finished=len(flights) - len(not_started) - len(abandoned),
+            finished=ended.finished,
             released=released,
-            abandoned=len(abandoned),
+            abandoned=len(ended.abandoned),
         )
