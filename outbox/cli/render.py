@@ -166,6 +166,10 @@ _DONE = {Verb.REPLAY: "replayed", Verb.CANCEL: "cancelled"}
 def format_summary(tally: Tally, *, dry_run: bool) -> str:
     head = f"would {tally.verb.value}" if dry_run else _DONE[tally.verb]
     lines = [f"{head}: {tally.acted - tally.changed}"]
+    if tally.twice:
+        lines.append(
+            f"of these, may arrive twice (a request may have reached the API): {tally.twice}"
+        )
     if tally.changed:
         lines.append(f"left alone, changed while this ran: {tally.changed}")
     for reason, count in tally.skipped.most_common():

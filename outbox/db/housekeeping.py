@@ -23,7 +23,8 @@ from outbox.ports import LINES_START, LineCursor, Settled
 
 # A lease that ran out while `sending` means its holder died mid-send, or lost the database
 # for longer than the lease: the request may have reached the API, so the row is not resent
-# blindly but parked as `unknown` (or `expired`, if it may no longer be sent at all). The
+# blindly but parked as `unknown` (or `expired`, if it may no longer be sent at all, with
+# `expired_unknown`: unlike a row that expired in the queue, it may have arrived). The
 # holder stays in `claimed_by`: if it is alive, its renewal takes the row back and its answer
 # is written over the rescue, until a resend (which clears `claimed_by`) hands the row on.
 RESCUE_LEASES = text(
@@ -38,7 +39,7 @@ RESCUE_LEASES = text(
     UPDATE outbox.messages AS m
     SET state = CASE WHEN m.expires_at <= now() THEN 'expired' ELSE 'unknown' END,
         error_code = CASE WHEN m.expires_at <= now() THEN :expired ELSE :lease_expired END,
-        error_title = :title,
+        error_title = CASE WHEN m.expires_at <= now() THEN :expired_title ELSE :title END,
         error_detail = 'lease held by ' || coalesce(m.claimed_by, '?') || ' expired',
         lease_until = NULL, updated_at = now()
     FROM lost WHERE m.id = lost.id
@@ -83,7 +84,7 @@ RESEND_UNKNOWN = text(
         error_title = CASE WHEN m.expires_at <= now()
             THEN :expired_title
             ELSE :resending_title END,
-        error_code = CASE WHEN m.expires_at <= now() THEN :expired ELSE m.error_code END,
+        error_code = CASE WHEN m.expires_at <= now() THEN :expired_unknown ELSE m.error_code END,
         next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL, updated_at = now()
     FROM quiet WHERE m.id = quiet.id
     """
@@ -180,6 +181,14 @@ REPAIR_HEADS = text(
     """
 )
 
+# The rescue's codes and titles (tests run RESCUE_LEASES with them too).
+RESCUE_PARAMS = {
+    "expired": Code.EXPIRED_UNKNOWN.value,
+    "expired_title": Title.EXPIRED_IN_FLIGHT.value,
+    "lease_expired": Code.LEASE_EXPIRED.value,
+    "title": Title.LEASE_EXPIRED.value,
+}
+
 FORGET_PACE = text("DELETE FROM outbox.recipient_pace WHERE not_before < now()")
 
 
@@ -189,14 +198,8 @@ class HousekeepingStore:
 
     @translated
     async def rescue_expired_leases(self, limit: int = 1000) -> list[Settled]:
-        """Rows whose lease ran out become `unknown` (or `expired`)."""
-        params = {
-            "limit": limit,
-            "expired": Code.EXPIRED.value,
-            "lease_expired": Code.LEASE_EXPIRED.value,
-            "title": Title.LEASE_EXPIRED.value,
-        }
-        return await self._settle(RESCUE_LEASES, params)
+        """Rows whose lease ran out become `unknown` (or `expired`, `expired_unknown`)."""
+        return await self._settle(RESCUE_LEASES, {"limit": limit, **RESCUE_PARAMS})
 
     @translated
     async def expire_due(self, limit: int = 1000) -> list[Settled]:
@@ -214,7 +217,7 @@ class HousekeepingStore:
             "channels": list(channels),
             "quiet_seconds": quiet.total_seconds(),
             "limit": limit,
-            "expired": Code.EXPIRED.value,
+            "expired_unknown": Code.EXPIRED_UNKNOWN.value,
             "expired_title": Title.EXPIRED_WHILE_UNKNOWN.value,
             "resending_title": Title.RESENDING_UNKNOWN.value,
         }

@@ -72,7 +72,8 @@ def _where(selector: Selector) -> tuple[str, dict[str, Any]]:
 
 
 _TARGET = """
-    SELECT m.id, m.state, m.attempts, m.wamid, m.error_code, m.error_title
+    SELECT m.id, m.state, m.attempts, m.wamid, m.error_code, m.error_title, m.sent_as,
+           m.accepted_at
     FROM outbox.messages AS m
     WHERE m.id = ANY(:ids) AND m.state = ANY(:states) AND {condition}
     ORDER BY m.id
@@ -99,10 +100,15 @@ _REPLAYABLE = f"""
 
 # Back to the queue as new: attempts, errors and delivery times cleared (the old ones stay in
 # operator_actions and status_history), content re-decided by the window rule at send time,
-# and into the replay lane.
+# and into the replay lane. The earlier send's id goes to the row's history with what it went
+# out as (`sent_as` is cleared); the row shows it until the claim, as any earlier send's.
 _REPLAY = text(
     f"""
-    WITH target AS ({_TARGET.format(condition=_REPLAYABLE)}), done AS (
+    WITH target AS ({_TARGET.format(condition=_REPLAYABLE)}), ended AS (
+        INSERT INTO outbox.message_sends (message_id, wamid, sent_as, accepted_at)
+        SELECT id, wamid, sent_as, accepted_at FROM target WHERE wamid IS NOT NULL
+        ON CONFLICT DO NOTHING
+    ), done AS (
         UPDATE outbox.messages AS m
         SET state = 'queued', attempts = 0, next_attempt_at = NULL, sent_as = NULL,
             error_code = NULL, error_title = NULL, error_detail = NULL,

@@ -30,6 +30,8 @@ _PURGE_MESSAGES = text(
         DELETE FROM outbox.status_history WHERE message_id IN (SELECT id FROM doomed)
     ), actions AS (
         DELETE FROM outbox.operator_actions WHERE message_id IN (SELECT id FROM doomed)
+    ), sends AS (
+        DELETE FROM outbox.message_sends WHERE message_id IN (SELECT id FROM doomed)
     ), gone AS (
         DELETE FROM outbox.messages AS m USING doomed WHERE m.id = doomed.id RETURNING m.id
     )

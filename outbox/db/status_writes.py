@@ -6,6 +6,7 @@ their transaction.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,18 +25,48 @@ from outbox.domain.reconcile import Located, Plan, Target
 
 _TIMESTAMP = DateTime(timezone=True)
 
-# Locked in id order, so two reconcilers touching the same rows cannot deadlock each other.
+# Locked in id order, so two reconcilers touching the same rows cannot deadlock each other. A
+# status may name a row by its current wamid, an earlier send's (outbox.message_sends) or the
+# outbox id; each is one index probe. A row the lookup misses (its history written after this
+# statement's snapshot) is found when its parked status comes back.
 LOCK_TARGETS = text(
     """
+    WITH named AS (
+        SELECT id FROM outbox.messages WHERE wamid = ANY(:wamids)
+        UNION SELECT message_id FROM outbox.message_sends WHERE wamid = ANY(:wamids)
+        UNION SELECT unnest(CAST(:ids AS bigint[]))
+    )
     SELECT id, channel, wamid, state, sent_as, fallback_template IS NOT NULL AS has_fallback,
            accepted_at, sent_at, delivered_at, read_at, failed_at,
            error_code, error_title, error_detail
     FROM outbox.messages
-    WHERE wamid = ANY(:wamids) OR id = ANY(:ids)
+    WHERE id IN (SELECT id FROM named)
     ORDER BY id
     FOR UPDATE
     """
 ).bindparams(bindparam("wamids", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(BigInteger())))
+
+# Read after the lock, in a statement of its own: with the rows locked nobody can add to their
+# history, and this statement's snapshot sees what a send that committed meanwhile added.
+EARLIER_SENDS = text(
+    "SELECT message_id, wamid FROM outbox.message_sends WHERE message_id = ANY(:ids)"
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
+
+ENDED_COLUMNS = ArrayColumns(
+    (
+        ("message_id", BigInteger()),
+        ("wamid", Text()),
+        ("sent_as", Text()),
+        ("accepted_at", _TIMESTAMP),
+    )
+)
+RECORD_ENDED = ENDED_COLUMNS.statement(
+    f"""
+    INSERT INTO outbox.message_sends ({ENDED_COLUMNS.names})
+    SELECT * FROM {ENDED_COLUMNS.unnest("e")}
+    ON CONFLICT DO NOTHING
+    """
+)
 
 ROW_CHANGE_COLUMNS = ArrayColumns(
     (
@@ -102,10 +133,23 @@ class StatusWriter:
         wamids = sorted({s.update.wamid for s in statuses})
         ids = sorted({s.update.outbox_id for s in statuses if s.update.outbox_id is not None})
         params = {"wamids": wamids, "ids": ids}
-        return [_target(r) for r in await self._connection.execute(LOCK_TARGETS, params)]
+        rows = (await self._connection.execute(LOCK_TARGETS, params)).all()
+        earlier: dict[int, set[str]] = defaultdict(set)
+        if rows:
+            sends = await self._connection.execute(EARLIER_SENDS, {"ids": [r.id for r in rows]})
+            for send in sends:
+                earlier[send.message_id].add(send.wamid)
+        return [_target(r, frozenset(earlier[r.id])) for r in rows]
 
     @translated
     async def apply(self, plan: Plan) -> None:
+        if plan.ended:
+            # Recorded here with what they went out as: the requeue changes `sent_as`.
+            ended = [
+                (e.message_id, e.wamid, e.sent_as.value if e.sent_as else None, e.accepted_at)
+                for e in plan.ended
+            ]
+            await self._connection.execute(RECORD_ENDED, ENDED_COLUMNS.params(ended))
         if plan.changes:
             changes = [
                 (
@@ -145,7 +189,7 @@ class StatusWriter:
             await self._connection.execute(INSERT_HISTORY, HISTORY_COLUMNS.params(history))
 
 
-def _target(row: Row[Any]) -> Target:
+def _target(row: Row[Any], earlier: frozenset[str]) -> Target:
     return Target(
         id=row.id,
         channel=row.channel,
@@ -163,4 +207,5 @@ def _target(row: Row[Any]) -> Target:
             row.error_detail,
         ),
         accepted_at=row.accepted_at,
+        earlier=earlier,
     )

@@ -248,6 +248,20 @@ status_history = Table(
     Index("ix_status_history_message_id", "message_id", "wamid", "status", "at", unique=True),
 )
 
+# The earlier sends of a row sent again (fallback, replay, resend): `messages.wamid` is only the
+# current send's. Filled by requeues and by the claim's trigger `messages_send_started` (0010).
+message_sends = Table(
+    "message_sends",
+    metadata,
+    Column("message_id", BigInteger, nullable=False),
+    Column("wamid", Text, nullable=False),
+    Column("sent_as", Text),
+    Column("accepted_at", DateTime(timezone=True)),
+    Column("superseded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("message_id", "wamid"),
+    Index("ix_message_sends_wamid", "wamid"),
+)
+
 # Statuses that named no known message yet (they can overtake the send result's commit): tried
 # again until a horizon, then kept as orphans.
 parked_statuses = Table(

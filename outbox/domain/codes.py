@@ -23,7 +23,10 @@ DELIVERY_RANK = {State.SENT: 1, State.DELIVERED: 2, State.READ: 3}
 class Code(StrEnum):
     """`error_code` values outbox itself writes."""
 
-    EXPIRED = "expired"
+    EXPIRED = "expired"  # expires_at passed before any request for the row left
+    # expires_at passed while a request's outcome was unknown (a lease rescued past the expiry,
+    # an `unknown` row not resent in time): the user may have the message.
+    EXPIRED_UNKNOWN = "expired_unknown"
     WINDOW_CLOSED = "window_closed"
     LEASE_EXPIRED = "lease_expired"
     UNKNOWN_CHANNEL = "unknown_channel"
@@ -45,7 +48,11 @@ class Title(StrEnum):
     """`error_title` values outbox itself writes."""
 
     EXPIRED = "expires_at passed before the message was sent"
-    EXPIRED_WHILE_UNKNOWN = "expires_at passed while the outcome was unknown"
+    EXPIRED_WHILE_UNKNOWN = "expires_at passed while the outcome was unknown: it may have arrived"
+    EXPIRED_IN_FLIGHT = (
+        "the sending process stopped before recording an outcome and expires_at has passed: "
+        "it may have arrived"
+    )
     INVALID = "the message cannot be sent as written"
     WINDOW_CLOSED = "the 24-hour window is closed and the row has no fallback_template"
     WINDOW_CLOSED_FALLBACK_NEXT = "the 24-hour window is closed: sending the fallback_template next"

@@ -9,11 +9,12 @@ delivery stops it unless the operator forces it.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from outbox.domain.codes import Code
 from outbox.domain.models import SentAs, State
 from outbox.domain.window import WindowClosed, choose_content
 
@@ -64,6 +65,17 @@ class Candidate:
 class Decision:
     act: bool
     reason: str  # why not, or what will happen
+    # A request for the row may have reached the API: it may arrive twice. Said in `reason`
+    # too; counted apart for the summary.
+    twice: bool = field(default=False, compare=False)
+
+
+def may_have_arrived(row: Candidate) -> bool:
+    """A request may have reached the API with no evidence either way: an `unknown` row, or one
+    that expired so (`expired_unknown`), unlike a row that expired before any request."""
+    if row.state is State.EXPIRED:
+        return row.error_code == Code.EXPIRED_UNKNOWN
+    return row.state is State.UNKNOWN
 
 
 def decide_replay(
@@ -84,7 +96,8 @@ def decide_replay(
     notes = []
     if row.reached is not None:
         notes.append(f"forced: it was {row.reached}")
-    if row.state is State.UNKNOWN:
+    twice = may_have_arrived(row)
+    if twice:
         notes.append("the first request may have reached the API: may arrive twice")
     content = choose_content(
         row.payload,
@@ -100,7 +113,7 @@ def decide_replay(
         notes.append("window closed: sends the fallback template")
     else:
         notes.append(f"sends as {content.sent_as.value}")
-    return Decision(True, "; ".join(notes))
+    return Decision(True, "; ".join(notes), twice)
 
 
 def decide_cancel(row: Candidate) -> Decision:

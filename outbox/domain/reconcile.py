@@ -43,6 +43,8 @@ class Target:
     has_fallback: bool
     delivery: Delivery
     accepted_at: datetime | None = None
+    # The message ids of the row's earlier sends (outbox.message_sends): never the current one.
+    earlier: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +149,21 @@ class HistoryEntry:
     webhook_event_id: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class EarlierSend:
+    """A send of a row that a requeue ends: its id stays in the row's history."""
+
+    message_id: int
+    wamid: str
+    sent_as: SentAs | None
+    accepted_at: datetime | None
+
+
 @dataclass
 class Plan:
     changes: dict[int, RowChange] = field(default_factory=dict)
     history: list[HistoryEntry] = field(default_factory=list)
+    ended: list[EarlierSend] = field(default_factory=list)  # sends a fallback requeue ended
     park: list[Located] = field(default_factory=list)  # no row yet, or its send not committed
     resolved: list[int] = field(default_factory=list)  # parked ids that found their row
     verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, verdict)
@@ -168,10 +181,10 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
     waits parked like any status naming no known row: a forged `read` must not resolve an
     `unknown` row, whose resend would then never happen.
     """
-    by_wamid = {(t.channel, t.wamid): t for t in targets if t.wamid is not None}
+    by_wamid = {(t.channel, w): t for t in targets for w in _ids(t)}
     by_id = {(t.channel, t.id): t for t in targets}
     # A wamid belongs to one message; a status must not hand it to a second one.
-    owners = {t.wamid: t.id for t in targets if t.wamid is not None}
+    owners = {w: t.id for t in targets for w in _ids(t)}
     plan = Plan()
     rows: dict[int, Target] = {}
     requeued: set[int] = set()
@@ -185,8 +198,8 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
         if found is None:
             _park(plan, located)
             continue
-        target = rows.get(found.id, found)
-        target, verdict = _apply(target, update)
+        before = rows.get(found.id, found)
+        target, verdict = _apply(before, update)
         if verdict == Verdict.NOT_YET:
             _park(plan, located)
             continue
@@ -196,6 +209,8 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
             rows[found.id] = target
             if verdict == FALLBACK:
                 requeued.add(found.id)
+                ended = EarlierSend(found.id, update.wamid, before.sent_as, before.accepted_at)
+                plan.ended.append(ended)
             if target.wamid is not None:
                 # Later statuses in this batch that carry only the wamid find the row too.
                 by_wamid[(located.channel, target.wamid)] = found
@@ -224,6 +239,21 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
     return plan
 
 
+def _ids(target: Target) -> set[str]:
+    """Every message id a status may name the row by: its current send's and its earlier ones."""
+    return set(target.earlier) | ({target.wamid} if target.wamid is not None else set())
+
+
+def _earlier_send(target: Target, wamid: str) -> bool:
+    """Whether a status with this `wamid` is about a send of the row before its current one: a
+    recorded earlier id, any id of a row waiting in the queue to go out again, or an id the row
+    never had while it has another (a send whose answer was lost). A row with no id takes it:
+    a status found by the outbox id belongs to its current send."""
+    if wamid == target.wamid:
+        return target.delivery.state is State.QUEUED
+    return wamid in target.earlier or target.wamid is not None
+
+
 def _park(plan: Plan, located: Located) -> None:
     plan.park.append(located)
     plan.verdicts[(located.channel, "parked")] += 1
@@ -234,10 +264,7 @@ def _apply(target: Target, update: StatusUpdate) -> tuple[Target, str]:
     if verdict == Verdict.NOT_YET:
         # Its send answer is not committed yet (it may bring this very wamid): wait for it.
         return target, verdict
-    if target.wamid is not None and update.wamid != target.wamid:
-        return target, SUPERSEDED
-    if target.delivery.state is State.QUEUED and target.wamid is not None:
-        # The row waits to go out again (as its fallback): this is about the earlier send.
+    if _earlier_send(target, update.wamid):
         return target, SUPERSEDED
     if verdict == Verdict.WINDOW_CLOSED:
         return _window_closed(target, update)
@@ -259,7 +286,14 @@ def _window_closed(target: Target, update: StatusUpdate) -> tuple[Target, str]:
             error_title=refused.title,
             error_detail=detail,
         )
-        requeued = replace(target, delivery=delivery, wamid=update.wamid, sent_as=refused.sent_as)
+        # The refused send's id stays on the queued row (as an earlier send's) until the claim.
+        requeued = replace(
+            target,
+            delivery=delivery,
+            wamid=update.wamid,
+            sent_as=refused.sent_as,
+            earlier=target.earlier | {update.wamid},
+        )
         return requeued, FALLBACK
     if current.state is State.FAILED and current.error_code == Code.WINDOW_CLOSED:
         return target, Verdict.DUPLICATE

@@ -49,6 +49,7 @@ class Tally:
     chosen: list[int] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     changed: int = 0  # decided to act, but the row changed before the write
+    twice: int = 0  # decided to act on a row a request may already have reached the API for
     shown: list[tuple[Candidate, Decision]] = field(default_factory=list)
     unshown: int = 0
 
@@ -59,6 +60,7 @@ class Tally:
     def row(self, candidate: Candidate, decision: Decision) -> None:
         if decision.act:
             self.chosen.append(candidate.id)
+            self.twice += decision.twice
         else:
             self.skipped[decision.reason] += 1
         if len(self.shown) >= self.show:

@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.db.housekeeping import HousekeepingStore
+from outbox.db.messages import MessageStore
 from outbox.db.operator_store import OperatorStore
 from outbox.domain.models import State
+from outbox.domain.ratelimit import Limits
 from outbox.ports import Selector
 from outbox.sandbox import Sandbox
 from tests.support import (
@@ -38,6 +41,7 @@ TEMPLATE = {"type": "template", "template": {"name": "t", "language": {"code": "
 TEXT = {"type": "text", "text": {"body": "hi"}}
 R1 = "4915100000001"
 REFUSED = "it was {} per its status history (--force sends it)"
+LIMITS = Limits(rate=1000, burst=1000)
 
 
 async def _seed(db_url: str, state: str, *, payload: str = _TEMPLATE, **columns: str) -> int:
@@ -413,6 +417,40 @@ async def test_rows_past_their_expiry_need_a_new_one(db_url: str, config: Path) 
         db_url, "SELECT expires_at FROM outbox.messages WHERE id = $1", still_ahead
     )
     assert same == kept
+
+
+async def test_the_otp_recipe_warns_about_a_row_rescued_past_its_expiry(
+    db_url: str, config: Path, engine: AsyncEngine
+) -> None:
+    """README, "Replaying failed sends": OTPs that expired while the channel was paused. A row
+    whose sender died with its request on the wire after its expiry may have arrived: the replay
+    says so, and the recipe's `--error-code expired` leaves it out."""
+    rescued = await insert(db_url, "cloud", R1, TEXT, expires_at=datetime.now(UTC))
+    claim = await MessageStore(engine).claim("cloud", 1, "died", timedelta(0), LIMITS)
+    assert [m.id for m in claim.messages] == [rescued]
+    assert [s.id for s in await HousekeepingStore(engine).rescue_expired_leases()] == [rescued]
+    never_sent = await _put(
+        db_url, "expired", error_code="'expired'", expires_at="now() - interval '1 minute'"
+    )
+    selected = ["--channel", "cloud", "--state", "expired", "--since", "1h", "--expires-in", "10m"]
+
+    code, out, err = await _cli(config, "replay", *selected, "--dry-run")
+    assert code == 0, err
+    assert _listed(out) == {
+        rescued: (
+            "replay",
+            "the first request may have reached the API: may arrive twice; sends as freeform",
+        ),
+        never_sent: ("replay", "sends as template"),
+    }
+    assert "would replay: 2" in out
+    assert "of these, may arrive twice (a request may have reached the API): 1" in out
+
+    code, out, err = await _cli(config, "replay", *selected, "--error-code", "expired")
+    assert code == 0, err
+    assert set(_listed(out)) == {never_sent}
+    assert "replayed: 1" in out
+    assert await _states(db_url, rescued, never_sent) == ["expired", "queued"]
 
 
 # End to end: the daemon sends replayed rows again

@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db.housekeeping import RESCUE_LEASES, HousekeepingStore
+from outbox.db.housekeeping import RESCUE_LEASES, RESCUE_PARAMS, HousekeepingStore
 from outbox.db.messages import MessageStore
-from outbox.domain.codes import Code, Title
 from outbox.domain.models import SendResult, State
 from outbox.domain.ratelimit import Limits
 from outbox.sandbox import Sandbox
@@ -36,12 +35,7 @@ async def _claimed(db_url: str, engine: AsyncEngine, count: int) -> list[int]:
 async def _rescue_now(engine: AsyncEngine, ids: list[int]) -> list[int]:
     """Let the leases of `ids` run out and rescue them, in one transaction: nothing (a renewal)
     can come between."""
-    params = {
-        "limit": 1000,
-        "expired": Code.EXPIRED.value,
-        "lease_expired": Code.LEASE_EXPIRED.value,
-        "title": Title.LEASE_EXPIRED.value,
-    }
+    params = {"limit": 1000, **RESCUE_PARAMS}
     async with engine.begin() as connection:
         await connection.execute(
             text(

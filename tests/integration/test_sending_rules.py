@@ -436,8 +436,11 @@ async def test_unknown_row_past_expires_at_expires_instead_of_resend(
         await asyncio.sleep(0.3)
 
     stored = await row(db_url, message_id)
-    assert stored["state"] == "expired"
-    assert stored["error_title"] == "expires_at passed while the outcome was unknown"
+    assert (stored["state"], stored["error_code"]) == ("expired", "expired_unknown")
+    assert (
+        stored["error_title"]
+        == "expires_at passed while the outcome was unknown: it may have arrived"
+    )
     assert stored["wamid"] is None
     assert len(api.message_requests()) == 1
 

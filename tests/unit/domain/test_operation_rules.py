@@ -92,6 +92,27 @@ def test_replay_by_state(state: State, expected: tuple[bool, str]) -> None:
     assert replay(candidate(state=state)) == Decision(*expected)
 
 
+# (state, error_code, twice): a row a request may have reached the API for, with no evidence
+# either way, is replayed with a warning; a row that expired before any request is not.
+TWICE = [
+    (State.UNKNOWN, "no_response", True),
+    (State.UNKNOWN, "lease_expired", True),
+    (State.EXPIRED, "expired_unknown", True),
+    (State.EXPIRED, "expired", False),
+    (State.FAILED, "131026", False),
+]
+
+
+@pytest.mark.parametrize(("state", "error_code", "twice"), TWICE)
+def test_a_row_whose_request_may_have_arrived_may_arrive_twice(
+    state: State, error_code: str, twice: bool
+) -> None:
+    decision = replay(candidate(state=state, error_code=error_code))
+    assert decision.act
+    assert decision.twice is twice
+    assert (UNKNOWN_NOTE in decision.reason) is twice
+
+
 # Forcing overrides delivery evidence only; it never makes a state replayable.
 @pytest.mark.parametrize("state", sorted(set(State) - REPLAYABLE), ids=str)
 def test_force_does_not_widen_the_states(state: State) -> None:

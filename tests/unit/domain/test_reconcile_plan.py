@@ -17,6 +17,7 @@ from outbox.domain.outcome import WINDOW_CLOSED, WINDOW_CLOSED_TITLE
 from outbox.domain.reconcile import (
     FALLBACK,
     SUPERSEDED,
+    EarlierSend,
     HistoryEntry,
     Located,
     RowChange,
@@ -96,6 +97,7 @@ class Case:
     park: list[Located] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)
     verdicts: dict[tuple[str, str], int] = field(default_factory=dict)
+    ended: list[EarlierSend] = field(default_factory=list)
 
 
 ACCEPTED = Delivery(State.ACCEPTED)
@@ -115,6 +117,14 @@ R470_LATE = status("W", "failed", T3, code=470, title="Re-engagement")
 R470_EARLY = status("W", "failed", T1, code=470, title="Re-engagement")
 FAILED_W = status("W", "failed", T2, code=131026, title="Undeliverable", detail="d")
 PARKED = located(SENT_W, event=None, parked_id=5)
+
+
+# The free-form send a window refusal ended, kept in the row's history.
+W_ENDED = EarlierSend(1, "W", SentAs.FREEFORM, None)
+
+
+def earlier(target: Target, *ids: str) -> Target:
+    return replace(target, earlier=frozenset(ids))
 
 
 def applied(update: StatusUpdate, message_id: int = 1) -> HistoryEntry:
@@ -270,6 +280,55 @@ CASES: dict[str, Case] = {
         history=[entry(status("NEW", "sent", outbox_id=1), SUPERSEDED)],
         verdicts={("a", SUPERSEDED): 1},
     ),
+    # --- a row sent again: its earlier sends' ids (outbox.message_sends) are not its current
+    "unknown after a resend, a status of an earlier send by its wamid: superseded": Case(
+        [located(status("OLD", "sent"))],
+        [earlier(row(1, None, Delivery(State.UNKNOWN)), "OLD")],
+        history=[entry(status("OLD", "sent"), SUPERSEDED)],
+        verdicts={("a", SUPERSEDED): 1},
+    ),
+    "unknown after a resend, an earlier send's status by outbox id: superseded": Case(
+        [located(status("OLD", "read", outbox_id=1))],
+        [earlier(row(1, None, Delivery(State.UNKNOWN)), "OLD")],
+        history=[entry(status("OLD", "read", outbox_id=1), SUPERSEDED)],
+        verdicts={("a", SUPERSEDED): 1},
+    ),
+    "unknown after a resend, the new send's status by outbox id: settles the row": Case(
+        [located(SENT_W_BY_ID)],
+        [earlier(row(1, None, Delivery(State.UNKNOWN)), "OLD")],
+        {1: RowChange(SENT, "W", SentAs.FREEFORM)},
+        [applied(SENT_W_BY_ID)],
+        verdicts={("a", "applied"): 1},
+    ),
+    "accepted after a resend, an earlier send's late status: superseded": Case(
+        [located(status("OLD", "delivered", T2))],
+        [earlier(row(1, "W", ACCEPTED), "OLD")],
+        history=[entry(status("OLD", "delivered", T2), SUPERSEDED)],
+        verdicts={("a", SUPERSEDED): 1},
+    ),
+    "an earlier id of one row, with another row's outbox id: the row that had it": Case(
+        [located(status("OLD", "sent", outbox_id=2))],
+        [earlier(row(1, "W", SENT), "OLD"), row(2, None, Delivery(State.UNKNOWN))],
+        history=[entry(status("OLD", "sent", outbox_id=2), SUPERSEDED)],
+        verdicts={("a", SUPERSEDED): 1},
+    ),
+    "a window refusal by an earlier send's id: superseded, no second fallback": Case(
+        [located(replace(R470, wamid="OLD"))],
+        [
+            earlier(
+                row(
+                    1,
+                    None,
+                    Delivery(State.UNKNOWN),
+                    sent_as=SentAs.FALLBACK_TEMPLATE,
+                    fallback=True,
+                ),
+                "OLD",
+            )
+        ],
+        history=[entry(replace(R470, wamid="OLD"), SUPERSEDED)],
+        verdicts={("a", SUPERSEDED): 1},
+    ),
     # --- delivery progress (delivery.merge)
     "delivered after sent": Case(
         [located(DELIVERED_W)],
@@ -348,6 +407,7 @@ CASES: dict[str, Case] = {
         {1: requeued(SENT, 470, "Re-engagement")},
         [entry(R470, FALLBACK)],
         verdicts={("a", FALLBACK): 1},
+        ended=[W_ENDED],
     ),
     "131047 on an accepted freeform row with a fallback": Case(
         [located(R131047)],
@@ -355,6 +415,7 @@ CASES: dict[str, Case] = {
         {1: requeued(ACCEPTED, 131047, "Re-engagement")},
         [entry(R131047, FALLBACK)],
         verdicts={("a", FALLBACK): 1},
+        ended=[W_ENDED],
     ),
     "470 by outbox id on an unknown freeform row with a fallback": Case(
         [located(replace(R470, outbox_id=1))],
@@ -362,6 +423,7 @@ CASES: dict[str, Case] = {
         {1: requeued(Delivery(State.UNKNOWN), 470, "Re-engagement")},
         [entry(replace(R470, outbox_id=1), FALLBACK)],
         verdicts={("a", FALLBACK): 1},
+        ended=[W_ENDED],
     ),
     "470 then more statuses of that send in the batch: superseded": Case(
         [located(R470), located(R131047), located(DELIVERED_W)],
@@ -369,6 +431,7 @@ CASES: dict[str, Case] = {
         {1: requeued(SENT, 470, "Re-engagement")},
         [entry(R470, FALLBACK), entry(R131047, SUPERSEDED), entry(DELIVERED_W, SUPERSEDED)],
         verdicts={("a", FALLBACK): 1, ("a", SUPERSEDED): 2},
+        ended=[W_ENDED],
     ),
     "470 on a freeform row without fallback: failed": Case(
         [located(R470)],
@@ -601,6 +664,7 @@ def test_plan(case: Case) -> None:
     assert plan.park == case.park
     assert plan.resolved == case.resolved
     assert dict(plan.verdicts) == case.verdicts
+    assert plan.ended == case.ended
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
