@@ -17,7 +17,7 @@ replaced trigger functions. The release before runs on it (its order checks, per
 are stricter than the lines).
 
 Revision ID: 0011
-Revises: 0009 (the lead relinks it onto 0010, written at the same time)
+Revises: 0010
 Create Date: 2026-12-06
 """
 
@@ -29,11 +29,11 @@ from alembic import op
 from outbox.db.migrate import declare_compatibility, forget_compatibility
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 # Additive: the release before still runs on this schema.
-compatible_with = "0009"
+compatible_with = "0010"
 
 _OPEN = "state IN ('queued', 'sending', 'unknown')"
 _DIGITS = "regexp_replace({}, '[^0-9]', '', 'g')"
