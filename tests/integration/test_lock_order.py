@@ -36,8 +36,7 @@ async def test_a_result_write_waits_for_the_reconciler_without_deadlocking(
         transaction = reconciler.transaction()
         await transaction.start()
         # The reconciler's statement (LOCK_TARGETS) locks in id order; here it has the first.
-        lock = str(LOCK_TARGETS).replace("ANY(:wamids)", "ANY($1::text[])")
-        lock = lock.replace("ANY(:ids)", "ANY($2::bigint[])")
+        lock = str(LOCK_TARGETS).replace(":wamids", "$1::text[]").replace(":ids", "$2::bigint[]")
         await reconciler.fetch(lock, [], [low])
         writing = asyncio.create_task(store.complete(results, "w"))
         await asyncio.sleep(0.3)  # the write is under way, blocked on the low row
