@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import codecs
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -101,8 +102,28 @@ class ApiClient:
         return parse_send_response(status, _decode(raw), retry_after)
 
 
+# A JSON reader may ignore a byte order mark (RFC 8259 §8.1), and a mark names its encoding.
+# An answer is not refused for one as a webhook body is: read as no answer at all, a success
+# would be sent again. Longest first: UTF-32 LE's mark begins with UTF-16 LE's.
+_MARKS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
 def _decode(raw: bytes) -> Any:
+    """The answer's JSON, or its text when it is not JSON."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw.decode("utf-8", errors="replace")
+        pass
+    codec = next((c for mark, c in _MARKS if raw.startswith(mark)), "utf-8")
+    if codec != "utf-8":
+        try:
+            return orjson.loads(raw.decode(codec))
+        except (UnicodeDecodeError, orjson.JSONDecodeError):
+            pass
+    return raw.decode(codec, errors="replace")
