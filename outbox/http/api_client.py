@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import codecs
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -102,28 +102,17 @@ class ApiClient:
         return parse_send_response(status, _decode(raw), retry_after)
 
 
-# A JSON reader may ignore a byte order mark (RFC 8259 §8.1), and a mark names its encoding.
-# An answer is not refused for one as a webhook body is: read as no answer at all, a success
-# would be sent again. Longest first: UTF-32 LE's mark begins with UTF-16 LE's.
-_MARKS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
-
-
 def _decode(raw: bytes) -> Any:
     """The answer's JSON, or its text when it is not JSON."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
-    codec = next((c for mark, c in _MARKS if raw.startswith(mark)), "utf-8")
-    if codec != "utf-8":
-        try:
-            return orjson.loads(raw.decode(codec))
-        except (UnicodeDecodeError, orjson.JSONDecodeError):
-            pass
-    return raw.decode(codec, errors="replace")
+    # orjson is strict where an answer can still be JSON, and a success read as no answer is
+    # sent again. The standard decoder takes a byte order mark (RFC 8259 §8.1) and UTF-16 or
+    # UTF-32 behind one, lone surrogates (cleaned later, `parsing.storable`), numbers beyond a
+    # double and nesting to several hundred levels. Only answers orjson refused pay for it.
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw.decode("utf-8", errors="replace")
