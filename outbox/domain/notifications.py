@@ -18,8 +18,6 @@ from outbox.domain import parsing
 _FLAT_KEYS = ("messages", "statuses", "errors", "contacts")
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _OUTBOX_ID = re.compile(r"outbox:([1-9][0-9]{0,18})")
-# Bounded so that str(code) can never hit Python's int-to-str digit limit downstream.
-_CODE_LIMIT = 10**9
 _MAX_BIGINT = 2**63 - 1  # outbox.messages.id is a PostgreSQL bigint
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second `datetime` can hold
 # Real message ids are under 100 characters and statuses one word; longer values are not
@@ -219,7 +217,7 @@ def _error_fields(error: dict[Any, Any]) -> tuple[int | None, str | None, str | 
         or parsing.text(error.get("details"))
     )
     return (
-        parsing.error_code(error.get("code"), below=_CODE_LIMIT),
+        parsing.error_code(error.get("code")),
         parsing.text(error.get("title"), _MAX_TEXT),
         parsing.text(detail, _MAX_TEXT),
     )

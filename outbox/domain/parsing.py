@@ -9,19 +9,22 @@ from __future__ import annotations
 import re
 
 _CODE = re.compile(r"[0-9]{1,9}")
+# Integer codes are held to what a string may spell (nine digits): no API code is negative or
+# longer, and a bounded one can never hit Python's int-to-str digit limit downstream.
+CODE_LIMIT = 10**9
 _WHITESPACE = re.compile(r"\s")
 # A lone surrogate: Python strings may hold one (from `\\ud800` in JSON), UTF-8 cannot.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def error_code(value: object, *, below: int | None = None) -> int | None:
-    """An API error code: an integer, or one to nine digits in a string (spaces around them
-    allowed). A bool is not a number. With `below`, integers outside [0, below) are refused."""
+def error_code(value: object, *, below: int = CODE_LIMIT) -> int | None:
+    """An API error code: an integer in [0, below), or one to nine digits in a string (spaces
+    around them allowed). A bool is not a number; anything else is no code at all."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str) and _CODE.fullmatch(value.strip()):
         return int(value)
-    if isinstance(value, int) and (below is None or 0 <= value < below):
+    if isinstance(value, int) and 0 <= value < below:
         return value
     return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -102,7 +103,16 @@ class ApiClient:
 
 
 def _decode(raw: bytes) -> Any:
+    """The answer's JSON, or its text when it is not JSON."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
+        pass
+    # orjson is strict where an answer can still be JSON, and a success read as no answer is
+    # sent again. The standard decoder takes a byte order mark (RFC 8259 §8.1) and UTF-16 or
+    # UTF-32 behind one, lone surrogates (cleaned later, `parsing.storable`), numbers beyond a
+    # double and nesting to several hundred levels. Only answers orjson refused pay for it.
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
         return raw.decode("utf-8", errors="replace")

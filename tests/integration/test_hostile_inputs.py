@@ -2,7 +2,8 @@
 
 (a) producer rows: any jsonb, any text, odd priorities and times, drained by a real daemon
 against the sandbox; (b) API answers: any bytes, status, headers, sizes and encodings from a
-loopback server, through the real client, parser, verdict and result write; (c) webhook bodies:
+loopback server, through the real client, parser, verdict and result write (in
+`test_hostile_answers.py`, its generators in `tests/answers.py`); (c) webhook bodies:
 any JSON, encodings, depths and status counts posted to the real receiver, then reconciled.
 
 Examples are derandomized so that a run is repeatable; the minimal examples of the defects these

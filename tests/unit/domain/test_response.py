@@ -264,6 +264,14 @@ def test_non_2xx_with_a_message_id_is_not_accepted() -> None:
         pytest.param({"errors": [{"code": "-5", "title": "t"}]}, None, "t", None, id="negative"),
         pytest.param({"errors": [{"code": "²", "title": "t"}]}, None, "t", None, id="superscript"),
         pytest.param({"errors": [{"code": 0, "title": "t"}]}, 0, "t", None, id="zero"),
+        # Found by the answers property (issue 14): integers were taken whatever their size.
+        pytest.param({"errors": [{"code": -5, "title": "t"}]}, None, "t", None, id="int-negative"),
+        pytest.param(
+            {"error": {"code": 10**9, "message": "m"}}, None, "m", None, id="int-10-digits"
+        ),
+        pytest.param(
+            {"error": {"code": 10**9 - 1, "message": "m"}}, 10**9 - 1, "m", None, id="int-9-digits"
+        ),
         pytest.param({"errors": [{"code": 1}]}, 1, "error", None, id="no-title"),
         pytest.param({"errors": ["boom"]}, None, "error", None, id="error-not-object"),
         pytest.param(
