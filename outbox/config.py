@@ -88,6 +88,13 @@ class ChannelConfig:
     replay_share: float = field(
         default=0.2, metadata={"max": 1}
     )  # share of the rate replayed rows get while live rows wait
+    # Where the number lives at Meta and 360dialog: partner- and WABA-level webhooks
+    # (POST /webhooks) are routed by these, and the Partner API manages the channel's keys by
+    # 360dialog's channel id. All optional: a single company's file channels need none.
+    phone_number_id: str | None = None
+    waba_id: str | None = None
+    partner_channel_id: str | None = None
+    client_id: str | None = None  # the partner's client (tenant) the number belongs to
 
     def webhook_origin(self) -> WebhookOrigin:
         if self.webhook_username is not None and self.webhook_password is not None:

@@ -237,9 +237,10 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
     api_key = _secret(entry, "api_key", where, env)
     if api_key is None:
         raise ConfigError(f"{where}: api_key_env or api_key_file is required")
-    namespace = entry.get("namespace")
-    if namespace is not None and (not isinstance(namespace, str) or not namespace):
-        raise ConfigError(f"{where}.namespace must be a non-empty string")
+    namespace, phone_number_id, waba_id, partner_channel_id, client_id = (
+        _optional_text(entry, name, where)
+        for name in ("namespace", "phone_number_id", "waba_id", "partner_channel_id", "client_id")
+    )
     username = _secret(entry, "webhook_username", where, env)
     password = _secret(entry, "webhook_password", where, env)
     if (username is None) != (password is None):
@@ -267,7 +268,18 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
         burst=_number(1.0, entry, "burst", where),
         max_in_flight=_number(1, entry, "max_in_flight", where),
         replay_share=_number(0.2, entry, "replay_share", where),
+        phone_number_id=phone_number_id,
+        waba_id=waba_id,
+        partner_channel_id=partner_channel_id,
+        client_id=client_id,
     )
+
+
+def _optional_text(entry: dict[str, Any], name: str, where: str) -> str | None:
+    value = entry.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}.{name} must be a non-empty string")
+    return value
 
 
 def _number(kind: Any, entry: dict[str, Any], name: str, where: str) -> Any:

@@ -361,6 +361,8 @@ def expect_error(tmp_path: Path, text: str, env: dict[str, str], *fragments: str
             id="webhook-user-env-not-set",
         ),
         pytest.param(DB + channel(namespace=""), ["namespace"], id="empty-namespace"),
+        pytest.param(DB + channel(waba_id=""), ["waba_id"], id="empty-waba-id"),
+        pytest.param(DB + channel(phone_number_id=7), ["phone_number_id"], id="number-not-text"),
         pytest.param(
             'database_url = "mysql://u@h/db"\n' + channel(), ["database_url"], id="mysql-url"
         ),
@@ -653,3 +655,27 @@ def test_what_a_channel_does_with_webhooks(
         webhook_auth=auth,
     )
     assert configured.webhook_origin() is expected
+
+
+def test_where_the_number_lives_is_read_when_given(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        DB
+        + channel(
+            phone_number_id="106540352242922",
+            waba_id="102290129340398",
+            partner_channel_id="Z5ZvNvCH",
+            client_id="acme",
+        ),
+    )
+    shop = settings.channel("shop-de")
+    assert shop is not None
+    assert (shop.phone_number_id, shop.waba_id, shop.partner_channel_id, shop.client_id) == (
+        "106540352242922",
+        "102290129340398",
+        "Z5ZvNvCH",
+        "acme",
+    )
+    bare = load(tmp_path, DB + channel()).channel("shop-de")
+    assert bare is not None
+    assert (bare.phone_number_id, bare.client_id) == (None, None)

@@ -1,0 +1,70 @@
+"""What the services need from the world, and the values it hands back.
+
+Services import these Protocols, never `outbox.db`, `outbox.http`, SQLAlchemy or aiohttp; the
+composition root (`outbox.app`) passes in the adapters that satisfy them, and tests pass fakes.
+Adapters raise only `outbox.errors` kinds: `DatabaseUnavailable` (wait, try again) or
+`StatementRejected` (this input will fail again). One module per part of the daemon; this
+package re-exports them all, so `from outbox.ports import X` names any of them.
+"""
+
+from __future__ import annotations
+
+from outbox.ports.clock import Clock, Monotonic, utc_now
+from outbox.ports.gauges import GaugeReader, Sample, SampleObserver
+from outbox.ports.operations import Applied, OperatorRows, RetentionRows, Selector
+from outbox.ports.reconciling import (
+    ParkedBatch,
+    ReconcileObserver,
+    ReconcileStore,
+    StatusWrites,
+    WebhookBatch,
+)
+from outbox.ports.registry import ChannelRegistry, RegisteredChannel
+from outbox.ports.sending import (
+    LINES_START,
+    Api,
+    Attempt,
+    ChannelStates,
+    Housekeeping,
+    LeaseRenewals,
+    LineCursor,
+    MessageLeases,
+    NullSendObserver,
+    Renewed,
+    ResultSink,
+    SendObserver,
+    Settled,
+)
+
+__all__ = [
+    "LINES_START",
+    "Api",
+    "Applied",
+    "Attempt",
+    "ChannelRegistry",
+    "ChannelStates",
+    "Clock",
+    "GaugeReader",
+    "Housekeeping",
+    "LeaseRenewals",
+    "LineCursor",
+    "MessageLeases",
+    "Monotonic",
+    "NullSendObserver",
+    "OperatorRows",
+    "ParkedBatch",
+    "ReconcileObserver",
+    "ReconcileStore",
+    "RegisteredChannel",
+    "Renewed",
+    "ResultSink",
+    "RetentionRows",
+    "Sample",
+    "SampleObserver",
+    "Selector",
+    "SendObserver",
+    "Settled",
+    "StatusWrites",
+    "WebhookBatch",
+    "utc_now",
+]

@@ -1,0 +1,33 @@
+"""What the channel workflows (onboarding, key rotation) need from the channel registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from outbox.config import ChannelConfig, Secret
+
+
+@dataclass(frozen=True)
+class RegisteredChannel:
+    """One channel as the registry (`outbox.channels`) holds it."""
+
+    config: ChannelConfig
+    enabled: bool
+    from_file: bool  # a `[[channels]]` entry of the config file: read-only in the registry
+
+
+class ChannelRegistry(Protocol):
+    """Channels every replica sends for. The adapter seals API keys (encrypts them under the
+    master key) before they are stored; callers hand over and get back `Secret`s."""
+
+    async def get(self, channel_id: str) -> RegisteredChannel | None: ...
+
+    async def by_partner_channel(self, partner_channel_id: str) -> RegisteredChannel | None: ...
+
+    async def add(self, channel: ChannelConfig, *, enabled: bool) -> None:
+        """Raises `StatementRejected` if the id is taken."""
+
+    async def set_api_key(self, channel_id: str, api_key: Secret) -> None: ...
+
+    async def set_enabled(self, channel_id: str, enabled: bool) -> None: ...
