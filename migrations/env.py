@@ -36,7 +36,12 @@ def run_migrations(connection: Connection) -> None:
 
 
 async def _run_standalone() -> None:
-    dsn = os.environ.get("OUTBOX_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
+    # Behind PgBouncer the direct URL, as `outbox migrate` uses it (README, "Behind PgBouncer").
+    dsn = (
+        os.environ.get("OUTBOX_LISTEN_DATABASE_URL")
+        or os.environ.get("OUTBOX_DATABASE_URL")
+        or config.get_main_option("sqlalchemy.url")
+    )
     if not dsn:
         raise SystemExit("set OUTBOX_DATABASE_URL to the database to migrate")
     engine = create_engine(dsn, pool_size=1, role="migrate")

@@ -97,7 +97,7 @@ async def run(
     hangup = _Hangup(reload) if reload is not None else None
     if hangup is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.signalled)
-    engine = create_engine(settings.database_url, pool_size=8)
+    engine = create_engine(settings.database_url, pool_size=8, pooler=settings.database.pooler)
     runner: web.AppRunner | None = None
     try:
         schema = await check_database(engine)
@@ -140,8 +140,14 @@ async def run(
                 )
                 wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
                 tasks["reconciler"] = reconciler.run(stop)
-            if wake:
-                tasks["listener"] = NotifyListener(settings.database_url, wake).run(stop)
+            listen_url = settings.listen_url()
+            if wake and listen_url is not None:
+                tasks["listener"] = NotifyListener(listen_url, wake).run(stop)
+            elif wake:
+                log.warning(
+                    "outbox.listener.off",
+                    reason='pooler = "pgbouncer" and no listen_database_url: polling only',
+                )
             if hangup is not None:
                 hangup.ready(channels, sender)
             log.info(

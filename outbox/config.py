@@ -176,6 +176,22 @@ class MetricsConfig:
     dlr_lookback: timedelta = timedelta(days=7)
 
 
+# --- Behind PgBouncer (issue 16) ---
+class Pooler(StrEnum):
+    """What sits between the daemon and PostgreSQL on `database_url`."""
+
+    # PostgreSQL itself, or a pooler that keeps a client's session (PgBouncer in session mode).
+    NONE = "none"
+    # PgBouncer in transaction mode: each transaction may run on another server session, so no
+    # prepared statement, LISTEN or session setting may outlive its transaction.
+    PGBOUNCER = "pgbouncer"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    pooler: Pooler = Pooler.NONE
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(repr=False)  # may hold a password
@@ -186,6 +202,24 @@ class Settings:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: str = "info"
     log_format: str = "auto"  # auto: JSON unless stderr is a terminal
+    # Behind PgBouncer: a direct URL to PostgreSQL for what needs a session of its own.
+    listen_database_url: str | None = field(default=None, repr=False)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+
+    def listen_url(self) -> str | None:
+        """Where the NOTIFY listener connects; None: nowhere, the daemon polls. A transaction
+        pooler hands the session that ran LISTEN to other clients after the statement, so the
+        notifications would go to them (or nowhere) while the listener looked healthy."""
+        if self.listen_database_url is not None:
+            return self.listen_database_url
+        return None if self.database.pooler is Pooler.PGBOUNCER else self.database_url
+
+    def direct_database(self) -> tuple[str, Pooler]:
+        """The URL `outbox migrate` uses, and what is in front of it: migrations hold a session
+        for minutes (CREATE INDEX CONCURRENTLY), which belongs on a direct connection."""
+        if self.listen_database_url is not None:
+            return self.listen_database_url, Pooler.NONE
+        return self.database_url, self.database.pooler
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.id == channel_id), None)

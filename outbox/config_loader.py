@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from outbox.config import (
     ChannelConfig,
+    DatabaseConfig,
     HttpConfig,
     MetricsConfig,
     ReconcilerConfig,
@@ -57,15 +58,19 @@ def load_settings(
     sender = _section(top.pop("sender", {}), "sender")
     reconciler = _section(top.pop("reconciler", {}), "reconciler")
     metrics = _section(top.pop("metrics", {}), "metrics")
+    database = _section(top.pop("database", {}), "database")
     channels_raw = top.pop("channels", [])
     database_url = _top_level(top, env, "database_url", None)
     log_level = _top_level(top, env, "log_level", "info")
     log_format = _top_level(top, env, "log_format", "auto")
+    listen_database_url = _top_level(top, env, "listen_database_url", None)
     if top:
         raise ConfigError(f"unknown configuration key: {sorted(top)[0]}")
     if not isinstance(database_url, str) or not database_url:
         raise ConfigError("database_url is required (or set OUTBOX_DATABASE_URL)")
     validate_database_url(database_url)
+    if listen_database_url is not None:
+        validate_database_url(listen_database_url, "listen_database_url")
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
     if log_format not in _LOG_FORMATS:
@@ -90,6 +95,8 @@ def load_settings(
         metrics=_dataclass_from(MetricsConfig, metrics, "metrics", env),
         log_level=log_level,
         log_format=log_format,
+        listen_database_url=listen_database_url,
+        database=_dataclass_from(DatabaseConfig, database, "database", env),
     )
 
 
@@ -99,11 +106,11 @@ def _top_level(top: dict[str, Any], env: Mapping[str, str], key: str, default: A
     return env.get(f"{ENV_PREFIX}{key.upper()}") or in_file
 
 
-def validate_database_url(url: str) -> None:
-    scheme = urlsplit(url).scheme
+def validate_database_url(url: Any, key: str = "database_url") -> None:
+    scheme = urlsplit(url).scheme if isinstance(url, str) else None
     if scheme not in ("postgresql", "postgres"):
         raise ConfigError(
-            "database_url must be a libpq URL starting with postgresql:// "
+            f"{key} must be a libpq URL starting with postgresql:// "
             f"(got a {scheme or 'schemeless'} URL)"
         )
 
@@ -144,6 +151,8 @@ def _coerce(default: Any, value: Any, key: str, limits: Mapping[str, Any]) -> An
         timedelta: lambda v: timedelta(seconds=_positive(float, allow_zero=allow_zero)(v)),
         str: _text,
     }
+    if isinstance(default, StrEnum):
+        return _member(type(default), value, key)
     try:
         return converters[type(default)](value)
     except OverflowError:
@@ -294,11 +303,15 @@ def _number(kind: Any, entry: dict[str, Any], name: str, where: str) -> Any:
 
 
 def _choice(kind: type[E], value: Any, where: str, name: str) -> E:
+    return _member(kind, value, f"{where}.{name}")
+
+
+def _member(kind: type[E], value: Any, key: str) -> E:
     try:
         return kind(value)
     except ValueError:
         allowed = " or ".join(repr(v.value) for v in kind)
-        raise ConfigError(f"{where}.{name} must be {allowed}") from None
+        raise ConfigError(f"{key} must be {allowed}") from None
 
 
 def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]) -> Secret | None:

@@ -71,7 +71,9 @@ def _migrate(args: argparse.Namespace) -> int:
     loaded = settings(args, need_channels=False)
 
     async def main(_: asyncio.Event) -> int:
-        engine = create_engine(loaded.database_url, pool_size=1, role="migrate")
+        # Behind PgBouncer, on the direct URL (listen_database_url) when there is one.
+        url, pooler = loaded.direct_database()
+        engine = create_engine(url, pool_size=1, role="migrate", pooler=pooler)
         try:
             before = await migrate.current_revision(engine)
             if before is not None and before not in migrate.code_revisions():
@@ -99,7 +101,9 @@ def _check(args: argparse.Namespace) -> int:
     print(f"configuration: ok ({len(loaded.channels)} channels)")
 
     async def main(_: asyncio.Event) -> int:
-        engine = create_engine(loaded.database_url, pool_size=1, role="check")
+        engine = create_engine(
+            loaded.database_url, pool_size=1, role="check", pooler=loaded.database.pooler
+        )
         try:
             schema = await app.check_database(engine)
         finally:

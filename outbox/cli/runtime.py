@@ -66,7 +66,9 @@ def with_engine(
     loaded = settings(args, need_channels=False)
 
     async def main(_: asyncio.Event) -> int:
-        engine = create_engine(loaded.database_url, pool_size=1, role="admin")
+        engine = create_engine(
+            loaded.database_url, pool_size=1, role="admin", pooler=loaded.database.pooler
+        )
         try:
             await app.check_database(engine)
             return await use(engine, loaded)
