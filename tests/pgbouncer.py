@@ -23,7 +23,7 @@ import pytest
 
 # CI (.ci/run) sets this: there the tests must run, a missing binary is a failure, not a skip.
 REQUIRED = os.environ.get("OUTBOX_REQUIRE_PGBOUNCER") == "1"
-SERVER_POOL_SIZE = 2  # server sessions per database and user
+SERVER_POOL_SIZE = 3  # server sessions per database and user
 _CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer")
 
 
