@@ -105,8 +105,8 @@ class PgBouncer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
 
-@pytest.fixture(scope="session")
-async def pgbouncer(pg_server: object, template_url: str) -> AsyncIterator[PgBouncer]:
+@pytest.fixture(scope="session", name="pgbouncer")
+async def pgbouncer_fixture(pg_server: object, template_url: str) -> AsyncIterator[PgBouncer]:
     binary = find_binary()
     if binary is None:
         reason = "the pgbouncer binary is not installed (Debian package pgbouncer)"

@@ -17,7 +17,7 @@ from typing import Any
 
 from outbox.db import migrate
 from outbox.sandbox import Sandbox
-from tests.pgbouncer import PgBouncer, pgbouncer  # noqa: F401  (the fixture)
+from tests.pgbouncer import PgBouncer, pgbouncer_fixture  # noqa: F401
 from tests.support import (
     KEYS,
     accepted_count,
@@ -64,7 +64,10 @@ async def _all_read(db_url: str) -> bool:
 def _driver_errors(logs: list[Path]) -> list[str]:
     """Log lines naming a prepared statement: what a session-bound cache does behind PgBouncer."""
     return [
-        line for log in logs for line in log.read_text().splitlines() if "prepared statement" in line
+        line
+        for log in logs
+        for line in log.read_text().splitlines()
+        if "prepared statement" in line
     ]
 
 
@@ -80,7 +83,9 @@ async def test_a_daemon_behind_pgbouncer_sends_once_wakes_on_notify_and_reconcil
         port = (await daemon_started(process, log))["http_port"]
         for channel in ("cloud", "onprem"):
             url = f"http://127.0.0.1:{port}/webhooks/{channel}"
-            code, _, err = await outbox_command("set-webhook", channel, url, "--config", str(config))
+            code, _, err = await outbox_command(
+                "set-webhook", channel, url, "--config", str(config)
+            )
             assert code == 0, err
         # The listener is on the direct URL: a session of PostgreSQL's own.
         await wait_until(lambda: _listeners_are(db_url, 1), within=20)
@@ -122,9 +127,7 @@ async def test_two_daemons_behind_pgbouncer_share_one_rate_limit(
     quiet_gc: None,
 ) -> None:
     api, base_url = sandbox
-    config = _config(
-        tmp_path, pgbouncer, db_url, base_url, rate=RATE, batch_size=10
-    )
+    config = _config(tmp_path, pgbouncer, db_url, base_url, rate=RATE, batch_size=10)
     logs = [tmp_path / f"{name}.log" for name in ("a", "b")]
     processes = [await spawn_daemon(config, log) for log in logs]
     try:
