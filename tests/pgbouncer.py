@@ -32,6 +32,16 @@ def find_binary() -> str | None:
     return found or next((c for c in _CANDIDATES if os.access(c, os.X_OK)), None)
 
 
+def require(binary: str | None) -> str:
+    """The binary, or a skip with the reason; a failure where CI requires PgBouncer."""
+    if binary is None:
+        reason = "the pgbouncer binary is not installed (Debian package pgbouncer)"
+        if REQUIRED:
+            pytest.fail(f"OUTBOX_REQUIRE_PGBOUNCER=1 but {reason}")
+        pytest.skip(reason)
+    return binary
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -107,12 +117,7 @@ class PgBouncer:
 
 @pytest.fixture(scope="session", name="pgbouncer")
 async def pgbouncer_fixture(pg_server: object, template_url: str) -> AsyncIterator[PgBouncer]:
-    binary = find_binary()
-    if binary is None:
-        reason = "the pgbouncer binary is not installed (Debian package pgbouncer)"
-        if REQUIRED:
-            pytest.fail(f"OUTBOX_REQUIRE_PGBOUNCER=1 but {reason}")
-        pytest.skip(reason)
+    binary = require(find_binary())
     root = Path(tempfile.mkdtemp(prefix="outbox-test-pgbouncer-"))
     port = _free_port()
     log = root / "pgbouncer.log"
