@@ -10,6 +10,8 @@ by, or lost to, another one.
 from __future__ import annotations
 
 import asyncio
+import configparser
+import io
 import os
 import pwd
 import shutil
@@ -21,8 +23,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.paths import ROOT
+
 # CI (.ci/run) sets this: there the tests must run, a missing binary is a failure, not a skip.
 REQUIRED = os.environ.get("OUTBOX_REQUIRE_PGBOUNCER") == "1"
+EXAMPLE = ROOT / "deploy" / "pgbouncer.ini"
 SERVER_POOL_SIZE = 3  # server sessions per database and user
 _CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer")
 
@@ -65,25 +70,28 @@ def _run_as(postgres_url: str) -> str | None:
 
 
 def _ini(root: Path, postgres_url: str, port: int) -> str:
+    """deploy/pgbouncer.ini, pointed at the embedded server and made local: so the example is
+    what the tests run. Its pool size is cut down (see the module's docstring)."""
     directory, server_port = _unix_socket(postgres_url)
-    return f"""
-[databases]
-* = host={directory} port={server_port} user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-pool_mode = transaction
-default_pool_size = {SERVER_POOL_SIZE}
-max_client_conn = 500
-auth_type = trust
-auth_file = {root / "users.txt"}
-admin_users = postgres
-logfile = {root / "pgbouncer.log"}
-pidfile =
-user = {_run_as(postgres_url) or ""}
-"""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read_string(EXAMPLE.read_text())
+    ini.remove_section("databases")
+    ini["databases"] = {"*": f"host={directory} port={server_port} user=postgres"}
+    ini["pgbouncer"].update(
+        listen_addr="127.0.0.1",
+        listen_port=str(port),
+        unix_socket_dir="",
+        default_pool_size=str(SERVER_POOL_SIZE),
+        auth_type="trust",
+        auth_file=str(root / "users.txt"),
+        admin_users="postgres",
+        logfile=str(root / "pgbouncer.log"),
+        pidfile="",
+        user=_run_as(postgres_url) or "",
+    )
+    text = io.StringIO()
+    ini.write(text)
+    return text.getvalue()
 
 
 async def _accepting(port: int, process: asyncio.subprocess.Process, log: Path) -> None:

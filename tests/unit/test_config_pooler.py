@@ -10,6 +10,7 @@ from outbox.config import Pooler, Settings
 from outbox.config_loader import load_settings
 from outbox.errors import ConfigError
 from tests import pgbouncer
+from tests.paths import README
 
 POOLED = "postgresql://outbox:pool-pass-31f4@pgbouncer:6432/outbox"
 DIRECT = "postgresql://outbox:direct-pass-8e2a@db:5432/outbox"
@@ -137,3 +138,23 @@ def test_a_missing_pgbouncer_binary(
     monkeypatch.setattr(pgbouncer, "REQUIRED", required)
     with pytest.raises(outcome, match="pgbouncer"):
         pgbouncer.require(None)
+
+
+def _readme_toml(after: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    return text[text.index(after) :].split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_examples_load(tmp_path: Path) -> None:
+    """The configuration reference and the "Behind PgBouncer" example name real keys."""
+    path = tmp_path / "outbox.toml"
+    path.write_text(_readme_toml("## Configuration"))
+    env = {"D360_KEY_SHOP_DE": "k", "D360_KEY_LEGACY": "k", "SHOP_DE_HOOK_USER": "u"}
+    reference = load_settings(path, {**env, "SHOP_DE_HOOK_PASS": "p"})
+    assert reference.database.pooler is Pooler.NONE
+    assert reference.listen_url() == reference.listen_database_url
+    path.write_text(_readme_toml("### Behind PgBouncer"))
+    example = load_settings(path, {}, need_channels=False)
+    assert example.database.pooler is Pooler.PGBOUNCER
+    assert example.listen_url() == "postgresql://outbox@db.internal:5432/outbox"
+    assert example.direct_database() == (example.listen_url(), Pooler.NONE)
