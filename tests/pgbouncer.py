@@ -18,6 +18,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -123,16 +124,16 @@ class PgBouncer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
 
-@pytest.fixture(scope="session", name="pgbouncer")
-async def pgbouncer_fixture(pg_server: object, template_url: str) -> AsyncIterator[PgBouncer]:
-    binary = require(find_binary())
+@asynccontextmanager
+async def running(postgres_url: str, binary: str) -> AsyncIterator[PgBouncer]:
+    """PgBouncer in front of the server `postgres_url` names, until the block ends."""
     root = Path(tempfile.mkdtemp(prefix="outbox-test-pgbouncer-"))
     port = _free_port()
     log = root / "pgbouncer.log"
     ini = root / "pgbouncer.ini"
     (root / "users.txt").write_text('"postgres" ""\n')
-    ini.write_text(_ini(root, template_url, port))
-    user = _run_as(template_url)
+    ini.write_text(_ini(root, postgres_url, port))
+    user = _run_as(postgres_url)
     if user is not None:
         # The files are read, and the log opened, after the switch to that user.
         root.chmod(0o755)
@@ -153,3 +154,9 @@ async def pgbouncer_fixture(pg_server: object, template_url: str) -> AsyncIterat
             process.kill()
             await process.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", name="pgbouncer")
+async def pgbouncer_fixture(pg_server: object, template_url: str) -> AsyncIterator[PgBouncer]:
+    async with running(template_url, require(find_binary())) as bouncer:
+        yield bouncer

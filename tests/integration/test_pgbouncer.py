@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from outbox.config import DatabaseConfig, Pooler
 from outbox.db import migrate
 from outbox.sandbox import Sandbox
 from tests.pgbouncer import PgBouncer, pgbouncer_fixture  # noqa: F401
@@ -24,10 +28,12 @@ from tests.support import (
     busiest_second,
     config_toml,
     daemon_started,
+    drain,
     enqueue_in_window,
     fetch,
     listener_count,
     outbox_command,
+    settings_for,
     spawn_daemon,
     stop_daemon,
     wait_until,
@@ -118,6 +124,10 @@ async def test_a_daemon_behind_pgbouncer_sends_once_wakes_on_notify_and_reconcil
     # The daemon's own sessions did go through the pooler.
     database = db_url.split("?")[0].rsplit("/", 1)[1]
     assert f"{database}/postgres@127.0.0.1" in pgbouncer.log.read_text()
+    # So do the operator's commands.
+    code, out, err = await outbox_command("stats", "--config", str(config))
+    assert code == 0, err
+    assert "cloud" in out
 
 
 async def test_two_daemons_behind_pgbouncer_share_one_rate_limit(
@@ -145,6 +155,22 @@ async def test_two_daemons_behind_pgbouncer_share_one_rate_limit(
     assert busiest_second([r.at for r in requests]) <= RATE + RATE / 10
     assert all(accepted_count(log) > 0 for log in logs)  # both processes sent
     assert _driver_errors(logs) == []
+
+
+async def test_without_a_direct_url_the_daemon_says_so_and_polls(
+    db_url: str, pgbouncer: PgBouncer, sandbox: tuple[Sandbox, str]
+) -> None:
+    api, base_url = sandbox
+    settings = replace(
+        settings_for(pgbouncer.url(db_url), base_url), database=DatabaseConfig(Pooler.PGBOUNCER)
+    )
+    await enqueue_in_window(db_url, 20)
+    with structlog.testing.capture_logs() as logs:
+        await drain(settings)
+    assert len(api.message_requests()) == 20
+    states = await fetch(db_url, "SELECT DISTINCT state FROM outbox.messages")
+    assert [r["state"] for r in states] == ["accepted"]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["outbox.listener.off"]
 
 
 async def test_outbox_migrate_runs_on_the_direct_url(empty_db_url: str, tmp_path: Path) -> None:
