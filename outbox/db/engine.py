@@ -9,11 +9,13 @@ re-parsed by SQLAlchemy.
 Behind PgBouncer in transaction mode (`[database] pooler = "pgbouncer"`) consecutive
 transactions of one connection run on different server sessions, and named prepared statements
 break: the next transaction finds "__asyncpg_stmt_N__" missing, or another client's of the same
-name in its way. There both statement caches are off (asyncpg's and SQLAlchemy's dialect's, as
-their documentation says for PgBouncer) and every statement is the unnamed one, which lives only
-until the next Parse on that session, so nothing is left behind on a server session for another
-client to trip over. asyncpg then parses each statement again in the message that runs it: one
-more Parse per statement, the price of the pooler.
+name in its way. There both statement caches are off (asyncpg's `statement_cache_size`, the
+dialect's `prepared_statement_cache_size`). The dialect still prepares each statement, under the
+name its `prepared_statement_name_func` gives; its documentation suggests unique names, which
+pile up on the server sessions unless PgBouncer discards them. This one gives the unnamed
+statement's name instead: it lives only until the next Parse on that session, so nothing is left
+behind for another client to trip over, and asyncpg, with its cache off, parses it again in the
+message that runs it: one more Parse per statement, the price of the pooler.
 """
 
 from __future__ import annotations
