@@ -23,12 +23,14 @@ from sqlalchemy.types import BigInteger, DateTime, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated, translated_errors
+from outbox.db.identities import INHERIT_PAIRS, LEARN_PAIRS, MOVE_COLUMNS, PAIR_COLUMNS
 from outbox.db.status_writes import StatusWriter
 from outbox.domain.notifications import status_from_json, status_to_json
 from outbox.domain.reconcile import (
     InboundSeen,
     Located,
     NumberMove,
+    PairSeen,
     WebhookRow,
 )
 
@@ -230,6 +232,16 @@ class _WebhookBatch(StatusWriter):
             await self._connection.execute(
                 CARRY_OVER_WINDOWS, NUMBER_CHANGE_COLUMNS.params(changed)
             )
+
+    @translated
+    async def learn(
+        self, pairs: Sequence[PairSeen], user_id_moves: Sequence[tuple[str, str, str]]
+    ) -> None:
+        if pairs:
+            learned = [(p.channel, p.wa_id, p.bsuid, p.source) for p in pairs]
+            await self._connection.execute(LEARN_PAIRS, PAIR_COLUMNS.params(learned))
+        if user_id_moves:
+            await self._connection.execute(INHERIT_PAIRS, MOVE_COLUMNS.params(user_id_moves))
 
     @translated
     async def park(self, statuses: Sequence[Located]) -> None:

@@ -25,6 +25,7 @@ from outbox.domain.notifications import (
     StatusUpdate,
     parse_notification,
 )
+from outbox.domain.user_ids import Paired, UserIdChanged
 from outbox.domain.window import refused_for_closed_window
 
 # Verdicts beyond delivery.Verdict, for statuses that never reach the merge.
@@ -89,12 +90,25 @@ class NumberMove:
     new_wa_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class PairSeen:
+    """A phone number and a BSUID of one user on a channel."""
+
+    channel: str
+    wa_id: str
+    bsuid: str
+    source: str
+
+
 @dataclass
 class Digest:
     """What a batch of webhook bodies says, before any outbox row is looked at."""
 
     inbound: list[InboundSeen] = field(default_factory=list)
     moves: list[NumberMove] = field(default_factory=list)
+    pairs: list[PairSeen] = field(default_factory=list)
+    # A user's new BSUID: (channel, old, new); the window moves with `moves`.
+    user_id_moves: list[tuple[str, str, str]] = field(default_factory=list)
     statuses: list[Located] = field(default_factory=list)
     # (webhook id, the note its row keeps as `error`: None when nothing needs saying), in row order
     notes: list[tuple[int, str | None]] = field(default_factory=list)
@@ -116,6 +130,12 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                 case NumberChanged():
                     result.moves.append(NumberMove(row.channel, event.old_wa_id, event.new_wa_id))
                     notes.append(f"number changed to {event.new_wa_id}")
+                case Paired():
+                    pair = PairSeen(row.channel, event.wa_id, event.bsuid, event.source)
+                    result.pairs.append(pair)
+                case UserIdChanged():
+                    _user_id_changed(result, row.channel, event)
+                    notes.append(f"user id changed to {event.new_bsuid}")
                 case ErrorNotice():
                     notes.append(f"error {event.code}: {event.title}")
                     result.noted[(row.channel, "error")] += 1
@@ -126,6 +146,14 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                     assert_never(event)
         result.notes.append((row.id, "; ".join(notes) or None))
     return result
+
+
+def _user_id_changed(result: Digest, channel: str, event: UserIdChanged) -> None:
+    """The new BSUID takes the old one's window and phone number."""
+    result.user_id_moves.append((channel, event.old_bsuid, event.new_bsuid))
+    result.moves.append(NumberMove(channel, event.old_bsuid, event.new_bsuid))
+    if event.wa_id is not None:
+        result.pairs.append(PairSeen(channel, event.wa_id, event.new_bsuid, "user_id_changed"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from outbox.domain.reconcile import (
     InboundSeen,
     Located,
     NumberMove,
+    PairSeen,
     Plan,
     Target,
     WebhookRow,
@@ -38,6 +39,12 @@ class WebhookBatch(StatusWrites, Protocol):
 
     async def record(self, inbound: Sequence[InboundSeen], moves: Sequence[NumberMove]) -> None:
         """Contacts' last inbound times, and windows carried over to new numbers."""
+        ...
+
+    async def learn(
+        self, pairs: Sequence[PairSeen], user_id_moves: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """Phone-BSUID pairs, and new BSUIDs (channel, old, new) that keep the old one's phone."""
         ...
 
     async def park(self, statuses: Sequence[Located]) -> None: ...

@@ -12,7 +12,15 @@ from datetime import timedelta
 import pytest
 
 from outbox.config import ReconcilerConfig
-from outbox.domain.reconcile import InboundSeen, Located, NumberMove, Plan, Target, WebhookRow
+from outbox.domain.reconcile import (
+    InboundSeen,
+    Located,
+    NumberMove,
+    PairSeen,
+    Plan,
+    Target,
+    WebhookRow,
+)
 from outbox.domain.report import Report
 from outbox.errors import DatabaseUnavailable, StatementRejected
 from outbox.services.reconciler import Reconciler
@@ -41,6 +49,11 @@ class _Batch:
         pass
 
     async def record(self, inbound: Sequence[InboundSeen], moves: Sequence[NumberMove]) -> None:
+        pass
+
+    async def learn(
+        self, pairs: Sequence[PairSeen], user_id_moves: Sequence[tuple[str, str, str]]
+    ) -> None:
         pass
 
     async def park(self, statuses: Sequence[Located]) -> None:

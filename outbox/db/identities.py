@@ -1,0 +1,54 @@
+"""Phone-BSUID pairs (`outbox.identity_pairs`) and the window lookup that follows them.
+
+A user's inbound messages may name them by phone number, by BSUID, or both; a row may be
+written to either. The pairs learned from webhooks and send answers join the two, so the
+window one spelling opened applies to rows written to the other (see migration 0015).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.types import Text
+
+from outbox.db.arrays import ArrayColumns
+
+
+def last_inbound(channel: str, key: str) -> str:
+    """SQL: the latest inbound message of the user whose recipient key is `key` on `channel`,
+    under any spelling a pair joins to it (both given as SQL expressions)."""
+    pairs = f"outbox.identity_pairs AS p WHERE p.channel = {channel}"
+    return f"""(SELECT max(k.last_inbound_at) FROM outbox.contacts AS k
+        WHERE k.channel = {channel} AND k.wa_id IN (
+            SELECT {key}
+            UNION ALL SELECT p.wa_id FROM {pairs} AND p.bsuid = {key}
+            UNION ALL SELECT p.bsuid FROM {pairs} AND p.wa_id = {key}))"""
+
+
+PAIR_COLUMNS = ArrayColumns(
+    (("channel", Text()), ("wa_id", Text()), ("bsuid", Text()), ("source", Text()))
+)
+# The latest word on a BSUID wins; one row per BSUID (a statement may not touch a row twice),
+# in key order so that concurrent batches lock pairs in one order.
+LEARN_PAIRS = PAIR_COLUMNS.statement(
+    f"""
+    INSERT INTO outbox.identity_pairs AS p (channel, bsuid, wa_id, source)
+    SELECT DISTINCT ON (channel, bsuid) channel, bsuid, wa_id, source
+    FROM {PAIR_COLUMNS.unnest("n", ordinality="n_order")}
+    ORDER BY channel, bsuid, n_order DESC
+    ON CONFLICT (channel, bsuid) DO UPDATE
+    SET wa_id = excluded.wa_id, source = excluded.source, learned_at = now()
+    WHERE p.wa_id IS DISTINCT FROM excluded.wa_id
+    """
+)
+
+MOVE_COLUMNS = ArrayColumns((("channel", Text()), ("old_bsuid", Text()), ("new_bsuid", Text())))
+# A user's new BSUID keeps the phone number their old one was paired with.
+INHERIT_PAIRS = MOVE_COLUMNS.statement(
+    f"""
+    INSERT INTO outbox.identity_pairs AS p (channel, bsuid, wa_id, source)
+    SELECT DISTINCT ON (o.channel, n.new_bsuid) o.channel, n.new_bsuid, o.wa_id, 'user_id_changed'
+    FROM {MOVE_COLUMNS.unnest("n")}
+    JOIN outbox.identity_pairs AS o ON o.channel = n.channel AND o.bsuid = n.old_bsuid
+    ORDER BY o.channel, n.new_bsuid
+    ON CONFLICT (channel, bsuid) DO NOTHING
+    """
+)

@@ -1,0 +1,83 @@
+"""Phone-BSUID pairs and BSUID changes, as webhook bodies name them (waba-2026.md §1.9).
+
+`contacts[]` pairs `wa_id` with `user_id`; messages pair `from` with `from_user_id`; statuses
+pair `recipient_id` with `recipient_user_id`; `user_id_update[]` and the system message
+`user_changed_user_id` replace a user's BSUID. The body is untrusted: what is not understood is
+no pair.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from outbox.domain import identity, parsing
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """A phone number and a BSUID named together: the same user (`source` says where)."""
+
+    wa_id: str
+    bsuid: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserIdChanged:
+    """A user's BSUID was replaced (`user_id_update`, or the system `user_changed_user_id`).
+
+    `wa_id` is their phone number when the notice names it."""
+
+    old_bsuid: str
+    new_bsuid: str
+    wa_id: str | None
+
+
+def phone_digits(value: object) -> str | None:
+    """A phone number or wa_id as digits only: spaces anywhere and a leading '+' dropped."""
+    return parsing.phone_number(value, _DIGITS) if isinstance(value, str) else None
+
+
+def contact_pairs(contacts: object) -> list[Paired]:
+    """The pairs `contacts[]` names (`wa_id` with `user_id`); nothing else is read from it."""
+    if not isinstance(contacts, list):
+        return []
+    return [
+        Paired(wa_id, bsuid, "contacts")
+        for contact in contacts
+        if isinstance(contact, dict)
+        and (wa_id := phone_digits(contact.get("wa_id"))) is not None
+        and (bsuid := identity.bsuid(contact.get("user_id"))) is not None
+    ]
+
+
+def user(phone: object, user_id: object) -> tuple[str | None, str | None]:
+    """A user as a webhook names them: (phone digits, BSUID). A BSUID where a phone number
+    should be (seen in `from` and `wa_id`) is taken as the BSUID, never read as digits."""
+    bsuid = identity.bsuid(user_id)
+    if isinstance(phone, str) and identity.looks_like_bsuid(phone):
+        return None, bsuid or identity.bsuid(phone)
+    return phone_digits(phone), bsuid
+
+
+def paired(wa_id: str | None, bsuid: str | None, source: str) -> list[Paired]:
+    return [Paired(wa_id, bsuid, source)] if wa_id is not None and bsuid is not None else []
+
+
+def user_id_update(item: object) -> Sequence[Paired | UserIdChanged] | str:
+    """The events of one `user_id_update[]` item (`{wa_id, user_id: {previous, current}}`, as
+    in weni's body), or why it has none. The new BSUID is paired with the phone number."""
+    if not isinstance(item, dict) or not isinstance(ids := item.get("user_id"), dict):
+        return "user id update not understood"
+    wa_id, _ = user(item.get("wa_id"), None)
+    before, after = identity.bsuid(ids.get("previous")), identity.bsuid(ids.get("current"))
+    if after is None:
+        return "user id update without a new user id"
+    events: list[Paired | UserIdChanged] = [*paired(wa_id, after, "user_id_update")]
+    if before is not None and before != after:
+        events.append(UserIdChanged(before, after, wa_id))
+    return events
