@@ -206,7 +206,9 @@ EXPECTED: dict[str, list[Event]] = {
         Ignored("duplicate message"),
     ],
     # Updated 2026-12 (issue 18): a username user is keyed on their BSUID, not skipped.
-    "cloud__inbound__bsuid-only-no-wa-id.json": [inbound("US.1234", "external_id", COURIER_TS, "text")],
+    "cloud__inbound__bsuid-only-no-wa-id.json": [
+        inbound("US.1234", "external_id", COURIER_TS, "text")
+    ],
     # --- Cloud statuses
     "cloud__status__sent-cbp-business-initiated.json": [
         status(BINDA_WAMID, "sent", 1673020317, "1111111111111")
