@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy.types import Text
 
 from outbox.db.arrays import ArrayColumns
+from outbox.domain.identity import SQL_BSUID_PREFIX
 
 
 def last_inbound(channel: str, key: str) -> str:
@@ -23,6 +24,11 @@ def last_inbound(channel: str, key: str) -> str:
             UNION ALL SELECT p.bsuid FROM {pairs} AND p.wa_id = {key}))"""
 
 
+# Into `outbox.identity_pairs AS p`: the latest word on a BSUID wins.
+UPSERT_PAIR = """ON CONFLICT (channel, bsuid) DO UPDATE
+    SET wa_id = excluded.wa_id, source = excluded.source, learned_at = now()
+    WHERE p.wa_id IS DISTINCT FROM excluded.wa_id"""
+
 PAIR_COLUMNS = ArrayColumns(
     (("channel", Text()), ("wa_id", Text()), ("bsuid", Text()), ("source", Text()))
 )
@@ -34,9 +40,7 @@ LEARN_PAIRS = PAIR_COLUMNS.statement(
     SELECT DISTINCT ON (channel, bsuid) channel, bsuid, wa_id, source
     FROM {PAIR_COLUMNS.unnest("n", ordinality="n_order")}
     ORDER BY channel, bsuid, n_order DESC
-    ON CONFLICT (channel, bsuid) DO UPDATE
-    SET wa_id = excluded.wa_id, source = excluded.source, learned_at = now()
-    WHERE p.wa_id IS DISTINCT FROM excluded.wa_id
+    {UPSERT_PAIR}
     """
 )
 
@@ -50,5 +54,20 @@ INHERIT_PAIRS = MOVE_COLUMNS.statement(
     JOIN outbox.identity_pairs AS o ON o.channel = n.channel AND o.bsuid = n.old_bsuid
     ORDER BY o.channel, n.new_bsuid
     ON CONFLICT (channel, bsuid) DO NOTHING
+    """
+)
+
+ADDRESSED_COLUMNS = ArrayColumns((("channel", Text()), ("wamid", Text()), ("bsuid", Text())))
+# A status to a BSUID found its row by message id: a row written to a phone number pairs it.
+# Rows written to a BSUID (or not known yet: the status is parked) teach nothing.
+PAIR_BY_MESSAGE = ADDRESSED_COLUMNS.statement(
+    f"""
+    INSERT INTO outbox.identity_pairs AS p (channel, bsuid, wa_id, source)
+    SELECT DISTINCT ON (m.channel, a.bsuid) m.channel, a.bsuid, m.wa_id, 'status'
+    FROM {ADDRESSED_COLUMNS.unnest("a")}
+    JOIN outbox.messages AS m ON m.wamid = a.wamid AND m.channel = a.channel
+    WHERE m.wa_id !~ '{SQL_BSUID_PREFIX}'
+    ORDER BY m.channel, a.bsuid, m.id DESC
+    {UPSERT_PAIR}
     """
 )

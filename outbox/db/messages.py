@@ -22,6 +22,7 @@ from outbox.db.channel_state import lock_bucket
 from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED
 from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
+from outbox.db.identities import UPSERT_PAIR
 from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
 from outbox.domain import ratelimit, window
 from outbox.domain.identity import SQL_BSUID_PREFIX
@@ -88,9 +89,7 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
           AND coalesce(answer_wa_id, CASE WHEN wa_id !~ '{SQL_BSUID_PREFIX}' THEN wa_id END)
               IS NOT NULL
         ORDER BY channel, answer_bsuid
-        ON CONFLICT (channel, bsuid) DO UPDATE
-        SET wa_id = excluded.wa_id, source = excluded.source, learned_at = now()
-        WHERE p.wa_id IS DISTINCT FROM excluded.wa_id
+        {UPSERT_PAIR}
     ), paced AS (
         INSERT INTO outbox.recipient_pace AS p (channel, wa_id, not_before)
         SELECT channel, wa_id, max(pace_until) FROM done

@@ -23,7 +23,14 @@ from sqlalchemy.types import BigInteger, DateTime, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated, translated_errors
-from outbox.db.identities import INHERIT_PAIRS, LEARN_PAIRS, MOVE_COLUMNS, PAIR_COLUMNS
+from outbox.db.identities import (
+    ADDRESSED_COLUMNS,
+    INHERIT_PAIRS,
+    LEARN_PAIRS,
+    MOVE_COLUMNS,
+    PAIR_BY_MESSAGE,
+    PAIR_COLUMNS,
+)
 from outbox.db.status_writes import StatusWriter
 from outbox.domain.notifications import status_from_json, status_to_json
 from outbox.domain.reconcile import (
@@ -235,13 +242,18 @@ class _WebhookBatch(StatusWriter):
 
     @translated
     async def learn(
-        self, pairs: Sequence[PairSeen], user_id_moves: Sequence[tuple[str, str, str]]
+        self,
+        pairs: Sequence[PairSeen],
+        user_id_moves: Sequence[tuple[str, str, str]],
+        addressed: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         if pairs:
             learned = [(p.channel, p.wa_id, p.bsuid, p.source) for p in pairs]
             await self._connection.execute(LEARN_PAIRS, PAIR_COLUMNS.params(learned))
         if user_id_moves:
             await self._connection.execute(INHERIT_PAIRS, MOVE_COLUMNS.params(user_id_moves))
+        if addressed:
+            await self._connection.execute(PAIR_BY_MESSAGE, ADDRESSED_COLUMNS.params(addressed))
 
     @translated
     async def park(self, statuses: Sequence[Located]) -> None:

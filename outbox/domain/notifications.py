@@ -15,6 +15,7 @@ from typing import Any
 
 from outbox.domain import identity, parsing
 from outbox.domain.user_ids import (
+    Addressed,
     Paired,
     UserIdChanged,
     contact_pairs,
@@ -88,7 +89,16 @@ class NumberChanged:
     at: datetime
 
 
-Event = Inbound | StatusUpdate | ErrorNotice | NumberChanged | Paired | UserIdChanged | Ignored
+Event = (
+    Inbound
+    | StatusUpdate
+    | ErrorNotice
+    | NumberChanged
+    | Paired
+    | UserIdChanged
+    | Addressed
+    | Ignored
+)
 
 
 def parse_notification(body: object) -> list[Event]:
@@ -207,6 +217,8 @@ def _status(item: object, _seen: set[str]) -> list[Event]:
         return [update]
     # A status sent to a BSUID may carry no recipient_id at all: the row is found by its id.
     wa_id, bsuid = user(item.get("recipient_id"), item.get("recipient_user_id"))
+    if wa_id is None and bsuid is not None:
+        return [Addressed(update.wamid, bsuid), update]
     return [*paired(wa_id, bsuid, "status"), update]
 
 

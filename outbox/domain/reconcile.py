@@ -25,7 +25,7 @@ from outbox.domain.notifications import (
     StatusUpdate,
     parse_notification,
 )
-from outbox.domain.user_ids import Paired, UserIdChanged
+from outbox.domain.user_ids import Addressed, Paired, UserIdChanged
 from outbox.domain.window import refused_for_closed_window
 
 # Verdicts beyond delivery.Verdict, for statuses that never reach the merge.
@@ -109,6 +109,8 @@ class Digest:
     pairs: list[PairSeen] = field(default_factory=list)
     # A user's new BSUID: (channel, old, new); the window moves with `moves`.
     user_id_moves: list[tuple[str, str, str]] = field(default_factory=list)
+    # BSUIDs statuses name for the rows they are about: (channel, wamid, BSUID).
+    addressed: list[tuple[str, str, str]] = field(default_factory=list)
     statuses: list[Located] = field(default_factory=list)
     # (webhook id, the note its row keeps as `error`: None when nothing needs saying), in row order
     notes: list[tuple[int, str | None]] = field(default_factory=list)
@@ -133,6 +135,8 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                 case Paired():
                     pair = PairSeen(row.channel, event.wa_id, event.bsuid, event.source)
                     result.pairs.append(pair)
+                case Addressed():
+                    result.addressed.append((row.channel, event.wamid, event.bsuid))
                 case UserIdChanged():
                     _user_id_changed(result, row.channel, event)
                     notes.append(f"user id changed to {event.new_bsuid}")

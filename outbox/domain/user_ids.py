@@ -37,6 +37,15 @@ class UserIdChanged:
     wa_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Addressed:
+    """A status names the BSUID of the user its message went to, but no phone number: the
+    row found by `wamid` pairs it with the number the row was written to, if it was one."""
+
+    wamid: str
+    bsuid: str
+
+
 def phone_digits(value: object) -> str | None:
     """A phone number or wa_id as digits only: spaces anywhere and a leading '+' dropped."""
     return parsing.phone_number(value, _DIGITS) if isinstance(value, str) else None
@@ -70,14 +79,14 @@ def paired(wa_id: str | None, bsuid: str | None, source: str) -> list[Paired]:
 
 def user_id_update(item: object) -> Sequence[Paired | UserIdChanged] | str:
     """The events of one `user_id_update[]` item (`{wa_id, user_id: {previous, current}}`, as
-    in weni's body), or why it has none. The new BSUID is paired with the phone number."""
+    in weni's body), or why it has none."""
     if not isinstance(item, dict) or not isinstance(ids := item.get("user_id"), dict):
         return "user id update not understood"
     wa_id, _ = user(item.get("wa_id"), None)
     before, after = identity.bsuid(ids.get("previous")), identity.bsuid(ids.get("current"))
     if after is None:
         return "user id update without a new user id"
-    events: list[Paired | UserIdChanged] = [*paired(wa_id, after, "user_id_update")]
     if before is not None and before != after:
-        events.append(UserIdChanged(before, after, wa_id))
-    return events
+        # The change pairs the new BSUID with the phone itself (reconcile.digest).
+        return [UserIdChanged(before, after, wa_id)]
+    return paired(wa_id, after, "user_id_update")

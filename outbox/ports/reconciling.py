@@ -42,9 +42,13 @@ class WebhookBatch(StatusWrites, Protocol):
         ...
 
     async def learn(
-        self, pairs: Sequence[PairSeen], user_id_moves: Sequence[tuple[str, str, str]]
+        self,
+        pairs: Sequence[PairSeen],
+        user_id_moves: Sequence[tuple[str, str, str]],
+        addressed: Sequence[tuple[str, str, str]] = (),
     ) -> None:
-        """Phone-BSUID pairs, and new BSUIDs (channel, old, new) that keep the old one's phone."""
+        """Phone-BSUID pairs; new BSUIDs (channel, old, new) that keep the old one's phone; and
+        BSUIDs (channel, wamid, BSUID) paired with the number the message went to."""
         ...
 
     async def park(self, statuses: Sequence[Located]) -> None: ...

@@ -52,7 +52,10 @@ class _Batch:
         pass
 
     async def learn(
-        self, pairs: Sequence[PairSeen], user_id_moves: Sequence[tuple[str, str, str]]
+        self,
+        pairs: Sequence[PairSeen],
+        user_id_moves: Sequence[tuple[str, str, str]],
+        addressed: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         pass
 
