@@ -12,8 +12,6 @@ from typing import Any
 from outbox.config import ReconcilerConfig, Settings
 from outbox.db.engine import create_engine
 from outbox.db.reconcile_store import ReconcileStore
-from outbox.domain.identity import BSUID
-from outbox.domain.request import normalise_recipient
 from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Sandbox
 from outbox.services.reconciler import Reconciler
@@ -80,20 +78,6 @@ async def _last_inbound(db_url: str) -> dict[str, int]:
         "SELECT wa_id, extract(epoch FROM last_inbound_at)::bigint AS at FROM outbox.contacts",
     )
     return {r["wa_id"]: r["at"] for r in rows}
-
-
-async def test_wa_id_is_the_key_python_uses_for_bsuid_spellings(db_url: str) -> None:
-    spellings = [BSUID_A, "us.abcDEF123", "DE.X", "US." + "9" * 128, "US.ENT.5068", "US.12-34"]
-    rows = await fetch(
-        db_url,
-        "INSERT INTO outbox.messages (channel, recipient, payload) "
-        "SELECT 'c', r, '{}'::jsonb FROM unnest($1::text[]) AS r RETURNING recipient, wa_id",
-        spellings,
-    )
-    valid = {r["recipient"]: r["wa_id"] for r in rows if BSUID.fullmatch(r["recipient"])}
-    # Case kept, nothing removed: the BSUID is its own key, exactly as Python reads it.
-    assert valid == {s: normalise_recipient(s) for s in spellings[:4]}
-    assert len(valid) == 4
 
 
 async def test_a_bsuid_only_inbound_opens_the_window_of_its_bsuid(db_url: str) -> None:
