@@ -16,12 +16,16 @@ from outbox.domain.identity import SQL_BSUID_PREFIX
 def last_inbound(channel: str, key: str) -> str:
     """SQL: the latest inbound message of the user whose recipient key is `key` on `channel`,
     under any spelling a pair joins to it (both given as SQL expressions)."""
-    pairs = f"outbox.identity_pairs AS p WHERE p.channel = {channel}"
-    return f"""(SELECT max(k.last_inbound_at) FROM outbox.contacts AS k
-        WHERE k.channel = {channel} AND k.wa_id IN (
-            SELECT {key}
-            UNION ALL SELECT p.wa_id FROM {pairs} AND p.bsuid = {key}
-            UNION ALL SELECT p.bsuid FROM {pairs} AND p.wa_id = {key}))"""
+    # Three key probes, not one `IN (… UNION …)`: the planner may turn that into a walk of
+    # every contact of the channel per claimed row.
+    paired = """(SELECT max(k.last_inbound_at) FROM outbox.identity_pairs AS p
+            JOIN outbox.contacts AS k ON k.channel = p.channel AND k.wa_id = p.{to}
+            WHERE p.channel = {channel} AND p.{by} = {key})"""
+    return f"""greatest(
+        (SELECT k.last_inbound_at FROM outbox.contacts AS k
+         WHERE k.channel = {channel} AND k.wa_id = {key}),
+        {paired.format(to="wa_id", by="bsuid", channel=channel, key=key)},
+        {paired.format(to="bsuid", by="wa_id", channel=channel, key=key)})"""
 
 
 # Into `outbox.identity_pairs AS p`: the latest word on a BSUID wins.
