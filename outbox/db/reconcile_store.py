@@ -37,9 +37,9 @@ from outbox.domain.reconcile import (
     InboundSeen,
     Located,
     NumberMove,
-    PairSeen,
     WebhookRow,
 )
+from outbox.domain.user_ids import Identities
 
 _TIMESTAMP = DateTime(timezone=True)
 
@@ -241,19 +241,18 @@ class _WebhookBatch(StatusWriter):
             )
 
     @translated
-    async def learn(
-        self,
-        pairs: Sequence[PairSeen],
-        user_id_moves: Sequence[tuple[str, str, str]],
-        addressed: Sequence[tuple[str, str, str]] = (),
-    ) -> None:
-        if pairs:
-            learned = [(p.channel, p.wa_id, p.bsuid, p.source) for p in pairs]
+    async def learn(self, identities: Identities) -> None:
+        if identities.pairs:
+            learned = [(p.channel, p.wa_id, p.bsuid, p.source) for p in identities.pairs]
             await self._connection.execute(LEARN_PAIRS, PAIR_COLUMNS.params(learned))
-        if user_id_moves:
-            await self._connection.execute(INHERIT_PAIRS, MOVE_COLUMNS.params(user_id_moves))
-        if addressed:
-            await self._connection.execute(PAIR_BY_MESSAGE, ADDRESSED_COLUMNS.params(addressed))
+        if identities.moves:
+            await self._connection.execute(INHERIT_PAIRS, MOVE_COLUMNS.params(identities.moves))
+            # The window moves with the id, as with a new number.
+            params = NUMBER_CHANGE_COLUMNS.params(identities.moves)
+            await self._connection.execute(CARRY_OVER_WINDOWS, params)
+        if identities.addressed:
+            params = ADDRESSED_COLUMNS.params(identities.addressed)
+            await self._connection.execute(PAIR_BY_MESSAGE, params)
 
     @translated
     async def park(self, statuses: Sequence[Located]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from outbox.domain import identity, parsing
+from outbox.domain import parsing
 from outbox.domain.user_ids import (
     Addressed,
     Paired,
@@ -21,7 +21,11 @@ from outbox.domain.user_ids import (
     contact_pairs,
     paired,
     phone_digits,
+    system_change,
     user,
+)
+from outbox.domain.user_ids import (
+    NumberChanged as NumberChanged,  # re-exported: defined here before issue 18
 )
 from outbox.domain.user_ids import user_id_update as _user_id_update_events
 
@@ -78,15 +82,6 @@ class Ignored:
     """A part of the body that has no effect, or that could not be understood."""
 
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class NumberChanged:
-    """WhatsApp says a user moved to a new number (a system message, not user activity)."""
-
-    old_wa_id: str
-    new_wa_id: str
-    at: datetime
 
 
 Event = (
@@ -184,24 +179,8 @@ def _message(item: object, seen: set[str]) -> list[Event]:
 
 
 def _system(item: dict[Any, Any]) -> Event:
-    system = item.get("system")
-    old, at = phone_digits(item.get("from")), _timestamp(item.get("timestamp"))
-    if isinstance(system, dict) and system.get("type") == "user_changed_number":
-        new = phone_digits(system.get("new_wa_id") or system.get("wa_id"))
-        if old is not None and new is not None and at is not None and old != new:
-            return NumberChanged(old, new, at)
-    if isinstance(system, dict) and system.get("type") == "user_changed_user_id":
-        # No public body shows this notice (waba-2026 fixtures INDEX): the spellings test
-        # fixtures use are all read, the message's own ids as a last resort.
-        before = identity.bsuid(
-            system.get("previous_user_id") or system.get("old_user_id") or item.get("from_user_id")
-        )
-        after = identity.bsuid(
-            system.get("new_user_id") or system.get("user_id") or system.get("current_user_id")
-        )
-        if before is not None and after is not None and before != after:
-            return UserIdChanged(before, after, old)
-    return Ignored("system message")
+    change = system_change(item, _timestamp(item.get("timestamp")))
+    return Ignored("system message") if change is None else change
 
 
 def _user_id_update(item: object, _seen: set[str]) -> list[Event]:

@@ -21,11 +21,16 @@ from outbox.domain.notifications import (
     ErrorNotice,
     Ignored,
     Inbound,
-    NumberChanged,
     StatusUpdate,
     parse_notification,
 )
-from outbox.domain.user_ids import Addressed, Paired, UserIdChanged
+from outbox.domain.user_ids import (
+    Addressed,
+    Identities,
+    NumberChanged,
+    Paired,
+    UserIdChanged,
+)
 from outbox.domain.window import refused_for_closed_window
 
 # Verdicts beyond delivery.Verdict, for statuses that never reach the merge.
@@ -90,27 +95,13 @@ class NumberMove:
     new_wa_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class PairSeen:
-    """A phone number and a BSUID of one user on a channel."""
-
-    channel: str
-    wa_id: str
-    bsuid: str
-    source: str
-
-
 @dataclass
 class Digest:
     """What a batch of webhook bodies says, before any outbox row is looked at."""
 
     inbound: list[InboundSeen] = field(default_factory=list)
     moves: list[NumberMove] = field(default_factory=list)
-    pairs: list[PairSeen] = field(default_factory=list)
-    # A user's new BSUID: (channel, old, new); the window moves with `moves`.
-    user_id_moves: list[tuple[str, str, str]] = field(default_factory=list)
-    # BSUIDs statuses name for the rows they are about: (channel, wamid, BSUID).
-    addressed: list[tuple[str, str, str]] = field(default_factory=list)
+    identities: Identities = field(default_factory=Identities)
     statuses: list[Located] = field(default_factory=list)
     # (webhook id, the note its row keeps as `error`: None when nothing needs saying), in row order
     notes: list[tuple[int, str | None]] = field(default_factory=list)
@@ -132,14 +123,9 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                 case NumberChanged():
                     result.moves.append(NumberMove(row.channel, event.old_wa_id, event.new_wa_id))
                     notes.append(f"number changed to {event.new_wa_id}")
-                case Paired():
-                    pair = PairSeen(row.channel, event.wa_id, event.bsuid, event.source)
-                    result.pairs.append(pair)
-                case Addressed():
-                    result.addressed.append((row.channel, event.wamid, event.bsuid))
-                case UserIdChanged():
-                    _user_id_changed(result, row.channel, event)
-                    notes.append(f"user id changed to {event.new_bsuid}")
+                case Paired() | UserIdChanged() | Addressed():
+                    if (note := result.identities.add(row.channel, event)) is not None:
+                        notes.append(note)
                 case ErrorNotice():
                     notes.append(f"error {event.code}: {event.title}")
                     result.noted[(row.channel, "error")] += 1
@@ -150,14 +136,6 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                     assert_never(event)
         result.notes.append((row.id, "; ".join(notes) or None))
     return result
-
-
-def _user_id_changed(result: Digest, channel: str, event: UserIdChanged) -> None:
-    """The new BSUID takes the old one's window and phone number."""
-    result.user_id_moves.append((channel, event.old_bsuid, event.new_bsuid))
-    result.moves.append(NumberMove(channel, event.old_bsuid, event.new_bsuid))
-    if event.wa_id is not None:
-        result.pairs.append(PairSeen(channel, event.wa_id, event.new_bsuid, "user_id_changed"))
 
 
 @dataclass(frozen=True, slots=True)

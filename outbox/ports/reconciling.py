@@ -11,12 +11,12 @@ from outbox.domain.reconcile import (
     InboundSeen,
     Located,
     NumberMove,
-    PairSeen,
     Plan,
     Target,
     WebhookRow,
 )
 from outbox.domain.report import Report
+from outbox.domain.user_ids import Identities
 
 
 class StatusWrites(Protocol):
@@ -41,14 +41,9 @@ class WebhookBatch(StatusWrites, Protocol):
         """Contacts' last inbound times, and windows carried over to new numbers."""
         ...
 
-    async def learn(
-        self,
-        pairs: Sequence[PairSeen],
-        user_id_moves: Sequence[tuple[str, str, str]],
-        addressed: Sequence[tuple[str, str, str]] = (),
-    ) -> None:
-        """Phone-BSUID pairs; new BSUIDs (channel, old, new) that keep the old one's phone; and
-        BSUIDs (channel, wamid, BSUID) paired with the number the message went to."""
+    async def learn(self, identities: Identities) -> None:
+        """Phone-BSUID pairs; new BSUIDs that take the old one's window and phone; BSUIDs
+        paired with the number the message a status names went to."""
         ...
 
     async def park(self, statuses: Sequence[Located]) -> None: ...

@@ -16,12 +16,12 @@ from outbox.domain.reconcile import (
     InboundSeen,
     Located,
     NumberMove,
-    PairSeen,
     Plan,
     Target,
     WebhookRow,
 )
 from outbox.domain.report import Report
+from outbox.domain.user_ids import Identities
 from outbox.errors import DatabaseUnavailable, StatementRejected
 from outbox.services.reconciler import Reconciler
 
@@ -51,12 +51,7 @@ class _Batch:
     async def record(self, inbound: Sequence[InboundSeen], moves: Sequence[NumberMove]) -> None:
         pass
 
-    async def learn(
-        self,
-        pairs: Sequence[PairSeen],
-        user_id_moves: Sequence[tuple[str, str, str]],
-        addressed: Sequence[tuple[str, str, str]] = (),
-    ) -> None:
+    async def learn(self, identities: Identities) -> None:
         pass
 
     async def park(self, statuses: Sequence[Located]) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from outbox.domain.notifications import Event, Ignored, Inbound, NumberChanged, parse_notification
-from outbox.domain.reconcile import NumberMove, PairSeen, WebhookRow, digest
+from outbox.domain.reconcile import WebhookRow, digest
 from outbox.domain.response import Accepted, parse_send_response
-from outbox.domain.user_ids import Addressed, Paired, UserIdChanged
+from outbox.domain.user_ids import Addressed, Paired, PairSeen, UserIdChanged
 from tests.paths import WEBHOOK_FIXTURES
 
 FOLDERS = (WEBHOOK_FIXTURES, WEBHOOK_FIXTURES.parent / "webhooks-2026")
@@ -138,9 +138,9 @@ def test_identity_body(path: Path) -> None:
 def test_a_rotated_bsuid_moves_the_window_and_keeps_the_phone() -> None:
     path = FOLDERS[1] / "cloud__user-id-update__bsuid-rotated.json"
     found = digest([WebhookRow(1, "c", json.loads(path.read_bytes()))])
-    assert found.pairs == [PairSeen("c", "5678", ROTATED, "user_id_changed")]
-    assert found.user_id_moves == [("c", BSUID, ROTATED)]
-    assert found.moves == [NumberMove("c", BSUID, ROTATED)]
+    assert found.identities.pairs == [PairSeen("c", "5678", ROTATED, "user_id_changed")]
+    assert found.identities.moves == [("c", BSUID, ROTATED)]
+    assert found.notes == [(1, f"user id changed to {ROTATED}")]
     assert found.inbound == []  # not a user message: the window is not refreshed
 
 

@@ -20,7 +20,7 @@ from outbox.domain.notifications import (
     StatusUpdate,
     parse_notification,
 )
-from outbox.domain.user_ids import Paired
+from outbox.domain.user_ids import Addressed, Paired
 from tests.paths import WEBHOOK_FIXTURES
 
 FIXTURES = WEBHOOK_FIXTURES
@@ -348,7 +348,8 @@ SHAPES: list[tuple[str, Any, list[Event]]] = [
                 }
             ]
         },
-        [status("w", "sent", None, "12")],
+        # A BSUID where the number should be names the user (issue 18).
+        [Addressed("w", "US.1"), status("w", "sent", None, "12")],
     ),
     (
         "string error code, message used when error_data is absent",
