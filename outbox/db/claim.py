@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import TextualSelect, text
 from sqlalchemy.dialects.postgresql import JSONB
 
+from outbox.db.identities import last_inbound
 from outbox.db.sql import OPEN_STATES
 
 # A row is claimable only if no older row of its line (channel, recipient, ordering_key) is
@@ -84,11 +85,11 @@ _CLAIM = f"""
         UPDATE outbox.messages AS m
         SET state = 'sending', claimed_by = :worker, attempts = m.attempts + 1,
             lease_until = now() + make_interval(secs => :lease_seconds), updated_at = now()
-        FROM picked LEFT JOIN outbox.contacts AS c
-            ON c.channel = :channel AND c.wa_id = picked.wa_id
+        FROM picked
         WHERE m.id = picked.id
         RETURNING m.id, m.channel, m.recipient, m.payload, m.fallback_template, m.attempts,
-                  m.created_at, m.expires_at, m.priority, m.sent_as, c.last_inbound_at
+                  m.created_at, m.expires_at, m.priority, m.sent_as,
+                  {last_inbound(":channel", "picked.wa_id")} AS last_inbound_at
     ), spent AS (
         -- Tokens granted but not used (fewer rows were ready) go back into the bucket.
         UPDATE outbox.channel_state

@@ -22,8 +22,10 @@ from outbox.db.channel_state import lock_bucket
 from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED
 from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
+from outbox.db.identities import UPSERT_PAIR
 from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
 from outbox.domain import ratelimit, window
+from outbox.domain.identity import SQL_BSUID_PREFIX
 from outbox.domain.models import Claim, SendResult, State
 from outbox.domain.ratelimit import Limits
 from outbox.ports import Renewed
@@ -42,6 +44,8 @@ SEND_RESULT_COLUMNS = ArrayColumns(
         ("next_attempt_at", _TIMESTAMP),
         ("attempts_delta", Integer()),
         ("pace_until", _TIMESTAMP),
+        ("answer_wa_id", Text()),
+        ("answer_bsuid", Text()),
     )
 )
 
@@ -73,7 +77,19 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
             claimed_by = NULL, lease_until = NULL, updated_at = now()
         FROM r JOIN locked ON locked.id = r.id
         WHERE m.id = r.id AND {HELD_BY_WORKER}
-        RETURNING m.channel, m.wa_id, r.pace_until
+        RETURNING m.channel, m.wa_id, r.pace_until, r.answer_wa_id, r.answer_bsuid
+    ), paired AS (
+        -- A send answer that names the user's BSUID pairs it with their number (issue 18).
+        INSERT INTO outbox.identity_pairs AS p (channel, bsuid, wa_id, source)
+        SELECT DISTINCT ON (channel, answer_bsuid) channel, answer_bsuid,
+               coalesce(answer_wa_id, CASE WHEN wa_id !~ '{SQL_BSUID_PREFIX}' THEN wa_id END),
+               'send_answer'
+        FROM done
+        WHERE answer_bsuid IS NOT NULL
+          AND coalesce(answer_wa_id, CASE WHEN wa_id !~ '{SQL_BSUID_PREFIX}' THEN wa_id END)
+              IS NOT NULL
+        ORDER BY channel, answer_bsuid
+        {UPSERT_PAIR}
     ), paced AS (
         INSERT INTO outbox.recipient_pace AS p (channel, wa_id, not_before)
         SELECT channel, wa_id, max(pace_until) FROM done
@@ -123,6 +139,8 @@ def _result_row(r: SendResult) -> tuple[object, ...]:
         r.next_attempt_at,
         r.attempts_delta,
         r.pace_until,
+        r.answer_wa_id,
+        r.answer_bsuid,
     )
 
 

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import BigInteger, Text
 
 from outbox.db.errors import translated, translated_errors
+from outbox.db.identities import last_inbound
 from outbox.db.sql import WAKE_SENDERS
-from outbox.db.tables import WA_ID
+from outbox.db.tables import recipient_key
 from outbox.domain.codes import DELIVERY_RANK, Code, Title
 from outbox.domain.models import State
 from outbox.domain.operations import Candidate
@@ -65,8 +66,10 @@ def _where(selector: Selector) -> tuple[str, dict[str, Any]]:
         clauses.append("m.created_at < :until")
         params["until"] = selector.until
     if selector.recipient is not None:
-        # The same normalisation as the generated wa_id column, so '+49 151…' finds it.
-        clauses.append(f"m.wa_id = {WA_ID.replace('recipient', 'CAST(:recipient AS text)')}")
+        # The same key as the wa_id column, so '+49 151…' finds it; a BSUID also finds the rows
+        # written to it before its pair was known, which kept it as their key.
+        key = recipient_key("m.channel", "CAST(:recipient AS text)")
+        clauses.append(f"m.wa_id IN ({key}, CAST(:recipient AS text))")
         params["recipient"] = selector.recipient
     return " AND ".join(clauses), params
 
@@ -149,10 +152,10 @@ class OperatorStore:
         query = text(
             f"""
             SELECT m.id, m.channel, m.recipient, m.state, m.error_code, m.attempts,
-                   m.expires_at, m.payload, m.fallback_template, c.last_inbound_at,
+                   m.expires_at, m.payload, m.fallback_template,
+                   {last_inbound("m.channel", "m.wa_id")} AS last_inbound_at,
                    {_REACHED} AS reached
             FROM outbox.messages AS m
-            LEFT JOIN outbox.contacts AS c ON c.channel = m.channel AND c.wa_id = m.wa_id
             WHERE {where} AND m.id > :after
             ORDER BY m.id LIMIT {_PAGE}
             """

@@ -23,6 +23,14 @@ from sqlalchemy.types import BigInteger, DateTime, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated, translated_errors
+from outbox.db.identities import (
+    ADDRESSED_COLUMNS,
+    INHERIT_PAIRS,
+    LEARN_PAIRS,
+    MOVE_COLUMNS,
+    PAIR_BY_MESSAGE,
+    PAIR_COLUMNS,
+)
 from outbox.db.status_writes import StatusWriter
 from outbox.domain.notifications import status_from_json, status_to_json
 from outbox.domain.reconcile import (
@@ -31,6 +39,7 @@ from outbox.domain.reconcile import (
     NumberMove,
     WebhookRow,
 )
+from outbox.domain.user_ids import Identities
 
 _TIMESTAMP = DateTime(timezone=True)
 
@@ -230,6 +239,20 @@ class _WebhookBatch(StatusWriter):
             await self._connection.execute(
                 CARRY_OVER_WINDOWS, NUMBER_CHANGE_COLUMNS.params(changed)
             )
+
+    @translated
+    async def learn(self, identities: Identities) -> None:
+        if identities.pairs:
+            learned = [(p.channel, p.wa_id, p.bsuid, p.source) for p in identities.pairs]
+            await self._connection.execute(LEARN_PAIRS, PAIR_COLUMNS.params(learned))
+        if identities.moves:
+            await self._connection.execute(INHERIT_PAIRS, MOVE_COLUMNS.params(identities.moves))
+            # The window moves with the id, as with a new number.
+            params = NUMBER_CHANGE_COLUMNS.params(identities.moves)
+            await self._connection.execute(CARRY_OVER_WINDOWS, params)
+        if identities.addressed:
+            params = ADDRESSED_COLUMNS.params(identities.addressed)
+            await self._connection.execute(PAIR_BY_MESSAGE, params)
 
     @translated
     async def park(self, statuses: Sequence[Located]) -> None:

@@ -7,7 +7,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
-    Computed,
     DateTime,
     Float,
     Identity,
@@ -31,10 +30,14 @@ from outbox.domain.models import SentAs, State
 SCHEMA = "outbox"
 NOTIFY_CHANNEL = "outbox_messages"
 WEBHOOK_NOTIFY_CHANNEL = "outbox_webhooks"
-# The recipient as digits, for per-recipient order and the window lookup: every character but
-# the ASCII digits removed. normalise_recipient accepts only digits once Unicode spaces, dashes,
-# dots, parentheses and a leading '+' are gone, so for every valid recipient the two agree.
-WA_ID = r"regexp_replace(recipient, '[^0-9]', '', 'g')"
+
+
+# A recipient's key (`messages.wa_id`), for per-recipient order, pacing and the window lookup:
+# `outbox.recipient_key` (migration 0015), the SQL spelling of outbox.domain.identity's rule.
+def recipient_key(channel: str, recipient: str) -> str:
+    """The SQL expression of the key for a `channel` and `recipient` given as SQL."""
+    return f"outbox.recipient_key({channel}, {recipient})"
+
 
 metadata = MetaData(
     schema=SCHEMA,
@@ -73,7 +76,9 @@ messages = Table(
     # the recipient's own line. Pair pacing stays per recipient.
     Column("ordering_key", Text, nullable=False, server_default=text("''")),
     # Daemon columns.
-    Column("wa_id", Text, Computed(WA_ID, persisted=True), nullable=False),
+    # Set by the insert trigger (0015): the recipient's digits, or a BSUID as written (the
+    # phone it is paired with, once known).
+    Column("wa_id", Text, nullable=False),
     Column("unknown_resends", SmallInteger, nullable=False, server_default=text("0")),
     # No older row of its line (channel, recipient, ordering_key) is open: kept by triggers
     # (revisions 0006, 0011), so only heads are in the claim's indexes.
@@ -177,6 +182,20 @@ contacts = Table(
     Column("last_inbound_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("channel", "wa_id"),
+)
+
+# Since 0015: phone numbers and the business-scoped user ids (BSUIDs) learned for them, per
+# channel; `source` says where (inbound, status, contacts, send_answer, user_id_update, ...).
+identity_pairs = Table(
+    "identity_pairs",
+    metadata,
+    Column("channel", Text, nullable=False),
+    Column("bsuid", Text, nullable=False),
+    Column("wa_id", Text, nullable=False),
+    Column("learned_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("source", Text, nullable=False),
+    PrimaryKeyConstraint("channel", "bsuid"),
+    Index("ix_identity_pairs_wa_id", "channel", "wa_id"),
 )
 
 webhook_events = Table(

@@ -77,7 +77,7 @@ def primary_kind(message: ClaimedMessage, dialect: Dialect) -> str:
 def _request(
     message: ClaimedMessage, rules: ChannelRules, now: datetime, window_margin: timedelta
 ) -> ApiRequest | WindowClosed:
-    to = normalise_recipient(message.recipient)
+    to = normalise_recipient(message.recipient, rules.dialect)
     kind = primary_kind(message, rules.dialect)
     content = choose_content(
         message.payload,

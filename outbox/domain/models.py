@@ -90,3 +90,7 @@ class SendResult:
     next_attempt_at: datetime | None = None
     attempts_delta: int = 0
     pace_until: datetime | None = None  # no other message to this recipient before then
+    # A phone number and the BSUID a send answer named for the user, learned as a pair (the
+    # phone is the answer's `wa_id`, else the row's own key when that is a number).
+    answer_wa_id: str | None = None
+    answer_bsuid: str | None = None

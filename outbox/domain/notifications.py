@@ -14,9 +14,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outbox.domain import parsing
+from outbox.domain.user_ids import (
+    Addressed,
+    Paired,
+    UserIdChanged,
+    contact_pairs,
+    paired,
+    phone_digits,
+    system_change,
+    user,
+)
+from outbox.domain.user_ids import (
+    NumberChanged as NumberChanged,  # re-exported: defined here before issue 18
+)
+from outbox.domain.user_ids import user_id_update as _user_id_update_events
 
 _FLAT_KEYS = ("messages", "statuses", "errors", "contacts")
-_DIGITS = re.compile(r"[0-9]{1,20}")
+_DIGITS = re.compile(r"[0-9]{1,20}")  # a timestamp's
 _OUTBOX_ID = re.compile(r"outbox:([1-9][0-9]{0,18})")
 _MAX_BIGINT = 2**63 - 1  # outbox.messages.id is a PostgreSQL bigint
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second `datetime` can hold
@@ -29,7 +43,10 @@ _MAX_TEXT = 2000  # error titles and details are kept, but not without bound
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """A message from a user: it opens or refreshes the 24-hour window."""
+    """A message from a user: it opens or refreshes the 24-hour window.
+
+    `wa_id` is the user's key: their phone number's digits, or their BSUID when the message
+    names no phone number (a username user)."""
 
     wa_id: str
     message_id: str | None
@@ -67,16 +84,16 @@ class Ignored:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class NumberChanged:
-    """WhatsApp says a user moved to a new number (a system message, not user activity)."""
-
-    old_wa_id: str
-    new_wa_id: str
-    at: datetime
-
-
-Event = Inbound | StatusUpdate | ErrorNotice | NumberChanged | Ignored
+Event = (
+    Inbound
+    | StatusUpdate
+    | ErrorNotice
+    | NumberChanged
+    | Paired
+    | UserIdChanged
+    | Addressed
+    | Ignored
+)
 
 
 def parse_notification(body: object) -> list[Event]:
@@ -111,7 +128,7 @@ def _entry(entry: object, events: list[Event], seen: set[str]) -> None:
     for change in changes:
         if not isinstance(change, dict):
             events.append(Ignored("change not an object"))
-        elif change.get("field") != "messages":
+        elif change.get("field") not in ("messages", "user_id_update"):
             events.append(Ignored("unknown field entry"))
         elif not isinstance(value := change.get("value"), dict):
             events.append(Ignored("change without value"))
@@ -120,7 +137,12 @@ def _entry(entry: object, events: list[Event], seen: set[str]) -> None:
 
 
 def _value(value: dict[Any, Any], events: list[Event], seen: set[str]) -> None:
-    for key, parse in (("messages", _message), ("statuses", _status), ("errors", _error_notice)):
+    for key, parse in (
+        ("messages", _message),
+        ("statuses", _status),
+        ("errors", _error_notice),
+        ("user_id_update", _user_id_update),
+    ):
         items = value.get(key)
         if items is None:
             continue
@@ -128,44 +150,58 @@ def _value(value: dict[Any, Any], events: list[Event], seen: set[str]) -> None:
             events.append(Ignored(f"{key} not a list"))
             continue
         for item in items:
-            event = parse(item, seen)
-            events.append(event)
-            if isinstance(event, Inbound) and event.message_id is not None:
-                seen.add(event.message_id)
+            for event in parse(item, seen):
+                events.append(event)
+                if isinstance(event, Inbound) and event.message_id is not None:
+                    seen.add(event.message_id)
+    events.extend(contact_pairs(value.get("contacts")))
 
 
-def _message(item: object, seen: set[str]) -> Event:
+def _message(item: object, seen: set[str]) -> list[Event]:
     if not isinstance(item, dict):
-        return Ignored("message not an object")
+        return [Ignored("message not an object")]
     kind = parsing.text(item.get("type")) or "unknown"
     if kind == "system":
         # A number change or identity notice, written by WhatsApp, not by the user.
-        return _system(item)
-    wa_id = _digits(item.get("from"))
-    if wa_id is None:
-        return Ignored("message without sender")
+        return [_system(item)]
+    wa_id, bsuid = user(item.get("from"), item.get("from_user_id"))
+    key = wa_id or bsuid
+    if key is None:
+        return [Ignored("message without sender")]
+    pairs = paired(wa_id, bsuid, "inbound")
     at = _timestamp(item.get("timestamp"))
     if at is None:
-        return Ignored("message without timestamp")
+        return [*pairs, Ignored("message without timestamp")]
     message_id = parsing.text(item.get("id"), _MAX_ID)
     if message_id is not None and message_id in seen:
-        return Ignored("duplicate message")
-    return Inbound(wa_id, message_id, at, kind)
+        return [*pairs, Ignored("duplicate message")]
+    return [*pairs, Inbound(key, message_id, at, kind)]
 
 
 def _system(item: dict[Any, Any]) -> Event:
-    system = item.get("system")
-    old, at = _digits(item.get("from")), _timestamp(item.get("timestamp"))
-    if isinstance(system, dict) and system.get("type") == "user_changed_number":
-        new = _digits(system.get("new_wa_id") or system.get("wa_id"))
-        if old is not None and new is not None and at is not None and old != new:
-            return NumberChanged(old, new, at)
-    return Ignored("system message")
+    change = system_change(item, _timestamp(item.get("timestamp")))
+    return Ignored("system message") if change is None else change
 
 
-def _status(item: object, _seen: set[str]) -> Event:
+def _user_id_update(item: object, _seen: set[str]) -> list[Event]:
+    events = _user_id_update_events(item)
+    return [Ignored(events)] if isinstance(events, str) else list(events)
+
+
+def _status(item: object, _seen: set[str]) -> list[Event]:
     if not isinstance(item, dict):
-        return Ignored("status not an object")
+        return [Ignored("status not an object")]
+    update = _status_update(item)
+    if isinstance(update, Ignored):
+        return [update]
+    # A status sent to a BSUID may carry no recipient_id at all: the row is found by its id.
+    wa_id, bsuid = user(item.get("recipient_id"), item.get("recipient_user_id"))
+    if wa_id is None and bsuid is not None:
+        return [Addressed(update.wamid, bsuid), update]
+    return [*paired(wa_id, bsuid, "status"), update]
+
+
+def _status_update(item: dict[Any, Any]) -> StatusUpdate | Ignored:
     if isinstance(item.get("id"), str) and len(item["id"]) > _MAX_ID:
         return Ignored("status id too long")
     wamid = parsing.text(item.get("id"))
@@ -178,9 +214,9 @@ def _status(item: object, _seen: set[str]) -> Event:
         return Ignored("status value too long")
     message = item.get("message")
     # `recipient_id` was announced to go away in On-Prem v2.45; Turn sends `message.recipient_id`.
-    recipient = _digits(item.get("recipient_id"))
+    recipient = phone_digits(item.get("recipient_id"))
     if recipient is None and isinstance(message, dict):
-        recipient = _digits(message.get("recipient_id"))
+        recipient = phone_digits(message.get("recipient_id"))
     code, title, detail = _first_error(item.get("errors"))
     return StatusUpdate(
         wamid=wamid,
@@ -194,13 +230,12 @@ def _status(item: object, _seen: set[str]) -> Event:
     )
 
 
-def _error_notice(item: object, _seen: set[str]) -> Event:
+def _error_notice(item: object, _seen: set[str]) -> list[Event]:
     if not isinstance(item, dict):
-        return Ignored("error not an object")
+        return [Ignored("error not an object")]
     code, title, detail = _error_fields(item)
-    return ErrorNotice(
-        code, title or parsing.text(item.get("message"), _MAX_TEXT) or "error", detail
-    )
+    title = title or parsing.text(item.get("message"), _MAX_TEXT) or "error"
+    return [ErrorNotice(code, title, detail)]
 
 
 def _first_error(errors: object) -> tuple[int | None, str | None, str | None]:
@@ -234,11 +269,6 @@ def _timestamp(value: object) -> datetime | None:
         return datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError, ValueError):  # platform limits narrower than the bound above
         return None
-
-
-def _digits(value: object) -> str | None:
-    """A phone number or wa_id as digits only: spaces anywhere and a leading '+' dropped."""
-    return parsing.phone_number(value, _DIGITS) if isinstance(value, str) else None
 
 
 def _outbox_id(value: object) -> int | None:

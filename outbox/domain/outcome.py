@@ -11,6 +11,7 @@ from outbox.domain import parsing, retry, window
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.response import Accepted, SendOutcome, TransportFailure
+from outbox.domain.user_ids import phone_digits
 
 WINDOW_CLOSED = Code.WINDOW_CLOSED
 WINDOW_CLOSED_TITLE = Title.WINDOW_CLOSED
@@ -122,10 +123,16 @@ def _judge(
     rand: Callable[[], float],
 ) -> Judged:
     if isinstance(outcome, Accepted):
-        return Judged(
-            SendResult(message.id, State.ACCEPTED, now, wamid=outcome.wamid, sent_as=sent_as),
-            None,
+        accepted = SendResult(
+            message.id,
+            State.ACCEPTED,
+            now,
+            wamid=outcome.wamid,
+            sent_as=sent_as,
+            answer_wa_id=phone_digits(outcome.wa_id),
+            answer_bsuid=outcome.user_id,
         )
+        return Judged(accepted, None)
     code: str
     if isinstance(outcome, TransportFailure):
         if outcome.ambiguous:

@@ -21,9 +21,15 @@ from outbox.domain.notifications import (
     ErrorNotice,
     Ignored,
     Inbound,
-    NumberChanged,
     StatusUpdate,
     parse_notification,
+)
+from outbox.domain.user_ids import (
+    Addressed,
+    Identities,
+    NumberChanged,
+    Paired,
+    UserIdChanged,
 )
 from outbox.domain.window import refused_for_closed_window
 
@@ -95,6 +101,7 @@ class Digest:
 
     inbound: list[InboundSeen] = field(default_factory=list)
     moves: list[NumberMove] = field(default_factory=list)
+    identities: Identities = field(default_factory=Identities)
     statuses: list[Located] = field(default_factory=list)
     # (webhook id, the note its row keeps as `error`: None when nothing needs saying), in row order
     notes: list[tuple[int, str | None]] = field(default_factory=list)
@@ -116,6 +123,9 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                 case NumberChanged():
                     result.moves.append(NumberMove(row.channel, event.old_wa_id, event.new_wa_id))
                     notes.append(f"number changed to {event.new_wa_id}")
+                case Paired() | UserIdChanged() | Addressed():
+                    if (note := result.identities.add(row.channel, event)) is not None:
+                        notes.append(note)
                 case ErrorNotice():
                     notes.append(f"error {event.code}: {event.title}")
                     result.noted[(row.channel, "error")] += 1

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from outbox.domain import parsing
+from outbox.domain import identity, parsing
 from outbox.domain.codes import Code
 from outbox.domain.models import Dialect, SentAs
 
@@ -24,7 +24,7 @@ _TYPES = {
     ),
 }
 # Fields the daemon owns; a producer who writes them would silently be overridden.
-_RESERVED = frozenset({"to", "recipient_type"})
+_RESERVED = frozenset({"to", "recipient", "recipient_type"})
 
 
 class InvalidMessage(ValueError):
@@ -43,13 +43,30 @@ class ApiRequest:
     sent_as: SentAs
 
 
-def normalise_recipient(raw: str) -> str:
-    """Digits only: a leading `+`, spaces, dashes, dots and parentheses are dropped.
+def normalise_recipient(raw: str, dialect: Dialect | None = None) -> str:
+    """The user a row goes to: a phone number as digits, or a BSUID as written.
 
-    Spaces are every `str.isspace` character (the Zs category included). What is accepted is
-    then exactly the recipient with every character but the ASCII digits removed, which is how
-    the generated `wa_id` column (`outbox.db.tables.WA_ID`) reads it.
+    A phone number loses a leading `+`, spaces, dashes, dots and parentheses. Spaces are every
+    `str.isspace` character (the Zs category included). What is accepted is then exactly the
+    recipient with every character but the ASCII digits removed, which is how the `wa_id`
+    column (`outbox.recipient_key`, migration 0015) reads it. A recipient spelt as a BSUID
+    (`outbox.domain.identity`) is taken as it is, case kept, and only a Cloud channel can send
+    to one (`dialect`, when given, is checked).
     """
+    if identity.looks_like_bsuid(raw):
+        if identity.bsuid(raw) is None:
+            raise InvalidMessage(
+                Code.INVALID_RECIPIENT,
+                f"recipient {raw!r} is not a business-scoped user id "
+                "(two letters, a dot, 1-128 letters or digits)",
+            )
+        if dialect is Dialect.ONPREM:
+            raise InvalidMessage(
+                Code.INVALID_RECIPIENT,
+                f"recipient {raw!r} is a business-scoped user id (BSUID): only Cloud channels "
+                "can send to one, this channel is On-Premise",
+            )
+        return raw
     digits = parsing.phone_number(raw, _RECIPIENT, _RECIPIENT_NOISE)
     if digits is None:
         raise InvalidMessage(
@@ -116,7 +133,7 @@ def build_request(
     sent_as: SentAs | None = None,
 ) -> ApiRequest:
     """The request for one message; raises InvalidMessage for rows that cannot be sent."""
-    to = normalise_recipient(recipient)
+    to = normalise_recipient(recipient, dialect)
     kind = validate_payload(payload, dialect)
     return render_request(
         dialect, to, payload, kind, namespace=namespace, message_id=message_id, sent_as=sent_as
@@ -146,6 +163,7 @@ def render_request(
     if isinstance(body[kind], dict):
         body[kind] = dict(body[kind])
     if dialect is Dialect.ONPREM:
+        normalise_recipient(to, dialect)  # a BSUID cannot be sent from here
         return ApiRequest("/v1/messages", _onprem(body, kind, to, namespace), sent_as)
     return ApiRequest("/messages", _cloud(body, kind, to, message_id), sent_as)
 
@@ -178,4 +196,6 @@ def _cloud(body: dict[str, Any], kind: str, to: str, message_id: int) -> dict[st
         template["language"] = {k: v for k, v in template["language"].items() if k != "policy"}
     # Echoed back in status webhooks: resolves the row even if the send response was lost.
     body["biz_opaque_callback_data"] = f"outbox:{message_id}"
-    return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, **body}
+    # A BSUID goes in `recipient`, a phone number in `to` (waba-2026.md §1.9, [M]).
+    field = "recipient" if identity.looks_like_bsuid(to) else "to"
+    return {"messaging_product": "whatsapp", "recipient_type": "individual", field: to, **body}

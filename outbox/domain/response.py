@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from outbox.domain import parsing
+from outbox.domain import identity, parsing
 
 # Everything taken from an answer is cleaned (`parsing.storable`) and capped here, where it
 # enters, so that no answer can make the result's UPDATE fail or bloat rows and logs.
@@ -27,6 +27,8 @@ _WAMID = re.compile(r"[!-~]{1,200}")
 class Accepted:
     wamid: str
     wa_id: str | None
+    # The user's BSUID, when the answer names one (`contacts[].user_id`, since 2026).
+    user_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +97,13 @@ def _accepted(body: dict[str, Any]) -> Accepted | str | None:
         return None
     if not _WAMID.fullmatch(wamid):
         return wamid
-    wa_id = None
+    wa_id = user_id = None
     contacts = body.get("contacts")
     if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict):
         wa_id = parsing.text(contacts[0].get("wa_id"), 64)
         wa_id = parsing.storable(wa_id, 64) if wa_id else None
-    return Accepted(wamid, wa_id)
+        user_id = identity.bsuid(contacts[0].get("user_id"))
+    return Accepted(wamid, wa_id, user_id)
 
 
 def _error_of(body: dict[str, Any]) -> tuple[int | None, str, str | None] | None:

@@ -16,6 +16,7 @@ from outbox.domain.reconcile import (
     WebhookRow,
 )
 from outbox.domain.report import Report
+from outbox.domain.user_ids import Identities
 
 
 class StatusWrites(Protocol):
@@ -38,6 +39,11 @@ class WebhookBatch(StatusWrites, Protocol):
 
     async def record(self, inbound: Sequence[InboundSeen], moves: Sequence[NumberMove]) -> None:
         """Contacts' last inbound times, and windows carried over to new numbers."""
+        ...
+
+    async def learn(self, identities: Identities) -> None:
+        """Phone-BSUID pairs; new BSUIDs that take the old one's window and phone; BSUIDs
+        paired with the number the message a status names went to."""
         ...
 
     async def park(self, statuses: Sequence[Located]) -> None: ...

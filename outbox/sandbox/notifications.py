@@ -37,6 +37,8 @@ class AcceptedMessage:
     recipient: str
     accepted_at: float  # wall-clock Unix time
     callback_data: str | None
+    # Cloud: the recipient fields of its statuses (`recipient_id`, `recipient_user_id`).
+    recipient_ids: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ def status_body(message: AcceptedMessage, status: str, happened_at: float) -> di
     }
     if message.dialect == "onprem":
         return {"statuses": [{**item, "type": "message"}]}
+    if message.recipient_ids is not None:
+        del item["recipient_id"]
+        item.update(message.recipient_ids)
     if message.callback_data is not None:
         item["biz_opaque_callback_data"] = message.callback_data
     value = {
@@ -113,6 +118,12 @@ class Notifier:
             task = asyncio.create_task(self._deliver(webhook, body, delay))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def post(self, webhook: Webhook, body: dict[str, Any]) -> None:
+        """Post one notification now, in the background (an inbound message, say)."""
+        task = asyncio.create_task(self._deliver(webhook, body, 0.0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def wait_idle(self) -> None:
         while self._tasks:

@@ -75,12 +75,14 @@ def new_message_id(dialect: Dialect) -> str:
     return "wamid.HBgL" + secrets.token_urlsafe(36)
 
 
-def accepted_body(dialect: Dialect, to: str, message_id: str) -> dict[str, Any]:
+def accepted_body(
+    dialect: Dialect, to: str, message_id: str, contact: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     if dialect == "onprem":
         return {"messages": [{"id": message_id}], "meta": _META}
     return {
         "messaging_product": "whatsapp",
-        "contacts": [{"input": to, "wa_id": to}],
+        "contacts": [dict(contact) if contact is not None else {"input": to, "wa_id": to}],
         "messages": [{"id": message_id}],
     }
 

@@ -28,6 +28,7 @@ from outbox.sandbox.responses import (
     new_message_id,
     status_fault_body,
 )
+from outbox.sandbox.users import Users
 from outbox.sandbox.validation import invalid_body, validate
 
 API_KEY_HEADER = "D360-API-KEY"
@@ -77,6 +78,8 @@ class Sandbox:
         )
         # By key, not label: a new key starts without a webhook, as at 360dialog (waba-api.md §4.6).
         self._webhooks: dict[str, Webhook] = {}
+        # Username users: phone-BSUID pairs (outbox.sandbox.users).
+        self.users = Users()
         self._seq = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.app = web.Application()
@@ -126,6 +129,14 @@ class Sandbox:
 
     def message_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and r.dialect is not None]
+
+    def user_writes(self, api_key: str, sender: str, text: str = "hi") -> None:
+        """`sender` (a phone number or a BSUID, see `users`) writes to the number behind
+        `api_key`: a Cloud inbound notification goes to that key's webhook."""
+        webhook = self._webhooks.get(api_key)
+        if webhook is None:
+            raise LookupError("no webhook is set for that key")
+        self._notifier.post(webhook, self.users.inbound_body(sender, text, time.time()))
 
     async def wait_idle(self) -> None:
         """Wait until every scheduled notification has been posted or given up."""
@@ -187,7 +198,7 @@ class Sandbox:
             return self._answer(
                 request, record, json_response(error_body(dialect, invalid_body(dialect)), 400)
             )
-        recipient = body.get("to")
+        recipient = body.get("to", body.get("recipient"))
         fault = self.faults.match(recipient if isinstance(recipient, str) else None)
         if fault is not None:
             if fault.kind in ("latency", "hang"):
@@ -202,16 +213,18 @@ class Sandbox:
         error = validate(dialect, body)
         if error is not None:
             return self._answer(request, record, json_response(error_body(dialect, error), 400))
-        to: str = body["to"]  # validate() made sure of it
+        to: str = body.get("to") or body["recipient"]  # validate() made sure of it
         message_id = new_message_id(dialect)
         webhook = self._webhooks.get(key)
+        cloud = dialect == "cloud"
         if self._statuses and webhook is not None:
             callback_data = body.get("biz_opaque_callback_data")
-            self._notifier.schedule(
-                webhook, AcceptedMessage(dialect, message_id, to, time.time(), callback_data)
-            )
+            ids = self.users.status_ids(to) if cloud else None
+            accepted = AcceptedMessage(dialect, message_id, to, time.time(), callback_data, ids)
+            self._notifier.schedule(webhook, accepted)
+        contact = self.users.contact(to) if cloud else None
         response = json_response(
-            accepted_body(dialect, to, message_id), 201 if dialect == "onprem" else 200
+            accepted_body(dialect, to, message_id, contact), 200 if cloud else 201
         )
         return self._answer(request, record, response, message_id)
 

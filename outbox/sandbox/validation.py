@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from outbox.sandbox.responses import ApiError, Dialect
+from outbox.sandbox.users import BSUID
 
 MAX_TEXT = 4096
 MAX_CALLBACK_DATA = 512
@@ -24,7 +25,7 @@ _TYPES: dict[Dialect, frozenset[str]] = {
 }
 # Top-level fields that belong to the other dialect.
 _FOREIGN: dict[Dialect, tuple[str, ...]] = {
-    "onprem": ("messaging_product", "biz_opaque_callback_data"),
+    "onprem": ("messaging_product", "biz_opaque_callback_data", "recipient"),
     "cloud": ("preview_url",),
 }
 _NO_CAPTION = frozenset({"audio", "sticker"})
@@ -95,10 +96,17 @@ def _check_message(dialect: Dialect, body: Mapping[str, Any]) -> None:
     if dialect == "cloud" and body.get("messaging_product") != "whatsapp":
         # Meta says "is required" for a wrong value too.
         raise _Rejected("missing", "messaging_product")
-    to = _require(body, "to")
-    # Cloud normalises phone formats itself; the Coreapp wants a bare WhatsApp id.
-    if not isinstance(to, str) or not to or (dialect == "onprem" and not to.isdigit()):
-        raise _Rejected("invalid", "to")
+    if dialect == "cloud" and "recipient" in body:
+        # A username user's BSUID goes in `recipient`, never beside `to` (waba-2026.md §1.9).
+        if "to" in body:
+            raise _Rejected("unexpected", "to")
+        if not isinstance(body["recipient"], str) or not BSUID.fullmatch(body["recipient"]):
+            raise _Rejected("invalid", "recipient")
+    else:
+        to = _require(body, "to")
+        # Cloud normalises phone formats itself; the Coreapp wants a bare WhatsApp id.
+        if not isinstance(to, str) or not to or (dialect == "onprem" and not to.isdigit()):
+            raise _Rejected("invalid", "to")
     for key in _FOREIGN[dialect]:
         if key in body:
             raise _Rejected("unexpected", key)

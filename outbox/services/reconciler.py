@@ -131,6 +131,9 @@ class Reconciler:
         rows = batch.rows
         found = digest(rows)
         report = Report(webhooks=len(rows), inbound=len(found.inbound), notes=found.noted)
+        if found.identities:
+            # First: the inbound messages of this batch may already be keyed by them.
+            await batch.learn(found.identities)
         if found.inbound or found.moves:
             await batch.record(found.inbound, found.moves)
         if found.statuses:

@@ -12,6 +12,7 @@ import sys
 import unicodedata
 from datetime import timedelta
 
+from outbox.domain.identity import BSUID
 from outbox.domain.request import normalise_recipient
 from outbox.sandbox import Sandbox
 from tests.support import drain, fetch, insert, row, set_last_inbound, settings_for
@@ -58,3 +59,24 @@ async def test_a_reply_to_a_number_written_with_non_breaking_spaces_finds_its_wi
     done = await row(db_url, nbsp)
     assert (done["state"], done["error_code"]) == ("accepted", None)
     assert [r.body["to"] for r in api.message_requests()] == ["4915112345678"]
+
+
+async def test_wa_id_is_the_key_python_uses_for_bsuid_spellings(db_url: str) -> None:
+    spellings = [
+        "US.13491208655302741918",
+        "us.abcDEF123",
+        "DE.X",
+        "US." + "9" * 128,
+        "US.ENT.5068",
+        "US.12-34",
+    ]
+    rows = await fetch(
+        db_url,
+        "INSERT INTO outbox.messages (channel, recipient, payload) "
+        "SELECT 'c', r, '{}'::jsonb FROM unnest($1::text[]) AS r RETURNING recipient, wa_id",
+        spellings,
+    )
+    valid = {r["recipient"]: r["wa_id"] for r in rows if BSUID.fullmatch(r["recipient"])}
+    # Case kept, nothing removed: the BSUID is its own key, exactly as Python reads it.
+    assert valid == {s: normalise_recipient(s) for s in spellings[:4]}
+    assert len(valid) == 4

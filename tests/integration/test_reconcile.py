@@ -129,7 +129,8 @@ INBOUND_CASES: dict[str, InboundCase] = {
     "cloud__inbound__unsupported-131051": InboundCase({"1111111111111": 1673026174}),
     "cloud__inbound__referral-click-to-whatsapp": InboundCase({"972000000002": 1697045000}),
     "cloud__inbound__duplicate-same-id-twice": InboundCase({"5678": 1454119029}, note="duplicate"),
-    "cloud__inbound__bsuid-only-no-wa-id": InboundCase({}, note="ignored"),
+    # A username user: keyed on the BSUID since issue 18 (skipped before).
+    "cloud__inbound__bsuid-only-no-wa-id": InboundCase({"US.1234": 1454119029}),
     "cloud__error__value-level-errors-code-0": InboundCase({}, note="error 0"),
     "cloud__mixed__message-plus-value-errors-131000": InboundCase(
         {"972000000002": 1700505494}, note="error 131000"

@@ -12,8 +12,16 @@ from datetime import timedelta
 import pytest
 
 from outbox.config import ReconcilerConfig
-from outbox.domain.reconcile import InboundSeen, Located, NumberMove, Plan, Target, WebhookRow
+from outbox.domain.reconcile import (
+    InboundSeen,
+    Located,
+    NumberMove,
+    Plan,
+    Target,
+    WebhookRow,
+)
 from outbox.domain.report import Report
+from outbox.domain.user_ids import Identities
 from outbox.errors import DatabaseUnavailable, StatementRejected
 from outbox.services.reconciler import Reconciler
 
@@ -41,6 +49,9 @@ class _Batch:
         pass
 
     async def record(self, inbound: Sequence[InboundSeen], moves: Sequence[NumberMove]) -> None:
+        pass
+
+    async def learn(self, identities: Identities) -> None:
         pass
 
     async def park(self, statuses: Sequence[Located]) -> None:

@@ -75,7 +75,16 @@ def run(
 @pytest.mark.parametrize("sent_as", list(SentAs), ids=str)
 def test_accepted(sent_as: SentAs) -> None:
     assert judged(Accepted("wamid.HBgL", "4915112345678"), sent_as=sent_as) == Judged(
-        SendResult(42, State.ACCEPTED, NOW, wamid="wamid.HBgL", sent_as=sent_as), None, None
+        SendResult(
+            42,
+            State.ACCEPTED,
+            NOW,
+            wamid="wamid.HBgL",
+            sent_as=sent_as,
+            answer_wa_id="4915112345678",
+        ),
+        None,
+        None,
     )
 
 

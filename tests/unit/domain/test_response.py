@@ -22,7 +22,11 @@ FIXTURE_CASES: list[tuple[str, int, Accepted | Rejected]] = [
         200,
         Accepted("wamid.gBGGSFcCNEOPAgkO_KJ55r4w_ww", "48XXXXXXXXX"),
     ),
-    ("cloud__send-response__201-contact-bsuid.json", 201, Accepted("157b5e14568e8", None)),
+    (
+        "cloud__send-response__201-contact-bsuid.json",
+        201,
+        Accepted("157b5e14568e8", None, "US.1234"),
+    ),
     ("onprem__send-response__201-id-only.json", 201, Accepted("157b5e14568e8", None)),
     ("onprem__send-response__201-with-meta.json", 201, Accepted("sdkjfgksjfgoksdflgs", None)),
     (
@@ -316,7 +320,7 @@ def test_contact_wa_id_is_trimmed_and_bsuid_is_not_a_wa_id() -> None:
     body = {"contacts": [{"wa_id": " 4915112345678 "}], "messages": [{"id": "w"}]}
     assert parse_send_response(200, body) == Accepted("w", "4915112345678")
     body = {"contacts": [{"user_id": "US.1"}], "messages": [{"id": "w"}]}
-    assert parse_send_response(200, body) == Accepted("w", None)
+    assert parse_send_response(200, body) == Accepted("w", None, "US.1")
 
 
 # --- Retry-After --------------------------------------------------------------------------------
