@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import Float, Text
 
+from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated
 from outbox.domain import ratelimit
 from outbox.domain.ratelimit import Limits
 
-# The channel's bucket, locked until the claim commits: claims on one channel take turns, in
-# every replica, so together they never grant more than the bucket holds. The database's clock
-# is the one clock all replicas share; clock_timestamp() (not the statement's start) because a
-# claim that waited for the lock must count from when it got it, and the row lock's recheck
-# evaluates it again after the wait.
-LOCK_BUCKET = text(
+BUCKETS = ArrayColumns((("channel", Text()), ("burst", Float())))
+
+# The channels' buckets, locked until the claim commits: claims on a channel take turns, in
+# every replica, so together they never grant more than the bucket holds; locked in channel
+# order, so two claims over overlapping channels cannot deadlock. The database's clock is the
+# one clock all replicas share; clock_timestamp() (not the statement's start) because a claim
+# that waited for a lock must count from when it got it, and the row lock's recheck evaluates it
+# again after the wait.
+LOCK_BUCKETS = text(
     """
-    SELECT tokens, refilled_at, rate, greatest(hold_until, paused_until) AS blocked_until,
+    SELECT channel, tokens, refilled_at, rate,
+           greatest(hold_until, paused_until) AS blocked_until,
            hold_until, slowed_at, pause_epoch, clock_timestamp() AS now
-    FROM outbox.channel_state WHERE channel = :channel
+    FROM outbox.channel_state WHERE channel = ANY(:channels)
+    ORDER BY channel
     FOR UPDATE
     """
-)
+).bindparams(bindparam("channels", type_=ARRAY(Text())))
 
-ENSURE_BUCKET = text(
-    """
+ENSURE_BUCKETS = BUCKETS.statement(
+    f"""
     INSERT INTO outbox.channel_state (channel, tokens, refilled_at)
-    VALUES (:channel, :burst, now())
+    SELECT channel, burst, now() FROM {BUCKETS.unnest("b")} ORDER BY channel
     ON CONFLICT (channel) DO NOTHING
     """
 )
@@ -101,17 +110,33 @@ class Locked(NamedTuple):
 
 async def lock_bucket(connection: AsyncConnection, channel: str, limits: Limits) -> Locked:
     """The channel's row, its bucket refilled up to now, locked for this transaction."""
-    row = (await connection.execute(LOCK_BUCKET, {"channel": channel})).one_or_none()
-    if row is None:
-        await connection.execute(ENSURE_BUCKET, {"channel": channel, "burst": limits.burst})
-        row = (await connection.execute(LOCK_BUCKET, {"channel": channel})).one()
+    return (await lock_buckets(connection, {channel: limits}))[channel]
+
+
+async def lock_buckets(
+    connection: AsyncConnection, limits: Mapping[str, Limits]
+) -> dict[str, Locked]:
+    """The channels' rows, their buckets refilled up to now, locked for this transaction."""
+    channels = sorted(limits)
+    rows = (await connection.execute(LOCK_BUCKETS, {"channels": channels})).all()
+    if len(rows) < len(channels):  # a channel's first claim: its bucket starts full
+        found = {row.channel for row in rows}
+        missing = [(c, limits[c].burst) for c in channels if c not in found]
+        await connection.execute(ENSURE_BUCKETS, BUCKETS.params(missing))
+        rows = (await connection.execute(LOCK_BUCKETS, {"channels": channels})).all()
+    return {row.channel: await _refilled(connection, row, limits[row.channel]) for row in rows}
+
+
+async def _refilled(connection: AsyncConnection, row: Any, limits: Limits) -> Locked:
     stored = ratelimit.Bucket(row.tokens, row.refilled_at, row.rate)
     bucket = ratelimit.refill(stored, row.now, limits, row.hold_until)
     if bucket.refilled_at < stored.refilled_at:
         # The clock stepped back and the bucket re-anchored: keep the anchor even if this
         # transaction writes nothing else (a claim that got no token), or every claim would
         # re-anchor again and none would ever earn one.
-        await connection.execute(REANCHOR_BUCKET, {"channel": channel, "at": bucket.refilled_at})
+        await connection.execute(
+            REANCHOR_BUCKET, {"channel": row.channel, "at": bucket.refilled_at}
+        )
     return Locked(
         bucket, row.now, row.blocked_until, row.hold_until, row.slowed_at, row.pause_epoch
     )

@@ -36,9 +36,35 @@ class LeaseRenewals(Protocol):
         ...
 
 
+class ClaimRequest(NamedTuple):
+    """Up to `limit` rows of `channel`, as far as its shared bucket (`limits`) allows."""
+
+    channel: str
+    limit: int
+    limits: Limits
+
+
+class Due(NamedTuple):
+    """What a claim round should visit: the channels with rows to claim now (up to the limit
+    asked, in channel order from the cursor on, wrapping), and in how many seconds the next
+    retry or paced row of any channel comes due (None: none is waiting)."""
+
+    channels: list[str]
+    next_in: float | None
+
+
 class MessageLeases(ResultSink, LeaseRenewals, Protocol):
     """The sender's view of `outbox.messages`: leases taken, results written, leases handed back."""
 
+    async def due_channels(self, after: str, limit: int) -> Due: ...
+    async def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        worker: str,
+        lease: timedelta,
+        *,
+        window_margin: timedelta = DEFAULT_MARGIN,
+    ) -> dict[str, Claim]: ...
     async def claim(
         self,
         channel: str,
