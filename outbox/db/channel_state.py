@@ -82,18 +82,34 @@ PAUSE_CHANNEL = text(
     """
 )
 
-_RESUME = """
-    UPDATE outbox.channel_state
-    SET paused_until = NULL, pause_reason = NULL, pause_key = NULL, paused_by = :worker,
-        pause_epoch = pause_epoch + 1, updated_at = now()
-    WHERE channel = :channel {}
-    RETURNING pause_epoch
+_END_PAUSE = """
+    paused_until = NULL, pause_reason = NULL, pause_key = NULL, paused_by = :worker,
+    pause_epoch = pause_epoch + 1, updated_at = now()
 """
 # A success wins for everyone: it ends the pause whoever wrote it, and moves the epoch on.
-RESUME_CHANNEL = text(_RESUME.format(""))
-# A new key ends a pause that another key's answers caused.
-LIFT_CREDENTIAL_PAUSE = text(
-    _RESUME.format("AND pause_key IS NOT NULL AND pause_key <> :key AND paused_until IS NOT NULL")
+RESUME_CHANNEL = text(
+    f"""
+    UPDATE outbox.channel_state SET {_END_PAUSE}
+    WHERE channel = :channel
+    RETURNING pause_epoch
+    """
+)
+# A new key ends a pause that another key's answers caused; for many channels at once (each
+# with the fingerprint of its key in use), in channel order as the claim locks them.
+KEYS = ArrayColumns((("channel", Text()), ("key", Text())))
+LIFT_CREDENTIAL_PAUSES = KEYS.statement(
+    f"""
+    WITH lifted AS (
+        SELECT s.channel FROM outbox.channel_state AS s JOIN {KEYS.unnest("k")}
+            ON k.channel = s.channel
+        WHERE s.pause_key IS NOT NULL AND s.pause_key <> k.key AND s.paused_until IS NOT NULL
+        ORDER BY s.channel
+        FOR UPDATE OF s
+    )
+    UPDATE outbox.channel_state AS s SET {_END_PAUSE}
+    FROM lifted WHERE s.channel = lifted.channel
+    RETURNING s.channel
+    """
 )
 
 PAUSE_EPOCH = text("SELECT pause_epoch FROM outbox.channel_state WHERE channel = :channel")
@@ -200,14 +216,20 @@ class ChannelStateStore:
             ).scalar_one()
         return epoch
 
-    @translated
     async def lift_credential_pause(self, channel: str, key: str, worker: str) -> bool:
         """The key changed (to the one `key` fingerprints): end a pause another key caused."""
-        params = {"channel": channel, "key": key, "worker": worker}
+        return bool(await self.lift_credential_pauses({channel: key}, worker))
+
+    @translated
+    async def lift_credential_pauses(self, keys: Mapping[str, str], worker: str) -> list[str]:
+        """`lift_credential_pause` for many channels in one statement (each with the fingerprint
+        of its key in use); returns the channels whose pause ended."""
+        if not keys:
+            return []
+        params = {**KEYS.params(sorted(keys.items())), "worker": worker}
         async with self._engine.begin() as connection:
-            return (
-                await connection.execute(LIFT_CREDENTIAL_PAUSE, params)
-            ).one_or_none() is not None
+            rows = (await connection.execute(LIFT_CREDENTIAL_PAUSES, params)).all()
+        return sorted(row.channel for row in rows)
 
     @translated
     async def pause_epoch(self, channel: str) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
@@ -92,6 +92,7 @@ class ChannelStates(Protocol):
     ) -> bool: ...
     async def resume(self, channel: str, worker: str) -> int: ...
     async def lift_credential_pause(self, channel: str, key: str, worker: str) -> bool: ...
+    async def lift_credential_pauses(self, keys: Mapping[str, str], worker: str) -> list[str]: ...
     async def pause_epoch(self, channel: str) -> int: ...
 
 
