@@ -26,9 +26,7 @@ depends_on = None
 # Additive: the release before still runs on this schema.
 compatible_with = "0011"
 
-_DUE_AT = (
-    "(next_attempt_at) WHERE state = 'queued' AND next_attempt_at IS NOT NULL AND head"
-)
+_DUE_AT = "(next_attempt_at) WHERE state = 'queued' AND next_attempt_at IS NOT NULL AND head"
 
 
 def upgrade() -> None:
