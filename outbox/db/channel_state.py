@@ -137,10 +137,15 @@ async def lock_buckets(
     rows = (await connection.execute(LOCK_BUCKETS, {"channels": channels})).all()
     if len(rows) < len(channels):  # a channel's first claim: its bucket starts full
         found = {row.channel for row in rows}
-        missing = [(c, limits[c].burst) for c in channels if c not in found]
-        await connection.execute(ENSURE_BUCKETS, BUCKETS.params(missing))
+        await ensure_buckets(connection, {c: limits[c] for c in channels if c not in found})
         rows = (await connection.execute(LOCK_BUCKETS, {"channels": channels})).all()
     return {row.channel: await _refilled(connection, row, limits[row.channel]) for row in rows}
+
+
+async def ensure_buckets(connection: AsyncConnection, limits: Mapping[str, Limits]) -> None:
+    """A full bucket row for each channel that has none yet."""
+    rows = [(channel, limits[channel].burst) for channel in sorted(limits)]
+    await connection.execute(ENSURE_BUCKETS, BUCKETS.params(rows))
 
 
 async def _refilled(connection: AsyncConnection, row: Any, limits: Limits) -> Locked:

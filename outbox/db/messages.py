@@ -19,6 +19,7 @@ from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 
 from outbox.db import claims
 from outbox.db.arrays import ArrayColumns
+from outbox.db.channel_state import ensure_buckets
 from outbox.db.due import DUE_CHANNELS
 from outbox.db.errors import translated
 from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
@@ -129,6 +130,7 @@ class MessageStore:
     def __init__(self, engine: AsyncEngine, rand: Callable[[], float] = random.random) -> None:
         self._engine = engine
         self._rand = rand
+        self._buckets: set[str] = set()  # channels whose bucket row is known to exist
 
     @translated
     async def due_channels(self, after: str, limit: int) -> Due:
@@ -164,6 +166,14 @@ class MessageStore:
     ) -> dict[str, Claim]:
         """Lease up to each request's `limit` due queued rows of its channel (see
         `outbox.db.claims`)."""
+        new = {r.channel: r.limits for r in requests if r.channel not in self._buckets}
+        if new:
+            # A channel's first bucket row is created in a transaction of its own: created
+            # while the claim holds other channels' locks, two replicas' first claims could
+            # deadlock on each other's new rows.
+            async with self._engine.begin() as connection:
+                await ensure_buckets(connection, new)
+            self._buckets.update(new)
         async with self._engine.begin() as connection:
             return await claims.claim_many(
                 connection, requests, worker, lease, margin=window_margin, rand=self._rand
