@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,7 @@ import asyncpg
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.demo import embedded_database
-from tests.bench.throughput import _api, _free_port, _log, _peak_rss_mb, _senders, _stop
+from tests.bench.throughput import _free_port, _log, _peak_rss_mb, _senders, _stop
 
 IN_FLIGHT = 200
 
@@ -56,6 +57,22 @@ SELECT channel, recipient, jsonb_build_object('type', 'text', 'text', jsonb_buil
        'Your order ' || g || ' has shipped'))
 FROM rows
 """
+
+
+async def _api(port: int, latency_ms: float) -> asyncio.subprocess.Process:
+    """The API imitation, given time to start on a loaded machine."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.bench.fake_api", "--port", str(port),
+        "--latency-ms", str(latency_ms),
+    )  # fmt: skip
+    for _ in range(600):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                return process
+        except OSError:
+            await asyncio.sleep(0.05)
+    process.kill()
+    raise SystemExit("the API imitation did not start")
 
 
 async def _count(session: aiohttp.ClientSession, api: str) -> int:
