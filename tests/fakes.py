@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +22,7 @@ from outbox.domain.models import Claim, ClaimedMessage, SendResult, SentAs, Stat
 from outbox.domain.ratelimit import Limits
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
-from outbox.ports import Clock, Renewed, utc_now
+from outbox.ports import ClaimRequest, Clock, Due, Renewed, utc_now
 
 # outbox.db.tables.WA_ID: regexp_replace(recipient, '[^0-9]', '', 'g')
 _NOISE = re.compile(r"[^0-9]")
@@ -110,6 +110,42 @@ class InMemoryMessageStore:
         self.pace[channel, wa_id(recipient)] = not_before
 
     # --- MessageLeases ---
+
+    async def due_channels(self, after: str, limit: int) -> Due:
+        now = self._clock()
+        heads: dict[tuple[str, str], Row] = {}  # each recipient's oldest open row (as _pick)
+        for row in sorted(self.rows.values(), key=lambda r: r.id):
+            if row.state in OPEN_STATES:
+                heads.setdefault((row.channel, row.wa_id), row)
+        due = {
+            r.channel
+            for r in heads.values()
+            if r.state is State.QUEUED and (r.next_attempt_at is None or r.next_attempt_at <= now)
+        }
+        channels = sorted(due, key=lambda c: (c <= after, c))[:limit]
+        later = [
+            r.next_attempt_at
+            for r in heads.values()
+            if r.state is State.QUEUED and r.next_attempt_at is not None
+        ]
+        future = [t for t in [*later, *self.pace.values()] if t > now]
+        next_in = (min(future) - now).total_seconds() if future else None
+        return Due(channels, next_in)
+
+    async def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        worker: str,
+        lease: timedelta,
+        *,
+        window_margin: timedelta = window.DEFAULT_MARGIN,
+    ) -> dict[str, Claim]:
+        return {
+            r.channel: await self.claim(
+                r.channel, r.limit, worker, lease, r.limits, window_margin=window_margin
+            )
+            for r in requests
+        }
 
     async def claim(
         self,
@@ -299,6 +335,11 @@ class InMemoryMessageStore:
             return False
         await self.resume(channel, worker)
         return True
+
+    async def lift_credential_pauses(self, keys: Mapping[str, str], worker: str) -> list[str]:
+        return [
+            c for c, key in sorted(keys.items()) if await self.lift_credential_pause(c, key, worker)
+        ]
 
     async def pause_epoch(self, channel: str) -> int:
         state = self.channels.get(channel)

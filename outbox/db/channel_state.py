@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import Float, Text
 
+from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated
 from outbox.domain import ratelimit
 from outbox.domain.ratelimit import Limits
 
-# The channel's bucket, locked until the claim commits: claims on one channel take turns, in
-# every replica, so together they never grant more than the bucket holds. The database's clock
-# is the one clock all replicas share; clock_timestamp() (not the statement's start) because a
-# claim that waited for the lock must count from when it got it, and the row lock's recheck
-# evaluates it again after the wait.
-LOCK_BUCKET = text(
+BUCKETS = ArrayColumns((("channel", Text()), ("burst", Float())))
+
+# The channels' buckets, locked until the claim commits: claims on a channel take turns, in
+# every replica, so together they never grant more than the bucket holds; locked in channel
+# order, so two claims over overlapping channels cannot deadlock. The database's clock is the
+# one clock all replicas share; clock_timestamp() (not the statement's start) because a claim
+# that waited for a lock must count from when it got it, and the row lock's recheck evaluates it
+# again after the wait.
+LOCK_BUCKETS = text(
     """
-    SELECT tokens, refilled_at, rate, greatest(hold_until, paused_until) AS blocked_until,
+    SELECT channel, tokens, refilled_at, rate,
+           greatest(hold_until, paused_until) AS blocked_until,
            hold_until, slowed_at, pause_epoch, clock_timestamp() AS now
-    FROM outbox.channel_state WHERE channel = :channel
+    FROM outbox.channel_state WHERE channel = ANY(:channels)
+    ORDER BY channel
     FOR UPDATE
     """
-)
+).bindparams(bindparam("channels", type_=ARRAY(Text())))
 
-ENSURE_BUCKET = text(
-    """
+ENSURE_BUCKETS = BUCKETS.statement(
+    f"""
     INSERT INTO outbox.channel_state (channel, tokens, refilled_at)
-    VALUES (:channel, :burst, now())
+    SELECT channel, burst, now() FROM {BUCKETS.unnest("b")} ORDER BY channel
     ON CONFLICT (channel) DO NOTHING
     """
 )
@@ -73,18 +82,34 @@ PAUSE_CHANNEL = text(
     """
 )
 
-_RESUME = """
-    UPDATE outbox.channel_state
-    SET paused_until = NULL, pause_reason = NULL, pause_key = NULL, paused_by = :worker,
-        pause_epoch = pause_epoch + 1, updated_at = now()
-    WHERE channel = :channel {}
-    RETURNING pause_epoch
+_END_PAUSE = """
+    paused_until = NULL, pause_reason = NULL, pause_key = NULL, paused_by = :worker,
+    pause_epoch = pause_epoch + 1, updated_at = now()
 """
 # A success wins for everyone: it ends the pause whoever wrote it, and moves the epoch on.
-RESUME_CHANNEL = text(_RESUME.format(""))
-# A new key ends a pause that another key's answers caused.
-LIFT_CREDENTIAL_PAUSE = text(
-    _RESUME.format("AND pause_key IS NOT NULL AND pause_key <> :key AND paused_until IS NOT NULL")
+RESUME_CHANNEL = text(
+    f"""
+    UPDATE outbox.channel_state SET {_END_PAUSE}
+    WHERE channel = :channel
+    RETURNING pause_epoch
+    """
+)
+# A new key ends a pause that another key's answers caused; for many channels at once (each
+# with the fingerprint of its key in use), in channel order as the claim locks them.
+KEYS = ArrayColumns((("channel", Text()), ("key", Text())))
+LIFT_CREDENTIAL_PAUSES = KEYS.statement(
+    f"""
+    WITH lifted AS (
+        SELECT s.channel FROM outbox.channel_state AS s JOIN {KEYS.unnest("k")}
+            ON k.channel = s.channel
+        WHERE s.pause_key IS NOT NULL AND s.pause_key <> k.key AND s.paused_until IS NOT NULL
+        ORDER BY s.channel
+        FOR UPDATE OF s
+    )
+    UPDATE outbox.channel_state AS s SET {_END_PAUSE}
+    FROM lifted WHERE s.channel = lifted.channel
+    RETURNING s.channel
+    """
 )
 
 PAUSE_EPOCH = text("SELECT pause_epoch FROM outbox.channel_state WHERE channel = :channel")
@@ -101,17 +126,38 @@ class Locked(NamedTuple):
 
 async def lock_bucket(connection: AsyncConnection, channel: str, limits: Limits) -> Locked:
     """The channel's row, its bucket refilled up to now, locked for this transaction."""
-    row = (await connection.execute(LOCK_BUCKET, {"channel": channel})).one_or_none()
-    if row is None:
-        await connection.execute(ENSURE_BUCKET, {"channel": channel, "burst": limits.burst})
-        row = (await connection.execute(LOCK_BUCKET, {"channel": channel})).one()
+    return (await lock_buckets(connection, {channel: limits}))[channel]
+
+
+async def lock_buckets(
+    connection: AsyncConnection, limits: Mapping[str, Limits]
+) -> dict[str, Locked]:
+    """The channels' rows, their buckets refilled up to now, locked for this transaction."""
+    channels = sorted(limits)
+    rows = (await connection.execute(LOCK_BUCKETS, {"channels": channels})).all()
+    if len(rows) < len(channels):  # a channel's first claim: its bucket starts full
+        found = {row.channel for row in rows}
+        await ensure_buckets(connection, {c: limits[c] for c in channels if c not in found})
+        rows = (await connection.execute(LOCK_BUCKETS, {"channels": channels})).all()
+    return {row.channel: await _refilled(connection, row, limits[row.channel]) for row in rows}
+
+
+async def ensure_buckets(connection: AsyncConnection, limits: Mapping[str, Limits]) -> None:
+    """A full bucket row for each channel that has none yet."""
+    rows = [(channel, limits[channel].burst) for channel in sorted(limits)]
+    await connection.execute(ENSURE_BUCKETS, BUCKETS.params(rows))
+
+
+async def _refilled(connection: AsyncConnection, row: Any, limits: Limits) -> Locked:
     stored = ratelimit.Bucket(row.tokens, row.refilled_at, row.rate)
     bucket = ratelimit.refill(stored, row.now, limits, row.hold_until)
     if bucket.refilled_at < stored.refilled_at:
         # The clock stepped back and the bucket re-anchored: keep the anchor even if this
         # transaction writes nothing else (a claim that got no token), or every claim would
         # re-anchor again and none would ever earn one.
-        await connection.execute(REANCHOR_BUCKET, {"channel": channel, "at": bucket.refilled_at})
+        await connection.execute(
+            REANCHOR_BUCKET, {"channel": row.channel, "at": bucket.refilled_at}
+        )
     return Locked(
         bucket, row.now, row.blocked_until, row.hold_until, row.slowed_at, row.pause_epoch
     )
@@ -175,14 +221,20 @@ class ChannelStateStore:
             ).scalar_one()
         return epoch
 
-    @translated
     async def lift_credential_pause(self, channel: str, key: str, worker: str) -> bool:
         """The key changed (to the one `key` fingerprints): end a pause another key caused."""
-        params = {"channel": channel, "key": key, "worker": worker}
+        return bool(await self.lift_credential_pauses({channel: key}, worker))
+
+    @translated
+    async def lift_credential_pauses(self, keys: Mapping[str, str], worker: str) -> list[str]:
+        """`lift_credential_pause` for many channels in one statement (each with the fingerprint
+        of its key in use); returns the channels whose pause ended."""
+        if not keys:
+            return []
+        params = {**KEYS.params(sorted(keys.items())), "worker": worker}
         async with self._engine.begin() as connection:
-            return (
-                await connection.execute(LIFT_CREDENTIAL_PAUSE, params)
-            ).one_or_none() is not None
+            rows = (await connection.execute(LIFT_CREDENTIAL_PAUSES, params)).all()
+        return sorted(row.channel for row in rows)
 
     @translated
     async def pause_epoch(self, channel: str) -> int:

@@ -1,17 +1,34 @@
-"""The claim statement: which queued rows of a channel may go now, and in which order.
+"""The claim statement: which queued rows of some channels may go now, and in which order.
 
 Order per line (channel, recipient, ordering_key), pair pacing per recipient, the replay lane
-and the shared bucket's tokens, in one statement that `MessageStore.claim` runs under the
-channel's bucket lock (so claims on one channel take turns and see each other's `sending`).
+and the shared bucket's tokens, in one statement over any number of channels (a LATERAL per
+channel) that `MessageStore.claim_many` runs under the channels' bucket locks (so claims on a
+channel take turns and see each other's `sending`). Which channels to ask is `DUE_CHANNELS`.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import TextualSelect, text
+from sqlalchemy import TextualSelect
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import DateTime, Float, Integer, Text
 
+from outbox.db.arrays import ArrayColumns
 from outbox.db.identities import last_inbound
 from outbox.db.sql import OPEN_STATES
+
+# What each asked channel was granted, and its bucket after the grant (written back, less what
+# went unused, when the channel claimed anything).
+GRANTS = ArrayColumns(
+    (
+        ("channel", Text()),
+        ("granted", Integer()),
+        ("replay_quota", Integer()),
+        ("burst", Float()),
+        ("tokens", Float()),
+        ("rate", Float()),
+        ("refilled_at", DateTime(timezone=True)),
+    )
+)
 
 # A row is claimable only if no older row of its line (channel, recipient, ordering_key) is
 # still open (queued, sending or unknown): one message per line at a time, in insertion order,
@@ -32,7 +49,7 @@ from outbox.db.sql import OPEN_STATES
 _CLAIMABLE = f"""
     SELECT m.id, m.priority, m.wa_id, m.replayed_at IS NOT NULL AS replayed
     FROM outbox.messages AS m
-    WHERE m.state = 'queued' AND m.channel = :channel AND {{when}}
+    WHERE m.state = 'queued' AND m.channel = g.channel AND {{when}}
       AND (SELECT 1 FROM outbox.messages AS e
            WHERE e.channel = m.channel AND e.wa_id = m.wa_id AND e.ordering_key = m.ordering_key
              AND e.id < m.id AND e.state IN ({OPEN_STATES})
@@ -45,7 +62,7 @@ _CLAIMABLE = f"""
            WHERE p.channel = m.channel AND p.wa_id = m.wa_id AND p.not_before > now()
            LIMIT 1) IS NULL
     ORDER BY {{order}}
-    LIMIT :limit
+    LIMIT g.granted
     FOR UPDATE OF m SKIP LOCKED
 """
 
@@ -58,30 +75,51 @@ _REPLAYED = _CLAIMABLE.format(when=_READY.format("NOT"), order=_BEST_FIRST, in_f
 _DUE = _CLAIMABLE.format(
     when="m.head AND m.next_attempt_at <= now()", order="m.next_attempt_at", in_flight="{in_flight}"
 )
+
+
+def _per_channel(claimable: str) -> str:
+    """The claimable rows of every asked channel, each channel's own LIMIT and index scan."""
+    return (
+        "SELECT g.channel, g.granted, g.replay_quota, x.* "
+        f"FROM g CROSS JOIN LATERAL ({claimable}) AS x"
+    )
+
+
 # Replayed rows (an operator's replay lane: those ready and those due for a retry) go first up
-# to :replay_quota, then live rows and live due retries, then replayed rows again: each lane gets
-# its share and takes what the other leaves, so a large replay never starves live traffic nor
-# idles on a quiet channel, and replayed rows that back off do not join the live lane.
+# to the channel's :replay_quota, then live rows and live due retries, then replayed rows again:
+# each lane gets its share and takes what the other leaves, so a large replay never starves live
+# traffic nor idles on a quiet channel, and replayed rows that back off do not join the live lane.
+# Each channel gets at most the tokens it was granted (`granted`).
 _CLAIM = f"""
-    WITH live AS ({_LIVE}), due AS ({_DUE}), replayed AS ({_REPLAYED}),
+    WITH g AS MATERIALIZED (SELECT * FROM {GRANTS.unnest("g")}),
+    live AS ({_per_channel(_LIVE)}),
+    due AS ({_per_channel(_DUE)}),
+    replayed AS ({_per_channel(_REPLAYED)}),
     picked AS (
-        SELECT id, wa_id FROM (
-            SELECT id, wa_id, priority, lane,
-                   {{nth}} AS nth
+        SELECT id, wa_id, channel FROM (
+            SELECT id, wa_id, channel, granted,
+                   row_number() OVER (PARTITION BY channel ORDER BY lane, priority DESC, id) AS pos
             FROM (
-                SELECT id, wa_id, priority, 1 AS lane FROM live
-                UNION ALL SELECT id, wa_id, priority, 1 FROM due WHERE NOT replayed
-                UNION ALL SELECT id, wa_id, priority,
-                    CASE WHEN row_number() OVER (ORDER BY priority DESC, id) <= :replay_quota
-                         THEN 0 ELSE 2 END
-                FROM (SELECT id, wa_id, priority FROM replayed
-                      UNION ALL SELECT id, wa_id, priority FROM due WHERE replayed) AS r
-            ) AS u
-        ) AS ranked
-        WHERE nth = 1
-        ORDER BY lane, priority DESC, id
-        LIMIT :limit
-    ), claimed AS (
+                SELECT id, wa_id, channel, granted, priority, lane, {{nth}} AS nth
+                FROM (
+                    SELECT id, wa_id, channel, granted, priority, 1 AS lane FROM live
+                    UNION ALL SELECT id, wa_id, channel, granted, priority, 1
+                        FROM due WHERE NOT replayed
+                    UNION ALL SELECT id, wa_id, channel, granted, priority,
+                        CASE WHEN row_number() OVER (
+                                      PARTITION BY channel ORDER BY priority DESC, id
+                                  ) <= replay_quota
+                             THEN 0 ELSE 2 END
+                    FROM (SELECT id, wa_id, channel, granted, priority, replay_quota FROM replayed
+                          UNION ALL SELECT id, wa_id, channel, granted, priority, replay_quota
+                          FROM due WHERE replayed) AS r
+                ) AS u
+            ) AS ranked
+            WHERE nth = 1
+        ) AS placed
+        WHERE pos <= granted
+    )
+    , claimed AS (
         UPDATE outbox.messages AS m
         SET state = 'sending', claimed_by = :worker, attempts = m.attempts + 1,
             lease_until = now() + make_interval(secs => :lease_seconds), updated_at = now()
@@ -89,19 +127,17 @@ _CLAIM = f"""
         WHERE m.id = picked.id
         RETURNING m.id, m.channel, m.recipient, m.payload, m.fallback_template, m.attempts,
                   m.created_at, m.expires_at, m.priority, m.sent_as,
-                  {last_inbound(":channel", "picked.wa_id")} AS last_inbound_at
+                  {last_inbound("picked.channel", "picked.wa_id")} AS last_inbound_at
     ), spent AS (
         -- Tokens granted but not used (fewer rows were ready) go back into the bucket.
-        UPDATE outbox.channel_state
-        -- Casts: left to infer, the parameters would take count(*)'s bigint and lose the
-        -- fraction of a token on every claim.
-        SET tokens = least(
-                CAST(:burst AS double precision),
-                CAST(:tokens AS double precision) + :limit - (SELECT count(*) FROM claimed)),
-            rate = CAST(:rate AS double precision), refilled_at = :refilled_at
+        UPDATE outbox.channel_state AS s
+        SET tokens = least(g.burst, g.tokens + g.granted - n.claimed),
+            rate = g.rate, refilled_at = g.refilled_at
+        FROM g JOIN (SELECT channel, count(*) AS claimed FROM claimed GROUP BY channel) AS n
+            ON n.channel = g.channel
         -- Nothing claimed: the bucket is as it was (a refill depends on time alone), and an
         -- idle channel's claims write nothing.
-        WHERE channel = :channel AND EXISTS (SELECT 1 FROM claimed)
+        WHERE s.channel = g.channel
     )
     SELECT * FROM claimed
 """
@@ -112,11 +148,11 @@ def _claim(*, paced: bool) -> TextualSelect:
         # A newer row of the same line in flight; with pacing, any row to the recipient.
         in_flight="" if paced else "AND e.ordering_key = m.ordering_key AND e.id > m.id",
         # Pair pacing: one row per recipient in a claim, whatever its lines.
-        nth="row_number() OVER (PARTITION BY wa_id ORDER BY lane, priority DESC, id)"
+        nth="row_number() OVER (PARTITION BY channel, wa_id ORDER BY lane, priority DESC, id)"
         if paced
         else "1",
     )
-    return text(sql).columns(payload=JSONB, fallback_template=JSONB)
+    return GRANTS.statement(sql).columns(payload=JSONB, fallback_template=JSONB)
 
 
 CLAIM_MESSAGES = _claim(paced=False)

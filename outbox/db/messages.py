@@ -17,18 +17,18 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Integer, Text
 
+from outbox.db import claims
 from outbox.db.arrays import ArrayColumns
-from outbox.db.channel_state import lock_bucket
-from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED
-from outbox.db.claimed import read_claimed
+from outbox.db.channel_state import ensure_buckets
+from outbox.db.due import DUE_CHANNELS
 from outbox.db.errors import translated
 from outbox.db.identities import UPSERT_PAIR
 from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
-from outbox.domain import ratelimit, window
+from outbox.domain import window
 from outbox.domain.identity import SQL_BSUID_PREFIX
 from outbox.domain.models import Claim, SendResult, State
 from outbox.domain.ratelimit import Limits
-from outbox.ports import Renewed
+from outbox.ports import ClaimRequest, Due, Renewed
 
 _TIMESTAMP = DateTime(timezone=True)
 SEND_RESULT_COLUMNS = ArrayColumns(
@@ -148,8 +148,16 @@ class MessageStore:
     def __init__(self, engine: AsyncEngine, rand: Callable[[], float] = random.random) -> None:
         self._engine = engine
         self._rand = rand
+        self._buckets: set[str] = set()  # channels whose bucket row is known to exist
 
     @translated
+    async def due_channels(self, after: str, limit: int) -> Due:
+        """Up to `limit` channels with rows to claim now, from the one after `after` on, and
+        when the next retry or paced row comes due."""
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(DUE_CHANNELS, {"after": after, "limit": limit})).one()
+        return Due(list(row.channels), None if row.next_in is None else float(row.next_in))
+
     async def claim(
         self,
         channel: str,
@@ -160,40 +168,34 @@ class MessageStore:
         *,
         window_margin: timedelta = window.DEFAULT_MARGIN,
     ) -> Claim:
-        """Lease up to `limit` due queued rows of `channel`, best priority first, as far as the
-        channel's shared bucket allows, and record what each is about to be sent as."""
+        """Lease up to `limit` due queued rows of `channel` (see `claim_many`)."""
+        requests = [ClaimRequest(channel, limit, limits)]
+        claims = await self.claim_many(requests, worker, lease, window_margin=window_margin)
+        return claims[channel]
+
+    @translated
+    async def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        worker: str,
+        lease: timedelta,
+        *,
+        window_margin: timedelta = window.DEFAULT_MARGIN,
+    ) -> dict[str, Claim]:
+        """Lease up to each request's `limit` due queued rows of its channel (see
+        `outbox.db.claims`)."""
+        new = {r.channel: r.limits for r in requests if r.channel not in self._buckets}
+        if new:
+            # A channel's first bucket row is created in a transaction of its own: created
+            # while the claim holds other channels' locks, two replicas' first claims could
+            # deadlock on each other's new rows.
+            async with self._engine.begin() as connection:
+                await ensure_buckets(connection, new)
+            self._buckets.update(new)
         async with self._engine.begin() as connection:
-            locked = await lock_bucket(connection, channel, limits)
-            bucket, now, blocked_until, epoch = (
-                locked.bucket,
-                locked.now,
-                locked.blocked_until,
-                locked.pause_epoch,
+            return await claims.claim_many(
+                connection, requests, worker, lease, margin=window_margin, rand=self._rand
             )
-            rate = bucket.effective_rate(limits)
-            if blocked_until is not None and blocked_until > now:
-                return Claim([], (blocked_until - now).total_seconds(), rate, epoch)
-            granted, after = ratelimit.take(bucket, limit)
-            if granted == 0:
-                return Claim([], ratelimit.wait_time(bucket, limits), rate, epoch)
-            params = {
-                "channel": channel,
-                "limit": granted,
-                "replay_quota": ratelimit.replay_quota(granted, limits, self._rand()),
-                "worker": worker,
-                "lease_seconds": lease.total_seconds(),
-                "burst": limits.burst,
-                "tokens": after.tokens,
-                "rate": after.rate,
-                "refilled_at": after.refilled_at,
-            }
-            statement = CLAIM_PACED if limits.paced else CLAIM_MESSAGES
-            rows = (await connection.execute(statement, params)).all()
-            # Read (and planned) inside the transaction: see outbox.db.claimed.
-            messages = await read_claimed(connection, rows, now, window_margin)
-        spent = ratelimit.give_back(after, granted - len(rows), limits)
-        wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
-        return Claim(messages, wait, rate, epoch)
 
     @translated
     async def complete(self, results: Sequence[SendResult], worker: str) -> int:

@@ -131,6 +131,13 @@ messages = Table(
         "next_attempt_at",
         postgresql_where=text("state = 'queued' AND next_attempt_at IS NOT NULL AND head"),
     ),
+    # Retries due, over every channel by time: which channels have one due now, and when the
+    # next comes due (revision 0013).
+    Index(
+        "ix_messages_due_at",
+        "next_attempt_at",
+        postgresql_where=text("state = 'queued' AND next_attempt_at IS NOT NULL AND head"),
+    ),
     # One line's open rows (channel, recipient, ordering_key): the order probe, the head
     # triggers; the rows waiting behind a head (the repair sweep); rows in flight (a newer one
     # holds an older one opened again; pair pacing).
@@ -224,6 +231,7 @@ recipient_pace = Table(
     Column("wa_id", Text, nullable=False),
     Column("not_before", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("channel", "wa_id"),
+    Index("ix_recipient_pace_not_before", "not_before"),  # the next pace to end (0013)
 )
 
 channel_state = Table(

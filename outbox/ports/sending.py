@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
@@ -36,9 +36,35 @@ class LeaseRenewals(Protocol):
         ...
 
 
+class ClaimRequest(NamedTuple):
+    """Up to `limit` rows of `channel`, as far as its shared bucket (`limits`) allows."""
+
+    channel: str
+    limit: int
+    limits: Limits
+
+
+class Due(NamedTuple):
+    """What a claim round should visit: the channels with rows to claim now (up to the limit
+    asked, in channel order from the cursor on, wrapping), and in how many seconds the next
+    retry or paced row of any channel comes due (None: none is waiting)."""
+
+    channels: list[str]
+    next_in: float | None
+
+
 class MessageLeases(ResultSink, LeaseRenewals, Protocol):
     """The sender's view of `outbox.messages`: leases taken, results written, leases handed back."""
 
+    async def due_channels(self, after: str, limit: int) -> Due: ...
+    async def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        worker: str,
+        lease: timedelta,
+        *,
+        window_margin: timedelta = DEFAULT_MARGIN,
+    ) -> dict[str, Claim]: ...
     async def claim(
         self,
         channel: str,
@@ -66,6 +92,7 @@ class ChannelStates(Protocol):
     ) -> bool: ...
     async def resume(self, channel: str, worker: str) -> int: ...
     async def lift_credential_pause(self, channel: str, key: str, worker: str) -> bool: ...
+    async def lift_credential_pauses(self, keys: Mapping[str, str], worker: str) -> list[str]: ...
     async def pause_epoch(self, channel: str) -> int: ...
 
 

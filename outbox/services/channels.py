@@ -48,16 +48,10 @@ class ChannelGovernor:
         self._observer = observer
         self._monotonic = monotonic
         self._on_resume = on_resume
-        self.limits: dict[str, Limits] = {c.id: c.limits() for c in channels}
-        self.breakers = {
-            c.id: CircuitBreaker(
-                threshold=config.breaker_threshold,
-                cooldown=config.breaker_cooldown.total_seconds(),
-                max_cooldown=config.breaker_cooldown_max.total_seconds(),
-            )
-            for c in channels
-        }
-        self._keys = {c.id: self.key_of(c) for c in channels}  # the key in use, fingerprinted
+        self._config = config
+        self.limits: dict[str, Limits] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._keys: dict[str, str] = {}  # the key in use, fingerprinted
         # The epoch of the pause this process's open breaker belongs to.
         self._epochs: dict[str, int] = {}
         # When this process last slowed a channel down (monotonic): one throttled burst of
@@ -65,6 +59,29 @@ class ChannelGovernor:
         self._slowed_at: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._started: set[str] = set()  # channels claimed since the process started
+        self.track(channels)
+
+    def track(self, channels: Sequence[ChannelConfig]) -> None:
+        """Govern exactly these channels from now on: a new one starts closed (and lifts a
+        pause another key caused on its first claim), one kept keeps its breaker, one gone is
+        forgotten. A changed key goes through `new_key`."""
+        config, ids = self._config, {c.id for c in channels}
+        for gone in set(self.breakers) - ids:
+            for per_channel in (self.limits, self.breakers, self._keys, self._epochs):
+                per_channel.pop(gone, None)
+            self._slowed_at.pop(gone, None)
+            self._started.discard(gone)
+        for channel in channels:
+            self.limits[channel.id] = channel.limits()
+            self._keys.setdefault(channel.id, self.key_of(channel))
+            self.breakers.setdefault(
+                channel.id,
+                CircuitBreaker(
+                    threshold=config.breaker_threshold,
+                    cooldown=config.breaker_cooldown.total_seconds(),
+                    max_cooldown=config.breaker_cooldown_max.total_seconds(),
+                ),
+            )
 
     @staticmethod
     def key_of(channel: ChannelConfig) -> str:
@@ -78,14 +95,25 @@ class ChannelGovernor:
         self.breakers[channel.id].probe_now(self._monotonic())
         self._background_task(self._lift_credential_pause(channel.id, key, wake=True))
 
+    async def start(self, channels: Sequence[str]) -> None:
+        """Before the first claim of each of these channels, in one statement for all: a pause
+        another key caused ends (this process started with a new key: a restart is a reload
+        too). No wake-up: the claim goes ahead anyway."""
+        new = {c: self._keys[c] for c in channels if c in self._keys and c not in self._started}
+        if not new:
+            return
+        try:
+            lifted = await self._store.lift_credential_pauses(new, self._worker)
+        except DatabaseError as exc:
+            log.warning("outbox.channel.pause_not_lifted", channels=len(new), error=str(exc))
+            return  # tried again on the next claim
+        self._started.update(new)
+        for channel in lifted:
+            log.warning("outbox.channel.pause_lifted", channel=channel, reason="new API key")
+
     async def refresh(self, channel: str) -> None:
-        """On claim. The first time: a pause another key caused ends (this process started with
-        a new key: a restart is a reload too). While this process's breaker is not closed: if a
-        success or a new key ended the shared pause (the epoch moved on), it resumes here too."""
-        if channel not in self._started:
-            self._started.add(channel)
-            # No wake-up: this claim goes ahead anyway.
-            await self._lift_credential_pause(channel, self._keys[channel], wake=False)
+        """On claim, while this process's breaker is not closed: if a success or a new key
+        ended the shared pause (the epoch moved on), it resumes here too."""
         if self.breakers[channel].state is BreakerState.CLOSED:
             return
         epoch = await self._store.pause_epoch(channel)

@@ -25,6 +25,9 @@ from outbox.ports import ResultSink
 log = structlog.get_logger("outbox.sender")
 
 BATCH = 2000  # results per UPDATE statement
+# Results held at most before the sender stops claiming: the buffer's own bound on memory (and
+# on the leases to renew) when the database falls behind the answers.
+HELD_AT_MOST = BATCH
 DRAIN_RETRIES = 4  # on stop, a database away this many times in a row loses the results
 PART = "results"  # this loop's name in `Health` and on the statements-invalid metric
 
@@ -56,6 +59,10 @@ class ResultBuffer:
 
     def __len__(self) -> int:
         return len(self._results)
+
+    @property
+    def full(self) -> bool:
+        return len(self._results) >= HELD_AT_MOST
 
     def held(self) -> list[int]:
         """The ids of the rows whose result waits here (their leases are still owed)."""

@@ -18,13 +18,14 @@ import structlog
 
 from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain.codes import Code, Title
-from outbox.domain.models import ClaimedMessage, SendResult, State
+from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
 from outbox.domain.outcome import Judged
 from outbox.errors import DatabaseError
 from outbox.loops import Backoff, Health, database_failed, wait_any
 from outbox.ports import (
     Api,
     ChannelStates,
+    ClaimRequest,
     Clock,
     MessageLeases,
     Monotonic,
@@ -86,7 +87,7 @@ class Sender:
             health=self._health,
         )
         self._leases = LeaseKeeper(store, worker_id, config.lease, self._owed, health=self._health)
-        self._round = 0
+        self._cursor = ""  # the channel the last claim round ended at
         self._flights = Flights()
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
@@ -159,87 +160,97 @@ class Sender:
             await wait_any(stop, self._wake, self._slot_freed, timeout=timeout)
 
     async def _claim_round(self) -> tuple[int, float | None]:
-        """One claim per channel.
+        """One claim over the channels that have rows due, in one transaction.
 
         Returns the rows claimed and when to claim again: 0 when some channel may have more due
-        rows and tokens to send them, the wait for tokens when it has rows but no tokens, None
-        when no channel is known to have more (or every slot is busy: a freed slot wakes us).
+        rows and tokens to send them, the wait for tokens when it has rows but no tokens, or
+        until the next retry or paced row comes due; None when nothing is known to come due (or
+        every slot is busy: a freed slot wakes us).
         """
-        claimed, retry_in = 0, None
-        # Each round starts at another channel and offers each its share of the free slots, so
-        # one channel's backlog never leaves another waiting for a slot.
-        channels = list(self._channels.values())
-        self._round += 1
-        start = self._round % len(channels)
-        order = channels[start:] + channels[:start]
-        for position, channel in enumerate(order):
-            free = self._free_slots()
+        free = self._free_slots()
+        if free <= 0:
+            return 0, None
+        # Only channels with due rows are visited, so idle channels cost nothing; the cursor
+        # moves on each round and each is offered its share of the free slots, so one
+        # channel's backlog never leaves another waiting for a slot.
+        due = await self._store.due_channels(self._cursor, free)
+        retry_in = due.next_in
+        await self._governor.start(due.channels)
+        requests: list[ClaimRequest] = []
+        probes: set[str] = set()  # channels whose breaker lets one row probe
+        for position, channel in enumerate(due.channels):
+            self._cursor = channel
+            share = -(-free // (len(due.channels) - position))
+            wanted, again, probe = await self._wanted(channel, share)
+            retry_in = _sooner(retry_in, again)
+            if wanted > 0:
+                requests.append(ClaimRequest(channel, wanted, self._governor.limits[channel]))
+                free -= wanted
+                if probe:
+                    probes.add(channel)
             if free <= 0:
-                return claimed, None
-            share = -(-free // (len(order) - position))
-            count, again = await self._claim_channel(channel, share)
-            claimed += count
-            if again is not None:
-                retry_in = again if retry_in is None else min(retry_in, again)
-        return claimed, retry_in
-
-    async def _claim_channel(self, channel: ChannelConfig, share: int) -> tuple[int, float | None]:
-        """Claim what the channel's breaker, in-flight cap and shared bucket allow; send it."""
-        breaker = self._governor.breakers[channel.id]
-        await self._governor.refresh(channel.id)  # a pause ended elsewhere ends here
-        allowance = breaker.allowance(self._monotonic())
-        if allowance == 0:
-            return 0, breaker.wait_time(self._monotonic())
-        cap = channel.max_in_flight or self._config.max_in_flight
-        wanted = min(self._config.batch_size, share, cap - self._flights.per_channel[channel.id])
-        if allowance == 1:
-            wanted = min(wanted, 1)
-        if wanted <= 0:
-            return 0, None  # a freed slot of this channel wakes the loop
-        limits = self._governor.limits[channel.id]
+                break
+        if not requests:
+            return 0, retry_in
         try:
-            claim = await self._store.claim(
-                channel.id,
-                wanted,
+            claims = await self._store.claim_many(
+                requests,
                 self._worker,
                 self._config.lease,
-                limits,
                 window_margin=self._config.window_margin,
             )
         except BaseException:
-            if allowance == 1:
-                breaker.probe_unused()
+            for channel in probes:
+                self._governor.breakers[channel].probe_unused()
             raise
-        self._observer.rate(channel.id, claim.rate)
-        rows, retry_in = claim.messages, claim.wait
-        if allowance == 1:
-            if rows:
-                breaker.probing(rows[0].id)
-                log.info("outbox.channel.probe", channel=channel.id, message_id=rows[0].id)
-            else:
-                breaker.probe_unused()
+        claimed = 0
         # The claim has committed: its rows are started before any further I/O, so a database
         # blip after the claim can delay them but never leave them leased and unsent.
-        for message in rows:
-            self._start(channel, message, claim.pause_epoch)
-        if retry_in is None:
-            retry_in = await self._next_due(channel)
-        return len(rows), retry_in
+        for request in requests:
+            claim = claims[request.channel]
+            claimed += self._started(request.channel, claim, probe=request.channel in probes)
+            retry_in = _sooner(retry_in, claim.wait)
+        return claimed, retry_in
 
-    async def _next_due(self, channel: ChannelConfig) -> float | None:
-        """Seconds until the channel's first retry or paced row comes due: best effort, as the
-        poll interval (and every freed slot) wakes the loop anyway."""
-        try:
-            due = await self._store.next_due(channel.id)
-        except DatabaseError as exc:
-            log.warning("outbox.claim.next_due_failed", channel=channel.id, error=str(exc))
-            return None
-        return None if due is None else max(0.0, (due - self._now()).total_seconds())
+    async def _wanted(self, channel: str, share: int) -> tuple[int, float | None, bool]:
+        """How many rows the channel may claim now (its breaker, its in-flight cap, the share),
+        if none because of the breaker when it may again, and whether the claim is a probe."""
+        config = self._channels.get(channel)
+        if config is None:
+            return 0, None, False  # rows for a channel this replica does not serve
+        breaker = self._governor.breakers[channel]
+        await self._governor.refresh(channel)  # a pause ended elsewhere ends here
+        allowance = breaker.allowance(self._monotonic())
+        if allowance == 0:
+            return 0, breaker.wait_time(self._monotonic()), False
+        cap = config.max_in_flight or self._config.max_in_flight
+        wanted = min(self._config.batch_size, share, cap - self._flights.per_channel[channel])
+        if allowance == 1:
+            wanted = min(wanted, 1)
+        # A channel at its cap: a freed slot of it wakes the loop.
+        return max(0, wanted), None, allowance == 1
+
+    def _started(self, channel: str, claim: Claim, *, probe: bool) -> int:
+        """Start the claim's rows; a probe goes with the first (or proved nothing)."""
+        self._observer.rate(channel, claim.rate)
+        rows, breaker = claim.messages, self._governor.breakers[channel]
+        if probe:
+            if rows:
+                breaker.probing(rows[0].id)
+                log.info("outbox.channel.probe", channel=channel, message_id=rows[0].id)
+            else:
+                breaker.probe_unused()
+        for message in rows:
+            self._start(self._channels[channel], message, claim.pause_epoch)
+        return len(rows)
 
     def _free_slots(self) -> int:
-        # An answer not yet written holds its slot: when the database falls behind, claiming
-        # slows down with it instead of piling up answers in memory (and leases to renew).
-        return self._config.max_in_flight - len(self._flights) - len(self._results)
+        # A slot is free again when its request ends. Answers not yet written are bounded by
+        # the result buffer's own limit: when the database falls behind, claiming stops there
+        # instead of piling up answers in memory (and leases to renew).
+        if self._results.full:
+            return 0
+        return self._config.max_in_flight - len(self._flights)
 
     def _start(self, channel: ChannelConfig, message: ClaimedMessage, epoch: int) -> None:
         # The channel as it is now, not as the round began: a key reloaded during the claim is
@@ -310,3 +321,7 @@ class Sender:
             released=released,
             abandoned=len(ended.abandoned),
         )
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)

@@ -3,7 +3,7 @@
     python -m tests.bench.fake_api --port 18090 --latency-ms 50
 
 Both dialect paths answer with a message id after `--latency-ms`. Every request is recorded as
-(outbox id or recipient, arrival time); `GET /log` returns them and `DELETE /log` clears them.
+(outbox id or recipient, arrival time); `GET /log` returns them (`?count=1`: how many) and `DELETE /log` clears them.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ async def _log(request: web.Request) -> web.Response:
     if request.method == "DELETE":
         request.app[_LOG].clear()
         return web.Response(status=204)
+    if request.query.get("count"):  # cheap enough to poll during a run
+        return web.Response(text=str(len(request.app[_LOG])))
     return web.Response(body=orjson.dumps(request.app[_LOG]), content_type="application/json")
 
 

@@ -159,15 +159,15 @@ async def _claim_plan(db_url: str) -> tuple[dict[str, Any], int]:
     """EXPLAIN ANALYZE of one claim of up to 100 rows on channel 'c', rolled back."""
     sql = str(store_module.CLAIM_MESSAGES)
     for name, value in {
-        "channel": "'c'",
-        "limit": "100",
-        "replay_quota": "20",
+        "channel": "ARRAY['c']",
+        "granted": "ARRAY[100]",
+        "replay_quota": "ARRAY[20]",
         "worker": "'w'",
         "lease_seconds": "60",
-        "burst": "1000",
-        "tokens": "1000",
-        "rate": "NULL",
-        "refilled_at": "now()",
+        "burst": "ARRAY[1000.0]",
+        "tokens": "ARRAY[1000.0]",
+        "rate": "ARRAY[NULL::float8]",
+        "refilled_at": "ARRAY[now()]",
     }.items():
         sql = sql.replace(f":{name}", value)
     connection = await asyncpg.connect(db_url)

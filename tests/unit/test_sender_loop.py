@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from outbox.config import ChannelConfig, Secret, SenderConfig
 from outbox.domain.models import Dialect, State
 from outbox.errors import DatabaseUnavailable
+from outbox.ports import Due
 from outbox.services.sender import Sender
 from tests.fakes import AcceptingApi, InMemoryMessageStore
 
@@ -41,17 +42,18 @@ async def test_a_rate_limited_channel_does_not_make_the_loop_spin() -> None:
 
 
 class _BlipAfterClaim(InMemoryMessageStore):
-    """The database goes away right after a claim committed: the next read fails once."""
+    """The database goes away right after a claim committed: the next read (the next round's
+    look for due channels) fails once."""
 
     def __init__(self) -> None:
         super().__init__()
         self.failures = 0
 
-    async def next_due(self, channel: str) -> datetime | None:
-        if self.failures == 0:
+    async def due_channels(self, after: str, limit: int) -> Due:
+        if self.failures == 0 and self.claims:
             self.failures += 1
             raise DatabaseUnavailable("connection reset")
-        return await super().next_due(channel)
+        return await super().due_channels(after, limit)
 
 
 async def test_rows_claimed_just_before_a_database_blip_are_still_sent() -> None:

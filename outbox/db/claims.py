@@ -1,0 +1,98 @@
+"""One claim over many channels: their buckets locked in one statement, their rows leased in
+one statement per pacing mode, all in one short transaction that commits before any request.
+
+Each channel gets what its bucket grants (none while it is held or paused); tokens granted but
+not used go back; an idle channel's claim writes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from outbox.db.channel_state import Locked, lock_buckets
+from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED, GRANTS
+from outbox.db.claimed import read_claimed
+from outbox.domain import ratelimit
+from outbox.domain.models import Claim, ClaimedMessage
+from outbox.ports import ClaimRequest
+
+Grant = tuple[str, int, int, float, float, float | None, Any]  # a row of GRANTS
+
+
+async def claim_many(
+    connection: AsyncConnection,
+    requests: Sequence[ClaimRequest],
+    worker: str,
+    lease: timedelta,
+    *,
+    margin: timedelta,
+    rand: Callable[[], float] = random.random,
+) -> dict[str, Claim]:
+    """Lease up to each request's `limit` due queued rows of its channel, best priority first,
+    as far as the channel's shared bucket allows, and record what each is about to be sent as."""
+    locked = await lock_buckets(connection, {r.channel: r.limits for r in requests})
+    claims: dict[str, Claim] = {}
+    grants: dict[bool, list[Grant]] = {False: [], True: []}
+    for request in requests:
+        claim, grant = _grant(locked[request.channel], request, rand)
+        if grant is None:
+            claims[request.channel] = claim
+        else:
+            grants[request.limits.paced].append(grant)
+    rows: list[Any] = []
+    params = {"worker": worker, "lease_seconds": lease.total_seconds()}
+    for paced, granted in grants.items():
+        if granted:
+            statement = CLAIM_PACED if paced else CLAIM_MESSAGES
+            rows += (
+                await connection.execute(statement, {**GRANTS.params(granted), **params})
+            ).all()
+    if not rows:
+        messages: list[ClaimedMessage] = []
+    else:
+        # Read (and planned) inside the transaction: see outbox.db.claimed.
+        now = next(iter(locked.values())).now
+        messages = await read_claimed(connection, rows, now, margin)
+    by_channel: dict[str, list[ClaimedMessage]] = {}
+    for message in messages:
+        by_channel.setdefault(message.channel, []).append(message)
+    for request in requests:
+        if request.channel not in claims:
+            got = by_channel.get(request.channel, [])
+            claims[request.channel] = _spent(locked[request.channel], request, got)
+    return claims
+
+
+def _grant(
+    locked: Locked, request: ClaimRequest, rand: Callable[[], float]
+) -> tuple[Claim, Grant | None]:
+    """What the channel's bucket grants: a claim with no rows (held, paused or no token), or
+    the row of `GRANTS` to claim with."""
+    bucket, limits, now = locked.bucket, request.limits, locked.now
+    rate, epoch = bucket.effective_rate(limits), locked.pause_epoch
+    if locked.blocked_until is not None and locked.blocked_until > now:
+        return Claim([], (locked.blocked_until - now).total_seconds(), rate, epoch), None
+    granted, after = ratelimit.take(bucket, request.limit)
+    if granted == 0:
+        return Claim([], ratelimit.wait_time(bucket, limits), rate, epoch), None
+    quota = ratelimit.replay_quota(granted, limits, rand())
+    grant: Grant = (
+        *(request.channel, granted, quota, limits.burst),
+        *(after.tokens, after.rate, after.refilled_at),
+    )
+    return Claim([], None, rate, epoch), grant
+
+
+def _spent(locked: Locked, request: ClaimRequest, messages: list[ClaimedMessage]) -> Claim:
+    """The claim of a channel that was granted tokens: unused ones went back (the statement's
+    `spent`); the wait is for the next token when every granted one was used."""
+    bucket, limits = locked.bucket, request.limits
+    granted, after = ratelimit.take(bucket, request.limit)
+    spent = ratelimit.give_back(after, granted - len(messages), limits)
+    wait = ratelimit.wait_time(spent, limits) if len(messages) == granted else None
+    return Claim(messages, wait, bucket.effective_rate(limits), locked.pause_epoch)

@@ -1,0 +1,428 @@
+"""Speed at any scale: outbox beside its peers, and from 1 to 10,000 channels (not a test).
+
+    python -m tests.bench.scale [--messages 20000] [--channels 1,1000,10000]
+        [--peers/--no-peers] [--fair-backlog 1000000] [--steady-seconds 10] [--limit 60]
+
+One invocation, one embedded PostgreSQL, one API imitation (`tests/bench/fake_api.py`, its own
+process), every worker in its own process, every one at 200 requests in flight:
+- peers: outbox with its defaults (every sending rule active), pgqueuer (batch size 100) and a
+  hand-written batched claimer with no rules (`tests/bench/peers.py`), draining --messages rows
+  at 0 ms and 50 ms API latency; messages/s, the worker's CPU, ratios;
+- channels: for each K in --channels, K configured channels: the --messages rows spread over
+  them, and (K > 1) all on one channel among K - 1 idle ones; then idle database
+  transactions/s (`pg_stat_database.xact_commit`) and idle sender CPU; then INSERT -> request
+  p50/p99 at a steady 200 msg/s over random channels; the sender's peak RSS;
+- fairness (--fair-backlog N > 0): N rows queued on one channel, then 10 rows, 100 ms apart,
+  on another: p99 INSERT -> request of the 10, and the sender's peak RSS beside N rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from outbox.db import migrate
+from outbox.db.engine import create_engine
+from outbox.demo import embedded_database
+from tests.bench.throughput import _free_port, _log, _peak_rss_mb, _senders, _stop
+
+IN_FLIGHT = 200
+
+# $1 rows over $2 channels (c00000 ...), or all on c00000 when $3; every recipient in its window.
+_ENQUEUE = """
+WITH rows AS (
+    SELECT 'c' || lpad((CASE WHEN $3 THEN 0 ELSE g % $2 END)::text, 5, '0') AS channel,
+           '49151' || lpad(g::text, 8, '0') AS recipient, g
+    FROM generate_series(1, $1) AS g
+), inbound AS (
+    INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
+    SELECT channel, recipient, now() - interval '1 minute' FROM rows
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO outbox.messages (channel, recipient, payload)
+SELECT channel, recipient, jsonb_build_object('type', 'text', 'text', jsonb_build_object('body',
+       'Your order ' || g || ' has shipped'))
+FROM rows
+"""
+
+
+async def _api(port: int, latency_ms: float) -> asyncio.subprocess.Process:
+    """The API imitation, given time to start on a loaded machine."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.bench.fake_api", "--port", str(port),
+        "--latency-ms", str(latency_ms),
+    )  # fmt: skip
+    for _ in range(600):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                return process
+        except OSError:
+            await asyncio.sleep(0.05)
+    process.kill()
+    raise SystemExit("the API imitation did not start")
+
+
+async def _count(session: aiohttp.ClientSession, api: str) -> int:
+    async with session.get(f"{api}/log", params={"count": "1"}) as response:
+        return int(await response.text())
+
+
+def channel_id(n: int) -> str:
+    return f"c{n:05d}"
+
+
+def write_config(path: Path, dsn: str, api: str, channels: int) -> None:
+    """Sender defaults (200 in flight); rate limits far above the load."""
+    entries = "".join(
+        f"""
+[[channels]]
+id = "{channel_id(n)}"
+dialect = "cloud"
+base_url = {json.dumps(api)}
+api_key_env = "BENCH_KEY"
+rate_per_second = 1000000
+"""
+        for n in range(channels)
+    )
+    path.write_text(f'database_url = {json.dumps(dsn)}\nlog_level = "warning"\n{entries}')
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    label: str
+    messages: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0  # cores the worker kept busy while it drained
+    duplicates: int = 0
+    peak_rss_mb: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+
+class Bench:
+    def __init__(self, dsn: str, workdir: Path, limit: float) -> None:
+        self.dsn = dsn
+        self.workdir = workdir
+        self.limit = limit  # seconds a drain may take: a slow one is measured on what it sent
+
+    async def _reset(self, connection: asyncpg.Connection) -> None:
+        await connection.execute(
+            "TRUNCATE outbox.messages, outbox.contacts, outbox.channel_state, outbox.recipient_pace"
+        )
+
+    async def _enqueue(
+        self, connection: asyncpg.Connection, messages: int, channels: int, one: bool
+    ) -> None:
+        await connection.execute(_ENQUEUE, messages, channels, one)
+        await connection.execute("VACUUM ANALYZE outbox.messages")
+
+    async def _worker(self, args: list[str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(sys.executable, "-m", *args)
+
+    async def peer(self, kind: str, messages: int, latency_ms: float) -> Run:
+        """Drain `messages` jobs with outbox (1 channel), pgqueuer or the batched claimer."""
+        port = _free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        api = await _api(port, latency_ms)
+        connection = await asyncpg.connect(self.dsn)
+        await self._reset(connection)
+        run = Run(f"{kind}, {latency_ms:.0f} ms")
+        try:
+            if kind == "pgqueuer":
+                setup = await self._worker(
+                    ["tests.bench.peers", "pgqueuer", "--setup", "--dsn", self.dsn,
+                     "--messages", str(messages)]
+                )  # fmt: skip
+                await setup.wait()
+                worker = await self._worker(
+                    ["tests.bench.peers", "pgqueuer", "--dsn", self.dsn, "--api", api_url,
+                     "--in-flight", str(IN_FLIGHT)]
+                )  # fmt: skip
+                workers = [worker]
+            elif kind == "batched":
+                await self._enqueue(connection, messages, 1, True)
+                workers = [
+                    await self._worker(
+                        ["tests.bench.peers", "batched", "--dsn", self.dsn, "--api", api_url,
+                         "--in-flight", str(IN_FLIGHT)]
+                    )
+                ]  # fmt: skip
+            else:
+                config = self.workdir / "peer.toml"
+                write_config(config, self.dsn, api_url, 1)
+                await self._enqueue(connection, messages, 1, True)
+                workers = await _senders(config, 1)
+            run = await self._drained(connection, api_url, workers, messages, run)
+        finally:
+            await _stop([api])
+            await connection.close()
+        return run
+
+    async def _drained(
+        self,
+        connection: asyncpg.Connection,
+        api_url: str,
+        workers: list[asyncio.subprocess.Process],
+        messages: int,
+        run: Run,
+        *,
+        keep: bool = False,
+    ) -> Run:
+        pid = workers[0].pid
+        cpu_before = _cpu_seconds(pid)
+        async with aiohttp.ClientSession() as session:
+            try:
+                # CPU from the first request on: the start (imports, connections) is not counted.
+                while not await _count(session, api_url) and workers[0].returncode is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+                if workers[0].returncode is None:
+                    cpu_before = _cpu_seconds(pid)
+                cpu_after, cut = cpu_before, time.monotonic() + self.limit
+                while True:
+                    count = await _count(session, api_url)
+                    if workers[0].returncode is not None:
+                        break
+                    # Read while it lives: a peer exits when it has drained.
+                    cpu_after, run.peak_rss_mb = _cpu_seconds(pid), _peak_rss_mb(pid)
+                    if count >= messages or time.monotonic() > cut:
+                        break
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(0.3)
+                log = await _log(session, api_url)
+                await session.delete(f"{api_url}/log")
+            finally:
+                if not keep:
+                    await _stop(workers)
+        times = sorted(t for _, t in log)
+        keys = {k for k, _ in log}
+        run.messages = len(times)
+        run.seconds = times[-1] - times[0] if len(times) > 1 else 0.0
+        run.duplicates = len(times) - len(keys)
+        run.cpu = (cpu_after - cpu_before) / run.seconds if run.seconds else 0.0
+        return run
+
+    async def channels(self, channels: int, messages: int, one: bool, steady: float) -> Run:
+        """Drain, then idle figures, then steady INSERT -> request, with one sender."""
+        label = f"{channels:,} ch, " + ("all rows on one" if one else "rows spread")
+        run = Run(label)
+        port = _free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        api = await _api(port, 0.0)
+        config = self.workdir / f"ch{channels}.toml"
+        write_config(config, self.dsn, api_url, channels)
+        connection = await asyncpg.connect(self.dsn)
+        await self._reset(connection)
+        await self._enqueue(connection, messages, channels, one)
+        senders = await _senders(config, 1)
+        try:
+            run = await self._drained(connection, api_url, senders, messages, run, keep=True)
+            if steady:
+                await self._idle(connection, senders[0].pid, run)
+                await self._steady(connection, api_url, channels, steady, run)
+            run.peak_rss_mb = _peak_rss_mb(senders[0].pid)
+        finally:
+            await _stop(senders)
+            await _stop([api])
+            await connection.close()
+        return run
+
+    async def _idle(self, connection: asyncpg.Connection, pid: int, run: Run) -> None:
+        commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        # A drain cut short leaves rows: take them away, let the last requests end.
+        await connection.execute("DELETE FROM outbox.messages WHERE state = 'queued'")
+        for _ in range(100):
+            if not await connection.fetchval(
+                "SELECT count(*) FROM outbox.messages WHERE state = 'sending'"
+            ):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3.0)  # the drain's stragglers are written
+        before, cpu = await connection.fetchval(commits), _cpu_seconds(pid)
+        began = time.monotonic()
+        await asyncio.sleep(10.0)
+        after, cpu_after = await connection.fetchval(commits), _cpu_seconds(pid)
+        seconds = time.monotonic() - began
+        # One of the counted transactions is this reading's own.
+        run.extra["idle xact/s"] = (after - before - 1) / seconds
+        run.extra["idle CPU"] = (cpu_after - cpu) / seconds
+
+    async def _steady(
+        self, connection: asyncpg.Connection, api_url: str, channels: int, seconds: float, run: Run
+    ) -> None:
+        rate = 200.0
+        count = int(rate * seconds)
+        picks = [(channel_id(random.randrange(channels)), f"49152{n:08d}") for n in range(count)]
+        await connection.executemany(
+            "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) VALUES ($1, $2, now())"
+            " ON CONFLICT DO NOTHING",
+            picks,
+        )
+        committed: dict[str, float] = {}
+        began = time.monotonic()
+        for n, (channel, recipient) in enumerate(picks, start=1):
+            delay = began + n / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            message_id = await connection.fetchval(
+                "INSERT INTO outbox.messages (channel, recipient, payload) VALUES ($1, $2, "
+                """'{"type":"text","text":{"body":"otp"}}') RETURNING id""",
+                channel,
+                recipient,
+            )
+            committed[f"outbox:{message_id}"] = time.time()
+        await asyncio.sleep(1.5)
+        async with aiohttp.ClientSession() as session:
+            log = await _log(session, api_url)
+        delays = sorted(at - committed[key] for key, at in log if key in committed)
+        # A row not requested by the end counts as late as the run is long (a lower bound).
+        delays += [time.time() - t for key, t in committed.items() if key not in dict(log)]
+        q = statistics.quantiles(sorted(delays), n=100)
+        run.extra["steady p50 ms"] = q[49] * 1000
+        run.extra["steady p99 ms"] = q[98] * 1000
+        run.extra["steady unsent"] = len(committed) - len({k for k, _ in log} & set(committed))
+
+    async def fairness(self, backlog: int) -> Run:
+        """`backlog` rows on c00000; then 10 rows on c00001, 100 ms apart."""
+        run = Run(f"fairness, {backlog:,}-row backlog")
+        port = _free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        api = await _api(port, 0.0)
+        config = self.workdir / "fair.toml"
+        write_config(config, self.dsn, api_url, 2)
+        connection = await asyncpg.connect(self.dsn)
+        await self._reset(connection)
+        await self._enqueue(connection, backlog, 1, True)
+        await connection.execute(
+            "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
+            "SELECT 'c00001', '49153' || lpad(g::text, 8, '0'), now() "
+            "FROM generate_series(1, 10) AS g"
+        )
+        senders = await _senders(config, 1)
+        committed: dict[str, float] = {}
+        try:
+            await asyncio.sleep(5.0)  # the backlog is flowing
+            for n in range(1, 11):
+                message_id = await connection.fetchval(
+                    "INSERT INTO outbox.messages (channel, recipient, payload) VALUES "
+                    """('c00001', $1, '{"type":"text","text":{"body":"otp"}}') RETURNING id""",
+                    f"49153{n:08d}",
+                )
+                committed[f"outbox:{message_id}"] = time.time()
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.0)
+            async with aiohttp.ClientSession() as session:
+                log = await _log(session, api_url)
+            run.peak_rss_mb = _peak_rss_mb(senders[0].pid)
+        finally:
+            await _stop(senders)
+            await _stop([api])
+            await connection.close()
+        delays = sorted(at - committed[key] for key, at in log if key in committed)
+        run.extra["small seen"] = len(delays)
+        run.extra["small p99 ms"] = (delays[-1] if delays else float("inf")) * 1000
+        run.extra["backlog sent"] = len(log) - len(delays)
+        return run
+
+
+def _print_peers(runs: list[Run]) -> None:
+    print(f"\n{'peers, 200 in flight':<28}{'msg/s':>9}{'CPU':>7}{'RSS MB':>8}{'dupes':>7}"
+          f"{'÷pgq':>7}{'÷batched':>9}")  # fmt: skip
+    by = {r.label: r for r in runs}
+    for run in runs:
+        latency = run.label.split(", ")[1]
+        pgq, batched = by.get(f"pgqueuer, {latency}"), by.get(f"batched, {latency}")
+        print(
+            f"{run.label:<28}{run.rate:>9,.0f}{run.cpu:>7.2f}{run.peak_rss_mb:>8.1f}"
+            f"{run.duplicates:>7}{run.rate / pgq.rate if pgq else 0:>7.2f}"
+            f"{run.rate / batched.rate if batched else 0:>9.2f}"
+        )
+    for run in runs:
+        if run.label == "outbox, 50 ms":
+            print(f"outbox at 50 ms: {run.rate / (IN_FLIGHT / 0.05):.0%} of the latency bound")
+
+
+def _print_channels(runs: list[Run]) -> None:
+    if not runs:
+        return
+    one = runs[0].rate or 1.0
+    print(f"\n{'channels':<34}{'msg/s':>8}{'÷1ch':>6}{'CPU':>6}{'idle xact/s':>12}"
+          f"{'idle CPU':>9}{'p50 ms':>8}{'p99 ms':>8}{'RSS MB':>8}{'dupes':>6}")  # fmt: skip
+    for run in runs:
+        x = run.extra
+        print(
+            f"{run.label:<34}{run.rate:>8,.0f}{run.rate / one:>6.2f}{run.cpu:>6.2f}"
+            f"{x.get('idle xact/s', float('nan')):>12.1f}{x.get('idle CPU', float('nan')):>9.3f}"
+            f"{x.get('steady p50 ms', float('nan')):>8.1f}"
+            f"{x.get('steady p99 ms', float('nan')):>8.1f}{run.peak_rss_mb:>8.1f}"
+            f"{run.duplicates:>6}"
+            + (f"  ({x['steady unsent']:.0f} not sent in time)" if x.get("steady unsent") else "")
+        )
+
+
+async def main(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="outbox-scale-"))
+    peers: list[Run] = []
+    channels: list[Run] = []
+    fair: Run | None = None
+    async with embedded_database() as dsn:
+        engine = create_engine(dsn, pool_size=1)
+        await migrate.upgrade(engine)
+        await engine.dispose()
+        bench = Bench(dsn, workdir, args.limit)
+        if args.peers:
+            for latency in (0.0, 50.0):
+                for kind in ("outbox", "pgqueuer", "batched"):
+                    peers.append(await bench.peer(kind, args.messages, latency))
+                    print(peers[-1], flush=True)
+        for count in args.channels:
+            channels.append(await bench.channels(count, args.messages, False, args.steady_seconds))
+            print(channels[-1], flush=True)
+            if count > 1:
+                channels.append(await bench.channels(count, args.messages, True, 0))
+                print(channels[-1], flush=True)
+        if args.fair_backlog:
+            fair = await bench.fairness(args.fair_backlog)
+    _print_peers(peers)
+    _print_channels(channels)
+    if fair is not None:
+        x = fair.extra
+        print(
+            f"\n{fair.label}: 10 rows on another channel, p99 INSERT -> request "
+            f"{x['small p99 ms']:.1f} ms ({x['small seen']:.0f} of 10 seen), "
+            f"{x['backlog sent']:.0f} backlog rows sent meanwhile, peak RSS "
+            f"{fair.peak_rss_mb:.1f} MB"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument(
+        "--channels", type=lambda s: [int(n) for n in s.split(",") if n], default=[1, 1000]
+    )
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--fair-backlog", type=int, default=0)
+    parser.add_argument("--steady-seconds", type=float, default=5.0)
+    parser.add_argument("--limit", type=float, default=60.0, help="seconds per drain, at most")
+    asyncio.run(main(parser.parse_args()))
