@@ -19,7 +19,12 @@ from outbox.ports.reconciling import (
     StatusWrites,
     WebhookBatch,
 )
-from outbox.ports.registry import ChannelRegistry, RegisteredChannel
+from outbox.ports.registry import (
+    ChannelRegistry,
+    ChannelSource,
+    RegisteredChannel,
+    RegistrySnapshot,
+)
 from outbox.ports.sending import (
     LINES_START,
     Api,
@@ -42,6 +47,7 @@ __all__ = [
     "Applied",
     "Attempt",
     "ChannelRegistry",
+    "ChannelSource",
     "ChannelStates",
     "Clock",
     "GaugeReader",
@@ -56,6 +62,7 @@ __all__ = [
     "ReconcileObserver",
     "ReconcileStore",
     "RegisteredChannel",
+    "RegistrySnapshot",
     "Renewed",
     "ResultSink",
     "RetentionRows",
