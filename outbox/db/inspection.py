@@ -149,3 +149,16 @@ class InspectionStore:
             )
             for row in rows
         ]
+
+    @translated
+    async def open_rows(self, channel: str) -> dict[str, int]:
+        """The channel's rows still to settle (queued, sending, unknown), by state."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(_OPEN_ROWS, {"channel": channel})
+            return {str(r.state): int(r[1]) for r in rows}
+
+
+_OPEN_ROWS = text(
+    f"SELECT state, count(*) AS count FROM outbox.messages"
+    f" WHERE channel = :channel AND state IN ({OPEN_STATES}) GROUP BY state"
+)
