@@ -67,6 +67,11 @@ class ChannelDirectory:
             await self.refresh()
         except DatabaseError as exc:
             log.warning("outbox.channels.db_error", error=str(exc))
+        if not self.view.sending:
+            log.warning(
+                "outbox.channels.none",
+                note="no channel to send for yet; channels added to the registry start at once",
+            )
 
     def subscribe(self, subscriber: Callable[[ChannelView], None]) -> None:
         self._subscribers.append(subscriber)
