@@ -95,6 +95,8 @@ def _migrate(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from outbox import app
     from outbox.db.engine import create_engine
+    from outbox.db.registry import ChannelRegistryStore
+    from outbox.sealing import keyring_from
 
     loaded = settings(args, need_channels=False)
     print(f"configuration: ok ({len(loaded.channels)} channels in the file)")
@@ -103,9 +105,12 @@ def _check(args: argparse.Namespace) -> int:
         engine = create_engine(loaded.database_url, pool_size=1, role="check")
         try:
             schema = await app.check_database(engine)
+            print(f"database: ok, {schema}")
+            # A wrong master key fails here as it would fail `outbox run`, naming key ids only.
+            opened = await ChannelRegistryStore(engine, keyring_from()).check_sealed()
         finally:
             await engine.dispose()
-        print(f"database: ok, {schema}")
+        print(f"registry: ok, {opened} sealed credentials open with the master key")
         return EXIT_OK
 
     return run_async(main)

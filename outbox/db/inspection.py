@@ -65,7 +65,7 @@ _PER_CHANNEL = text(
         GROUP BY channel
     ), due AS ({OLDEST_DUE}), channels AS (
         SELECT channel FROM counts UNION SELECT channel FROM outbox.channel_state
-        UNION SELECT unnest(CAST(:configured AS text[]))
+        UNION SELECT unnest(CAST(:configured AS text[])) UNION SELECT id FROM outbox.channels
     )
     SELECT c.channel,
            coalesce(

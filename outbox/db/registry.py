@@ -111,7 +111,10 @@ class ChannelRegistryStore:
 
     @translated
     async def remove(self, channel_id: str) -> None:
-        await self._writable(channel_id)
+        """Delete the entry. A file channel's mirror may go too (one no replica's file holds
+        any more); a replica that still has it records it again when it starts."""
+        if await self._row(channels.c.id == channel_id) is None:
+            raise ChannelNotFound(f"no channel {channel_id!r} in the registry")
         async with self._engine.begin() as connection:
             await connection.execute(channels.delete().where(channels.c.id == channel_id))
 

@@ -140,7 +140,12 @@ async def test_a_file_channel_is_read_only_in_the_registry(db_url: str, tmp_path
     )
     code, out, _ = await cli("channels", "list")
     assert "(in the config file)" in out
-    for verb in ("disable", "remove"):
+    for verb in ("disable", "enable"):
         code, _, err = await cli("channels", verb, "filed")
         assert code == 1
         assert "is defined in a config file ([[channels]]): change it there" in err
+    code, _, err = await cli("channels", "update", "filed", "--rate-per-second", "3")
+    assert code == 1
+    assert "change it there" in err
+    code, _, err = await cli("channels", "remove", "filed")  # a stale mirror may go
+    assert code == 0, err

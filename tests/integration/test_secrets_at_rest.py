@@ -120,6 +120,14 @@ async def test_a_wrong_master_key_is_refused_at_start(
             env={**_clean_env(), **SUBPROCESS_ENV, **env}, within=60,
         )  # fmt: skip
         outputs[case] = (code, out + err)
+    key_file.write_text(wrong)
+    code, out, err = await run_process(
+        sys.executable, "-m", "outbox", "check", "--config", str(config),
+        env={**_clean_env(), **SUBPROCESS_ENV, "OUTBOX_SECRET_KEY_FILE": str(key_file)},
+    )  # fmt: skip
+    outputs["check"] = (code, out + err)
+    assert code == 2, out + err
+    assert "do not include: is this the right master key?" in err
     code, text = outputs["wrong"]
     assert code == 2, text
     assert "configuration error: channel 'reg-a' api_key: sealed under master key id" in text
