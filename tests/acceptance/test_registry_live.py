@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -63,13 +64,14 @@ async def _add_fresh(config: Path, env: dict[str, str], base_url: str, *extra: s
     return time.monotonic()
 
 
-def _changed_at(log: Path, channel: str, key: str = "added") -> bool:
+def _changed_at(log: Path, channel: str, key: str = "added") -> datetime | None:
+    """When the replica logged the change (its JSON log line's timestamp), if it has."""
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("{"):
             event = json.loads(line)
             if event["event"] == "outbox.channels.changed" and channel in event.get(key, []):
-                return True
-    return False
+                return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    return None
 
 
 async def _states(db_url: str, channel: str) -> dict[str, int]:
@@ -100,11 +102,15 @@ async def test_a_channel_added_while_two_replicas_run_reaches_both_within_2s(
         for process, log in zip(processes, logs, strict=True):
             await daemon_started(process, log)
         await asyncio.sleep(1.0)  # listeners connected and idle
-        added = await _add_fresh(config, env, base_url)
+        await _add_fresh(config, env, base_url)
+        [added] = await fetch(db_url, "SELECT created_at FROM outbox.channels WHERE id = 'fresh'")
         reached = []
         for log in logs:
             await wait_until(lambda log=log: _changed_at(log, "fresh"), within=10, interval=0.01)
-            reached.append(time.monotonic() - added)
+            applied = _changed_at(log, "fresh")
+            assert applied is not None
+            # From the insert's transaction (the database's clock, this machine's) to the log line.
+            reached.append((applied - added["created_at"]).total_seconds())
         await _fresh_rows(db_url, 300, 0)
         await wait_until(lambda: _all_accepted(db_url, 300), within=30)
     finally:
