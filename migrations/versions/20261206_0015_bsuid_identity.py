@@ -17,7 +17,7 @@ trigger functions. The release before still runs on it; it fails rows written to
 `invalid_recipient`, so producers should write BSUIDs only once every replica runs this one.
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-06
 """
 
@@ -29,11 +29,11 @@ from alembic import op
 from outbox.db.migrate import declare_compatibility, forget_compatibility
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 # Additive: the release before still runs on this schema.
-compatible_with = "0013"
+compatible_with = "0014"
 
 _OPEN = "state IN ('queued', 'sending', 'unknown')"
 _DIGITS = "regexp_replace({}, '[^0-9]', '', 'g')"

@@ -19,7 +19,12 @@ from outbox.ports.reconciling import (
     StatusWrites,
     WebhookBatch,
 )
-from outbox.ports.registry import ChannelRegistry, RegisteredChannel
+from outbox.ports.registry import (
+    ChannelRegistry,
+    ChannelSource,
+    RegisteredChannel,
+    RegistrySnapshot,
+)
 from outbox.ports.sending import (
     LINES_START,
     Api,
@@ -44,6 +49,7 @@ __all__ = [
     "Applied",
     "Attempt",
     "ChannelRegistry",
+    "ChannelSource",
     "ChannelStates",
     "ClaimRequest",
     "Clock",
@@ -60,6 +66,7 @@ __all__ = [
     "ReconcileObserver",
     "ReconcileStore",
     "RegisteredChannel",
+    "RegistrySnapshot",
     "Renewed",
     "ResultSink",
     "RetentionRows",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,3 +32,29 @@ class ChannelRegistry(Protocol):
     async def set_api_key(self, channel_id: str, api_key: Secret) -> None: ...
 
     async def set_enabled(self, channel_id: str, enabled: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """The registry as one replica reads it (outbox.services.directory)."""
+
+    channels: tuple[RegisteredChannel, ...]  # registry entries this replica can use
+    known: frozenset[str]  # every id the registry holds, file mirrors and unusable ones too
+    problems: dict[str, str]  # id -> why this replica cannot use it (a key it cannot read)
+
+
+class ChannelSource(Protocol):
+    """What running replicas read to follow the registry."""
+
+    async def snapshot(self) -> RegistrySnapshot: ...
+
+    async def version(self) -> str:
+        """Changes whenever a row is added, changed or removed: cheap to ask often."""
+
+    async def check_sealed(self) -> int:
+        """Open every sealed credential; `ConfigError` (naming key ids, never values) if the
+        master keys cannot."""
+
+    async def mirror_file(self, file_channels: Sequence[ChannelConfig]) -> list[str]:
+        """Record the file's channels as read-only entries; the ids the registry holds as its
+        own (the file wins over them in this replica)."""

@@ -64,7 +64,7 @@ class ChannelGovernor:
     def track(self, channels: Sequence[ChannelConfig]) -> None:
         """Govern exactly these channels from now on: a new one starts closed (and lifts a
         pause another key caused on its first claim), one kept keeps its breaker, one gone is
-        forgotten. A changed key goes through `new_key`."""
+        forgotten; a kept one whose key changed probes at once (`new_key`)."""
         config, ids = self._config, {c.id for c in channels}
         for gone in set(self.breakers) - ids:
             for per_channel in (self.limits, self.breakers, self._keys, self._epochs):
@@ -73,6 +73,8 @@ class ChannelGovernor:
             self._started.discard(gone)
         for channel in channels:
             self.limits[channel.id] = channel.limits()
+            if channel.id in self._keys and self._keys[channel.id] != self.key_of(channel):
+                self.new_key(channel)
             self._keys.setdefault(channel.id, self.key_of(channel))
             self.breakers.setdefault(
                 channel.id,

@@ -98,11 +98,14 @@ class Sender:
         """Something was inserted: claim now rather than at the next poll."""
         self._wake.set()
 
-    def new_key(self, channel: ChannelConfig) -> None:
-        """An operator reloaded the channel's API key: use it from the next request, and if
-        the channel is paused, lift the shared pause and probe at once."""
-        self._channels[channel.id] = channel
-        self._governor.new_key(channel)
+    def set_channels(self, channels: Sequence[ChannelConfig]) -> None:
+        """The channels to claim for from now on (the registry changed, or SIGHUP): new ones
+        start, missing ones (disabled, removed) are no longer claimed (their rows wait; requests
+        in flight finish), a changed key is used from the next request and a channel paused
+        under another key probes at once."""
+        self._governor.track(channels)
+        self._channels = {c.id: c for c in channels}
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Send until `stop` is set (or, with `drain`, until nothing is left to claim)."""
@@ -168,8 +171,8 @@ class Sender:
         every slot is busy: a freed slot wakes us).
         """
         free = self._free_slots()
-        if free <= 0:
-            return 0, None
+        if free <= 0 or not self._channels:
+            return 0, None  # no channel yet: the registry's first one wakes the loop
         # Only channels with due rows are visited, so idle channels cost nothing; the cursor
         # moves on each round and each is offered its share of the free slots, so one
         # channel's backlog never leaves another waiting for a slot.
@@ -255,7 +258,7 @@ class Sender:
     def _start(self, channel: ChannelConfig, message: ClaimedMessage, epoch: int) -> None:
         # The channel as it is now, not as the round began: a key reloaded during the claim is
         # the one the request carries, and the one its answer is judged by.
-        channel = self._channels[channel.id]
+        channel = self._channels.get(channel.id, channel)  # or removed meanwhile
         self._flights.start(
             channel.id,
             message,
