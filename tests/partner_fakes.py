@@ -73,9 +73,7 @@ class FakeHub:
     ) -> ChannelPage:
         self._scripted("list")
         self.pages.append((offset, limit))
-        matching = [
-            c for c in self.channels if all(getattr(c, k) == v for k, v in filters.items())
-        ]
+        matching = [c for c in self.channels if all(getattr(c, k) == v for k, v in filters.items())]
         return ChannelPage(tuple(matching[offset : offset + limit]), len(matching))
 
     async def create_api_key(self, partner_channel_id: str) -> IssuedKey:
