@@ -176,6 +176,21 @@ class MetricsConfig:
     dlr_lookback: timedelta = timedelta(days=7)
 
 
+# --- [partner]: 360dialog's Partner API (outbox channels rotate-key / import) ---
+PARTNER_API_URL = "https://hub.360dialog.io/api/v2"
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    partner_id: str
+    api_key: Secret = field(metadata={"secret": True})  # the Partner API key (X-API-Key)
+    base_url: str = PARTNER_API_URL
+    # Where 360dialog posts a channel's webhooks, `{channel}` standing for our channel id,
+    # e.g. https://outbox.example.com/webhooks/{channel}; a new key needs it registered again.
+    webhook_url: str | None = None
+    request_timeout: timedelta = timedelta(seconds=30)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(repr=False)  # may hold a password
@@ -186,6 +201,7 @@ class Settings:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: str = "info"
     log_format: str = "auto"  # auto: JSON unless stderr is a terminal
+    partner: PartnerConfig | None = None  # [partner], for the Partner API verbs only
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.id == channel_id), None)

@@ -206,7 +206,7 @@ class Onboarding:
         the key may have been created all the same, so the old key is tried before traffic
         goes back to it."""
         revoked = False
-        if exc.failure is Failure.SERVER:
+        if exc.failure in (Failure.SERVER, Failure.BAD_ANSWER):
             try:
                 await self._numbers.health(old)
             except PartnerApiError as probe:
