@@ -198,7 +198,7 @@ def _text(value: Any) -> str:
 
 _CHANNEL_FIELDS = {f.name: f for f in fields(ChannelConfig)}
 # A credential is given by reference: the environment variable or the file that holds it.
-_CHANNEL_KEYS = frozenset(
+CHANNEL_KEYS = frozenset(
     key
     for name, f in _CHANNEL_FIELDS.items()
     for key in ((f"{name}_env", f"{name}_file") if f.metadata.get("secret") else (name,))
@@ -213,17 +213,22 @@ def _channels(raw: Any, env: Mapping[str, str]) -> tuple[ChannelConfig, ...]:
         where = f"channels[{index}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a table")
-        unknown = sorted(entry.keys() - _CHANNEL_KEYS)
-        if unknown:
-            raise ConfigError(f"unknown configuration key: {where}.{unknown[0]}")
-        channel_id = entry.get("id")
-        if not isinstance(channel_id, str) or not channel_id:
-            raise ConfigError(f"{where}.id is required")
-        where = f"channels[{index}] (id {channel_id!r})"
-        if any(c.id == channel_id for c in channels):
-            raise ConfigError(f"{where}.id is used by two channels")
-        channels.append(_channel(entry, where, env))
+        channel = channel_from_entry(entry, where, env)
+        if any(c.id == channel.id for c in channels):
+            raise ConfigError(f"{where} (id {channel.id!r}).id is used by two channels")
+        channels.append(channel)
     return tuple(channels)
+
+
+def channel_from_entry(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> ChannelConfig:
+    """One channel from a `[[channels]]` table, or a registry row under the same names."""
+    unknown = sorted(entry.keys() - CHANNEL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown configuration key: {where}.{unknown[0]}")
+    channel_id = entry.get("id")
+    if not isinstance(channel_id, str) or not channel_id:
+        raise ConfigError(f"{where}.id is required")
+    return _channel(entry, f"{where} (id {channel_id!r})", env)
 
 
 def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> ChannelConfig:

@@ -45,3 +45,12 @@ class SchemaOutdated(DatabaseError):
 
 class BodyRejected(StatementRejected):
     """The database refused a webhook body itself (not an outage)."""
+
+
+# --- channel registry (issue 17) ---
+class ChannelNotFound(OutboxError):
+    """No channel by that id in the registry."""
+
+
+class ChannelRefused(OutboxError):
+    """The registry refuses the change as asked (a file channel, open rows, a taken id)."""

@@ -328,3 +328,7 @@ schema_compat = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("revision"),
 )
+
+# The channel registry has a module of its own; imported here so that `metadata` (Alembic's
+# target, the drift test) holds it too.
+from outbox.db import registry_tables as _registry_tables  # noqa: E402, F401

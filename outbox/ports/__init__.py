@@ -27,7 +27,12 @@ from outbox.ports.reconciling import (
     StatusWrites,
     WebhookBatch,
 )
-from outbox.ports.registry import ChannelRegistry, RegisteredChannel
+from outbox.ports.registry import (
+    ChannelRegistry,
+    ChannelSource,
+    RegisteredChannel,
+    RegistrySnapshot,
+)
 from outbox.ports.sending import (
     LINES_START,
     Api,
@@ -51,6 +56,7 @@ __all__ = [
     "Attempt",
     "ChannelPage",
     "ChannelRegistry",
+    "ChannelSource",
     "ChannelStates",
     "Clock",
     "GaugeReader",
@@ -70,6 +76,7 @@ __all__ = [
     "ReconcileObserver",
     "ReconcileStore",
     "RegisteredChannel",
+    "RegistrySnapshot",
     "Renewed",
     "ResultSink",
     "RetentionRows",

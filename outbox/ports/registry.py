@@ -31,3 +31,18 @@ class ChannelRegistry(Protocol):
     async def set_api_key(self, channel_id: str, api_key: Secret) -> None: ...
 
     async def set_enabled(self, channel_id: str, enabled: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """The registry as one replica reads it (outbox.services.directory)."""
+
+    channels: tuple[RegisteredChannel, ...]  # registry entries this replica can use
+    known: frozenset[str]  # every id the registry holds, file mirrors and unusable ones too
+    problems: dict[str, str]  # id -> why this replica cannot use it (a key it cannot read)
+
+
+class ChannelSource(Protocol):
+    """What running replicas read to follow the registry."""
+
+    async def snapshot(self) -> RegistrySnapshot: ...

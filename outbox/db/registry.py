@@ -1,0 +1,259 @@
+"""The channel registry (`outbox.channels`): the port's adapter, and what replicas read.
+
+Credentials are sealed here, before they are stored, and opened here, after they are read:
+callers hand over and get back `Secret`s. Every write fires the table's NOTIFY trigger, which
+every running replica listens for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.config import ChannelConfig, Secret
+from outbox.db import registry_rows as rows
+from outbox.db.errors import translated
+from outbox.db.registry_tables import SECRET_FIELDS, channels
+from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError
+from outbox.ports.registry import RegisteredChannel, RegistrySnapshot
+from outbox.sealing import Keyring
+
+
+class ChannelRegistryStore:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        keyring: Keyring | None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._keyring = keyring
+        self._environ = environ
+
+    # --- the port (outbox.ports.registry.ChannelRegistry) ---
+
+    async def get(self, channel_id: str) -> RegisteredChannel | None:
+        row = await self._row(channels.c.id == channel_id)
+        return None if row is None else self._registered(row)
+
+    async def by_partner_channel(self, partner_channel_id: str) -> RegisteredChannel | None:
+        row = await self._row(channels.c.partner_channel_id == partner_channel_id)
+        return None if row is None else self._registered(row)
+
+    async def add(self, channel: ChannelConfig, *, enabled: bool) -> None:
+        """Raises `StatementRejected` if the id is taken."""
+        await self.add_held(
+            channel.id, rows.plain_values(channel), rows.sealed_of(channel), enabled
+        )
+
+    async def set_api_key(self, channel_id: str, api_key: Secret) -> None:
+        await self.set_credentials(channel_id, {"api_key": ("sealed", api_key)})
+
+    async def set_enabled(self, channel_id: str, enabled: bool) -> None:
+        await self._change(channel_id, {"enabled": enabled})
+
+    # --- beyond the port: the CLI's writes and the replicas' reads ---
+
+    async def add_held(
+        self,
+        channel_id: str,
+        plain: Mapping[str, Any],
+        held: Mapping[str, rows.Holding | None],
+        enabled: bool,
+    ) -> None:
+        rows.checked(channel_id, plain, held)
+        values = {
+            "id": channel_id,
+            "source": "registry",
+            "enabled": enabled,
+            **{k: v for k, v in plain.items() if k in rows.PLAIN_FIELDS},
+            **rows.secret_values(channel_id, held, self._keyring),
+        }
+        await self._insert(values)
+
+    async def update(
+        self,
+        channel_id: str,
+        plain: Mapping[str, Any],
+        held: Mapping[str, rows.Holding | None],
+    ) -> None:
+        """Change the given fields; `None` in `plain` clears an optional field (burst,
+        namespace, ...), in `held` removes the credential."""
+        row = await self._writable(channel_id)
+        merged = {name: getattr(row, name) for name in rows.PLAIN_FIELDS}
+        merged.update(plain)
+        kept: dict[str, rows.Holding | None] = {
+            name: ("env", "kept") if _holds(row, name) else None for name in SECRET_FIELDS
+        }
+        kept.update(held)
+        rows.checked(channel_id, merged, kept)
+        values: dict[str, Any] = dict(plain)
+        values.update(rows.secret_values(channel_id, held, self._keyring))
+        await self._change(channel_id, values)
+
+    async def set_credentials(
+        self, channel_id: str, held: Mapping[str, rows.Holding | None]
+    ) -> None:
+        await self._writable(channel_id)
+        await self._change(channel_id, rows.secret_values(channel_id, held, self._keyring))
+
+    @translated
+    async def remove(self, channel_id: str) -> None:
+        await self._writable(channel_id)
+        async with self._engine.begin() as connection:
+            await connection.execute(channels.delete().where(channels.c.id == channel_id))
+
+    @translated
+    async def described(self, channel_id: str | None = None) -> list[rows.Described]:
+        query = select(channels).order_by(channels.c.id)
+        if channel_id is not None:
+            query = query.where(channels.c.id == channel_id)
+        async with self._engine.connect() as connection:
+            return [rows.describe(r) for r in (await connection.execute(query)).all()]
+
+    @translated
+    async def snapshot(self) -> RegistrySnapshot:
+        async with self._engine.connect() as connection:
+            found = (await connection.execute(select(channels))).all()
+        usable: list[RegisteredChannel] = []
+        problems: dict[str, str] = {}
+        for row in found:
+            if row.source != "registry":
+                continue
+            try:
+                usable.append(self._registered(row))
+            except ConfigError as exc:
+                problems[row.id] = str(exc)
+        return RegistrySnapshot(tuple(usable), frozenset(r.id for r in found), problems)
+
+    @translated
+    async def mirror_file(self, file_channels: Sequence[ChannelConfig]) -> list[str]:
+        """Record this replica's file channels as read-only entries (no credential: those stay
+        in the file). Returns the ids the registry holds as its own entries: the file's
+        definition wins in this replica, and the registry's entry is left as it is."""
+        if not file_channels:
+            return []
+        values = [
+            {"id": c.id, "source": "file", "enabled": True, **rows.plain_values(c)}
+            for c in file_channels
+        ]
+        statement = insert(channels).values(values)
+        kept = {name: statement.excluded[name] for name in rows.PLAIN_FIELDS}
+        statement = statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={**kept, "updated_at": func.now()},
+            where=channels.c.source == "file",
+        )
+        async with self._engine.begin() as connection:
+            await connection.execute(statement)
+            shadowed = await connection.execute(
+                select(channels.c.id).where(
+                    channels.c.id.in_([c.id for c in file_channels]),
+                    channels.c.source == "registry",
+                )
+            )
+            return list(shadowed.scalars().all())
+
+    @translated
+    async def check_sealed(self) -> int:
+        """Open every sealed credential; raise `SealError` (naming key ids, not values) on the
+        first the master keys cannot open. Returns how many were checked."""
+        async with self._engine.connect() as connection:
+            found = (await connection.execute(select(channels))).all()
+        count = 0
+        for row in found:
+            for name in SECRET_FIELDS:
+                sealed = getattr(row, f"{name}_sealed")
+                if sealed is None:
+                    continue
+                if self._keyring is None:
+                    raise ConfigError(
+                        "the registry holds sealed keys and no master key is given: set"
+                        " OUTBOX_SECRET_KEY_FILE or OUTBOX_SECRET_KEY_ENV"
+                    )
+                self._keyring.open(sealed, context=rows.context(row.id, name))
+                count += 1
+        return count
+
+    @translated
+    async def reseal(self) -> int:
+        """Seal every credential again under the first master key (`outbox keys rotate`).
+        Each row in its own short transaction, locked, so a concurrent change is not lost."""
+        if self._keyring is None:
+            raise ConfigError("set OUTBOX_SECRET_KEY_FILE or OUTBOX_SECRET_KEY_ENV")
+        async with self._engine.connect() as connection:
+            ids = (await connection.execute(select(channels.c.id))).scalars().all()
+        resealed = 0
+        for channel_id in ids:
+            async with self._engine.begin() as connection:
+                row = (
+                    await connection.execute(
+                        select(channels).where(channels.c.id == channel_id).with_for_update()
+                    )
+                ).one_or_none()
+                if row is None:
+                    continue
+                values: dict[str, str] = {}
+                for name in SECRET_FIELDS:
+                    sealed = getattr(row, f"{name}_sealed")
+                    if sealed is None or sealed.split(".")[1] == self._keyring.primary:
+                        continue
+                    where = rows.context(channel_id, name)
+                    plain = self._keyring.open(sealed, context=where)
+                    values[f"{name}_sealed"] = self._keyring.seal(plain, context=where)
+                if values:
+                    await connection.execute(
+                        update(channels).where(channels.c.id == channel_id).values(values)
+                    )
+                    resealed += 1
+        return resealed
+
+    # --- internals ---
+
+    def _registered(self, row: Row[Any]) -> RegisteredChannel:
+        if row.source == "file":
+            raise ConfigError(f"channel {row.id!r} is defined in a replica's config file")
+        config = rows.config_of(row, self._keyring, self._environ)
+        return RegisteredChannel(config, row.enabled, from_file=False)
+
+    @translated
+    async def _row(self, condition: Any) -> Row[Any] | None:
+        async with self._engine.connect() as connection:
+            return (await connection.execute(select(channels).where(condition))).one_or_none()
+
+    async def _writable(self, channel_id: str) -> Row[Any]:
+        row = await self._row(channels.c.id == channel_id)
+        if row is None:
+            raise ChannelNotFound(f"no channel {channel_id!r} in the registry")
+        if row.source == "file":
+            raise ChannelRefused(
+                f"channel {channel_id!r} is defined in a config file ([[channels]]): change it"
+                " there (the registry's copy is read-only)"
+            )
+        return row
+
+    @translated
+    async def _insert(self, values: Mapping[str, Any]) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(insert(channels).values(dict(values)))
+
+    async def _change(self, channel_id: str, values: Mapping[str, Any]) -> None:
+        await self._writable(channel_id)
+        await self._update(channel_id, values)
+
+    @translated
+    async def _update(self, channel_id: str, values: Mapping[str, Any]) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(channels)
+                .where(channels.c.id == channel_id)
+                .values({**values, "updated_at": func.now()})
+            )
+
+
+def _holds(row: Row[Any], name: str) -> bool:
+    return any(getattr(row, f"{name}_{way}") is not None for way in ("env", "file", "sealed"))

@@ -1,0 +1,163 @@
+"""The channel registry adapter against the real database: sealing, the port, file mirrors."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.config import ChannelConfig, Secret
+from outbox.db.registry import ChannelRegistryStore
+from outbox.domain.models import Dialect
+from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError, StatementRejected
+from outbox.sealing import Keyring, SealError, generate_key
+from tests.support import fetch
+
+KEY = generate_key()
+
+
+def keyring(*keys: str) -> Keyring:
+    import base64
+
+    return Keyring([base64.urlsafe_b64decode(k) for k in keys or (KEY,)])
+
+
+def channel(channel_id: str = "c1", key: str = "plain-api-key-1") -> ChannelConfig:
+    return ChannelConfig(
+        channel_id,
+        Dialect.CLOUD,
+        "http://127.0.0.1:9",
+        Secret(key),
+        rate_per_second=7.0,
+        partner_channel_id=f"p-{channel_id}",
+    )
+
+
+async def test_a_channel_round_trips_sealed(engine: AsyncEngine, db_url: str) -> None:
+    store = ChannelRegistryStore(engine, keyring())
+    hooked = replace(
+        channel(),
+        webhook_username=Secret("hook-user-x"),
+        webhook_password=Secret("hook-pass-x"),
+    )
+    await store.add(hooked, enabled=True)
+    got = await store.get("c1")
+    assert got is not None
+    assert got.config == hooked
+    assert (got.enabled, got.from_file) == (True, False)
+    assert (await store.by_partner_channel("p-c1")) == got
+    assert await store.get("nope") is None
+    raw = await fetch(db_url, "SELECT * FROM outbox.channels")
+    text = repr([dict(r) for r in raw])
+    for plain in ("plain-api-key-1", "hook-user-x", "hook-pass-x"):
+        assert plain not in text
+    assert raw[0]["api_key_sealed"].startswith("v1.")
+
+
+async def test_port_writes(engine: AsyncEngine) -> None:
+    store = ChannelRegistryStore(engine, keyring())
+    await store.add(channel(), enabled=False)
+    with pytest.raises(StatementRejected):
+        await store.add(channel(), enabled=True)
+    await store.set_api_key("c1", Secret("second-key"))
+    await store.set_enabled("c1", True)
+    got = await store.get("c1")
+    assert got is not None
+    assert (got.config.api_key, got.enabled) == (Secret("second-key"), True)
+    with pytest.raises(ChannelNotFound):
+        await store.set_enabled("missing", True)
+
+
+async def test_a_wrong_master_key_is_named_by_id_never_by_value(engine: AsyncEngine) -> None:
+    await ChannelRegistryStore(engine, keyring()).add(channel(), enabled=True)
+    other = generate_key()
+    wrong = ChannelRegistryStore(engine, keyring(other))
+    with pytest.raises(SealError) as caught:
+        await wrong.check_sealed()
+    assert "do not include" in str(caught.value)
+    assert KEY not in str(caught.value)
+    assert other not in str(caught.value)
+    with pytest.raises(ConfigError, match="no master key"):
+        await ChannelRegistryStore(engine, None).check_sealed()
+
+
+async def test_a_sealed_value_moved_to_another_channel_does_not_open(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    store = ChannelRegistryStore(engine, keyring())
+    await store.add(channel("a"), enabled=True)
+    await store.add(channel("b", key="other"), enabled=True)
+    await fetch(
+        db_url,
+        "UPDATE outbox.channels SET api_key_sealed ="
+        " (SELECT api_key_sealed FROM outbox.channels WHERE id = 'a') WHERE id = 'b'",
+    )
+    snapshot = await store.snapshot()
+    assert [c.config.id for c in snapshot.channels] == ["a"]
+    assert "does not open" in snapshot.problems["b"]
+    assert snapshot.known == {"a", "b"}
+
+
+async def test_rotation_reseals_under_the_new_key_and_both_open_meanwhile(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    await ChannelRegistryStore(engine, keyring()).add(channel(), enabled=True)
+    new = generate_key()
+    both = ChannelRegistryStore(engine, keyring(new, KEY))
+    assert (await both.get("c1")) is not None  # old rows open during the rotation
+    assert await both.reseal() == 1
+    assert await both.reseal() == 0  # already under the new key
+    only_new = ChannelRegistryStore(engine, keyring(new))
+    got = await only_new.get("c1")
+    assert got is not None
+    assert got.config.api_key == Secret("plain-api-key-1")
+    with pytest.raises(SealError):
+        await ChannelRegistryStore(engine, keyring()).check_sealed()
+
+
+async def test_file_channels_are_read_only_mirrors_and_the_file_wins(engine: AsyncEngine) -> None:
+    store = ChannelRegistryStore(engine, keyring())
+    await store.add(channel("shared"), enabled=True)
+    from_file = [channel("f1"), replace(channel("shared"), rate_per_second=1.0)]
+    assert await store.mirror_file(from_file) == ["shared"]
+    assert await store.mirror_file(from_file) == ["shared"]  # repeatable
+    described = {d.id: d for d in await store.described()}
+    assert described["f1"].source == "file"
+    assert described["f1"].credentials == {}
+    assert described["shared"].source == "registry"
+    assert described["shared"].fields["rate_per_second"] == 7.0
+    with pytest.raises(ChannelRefused, match="config file"):
+        await store.set_enabled("f1", False)
+    snapshot = await store.snapshot()
+    assert [c.config.id for c in snapshot.channels] == ["shared"]
+    assert snapshot.known == {"f1", "shared"}
+
+
+async def test_references_resolve_on_the_replica(engine: AsyncEngine) -> None:
+    store = ChannelRegistryStore(engine, None, environ={"REF_KEY": "from-env"})
+    await store.add_held("r", {"dialect": "cloud", "base_url": "http://127.0.0.1:9"},
+                         {"api_key": ("env", "REF_KEY")}, True)  # fmt: skip
+    got = await store.get("r")
+    assert got is not None
+    assert got.config.api_key == Secret("from-env")
+    elsewhere = ChannelRegistryStore(engine, None, environ={})
+    assert "REF_KEY" in (await elsewhere.snapshot()).problems["r"]
+
+
+async def test_every_write_notifies_listeners(engine: AsyncEngine, db_url: str) -> None:
+    listener = await asyncpg.connect(db_url)
+    heard = asyncio.Queue[str]()
+    await listener.add_listener("outbox_channels", lambda *a: heard.put_nowait(str(a[2])))
+    try:
+        store = ChannelRegistryStore(engine, keyring())
+        await store.add(channel(), enabled=True)
+        await asyncio.wait_for(heard.get(), 5)
+        await store.set_enabled("c1", False)
+        await asyncio.wait_for(heard.get(), 5)
+        await store.remove("c1")
+        await asyncio.wait_for(heard.get(), 5)
+    finally:
+        await listener.close()
