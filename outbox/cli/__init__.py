@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from outbox import __version__
-from outbox.cli import daemon, operator, tools
+from outbox.cli import daemon, operator, partner, tools
 from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
 from outbox.errors import ConfigError, OutboxError
 
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_parsers(commands, common)
     operator.add_parsers(commands, common)
     tools.add_parsers(commands, common)
+    # --- `outbox channels`: h17reg owns the group; the Partner API verbs join it with one line.
+    channels = commands.add_parser("channels", help="channels in the registry (outbox.channels)")
+    channel_verbs = channels.add_subparsers(dest="verb", required=True, metavar="VERB")
+    partner.add_parsers(channel_verbs, common)
     return parser
 
 

@@ -119,7 +119,7 @@ async def test_429_is_retried_after_its_hint_and_5xx_with_backoff() -> None:
     hub.errors["create"] = [PartnerApiError(429, retry_after=7), PartnerApiError(502)]
     rotation = await service.rotate_key("shop", TEMPLATE)
     assert rotation.ok
-    assert slept == [2.0, 7.0, 2.0]  # the second failure in a row backs off 2 s
+    assert slept == [2.0, 7.0, 1.0]  # tries counted per kind: the first 5xx backs off 1 s
 
 
 async def test_persistent_server_errors_give_up_and_restore_the_old_key() -> None:
