@@ -28,6 +28,8 @@ from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.listener import NotifyListener
 from outbox.db.messages import MessageStore
 from outbox.db.reconcile_store import ReconcileStore
+from outbox.db.registry import ChannelRegistryStore
+from outbox.db.registry_tables import CHANNELS_NOTIFY_CHANNEL
 from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.domain.schema import judge_schema
@@ -37,6 +39,8 @@ from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
 from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
+from outbox.sealing import keyring_from
+from outbox.services.directory import ChannelDirectory
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
@@ -105,6 +109,7 @@ async def run(
     hangup = _Hangup(reload) if reload is not None else None
     if hangup is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.signalled)
+    keyring = keyring_from()  # a master key that cannot be read stops the start, clearly
     engine = create_engine(settings.database_url, pool_size=8)
     runner: web.AppRunner | None = None
     try:
@@ -112,8 +117,14 @@ async def run(
         store = MessageStore(engine)
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
         http_port = None
-        # Shared with the webhook receiver, so that reloaded credentials apply to it at once.
-        channels = {c.id: c for c in settings.channels}
+        # --- channel registry (issue 17): the file's channels plus the registry's, live ---
+        directory = await _directory(ChannelRegistryStore(engine, keyring), settings, health)
+        tasks["channels"] = directory.run(stop)
+        # Shared with the webhook receiver, so that changes apply to it at once.
+        channels = dict(directory.view.receiving)
+        directory.subscribe(lambda view: _replace(channels, view.receiving))
+        directory.subscribe(lambda view: metrics.know_channels(view.receiving))
+        metrics.know_channels(channels)
         sender: Sender | None = None
         if "web" in roles:
             runner, http_port = await _start_web(settings, channels, metrics, engine, health)
@@ -125,13 +136,14 @@ async def run(
                 sender = Sender(
                     store,
                     ApiClient(session),
-                    settings.channels,
+                    directory.view.sending,
                     settings.sender,
                     worker_id=worker_id,
                     channel_state=ChannelStateStore(engine),
                     observer=metrics,
                     health=health,
                 )
+                directory.subscribe(lambda view: sender.set_channels(view.sending))
                 wake[NOTIFY_CHANNEL] = sender.wake
                 tasks["sender"] = sender.run(stop, drain=drain)
                 maintenance = Maintenance(
@@ -141,6 +153,8 @@ async def run(
                     health,
                     worker_id=worker_id,
                 )
+                maintenance.set_channels(directory.view.sending)
+                directory.subscribe(lambda view: maintenance.set_channels(view.sending))
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
                 reconciler = Reconciler(
@@ -148,15 +162,15 @@ async def run(
                 )
                 wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
                 tasks["reconciler"] = reconciler.run(stop)
-            if wake:
-                tasks["listener"] = NotifyListener(settings.database_url, wake).run(stop)
+            wake[CHANNELS_NOTIFY_CHANNEL] = directory.wake
+            tasks["listener"] = NotifyListener(settings.database_url, wake).run(stop)
             if hangup is not None:
-                hangup.ready(channels, sender)
+                hangup.ready({c.id: c for c in settings.channels}, directory)
             log.info(
                 "outbox.started",
                 worker_id=worker_id,
                 roles=sorted(roles),
-                channels=[c.id for c in settings.channels],
+                channels=[c.id for c in directory.view.sending],
                 http_port=http_port,
                 schema=schema,
             )
@@ -204,7 +218,7 @@ class _Hangup:
 
     def __init__(self, reload: Callable[[], Settings]) -> None:
         self._reload = reload
-        self._parts: tuple[dict[str, ChannelConfig], Sender | None] | None = None
+        self._parts: tuple[dict[str, ChannelConfig], ChannelDirectory] | None = None
         self._pending = False
 
     def signalled(self) -> None:
@@ -214,29 +228,29 @@ class _Hangup:
             return
         _reload_credentials(self._reload, *self._parts)
 
-    def ready(self, channels: dict[str, ChannelConfig], sender: Sender | None) -> None:
-        self._parts = (channels, sender)
+    def ready(self, channels: dict[str, ChannelConfig], directory: ChannelDirectory) -> None:
+        self._parts = (channels, directory)
         if self._pending:
             self._pending = False
             self.signalled()
 
 
 def _reload_credentials(
-    reload: Callable[[], Settings], channels: dict[str, ChannelConfig], sender: Sender | None
+    reload: Callable[[], Settings],
+    channels: dict[str, ChannelConfig],
+    directory: ChannelDirectory,
 ) -> None:
-    """SIGHUP: take the channels' new API keys and webhook credentials (from files, or from the
-    environment the process started with). Any other change needs a restart, and says so."""
+    """SIGHUP: take the file channels' new API keys and webhook credentials (from files, or
+    from the environment the process started with), and read the registry's referenced keys
+    again. Any other change to the file needs a restart, and says so."""
     try:
         fresh = reload()
     except OutboxError as exc:
         log.error("outbox.reload.failed", error=str(exc), note="the running settings stay")
         return
     diff = credentials_diff(channels, fresh)
-    for channel_id, updated in diff.updated.items():
-        old = channels[channel_id]
-        channels[channel_id] = updated
-        if sender is not None and updated.api_key != old.api_key:
-            sender.new_key(updated)
+    channels.update(diff.updated)
+    directory.file_changed(list(channels.values()))  # a changed key: probes at once
     log.warning("outbox.reload.credentials", channels=list(diff.updated))
     if diff.needs_restart:
         log.warning(
@@ -244,6 +258,33 @@ def _reload_credentials(
             note="only credentials are reloaded; other changes take a restart",
             channels=diff.needs_restart,
         )
+
+
+async def _directory(
+    registry: ChannelRegistryStore, settings: Settings, health: Health
+) -> ChannelDirectory:
+    """The registry checked (a wrong master key stops the start, naming no secret), the file's
+    channels recorded in it as read-only entries, and read once before any part starts."""
+    await registry.check_sealed()
+    directory = ChannelDirectory(
+        registry,
+        settings.channels,
+        every=settings.registry.refresh_interval.total_seconds(),
+        health=health,
+    )
+    try:
+        shadowed = await registry.mirror_file(settings.channels)
+        if shadowed:
+            log.warning("outbox.channels.shadowed", channels=shadowed, note="the file wins")
+        await directory.refresh()
+    except DatabaseError as exc:  # the file's channels go ahead; the registry is read later
+        log.warning("outbox.channels.db_error", error=str(exc))
+    return directory
+
+
+def _replace(target: dict[str, ChannelConfig], fresh: dict[str, ChannelConfig]) -> None:
+    target.clear()
+    target.update(fresh)
 
 
 async def _start_web(

@@ -191,6 +191,14 @@ class PartnerConfig:
     request_timeout: timedelta = timedelta(seconds=30)
 
 
+# --- channel registry (issue 17) ---
+@dataclass(frozen=True)
+class RegistryConfig:
+    # Every replica checks the registry's version this often and re-reads it when it changed:
+    # the backstop for a NOTIFY it missed (changes reach it at once otherwise).
+    refresh_interval: timedelta = timedelta(seconds=5)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(repr=False)  # may hold a password
@@ -199,6 +207,7 @@ class Settings:
     sender: SenderConfig = field(default_factory=SenderConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     log_level: str = "info"
     log_format: str = "auto"  # auto: JSON unless stderr is a terminal
     partner: PartnerConfig | None = None  # [partner], for the Partner API verbs only

@@ -23,6 +23,7 @@ from outbox.config import (
     HttpConfig,
     MetricsConfig,
     ReconcilerConfig,
+    RegistryConfig,
     Secret,
     SenderConfig,
     Settings,
@@ -57,6 +58,7 @@ def load_settings(
     sender = _section(top.pop("sender", {}), "sender")
     reconciler = _section(top.pop("reconciler", {}), "reconciler")
     metrics = _section(top.pop("metrics", {}), "metrics")
+    registry = _section(top.pop("registry", {}), "registry")
     channels_raw = top.pop("channels", [])
     partner_raw = top.pop("partner", None)
     database_url = _top_level(top, env, "database_url", None)
@@ -92,6 +94,7 @@ def load_settings(
         sender=sender_config,
         reconciler=_dataclass_from(ReconcilerConfig, reconciler, "reconciler", env),
         metrics=_dataclass_from(MetricsConfig, metrics, "metrics", env),
+        registry=_dataclass_from(RegistryConfig, registry, "registry", env),
         log_level=log_level,
         log_format=log_format,
     )

@@ -112,6 +112,8 @@ FAIL_UNKNOWN_CHANNEL = text(
         SELECT id FROM outbox.messages
         WHERE channel = :channel AND state = 'queued'
           AND created_at < now() - make_interval(secs => :grace_seconds)
+          -- In the same statement: a channel added to the registry meanwhile is seen.
+          AND NOT EXISTS (SELECT 1 FROM outbox.channels AS r WHERE r.id = :channel)
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
@@ -246,8 +248,8 @@ class HousekeepingStore:
     async def fail_unknown_channels(
         self, known: Collection[str], grace: timedelta, limit: int = 1000
     ) -> list[Settled]:
-        """Fail queued rows of channels not in `known` (what every live replica knows) once
-        they are `grace` old."""
+        """Fail queued rows of channels not in `known` (what every live replica knows) nor in
+        the registry (any entry, disabled too: its rows wait) once they are `grace` old."""
         async with self._engine.connect() as connection:
             open_channels = (await connection.execute(FIND_OPEN_CHANNELS)).scalars().all()
         failed: list[Settled] = []
@@ -255,8 +257,8 @@ class HousekeepingStore:
             if channel in known:
                 continue
             detail = (
-                f"channel {channel!r} is not known to any live replica "
-                f"(they know: {', '.join(sorted(known))})"
+                f"channel {channel!r} is not in the registry nor known to any live replica "
+                f"(they know: {', '.join(sorted(known)[:20])}{', ...' if len(known) > 20 else ''})"
             )
             params = {
                 "channel": channel,

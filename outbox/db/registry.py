@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +21,15 @@ from outbox.db.registry_tables import SECRET_FIELDS, channels
 from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError
 from outbox.ports.registry import RegisteredChannel, RegistrySnapshot
 from outbox.sealing import Keyring
+
+# Any insert, update (updated_at moves) or delete changes it.
+VERSION = text(
+    """
+    SELECT count(*) || '/' || coalesce(max(updated_at)::text, '') || '/'
+           || coalesce(sum(hashtext(id || updated_at::text))::text, '')
+    FROM outbox.channels
+    """
+)
 
 
 class ChannelRegistryStore:
@@ -129,6 +138,11 @@ class ChannelRegistryStore:
             except ConfigError as exc:
                 problems[row.id] = str(exc)
         return RegistrySnapshot(tuple(usable), frozenset(r.id for r in found), problems)
+
+    @translated
+    async def version(self) -> str:
+        async with self._engine.connect() as connection:
+            return str((await connection.execute(VERSION)).scalar_one())
 
     @translated
     async def mirror_file(self, file_channels: Sequence[ChannelConfig]) -> list[str]:

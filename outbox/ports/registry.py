@@ -46,3 +46,6 @@ class ChannelSource(Protocol):
     """What running replicas read to follow the registry."""
 
     async def snapshot(self) -> RegistrySnapshot: ...
+
+    async def version(self) -> str:
+        """Changes whenever a row is added, changed or removed: cheap to ask often."""

@@ -48,16 +48,12 @@ class ChannelGovernor:
         self._observer = observer
         self._monotonic = monotonic
         self._on_resume = on_resume
-        self.limits: dict[str, Limits] = {c.id: c.limits() for c in channels}
-        self.breakers = {
-            c.id: CircuitBreaker(
-                threshold=config.breaker_threshold,
-                cooldown=config.breaker_cooldown.total_seconds(),
-                max_cooldown=config.breaker_cooldown_max.total_seconds(),
-            )
-            for c in channels
-        }
-        self._keys = {c.id: self.key_of(c) for c in channels}  # the key in use, fingerprinted
+        self._config = config
+        self.limits: dict[str, Limits] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._keys: dict[str, str] = {}  # the key in use, fingerprinted
+        for channel in channels:
+            self.track(channel)
         # The epoch of the pause this process's open breaker belongs to.
         self._epochs: dict[str, int] = {}
         # When this process last slowed a channel down (monotonic): one throttled burst of
@@ -69,6 +65,20 @@ class ChannelGovernor:
     @staticmethod
     def key_of(channel: ChannelConfig) -> str:
         return key_fingerprint(channel.api_key.reveal())
+
+    def track(self, channel: ChannelConfig) -> None:
+        """Know the channel as it is now: a new one gets a breaker; a changed key is a new key.
+        A channel that stops being sent for keeps its state here, should it come back."""
+        self.limits[channel.id] = channel.limits()
+        if channel.id not in self.breakers:
+            self.breakers[channel.id] = CircuitBreaker(
+                threshold=self._config.breaker_threshold,
+                cooldown=self._config.breaker_cooldown.total_seconds(),
+                max_cooldown=self._config.breaker_cooldown_max.total_seconds(),
+            )
+            self._keys[channel.id] = self.key_of(channel)
+        elif self._keys[channel.id] != self.key_of(channel):
+            self.new_key(channel)
 
     def new_key(self, channel: ChannelConfig) -> None:
         """The channel's API key changed: a pause another key caused is lifted for every

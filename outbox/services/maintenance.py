@@ -38,11 +38,17 @@ class Maintenance:
         self._store = store
         self._health = health
         self._worker = worker_id
-        self._known = frozenset(c.id for c in channels)
         self._live = max(REPLICA_LIVE, 3 * config.maintenance_interval)
         self._heads_after = LINES_START  # where the sweep of missed hand-overs goes on from
-        self._resend = [c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND]
         self._config = config
+        # The heartbeat names the file's channels; the registry's are known from the registry
+        # itself (the statement that fails rows reads it), in every replica alike.
+        self._known = frozenset(c.id for c in channels)
+        self.set_channels(channels)
+
+    def set_channels(self, channels: Sequence[ChannelConfig]) -> None:
+        """The channels this replica sends for, from now on (the registry changed)."""
+        self._resend = [c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND]
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_periodic(
@@ -68,7 +74,7 @@ class Maintenance:
         if resent := await self._store.resend_unknown(self._resend, self._config.unknown_quiet):
             log.warning("outbox.unknown.resending", count=resent)
         # During a rolling update old replicas do not know a channel new ones added: a row is
-        # failed only for a channel no live replica knows.
+        # failed only for a channel no live replica knows and the registry does not hold.
         known = await self._store.heartbeat(self._worker, self._known, self._live)
         failed = await self._store.fail_unknown_channels(known, self._config.unknown_channel_grace)
         for row in failed:

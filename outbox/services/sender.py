@@ -97,11 +97,15 @@ class Sender:
         """Something was inserted: claim now rather than at the next poll."""
         self._wake.set()
 
-    def new_key(self, channel: ChannelConfig) -> None:
-        """An operator reloaded the channel's API key: use it from the next request, and if
-        the channel is paused, lift the shared pause and probe at once."""
-        self._channels[channel.id] = channel
-        self._governor.new_key(channel)
+    def set_channels(self, channels: Sequence[ChannelConfig]) -> None:
+        """The channels to claim for from now on (the registry changed, or SIGHUP): new ones
+        start, missing ones (disabled, removed) are no longer claimed (their rows wait; requests
+        in flight finish), a changed key is used from the next request and a channel paused
+        under another key probes at once."""
+        for channel in channels:
+            self._governor.track(channel)
+        self._channels = {c.id: c for c in channels}
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Send until `stop` is set (or, with `drain`, until nothing is left to claim)."""
@@ -169,6 +173,8 @@ class Sender:
         # Each round starts at another channel and offers each its share of the free slots, so
         # one channel's backlog never leaves another waiting for a slot.
         channels = list(self._channels.values())
+        if not channels:
+            return 0, None  # none yet: the registry's first channel wakes the loop
         self._round += 1
         start = self._round % len(channels)
         order = channels[start:] + channels[:start]
@@ -244,7 +250,7 @@ class Sender:
     def _start(self, channel: ChannelConfig, message: ClaimedMessage, epoch: int) -> None:
         # The channel as it is now, not as the round began: a key reloaded during the claim is
         # the one the request carries, and the one its answer is judged by.
-        channel = self._channels[channel.id]
+        channel = self._channels.get(channel.id, channel)  # or removed meanwhile
         self._flights.start(
             channel.id,
             message,

@@ -96,8 +96,8 @@ async def test_import_pages_through_every_channel_once_and_again_changes_nothing
     assert hook.headers["Authorization"].startswith("Basic ")
     dump = repr([dict(r) for r in await fetch(db_url, "SELECT * FROM outbox.channels")])
     for channel in partner.hub.channels.values():
-        for issued in channel.keys:
-            assert issued not in dump
+        for each in channel.keys:
+            assert each not in dump
     for text in (out, err):
         assert PARTNER_KEY not in text
         assert key not in text

@@ -865,7 +865,7 @@ INVALID = "invalid_payload"
 # Each bad row has one mistake. Rows with one bad recipient share it: they also show that a
 # failed head releases the next row to the same recipient.
 BAD_KINDS = {
-    "unknown channel": _failed("unknown_channel", "channel 'nowhere' is not known to any live replica (they know: cloud, onprem)", channel="nowhere"),
+    "unknown channel": _failed("unknown_channel", "channel 'nowhere' is not in the registry nor known to any live replica (they know: cloud, onprem)", channel="nowhere"),
     "recipient with letters": _failed("invalid_recipient", "recipient 'call-me-maybe' is not a phone number", recipient="call-me-maybe"),
     "recipient too short": _failed("invalid_recipient", "recipient '+49 123' is not a phone number", recipient="+49 123"),
     "recipient too long": _failed("invalid_recipient", "is not a phone number (7-15 digits)", recipient="4917100000000123"),

@@ -45,4 +45,29 @@ async def test_an_old_replica_leaves_the_rows_of_a_channel_a_new_replica_knows(
     await old.tick()
     failed = await row(db_url, added["id"])
     assert (failed["state"], failed["error_code"]) == ("failed", "unknown_channel")
-    assert "not known to any live replica" in failed["error_detail"]
+    assert "nor known to any live replica" in failed["error_detail"]
+
+
+async def test_no_replica_fails_the_rows_of_a_channel_the_registry_holds(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """Issue 17: a registry channel no live replica has picked up yet (all old, or all of them
+    failing to read its key) keeps its rows queued; so does a disabled one."""
+    channels = settings_for(db_url, "http://127.0.0.1:9").channels
+    old = _maintenance(engine, "old", tuple(c for c in channels if c.id == "onprem"))
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.channels (id, dialect, base_url, api_key_env, enabled)"
+        " VALUES ('fresh', 'cloud', 'http://127.0.0.1:9', 'NOT_HERE', false)",
+    )
+    [waiting] = await fetch(
+        db_url,
+        "INSERT INTO outbox.messages (channel, recipient, payload, created_at) "
+        "VALUES ('fresh', '4915100000001', '{}', now() - interval '1 minute') RETURNING id",
+    )
+    await old.tick()
+    await old.tick()
+    assert (await row(db_url, waiting["id"]))["state"] == "queued"
+    await fetch(db_url, "DELETE FROM outbox.channels WHERE id = 'fresh'")
+    await old.tick()
+    assert (await row(db_url, waiting["id"]))["state"] == "failed"

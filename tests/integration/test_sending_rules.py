@@ -698,7 +698,8 @@ async def test_bad_rows_fail_without_a_request(
         "unknown-channel": (
             await insert(db_url, "nowhere", A, text("x")),
             "unknown_channel",
-            "channel 'nowhere' is not known to any live replica (they know: cloud, onprem)",
+            "channel 'nowhere' is not in the registry nor known to any live replica"
+            " (they know: cloud, onprem)",
         ),
         "recipient": (
             await insert(db_url, channel, "hello", text("x"), inbound_ago=None),

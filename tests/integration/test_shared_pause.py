@@ -153,7 +153,7 @@ async def test_a_new_key_lifts_a_pause_that_another_process_wrote(
             await wait_until(lambda: _paused(db_url))
         async with replica(engine, onprem(url, "stale-key"), "reloaded", **long) as sender:
             await asyncio.sleep(0.3)
-            sender.new_key(onprem(url, GOOD_KEY))
+            sender.set_channels([onprem(url, GOOD_KEY)])
             reloaded = time.monotonic()
             await wait_until(lambda: _at_least(db_url, len(ids)), within=10)
             took = time.monotonic() - reloaded
@@ -177,7 +177,7 @@ async def test_an_old_key_probe_answered_after_the_reload_does_not_pause_again(
         ) as sender,
     ):
         await wait_until(lambda: len(api.message_requests()) == 4)  # 3 failed, 1 probe out
-        sender.new_key(onprem(url, GOOD_KEY))
+        sender.set_channels([onprem(url, GOOD_KEY)])
         reloaded = time.monotonic()
         await wait_until(lambda: _at_least(db_url, len(ids)), within=10)
         took = time.monotonic() - reloaded

@@ -9,6 +9,8 @@ import structlog
 from outbox.app import _reload_credentials
 from outbox.config import ChannelConfig, Secret, Settings
 from outbox.errors import ConfigError
+from outbox.ports import RegistrySnapshot
+from outbox.services.directory import ChannelDirectory
 from tests.support import settings_for
 
 SETTINGS = settings_for("postgresql://u@/db", "http://127.0.0.1:9")
@@ -16,6 +18,18 @@ SETTINGS = settings_for("postgresql://u@/db", "http://127.0.0.1:9")
 
 def _channels() -> dict[str, ChannelConfig]:
     return {c.id: c for c in SETTINGS.channels}
+
+
+class _EmptyRegistry:
+    async def snapshot(self) -> RegistrySnapshot:
+        return RegistrySnapshot((), frozenset(), {})
+
+    async def version(self) -> str:
+        return "0"
+
+
+def _directory() -> ChannelDirectory:
+    return ChannelDirectory(_EmptyRegistry(), SETTINGS.channels, every=1)
 
 
 def test_new_credentials_replace_the_old_and_other_changes_are_named() -> None:
@@ -28,8 +42,10 @@ def test_new_credentials_replace_the_old_and_other_changes_are_named() -> None:
             replace(cloud, api_key=Secret("rotated"), webhook_password=Secret("p")),
         ),
     )
+    directory = _directory()
     with structlog.testing.capture_logs() as logs:
-        _reload_credentials(lambda: fresh, channels, None)
+        _reload_credentials(lambda: fresh, channels, directory)
+    assert directory.view.sending == tuple(channels.values())  # the sender gets them
     assert channels["cloud"] == replace(
         cloud, api_key=Secret("rotated"), webhook_password=Secret("p")
     )
@@ -47,6 +63,6 @@ def test_a_configuration_that_no_longer_loads_keeps_the_running_one() -> None:
         raise ConfigError("channels[0]: api_key_file /run/secrets/x: no such file")
 
     with structlog.testing.capture_logs() as logs:
-        _reload_credentials(broken, channels, None)
+        _reload_credentials(broken, channels, _directory())
     assert channels == _channels()
     assert [(e["event"], e["log_level"]) for e in logs] == [("outbox.reload.failed", "error")]
