@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -84,13 +85,27 @@ async def world(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[Sandbox, Hub
         await sandbox.stop()
 
 
+@asynccontextmanager
+async def two_replicas(path: Path, tmp: Path) -> AsyncIterator[list[Path]]:
+    """Two `outbox run` replicas for the whole test: started before any channel exists, and
+    checked to be still the same processes (never restarted) at its end."""
+    logs = [tmp / "replica-a.log", tmp / "replica-b.log"]
+    replicas = [await spawn_daemon(path, log, env=ENV) for log in logs]
+    try:
+        yield logs
+        for replica in replicas:
+            assert replica.returncode is None
+    finally:
+        for replica, log in zip(replicas, logs, strict=True):
+            await stop_daemon(replica, log)
+            await reap(replica)
+
+
 async def test_import_250_then_send_1000_with_no_restart(
     world: tuple[Sandbox, Hub, Path, Path], db_url: str
 ) -> None:
     sandbox, _, path, tmp = world
-    logs = [tmp / "replica-a.log", tmp / "replica-b.log"]
-    replicas = [await spawn_daemon(path, log, env=ENV) for log in logs]
-    try:
+    async with two_replicas(path, tmp) as logs:
         started = time.monotonic()
         code, out, err = await outbox_command(
             "channels", "import", "--config", str(path), "--enable", "--concurrency", "8",
@@ -109,21 +124,12 @@ async def test_import_250_then_send_1000_with_no_restart(
         assert len(per_channel) == 250  # every imported number sent, each with its hub key
         assert all(label is not None and label.endswith("#1") for label in per_channel)
 
-        for replica in replicas:
-            assert replica.returncode is None  # never restarted
-    finally:
-        for replica, log in zip(replicas, logs, strict=True):
-            await stop_daemon(replica, log)
-            await reap(replica)
-
 
 async def test_rotate_key_under_traffic_loses_and_fails_nothing(
     world: tuple[Sandbox, Hub, Path, Path], db_url: str
 ) -> None:
     sandbox, hub, path, tmp = world
-    logs = [tmp / "replica-a.log", tmp / "replica-b.log"]
-    replicas = [await spawn_daemon(path, log, env=ENV) for log in logs]
-    try:
+    async with two_replicas(path, tmp) as logs:
         code, out, err = await outbox_command(
             "channels", "import", "--config", str(path), "--enable", "--filter", "client_id=CL002",
             "--rate", "200", env=ENV,
@@ -155,12 +161,6 @@ async def test_rotate_key_under_traffic_loses_and_fails_nothing(
         hook = sandbox.webhook(new_key)
         assert hook is not None
         assert hook.url == "http://127.0.0.1:9/webhooks/CH00042"
-        for replica in replicas:
-            assert replica.returncode is None  # never restarted
-    finally:
-        for replica, log in zip(replicas, logs, strict=True):
-            await stop_daemon(replica, log)
-            await reap(replica)
 
 
 async def _sent(db_url: str, total: int, logs: list[Path]) -> None:
