@@ -118,7 +118,13 @@ async def run(
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
         http_port = None
         # --- channel registry (issue 17): the file's channels plus the registry's, live ---
-        directory = await _directory(ChannelRegistryStore(engine, keyring), settings, health)
+        directory = ChannelDirectory(
+            ChannelRegistryStore(engine, keyring),
+            settings.channels,
+            every=settings.registry.refresh_interval.total_seconds(),
+            health=health,
+        )
+        await directory.start()
         tasks["channels"] = directory.run(stop)
         # Shared with the webhook receiver, so that changes apply to it at once.
         channels = dict(directory.view.receiving)
@@ -258,28 +264,6 @@ def _reload_credentials(
             note="only credentials are reloaded; other changes take a restart",
             channels=diff.needs_restart,
         )
-
-
-async def _directory(
-    registry: ChannelRegistryStore, settings: Settings, health: Health
-) -> ChannelDirectory:
-    """The registry checked (a wrong master key stops the start, naming no secret), the file's
-    channels recorded in it as read-only entries, and read once before any part starts."""
-    await registry.check_sealed()
-    directory = ChannelDirectory(
-        registry,
-        settings.channels,
-        every=settings.registry.refresh_interval.total_seconds(),
-        health=health,
-    )
-    try:
-        shadowed = await registry.mirror_file(settings.channels)
-        if shadowed:
-            log.warning("outbox.channels.shadowed", channels=shadowed, note="the file wins")
-        await directory.refresh()
-    except DatabaseError as exc:  # the file's channels go ahead; the registry is read later
-        log.warning("outbox.channels.db_error", error=str(exc))
-    return directory
 
 
 def _replace(target: dict[str, ChannelConfig], fresh: dict[str, ChannelConfig]) -> None:

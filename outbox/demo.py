@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import tempfile
@@ -30,10 +31,12 @@ from outbox.config import (
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.db.messages import MessageStore
+from outbox.db.registry import ChannelRegistryStore
 from outbox.domain.models import Dialect, State
 from outbox.errors import OutboxError
 from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Sandbox
+from outbox.sealing import KEY_ENV_ENV, generate_key, keyring_from
 
 _TEMPLATE = """jsonb_build_object('type', 'template', 'template', jsonb_build_object(
     'name', 'order_update', 'language', jsonb_build_object('code', 'en'),
@@ -114,37 +117,53 @@ async def run(stop: asyncio.Event, *, messages: int, latency: float) -> int:
         try:
             await migrate.upgrade(engine)
             say(f"database ready ({dsn}); sandbox API at {base_url}")
-            return await _drive(_settings(dsn, base_url), engine, sandbox, stop, messages)
+            channels = await _onboard(engine, base_url)
+            return await _drive(_settings(dsn), channels, engine, sandbox, stop, messages)
         finally:
             await engine.dispose()
             await sandbox.stop()
 
 
-def _settings(dsn: str, base_url: str) -> Settings:
+async def _onboard(engine: Any, base_url: str) -> list[ChannelConfig]:
+    """The two demo channels go into the registry, as `outbox channels add` puts them: their
+    keys sealed under a master key made for this run and given by reference, as in
+    production (the environment variable named by OUTBOX_SECRET_KEY_ENV)."""
+    os.environ["OUTBOX_DEMO_MASTER_KEY"] = generate_key()
+    os.environ[KEY_ENV_ENV] = "OUTBOX_DEMO_MASTER_KEY"
+    channels = [
+        # Both webhooks expect Basic auth, registered with the sandbox like set-webhook does.
+        ChannelConfig(
+            "demo-cloud",
+            Dialect.CLOUD,
+            base_url,
+            Secret(_KEYS["demo-cloud"]),
+            1000.0,
+            webhook_username=Secret("demo"),
+            webhook_password=Secret(secrets.token_urlsafe(16)),
+        ),
+        ChannelConfig(
+            "demo-onprem",
+            Dialect.ONPREM,
+            base_url,
+            Secret(_KEYS["demo-onprem"]),
+            1000.0,
+            namespace="demo_namespace",
+            webhook_username=Secret("demo"),
+            webhook_password=Secret(secrets.token_urlsafe(16)),
+        ),
+    ]
+    registry = ChannelRegistryStore(engine, keyring_from())
+    for channel in channels:
+        await registry.add(channel, enabled=True)
+    say("registry: demo-cloud and demo-onprem added, their keys sealed under a master key")
+    return channels
+
+
+def _settings(dsn: str) -> Settings:
+    # No [[channels]]: the daemon takes its channels from the registry.
     return Settings(
         database_url=dsn,
-        channels=(
-            # Both webhooks expect Basic auth, registered with the sandbox like set-webhook does.
-            ChannelConfig(
-                "demo-cloud",
-                Dialect.CLOUD,
-                base_url,
-                Secret(_KEYS["demo-cloud"]),
-                1000.0,
-                webhook_username=Secret("demo"),
-                webhook_password=Secret(secrets.token_urlsafe(16)),
-            ),
-            ChannelConfig(
-                "demo-onprem",
-                Dialect.ONPREM,
-                base_url,
-                Secret(_KEYS["demo-onprem"]),
-                1000.0,
-                namespace="demo_namespace",
-                webhook_username=Secret("demo"),
-                webhook_password=Secret(secrets.token_urlsafe(16)),
-            ),
-        ),
+        channels=(),
         http=HttpConfig(host="127.0.0.1", port=0),
         sender=SenderConfig(max_in_flight=200),
         reconciler=ReconcilerConfig(poll_interval=timedelta(milliseconds=200)),
@@ -152,14 +171,19 @@ def _settings(dsn: str, base_url: str) -> Settings:
 
 
 async def _drive(
-    settings: Settings, engine: Any, sandbox: Sandbox, stop: asyncio.Event, messages: int
+    settings: Settings,
+    channels: list[ChannelConfig],
+    engine: Any,
+    sandbox: Sandbox,
+    stop: asyncio.Event,
+    messages: int,
 ) -> int:
     store = MessageStore(engine)
     daemon_stop = asyncio.Event()
     started: asyncio.Future[app.Started] = asyncio.get_running_loop().create_future()
     daemon = asyncio.create_task(app.run(settings, daemon_stop, on_started=started.set_result))
     port = (await asyncio.wait_for(asyncio.shield(started), 30)).http_port
-    await _register_webhooks(settings, port)
+    await _register_webhooks(channels, port)
     async with engine.begin() as connection:
         raw = await connection.get_raw_connection()
         began = time.monotonic()
@@ -197,11 +221,11 @@ async def _drive(
     return 0 if read + how.get("window_closed", 0) == messages else 1
 
 
-async def _register_webhooks(settings: Settings, port: int | None) -> None:
+async def _register_webhooks(channels: list[ChannelConfig], port: int | None) -> None:
     """Point each channel's webhook at our receiver, as `outbox set-webhook` does."""
     async with create_session(2, timedelta(seconds=10)) as session:
         client = ApiClient(session)
-        for channel in settings.channels:
+        for channel in channels:
             url = f"http://127.0.0.1:{port}/webhooks/{channel.id}"
             answer = await client.set_webhook(channel, url)
             if answer.status != 200:

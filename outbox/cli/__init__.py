@@ -1,7 +1,8 @@
 """The `outbox` command: parse, call, exit code. Every option has an OUTBOX_* fallback.
 
 Each group of verbs adds its own subcommands: `daemon` (run, migrate, check), `operator`
-(show, stats, replay, cancel, purge) and `tools` (set-webhook, sandbox, demo).
+(show, stats, replay, cancel, purge), `tools` (set-webhook, sandbox, demo) and `channels`
+(channels ..., keys ...: the channel registry).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from outbox import __version__
-from outbox.cli import daemon, operator, partner, tools
+from outbox.cli import channels, daemon, operator, tools
 from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
 from outbox.errors import ConfigError, OutboxError
 
@@ -43,10 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_parsers(commands, common)
     operator.add_parsers(commands, common)
     tools.add_parsers(commands, common)
-    # --- `outbox channels`: h17reg owns the group; the Partner API verbs join it with one line.
-    channels = commands.add_parser("channels", help="channels in the registry (outbox.channels)")
-    channel_verbs = channels.add_subparsers(dest="verb", required=True, metavar="VERB")
-    partner.add_parsers(channel_verbs, common)
+    channels.add_parsers(commands, common)  # channels ..., keys ... (issue 17)
     return parser
 
 

@@ -47,14 +47,15 @@ def _run(args: argparse.Namespace) -> int:
     # during a start) must not end the process. Ignored: before the settings are read it has
     # nothing to reload; one in the milliseconds between reading them and `app.run` is lost.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    loaded = settings(args)
+    # Channels may all come from the registry (issue 17): a file without any is fine.
+    loaded = settings(args, need_channels=False)
     roles = {r.strip() for r in str(args.role).split(",") if r.strip()}
     unknown = roles - set(app.ROLES)
     if unknown or not roles:
         raise ConfigError(f"--role: unknown role {sorted(unknown)[0] if unknown else '(none)'}")
 
     def reload() -> Settings:
-        return load_settings(args.config)
+        return load_settings(args.config, need_channels=False)
 
     async def main(stop: asyncio.Event) -> int:
         await app.run(loaded, stop, roles=roles, reload=reload)
@@ -94,17 +95,22 @@ def _migrate(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from outbox import app
     from outbox.db.engine import create_engine
+    from outbox.db.registry import ChannelRegistryStore
+    from outbox.sealing import keyring_from
 
-    loaded = settings(args)
-    print(f"configuration: ok ({len(loaded.channels)} channels)")
+    loaded = settings(args, need_channels=False)
+    print(f"configuration: ok ({len(loaded.channels)} channels in the file)")
 
     async def main(_: asyncio.Event) -> int:
         engine = create_engine(loaded.database_url, pool_size=1, role="check")
         try:
             schema = await app.check_database(engine)
+            print(f"database: ok, {schema}")
+            # A wrong master key fails here as it would fail `outbox run`, naming key ids only.
+            opened = await ChannelRegistryStore(engine, keyring_from()).check_sealed()
         finally:
             await engine.dispose()
-        print(f"database: ok, {schema}")
+        print(f"registry: ok, {opened} sealed credentials open with the master key")
         return EXIT_OK
 
     return run_async(main)

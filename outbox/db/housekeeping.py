@@ -112,8 +112,10 @@ FAIL_UNKNOWN_CHANNEL = text(
         SELECT id FROM outbox.messages
         WHERE channel = :channel AND state = 'queued'
           AND created_at < now() - make_interval(secs => :grace_seconds)
-          -- In the same statement: a channel added to the registry meanwhile is seen.
-          AND NOT EXISTS (SELECT 1 FROM outbox.channels AS r WHERE r.id = :channel)
+          -- In the same statement: a channel added to the registry meanwhile is seen. File
+          -- channels' mirrors do not count: live replicas' heartbeats speak for those.
+          AND NOT EXISTS (SELECT 1 FROM outbox.channels AS r
+                          WHERE r.id = :channel AND r.source = 'registry')
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )

@@ -65,7 +65,7 @@ _PER_CHANNEL = text(
         GROUP BY channel
     ), due AS ({OLDEST_DUE}), channels AS (
         SELECT channel FROM counts UNION SELECT channel FROM outbox.channel_state
-        UNION SELECT unnest(CAST(:configured AS text[]))
+        UNION SELECT unnest(CAST(:configured AS text[])) UNION SELECT id FROM outbox.channels
     )
     SELECT c.channel,
            coalesce(
@@ -149,3 +149,16 @@ class InspectionStore:
             )
             for row in rows
         ]
+
+    @translated
+    async def open_rows(self, channel: str) -> dict[str, int]:
+        """The channel's rows still to settle (queued, sending, unknown), by state."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(_OPEN_ROWS, {"channel": channel})
+            return {str(r.state): int(r[1]) for r in rows}
+
+
+_OPEN_ROWS = text(
+    f"SELECT state, count(*) AS count FROM outbox.messages"
+    f" WHERE channel = :channel AND state IN ({OPEN_STATES}) GROUP BY state"
+)

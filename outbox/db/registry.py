@@ -74,12 +74,12 @@ class ChannelRegistryStore:
         held: Mapping[str, rows.Holding | None],
         enabled: bool,
     ) -> None:
-        rows.checked(channel_id, plain, held)
+        config = rows.checked(channel_id, plain, held)
         values = {
             "id": channel_id,
             "source": "registry",
             "enabled": enabled,
-            **{k: v for k, v in plain.items() if k in rows.PLAIN_FIELDS},
+            **rows.plain_values(config),
             **rows.secret_values(channel_id, held, self._keyring),
         }
         await self._insert(values)
@@ -99,8 +99,7 @@ class ChannelRegistryStore:
             name: ("env", "kept") if _holds(row, name) else None for name in SECRET_FIELDS
         }
         kept.update(held)
-        rows.checked(channel_id, merged, kept)
-        values: dict[str, Any] = dict(plain)
+        values: dict[str, Any] = rows.plain_values(rows.checked(channel_id, merged, kept))
         values.update(rows.secret_values(channel_id, held, self._keyring))
         await self._change(channel_id, values)
 
@@ -112,7 +111,10 @@ class ChannelRegistryStore:
 
     @translated
     async def remove(self, channel_id: str) -> None:
-        await self._writable(channel_id)
+        """Delete the entry. A file channel's mirror may go too (one no replica's file holds
+        any more); a replica that still has it records it again when it starts."""
+        if await self._row(channels.c.id == channel_id) is None:
+            raise ChannelNotFound(f"no channel {channel_id!r} in the registry")
         async with self._engine.begin() as connection:
             await connection.execute(channels.delete().where(channels.c.id == channel_id))
 

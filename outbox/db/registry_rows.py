@@ -140,9 +140,12 @@ def config_of(
     return channel_from_entry(entry, "registry channel", env)
 
 
-def checked(channel_id: str, plain: Mapping[str, Any], held: Mapping[str, Holding | None]) -> None:
+def checked(
+    channel_id: str, plain: Mapping[str, Any], held: Mapping[str, Holding | None]
+) -> ChannelConfig:
     """Validate a channel about to be stored, without reading its referenced credentials (they
-    live on the replicas, not necessarily where the command runs)."""
+    live on the replicas, not necessarily where the command runs). Its settings as stored come
+    from the result: normalised as a file's are, defaults filled in."""
     entry: dict[str, Any] = {"id": channel_id}
     entry.update({k: v for k, v in plain.items() if v is not None})
     if isinstance(entry.get("recipient_gap"), timedelta):
@@ -150,7 +153,7 @@ def checked(channel_id: str, plain: Mapping[str, Any], held: Mapping[str, Holdin
     for name, holding in held.items():
         if holding is not None:
             entry[f"{name}_env"] = "CHECK"
-    channel_from_entry(entry, "channel", {"CHECK": "x"})
+    return channel_from_entry(entry, "channel", {"CHECK": "x"})
 
 
 def describe(row: Row[Any]) -> Described:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,3 +50,11 @@ class ChannelSource(Protocol):
 
     async def version(self) -> str:
         """Changes whenever a row is added, changed or removed: cheap to ask often."""
+
+    async def check_sealed(self) -> int:
+        """Open every sealed credential; `ConfigError` (naming key ids, never values) if the
+        master keys cannot."""
+
+    async def mirror_file(self, file_channels: Sequence[ChannelConfig]) -> list[str]:
+        """Record the file's channels as read-only entries; the ids the registry holds as its
+        own (the file wins over them in this replica)."""

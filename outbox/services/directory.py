@@ -55,6 +55,24 @@ class ChannelDirectory:
         self._subscribers: list[Callable[[ChannelView], None]] = []
         self.view = self._compose()
 
+    async def start(self) -> None:
+        """Before any part starts: the registry's sealed keys are checked (a wrong master key
+        stops the start), the file's channels recorded in it, and the registry read once. A
+        database that fails here leaves the file's channels going; the registry is read later."""
+        await self._source.check_sealed()
+        try:
+            shadowed = await self._source.mirror_file(list(self._file.values()))
+            if shadowed:
+                log.warning("outbox.channels.shadowed", channels=shadowed, note="the file wins")
+            await self.refresh()
+        except DatabaseError as exc:
+            log.warning("outbox.channels.db_error", error=str(exc))
+        if not self.view.sending:
+            log.warning(
+                "outbox.channels.none",
+                note="no channel to send for yet; channels added to the registry start at once",
+            )
+
     def subscribe(self, subscriber: Callable[[ChannelView], None]) -> None:
         self._subscribers.append(subscriber)
 

@@ -39,7 +39,8 @@ async def demo() -> Run:
 async def test_demo_runs_end_to_end_and_every_sent_message_ends_read(demo: Run) -> None:
     assert demo.code == 0, demo.out[-2000:] + demo.err[-2000:]
     assert "sent as: fallback_template 50, freeform 50, template 50, window_closed 50" in demo.out
-    table = demo.out.split("channel", 1)[1].splitlines()[:3]
+    assert "registry: demo-cloud and demo-onprem added, their keys sealed" in demo.out
+    table = demo.out.split("\nchannel", 1)[1].splitlines()[:3]
     header, cloud, onprem = (line.split() for line in table)
     assert header == ["read", "failed"]
     assert cloud == ["demo-cloud", "75", "25"]

@@ -310,8 +310,24 @@ def test_no_literal_secrets_outside_the_example() -> None:
             pod = doc.get("spec", {}).get("template", {}).get("spec", {})
             for container in pod.get("containers", []) + pod.get("initContainers", []):
                 for item in container.get("env", []):
+                    if item["name"].endswith("_FILE"):
+                        continue  # a path to a mounted secret (checked below), not a secret
                     if SECRET_LIKE_ENV.search(item["name"]):
                         assert "value" not in item, f"{path.name}: {item['name']} is a literal"
+
+
+def test_the_master_key_is_a_mounted_secret_file() -> None:
+    deployment = _manifest("deployment.yaml", "Deployment")
+    container = _container(deployment, "outbox")
+    path = {item["name"]: item for item in container["env"]}["OUTBOX_SECRET_KEY_FILE"]["value"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounted = {
+        f"{mount['mountPath']}/{item['path']}": item["key"]
+        for mount in container["volumeMounts"]
+        if "secret" in volumes[mount["name"]]
+        for item in volumes[mount["name"]]["secret"]["items"]
+    }
+    assert mounted[path] == "master-key"
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,12 @@ class _EmptyRegistry:
     async def version(self) -> str:
         return "0"
 
+    async def check_sealed(self) -> int:
+        return 0
+
+    async def mirror_file(self, file_channels: object) -> list[str]:
+        return []
+
 
 def _directory() -> ChannelDirectory:
     return ChannelDirectory(_EmptyRegistry(), SETTINGS.channels, every=1)
