@@ -10,7 +10,7 @@ import signal
 import socket
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -45,6 +45,14 @@ from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
 from outbox.services.sender import Sender
+
+if TYPE_CHECKING:  # the Partner API workflows, imported when a verb needs them
+    from datetime import timedelta
+
+    import aiohttp
+
+    from outbox.config import PartnerConfig
+    from outbox.services.onboarding import Onboarding
 
 log = structlog.get_logger("outbox.app")
 
@@ -308,3 +316,26 @@ async def _start_web(
     with contextlib.suppress(Exception):
         port = runner.addresses[0][1]
     return runner, port
+
+
+# --- The Partner API workflows (`outbox channels rotate-key / import`) ---
+
+
+def onboarding(
+    engine: AsyncEngine,
+    partner: PartnerConfig,
+    session: aiohttp.ClientSession,
+    *,
+    settle: timedelta,
+) -> Onboarding:
+    """The onboarding service over the registry (keys sealed under OUTBOX_SECRET_KEY_*), the
+    Partner API and the numbers' hosts, sharing one HTTP session."""
+    from outbox.db.registry import ChannelRegistryStore
+    from outbox.http.partner_client import NumberClient, PartnerClient
+    from outbox.sealing import keyring_from
+    from outbox.services.onboarding import Onboarding
+
+    registry = ChannelRegistryStore(engine, keyring_from())
+    return Onboarding(
+        registry, PartnerClient(session, partner), NumberClient(session), settle=settle
+    )

@@ -192,6 +192,21 @@ class DatabaseConfig:
     pooler: Pooler = Pooler.NONE
 
 
+# --- [partner]: 360dialog's Partner API (outbox channels rotate-key / import) ---
+PARTNER_API_URL = "https://hub.360dialog.io/api/v2"
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    partner_id: str
+    api_key: Secret = field(metadata={"secret": True})  # the Partner API key (X-API-Key)
+    base_url: str = PARTNER_API_URL
+    # Where 360dialog posts a channel's webhooks, `{channel}` standing for our channel id,
+    # e.g. https://outbox.example.com/webhooks/{channel}; a new key needs it registered again.
+    webhook_url: str | None = None
+    request_timeout: timedelta = timedelta(seconds=30)
+
+
 # --- channel registry (issue 17) ---
 @dataclass(frozen=True)
 class RegistryConfig:
@@ -214,6 +229,7 @@ class Settings:
     # Behind PgBouncer: a direct URL to PostgreSQL for what needs a session of its own.
     listen_database_url: str | None = field(default=None, repr=False)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    partner: PartnerConfig | None = None  # [partner], for the Partner API verbs only
 
     def listen_url(self) -> str | None:
         """Where the NOTIFY listener connects; None: nowhere, the daemon polls. A transaction

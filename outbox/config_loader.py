@@ -62,6 +62,7 @@ def load_settings(
     database = _section(top.pop("database", {}), "database")
     registry = _section(top.pop("registry", {}), "registry")
     channels_raw = top.pop("channels", [])
+    partner_raw = top.pop("partner", None)
     database_url = _top_level(top, env, "database_url", None)
     log_level = _top_level(top, env, "log_level", "info")
     log_format = _top_level(top, env, "log_format", "auto")
@@ -88,7 +89,10 @@ def load_settings(
             f"sender.lease ({sender_config.lease.total_seconds():g} s) must be longer than"
             f" sender.request_timeout ({sender_config.request_timeout.total_seconds():g} s)"
         )
+    from outbox.config_partner import load_partner  # it reuses this module's helpers
+
     return Settings(
+        partner=load_partner(partner_raw, env),
         database_url=database_url,
         channels=channels,
         http=_dataclass_from(HttpConfig, http, "http", env),

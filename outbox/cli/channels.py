@@ -15,6 +15,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from outbox.cli import partner
 from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, with_engine
 from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError
 
@@ -60,6 +61,7 @@ def add_parsers(commands: _Parsers, common: argparse.ArgumentParser) -> None:
         "channels", parents=[common], help="the channel registry: list, add, change, remove"
     )
     verbs = channels.add_subparsers(dest="verb", required=True, metavar="VERB")
+    partner.add_parsers(verbs, common)  # rotate-key, import: the Partner API (cli/partner.py)
     listing = verbs.add_parser("list", parents=[common], help="every channel, one a line")
     _flag(listing, "--json", env="CHANNELS_JSON", help="JSON for scripts")
     listing.set_defaults(func=_list)

@@ -12,6 +12,14 @@ from __future__ import annotations
 from outbox.ports.clock import Clock, Monotonic, utc_now
 from outbox.ports.gauges import GaugeReader, Sample, SampleObserver
 from outbox.ports.operations import Applied, OperatorRows, RetentionRows, Selector
+from outbox.ports.partner import (
+    ChannelPage,
+    IssuedKey,
+    NumberApi,
+    PartnerApi,
+    PartnerApiError,
+    PartnerChannel,
+)
 from outbox.ports.reconciling import (
     ParkedBatch,
     ReconcileObserver,
@@ -48,6 +56,7 @@ __all__ = [
     "Api",
     "Applied",
     "Attempt",
+    "ChannelPage",
     "ChannelRegistry",
     "ChannelSource",
     "ChannelStates",
@@ -56,13 +65,18 @@ __all__ = [
     "Due",
     "GaugeReader",
     "Housekeeping",
+    "IssuedKey",
     "LeaseRenewals",
     "LineCursor",
     "MessageLeases",
     "Monotonic",
     "NullSendObserver",
+    "NumberApi",
     "OperatorRows",
     "ParkedBatch",
+    "PartnerApi",
+    "PartnerApiError",
+    "PartnerChannel",
     "ReconcileObserver",
     "ReconcileStore",
     "RegisteredChannel",

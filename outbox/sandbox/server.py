@@ -127,6 +127,21 @@ class Sandbox:
     ) -> None:
         await self.stop()
 
+    # --- Keys issued and revoked by the Partner API imitation (outbox/sandbox/hub.py) ---
+    def accept_key(self, key: str, label: str) -> None:
+        self._api_keys[key] = label
+
+    def revoke_key(self, key: str) -> None:
+        """The key stops working (401) and its webhook configuration is gone with it."""
+        self._api_keys.pop(key, None)
+        self._webhooks.pop(key, None)
+
+    def key_label(self, key: str | None) -> str | None:
+        return None if key is None else self._api_keys.get(key)
+
+    def webhook(self, key: str) -> Webhook | None:
+        return self._webhooks.get(key)
+
     def message_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and r.dialect is not None]
 
