@@ -68,6 +68,7 @@ async def _claimed_among(db_url: str, ids: set[int]) -> int:
     return int(rows[0][0])
 
 
+@pytest.mark.timeout(900)  # progress-bounded: a starved machine is slow, not wrong
 async def test_the_replay_lane_shares_the_rate_and_never_delays_live_rows(
     db_url: str, engine: AsyncEngine, sandbox: tuple[Sandbox, str], tmp_path: Path
 ) -> None:

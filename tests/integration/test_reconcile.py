@@ -746,6 +746,7 @@ def _notified_times(api: Sandbox) -> dict[str, dict[str, int]]:
     return times
 
 
+@pytest.mark.timeout(900)  # progress-bounded: a starved machine is slow, not wrong
 async def test_end_to_end_every_message_ends_read_with_the_notified_times(db_url: str) -> None:
     api = Sandbox(
         KEYS, reorder=True, duplicate=True, status_delays=(0.01, 0.05, 0.1), seed=20261126
