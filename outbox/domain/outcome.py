@@ -10,7 +10,7 @@ from enum import StrEnum
 from outbox.domain import parsing, retry, window
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
-from outbox.domain.response import Accepted, SendOutcome, TransportFailure
+from outbox.domain.response import Accepted, SendOutcome, TransportFailure, Unreadable
 
 WINDOW_CLOSED = Code.WINDOW_CLOSED
 WINDOW_CLOSED_TITLE = Title.WINDOW_CLOSED
@@ -126,6 +126,18 @@ def _judge(
             SendResult(message.id, State.ACCEPTED, now, wamid=outcome.wamid, sent_as=sent_as),
             None,
         )
+    if isinstance(outcome, Unreadable):
+        # The API took the request: resending now could deliver it twice.
+        unreadable = SendResult(
+            message.id,
+            State.UNKNOWN,
+            now,
+            sent_as=sent_as,
+            error_code=Code.UNREADABLE_ANSWER,
+            error_title=Title.UNREADABLE_ANSWER,
+            error_detail=outcome.reason,
+        )
+        return Judged(unreadable, retry.ErrorClass.SERVER)
     code: str
     if isinstance(outcome, TransportFailure):
         if outcome.ambiguous:
