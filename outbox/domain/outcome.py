@@ -14,6 +14,8 @@ from outbox.domain.response import Accepted, SendOutcome, TransportFailure, Unre
 
 WINDOW_CLOSED = Code.WINDOW_CLOSED
 WINDOW_CLOSED_TITLE = Title.WINDOW_CLOSED
+UNREADABLE = (Code.UNREADABLE_ANSWER, Title.UNREADABLE_ANSWER)
+NO_RESPONSE = (Code.NO_RESPONSE, Title.NO_RESPONSE)
 
 
 class SendError(StrEnum):
@@ -126,32 +128,12 @@ def _judge(
             SendResult(message.id, State.ACCEPTED, now, wamid=outcome.wamid, sent_as=sent_as),
             None,
         )
-    if isinstance(outcome, Unreadable):
-        # The API took the request: resending now could deliver it twice.
-        unreadable = SendResult(
-            message.id,
-            State.UNKNOWN,
-            now,
-            sent_as=sent_as,
-            error_code=Code.UNREADABLE_ANSWER,
-            error_title=Title.UNREADABLE_ANSWER,
-            error_detail=outcome.reason,
-        )
-        return Judged(unreadable, retry.ErrorClass.SERVER)
+    if isinstance(outcome, Unreadable):  # a 2xx: the API took the request
+        return _unknown(message, sent_as, now, UNREADABLE, outcome.reason)
     code: str
     if isinstance(outcome, TransportFailure):
-        if outcome.ambiguous:
-            # The API may have the message: resending now could deliver it twice.
-            unknown = SendResult(
-                message.id,
-                State.UNKNOWN,
-                now,
-                sent_as=sent_as,
-                error_code=Code.NO_RESPONSE,
-                error_title=Title.NO_RESPONSE,
-                error_detail=outcome.reason,
-            )
-            return Judged(unknown, retry.ErrorClass.SERVER)
+        if outcome.ambiguous:  # the API may have the message
+            return _unknown(message, sent_as, now, NO_RESPONSE, outcome.reason)
         error = retry.ErrorClass.SERVER
         code, title, detail, retry_after = Code.UNREACHABLE, outcome.reason, None, None
     else:
@@ -187,6 +169,27 @@ def _judge(
         error_detail=detail,
     )
     return Judged(failed, error, retry_after)
+
+
+def _unknown(
+    message: ClaimedMessage,
+    sent_as: SentAs,
+    now: datetime,
+    why: tuple[Code, Title],
+    reason: str,
+) -> Judged:
+    """The request may have been delivered: resending now could deliver it twice."""
+    code, title = why
+    unknown = SendResult(
+        message.id,
+        State.UNKNOWN,
+        now,
+        sent_as=sent_as,
+        error_code=code,
+        error_title=title,
+        error_detail=reason,
+    )
+    return Judged(unknown, retry.ErrorClass.SERVER)
 
 
 def window_closed(
