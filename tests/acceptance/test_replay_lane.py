@@ -138,10 +138,15 @@ async def test_the_replay_lane_shares_the_rate_and_never_delays_live_rows(
     assert 0.6 * len(before) <= len(alone) <= RATE * 2.5 + limits.burst, (len(before), len(alone))
 
     # 3. Each inserted row waited about one claim: from its INSERT to its claim, both by the
-    # database's clock.
+    # database's clock. Without the lane it would wait for the replayed rows still queued when
+    # it went in, `left` rows at the pace the replay had alone: seconds (on a starved machine
+    # more). The bound is a second or half that wait, whichever is longer.
+    first_insert = min(inserted.values())
+    left = sum(1 for i, t in claimed if i in replayed and t >= first_insert)
+    without_lane = left / (len(alone) / 2.5)
     delays = sorted(at[i] - inserted[i] for i in inserted)
     p95 = delays[int(0.95 * len(delays)) - 1]
-    assert p95 < 1.0, (p95, delays[-1])
+    assert p95 < max(1.0, 0.5 * without_lane), (p95, delays[-1], without_lane)
 
     # Nothing was sent twice, and no row of another kind slipped in.
     ids = [_row_id(r) for r in api.message_requests()]
