@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -54,7 +54,9 @@ def config_toml(
 ) -> str:
     """The same two channels as a TOML file for `outbox run` in a subprocess; with
     `cloud_hook_auth`, the cloud channel expects Basic auth (TEST_HOOK_USER, TEST_HOOK_PASS)."""
-    sender_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in sender.items())
+    sender_lines = "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in {"poll_interval": 1, **sender}.items()
+    )
     cloud_hook = (
         'webhook_username_env = "TEST_HOOK_USER"\nwebhook_password_env = "TEST_HOOK_PASS"'
         if cloud_hook_auth
@@ -68,7 +70,6 @@ host = "127.0.0.1"
 port = 0
 
 [sender]
-poll_interval = 1
 {sender_lines}
 [[channels]]
 id = "onprem"
@@ -180,6 +181,79 @@ async def wait_until(predicate: Any, within: float = 20.0, interval: float = 0.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def wait_for_progress(
+    measure: Any,
+    target: int,
+    *,
+    stall: float = 30.0,
+    interval: float = 0.2,
+    daemons: Sequence[asyncio.subprocess.Process] = (),
+) -> None:
+    """Wait until `measure()` (a count that only grows) reaches `target`; fail if it stops
+    growing for `stall` seconds, or if one of `daemons` exits. A fixed deadline measures the
+    machine: on 2 starved cores a correct drain can take several times its quiet duration,
+    while a wedge is a stall at any speed."""
+    loop = asyncio.get_running_loop()
+    best, since = -1, loop.time()
+    while True:
+        exited = [p.returncode for p in daemons if p.returncode is not None]
+        assert not exited, f"a daemon exited ({exited}) at {best} of {target}"
+        value = measure()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value >= target:
+            return
+        if value > best:
+            best, since = value, loop.time()
+        elif loop.time() - since > stall:
+            raise AssertionError(f"stalled at {value} of {target} for {stall:g} s")
+        await asyncio.sleep(interval)
+
+
+# Claims as the shared bucket timed them. The bucket reads the database's clock under its row
+# lock and writes that reading to `refilled_at` in the claim's transaction; a deferred trigger
+# copies it at commit, while the lock is still held, so each claimed row gets the exact time
+# the limit was applied at. Neither the test process nor the sandbox is on this path: their
+# clocks stall when the machine is starved and bunch arrivals that were spread out.
+_RECORD_CLAIMS = """
+CREATE TABLE public.claims (
+    message_id bigint NOT NULL, channel text NOT NULL, at timestamptz NOT NULL
+);
+CREATE FUNCTION public.record_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.claims
+    SELECT NEW.id, NEW.channel, s.refilled_at
+    FROM outbox.channel_state AS s WHERE s.channel = NEW.channel;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER record_claim AFTER UPDATE OF state ON outbox.messages
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (OLD.state = 'queued' AND NEW.state = 'sending')
+    EXECUTE FUNCTION public.record_claim();
+"""
+
+
+async def record_claims(db_url: str) -> None:
+    """From now on, note when each row is claimed by the bucket's clock (see `claims`)."""
+    connection = await asyncpg.connect(db_url)
+    try:
+        await connection.execute(_RECORD_CLAIMS)
+    finally:
+        await connection.close()
+
+
+async def claims(db_url: str, channel: str | None = None) -> list[tuple[int, float]]:
+    """(message id, seconds since the epoch by the bucket's clock) of each claim noted since
+    `record_claims`, in claim order."""
+    rows = await fetch(
+        db_url,
+        "SELECT message_id, extract(epoch FROM at)::float8 AS at FROM public.claims"
+        " WHERE $1::text IS NULL OR channel = $1 ORDER BY at, message_id",
+        channel,
+    )
+    return [(r["message_id"], r["at"]) for r in rows]
 
 
 def busiest_second(times: list[float]) -> int:

@@ -9,7 +9,7 @@ Additive: two indexes, the one on `messages` built CONCURRENTLY. The release bef
 (it does not read them; it pays their small write cost).
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-06
 """
 
@@ -20,11 +20,11 @@ from alembic import op
 from outbox.db.migrate import declare_compatibility, forget_compatibility
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 # Additive: the release before still runs on this schema.
-compatible_with = "0011"
+compatible_with = "0012"
 
 _DUE_AT = "(next_attempt_at) WHERE state = 'queued' AND next_attempt_at IS NOT NULL AND head"
 

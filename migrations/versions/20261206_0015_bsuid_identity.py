@@ -47,6 +47,28 @@ _KEY = (
     " ELSE regexp_replace({recipient}, '[^0-9]', '', 'g') END"
 )
 
+# 0012's insert trigger, with {key} run first and {line}'s recipient part.
+_MARK_RUN = """
+CREATE OR REPLACE FUNCTION outbox.mark_run() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    line text;
+BEGIN
+    NEW.ordering_key := coalesce(NEW.ordering_key, '');
+    {key}
+    IF NEW.state NOT IN ('queued', 'sending', 'unknown') THEN
+        PERFORM set_config('outbox.insert_line', '', true);
+        RETURN NEW;
+    END IF;
+    line := NEW.channel || chr(31) || {line} || chr(31) || NEW.ordering_key;
+    NEW.head := current_setting('outbox.insert_line', true) IS DISTINCT FROM line;
+    IF NEW.head THEN
+        PERFORM set_config('outbox.insert_line', line, true);
+    END IF;
+    RETURN NEW;
+END
+$$
+"""
+
 _UP = [
     f"""
 CREATE FUNCTION outbox.recipient_key(channel text, recipient text) RETURNS text
@@ -71,6 +93,12 @@ BEGIN
 END
 $$
     """,
+    # 0012's insert trigger: the key is set before the line is compared, so the shortcut for a
+    # run of one line holds for every spelling of it.
+    _MARK_RUN.format(
+        key=f"NEW.wa_id := {_KEY.format(channel='NEW.channel', recipient='NEW.recipient')};",
+        line="NEW.wa_id",
+    ),
     """
 CREATE FUNCTION outbox.rekey_recipient() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -137,6 +165,7 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER messages_recipient_changed ON outbox.messages")
     op.execute("DROP FUNCTION outbox.rekey_recipient()")
     op.execute(_OLD_MARK_HEAD)
+    op.execute(_MARK_RUN.format(key="", line="NEW.recipient"))
     op.execute("DROP FUNCTION outbox.recipient_key(text, text)")
     # Generated again (a rewrite): its indexes go with the column and are built again.
     op.drop_column("messages", "wa_id", schema="outbox")

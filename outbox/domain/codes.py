@@ -32,6 +32,9 @@ class Code(StrEnum):
     UNKNOWN_CHANNEL = "unknown_channel"
     CANCELLED = "cancelled"
     NO_RESPONSE = "no_response"
+    # A 2xx whose body could not be read (nested past the parsers, cut, over 1 MiB, not JSON)
+    # and names no usable message id: taken, maybe sent; `unknown`, never resent at once.
+    UNREADABLE_ANSWER = "unreadable_answer"
     UNREACHABLE = "unreachable"
     SHUTDOWN = "shutdown"
     STATUS_FAILED = "status_failed"  # a failed status that carried no error code
@@ -67,6 +70,9 @@ class Title(StrEnum):
         "the 24-hour window was closed and the fallback_template failed too"
     )
     NO_RESPONSE = "the request was sent but no answer came back"
+    UNREADABLE_ANSWER = (
+        "the API answered success with a body that could not be read: it may have sent it"
+    )
     LEASE_EXPIRED = "the sending process stopped before recording an outcome"
     RESENDING_UNKNOWN = "no status arrived for the unknown outcome: sending once more"
     UNKNOWN_CHANNEL = "no channel with this id is configured"

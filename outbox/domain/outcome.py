@@ -10,11 +10,13 @@ from enum import StrEnum
 from outbox.domain import parsing, retry, window
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
-from outbox.domain.response import Accepted, SendOutcome, TransportFailure
+from outbox.domain.response import Accepted, SendOutcome, TransportFailure, Unreadable
 from outbox.domain.user_ids import phone_digits
 
 WINDOW_CLOSED = Code.WINDOW_CLOSED
 WINDOW_CLOSED_TITLE = Title.WINDOW_CLOSED
+UNREADABLE = (Code.UNREADABLE_ANSWER, Title.UNREADABLE_ANSWER)
+NO_RESPONSE = (Code.NO_RESPONSE, Title.NO_RESPONSE)
 
 
 class SendError(StrEnum):
@@ -133,20 +135,12 @@ def _judge(
             answer_bsuid=outcome.user_id,
         )
         return Judged(accepted, None)
+    if isinstance(outcome, Unreadable):  # a 2xx: the API took the request
+        return _unknown(message, sent_as, now, UNREADABLE, outcome.reason)
     code: str
     if isinstance(outcome, TransportFailure):
-        if outcome.ambiguous:
-            # The API may have the message: resending now could deliver it twice.
-            unknown = SendResult(
-                message.id,
-                State.UNKNOWN,
-                now,
-                sent_as=sent_as,
-                error_code=Code.NO_RESPONSE,
-                error_title=Title.NO_RESPONSE,
-                error_detail=outcome.reason,
-            )
-            return Judged(unknown, retry.ErrorClass.SERVER)
+        if outcome.ambiguous:  # the API may have the message
+            return _unknown(message, sent_as, now, NO_RESPONSE, outcome.reason)
         error = retry.ErrorClass.SERVER
         code, title, detail, retry_after = Code.UNREACHABLE, outcome.reason, None, None
     else:
@@ -182,6 +176,27 @@ def _judge(
         error_detail=detail,
     )
     return Judged(failed, error, retry_after)
+
+
+def _unknown(
+    message: ClaimedMessage,
+    sent_as: SentAs,
+    now: datetime,
+    why: tuple[Code, Title],
+    reason: str,
+) -> Judged:
+    """The request may have been delivered: resending now could deliver it twice."""
+    code, title = why
+    unknown = SendResult(
+        message.id,
+        State.UNKNOWN,
+        now,
+        sent_as=sent_as,
+        error_code=code,
+        error_title=title,
+        error_detail=reason,
+    )
+    return Judged(unknown, retry.ErrorClass.SERVER)
 
 
 def window_closed(

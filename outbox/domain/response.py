@@ -7,6 +7,7 @@ errors or no message id is a rejection too.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -18,9 +19,19 @@ from outbox.domain import identity, parsing
 # enters, so that no answer can make the result's UPDATE fail or bloat rows and logs.
 TITLE_LIMIT = 200  # characters of an error title
 DETAIL_LIMIT = 500  # characters of error details, or of a body that was not JSON
+# Bytes of an answer the client reads: real answers are a few hundred bytes. A larger one is
+# judged on what was read, like a garbled one, and never buffered whole.
+ANSWER_LIMIT = 1024 * 1024
 # Message ids are opaque, but every real one is a few dozen printable ASCII characters
 # (`wamid.HBgL...` on Cloud, `gBEGkYiEB1VXAglK1ZEqA1YKPrU` On-Premise, waba-api.md).
 _WAMID = re.compile(r"[!-~]{1,200}")
+# The first message's id in a body the parsers refused (nested past their depth, cut short, over
+# ANSWER_LIMIT): `"messages": [{ ... "id": "..."` with nothing nested before the id.
+_MESSAGE_ID = re.compile(
+    r'"messages"\s*:\s*\[\s*\{'  # the first message object ...
+    r'[^{}\[\]"]*(?:"[^"\\]*"[^{}\[\]"]*)*?'  # ... plain keys and values before its id ...
+    r'"id"\s*:\s*"((?:[^"\\]|\\.){1,400})"'  # ... and the id, escapes kept for the decoder
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +59,16 @@ class TransportFailure:
     reason: str
 
 
-SendOutcome = Accepted | Rejected | TransportFailure
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A 2xx whose body could not be read and names no message id that can be found: the API
+    took the request, so the message may be on its way. Never retried as if nothing happened."""
+
+    http_status: int
+    reason: str
+
+
+SendOutcome = Accepted | Rejected | TransportFailure | Unreadable
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -63,12 +83,17 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def parse_send_response(
-    http_status: int, body: Any, retry_after: float | None = None
-) -> Accepted | Rejected:
-    """`body` is the decoded JSON, or the raw text when it was not JSON."""
-    if not isinstance(body, dict):
+    http_status: int, body: Any, retry_after: float | None = None, *, cut: bool = False
+) -> Accepted | Rejected | Unreadable:
+    """`body` is the decoded JSON, or the raw text when it was not JSON; `cut`: the answer was
+    larger than ANSWER_LIMIT and `body` is the text of what was read."""
+    if cut or not isinstance(body, dict):
         text = body if isinstance(body, str) else repr(body)
+        if 200 <= http_status < 300:
+            return _unreadable_success(http_status, text, cut)
         detail = parsing.storable(text, DETAIL_LIMIT) or None
+        if cut:
+            detail = f"over 1 MiB, cut: {parsing.storable(text, DETAIL_LIMIT - 40)}"
         return Rejected(http_status, None, f"HTTP {http_status}", detail, retry_after)
     error = _error_of(body)
     if error is None and 200 <= http_status < 300:
@@ -85,6 +110,20 @@ def parse_send_response(
         return Rejected(http_status, None, "response has no message id", None, retry_after)
     code, title, detail = error or (None, f"HTTP {http_status}", None)
     return Rejected(http_status, code, title, detail, retry_after)
+
+
+def _unreadable_success(http_status: int, text: str, cut: bool) -> Accepted | Unreadable:
+    """A 2xx the parsers could not take: its message id if the text names a usable one."""
+    found = _MESSAGE_ID.search(text)
+    if found is not None:
+        try:
+            wamid = json.loads(f'"{found[1]}"')
+        except ValueError:
+            wamid = None
+        if isinstance(wamid, str) and _WAMID.fullmatch(wamid):
+            return Accepted(wamid, None)
+    why = "over 1 MiB" if cut else "not a JSON object the parsers could read"
+    return Unreadable(http_status, f"{why}: {parsing.storable(text, 200)!r}")
 
 
 def _accepted(body: dict[str, Any]) -> Accepted | str | None:

@@ -17,6 +17,7 @@ from outbox.config import ChannelConfig, Secret
 from outbox.domain import parsing
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import (
+    ANSWER_LIMIT,
     DETAIL_LIMIT,
     SendOutcome,
     TransportFailure,
@@ -77,8 +78,9 @@ class ApiClient:
             data=orjson.dumps(webhook_config(channel, url)),
             headers={"D360-API-KEY": channel.api_key.reveal(), "Content-Type": "application/json"},
         ) as response:
-            raw = await response.read()
-            return ApiAnswer(response.status, _decode(raw))
+            raw, cut = await _read(response)
+            body = raw.decode("utf-8", errors="replace") if cut else _decode(raw)
+            return ApiAnswer(response.status, body)
 
     async def send(self, channel: ChannelConfig, request: ApiRequest) -> SendOutcome:
         url, headers = self._target(channel, request.path)
@@ -86,7 +88,7 @@ class ApiClient:
             async with self._session.post(
                 url, data=orjson.dumps(request.body), headers=headers
             ) as response:
-                raw = await response.read()
+                raw, cut = await _read(response)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
@@ -99,7 +101,26 @@ class ApiClient:
             # aiohttp's message can quote the garbled answer: stored, so cleaned and capped.
             reason = parsing.storable(f"{type(exc).__name__}: {exc}", DETAIL_LIMIT)
             return TransportFailure(ambiguous=True, reason=reason)
+        if cut:
+            # What was read is a prefix: never JSON, but it may still name the message id.
+            text = raw.decode("utf-8", errors="replace")
+            return parse_send_response(status, text, retry_after, cut=True)
         return parse_send_response(status, _decode(raw), retry_after)
+
+
+async def _read(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """The body up to ANSWER_LIMIT bytes, and whether there was more. The rest is never read:
+    the connection is closed instead of returned to the pool."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= ANSWER_LIMIT:
+        chunk = await response.content.read(ANSWER_LIMIT + 1 - size)
+        if not chunk:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        size += len(chunk)
+    response.close()
+    return b"".join(chunks)[:ANSWER_LIMIT], True
 
 
 def _decode(raw: bytes) -> Any:

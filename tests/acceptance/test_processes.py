@@ -10,19 +10,24 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from outbox.config import ChannelConfig, Secret
+from outbox.domain.models import Dialect
 from outbox.sandbox import Sandbox
 from tests.support import (
     KEYS,
     SUBPROCESS_ENV,
     accepted_count,
     busiest_second,
+    claims,
     config_toml,
     daemon_http_port,
     enqueue_in_window,
     fetch,
     listener_count,
+    record_claims,
     spawn_daemon,
     stop_daemon,
+    wait_for_progress,
     wait_until,
 )
 
@@ -82,6 +87,13 @@ async def _drained(db_url: str) -> bool:
     return await _pending(db_url) == 0
 
 
+async def _done(db_url: str) -> int:
+    rows = await fetch(
+        db_url, "SELECT count(*) FROM outbox.messages WHERE state NOT IN ('queued', 'sending')"
+    )
+    return int(rows[0][0])
+
+
 async def test_sigterm_mid_drain_leaves_nothing_sending_and_loses_nothing(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -113,6 +125,9 @@ async def test_sigterm_mid_drain_leaves_nothing_sending_and_loses_nothing(
 RATES = {"onprem": (150.0, 15.0), "cloud": (400.0, 40.0)}  # rate, burst
 
 
+# Progress-bounded (`wait_for_progress`), not by the suite's 120 s: three daemons on two
+# starved cores take minutes and are still correct.
+@pytest.mark.timeout(900)
 async def test_three_processes_hold_each_channels_rate_in_every_second(
     db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path, quiet_gc: None
 ) -> None:
@@ -127,11 +142,12 @@ async def test_three_processes_hold_each_channels_rate_in_every_second(
     config = tmp_path / "outbox.toml"
     config.write_text(text)
     logs = [tmp_path / f"{n}.log" for n in range(3)]
+    await record_claims(db_url)
     processes = [await spawn_daemon(config, log) for log in logs]
     try:
-        await wait_until(lambda: _listeners_are(db_url, 3), within=30)
+        await wait_until(lambda: _listeners_are(db_url, 3), within=120)
         await enqueue_in_window(db_url, 5_000)
-        await wait_until(lambda: _drained(db_url), within=120, interval=0.2)
+        await wait_for_progress(lambda: _done(db_url), 5_000, daemons=processes)
     finally:
         codes = [await stop_daemon(p, log) for p, log in zip(processes, logs, strict=True)]
     assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
@@ -142,9 +158,21 @@ async def test_three_processes_hold_each_channels_rate_in_every_second(
     rows = await fetch(db_url, "SELECT state, count(*) AS n FROM outbox.messages GROUP BY state")
     assert {r["state"]: r["n"] for r in rows} == {"accepted": 5_000}
     for channel, (rate, burst) in RATES.items():
-        times = [r.at for r in requests if r.api_key_label == channel]
+        # The limit, where it is applied: claims by the bucket's own clock, the database's.
+        # Every 1-second window holds at most the rate plus what the bucket holds (the burst
+        # less the 50 ms it keeps back for the way to the API), to the row.
+        limits = ChannelConfig(
+            channel, Dialect.CLOUD, base_url, Secret(""), rate, burst=burst
+        ).limits()
+        claimed = [at for _, at in await claims(db_url, channel)]
+        assert len(claimed) == 2_500
+        assert busiest_second(claimed) <= limits.rate + limits.burst, channel
+        # At the API, whose arrival times bunch when this process is starved (a stall of a
+        # few hundred ms stamps what arrived meanwhile at once): the drain took as long as the
+        # rate demands, within a second of slack for the stalls at either end.
+        times = sorted(r.at for r in requests if r.api_key_label == channel)
         assert len(times) == 2_500
-        assert busiest_second(times) <= rate + burst, channel
+        assert times[-1] - times[0] >= (len(times) - burst) / rate - 1.0, channel
     assert all(accepted_count(log) > 0 for log in logs)  # every process took part
 
 

@@ -162,9 +162,12 @@ async def check_settled(db_url: str, api: Api, rows: list[ProducerRow]) -> None:
     async def settled() -> bool:
         # The daemon runs its parts as tasks named `outbox.<part>`: none left means it exited.
         assert any(t.get_name() == "outbox.sender" for t in asyncio.all_tasks()), "daemon exited"
-        return all(
-            o["state"] not in ("queued", "sending", "unknown") or o["not_due"] or o["behind_open"]
-            for o in await fetch(db_url, _OUTCOMES)
+        outcomes = await fetch(db_url, _OUTCOMES)
+        # Nothing in flight: a row behind one that is would be released when it lands, after
+        # this check, and be claimed (or wait for its claim) while the checks below read it.
+        return all(o["state"] != "sending" for o in outcomes) and all(
+            o["state"] not in ("queued", "unknown") or o["not_due"] or o["behind_open"]
+            for o in outcomes
         )
 
     await wait_until(settled)

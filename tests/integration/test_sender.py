@@ -305,9 +305,10 @@ async def test_insert_wakes_an_idle_sender_well_before_the_poll(
         loop = asyncio.get_running_loop()
         began = loop.time()
         await insert(db_url, "cloud", RECIPIENT, {"type": "text", "text": {"body": "x"}})
-        await wait_until(lambda: api.message_requests(), within=5)
+        await wait_until(lambda: api.message_requests(), within=10)
         woke_after = loop.time() - began
-    assert woke_after < 1.0, woke_after  # the poll would have taken 30 s
+    # The poll would have taken 30 s; a starved machine can take seconds for the wake-up.
+    assert woke_after < 5.0, woke_after
 
 
 async def test_listener_reconnects_after_its_connection_is_killed(

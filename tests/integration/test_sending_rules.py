@@ -758,11 +758,12 @@ async def test_a_recipients_queue_and_due_retries_do_not_wait_for_the_poll(
         began = asyncio.get_running_loop().time()
         ids = [await insert(db_url, "cloud", A, text(f"a{i}")) for i in range(5)]
         retried = await insert(db_url, "cloud", B, text("b"))
-        await wait_until(in_state(db_url, "accepted", *ids, retried), within=10)
+        await wait_until(in_state(db_url, "accepted", *ids, retried), within=25)
         elapsed = asyncio.get_running_loop().time() - began
     assert [body_text(r) for r in to(api, A)] == [f"a{i}" for i in range(5)]
     assert len(to(api, B)) == 2
-    assert elapsed < 5, elapsed
+    # Well before the first poll (30 s), with room for a starved machine.
+    assert elapsed < 15, elapsed
 
 
 async def test_a_cloud_status_resolves_an_unknown_row_without_a_resend(db_url: str) -> None:

@@ -55,7 +55,7 @@ async def test_a_hanging_database_holds_a_bounded_queue(engine: AsyncEngine, db_
         await blocker.close()
     ids = await asyncio.gather(*waiting)
     assert len(set(ids)) == HELD
-    assert refused_in < 0.5
+    assert refused_in < 2.0  # at once, not after the 5 s the held database would take
     assert await _stored(db_url) == HELD
     # Once the queue drained, bodies are taken again.
     await store.store_webhook("onprem", BODY, authenticated=True)

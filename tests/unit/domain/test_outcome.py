@@ -8,7 +8,13 @@ import pytest
 
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.outcome import WINDOW_CLOSED, WINDOW_CLOSED_TITLE, Judged, judge, window_closed
-from outbox.domain.response import Accepted, Rejected, SendOutcome, TransportFailure
+from outbox.domain.response import (
+    Accepted,
+    Rejected,
+    SendOutcome,
+    TransportFailure,
+    Unreadable,
+)
 from outbox.domain.retry import ErrorClass, RetryPolicy
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
@@ -86,6 +92,19 @@ def test_accepted(sent_as: SentAs) -> None:
         None,
         None,
     )
+
+
+@pytest.mark.parametrize("attempts", [1, 8])
+def test_an_unreadable_success_is_unknown_not_retried(attempts: int) -> None:
+    """A 2xx whose body could not be read: the API took the request. Even on the last attempt
+    the row is not failed (it may have been sent), nor queued again."""
+    verdict = judged(Unreadable(200, "not a JSON object: '<html>'"), attempts=attempts)
+    assert verdict.error is ErrorClass.SERVER
+    result = verdict.result
+    assert (result.state, result.error_code) == (State.UNKNOWN, "unreadable_answer")
+    assert result.error_detail == "not a JSON object: '<html>'"
+    assert result.error_title
+    assert (result.next_attempt_at, result.attempts_delta, result.wamid) == (None, 0, None)
 
 
 def test_ambiguous_transport_failure_is_unknown_not_retried() -> None:

@@ -5,7 +5,13 @@ from typing import Any
 
 import pytest
 
-from outbox.domain.response import Accepted, Rejected, parse_retry_after, parse_send_response
+from outbox.domain.response import (
+    Accepted,
+    Rejected,
+    Unreadable,
+    parse_retry_after,
+    parse_send_response,
+)
 from tests.paths import WEBHOOK_FIXTURES
 
 FIXTURES = WEBHOOK_FIXTURES
@@ -170,7 +176,12 @@ def test_successful_meta_does_not_hide_a_message_id() -> None:
             id="html",
         ),
         pytest.param(503, "", Rejected(503, None, "HTTP 503", None), id="empty-text"),
-        pytest.param(200, "OK", Rejected(200, None, "HTTP 200", "OK"), id="2xx-text"),
+        pytest.param(
+            200,
+            "OK",
+            Unreadable(200, "not a JSON object the parsers could read: 'OK'"),
+            id="2xx-text",
+        ),
         pytest.param(500, None, Rejected(500, None, "HTTP 500", "None"), id="json-null"),
         pytest.param(
             400,
@@ -182,6 +193,45 @@ def test_successful_meta_does_not_hide_a_message_id() -> None:
 )
 def test_non_object_bodies(status: int, body: Any, expected: Rejected) -> None:
     assert parse_send_response(status, body) == expected
+
+
+# A 2xx the parsers refused: the id if the text names a usable one, else unreadable (unknown).
+_NEST = "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize(
+    ("text", "wamid"),
+    [
+        pytest.param('{"messages":[{"id":"wamid.A1"}],"x":' + _NEST + "}", "wamid.A1", id="after"),
+        pytest.param('{"x":' + _NEST + ',"messages":[{"id":"wamid.A1"}]}', "wamid.A1", id="before"),
+        pytest.param('{"messages": [ { "message_status": "accepted", "id" : "gBEG1" } ]', "gBEG1",
+                     id="spaces-status-first-cut"),
+        pytest.param(r'{"messages":[{"id":"wamid.\u0041"}]', "wamid.A", id="escaped"),
+        pytest.param(r'{"messages":[{"id":"wamid.A\u0000"}]', None, id="nul-in-id"),
+        pytest.param('{"messages":[{"id":"' + "w" * 300 + '"}]', None, id="over-long-id"),
+        pytest.param('{"messages":[{"x":{"id":"wamid.A1"}}]', None, id="id-of-a-nested-object"),
+        pytest.param('{"contacts":[{"wa_id":"4915"}],"id":"wamid.A1"}', None, id="no-messages"),
+        pytest.param(r'{"error":{"message":"\"messages\":[{\"id\":\"wamid.A1\"}]"}}', None,
+                     id="quoted-inside-a-string"),
+        pytest.param('{"messages":[{"id":"wamid.', None, id="id-cut"),
+        pytest.param("", None, id="empty"),
+    ],
+)  # fmt: skip
+def test_a_success_the_parsers_refused(text: str, wamid: str | None) -> None:
+    for cut in (False, True):
+        outcome = parse_send_response(200, text, cut=cut)
+        if wamid is None:
+            assert isinstance(outcome, Unreadable), outcome
+            assert outcome.reason
+        else:
+            assert outcome == Accepted(wamid, None)
+
+
+def test_an_error_over_the_cap_says_so() -> None:
+    outcome = parse_send_response(503, '{"error":', cut=True)
+    assert isinstance(outcome, Rejected)
+    assert outcome.title == "HTTP 503"
+    assert outcome.detail == 'over 1 MiB, cut: {"error":'
 
 
 def test_long_text_bodies_are_cut_to_500_characters() -> None:
