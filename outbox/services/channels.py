@@ -124,7 +124,11 @@ class ChannelGovernor:
 
     def learn(self, channel: str, message_id: int, judged: Judged, *, key: str, epoch: int) -> None:
         """What one answer says about the channel: throttled, broken, or fine. `key` is the
-        fingerprint of the key the request went with, `epoch` the pause epoch of its claim."""
+        fingerprint of the key the request went with, `epoch` the pause epoch of its claim.
+        A channel no longer governed (disabled or removed while the request was out) learns
+        nothing: it claims no more, and whoever serves it next starts afresh."""
+        if channel not in self.breakers:
+            return
         if judged.throttle_hold is not None:
             self._slow_down(channel, judged.throttle_hold)
         if key != self._keys[channel]:
@@ -145,12 +149,26 @@ class ChannelGovernor:
             self._observer.paused(channel, False)
             self._background_task(self._record_resume(channel))
 
+    def forget(self, channel: str, message_id: int) -> None:
+        """A request ended without an answer the breaker can use: if it was a probe, it proved
+        nothing."""
+        breaker = self.breakers.get(channel)
+        if breaker is not None:
+            breaker.forget(message_id)
+
     async def settle(self) -> None:
         """Wait for the background writes to finish."""
         await asyncio.gather(*self._background, return_exceptions=True)
 
+    def forget_probe(self, channel: str) -> None:
+        """The claim that was to carry the channel's probe failed: the next one may."""
+        breaker = self.breakers.get(channel)
+        if breaker is not None:
+            breaker.probe_unused()
+
     def _resumed_elsewhere(self, channel: str, reason: str) -> None:
-        if self.breakers[channel].resume(reason) is None:
+        breaker = self.breakers.get(channel)  # gone while the epoch was read: nothing to resume
+        if breaker is None or breaker.resume(reason) is None:
             return
         log.warning("outbox.channel.resumed", channel=channel, reason=reason)
         self._observer.paused(channel, False)

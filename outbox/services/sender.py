@@ -180,13 +180,18 @@ class Sender:
         retry_in = due.next_in
         await self._governor.start(due.channels)
         requests: list[ClaimRequest] = []
+        # The channels as they were when asked for: one removed (disabled) while the claim ran
+        # still sends what it claimed, as requests in flight finish.
+        known: dict[str, ChannelConfig] = {}
         probes: set[str] = set()  # channels whose breaker lets one row probe
         for position, channel in enumerate(due.channels):
             self._cursor = channel
             share = -(-free // (len(due.channels) - position))
             wanted, again, probe = await self._wanted(channel, share)
             retry_in = _sooner(retry_in, again)
-            if wanted > 0:
+            config = self._channels.get(channel)  # the breaker's check may have awaited
+            if wanted > 0 and config is not None:
+                known[channel] = config
                 requests.append(ClaimRequest(channel, wanted, self._governor.limits[channel]))
                 free -= wanted
                 if probe:
@@ -204,14 +209,14 @@ class Sender:
             )
         except BaseException:
             for channel in probes:
-                self._governor.breakers[channel].probe_unused()
+                self._governor.forget_probe(channel)
             raise
         claimed = 0
         # The claim has committed: its rows are started before any further I/O, so a database
         # blip after the claim can delay them but never leave them leased and unsent.
         for request in requests:
             claim = claims[request.channel]
-            claimed += self._started(request.channel, claim, probe=request.channel in probes)
+            claimed += self._started(known[request.channel], claim, probe=request.channel in probes)
             retry_in = _sooner(retry_in, claim.wait)
         return claimed, retry_in
 
@@ -233,18 +238,18 @@ class Sender:
         # A channel at its cap: a freed slot of it wakes the loop.
         return max(0, wanted), None, allowance == 1
 
-    def _started(self, channel: str, claim: Claim, *, probe: bool) -> int:
+    def _started(self, channel: ChannelConfig, claim: Claim, *, probe: bool) -> int:
         """Start the claim's rows; a probe goes with the first (or proved nothing)."""
-        self._observer.rate(channel, claim.rate)
-        rows, breaker = claim.messages, self._governor.breakers[channel]
-        if probe:
+        self._observer.rate(channel.id, claim.rate)
+        rows, breaker = claim.messages, self._governor.breakers.get(channel.id)
+        if probe and breaker is not None:
             if rows:
                 breaker.probing(rows[0].id)
-                log.info("outbox.channel.probe", channel=channel, message_id=rows[0].id)
+                log.info("outbox.channel.probe", channel=channel.id, message_id=rows[0].id)
             else:
                 breaker.probe_unused()
         for message in rows:
-            self._start(self._channels[channel], message, claim.pause_epoch)
+            self._start(channel, message, claim.pause_epoch)
         return len(rows)
 
     def _free_slots(self) -> int:
@@ -292,7 +297,7 @@ class Sender:
             self._record(result.result)
         finally:
             # A probe that ended without an answer (bad row, expired, stopped) proved nothing.
-            self._governor.breakers[channel.id].forget(message.id)
+            self._governor.forget(channel.id, message.id)
             self._flights.landed(channel.id, message)
             self._slot_freed.set()
 
