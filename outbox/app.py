@@ -42,7 +42,7 @@ from outbox.services.attempt import retry_policy
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
-from outbox.services.sender import Sender
+from outbox.services.sender import Sender, template_scopes
 
 log = structlog.get_logger("outbox.app")
 
@@ -139,7 +139,10 @@ async def run(
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
                 reconciler = Reconciler(
-                    ReconcileStore(engine), settings.reconciler, metrics, health=health
+                    ReconcileStore(engine, template_scopes(settings.channels)),
+                    settings.reconciler,
+                    metrics,
+                    health=health,
                 )
                 wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
                 tasks["reconciler"] = reconciler.run(stop)

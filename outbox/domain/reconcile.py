@@ -25,11 +25,13 @@ from outbox.domain.notifications import (
     StatusUpdate,
     parse_notification,
 )
+from outbox.domain.pricing import Pricing
 from outbox.domain.window import refused_for_closed_window
 
 # Verdicts beyond delivery.Verdict, for statuses that never reach the merge.
 SUPERSEDED = "superseded"  # about an earlier send of a row that has been sent again since
 FALLBACK = "fallback"  # window closed: the row goes back to the queue as its fallback template
+OPTED_OUT_CODE = 131050  # the user stopped marketing messages: recorded as their opt-out
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,10 @@ class Plan:
     park: list[Located] = field(default_factory=list)  # no row yet, or its send not committed
     resolved: list[int] = field(default_factory=list)  # parked ids that found their row
     verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, verdict)
+    # Issue 18: the pricing statuses report, by row (the latest in the batch); the rows whose
+    # failure says the user stopped marketing messages (131050), with the status's time.
+    pricing: dict[int, Pricing] = field(default_factory=dict)
+    opt_outs: dict[int, datetime] = field(default_factory=dict)
 
 
 def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: datetime) -> Plan:
@@ -205,6 +211,7 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
             continue
         if located.parked_id is not None:
             plan.resolved.append(located.parked_id)
+        _policy_facts(plan, found.id, update, now)
         if target is not rows.get(found.id, found):
             rows[found.id] = target
             if verdict == FALLBACK:
@@ -237,6 +244,13 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
         )
         plan.verdicts[(located.channel, verdict)] += 1
     return plan
+
+
+def _policy_facts(plan: Plan, message_id: int, update: StatusUpdate, now: datetime) -> None:
+    if update.pricing is not None:
+        plan.pricing[message_id] = update.pricing
+    if update.status == "failed" and update.error_code == OPTED_OUT_CODE:
+        plan.opt_outs[message_id] = update.at or now
 
 
 def _ids(target: Target) -> set[str]:

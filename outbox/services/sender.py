@@ -47,6 +47,10 @@ def template_scope(channel: ChannelConfig) -> str:
     return scope(channel.waba_id, channel.id)
 
 
+def template_scopes(channels: Sequence[ChannelConfig]) -> dict[str, str]:
+    return {c.id: template_scope(c) for c in channels}
+
+
 class Sender:
     def __init__(
         self,
