@@ -67,6 +67,9 @@ async def test_a_paused_template_holds_its_rows_and_releases_them_on_resume(
         assert sends_of(api, "promo") == 0
         [[code]] = await fetch(db_url, "SELECT DISTINCT error_code FROM outbox.messages")
         assert code == "template_held"
+        status, shown, err = await outbox_command("show", str(ids[0]), "--config", str(config))
+        assert status == 0, err
+        assert "waits for       template promo (en_US, PAUSED) to be active again" in shown
 
         status, out, err = await outbox_command(
             "templates", "resume", "promo", "--config", str(config)

@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.cli.render import format_message
+from outbox.db.inspection import InspectionStore
 from outbox.db.messages import MessageStore
 from outbox.domain.models import SendResult, State
 from outbox.domain.ratelimit import Limits
@@ -29,7 +31,7 @@ async def one(db_url: str, sql: str, *args: Any) -> Any:
 
 
 async def test_a_131050_fails_the_row_and_records_the_opt_out(
-    db_url: str, sandbox: tuple[Sandbox, str]
+    db_url: str, engine: AsyncEngine, sandbox: tuple[Sandbox, str]
 ) -> None:
     api, base_url = sandbox
     api.faults.add(Fault("error_code", code=131050, times=1))
@@ -46,6 +48,12 @@ async def test_a_131050_fails_the_row_and_records_the_opt_out(
     )
     assert (opt_out["opted_out"], opt_out["source"]) == (True, "131050")
     assert '"error_code": "131050"' in opt_out["evidence"]
+    store = InspectionStore(engine)
+    shown = format_message(
+        await store.message(failed) or {}, [], [], None, await store.opt_outs(failed)
+    )
+    assert "marketing       opted out (marketing_messages) at" in shown
+    assert "from 131050" in shown
 
 
 async def _settled(db_url: str, message_id: int) -> bool:
