@@ -1,18 +1,48 @@
 """What statuses tell the 2026 policy (issue 18), inside the reconcile batch's transaction: the
-per-message pricing written on the rows (and checked against the template registry), and the
-marketing opt-outs that 131050 failures record."""
+per-message pricing written on the rows (and checked against the template registry), the
+marketing opt-outs that 131050 failures record, and the rows a 132015 failure holds."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import BigInteger, Boolean, DateTime, Text
 
 from outbox.db.arrays import ArrayColumns
+from outbox.db.templates import record_template
 from outbox.domain import preferences
 from outbox.domain.pricing import Priced, Pricing
+from outbox.domain.retry import RetryPolicy
+from outbox.domain.templates import TemplateKey
+
+# How long a row held by a 132015 status waits before it looks at the registry again (the
+# sender's template_recheck default; the reconciler does not read the sender's settings).
+_RECHECK_SECONDS = RetryPolicy().template_recheck.total_seconds()
+
+# The template each held row went out as (its payload, or its fallback).
+HELD_TEMPLATES = text(
+    """
+    SELECT m.id, m.channel, sent.t ->> 'name' AS name, sent.t -> 'language' ->> 'code' AS language
+    FROM outbox.messages AS m,
+         LATERAL (SELECT CASE WHEN m.sent_as = 'fallback_template' THEN m.fallback_template
+                              ELSE m.payload END -> 'template' AS t) AS sent
+    WHERE m.id = ANY(:ids)
+    """
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
+
+# Not failed and never charged: the attempt that was dropped is given back.
+HOLD_ROWS = text(
+    """
+    UPDATE outbox.messages
+    SET held_template = CAST(:template AS bigint), attempts = greatest(attempts - 1, 0),
+        next_attempt_at = now() + make_interval(secs => :recheck), updated_at = now()
+    WHERE id = ANY(:ids) AND state = 'queued'
+    """
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
 
 PRICING_COLUMNS = ArrayColumns(
     (
@@ -92,3 +122,22 @@ async def record_opt_outs(connection: AsyncConnection, opt_outs: Mapping[int, da
         "category": preferences.MARKETING_MESSAGES,
     }
     await connection.execute(RECORD_OPT_OUTS, params)
+
+
+async def hold_for_templates(
+    connection: AsyncConnection, ids: Sequence[int], scopes: Mapping[str, str]
+) -> None:
+    """Rows a 132015 status sent back to the queue: their template is recorded paused, and
+    they wait for it (a row whose template cannot be named only looks again later)."""
+    rows = (await connection.execute(HELD_TEMPLATES, {"ids": sorted(ids)})).all()
+    by_template: dict[int | None, list[int]] = {}
+    for row in rows:
+        template_id = None
+        if isinstance(row.name, str) and isinstance(row.language, str):
+            key = TemplateKey(scopes.get(row.channel, row.channel), row.name, row.language)
+            recorded = await record_template(connection, key, source="status", status="PAUSED")
+            template_id = recorded.info.id
+        by_template.setdefault(template_id, []).append(row.id)
+    for template_id, held in by_template.items():
+        params = {"template": template_id, "ids": held, "recheck": _RECHECK_SECONDS}
+        await connection.execute(HOLD_ROWS, params)

@@ -19,7 +19,7 @@ from sqlalchemy.types import BigInteger, Boolean, DateTime, Text
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated
 from outbox.db.sql import WAKE_SENDERS
-from outbox.db.status_policy import record_opt_outs, write_pricing
+from outbox.db.status_policy import hold_for_templates, record_opt_outs, write_pricing
 from outbox.domain.delivery import Delivery
 from outbox.domain.models import SentAs, State
 from outbox.domain.pricing import Priced
@@ -174,6 +174,9 @@ class StatusWriter:
                 for message_id, c in plan.changes.items()
             ]
             await self._connection.execute(CHANGE_MESSAGES, ROW_CHANGE_COLUMNS.params(changes))
+            held = [message_id for message_id, c in plan.changes.items() if c.hold]
+            if held:
+                await hold_for_templates(self._connection, held, self._scopes)
             if any(c.requeue for c in plan.changes.values()):
                 await self._connection.execute(WAKE_SENDERS)
         if plan.history:

@@ -32,6 +32,10 @@ from outbox.domain.window import refused_for_closed_window
 SUPERSEDED = "superseded"  # about an earlier send of a row that has been sent again since
 FALLBACK = "fallback"  # window closed: the row goes back to the queue as its fallback template
 OPTED_OUT_CODE = 131050  # the user stopped marketing messages: recorded as their opt-out
+# Issue 18: a held message dropped because its template was paused (132015): back to the queue,
+# held for the template (not failed, its attempt given back), like a 132015 send answer.
+TEMPLATE_PAUSED = "template_paused"
+TEMPLATE_PAUSED_CODE = 132015
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,7 @@ class RowChange:
     wamid: str | None
     sent_as: SentAs | None
     requeue: bool = False  # back to `queued`, ready now, as the fallback template
+    hold: bool = False  # back to `queued`, held for its paused template (issue 18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +199,7 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
     plan = Plan()
     rows: dict[int, Target] = {}
     requeued: set[int] = set()
+    held: set[int] = set()  # requeued for a paused template
     for located in statuses:
         update = located.update
         found = by_wamid.get((located.channel, update.wamid))
@@ -214,8 +220,10 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
         _policy_facts(plan, found.id, update, now)
         if target is not rows.get(found.id, found):
             rows[found.id] = target
-            if verdict == FALLBACK:
+            if verdict in (FALLBACK, TEMPLATE_PAUSED):
                 requeued.add(found.id)
+                if verdict == TEMPLATE_PAUSED:
+                    held.add(found.id)
                 ended = EarlierSend(found.id, update.wamid, before.sent_as, before.accepted_at)
                 plan.ended.append(ended)
             if target.wamid is not None:
@@ -227,6 +235,7 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
                 target.wamid,
                 target.sent_as,
                 requeue=found.id in requeued,
+                hold=found.id in held,
             )
         error_code = None if update.error_code is None else str(update.error_code)
         plan.history.append(
@@ -282,9 +291,30 @@ def _apply(target: Target, update: StatusUpdate) -> tuple[Target, str]:
         return target, SUPERSEDED
     if verdict == Verdict.WINDOW_CLOSED:
         return _window_closed(target, update)
+    if (
+        update.status == "failed"
+        and update.error_code == TEMPLATE_PAUSED_CODE
+        and target.delivery.state in (State.ACCEPTED, State.UNKNOWN)
+    ):
+        return _template_paused(target, update)
     if delivery == target.delivery and target.wamid is not None:
         return target, verdict
     return replace(target, delivery=delivery, wamid=update.wamid), verdict
+
+
+def _template_paused(target: Target, update: StatusUpdate) -> tuple[Target, str]:
+    delivery = replace(
+        target.delivery,
+        state=State.QUEUED,
+        error_code=str(TEMPLATE_PAUSED_CODE),
+        error_title=update.error_title,
+        error_detail=update.error_detail,
+    )
+    # The dropped send's id stays on the row as an earlier send's, as for a fallback.
+    requeued = replace(
+        target, delivery=delivery, wamid=update.wamid, earlier=target.earlier | {update.wamid}
+    )
+    return requeued, TEMPLATE_PAUSED
 
 
 def _window_closed(target: Target, update: StatusUpdate) -> tuple[Target, str]:

@@ -131,3 +131,62 @@ async def test_pricing_is_stored_and_billed_messages_counted_once(
     assert [(w["log_level"], w["registry_category"], w["billed_category"]) for w in warnings] == [
         ("warning", "UTILITY", "marketing")
     ]
+
+
+def failed_132015(wamid: str) -> dict[str, Any]:
+    """Constructed (no public body exists, INDEX.md "Not found"): Meta's failed-status
+    envelope, as in cloud__status__failed-131049-meta-2026, with the pacing drop's code."""
+    status = {
+        "id": wamid,
+        "status": "failed",
+        "timestamp": "1765916265",
+        "recipient_id": "4915100000001",
+        "errors": [
+            {
+                "code": 132015,
+                "title": "Template is Paused",
+                "message": "Template is Paused",
+                "error_data": {"details": "held message dropped: template paused"},
+            }
+        ],
+    }
+    value = {"messaging_product": "whatsapp", "metadata": {}, "statuses": [status]}
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "waba-1", "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+async def test_a_held_message_dropped_with_132015_waits_for_its_template(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    message_id = await seeded(db_url, "wamid.HELD")
+    await fetch(
+        db_url,
+        "UPDATE outbox.messages SET attempts = 1, sent_as = 'template',"
+        " message_status = 'held_for_quality_assessment' WHERE id = $1",
+        message_id,
+    )
+    for _ in range(2):  # a replay changes nothing more
+        await reconcile(engine, db_url, failed_132015("wamid.HELD"))
+    [row] = await fetch(
+        db_url,
+        "SELECT state, error_code, attempts, held_template, next_attempt_at - now() AS wait"
+        " FROM outbox.messages",
+    )
+    assert (row["state"], row["error_code"], row["attempts"]) == ("queued", "132015", 0)
+    [template] = await fetch(db_url, "SELECT * FROM outbox.templates")
+    assert (template["waba_id"], template["name"], template["status"], template["source"]) == (
+        "waba-1",
+        "promo",
+        "PAUSED",
+        "status",
+    )
+    assert row["held_template"] == template["id"]
+    assert row["wait"].total_seconds() > 3000  # looks again in an hour
+    [recorded] = await TemplateStore(engine).resume("promo")
+    assert recorded.released == 1
+    [row] = await fetch(db_url, "SELECT state, held_template, next_attempt_at FROM outbox.messages")
+    assert (row["state"], row["held_template"], row["next_attempt_at"]) == ("queued", None, None)
+    sends = await fetch(db_url, "SELECT wamid FROM outbox.message_sends")
+    assert [s["wamid"] for s in sends] == ["wamid.HELD"]
