@@ -38,11 +38,11 @@ from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
 from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
-from outbox.services.attempt import retry_policy
+from outbox.services.attempt import retry_policy, template_scopes
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
-from outbox.services.sender import Sender, template_scopes
+from outbox.services.sender import Sender
 
 log = structlog.get_logger("outbox.app")
 
