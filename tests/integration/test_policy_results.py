@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox.cli.render import format_message
 from outbox.db.inspection import InspectionStore
 from outbox.db.messages import MessageStore
+from outbox.db.templates import TemplateStore
 from outbox.domain.models import SendResult, State
 from outbox.domain.ratelimit import Limits
+from outbox.domain.templates import TemplateKey
 from outbox.sandbox.faults import Fault
 from outbox.sandbox.server import Sandbox
 from tests.support import fetch, insert, running, settings_for, wait_until
@@ -119,3 +121,41 @@ async def test_131056_grows_the_pair_pause_and_a_success_resets_it(
         db_url, "SELECT message_status FROM outbox.messages WHERE id = $1", message_id
     )
     assert status == "held_for_quality_assessment"
+
+
+async def test_the_claim_holds_marketing_without_spending_tokens_or_attempts(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    otp = {"type": "template", "template": {"name": "otp", "language": {"code": "en_US"}}}
+    await TemplateStore(engine).record(
+        TemplateKey("c", "otp", "en_US"), source="webhook", category="AUTHENTICATION"
+    )
+    marketing = [await insert(db_url, "c", f"49151{n:08}", PROMO) for n in range(30)]
+    code = await insert(db_url, "c", "4915200000001", otp)
+    store, limits = MessageStore(engine), Limits(1.0, 10.0)  # ten tokens, one a second
+    # A full bucket of ten, and the channel's marketing held.
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.channel_state (channel, tokens, refilled_at, marketing_hold_until)"
+        " VALUES ('c', 10, now(), now() + interval '1 hour')",
+    )
+    claims = []
+    for _ in range(5):
+        claim = await store.claim("c", 10, "w", timedelta(minutes=1), limits, template_scope="c")
+        claims.append(claim)
+        if any(m.id == code for m in claim.messages):
+            break
+    # Every marketing row is held in the claim, and the OTP is claimed although only ten
+    # tokens were ever there (held rows give theirs back).
+    assert [m.id for m in claims[-1].messages] == [code]
+    held = [m.id for c in claims for m, _ in c.held]
+    assert sorted(held) == marketing
+    assert all(c.wait == 0.0 for c in claims[:-1])
+    rows = await fetch(
+        db_url,
+        "SELECT state, attempts, error_code FROM outbox.messages WHERE id = ANY($1::bigint[])",
+        held,
+    )
+    assert {(r["state"], r["attempts"], r["error_code"]) for r in rows} == {
+        ("queued", 0, "marketing_held")
+    }
