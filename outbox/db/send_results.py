@@ -73,14 +73,10 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
         SELECT channel, wa_id,
                CASE WHEN strike THEN greatest(pace_until, now() + make_interval(
                    secs => CAST(:pair_base AS double precision)))
-                    -- An acceptance that only resets strikes moves no pause (NOT NULL column).
-                    ELSE coalesce(pace_until, now()) END,
+                    ELSE pace_until END,
                CASE WHEN strike THEN 1 ELSE 0 END
         FROM pair
         WHERE pace_until IS NOT NULL OR strike
-           OR (accepted AND EXISTS (SELECT 1 FROM outbox.recipient_pace AS s
-                                    WHERE s.channel = pair.channel AND s.wa_id = pair.wa_id
-                                      AND s.strikes > 0))
         ON CONFLICT (channel, wa_id) DO UPDATE SET
             strikes = CASE WHEN excluded.strikes > 0 THEN least(p.strikes + 1, 1000) ELSE 0 END,
             not_before = CASE
@@ -89,6 +85,13 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
                                   :pair_base * power(CAST(:pair_factor AS double precision),
                                                      least(p.strikes, 32)))))
                 ELSE greatest(p.not_before, excluded.not_before) END
+    ), reset AS (
+        -- An acceptance with no pacing of its own only ends the pair's strikes (a pair the
+        -- insert above touched is not touched here: one statement changes a row once).
+        UPDATE outbox.recipient_pace AS p SET strikes = 0
+        FROM pair
+        WHERE pair.accepted AND pair.pace_until IS NULL AND NOT pair.strike
+          AND p.channel = pair.channel AND p.wa_id = pair.wa_id AND p.strikes > 0
     ), opted AS (
         INSERT INTO outbox.marketing_preferences AS o
             (channel, identity, category, opted_out, at, source, evidence)
