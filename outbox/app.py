@@ -31,6 +31,7 @@ from outbox.db.reconcile_store import ReconcileStore
 from outbox.db.registry import ChannelRegistryStore
 from outbox.db.registry_tables import CHANNELS_NOTIFY_CHANNEL
 from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
+from outbox.db.templates import TemplateStore
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.domain.schema import judge_schema
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
@@ -40,6 +41,7 @@ from outbox.http.server import create_app
 from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
 from outbox.sealing import keyring_from
+from outbox.services.attempt import retry_policy, template_scopes
 from outbox.services.directory import ChannelDirectory
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
@@ -114,7 +116,7 @@ async def run(
     runner: web.AppRunner | None = None
     try:
         schema = await check_database(engine)
-        store = MessageStore(engine)
+        store = MessageStore(engine, policy=retry_policy(settings.sender))
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
         http_port = None
         # --- channel registry (issue 17): the file's channels plus the registry's, live ---
@@ -148,6 +150,7 @@ async def run(
                     channel_state=ChannelStateStore(engine),
                     observer=metrics,
                     health=health,
+                    templates=TemplateStore(engine),  # issue 18: 132015 pauses the template
                 )
                 directory.subscribe(lambda view: sender.set_channels(view.sending))
                 wake[NOTIFY_CHANNEL] = sender.wake
@@ -163,8 +166,20 @@ async def run(
                 directory.subscribe(lambda view: maintenance.set_channels(view.sending))
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
+                # Template scopes follow the registry, as the receiver's channels do.
+                reconcile_store = ReconcileStore(
+                    engine, template_scopes(list(directory.view.receiving.values()))
+                )
+                directory.subscribe(
+                    lambda view: reconcile_store.set_scopes(
+                        template_scopes(list(view.receiving.values()))
+                    )
+                )
                 reconciler = Reconciler(
-                    ReconcileStore(engine), settings.reconciler, metrics, health=health
+                    reconcile_store,
+                    settings.reconciler,
+                    metrics,
+                    health=health,
                 )
                 wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
                 tasks["reconciler"] = reconciler.run(stop)

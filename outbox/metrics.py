@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from outbox.domain.models import State
 from outbox.domain.report import Report
+from outbox.metrics_policy import PolicyMetrics
 from outbox.ports import Sample
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ class Metrics:
             registry=registry,
         )
         self._channels: tuple[str, ...] = ()
+        self.policy = PolicyMetrics(registry)  # issue 18
 
     def know_channels(self, channels: Iterable[str]) -> None:
         """Channels whose per-channel gauges read 0 rather than nothing when idle."""
@@ -198,6 +200,7 @@ class Metrics:
             self._child(self.accepted_to_delivered, channel).observe(seconds)
         self.inbound.inc(report.inbound)
         self.unprocessable.inc(report.failed_rows)
+        self.policy.reconciled(report)
 
     def webhook(self, channel: str, outcome: str) -> None:
         self._child(self.webhooks, channel, outcome).inc()
@@ -212,6 +215,7 @@ class Metrics:
         if result.state is State.ACCEPTED:
             waited = (result.at - attempt.message.created_at).total_seconds()
             self._child(self.insert_to_accepted, channel).observe(max(0.0, waited))
+        self.policy.sent(attempt)
 
     def rate(self, channel: str, per_second: float) -> None:
         self.channel_rate.labels(channel).set(per_second)

@@ -28,7 +28,7 @@ LOCK_BUCKETS = text(
     """
     SELECT channel, tokens, refilled_at, rate,
            greatest(hold_until, paused_until) AS blocked_until,
-           hold_until, slowed_at, pause_epoch, clock_timestamp() AS now
+           hold_until, slowed_at, pause_epoch, marketing_hold_until, clock_timestamp() AS now
     FROM outbox.channel_state WHERE channel = ANY(:channels)
     ORDER BY channel
     FOR UPDATE
@@ -114,6 +114,25 @@ LIFT_CREDENTIAL_PAUSES = KEYS.statement(
 
 PAUSE_EPOCH = text("SELECT pause_epoch FROM outbox.channel_state WHERE channel = :channel")
 
+# Issue 18: a spam-rate limit (131048) holds the channel's marketing traffic, in every replica;
+# the hold only grows, and its end comes from the database's clock.
+HOLD_MARKETING = text(
+    """
+    UPDATE outbox.channel_state
+    SET marketing_hold_until = greatest(
+            marketing_hold_until, clock_timestamp() + make_interval(secs => :seconds)),
+        updated_at = now()
+    WHERE channel = :channel
+    RETURNING marketing_hold_until
+    """
+)
+MARKETING_HOLD = text(
+    """
+    SELECT marketing_hold_until FROM outbox.channel_state
+    WHERE channel = :channel AND marketing_hold_until > clock_timestamp()
+    """
+)
+
 
 class Locked(NamedTuple):
     bucket: ratelimit.Bucket  # refilled up to `now`
@@ -122,6 +141,7 @@ class Locked(NamedTuple):
     hold_until: datetime | None
     slowed_at: datetime | None
     pause_epoch: int
+    marketing_hold_until: datetime | None = None  # 131048 holds the channel's marketing
 
 
 async def lock_bucket(connection: AsyncConnection, channel: str, limits: Limits) -> Locked:
@@ -159,7 +179,13 @@ async def _refilled(connection: AsyncConnection, row: Any, limits: Limits) -> Lo
             REANCHOR_BUCKET, {"channel": row.channel, "at": bucket.refilled_at}
         )
     return Locked(
-        bucket, row.now, row.blocked_until, row.hold_until, row.slowed_at, row.pause_epoch
+        bucket,
+        row.now,
+        row.blocked_until,
+        row.hold_until,
+        row.slowed_at,
+        row.pause_epoch,
+        row.marketing_hold_until,
     )
 
 
@@ -235,6 +261,26 @@ class ChannelStateStore:
         async with self._engine.begin() as connection:
             rows = (await connection.execute(LIFT_CREDENTIAL_PAUSES, params)).all()
         return sorted(row.channel for row in rows)
+
+    @translated
+    async def hold_marketing(self, channel: str, seconds: float) -> datetime:
+        """Hold the channel's marketing traffic for `seconds` from now (database time), in
+        every replica; returns when the hold ends."""
+        async with self._engine.begin() as connection:
+            await connection.execute(ENSURE_PAUSE_ROW, {"channel": channel})
+            until: datetime = (
+                await connection.execute(HOLD_MARKETING, {"channel": channel, "seconds": seconds})
+            ).scalar_one()
+        return until
+
+    @translated
+    async def marketing_hold(self, channel: str) -> datetime | None:
+        """When the channel's marketing hold ends; None when it has none."""
+        async with self._engine.connect() as connection:
+            until: datetime | None = (
+                await connection.execute(MARKETING_HOLD, {"channel": channel})
+            ).scalar()
+        return until
 
     @translated
     async def pause_epoch(self, channel: str) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from outbox.domain import parsing
+from outbox.domain import parsing, pricing
 from outbox.domain.user_ids import (
     Addressed,
     Paired,
@@ -66,6 +66,7 @@ class StatusUpdate:
     error_code: int | None
     error_title: str | None
     error_detail: str | None
+    pricing: pricing.Pricing | None = None  # per-message pricing (issue 18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,7 @@ def _status_update(item: dict[Any, Any]) -> StatusUpdate | Ignored:
         error_code=code,
         error_title=title,
         error_detail=detail,
+        pricing=pricing.parse(item.get("pricing")),
     )
 
 
@@ -289,6 +291,7 @@ def status_to_json(update: StatusUpdate) -> dict[str, Any]:
         "error_code": update.error_code,
         "error_title": update.error_title,
         "error_detail": update.error_detail,
+        "pricing": pricing.to_json(update.pricing),
     }
 
 
@@ -303,4 +306,5 @@ def status_from_json(data: dict[str, Any]) -> StatusUpdate:
         error_code=data.get("error_code"),
         error_title=data.get("error_title"),
         error_detail=data.get("error_detail"),
+        pricing=pricing.parse(data.get("pricing")),
     )

@@ -39,6 +39,7 @@ class AcceptedMessage:
     callback_data: str | None
     # Cloud: the recipient fields of its statuses (`recipient_id`, `recipient_user_id`).
     recipient_ids: Mapping[str, str] | None = None
+    pricing: dict[str, Any] | None = None  # Cloud statuses carry it (issue 18)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ def status_body(message: AcceptedMessage, status: str, happened_at: float) -> di
         item.update(message.recipient_ids)
     if message.callback_data is not None:
         item["biz_opaque_callback_data"] = message.callback_data
+    if message.pricing is not None and status in ("sent", "delivered"):
+        item["pricing"] = message.pricing
     value = {
         "messaging_product": "whatsapp",
         "metadata": {

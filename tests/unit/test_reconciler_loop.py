@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 
 from outbox.config import ReconcilerConfig
+from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import (
     InboundSeen,
     Located,
@@ -45,8 +46,8 @@ class _Batch:
     async def lock(self, statuses: Sequence[Located]) -> list[Target]:
         return []
 
-    async def apply(self, plan: Plan) -> None:
-        pass
+    async def apply(self, plan: Plan) -> list[Priced]:
+        return []
 
     async def record(self, inbound: Sequence[InboundSeen], moves: Sequence[NumberMove]) -> None:
         pass
