@@ -103,7 +103,7 @@ async def test_paused_and_held_templates(api: tuple[Sandbox, str, aiohttp.Client
 def test_cloud_statuses_carry_pricing() -> None:
     book = TemplateBook()
     book.set("otp", {"category": "AUTHENTICATION"})
-    sent = AcceptedMessage("cloud", "wamid.X", TO, 1.0, None, book.pricing(template("otp")))
+    sent = AcceptedMessage("cloud", "wamid.X", TO, 1.0, None, pricing=book.pricing(template("otp")))
     [item] = status_body(sent, "sent", 2.0)["entry"][0]["changes"][0]["value"]["statuses"]
     assert item["pricing"] == {
         "billable": True,
