@@ -143,7 +143,13 @@ class InMemoryMessageStore:
     ) -> dict[str, Claim]:
         return {
             r.channel: await self.claim(
-                r.channel, r.limit, worker, lease, r.limits, window_margin=window_margin
+                r.channel,
+                r.limit,
+                worker,
+                lease,
+                r.limits,
+                window_margin=window_margin,
+                template_scope=r.template_scope,
             )
             for r in requests
         }

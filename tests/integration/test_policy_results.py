@@ -17,6 +17,7 @@ from outbox.domain.models import SendResult, State
 from outbox.domain.ratelimit import Limits
 from outbox.domain.templates import TemplateKey
 from outbox.sandbox.faults import Fault
+from outbox.ports import ClaimRequest
 from outbox.sandbox.server import Sandbox
 from tests.support import fetch, insert, running, settings_for, wait_until
 
@@ -159,3 +160,45 @@ async def test_the_claim_holds_marketing_without_spending_tokens_or_attempts(
     assert {(r["state"], r["attempts"], r["error_code"]) for r in rows} == {
         ("queued", 0, "marketing_held")
     }
+
+
+async def test_one_claim_over_many_channels_holds_each_by_its_own_scope_and_hold(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """claim_many: each channel's rows meet its own template scope (its WABA) and its own
+    marketing hold, read from its locked bucket row; held rows give their tokens back."""
+    await TemplateStore(engine).record(
+        TemplateKey("waba-1", "promo", "en_US"), source="webhook", status="PAUSED"
+    )
+    paused = [await insert(db_url, "a", f"49151{n:08}", PROMO) for n in range(2)]
+    sent = [await insert(db_url, "b", f"49152{n:08}", PROMO) for n in range(2)]
+    marketing = [await insert(db_url, "c", f"49153{n:08}", PROMO) for n in range(2)]
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.channel_state (channel, tokens, refilled_at, marketing_hold_until)"
+        " VALUES ('a', 10, now(), NULL), ('b', 10, now(), NULL),"
+        " ('c', 10, now(), now() + interval '1 hour')",
+    )
+    limits = Limits(0.01, 10.0)  # no token comes back by refill during the test
+    requests = [
+        ClaimRequest("a", 10, limits, "waba-1"),
+        ClaimRequest("b", 10, limits, "b"),
+        ClaimRequest("c", 10, limits, "c"),
+    ]
+    claims = await MessageStore(engine).claim_many(requests, "w", timedelta(minutes=1))
+    assert (claims["a"].messages, sorted(m.id for m, _ in claims["a"].held)) == ([], paused)
+    assert (sorted(m.id for m in claims["b"].messages), claims["b"].held) == (sent, [])
+    assert (claims["c"].messages, sorted(m.id for m, _ in claims["c"].held)) == ([], marketing)
+    assert claims["a"].wait == claims["c"].wait == 0.0  # their tokens are back: claim again
+    rows = await fetch(
+        db_url, "SELECT channel, state, attempts, error_code FROM outbox.messages ORDER BY id"
+    )
+    assert [(r["channel"], r["state"], r["attempts"], r["error_code"]) for r in rows] == [
+        *[("a", "queued", 0, "template_held")] * 2,
+        *[("b", "sending", 1, None)] * 2,
+        *[("c", "queued", 0, "marketing_held")] * 2,
+    ]
+    tokens = await fetch(
+        db_url, "SELECT channel, round(tokens) AS t FROM outbox.channel_state ORDER BY channel"
+    )
+    assert [(r["channel"], r["t"]) for r in tokens] == [("a", 10), ("b", 8), ("c", 10)]
