@@ -261,6 +261,7 @@ async def _start_web(
         channels,
         WebhookEventStore(engine),
         metrics,
+        settings.partner_webhook_secret,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

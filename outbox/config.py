@@ -186,6 +186,10 @@ class Settings:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: str = "info"
     log_format: str = "auto"  # auto: JSON unless stderr is a terminal
+    # --- [partner] webhook signature (issue 18 §4) ---
+    # The platform secret 360dialog signs partner webhooks with (`x-360dialog-signature`): when
+    # set, every body on POST /webhooks must carry a valid signature.
+    partner_webhook_secret: Secret | None = field(default=None, repr=False)
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.id == channel_id), None)

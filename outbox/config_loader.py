@@ -57,6 +57,10 @@ def load_settings(
     sender = _section(top.pop("sender", {}), "sender")
     reconciler = _section(top.pop("reconciler", {}), "reconciler")
     metrics = _section(top.pop("metrics", {}), "metrics")
+    partner = _section(top.pop("partner", {}), "partner")
+    partner_webhook_secret = partner_webhook_secret_from(partner, env)
+    if partner:
+        raise ConfigError(f"unknown configuration key: partner.{sorted(partner)[0]}")
     channels_raw = top.pop("channels", [])
     database_url = _top_level(top, env, "database_url", None)
     log_level = _top_level(top, env, "log_level", "info")
@@ -90,7 +94,15 @@ def load_settings(
         metrics=_dataclass_from(MetricsConfig, metrics, "metrics", env),
         log_level=log_level,
         log_format=log_format,
+        partner_webhook_secret=partner_webhook_secret,
     )
+
+
+def partner_webhook_secret_from(partner: dict[str, Any], env: Mapping[str, str]) -> Secret | None:
+    """`[partner] webhook_secret_env` / `webhook_secret_file`, taken out of the section."""
+    keys = ("webhook_secret_env", "webhook_secret_file")
+    given: dict[str, Any] = {k: partner.pop(k) for k in keys if k in partner}
+    return _secret(given, "webhook_secret", "partner", env)
 
 
 def _top_level(top: dict[str, Any], env: Mapping[str, str], key: str, default: Any) -> Any:

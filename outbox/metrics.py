@@ -174,6 +174,21 @@ class Metrics:
             ["part"],
             registry=registry,
         )
+        # --- partner endpoint and account events (issue 18 §4 §5) ---
+        self.signature_failures = Counter(
+            "outbox_webhook_signature_failures",
+            "Bodies on POST /webhooks refused for their x-360dialog-signature "
+            "(missing, malformed, wrong).",
+            ["reason"],
+            registry=registry,
+        )
+        self.unrouted_parts = Counter(
+            "outbox_webhooks_unrouted",
+            "Parts of POST /webhooks bodies no configured channel claims (stored under "
+            "'(unrouted)'), by the key that found no channel (phone_number_id, waba_id, shape).",
+            ["missed"],
+            registry=registry,
+        )
         self._channels: tuple[str, ...] = ()
 
     def know_channels(self, channels: Iterable[str]) -> None:
@@ -201,6 +216,12 @@ class Metrics:
 
     def webhook(self, channel: str, outcome: str) -> None:
         self._child(self.webhooks, channel, outcome).inc()
+
+    def signature_refused(self, verdict: str) -> None:
+        self.signature_failures.labels(verdict).inc()
+
+    def unrouted(self, missed: str) -> None:
+        self.unrouted_parts.labels(missed).inc()
 
     def sent(self, attempt: Attempt) -> None:
         channel, result = attempt.channel, attempt.result

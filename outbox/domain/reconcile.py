@@ -25,6 +25,7 @@ from outbox.domain.notifications import (
     StatusUpdate,
     parse_notification,
 )
+from outbox.domain.routing import UNROUTED
 from outbox.domain.window import refused_for_closed_window
 
 # Verdicts beyond delivery.Verdict, for statuses that never reach the merge.
@@ -106,6 +107,11 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
     result = Digest()
     for row in rows:
         notes: list[str] = []
+        if row.channel == UNROUTED:
+            # No channel claimed it at the receiver: kept for an operator, applied to nothing.
+            result.notes.append((row.id, "unrouted: no configured channel claims it"))
+            result.noted[(row.channel, "unrouted")] += 1
+            continue
         for event in parse_notification(row.body):
             match event:
                 case Inbound():
