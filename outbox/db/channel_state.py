@@ -89,6 +89,25 @@ LIFT_CREDENTIAL_PAUSE = text(
 
 PAUSE_EPOCH = text("SELECT pause_epoch FROM outbox.channel_state WHERE channel = :channel")
 
+# Issue 18: a spam-rate limit (131048) holds the channel's marketing traffic, in every replica;
+# the hold only grows, and its end comes from the database's clock.
+HOLD_MARKETING = text(
+    """
+    UPDATE outbox.channel_state
+    SET marketing_hold_until = greatest(
+            marketing_hold_until, clock_timestamp() + make_interval(secs => :seconds)),
+        updated_at = now()
+    WHERE channel = :channel
+    RETURNING marketing_hold_until
+    """
+)
+MARKETING_HOLD = text(
+    """
+    SELECT marketing_hold_until FROM outbox.channel_state
+    WHERE channel = :channel AND marketing_hold_until > clock_timestamp()
+    """
+)
+
 
 class Locked(NamedTuple):
     bucket: ratelimit.Bucket  # refilled up to `now`
@@ -183,6 +202,26 @@ class ChannelStateStore:
             return (
                 await connection.execute(LIFT_CREDENTIAL_PAUSE, params)
             ).one_or_none() is not None
+
+    @translated
+    async def hold_marketing(self, channel: str, seconds: float) -> datetime:
+        """Hold the channel's marketing traffic for `seconds` from now (database time), in
+        every replica; returns when the hold ends."""
+        async with self._engine.begin() as connection:
+            await connection.execute(ENSURE_PAUSE_ROW, {"channel": channel})
+            until: datetime = (
+                await connection.execute(HOLD_MARKETING, {"channel": channel, "seconds": seconds})
+            ).scalar_one()
+        return until
+
+    @translated
+    async def marketing_hold(self, channel: str) -> datetime | None:
+        """When the channel's marketing hold ends; None when it has none."""
+        async with self._engine.connect() as connection:
+            until: datetime | None = (
+                await connection.execute(MARKETING_HOLD, {"channel": channel})
+            ).scalar()
+        return until
 
     @translated
     async def pause_epoch(self, channel: str) -> int:

@@ -97,12 +97,27 @@ messages = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Column("read_at", DateTime(timezone=True)),
     Column("failed_at", DateTime(timezone=True)),
+    # Since 0016 (issue 18): the send answer's `messages[].message_status`; the status
+    # webhooks' `pricing` category and type; the paused template (templates.id) the row waits for.
+    Column("message_status", Text),
+    Column("pricing_category", Text),
+    Column("pricing_type", Text),
+    Column("held_template", BigInteger),
     PrimaryKeyConstraint("id"),
     UniqueConstraint("channel", "idempotency_key"),
     CheckConstraint(_in("state", State), name="state"),
     CheckConstraint(f"sent_as IS NULL OR {_in('sent_as', SentAs)}", name="sent_as"),
     CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_object"),
     CheckConstraint("octet_length(ordering_key) <= 200", name="ordering_key"),
+    CheckConstraint(
+        "message_status IS NULL OR message_status IN "
+        "('accepted', 'held_for_quality_assessment', 'paused')",
+        name="message_status",
+    ),
+    CheckConstraint(
+        "octet_length(pricing_category) <= 64 AND octet_length(pricing_type) <= 64",
+        name="pricing",
+    ),
     # Only rows ready now are in these two indexes (live rows, and rows an operator replayed),
     # so the claim stays cheap however many rows are finished, backing off or scheduled for
     # later (those are in ix_messages_due).
@@ -160,6 +175,11 @@ messages = Table(
     ),
     Index("ix_messages_unknown", "updated_at", postgresql_where=text("state = 'unknown'")),
     Index("ix_messages_lease", "lease_until", postgresql_where=text("state = 'sending'")),
+    Index(
+        "ix_messages_held_template",
+        "held_template",
+        postgresql_where=text("held_template IS NOT NULL"),
+    ),
     Index("ix_messages_wamid", "wamid", unique=True, postgresql_where=text("wamid IS NOT NULL")),
     Index(
         "ix_messages_undelivered",
@@ -204,6 +224,9 @@ recipient_pace = Table(
     Column("channel", Text, nullable=False),
     Column("wa_id", Text, nullable=False),
     Column("not_before", DateTime(timezone=True), nullable=False),
+    # Since 0016: 131056 answers in a row for this pair; the pause grows with them, a success
+    # resets it (outbox.domain.policy.pair_pause).
+    Column("strikes", SmallInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("channel", "wa_id"),
 )
 
@@ -225,6 +248,8 @@ channel_state = Table(
     Column("slowed_at", DateTime(timezone=True)),
     Column("pause_epoch", BigInteger, nullable=False, server_default=text("0")),
     Column("pause_key", Text),
+    # Since 0016: a spam-rate limit (131048) holds the channel's marketing traffic until then.
+    Column("marketing_hold_until", DateTime(timezone=True)),
     PrimaryKeyConstraint("channel"),
 )
 
@@ -327,4 +352,52 @@ schema_compat = Table(
     Column("compatible_with", Text, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("revision"),
+)
+
+
+# The template registry (0016): what the sender knows of each template of a WABA. Written from
+# template webhooks, from send answers (132015: paused) and by `outbox templates resume`; read by
+# the sender (hold paused templates' rows; marketing or not, for 131048 and pricing).
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", BigInteger, Identity(always=False)),
+    Column("waba_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("language", Text, nullable=False),
+    Column("template_id", Text),
+    # As Meta spells them: APPROVED, PAUSED, DISABLED, REJECTED, ...; NULL: not known.
+    Column("status", Text),
+    Column("category", Text),  # MARKETING, UTILITY, AUTHENTICATION; NULL: not known
+    Column("quality", Text),
+    Column("reason", Text),
+    # The time of the event the status came from: an older event never overwrites a newer one.
+    Column("status_at", DateTime(timezone=True)),
+    Column("source", Text, nullable=False),  # webhook, send, operator
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("id"),
+    UniqueConstraint("waba_id", "name", "language"),
+    CheckConstraint(
+        "octet_length(waba_id) <= 128 AND octet_length(name) <= 512"
+        " AND octet_length(language) <= 32",
+        name="key",
+    ),
+)
+
+# A user's marketing opt-out (or opt-in again) per channel and category (0016), from a 131050
+# answer or a `user_preferences` webhook: the record a later consent ledger builds on.
+marketing_preferences = Table(
+    "marketing_preferences",
+    metadata,
+    Column("channel", Text, nullable=False),
+    Column("identity", Text, nullable=False),  # a wa_id (digits) or a BSUID, as learned
+    Column("category", Text, nullable=False),  # as Meta names it: marketing_messages
+    Column("opted_out", Boolean, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("evidence", JSONB),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("channel", "identity", "category"),
+    CheckConstraint("source IN ('131050', 'user_preferences', 'operator')", name="source"),
+    CheckConstraint("evidence IS NULL OR octet_length(evidence::text) <= 4096", name="evidence"),
 )
