@@ -136,7 +136,11 @@ async def run(
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
                 reconciler = Reconciler(
-                    ReconcileStore(engine), settings.reconciler, metrics, health=health
+                    ReconcileStore(engine),
+                    settings.reconciler,
+                    metrics,
+                    health=health,
+                    accounts={c.id: c.waba_id for c in settings.channels},
                 )
                 wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
                 tasks["reconciler"] = reconciler.run(stop)

@@ -189,6 +189,14 @@ class Metrics:
             ["missed"],
             registry=registry,
         )
+        self.account_events = Counter(
+            "outbox_account_events",
+            "WABA-level webhook events (template, number quality, account, capability, "
+            "preference) by kind and what they did (template, pause, lift, recorded, opted_out, "
+            "opted_in, expired, ignored_unauthenticated, ignored_other_waba).",
+            ["kind", "effect"],
+            registry=registry,
+        )
         self._channels: tuple[str, ...] = ()
 
     def know_channels(self, channels: Iterable[str]) -> None:
@@ -212,6 +220,8 @@ class Metrics:
         for channel, seconds in report.delivered_after:
             self._child(self.accepted_to_delivered, channel).observe(seconds)
         self.inbound.inc(report.inbound)
+        for (kind, effect), count in report.account.items():
+            self.account_events.labels(kind, effect).inc(count)
         self.unprocessable.inc(report.failed_rows)
 
     def webhook(self, channel: str, outcome: str) -> None:

@@ -21,9 +21,11 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Text
 
+from outbox.db.account_store import apply_account_plan
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated, translated_errors
 from outbox.db.status_writes import StatusWriter
+from outbox.domain.account_plan import AccountPlan
 from outbox.domain.notifications import status_from_json, status_to_json
 from outbox.domain.reconcile import (
     InboundSeen,
@@ -230,6 +232,10 @@ class _WebhookBatch(StatusWriter):
             await self._connection.execute(
                 CARRY_OVER_WINDOWS, NUMBER_CHANGE_COLUMNS.params(changed)
             )
+
+    @translated
+    async def record_account(self, plan: AccountPlan) -> None:
+        await apply_account_plan(self._connection, plan)
 
     @translated
     async def park(self, statuses: Sequence[Located]) -> None:

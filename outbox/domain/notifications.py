@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from outbox.domain import parsing
+from outbox.domain import account_events, parsing
+from outbox.domain.account_events import AccountEvent, Unreadable
 
 _FLAT_KEYS = ("messages", "statuses", "errors", "contacts")
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _OUTBOX_ID = re.compile(r"outbox:([1-9][0-9]{0,18})")
 _MAX_BIGINT = 2**63 - 1  # outbox.messages.id is a PostgreSQL bigint
-_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second `datetime` can hold
 # Real message ids are under 100 characters and statuses one word; longer values are not
 # WhatsApp's, and would not fit a btree index entry (about 2.7 kB) in the tables they key.
 _MAX_ID = 512
@@ -76,7 +76,7 @@ class NumberChanged:
     at: datetime
 
 
-Event = Inbound | StatusUpdate | ErrorNotice | NumberChanged | Ignored
+Event = Inbound | StatusUpdate | ErrorNotice | NumberChanged | AccountEvent | Ignored
 
 
 def parse_notification(body: object) -> list[Event]:
@@ -111,6 +111,9 @@ def _entry(entry: object, events: list[Event], seen: set[str]) -> None:
     for change in changes:
         if not isinstance(change, dict):
             events.append(Ignored("change not an object"))
+        elif change.get("field") in account_events.FIELDS:
+            for event in account_events.parse_change(change["field"], change.get("value"), entry):
+                events.append(Ignored(event.reason) if isinstance(event, Unreadable) else event)
         elif change.get("field") != "messages":
             events.append(Ignored("unknown field entry"))
         elif not isinstance(value := change.get("value"), dict):
@@ -144,7 +147,7 @@ def _message(item: object, seen: set[str]) -> Event:
     wa_id = _digits(item.get("from"))
     if wa_id is None:
         return Ignored("message without sender")
-    at = _timestamp(item.get("timestamp"))
+    at = parsing.unix_time(item.get("timestamp"))
     if at is None:
         return Ignored("message without timestamp")
     message_id = parsing.text(item.get("id"), _MAX_ID)
@@ -155,7 +158,7 @@ def _message(item: object, seen: set[str]) -> Event:
 
 def _system(item: dict[Any, Any]) -> Event:
     system = item.get("system")
-    old, at = _digits(item.get("from")), _timestamp(item.get("timestamp"))
+    old, at = _digits(item.get("from")), parsing.unix_time(item.get("timestamp"))
     if isinstance(system, dict) and system.get("type") == "user_changed_number":
         new = _digits(system.get("new_wa_id") or system.get("wa_id"))
         if old is not None and new is not None and at is not None and old != new:
@@ -185,7 +188,7 @@ def _status(item: object, _seen: set[str]) -> Event:
     return StatusUpdate(
         wamid=wamid,
         status=status.lower(),
-        at=_timestamp(item.get("timestamp")),
+        at=parsing.unix_time(item.get("timestamp")),
         recipient=recipient,
         outbox_id=_outbox_id(item.get("biz_opaque_callback_data")),
         error_code=code,
@@ -221,19 +224,6 @@ def _error_fields(error: dict[Any, Any]) -> tuple[int | None, str | None, str | 
         parsing.text(error.get("title"), _MAX_TEXT),
         parsing.text(detail, _MAX_TEXT),
     )
-
-
-def _timestamp(value: object) -> datetime | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        value = int(value)
-    if not isinstance(value, int) or not 0 <= value <= _MAX_TIMESTAMP:
-        return None
-    try:
-        return datetime.fromtimestamp(value, UTC)
-    except (OverflowError, OSError, ValueError):  # platform limits narrower than the bound above
-        return None
 
 
 def _digits(value: object) -> str | None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import assert_never
 
+from outbox.domain.account_events import AccountEvent
+from outbox.domain.account_plan import AccountSeen
 from outbox.domain.codes import Code
 from outbox.domain.delivery import Delivery, Verdict, merge
 from outbox.domain.models import SentAs, State
@@ -100,6 +102,7 @@ class Digest:
     # (webhook id, the note its row keeps as `error`: None when nothing needs saying), in row order
     notes: list[tuple[int, str | None]] = field(default_factory=list)
     noted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, error|ignored)
+    account: list[AccountSeen] = field(default_factory=list)  # WABA-level events (account_plan)
 
 
 def digest(rows: Sequence[WebhookRow]) -> Digest:
@@ -125,6 +128,10 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                 case ErrorNotice():
                     notes.append(f"error {event.code}: {event.title}")
                     result.noted[(row.channel, "error")] += 1
+                case AccountEvent():
+                    result.account.append(
+                        AccountSeen(row.channel, event, row.id, row.authenticated)
+                    )
                 case Ignored():
                     notes.append(f"ignored: {event.reason}")
                     result.noted[(row.channel, "ignored")] += 1

@@ -32,6 +32,7 @@ class Report:
     # (channel, seconds from acceptance) of rows first seen delivered
     delivered_after: list[tuple[str, float]] = field(default_factory=list)
     failed: list[FailedDelivery] = field(default_factory=list)  # rows a status made `failed`
+    account: Counter[tuple[str, str]] = field(default_factory=Counter)  # WABA events (kind, effect)
 
     def add(self, other: Report) -> None:
         self.webhooks += other.webhooks
@@ -42,6 +43,7 @@ class Report:
         self.failed_rows += other.failed_rows
         self.delivered_after += other.delivered_after
         self.failed += other.failed
+        self.account.update(other.account)
 
 
 def planned(plan: Plan, targets: Sequence[Target]) -> Report:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from outbox.config import ReconcilerConfig
+from outbox.domain.account_plan import plan_account
 from outbox.domain.reconcile import Located, Plan, digest, plan_statuses
 from outbox.domain.report import Report, planned
 from outbox.errors import DatabaseError, DatabaseUnavailable, StatementInvalid, StatementRejected
@@ -51,8 +52,11 @@ class Reconciler:
         clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         health: Health | None = None,
+        accounts: Mapping[str, str | None] | None = None,
     ) -> None:
         self._store = store
+        # Each channel's configured waba_id: the template registry's key for its events.
+        self._accounts: Mapping[str, str | None] = accounts or {}
         self._health = health or Health()
         self._config = config
         self._observer = observer or _Unobserved()
@@ -133,6 +137,10 @@ class Reconciler:
         report = Report(webhooks=len(rows), inbound=len(found.inbound), notes=found.noted)
         if found.inbound or found.moves:
             await batch.record(found.inbound, found.moves)
+        if found.account:
+            account = plan_account(found.account, self._accounts, self._clock())
+            await batch.record_account(account)
+            report.account.update(account.counts)
         if found.statuses:
             plan = await self._plan(batch, found.statuses, report)
             if plan.park:

@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 
 from outbox.config import ReconcilerConfig
+from outbox.domain.account_plan import AccountPlan
 from outbox.domain.reconcile import InboundSeen, Located, NumberMove, Plan, Target, WebhookRow
 from outbox.domain.report import Report
 from outbox.errors import DatabaseUnavailable, StatementRejected
@@ -44,6 +45,9 @@ class _Batch:
         pass
 
     async def park(self, statuses: Sequence[Located]) -> None:
+        pass
+
+    async def record_account(self, plan: AccountPlan) -> None:
         pass
 
     async def done(self, notes: Sequence[tuple[int, str | None]]) -> None:

@@ -47,7 +47,9 @@ def test_sign_is_bare_lower_hex_of_the_raw_body() -> None:
 
 
 def test_the_comparison_is_constant_time() -> None:
-    with mock.patch.object(signature.hmac, "compare_digest", wraps=hmac.compare_digest) as spy:
+    with mock.patch(
+        "outbox.domain.signature.hmac.compare_digest", wraps=hmac.compare_digest
+    ) as spy:
         assert signature.verify(SECRET, BODY, "f" * 64) is Verdict.WRONG
         assert signature.verify(SECRET, BODY, DIGEST) is Verdict.VALID
     assert spy.call_count == 2
