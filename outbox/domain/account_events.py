@@ -198,7 +198,10 @@ def _reason(value: dict[str, Any]) -> str | None:
     for key in ("rejection_info", "disable_info", "other_info"):
         info = value.get(key)
         if isinstance(info, dict):
-            parts += [_text(info.get(k), _DETAIL) for k in ("title", "reason", "description")]
+            parts += [
+                _text(info.get(k), _DETAIL)
+                for k in ("title", "reason", "description", "recommendation")
+            ]
     kept = [p for p in parts if p is not None and p.upper() != "NONE"]
     return "; ".join(kept) or None
 
