@@ -29,6 +29,12 @@ def add_parsers(
     )
     set_webhook.add_argument("channel", help="the channel's id in the configuration")
     set_webhook.add_argument("url", help="where 360dialog should post, e.g. .../webhooks/CHANNEL")
+    set_webhook.add_argument(
+        "--waba",
+        action="store_true",
+        help="register the channel's WABA-level webhook instead (POST /waba_webhook: template, "
+        "account and quality events), e.g. .../webhooks; the number's own webhook stays",
+    )
     set_webhook.set_defaults(func=_set_webhook)
 
     sandbox = commands.add_parser(
@@ -112,7 +118,7 @@ def _set_webhook(args: argparse.Namespace) -> int:
     async def main(_: asyncio.Event) -> int:
         try:
             async with create_session(1, loaded.sender.request_timeout) as session:
-                answer = await ApiClient(session).set_webhook(channel, args.url)
+                answer = await ApiClient(session).set_webhook(channel, args.url, waba=args.waba)
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise OutboxError(f"cannot reach {channel.base_url}: {reason}") from exc

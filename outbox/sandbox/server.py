@@ -29,6 +29,7 @@ from outbox.sandbox.responses import (
     status_fault_body,
 )
 from outbox.sandbox.validation import invalid_body, validate
+from outbox.sandbox.waba_events import WabaWebhooks
 
 API_KEY_HEADER = "D360-API-KEY"
 MESSAGE_PATHS: dict[str, Dialect] = {"/v1/messages": "onprem", "/messages": "cloud"}
@@ -66,6 +67,7 @@ class Sandbox:
         duplicate: bool = False,
         seed: int | None = None,
         statuses: bool = True,
+        partner_secret: str | None = None,
     ) -> None:
         self.requests: list[RecordedRequest] = []
         self.faults = FaultScript()
@@ -73,8 +75,14 @@ class Sandbox:
         self._latency = latency
         self._statuses = statuses
         self._notifier = Notifier(
-            status_delays, reorder=reorder, duplicate=duplicate, rng=random.Random(seed)
+            status_delays,
+            reorder=reorder,
+            duplicate=duplicate,
+            rng=random.Random(seed),
+            partner_secret=partner_secret,
         )
+        # WABA-level webhooks and the template and account events posted to them (issue 18).
+        self.waba = WabaWebhooks(self._api_keys, self._notifier.post_until_accepted)
         # By key, not label: a new key starts without a webhook, as at 360dialog (waba-api.md §4.6).
         self._webhooks: dict[str, Webhook] = {}
         self._seq = itertools.count(1)
@@ -89,6 +97,7 @@ class Sandbox:
                 web.post("/sandbox/faults", self._add_fault),
                 web.delete("/sandbox/faults", self._clear_faults),
                 web.post("/sandbox/reset", self._reset),
+                *self.waba.routes(),
             ]
         )
 
