@@ -4,12 +4,15 @@ channel pause, `account_health` and the `account_events` log."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import account_lift, account_pause
+from outbox.db.errors import translated
 from outbox.db.preferences import record_preference
 from outbox.db.sql import WAKE_SENDERS
 from outbox.db.templates import record_template
@@ -115,3 +118,38 @@ def _health(channel: str, event: NumberQuality | Capability) -> dict[str, object
         "max_numbers": event.max_numbers if isinstance(event, Capability) else None,
         "at": event.at,
     }
+
+
+HEALTH = text(
+    """
+    SELECT channel, waba_id, display_phone_number, quality_event, current_limit, old_limit,
+           max_daily_conversations, max_phone_numbers, throughput_upgraded_at, event_at
+    FROM outbox.account_health ORDER BY channel
+    """
+)
+# The events an operator must see: pauses, lifts and alerts (not every template change).
+RECENT_EVENTS = text(
+    """
+    SELECT channel, kind, event, effect, detail, at FROM outbox.account_events
+    WHERE kind IN ('account', 'number_quality', 'capability')
+    ORDER BY at DESC, id DESC LIMIT :limit
+    """
+)
+
+
+class AccountHealthStore:
+    """What `outbox stats` shows of the accounts: limits, quality, the latest account events."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @translated
+    async def health(self) -> list[dict[str, Any]]:
+        async with self._engine.connect() as connection:
+            return [dict(r._mapping) for r in await connection.execute(HEALTH)]
+
+    @translated
+    async def recent_events(self, limit: int = 10) -> list[dict[str, Any]]:
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(RECENT_EVENTS, {"limit": limit})
+            return [dict(r._mapping) for r in rows]

@@ -217,9 +217,29 @@ async def test_stats_shows_counts_per_state_and_a_paused_channel(
         "INSERT INTO outbox.channel_state (channel, paused_until, pause_reason)"
         " VALUES ('onprem', now() + interval '5 minutes', 'Invalid api_key')",
     )
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.templates (waba_id, name, language, status, category, source)"
+        " VALUES ('1023', 'promo', 'en_US', 'PAUSED', 'MARKETING', 'webhook')",
+    )
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.account_health (channel, waba_id, quality_event, current_limit,"
+        " max_daily_conversations) VALUES ('cloud', '1023', 'FLAGGED', 'TIER_10K', '2000')",
+    )
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.account_events (channel, kind, event, effect, detail, at) VALUES"
+        " ('cloud', 'account', 'DISABLED_UPDATE', 'pause', 'ban state DISABLE', now())",
+    )
     code, out, err = await _outbox("stats", "--config", str(config))
     assert code == 0, err
-    header, *rows = out.strip().splitlines()
+    table, health = out.strip().split("\n\n", 1)
+    assert "promo (en_US, WABA 1023): PAUSED, MARKETING, quality unknown" in health
+    assert "cloud: WABA 1023, number ?, quality FLAGGED, limit TIER_10K" in health
+    assert "max daily 2000" in health
+    assert "cloud: DISABLED_UPDATE -> pause (ban state DISABLE)" in health
+    header, *rows = table.splitlines()
     assert header.split()[:3] == ["channel", "queued", "accepted"]
     by_channel = {line.split()[0]: line for line in rows}
     assert by_channel["cloud"].split()[1:4] == ["1", "2", "2"]
