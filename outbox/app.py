@@ -29,6 +29,7 @@ from outbox.db.listener import NotifyListener
 from outbox.db.messages import MessageStore
 from outbox.db.reconcile_store import ReconcileStore
 from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
+from outbox.db.templates import TemplateStore
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.domain.schema import judge_schema
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
@@ -37,6 +38,7 @@ from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
 from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
+from outbox.services.attempt import retry_policy
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
@@ -101,7 +103,7 @@ async def run(
     runner: web.AppRunner | None = None
     try:
         schema = await check_database(engine)
-        store = MessageStore(engine)
+        store = MessageStore(engine, policy=retry_policy(settings.sender))
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
         http_port = None
         # Shared with the webhook receiver, so that reloaded credentials apply to it at once.
@@ -123,6 +125,7 @@ async def run(
                     channel_state=ChannelStateStore(engine),
                     observer=metrics,
                     health=health,
+                    templates=TemplateStore(engine),  # issue 18: 132015 pauses the template
                 )
                 wake[NOTIFY_CHANNEL] = sender.wake
                 tasks["sender"] = sender.run(stop, drain=drain)

@@ -20,7 +20,8 @@ from outbox.domain.ratelimit import Limits
 LOCK_BUCKET = text(
     """
     SELECT tokens, refilled_at, rate, greatest(hold_until, paused_until) AS blocked_until,
-           hold_until, slowed_at, pause_epoch, clock_timestamp() AS now
+           hold_until, slowed_at, pause_epoch, marketing_hold_until,
+           clock_timestamp() AS now
     FROM outbox.channel_state WHERE channel = :channel
     FOR UPDATE
     """
@@ -116,6 +117,7 @@ class Locked(NamedTuple):
     hold_until: datetime | None
     slowed_at: datetime | None
     pause_epoch: int
+    marketing_hold_until: datetime | None = None  # 131048 holds the channel's marketing
 
 
 async def lock_bucket(connection: AsyncConnection, channel: str, limits: Limits) -> Locked:
@@ -132,7 +134,13 @@ async def lock_bucket(connection: AsyncConnection, channel: str, limits: Limits)
         # re-anchor again and none would ever earn one.
         await connection.execute(REANCHOR_BUCKET, {"channel": channel, "at": bucket.refilled_at})
     return Locked(
-        bucket, row.now, row.blocked_until, row.hold_until, row.slowed_at, row.pause_epoch
+        bucket,
+        row.now,
+        row.blocked_until,
+        row.hold_until,
+        row.slowed_at,
+        row.pause_epoch,
+        row.marketing_hold_until,
     )
 
 

@@ -88,7 +88,8 @@ _CLAIM = f"""
             ON c.channel = :channel AND c.wa_id = picked.wa_id
         WHERE m.id = picked.id
         RETURNING m.id, m.channel, m.recipient, m.payload, m.fallback_template, m.attempts,
-                  m.created_at, m.expires_at, m.priority, m.sent_as, c.last_inbound_at
+                  m.created_at, m.expires_at, m.priority, m.sent_as, c.last_inbound_at,
+                  m.error_code AS last_error
     ), spent AS (
         -- Tokens granted but not used (fewer rows were ready) go back into the bucket.
         UPDATE outbox.channel_state

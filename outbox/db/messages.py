@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.types import BigInteger, DateTime, Integer, Text
+from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer, Text
 
 from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import lock_bucket
@@ -23,10 +23,14 @@ from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED
 from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
 from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
-from outbox.domain import ratelimit, window
+from outbox.db.templates import with_policy
+from outbox.domain import preferences, ratelimit, window
 from outbox.domain.models import Claim, SendResult, State
 from outbox.domain.ratelimit import Limits
+from outbox.domain.retry import RetryPolicy
 from outbox.ports import Renewed
+
+DEFAULT_POLICY = RetryPolicy()
 
 _TIMESTAMP = DateTime(timezone=True)
 SEND_RESULT_COLUMNS = ArrayColumns(
@@ -42,6 +46,10 @@ SEND_RESULT_COLUMNS = ArrayColumns(
         ("next_attempt_at", _TIMESTAMP),
         ("attempts_delta", Integer()),
         ("pace_until", _TIMESTAMP),
+        ("held_template", BigInteger()),
+        ("message_status", Text()),
+        ("opt_out", Boolean()),
+        ("pace_strike", Boolean()),
     )
 )
 
@@ -50,6 +58,8 @@ SEND_RESULT_COLUMNS = ArrayColumns(
 # order the answers came, two such statements could deadlock. A row that backs off lends its
 # retry time to nobody: the rows behind it are not heads, so no claim looks at them, and when
 # it ends, however it ends, the next row goes on its own schedule (the hand-over trigger).
+# Issue 18: a 131056 grows the pair's pause (strikes), an acceptance resets it; a 131050
+# records the user's marketing opt-out, keyed on the recipient as written when it is a BSUID.
 COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
     f"""
     WITH r AS (SELECT * FROM {SEND_RESULT_COLUMNS.unnest("r")}), locked AS MATERIALIZED (
@@ -68,19 +78,55 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
             error_title = r.error_title,
             error_detail = r.error_detail,
             next_attempt_at = r.next_attempt_at,
+            held_template = r.held_template,
+            message_status = coalesce(r.message_status, m.message_status),
             accepted_at = CASE WHEN r.state = 'accepted' THEN r.at ELSE m.accepted_at END,
             failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
             claimed_by = NULL, lease_until = NULL, updated_at = now()
         FROM r JOIN locked ON locked.id = r.id
         WHERE m.id = r.id AND {HELD_BY_WORKER}
-        RETURNING m.channel, m.wa_id, r.pace_until
+        RETURNING m.id, m.channel, m.wa_id, m.recipient, m.wamid, r.at, r.state, r.pace_until,
+                  r.opt_out, r.pace_strike, r.error_code, r.error_title
+    ), pair AS (
+        SELECT channel, wa_id, max(pace_until) AS pace_until, bool_or(pace_strike) AS strike,
+               bool_or(state = 'accepted') AS accepted
+        FROM done GROUP BY channel, wa_id
     ), paced AS (
-        INSERT INTO outbox.recipient_pace AS p (channel, wa_id, not_before)
-        SELECT channel, wa_id, max(pace_until) FROM done
-        WHERE pace_until IS NOT NULL
-        GROUP BY channel, wa_id
-        ON CONFLICT (channel, wa_id)
-            DO UPDATE SET not_before = greatest(p.not_before, excluded.not_before)
+        INSERT INTO outbox.recipient_pace AS p (channel, wa_id, not_before, strikes)
+        SELECT channel, wa_id,
+               CASE WHEN strike THEN greatest(pace_until, now() + make_interval(
+                   secs => CAST(:pair_base AS double precision)))
+                    -- An acceptance that only resets strikes moves no pause (NOT NULL column).
+                    ELSE coalesce(pace_until, now()) END,
+               CASE WHEN strike THEN 1 ELSE 0 END
+        FROM pair
+        WHERE pace_until IS NOT NULL OR strike
+           OR (accepted AND EXISTS (SELECT 1 FROM outbox.recipient_pace AS s
+                                    WHERE s.channel = pair.channel AND s.wa_id = pair.wa_id
+                                      AND s.strikes > 0))
+        ON CONFLICT (channel, wa_id) DO UPDATE SET
+            strikes = CASE WHEN excluded.strikes > 0 THEN least(p.strikes + 1, 1000) ELSE 0 END,
+            not_before = CASE
+                WHEN excluded.strikes > 0 THEN greatest(p.not_before, now() + make_interval(
+                    secs => least(CAST(:pair_cap AS double precision),
+                                  :pair_base * power(CAST(:pair_factor AS double precision),
+                                                     least(p.strikes, 32)))))
+                ELSE greatest(p.not_before, excluded.not_before) END
+    ), opted AS (
+        INSERT INTO outbox.marketing_preferences AS o
+            (channel, identity, category, opted_out, at, source, evidence)
+        SELECT DISTINCT ON (channel, identity) channel, identity, :opt_out_category, true, at,
+               '131050', jsonb_build_object('message_id', id, 'wamid', wamid,
+                                            'error_code', error_code,
+                                            'error_title', left(error_title, 200))
+        FROM (SELECT *, CASE WHEN recipient ~ '^[A-Z]{{2}}[.]' THEN recipient ELSE wa_id END
+                        AS identity
+              FROM done WHERE opt_out) AS o
+        ORDER BY channel, identity, at DESC
+        ON CONFLICT (channel, identity, category) DO UPDATE SET
+            opted_out = true, at = excluded.at, source = excluded.source,
+            evidence = excluded.evidence, recorded_at = now()
+        WHERE excluded.at >= o.at
     )
     SELECT count(*) FROM done
     """
@@ -123,13 +169,29 @@ def _result_row(r: SendResult) -> tuple[object, ...]:
         r.next_attempt_at,
         r.attempts_delta,
         r.pace_until,
+        r.held_template,
+        r.message_status,
+        r.opt_out,
+        r.pace_strike,
     )
 
 
 class MessageStore:
-    def __init__(self, engine: AsyncEngine, rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        rand: Callable[[], float] = random.random,
+        policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
         self._engine = engine
         self._rand = rand
+        # The pair pause's terms (outbox.domain.policy.pair_pause), for the result statement.
+        self._pair: dict[str, object] = {
+            "pair_base": policy.recipient_delay.total_seconds(),
+            "pair_factor": policy.pair_pause_factor,
+            "pair_cap": policy.pair_pause_cap.total_seconds(),
+            "opt_out_category": preferences.MARKETING_MESSAGES,
+        }
 
     @translated
     async def claim(
@@ -141,9 +203,12 @@ class MessageStore:
         limits: Limits,
         *,
         window_margin: timedelta = window.DEFAULT_MARGIN,
+        template_scope: str | None = None,
     ) -> Claim:
         """Lease up to `limit` due queued rows of `channel`, best priority first, as far as the
-        channel's shared bucket allows, and record what each is about to be sent as."""
+        channel's shared bucket allows, and record what each is about to be sent as. With a
+        `template_scope` (the channel's WABA), each row also learns its template's registry
+        entry and the channel's marketing hold (issue 18)."""
         async with self._engine.begin() as connection:
             locked = await lock_bucket(connection, channel, limits)
             bucket, now, blocked_until, epoch = (
@@ -173,6 +238,10 @@ class MessageStore:
             rows = (await connection.execute(statement, params)).all()
             # Read (and planned) inside the transaction: see outbox.db.claimed.
             messages = await read_claimed(connection, rows, now, window_margin)
+            if template_scope is not None:
+                messages = await with_policy(
+                    connection, template_scope, messages, locked.marketing_hold_until
+                )
         spent = ratelimit.give_back(after, granted - len(rows), limits)
         wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
         return Claim(messages, wait, rate, epoch)
@@ -186,6 +255,7 @@ class MessageStore:
             **SEND_RESULT_COLUMNS.params([_result_row(r) for r in results])
         }
         params["worker"] = worker
+        params.update(self._pair)
         async with self._engine.begin() as connection:
             return int((await connection.execute(COMPLETE_SENDS, params)).scalar_one())
 

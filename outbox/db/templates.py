@@ -8,8 +8,8 @@ senders, so they go within a claim of the change, in every replica.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import text
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from outbox.db.errors import translated
 from outbox.db.sql import WAKE_SENDERS
 from outbox.domain import templates
+from outbox.domain.models import ClaimedMessage, SentAs
 from outbox.domain.templates import TemplateInfo, TemplateKey
 
 _HELD = ", ".join(f"'{status}'" for status in sorted(templates.HELD_STATUSES))
@@ -152,6 +153,52 @@ async def record_template(
     return TemplateRecorded(info, row.previous, released)
 
 
+async def lookup_in(
+    connection: AsyncConnection, waba_id: str, names: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], TemplateInfo]:
+    if not names:
+        return {}
+    pairs = sorted(set(names))
+    params = {
+        "waba_id": waba_id,
+        "names": [name for name, _ in pairs],
+        "languages": [language for _, language in pairs],
+    }
+    rows = (await connection.execute(LOOKUP, params)).all()
+    return {
+        (row.name, row.language): TemplateInfo(row.id, row.status, row.category, row.quality)
+        for row in rows
+    }
+
+
+def _planned_template(message: ClaimedMessage) -> tuple[str, str] | None:
+    if message.planned is SentAs.FALLBACK_TEMPLATE:
+        return templates.template_of(message.fallback_template)
+    if message.planned is SentAs.TEMPLATE:
+        return templates.template_of(message.payload)
+    return None
+
+
+async def with_policy(
+    connection: AsyncConnection,
+    waba_id: str,
+    messages: Sequence[ClaimedMessage],
+    marketing_hold_until: datetime | None,
+) -> list[ClaimedMessage]:
+    """Claimed rows with their planned template's registry entry and the channel's marketing
+    hold: one lookup per claim, inside its transaction."""
+    planned = {m.id: _planned_template(m) for m in messages}
+    found = await lookup_in(connection, waba_id, [p for p in planned.values() if p is not None])
+    return [
+        replace(
+            m,
+            template=found.get(key) if (key := planned[m.id]) is not None else None,
+            marketing_hold_until=marketing_hold_until,
+        )
+        for m in messages
+    ]
+
+
 class TemplateStore:
     """The registry as the sender, the operator verbs and the webhook reconciler use it."""
 
@@ -185,25 +232,18 @@ class TemplateStore:
                 reason=reason,
             )
 
+    async def paused(self, key: TemplateKey) -> int:
+        """A 132015 answer: the template is paused (its id, for the rows it holds)."""
+        recorded = await self.record(key, source="send", status="PAUSED", at=None)
+        return recorded.info.id
+
     @translated
     async def lookup(
         self, waba_id: str, names: Collection[tuple[str, str]]
     ) -> dict[tuple[str, str], TemplateInfo]:
         """The entries of `names` ((name, language) pairs) under `waba_id` that are known."""
-        if not names:
-            return {}
-        pairs = sorted(set(names))
-        params = {
-            "waba_id": waba_id,
-            "names": [name for name, _ in pairs],
-            "languages": [language for _, language in pairs],
-        }
         async with self._engine.connect() as connection:
-            rows = (await connection.execute(LOOKUP, params)).all()
-        return {
-            (row.name, row.language): TemplateInfo(row.id, row.status, row.category, row.quality)
-            for row in rows
-        }
+            return await lookup_in(connection, waba_id, names)
 
     @translated
     async def resume(

@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from outbox.domain.templates import TemplateInfo
+
 
 class Dialect(StrEnum):
     """Which of 360dialog's two WhatsApp API dialects a channel speaks."""
@@ -55,6 +57,12 @@ class ClaimedMessage:
     # Why the payload or fallback_template could not be read faithfully (the row then fails
     # invalid_payload with no request); None when both were.
     unreadable: str | None = None
+    # Issue 18: the registry's entry for the template this claim plans to send (None: not a
+    # template, or not known); the error of the row's last attempt; until when the channel's
+    # marketing traffic is held (131048), at claim time.
+    template: TemplateInfo | None = None
+    last_error: str | None = None
+    marketing_hold_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +98,10 @@ class SendResult:
     next_attempt_at: datetime | None = None
     attempts_delta: int = 0
     pace_until: datetime | None = None  # no other message to this recipient before then
+    # Issue 18: the paused template (templates.id) the row now waits for; the send answer's
+    # `message_status`; a 131050 to record as the user's marketing opt-out; a 131056 that
+    # grows the recipient's pause.
+    held_template: int | None = None
+    message_status: str | None = None
+    opt_out: bool = False
+    pace_strike: bool = False

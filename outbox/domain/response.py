@@ -23,10 +23,17 @@ DETAIL_LIMIT = 500  # characters of error details, or of a body that was not JSO
 _WAMID = re.compile(r"[!-~]{1,200}")
 
 
+# The send answer's `messages[].message_status` (Cloud, template pacing; waba-2026.md §1.2).
+MESSAGE_STATUSES = frozenset({"accepted", "held_for_quality_assessment", "paused"})
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     wamid: str
     wa_id: str | None
+    # One of MESSAGE_STATUSES, or None when absent or not one of them (it is counted, never
+    # stored as given).
+    message_status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +107,8 @@ def _accepted(body: dict[str, Any]) -> Accepted | str | None:
     if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict):
         wa_id = parsing.text(contacts[0].get("wa_id"), 64)
         wa_id = parsing.storable(wa_id, 64) if wa_id else None
-    return Accepted(wamid, wa_id)
+    status = messages[0].get("message_status")
+    return Accepted(wamid, wa_id, status if status in MESSAGE_STATUSES else None)
 
 
 def _error_of(body: dict[str, Any]) -> tuple[int | None, str, str | None] | None:

@@ -52,6 +52,12 @@ class TemplateInfo:
         return self.status is not None and self.status in HELD_STATUSES
 
 
+def scope(waba_id: str | None, channel_id: str) -> str:
+    """Where a channel's templates live in the registry: its WABA, or the channel itself when
+    no `waba_id` is configured (WABA-level events then cannot reach them)."""
+    return waba_id or channel_id
+
+
 def held(status: str | None) -> bool:
     return status is not None and status.upper() in HELD_STATUSES
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from outbox.ports.clock import Clock, Monotonic, utc_now
 from outbox.ports.gauges import GaugeReader, Sample, SampleObserver
 from outbox.ports.operations import Applied, OperatorRows, RetentionRows, Selector
+from outbox.ports.policy import MarketingHolds, TemplatePauses
 from outbox.ports.reconciling import (
     ParkedBatch,
     ReconcileObserver,
@@ -48,6 +49,7 @@ __all__ = [
     "Housekeeping",
     "LeaseRenewals",
     "LineCursor",
+    "MarketingHolds",
     "MessageLeases",
     "Monotonic",
     "NullSendObserver",
@@ -65,6 +67,7 @@ __all__ = [
     "SendObserver",
     "Settled",
     "StatusWrites",
+    "TemplatePauses",
     "WebhookBatch",
     "utc_now",
 ]

@@ -20,6 +20,7 @@ from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, State
 from outbox.domain.outcome import Judged
+from outbox.domain.templates import scope
 from outbox.errors import DatabaseError
 from outbox.loops import Backoff, Health, database_failed, wait_any
 from outbox.ports import (
@@ -30,6 +31,7 @@ from outbox.ports import (
     Monotonic,
     NullSendObserver,
     SendObserver,
+    TemplatePauses,
     utc_now,
 )
 from outbox.services import attempt as attempts
@@ -39,6 +41,10 @@ from outbox.services.leases import LeaseKeeper
 from outbox.services.results import ResultBuffer
 
 log = structlog.get_logger("outbox.sender")
+
+
+def template_scope(channel: ChannelConfig) -> str:
+    return scope(channel.waba_id, channel.id)
 
 
 class Sender:
@@ -56,8 +62,10 @@ class Sender:
         monotonic: Monotonic = time.monotonic,
         rand: Callable[[], float] = random.random,
         health: Health | None = None,
+        templates: TemplatePauses | None = None,
     ) -> None:
         self._store = store
+        self._templates = templates  # None: no registry (132015 rows only look again later)
         self._health = health or Health()
         self._api = api
         self._channels = {c.id: c for c in channels}
@@ -205,6 +213,7 @@ class Sender:
                 self._config.lease,
                 limits,
                 window_margin=self._config.window_margin,
+                template_scope=template_scope(channel),
             )
         except BaseException:
             if allowance == 1:
@@ -273,6 +282,7 @@ class Sender:
                 monotonic=self._monotonic,
                 sending=sending,
                 learn=learn,
+                pauses=self._templates,
             )
             self._observer.sent(result)
             self._record(result.result)
