@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from outbox.domain import preferences
+from outbox.domain import preferences, templates
 from outbox.domain.account_events import (
     AccountChange,
     AccountEvent,
@@ -80,7 +80,7 @@ def plan_account(
         elif configured is not None and waba is not None and waba != configured:
             effect = "ignored_other_waba"
         else:
-            effect = _act(plan, item, configured or channel, at, now)
+            effect = _act(plan, item, templates.scope(configured, channel), at, now)
         plan.log.append(
             Logged(channel, waba, kind, name, effect, detail, at, item.webhook_event_id)
         )
