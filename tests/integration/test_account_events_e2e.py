@@ -12,28 +12,18 @@ from datetime import timedelta
 import aiohttp
 import pytest
 
-from outbox.config import Secret, Settings, WebhookAuth
+from outbox.config import Secret, Settings
 from outbox.http.api_client import ApiClient, create_session
 from outbox.sandbox import Sandbox
 from outbox.sandbox.notifications import PHONE_NUMBER_ID, WABA_ID
 from outbox.sandbox.waba_events import ban, template_status
-from tests.support import KEYS, fetch, insert, running, settings_for, wait_until
+from tests.support import KEYS, cloud_on_account, fetch, insert, running, settings_for, wait_until
 
 TEXT = {"type": "text", "text": {"body": "hello"}}
 
 
 def _settings(db_url: str, base_url: str) -> Settings:
-    settings = settings_for(db_url, base_url)
-    onprem, cloud = settings.channels
-    cloud = dataclasses.replace(
-        cloud,
-        phone_number_id=PHONE_NUMBER_ID,
-        waba_id=WABA_ID,
-        webhook_username=Secret("hook-user"),
-        webhook_password=Secret("hook-pass"),
-        webhook_auth=WebhookAuth.BASIC,
-    )
-    return dataclasses.replace(settings, channels=(onprem, cloud))
+    return cloud_on_account(settings_for(db_url, base_url), PHONE_NUMBER_ID, WABA_ID)
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from outbox.config import Secret, Settings, WebhookAuth
+from outbox.config import Secret, Settings
 from tests.integration.test_webhooks import basic
-from tests.support import fetch, running, settings_for
+from tests.support import cloud_on_account, fetch, running, settings_for
 
 SECRET = "platform-secret"
 WABA = "102290129340398"
@@ -24,17 +24,9 @@ ONPREM_NUMBER = "106540352242923"
 
 
 def _settings(db_url: str, *, secret: str | None) -> Settings:
-    settings = settings_for(db_url, "http://127.0.0.1:9")
+    settings = cloud_on_account(settings_for(db_url, "http://127.0.0.1:9"), CLOUD_NUMBER, WABA)
     onprem, cloud = settings.channels
     onprem = dataclasses.replace(onprem, phone_number_id=ONPREM_NUMBER, waba_id=WABA)
-    cloud = dataclasses.replace(
-        cloud,
-        phone_number_id=CLOUD_NUMBER,
-        waba_id=WABA,
-        webhook_username=Secret("hook-user"),
-        webhook_password=Secret("hook-pass"),
-        webhook_auth=WebhookAuth.BASIC,
-    )
     return dataclasses.replace(
         settings,
         channels=(onprem, cloud),
