@@ -20,6 +20,19 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 # Delivery to a phone: seconds when it is on, up to WhatsApp's 30 days when it is off.
 _DELIVERY_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600)
+# (kind, effect) of WABA-level events (outbox.domain.account_plan): the series that can exist.
+_ACTED = {
+    "template": ("template",),
+    "number_quality": ("recorded",),
+    "capability": ("recorded",),
+    "account": ("pause", "lift", "expired", "recorded"),
+    "preference": ("opted_out", "opted_in", "recorded"),
+}
+ACCOUNT_EFFECTS = tuple(
+    (kind, effect)
+    for kind, acted in _ACTED.items()
+    for effect in (*acted, "ignored_unauthenticated", "ignored_other_waba")
+)
 BACKLOG_STATES = (State.QUEUED.value, State.SENDING.value, State.UNKNOWN.value)
 
 
@@ -197,6 +210,13 @@ class Metrics:
             ["kind", "effect"],
             registry=registry,
         )
+        # Every label value these take, at 0, so that alerts see a rate from the start.
+        for reason in ("missing", "malformed", "wrong"):
+            self.signature_failures.labels(reason)
+        for missed in ("phone_number_id", "waba_id", "shape"):
+            self.unrouted_parts.labels(missed)
+        for kind, effect in ACCOUNT_EFFECTS:
+            self.account_events.labels(kind, effect)
         self._channels: tuple[str, ...] = ()
 
     def know_channels(self, channels: Iterable[str]) -> None:
