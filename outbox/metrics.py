@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from outbox.domain.models import State
 from outbox.domain.report import Report
+from outbox.metrics_accounts import AccountMetrics
 from outbox.ports import Sample
 
 if TYPE_CHECKING:
@@ -20,19 +21,6 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 # Delivery to a phone: seconds when it is on, up to WhatsApp's 30 days when it is off.
 _DELIVERY_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600)
-# (kind, effect) of WABA-level events (outbox.domain.account_plan): the series that can exist.
-_ACTED = {
-    "template": ("template",),
-    "number_quality": ("recorded",),
-    "capability": ("recorded",),
-    "account": ("pause", "lift", "expired", "recorded"),
-    "preference": ("opted_out", "opted_in", "recorded"),
-}
-ACCOUNT_EFFECTS = tuple(
-    (kind, effect)
-    for kind, acted in _ACTED.items()
-    for effect in (*acted, "ignored_unauthenticated", "ignored_other_waba")
-)
 BACKLOG_STATES = (State.QUEUED.value, State.SENDING.value, State.UNKNOWN.value)
 
 
@@ -188,35 +176,7 @@ class Metrics:
             registry=registry,
         )
         # --- partner endpoint and account events (issue 18 §4 §5) ---
-        self.signature_failures = Counter(
-            "outbox_webhook_signature_failures",
-            "Bodies on POST /webhooks refused for their x-360dialog-signature "
-            "(missing, malformed, wrong).",
-            ["reason"],
-            registry=registry,
-        )
-        self.unrouted_parts = Counter(
-            "outbox_webhooks_unrouted",
-            "Parts of POST /webhooks bodies no configured channel claims (stored under "
-            "'(unrouted)'), by the key that found no channel (phone_number_id, waba_id, shape).",
-            ["missed"],
-            registry=registry,
-        )
-        self.account_events = Counter(
-            "outbox_account_events",
-            "WABA-level webhook events (template, number quality, account, capability, "
-            "preference) by kind and what they did (template, pause, lift, recorded, opted_out, "
-            "opted_in, expired, ignored_unauthenticated, ignored_other_waba).",
-            ["kind", "effect"],
-            registry=registry,
-        )
-        # Every label value these take, at 0, so that alerts see a rate from the start.
-        for reason in ("missing", "malformed", "wrong"):
-            self.signature_failures.labels(reason)
-        for missed in ("phone_number_id", "waba_id", "shape"):
-            self.unrouted_parts.labels(missed)
-        for kind, effect in ACCOUNT_EFFECTS:
-            self.account_events.labels(kind, effect)
+        self.accounts = AccountMetrics(registry)
         self._channels: tuple[str, ...] = ()
 
     def know_channels(self, channels: Iterable[str]) -> None:
@@ -241,17 +201,17 @@ class Metrics:
             self._child(self.accepted_to_delivered, channel).observe(seconds)
         self.inbound.inc(report.inbound)
         for (kind, effect), count in report.account.items():
-            self.account_events.labels(kind, effect).inc(count)
+            self.accounts.events.labels(kind, effect).inc(count)
         self.unprocessable.inc(report.failed_rows)
 
     def webhook(self, channel: str, outcome: str) -> None:
         self._child(self.webhooks, channel, outcome).inc()
 
     def signature_refused(self, verdict: str) -> None:
-        self.signature_failures.labels(verdict).inc()
+        self.accounts.signature_failures.labels(verdict).inc()
 
     def unrouted(self, missed: str) -> None:
-        self.unrouted_parts.labels(missed).inc()
+        self.accounts.unrouted_parts.labels(missed).inc()
 
     def sent(self, attempt: Attempt) -> None:
         channel, result = attempt.channel, attempt.result
