@@ -123,6 +123,34 @@ async def test_set_webhook_registers_the_url_with_basic_auth_and_masks_it(
     assert request.api_key_label == "cloud"
 
 
+async def test_set_webhook_waba_registers_the_accounts_webhook(
+    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
+) -> None:
+    api, base_url = sandbox
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml(db_url, base_url, cloud_hook_auth=True))
+    url = "https://hooks.example.com/webhooks"
+    code, out, err = await _outbox(
+        "set-webhook",
+        "cloud",
+        url,
+        "--waba",
+        "--config",
+        str(config),
+        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass"},
+    )
+    assert code == 0, err
+    assert url in out
+    assert '"Authorization": "********"' in out
+    token = base64.b64encode(b"hook-user:s3cret-pass").decode()
+    assert token not in out + err
+    assert api.waba.registrations == [
+        {"url": url, "headers": {"Authorization": f"Basic {token}"}, "override_all": False}
+    ]
+    # the number's own webhook is left as it was
+    assert [r for r in api.requests if r.path == "/v1/configs/webhook"] == []
+
+
 async def test_set_webhook_refuses_unknown_channels_and_reports_api_errors(
     db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
 ) -> None:
