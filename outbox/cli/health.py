@@ -3,8 +3,9 @@ and quality, and the latest account events (pauses, lifts, alerts)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from outbox.cli.render import format_time
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -47,18 +48,14 @@ def format_health(
             f"{a['current_limit'] or '?'} (was {a['old_limit'] or '?'}), max daily "
             f"{a['max_daily_conversations'] or '?'}, numbers per WABA "
             f"{a['max_phone_numbers'] or '?'}"
-            + (f", throughput upgraded {_when(upgraded)}" if upgraded else "")
+            + (f", throughput upgraded {format_time(upgraded)}" if upgraded else "")
         )
     lines += ["", "latest account events:"]
     if not events:
         lines.append("  none")
     for e in events:
         lines.append(
-            f"  {_when(e['at'])} {e['channel']}: {e['event']} -> {e['effect']}"
+            f"  {format_time(e['at'])} {e['channel']}: {e['event']} -> {e['effect']}"
             + (f" ({e['detail']})" if e["detail"] else "")
         )
     return "\n".join(lines)
-
-
-def _when(at: datetime) -> str:
-    return at.strftime("%Y-%m-%d %H:%M:%SZ")
