@@ -202,7 +202,8 @@ async def test_a_paused_template_holds_its_rows_and_approval_releases_them_withi
     async def all_accepted() -> bool:
         rows = await fetch(
             db_url,
-            "SELECT count(*) AS n FROM outbox.messages WHERE id = ANY($1) AND state <> 'queued'",
+            "SELECT count(*) AS n FROM outbox.messages WHERE id = ANY($1)"
+            " AND state NOT IN ('queued', 'sending')",
             ids,
         )
         return bool(rows[0]["n"] == 100)
