@@ -113,10 +113,20 @@ async def test_a_signed_body_is_stored_in_either_spelling(db_url: str, signed: s
     ],
 )
 async def test_a_missing_or_wrong_signature_is_401_and_counted(
-    db_url: str, signed: str, headers: dict[str, str], reason: str
+    db_url: str,
+    signed: str,
+    headers: dict[str, str],
+    reason: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     status, answer = await _post(signed, _body(_status(CLOUD_NUMBER)), **headers)
     assert (status, answer) == (401, {"error": "bad_signature"})
+    # logged with the reason only: none of the attacker's bytes (header value, body)
+    logged = capsys.readouterr().out
+    assert f"outbox.webhook.bad_signature verdict={reason}" in " ".join(logged.split())
+    for value in headers.values():
+        assert value.removeprefix("Basic ").removeprefix("sha256=") not in logged
+    assert "wamid.x" not in logged
     assert await _stored(db_url) == []
     metric = f'outbox_webhook_signature_failures_total{{reason="{reason}"}}'
     assert await _metric(signed, metric) == 1
