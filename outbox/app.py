@@ -38,7 +38,7 @@ from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
 from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
-from outbox.services.attempt import retry_policy
+from outbox.services.attempt import retry_policy, template_scopes
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
@@ -139,7 +139,7 @@ async def run(
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
                 reconciler = Reconciler(
-                    ReconcileStore(engine),
+                    ReconcileStore(engine, template_scopes(settings.channels)),
                     settings.reconciler,
                     metrics,
                     health=health,

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from outbox.domain.models import State
 from outbox.domain.report import Report
 from outbox.metrics_accounts import AccountMetrics
+from outbox.metrics_policy import PolicyMetrics
 from outbox.ports import Sample
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ class Metrics:
         # --- partner endpoint and account events (issue 18 §4 §5) ---
         self.accounts = AccountMetrics(registry)
         self._channels: tuple[str, ...] = ()
+        self.policy = PolicyMetrics(registry)  # issue 18
 
     def know_channels(self, channels: Iterable[str]) -> None:
         """Channels whose per-channel gauges read 0 rather than nothing when idle."""
@@ -203,6 +205,7 @@ class Metrics:
         for (kind, effect), count in report.account.items():
             self.accounts.events.labels(kind, effect).inc(count)
         self.unprocessable.inc(report.failed_rows)
+        self.policy.reconciled(report)
 
     def webhook(self, channel: str, outcome: str) -> None:
         self._child(self.webhooks, channel, outcome).inc()
@@ -223,6 +226,7 @@ class Metrics:
         if result.state is State.ACCEPTED:
             waited = (result.at - attempt.message.created_at).total_seconds()
             self._child(self.insert_to_accepted, channel).observe(max(0.0, waited))
+        self.policy.sent(attempt)
 
     def rate(self, channel: str, per_second: float) -> None:
         self.channel_rate.labels(channel).set(per_second)

@@ -1,7 +1,8 @@
 """The `outbox` command: parse, call, exit code. Every option has an OUTBOX_* fallback.
 
 Each group of verbs adds its own subcommands: `daemon` (run, migrate, check), `operator`
-(show, stats, replay, cancel, purge) and `tools` (set-webhook, sandbox, demo).
+(show, stats, replay, cancel, purge), `tools` (set-webhook, sandbox, demo) and `templates`
+(list, resume).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from outbox import __version__
-from outbox.cli import daemon, operator, tools
+from outbox.cli import daemon, operator, templates, tools
 from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
 from outbox.errors import ConfigError, OutboxError
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_parsers(commands, common)
     operator.add_parsers(commands, common)
     tools.add_parsers(commands, common)
+    templates.add_parsers(commands, common)  # issue 18: the template registry
     return parser
 
 

@@ -75,7 +75,8 @@ def _show(args: argparse.Namespace) -> int:
             print(f"outbox: no message with id {args.id}", file=sys.stderr)
             return EXIT_ERROR
         history, actions = await store.history(args.id), await store.actions(args.id)
-        print(format_message(row, history, actions, await store.waiting(args.id)))
+        waiting, opt_outs = await store.waiting(args.id), await store.opt_outs(args.id)
+        print(format_message(row, history, actions, waiting, opt_outs))
         return EXIT_OK
 
     return with_engine(args, read)

@@ -14,123 +14,23 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer, Text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import BigInteger
 
-from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import lock_bucket
 from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED
 from outbox.db.claimed import read_claimed
 from outbox.db.errors import translated
-from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
+from outbox.db.leases import RENEW_LEASES
+from outbox.db.send_results import COMPLETE_SENDS, SEND_RESULT_COLUMNS, result_row
 from outbox.db.templates import with_policy
-from outbox.domain import preferences, ratelimit, window
-from outbox.domain.models import Claim, SendResult, State
+from outbox.domain import policy, preferences, ratelimit, window
+from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
 from outbox.domain.ratelimit import Limits
 from outbox.domain.retry import RetryPolicy
 from outbox.ports import Renewed
 
 DEFAULT_POLICY = RetryPolicy()
-
-_TIMESTAMP = DateTime(timezone=True)
-SEND_RESULT_COLUMNS = ArrayColumns(
-    (
-        ("id", BigInteger()),
-        ("state", Text()),
-        ("at", _TIMESTAMP),
-        ("wamid", Text()),
-        ("sent_as", Text()),
-        ("error_code", Text()),
-        ("error_title", Text()),
-        ("error_detail", Text()),
-        ("next_attempt_at", _TIMESTAMP),
-        ("attempts_delta", Integer()),
-        ("pace_until", _TIMESTAMP),
-        ("held_template", BigInteger()),
-        ("message_status", Text()),
-        ("opt_out", Boolean()),
-        ("pace_strike", Boolean()),
-    )
-)
-
-# One statement per batch: write the outcomes; a row sent to a paced recipient records when the
-# next one may go. The rows are locked in id order first, as the reconciler locks them: in the
-# order the answers came, two such statements could deadlock. A row that backs off lends its
-# retry time to nobody: the rows behind it are not heads, so no claim looks at them, and when
-# it ends, however it ends, the next row goes on its own schedule (the hand-over trigger).
-# Issue 18: a 131056 grows the pair's pause (strikes), an acceptance resets it; a 131050
-# records the user's marketing opt-out, keyed on the recipient as written when it is a BSUID.
-COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
-    f"""
-    WITH r AS (SELECT * FROM {SEND_RESULT_COLUMNS.unnest("r")}), locked AS MATERIALIZED (
-        SELECT m.id FROM outbox.messages AS m
-        WHERE m.id IN (SELECT id FROM r) AND {HELD_BY_WORKER}
-        ORDER BY m.id
-        FOR UPDATE OF m
-    ), done AS (
-        UPDATE outbox.messages AS m SET
-            state = r.state,
-            attempts = m.attempts + r.attempts_delta,
-            -- m.wamid is this send's or NULL: the claim moved an earlier one to message_sends.
-            wamid = coalesce(r.wamid, m.wamid),
-            sent_as = coalesce(r.sent_as, m.sent_as),
-            error_code = r.error_code,
-            error_title = r.error_title,
-            error_detail = r.error_detail,
-            next_attempt_at = r.next_attempt_at,
-            held_template = r.held_template,
-            message_status = coalesce(r.message_status, m.message_status),
-            accepted_at = CASE WHEN r.state = 'accepted' THEN r.at ELSE m.accepted_at END,
-            failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
-            claimed_by = NULL, lease_until = NULL, updated_at = now()
-        FROM r JOIN locked ON locked.id = r.id
-        WHERE m.id = r.id AND {HELD_BY_WORKER}
-        RETURNING m.id, m.channel, m.wa_id, m.recipient, m.wamid, r.at, r.state, r.pace_until,
-                  r.opt_out, r.pace_strike, r.error_code, r.error_title
-    ), pair AS (
-        SELECT channel, wa_id, max(pace_until) AS pace_until, bool_or(pace_strike) AS strike,
-               bool_or(state = 'accepted') AS accepted
-        FROM done GROUP BY channel, wa_id
-    ), paced AS (
-        INSERT INTO outbox.recipient_pace AS p (channel, wa_id, not_before, strikes)
-        SELECT channel, wa_id,
-               CASE WHEN strike THEN greatest(pace_until, now() + make_interval(
-                   secs => CAST(:pair_base AS double precision)))
-                    -- An acceptance that only resets strikes moves no pause (NOT NULL column).
-                    ELSE coalesce(pace_until, now()) END,
-               CASE WHEN strike THEN 1 ELSE 0 END
-        FROM pair
-        WHERE pace_until IS NOT NULL OR strike
-           OR (accepted AND EXISTS (SELECT 1 FROM outbox.recipient_pace AS s
-                                    WHERE s.channel = pair.channel AND s.wa_id = pair.wa_id
-                                      AND s.strikes > 0))
-        ON CONFLICT (channel, wa_id) DO UPDATE SET
-            strikes = CASE WHEN excluded.strikes > 0 THEN least(p.strikes + 1, 1000) ELSE 0 END,
-            not_before = CASE
-                WHEN excluded.strikes > 0 THEN greatest(p.not_before, now() + make_interval(
-                    secs => least(CAST(:pair_cap AS double precision),
-                                  :pair_base * power(CAST(:pair_factor AS double precision),
-                                                     least(p.strikes, 32)))))
-                ELSE greatest(p.not_before, excluded.not_before) END
-    ), opted AS (
-        INSERT INTO outbox.marketing_preferences AS o
-            (channel, identity, category, opted_out, at, source, evidence)
-        SELECT DISTINCT ON (channel, identity) channel, identity, :opt_out_category, true, at,
-               '131050', jsonb_build_object('message_id', id, 'wamid', wamid,
-                                            'error_code', error_code,
-                                            'error_title', left(error_title, 200))
-        FROM (SELECT *, CASE WHEN recipient ~ '^[A-Z]{{2}}[.]' THEN recipient ELSE wa_id END
-                        AS identity
-              FROM done WHERE opt_out) AS o
-        ORDER BY channel, identity, at DESC
-        ON CONFLICT (channel, identity, category) DO UPDATE SET
-            opted_out = true, at = excluded.at, source = excluded.source,
-            evidence = excluded.evidence, recorded_at = now()
-        WHERE excluded.at >= o.at
-    )
-    SELECT count(*) FROM done
-    """
-)
 
 RELEASE_MESSAGES = text(
     """
@@ -151,29 +51,18 @@ NEXT_DUE = text(
     """
 )
 
+# Tokens of rows held inside the claim go back to the bucket (issue 18).
+GIVE_BACK_TOKENS = text(
+    """
+    UPDATE outbox.channel_state
+    SET tokens = least(CAST(:burst AS double precision), tokens + :n)
+    WHERE channel = :channel
+    """
+)
+
 COUNT_STATES = text(
     "SELECT channel, state, count(*) AS n FROM outbox.messages GROUP BY channel, state"
 )
-
-
-def _result_row(r: SendResult) -> tuple[object, ...]:
-    return (
-        r.message_id,
-        r.state.value,
-        r.at,
-        r.wamid,
-        r.sent_as.value if r.sent_as else None,
-        r.error_code,
-        r.error_title,
-        r.error_detail,
-        r.next_attempt_at,
-        r.attempts_delta,
-        r.pace_until,
-        r.held_template,
-        r.message_status,
-        r.opt_out,
-        r.pace_strike,
-    )
 
 
 class MessageStore:
@@ -185,6 +74,7 @@ class MessageStore:
     ) -> None:
         self._engine = engine
         self._rand = rand
+        self._policy = policy
         # The pair pause's terms (outbox.domain.policy.pair_pause), for the result statement.
         self._pair: dict[str, object] = {
             "pair_base": policy.recipient_delay.total_seconds(),
@@ -238,26 +128,52 @@ class MessageStore:
             rows = (await connection.execute(statement, params)).all()
             # Read (and planned) inside the transaction: see outbox.db.claimed.
             messages = await read_claimed(connection, rows, now, window_margin)
+            held: list[tuple[ClaimedMessage, SendResult]] = []
             if template_scope is not None:
                 messages = await with_policy(
                     connection, template_scope, messages, locked.marketing_hold_until
                 )
-        spent = ratelimit.give_back(after, granted - len(rows), limits)
+                messages, held = await self._hold(connection, messages, now, worker, limits)
+        spent = ratelimit.give_back(after, granted - len(messages), limits)
+        if held:
+            return Claim(messages, 0.0, rate, epoch, held)  # their tokens are back: claim again
         wait = ratelimit.wait_time(spent, limits) if len(rows) == granted else None
         return Claim(messages, wait, rate, epoch)
+
+    async def _hold(
+        self,
+        connection: AsyncConnection,
+        messages: list[ClaimedMessage],
+        now: datetime,
+        worker: str,
+        limits: Limits,
+    ) -> tuple[list[ClaimedMessage], list[tuple[ClaimedMessage, SendResult]]]:
+        """Issue 18: rows of a paused template, and marketing while the channel's is held, go
+        back to the queue inside the claim, with no request, no attempt and no token spent."""
+        held = [(m, r) for m in messages if (r := policy.hold(m, m.planned, now, self._policy))]
+        if not held:
+            return messages, []
+        await self._write(connection, [r for _, r in held], worker)
+        params = {"channel": messages[0].channel, "n": len(held), "burst": limits.burst}
+        await connection.execute(GIVE_BACK_TOKENS, params)
+        ids = {m.id for m, _ in held}
+        return [m for m in messages if m.id not in ids], held
 
     @translated
     async def complete(self, results: Sequence[SendResult], worker: str) -> int:
         """Write outcomes in one statement; returns how many rows were still ours."""
         if not results:
             return 0
-        params: dict[str, object] = {
-            **SEND_RESULT_COLUMNS.params([_result_row(r) for r in results])
-        }
+        async with self._engine.begin() as connection:
+            return await self._write(connection, results, worker)
+
+    async def _write(
+        self, connection: AsyncConnection, results: Sequence[SendResult], worker: str
+    ) -> int:
+        params: dict[str, object] = {**SEND_RESULT_COLUMNS.params([result_row(r) for r in results])}
         params["worker"] = worker
         params.update(self._pair)
-        async with self._engine.begin() as connection:
-            return int((await connection.execute(COMPLETE_SENDS, params)).scalar_one())
+        return int((await connection.execute(COMPLETE_SENDS, params)).scalar_one())
 
     @translated
     async def renew(self, ids: Sequence[int], worker: str, lease: timedelta) -> Renewed:

@@ -9,7 +9,7 @@ Statuses whose row is unknown are parked and tried again until a horizon.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -157,8 +157,10 @@ PENDING_WEBHOOKS = text(
 
 
 class ReconcileStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, scopes: Mapping[str, str] | None = None) -> None:
         self._engine = engine
+        # Issue 18: each channel's template registry scope (its WABA), for pricing checks.
+        self._scopes = dict(scopes or {})
 
     def webhooks(self, limit: int, budget: int) -> AbstractAsyncContextManager[_WebhookBatch]:
         """Up to `limit` unprocessed webhook rows, locked, in one transaction, as long as the
@@ -175,7 +177,7 @@ class ReconcileStore:
         with translated_errors():
             async with self._engine.begin() as connection:
                 rows = (await connection.execute(take, params)).all()
-                yield _WebhookBatch(connection, [_webhook_row(r) for r in rows])
+                yield _WebhookBatch(connection, [_webhook_row(r) for r in rows], self._scopes)
 
     @asynccontextmanager
     async def parked(self, limit: int) -> AsyncIterator[_ParkedBatch]:
@@ -193,7 +195,7 @@ class ReconcileStore:
                     )
                     for r in rows
                 ]
-                yield _ParkedBatch(connection, statuses)
+                yield _ParkedBatch(connection, statuses, self._scopes)
 
     @translated
     async def pending_webhook_ids(self, limit: int) -> list[int]:
@@ -218,8 +220,10 @@ class ReconcileStore:
 
 
 class _WebhookBatch(StatusWriter):
-    def __init__(self, connection: AsyncConnection, rows: list[WebhookRow]) -> None:
-        super().__init__(connection)
+    def __init__(
+        self, connection: AsyncConnection, rows: list[WebhookRow], scopes: Mapping[str, str]
+    ) -> None:
+        super().__init__(connection, scopes)
         self.rows = rows
 
     @translated
@@ -248,8 +252,10 @@ class _WebhookBatch(StatusWriter):
 
 
 class _ParkedBatch(StatusWriter):
-    def __init__(self, connection: AsyncConnection, statuses: list[Located]) -> None:
-        super().__init__(connection)
+    def __init__(
+        self, connection: AsyncConnection, statuses: list[Located], scopes: Mapping[str, str]
+    ) -> None:
+        super().__init__(connection, scopes)
         self.statuses = statuses
 
     @translated

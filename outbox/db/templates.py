@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Unpack
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -19,7 +20,7 @@ from outbox.db.errors import translated
 from outbox.db.sql import WAKE_SENDERS
 from outbox.domain import templates
 from outbox.domain.models import ClaimedMessage, SentAs
-from outbox.domain.templates import TemplateInfo, TemplateKey
+from outbox.domain.templates import TemplateEvent, TemplateInfo, TemplateKey
 
 _HELD = ", ".join(f"'{status}'" for status in sorted(templates.HELD_STATUSES))
 
@@ -118,30 +119,22 @@ class TemplateHealth:
 
 
 async def record_template(
-    connection: AsyncConnection,
-    key: TemplateKey,
-    *,
-    source: str,
-    at: datetime | None = None,
-    status: str | None = None,
-    category: str | None = None,
-    quality: str | None = None,
-    template_id: str | None = None,
-    reason: str | None = None,
+    connection: AsyncConnection, key: TemplateKey, **event: Unpack[TemplateEvent]
 ) -> TemplateRecorded:
     """Upsert one template inside the caller's transaction (the reconciler's unit of work);
     a template that is no longer held releases its rows and wakes the senders."""
+    reason = event.get("reason")
     params = {
         "waba_id": key.waba_id[: templates.WABA_LIMIT],
         "name": key.name[: templates.NAME_LIMIT],
         "language": key.language[: templates.LANGUAGE_LIMIT],
-        "template_id": template_id,
-        "status": templates.value(status),
-        "category": templates.value(category),
-        "quality": templates.value(quality),
+        "template_id": event.get("template_id"),
+        "status": templates.value(event.get("status")),
+        "category": templates.value(event.get("category")),
+        "quality": templates.value(event.get("quality")),
         "reason": reason[: templates.REASON_LIMIT] if reason else None,
-        "at": at,
-        "source": source,
+        "at": event.get("at"),
+        "source": event["source"],
     }
     row = (await connection.execute(UPSERT_TEMPLATE, params)).one()
     info = TemplateInfo(row.id, row.status, row.category, row.quality)
@@ -206,35 +199,14 @@ class TemplateStore:
         self._engine = engine
 
     @translated
-    async def record(
-        self,
-        key: TemplateKey,
-        *,
-        source: str,
-        at: datetime | None = None,
-        status: str | None = None,
-        category: str | None = None,
-        quality: str | None = None,
-        template_id: str | None = None,
-        reason: str | None = None,
-    ) -> TemplateRecorded:
+    async def record(self, key: TemplateKey, **event: Unpack[TemplateEvent]) -> TemplateRecorded:
         """Upsert a template's status, category and quality (each only when given)."""
         async with self._engine.begin() as connection:
-            return await record_template(
-                connection,
-                key,
-                source=source,
-                at=at,
-                status=status,
-                category=category,
-                quality=quality,
-                template_id=template_id,
-                reason=reason,
-            )
+            return await record_template(connection, key, **event)
 
     async def paused(self, key: TemplateKey) -> int:
         """A 132015 answer: the template is paused (its id, for the rows it holds)."""
-        recorded = await self.record(key, source="send", status="PAUSED", at=None)
+        recorded = await self.record(key, source="send", status="PAUSED")
         return recorded.info.id
 
     @translated

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -77,6 +77,9 @@ class Claim:
     # The channel's pause epoch when claimed: a failure of these rows may pause only that epoch
     # (a success recorded since, in any replica, makes them old news).
     pause_epoch: int = 0
+    # Issue 18: rows the claim held back with no request (a paused template; marketing while
+    # the channel's is held), already written back, with their results, for logs and metrics.
+    held: list[tuple[ClaimedMessage, SendResult]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from outbox.domain import account_events, parsing
+from outbox.domain import account_events, parsing, pricing
 from outbox.domain.account_events import AccountEvent, Unreadable
 
 _FLAT_KEYS = ("messages", "statuses", "errors", "contacts")
@@ -49,6 +49,7 @@ class StatusUpdate:
     error_code: int | None
     error_title: str | None
     error_detail: str | None
+    pricing: pricing.Pricing | None = None  # per-message pricing (issue 18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,7 @@ def _status(item: object, _seen: set[str]) -> Event:
         error_code=code,
         error_title=title,
         error_detail=detail,
+        pricing=pricing.parse(item.get("pricing")),
     )
 
 
@@ -249,6 +251,7 @@ def status_to_json(update: StatusUpdate) -> dict[str, Any]:
         "error_code": update.error_code,
         "error_title": update.error_title,
         "error_detail": update.error_detail,
+        "pricing": pricing.to_json(update.pricing),
     }
 
 
@@ -263,4 +266,5 @@ def status_from_json(data: dict[str, Any]) -> StatusUpdate:
         error_code=data.get("error_code"),
         error_title=data.get("error_title"),
         error_detail=data.get("error_detail"),
+        pricing=pricing.parse(data.get("pricing")),
     )

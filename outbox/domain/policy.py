@@ -41,9 +41,12 @@ def is_marketing(message: ClaimedMessage, sent_as: SentAs | None) -> bool:
 def hold(
     message: ClaimedMessage, sent_as: SentAs | None, now: datetime, policy: RetryPolicy
 ) -> SendResult | None:
-    """The held result of a row that must not be sent now, or None to send it."""
+    """The held result of a row that must not be sent now, or None to send it. Only templates
+    are held (free-form, and a row with nothing to send, never are)."""
+    if sent_as not in (SentAs.TEMPLATE, SentAs.FALLBACK_TEMPLATE) or message.unreadable:
+        return None
     info = message.template
-    if sent_as is not SentAs.FREEFORM and info is not None and info.held:
+    if info is not None and info.held:
         return _held(
             message,
             now,

@@ -10,7 +10,8 @@ cautious reading.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from datetime import datetime
+from typing import Any, NamedTuple, Required, TypedDict
 
 from outbox.domain import parsing
 
@@ -36,6 +37,19 @@ class TemplateKey(NamedTuple):
     waba_id: str
     name: str
     language: str
+
+
+class TemplateEvent(TypedDict, total=False):
+    """What one event says of a template (each field only when it says it): where it came
+    from (`webhook`, `send`, `status`, `operator`), its time, and the new values."""
+
+    source: Required[str]
+    at: datetime | None
+    status: str | None
+    category: str | None
+    quality: str | None
+    template_id: str | None
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from outbox.domain.account_plan import AccountPlan
+from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import (
     InboundSeen,
     Located,
@@ -26,8 +27,9 @@ class StatusWrites(Protocol):
         """Lock (in id order) and return every row any of the statuses' wamids or ids name."""
         ...
 
-    async def apply(self, plan: Plan) -> None:
-        """Write the plan's row changes (waking the senders for requeued rows) and history."""
+    async def apply(self, plan: Plan) -> list[Priced]:
+        """Write the plan's row changes (waking the senders for requeued rows), history,
+        opt-outs and pricing; returns the pricing written (issue 18)."""
         ...
 
 

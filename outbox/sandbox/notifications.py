@@ -39,6 +39,7 @@ class AcceptedMessage:
     recipient: str
     accepted_at: float  # wall-clock Unix time
     callback_data: str | None
+    pricing: dict[str, Any] | None = None  # Cloud statuses carry it (issue 18)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def status_body(message: AcceptedMessage, status: str, happened_at: float) -> di
         return {"statuses": [{**item, "type": "message"}]}
     if message.callback_data is not None:
         item["biz_opaque_callback_data"] = message.callback_data
+    if message.pricing is not None and status in ("sent", "delivered"):
+        item["pricing"] = message.pricing
     value = {
         "messaging_product": "whatsapp",
         "metadata": {

@@ -28,6 +28,7 @@ from outbox.sandbox.responses import (
     new_message_id,
     status_fault_body,
 )
+from outbox.sandbox.templates import TemplateBook, template_name
 from outbox.sandbox.validation import invalid_body, validate
 from outbox.sandbox.waba_events import WabaWebhooks
 
@@ -71,6 +72,7 @@ class Sandbox:
     ) -> None:
         self.requests: list[RecordedRequest] = []
         self.faults = FaultScript()
+        self.templates = TemplateBook()  # issue 18: paused and held templates, pricing
         self._api_keys = dict(api_keys)
         self._latency = latency
         self._statuses = statuses
@@ -98,6 +100,7 @@ class Sandbox:
                 web.delete("/sandbox/faults", self._clear_faults),
                 web.post("/sandbox/reset", self._reset),
                 *self.waba.routes(),
+                web.post("/sandbox/templates/{name}", self._set_template),
             ]
         )
 
@@ -197,7 +200,9 @@ class Sandbox:
                 request, record, json_response(error_body(dialect, invalid_body(dialect)), 400)
             )
         recipient = body.get("to")
-        fault = self.faults.match(recipient if isinstance(recipient, str) else None)
+        fault = self.faults.match(
+            recipient if isinstance(recipient, str) else None, template_name(body)
+        )
         if fault is not None:
             if fault.kind in ("latency", "hang"):
                 await asyncio.sleep(fault.delay)
@@ -208,7 +213,7 @@ class Sandbox:
                 return web.Response()
             else:
                 return self._answer(request, record, _fault_response(dialect, fault))
-        error = validate(dialect, body)
+        error = validate(dialect, body) or self.templates.refusal(body)
         if error is not None:
             return self._answer(request, record, json_response(error_body(dialect, error), 400))
         to: str = body["to"]  # validate() made sure of it
@@ -216,12 +221,14 @@ class Sandbox:
         webhook = self._webhooks.get(key)
         if self._statuses and webhook is not None:
             callback_data = body.get("biz_opaque_callback_data")
-            self._notifier.schedule(
-                webhook, AcceptedMessage(dialect, message_id, to, time.time(), callback_data)
-            )
-        response = json_response(
-            accepted_body(dialect, to, message_id), 201 if dialect == "onprem" else 200
-        )
+            accepted = AcceptedMessage(dialect, message_id, to, time.time(), callback_data)
+            pricing = self.templates.pricing(body)
+            self._notifier.schedule(webhook, replace(accepted, pricing=pricing))
+        answer = accepted_body(dialect, to, message_id)
+        if dialect == "cloud" and template_name(body) is not None:
+            # Template pacing answers carry it (waba-2026.md §1.2); free-form answers do not.
+            answer["messages"][0]["message_status"] = self.templates.message_status(body)
+        response = json_response(answer, 201 if dialect == "onprem" else 200)
         return self._answer(request, record, response, message_id)
 
     async def _set_webhook(self, request: web.Request) -> web.Response:
@@ -257,6 +264,14 @@ class Sandbox:
     async def _clear_faults(self, request: web.Request) -> web.Response:
         self.faults.clear()
         return web.Response(status=204)
+
+    async def _set_template(self, request: web.Request) -> web.Response:
+        try:
+            data = orjson.loads(await request.read())
+            template = self.templates.set(request.match_info["name"], data)
+        except (ValueError, TypeError) as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response(vars(template))
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.requests.clear()

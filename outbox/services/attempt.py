@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -42,6 +42,15 @@ def retry_policy(config: SenderConfig) -> retry.RetryPolicy:
     )
 
 
+def template_scope(channel: ChannelConfig) -> str:
+    """Where the channel's templates live in the registry (issue 18)."""
+    return templates.scope(channel.waba_id, channel.id)
+
+
+def template_scopes(channels: Sequence[ChannelConfig]) -> dict[str, str]:
+    return {c.id: template_scope(c) for c in channels}
+
+
 async def attempt(
     message: ClaimedMessage,
     channel: ChannelConfig,
@@ -64,10 +73,10 @@ async def attempt(
         rules.window_margin,
     )
     if isinstance(prepared, dispatch.Unsent):
-        return _logged(Attempt(channel.id, message, prepared.result, prepared.error))
+        return logged(Attempt(channel.id, message, prepared.result, prepared.error))
     held = policy.hold(message, prepared.sent_as, now(), rules.policy)
     if held is not None:
-        return _logged(Attempt(channel.id, message, held, outcome.SendError.HELD))
+        return logged(Attempt(channel.id, message, held, outcome.SendError.HELD))
     sending()
     started = monotonic()
     answer = await api.send(channel, prepared)
@@ -86,7 +95,7 @@ async def attempt(
     if judged.error is retry.ErrorClass.TEMPLATE_PAUSED:
         result = await _paused(result, channel, prepared, pauses)
     waited = started - claimed
-    return _logged(Attempt(channel.id, message, result, judged.metric, waited, elapsed))
+    return logged(Attempt(channel.id, message, result, judged.metric, waited, elapsed))
 
 
 async def _paused(
@@ -100,7 +109,7 @@ async def _paused(
     named = templates.template_of(request.body)
     if pauses is None or named is None:
         return result
-    key = templates.TemplateKey(templates.scope(channel.waba_id, channel.id), *named)
+    key = templates.TemplateKey(template_scope(channel), *named)
     try:
         return replace(result, held_template=await pauses.paused(key))
     except DatabaseError as exc:
@@ -108,7 +117,7 @@ async def _paused(
         return result
 
 
-def _logged(attempt: Attempt) -> Attempt:
+def logged(attempt: Attempt) -> Attempt:
     message, result = attempt.message, attempt.result
     fields = {
         "channel": attempt.channel,

@@ -155,7 +155,17 @@ class Reconciler:
         targets = await writes.lock(statuses)
         plan = plan_statuses(statuses, targets, self._clock())
         report.add(planned(plan, targets))
-        await writes.apply(plan)
+        report.priced += await writes.apply(plan)
+        for priced in report.priced:
+            if priced.mismatched and priced.first:
+                # A cost and a consent risk: Meta re-categorises templates (issue 18).
+                log.warning(
+                    "outbox.pricing.category_mismatch",
+                    channel=priced.channel,
+                    message_id=priced.message_id,
+                    registry_category=priced.registry_category,
+                    billed_category=priced.pricing.category,
+                )
         return plan
 
     async def _batch(self) -> Report:

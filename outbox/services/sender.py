@@ -19,12 +19,12 @@ import structlog
 from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, State
-from outbox.domain.outcome import Judged
-from outbox.domain.templates import scope
+from outbox.domain.outcome import Judged, SendError
 from outbox.errors import DatabaseError
 from outbox.loops import Backoff, Health, database_failed, wait_any
 from outbox.ports import (
     Api,
+    Attempt,
     ChannelStates,
     Clock,
     MessageLeases,
@@ -41,10 +41,7 @@ from outbox.services.leases import LeaseKeeper
 from outbox.services.results import ResultBuffer
 
 log = structlog.get_logger("outbox.sender")
-
-
-def template_scope(channel: ChannelConfig) -> str:
-    return scope(channel.waba_id, channel.id)
+HELD = SendError.HELD
 
 
 class Sender:
@@ -213,13 +210,16 @@ class Sender:
                 self._config.lease,
                 limits,
                 window_margin=self._config.window_margin,
-                template_scope=template_scope(channel),
+                template_scope=attempts.template_scope(channel),
             )
         except BaseException:
             if allowance == 1:
                 breaker.probe_unused()
             raise
         self._observer.rate(channel.id, claim.rate)
+        for message, result in claim.held:  # held back inside the claim (issue 18)
+            self._outcomes[result.state] += 1
+            self._observer.sent(attempts.logged(Attempt(channel.id, message, result, HELD)))
         rows, retry_in = claim.messages, claim.wait
         if allowance == 1:
             if rows:

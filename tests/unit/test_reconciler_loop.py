@@ -13,6 +13,7 @@ import pytest
 
 from outbox.config import ReconcilerConfig
 from outbox.domain.account_plan import AccountPlan
+from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import InboundSeen, Located, NumberMove, Plan, Target, WebhookRow
 from outbox.domain.report import Report
 from outbox.errors import DatabaseUnavailable, StatementRejected
@@ -38,8 +39,8 @@ class _Batch:
     async def lock(self, statuses: Sequence[Located]) -> list[Target]:
         return []
 
-    async def apply(self, plan: Plan) -> None:
-        pass
+    async def apply(self, plan: Plan) -> list[Priced]:
+        return []
 
     async def record(self, inbound: Sequence[InboundSeen], moves: Sequence[NumberMove]) -> None:
         pass

@@ -11,8 +11,11 @@ import pytest
 
 from outbox.domain import policy
 from outbox.domain.codes import Code
+from outbox.domain.delivery import Delivery
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
+from outbox.domain.notifications import StatusUpdate
 from outbox.domain.outcome import SendError, judge
+from outbox.domain.reconcile import Located, Target, plan_statuses
 from outbox.domain.response import Accepted, Rejected, parse_send_response
 from outbox.domain.retry import RetryPolicy
 from outbox.domain.templates import TemplateInfo
@@ -247,3 +250,31 @@ def test_the_send_answer_message_status(status: object, expected: str | None) ->
     assert accepted == Accepted("wamid.X", None, expected)
     result = judge(row(), SentAs.TEMPLATE, accepted, now=NOW, policy=POLICY, rand=lambda: 0.5)
     assert result.result.message_status == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "code", "verdict", "hold"),
+    [
+        # A held message dropped by a template pause: back to the queue, held for it.
+        (State.ACCEPTED, 132015, "template_paused", True),
+        (State.UNKNOWN, 132015, "template_paused", True),
+        # Delivered already, or another failure: the usual merge.
+        (State.DELIVERED, 132015, "no_downgrade", False),
+        (State.ACCEPTED, 131049, "applied", False),
+        (State.ACCEPTED, 131050, "applied", False),
+    ],
+)
+def test_failed_statuses_under_the_2026_policy(
+    state: State, code: int, verdict: str, hold: bool
+) -> None:
+    target = Target(1, "c", "wamid.A", SentAs.TEMPLATE, False, Delivery(state))
+    update = StatusUpdate("wamid.A", "failed", NOW, None, None, code, "t", None)
+    plan = plan_statuses([Located("c", update)], [target], NOW)
+    assert plan.verdicts == {("c", verdict): 1}
+    change = plan.changes.get(1)
+    assert (change is not None and change.hold) is hold
+    if hold:
+        assert change is not None
+        assert (change.delivery.state, change.requeue) == (State.QUEUED, True)
+        assert [e.wamid for e in plan.ended] == ["wamid.A"]
+    assert (1 in plan.opt_outs) is (code == 131050)
