@@ -300,6 +300,7 @@ async def serve(
     reorder: bool,
     duplicate: bool,
     stop: asyncio.Event,
+    partner_secret: str | None = None,
 ) -> None:
     """Run a sandbox on host:port until `stop` is set (for `outbox sandbox` and `outbox demo`)."""
     sandbox = Sandbox(
@@ -308,6 +309,7 @@ async def serve(
         status_delays=status_delays,
         reorder=reorder,
         duplicate=duplicate,
+        partner_secret=partner_secret,
     )
     await sandbox.start(host, port)
     try:

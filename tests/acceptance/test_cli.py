@@ -151,6 +151,14 @@ async def test_set_webhook_waba_registers_the_accounts_webhook(
     assert [r for r in api.requests if r.path == "/v1/configs/webhook"] == []
 
 
+async def test_sandbox_refuses_a_partner_secret_variable_that_is_not_set() -> None:
+    code, _, err = await _outbox(
+        "sandbox", "--port", "0", "--partner-secret-env", "H18_NO_SUCH_VARIABLE"
+    )
+    assert code == 2
+    assert "--partner-secret-env: H18_NO_SUCH_VARIABLE is not set" in err
+
+
 async def test_set_webhook_refuses_unknown_channels_and_reports_api_errors(
     db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
 ) -> None:
