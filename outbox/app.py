@@ -8,7 +8,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
 from outbox.sealing import keyring_from
 from outbox.services.attempt import retry_policy, template_scopes
-from outbox.services.directory import ChannelDirectory
+from outbox.services.directory import ChannelDirectory, ChannelView
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
@@ -166,21 +166,23 @@ async def run(
                 directory.subscribe(lambda view: maintenance.set_channels(view.sending))
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
-                # Template scopes follow the registry, as the receiver's channels do.
-                reconcile_store = ReconcileStore(
-                    engine, template_scopes(list(directory.view.receiving.values()))
-                )
-                directory.subscribe(
-                    lambda view: reconcile_store.set_scopes(
-                        template_scopes(list(view.receiving.values()))
-                    )
-                )
+                # Template scopes and WABA ids follow the registry, as the receiver's channels do.
+                receiving = list(directory.view.receiving.values())
+                reconcile_store = ReconcileStore(engine, template_scopes(receiving))
                 reconciler = Reconciler(
                     reconcile_store,
                     settings.reconciler,
                     metrics,
                     health=health,
+                    accounts=_accounts(receiving),
                 )
+
+                def follow(view: ChannelView) -> None:
+                    receiving = list(view.receiving.values())
+                    reconcile_store.set_scopes(template_scopes(receiving))
+                    reconciler.set_accounts(_accounts(receiving))
+
+                directory.subscribe(follow)
                 wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
                 tasks["reconciler"] = reconciler.run(stop)
             wake[CHANNELS_NOTIFY_CHANNEL] = directory.wake
@@ -288,6 +290,11 @@ def _reload_credentials(
         )
 
 
+def _accounts(channels: Sequence[ChannelConfig]) -> dict[str, str | None]:
+    """Each channel's WABA id: the template registry's key for its account events."""
+    return {c.id: c.waba_id for c in channels}
+
+
 def _replace(target: dict[str, ChannelConfig], fresh: dict[str, ChannelConfig]) -> None:
     target.clear()
     target.update(fresh)
@@ -316,6 +323,7 @@ async def _start_web(
         channels,
         WebhookEventStore(engine),
         metrics,
+        settings.partner_webhook_secret,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

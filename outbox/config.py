@@ -236,6 +236,10 @@ class Settings:
     listen_database_url: str | None = field(default=None, repr=False)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     partner: PartnerConfig | None = None  # [partner], for the Partner API verbs only
+    # --- [partner] webhook signature (issue 18 §4) ---
+    # The platform secret 360dialog signs partner webhooks with (`x-360dialog-signature`): when
+    # set, every body on POST /webhooks must carry a valid signature.
+    partner_webhook_secret: Secret | None = field(default=None, repr=False)
 
     def listen_url(self) -> str | None:
         """Where the NOTIFY listener connects; None: nowhere, the daemon polls. A transaction

@@ -83,6 +83,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from outbox.cli.health import health_report
     from outbox.db.inspection import InspectionStore
 
     if not args.recent_minutes > 0:
@@ -93,6 +94,7 @@ def _stats(args: argparse.Namespace) -> int:
         configured = [c.id for c in settings.channels]
         stats = await store.channel_stats(configured, args.recent_minutes * 60)
         print(format_stats(stats, args.recent_minutes))
+        print(await health_report(engine))  # templates and accounts (issue 18 §5)
         return EXIT_OK
 
     return with_engine(args, read)

@@ -53,6 +53,9 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.isoformat(timespec="seconds")
 
 
+format_time = _when  # for the other parts of `outbox stats` (outbox.cli.health)
+
+
 def format_message(
     row: dict[str, Any],
     history: list[dict[str, Any]],

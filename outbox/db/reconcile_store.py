@@ -21,6 +21,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Text
 
+from outbox.db.account_store import apply_account_plan
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated, translated_errors
 from outbox.db.identities import (
@@ -32,6 +33,7 @@ from outbox.db.identities import (
     PAIR_COLUMNS,
 )
 from outbox.db.status_writes import StatusWriter
+from outbox.domain.account_plan import AccountPlan
 from outbox.domain.notifications import status_from_json, status_to_json
 from outbox.domain.reconcile import (
     InboundSeen,
@@ -261,6 +263,10 @@ class _WebhookBatch(StatusWriter):
         if identities.addressed:
             params = ADDRESSED_COLUMNS.params(identities.addressed)
             await self._connection.execute(PAIR_BY_MESSAGE, params)
+
+    @translated
+    async def record_account(self, plan: AccountPlan) -> None:
+        await apply_account_plan(self._connection, plan)
 
     @translated
     async def park(self, statuses: Sequence[Located]) -> None:

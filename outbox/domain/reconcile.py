@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import assert_never
 
+from outbox.domain.account_events import AccountEvent
+from outbox.domain.account_plan import AccountSeen
 from outbox.domain.codes import Code
 from outbox.domain.delivery import Delivery, Verdict, merge
 from outbox.domain.models import SentAs, State
@@ -25,6 +27,7 @@ from outbox.domain.notifications import (
     parse_notification,
 )
 from outbox.domain.pricing import Pricing
+from outbox.domain.routing import UNROUTED
 from outbox.domain.user_ids import (
     Addressed,
     Identities,
@@ -112,6 +115,7 @@ class Digest:
     # (webhook id, the note its row keeps as `error`: None when nothing needs saying), in row order
     notes: list[tuple[int, str | None]] = field(default_factory=list)
     noted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, error|ignored)
+    account: list[AccountSeen] = field(default_factory=list)  # WABA-level events (account_plan)
 
 
 def digest(rows: Sequence[WebhookRow]) -> Digest:
@@ -119,6 +123,11 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
     result = Digest()
     for row in rows:
         notes: list[str] = []
+        if row.channel == UNROUTED:
+            # No channel claimed it at the receiver: kept for an operator, applied to nothing.
+            result.notes.append((row.id, "unrouted: no configured channel claims it"))
+            result.noted[(row.channel, "unrouted")] += 1
+            continue
         for event in parse_notification(row.body):
             match event:
                 case Inbound():
@@ -135,6 +144,10 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                 case ErrorNotice():
                     notes.append(f"error {event.code}: {event.title}")
                     result.noted[(row.channel, "error")] += 1
+                case AccountEvent():
+                    result.account.append(
+                        AccountSeen(row.channel, event, row.id, row.authenticated)
+                    )
                 case Ignored():
                     notes.append(f"ignored: {event.reason}")
                     result.noted[(row.channel, "ignored")] += 1

@@ -33,6 +33,7 @@ class Report:
     # (channel, seconds from acceptance) of rows first seen delivered
     delivered_after: list[tuple[str, float]] = field(default_factory=list)
     failed: list[FailedDelivery] = field(default_factory=list)  # rows a status made `failed`
+    account: Counter[tuple[str, str]] = field(default_factory=Counter)  # WABA events (kind, effect)
     priced: list[Priced] = field(default_factory=list)  # pricing written (issue 18)
     opted_out: Counter[str] = field(default_factory=Counter)  # 131050 statuses, by channel
 
@@ -45,6 +46,7 @@ class Report:
         self.failed_rows += other.failed_rows
         self.delivered_after += other.delivered_after
         self.failed += other.failed
+        self.account.update(other.account)
         self.priced += other.priced
         self.opted_out.update(other.opted_out)
 

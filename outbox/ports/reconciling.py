@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Protocol
 
+from outbox.domain.account_plan import AccountPlan
 from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import (
     InboundSeen,
@@ -49,6 +50,10 @@ class WebhookBatch(StatusWrites, Protocol):
         ...
 
     async def park(self, statuses: Sequence[Located]) -> None: ...
+
+    async def record_account(self, plan: AccountPlan) -> None:
+        """Apply WABA-level events: templates, preferences, number health, pauses, their log."""
+        ...
 
     async def done(self, notes: Sequence[tuple[int, str | None]]) -> None:
         """Mark the rows processed, each with its note (or None) as `error`."""

@@ -31,6 +31,7 @@ from outbox.sandbox.responses import (
 from outbox.sandbox.templates import TemplateBook, template_name
 from outbox.sandbox.users import Users
 from outbox.sandbox.validation import invalid_body, validate
+from outbox.sandbox.waba_events import WabaWebhooks
 
 API_KEY_HEADER = "D360-API-KEY"
 MESSAGE_PATHS: dict[str, Dialect] = {"/v1/messages": "onprem", "/messages": "cloud"}
@@ -68,6 +69,7 @@ class Sandbox:
         duplicate: bool = False,
         seed: int | None = None,
         statuses: bool = True,
+        partner_secret: str | None = None,
     ) -> None:
         self.requests: list[RecordedRequest] = []
         self.faults = FaultScript()
@@ -76,8 +78,14 @@ class Sandbox:
         self._latency = latency
         self._statuses = statuses
         self._notifier = Notifier(
-            status_delays, reorder=reorder, duplicate=duplicate, rng=random.Random(seed)
+            status_delays,
+            reorder=reorder,
+            duplicate=duplicate,
+            rng=random.Random(seed),
+            partner_secret=partner_secret,
         )
+        # WABA-level webhooks and the template and account events posted to them (issue 18).
+        self.waba = WabaWebhooks(self._api_keys, self._notifier.post_until_accepted)
         # By key, not label: a new key starts without a webhook, as at 360dialog (waba-api.md §4.6).
         self._webhooks: dict[str, Webhook] = {}
         # Username users: phone-BSUID pairs (outbox.sandbox.users).
@@ -94,6 +102,7 @@ class Sandbox:
                 web.post("/sandbox/faults", self._add_fault),
                 web.delete("/sandbox/faults", self._clear_faults),
                 web.post("/sandbox/reset", self._reset),
+                *self.waba.routes(),
                 web.post("/sandbox/templates/{name}", self._set_template),
             ]
         )
@@ -320,6 +329,7 @@ async def serve(
     reorder: bool,
     duplicate: bool,
     stop: asyncio.Event,
+    partner_secret: str | None = None,
 ) -> None:
     """Run a sandbox on host:port until `stop` is set (for `outbox sandbox` and `outbox demo`)."""
     sandbox = Sandbox(
@@ -328,6 +338,7 @@ async def serve(
         status_delays=status_delays,
         reorder=reorder,
         duplicate=duplicate,
+        partner_secret=partner_secret,
     )
     await sandbox.start(host, port)
     try:

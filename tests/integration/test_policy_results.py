@@ -16,8 +16,8 @@ from outbox.db.templates import TemplateStore
 from outbox.domain.models import SendResult, State
 from outbox.domain.ratelimit import Limits
 from outbox.domain.templates import TemplateKey
-from outbox.sandbox.faults import Fault
 from outbox.ports import ClaimRequest
+from outbox.sandbox.faults import Fault
 from outbox.sandbox.server import Sandbox
 from tests.support import fetch, insert, running, settings_for, wait_until
 

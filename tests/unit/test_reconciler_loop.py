@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 
 from outbox.config import ReconcilerConfig
+from outbox.domain.account_plan import AccountPlan
 from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import (
     InboundSeen,
@@ -56,6 +57,9 @@ class _Batch:
         pass
 
     async def park(self, statuses: Sequence[Located]) -> None:
+        pass
+
+    async def record_account(self, plan: AccountPlan) -> None:
         pass
 
     async def done(self, notes: Sequence[tuple[int, str | None]]) -> None:
