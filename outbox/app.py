@@ -8,7 +8,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from outbox.db.reconcile_store import ReconcileStore
 from outbox.db.registry import ChannelRegistryStore
 from outbox.db.registry_tables import CHANNELS_NOTIFY_CHANNEL
 from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
+from outbox.db.templates import TemplateStore
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.domain.schema import judge_schema
 from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
@@ -40,7 +41,8 @@ from outbox.http.server import create_app
 from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
 from outbox.sealing import keyring_from
-from outbox.services.directory import ChannelDirectory
+from outbox.services.attempt import retry_policy, template_scopes
+from outbox.services.directory import ChannelDirectory, ChannelView
 from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
@@ -114,7 +116,7 @@ async def run(
     runner: web.AppRunner | None = None
     try:
         schema = await check_database(engine)
-        store = MessageStore(engine)
+        store = MessageStore(engine, policy=retry_policy(settings.sender))
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
         http_port = None
         # --- channel registry (issue 17): the file's channels plus the registry's, live ---
@@ -148,6 +150,7 @@ async def run(
                     channel_state=ChannelStateStore(engine),
                     observer=metrics,
                     health=health,
+                    templates=TemplateStore(engine),  # issue 18: 132015 pauses the template
                 )
                 directory.subscribe(lambda view: sender.set_channels(view.sending))
                 wake[NOTIFY_CHANNEL] = sender.wake
@@ -163,9 +166,23 @@ async def run(
                 directory.subscribe(lambda view: maintenance.set_channels(view.sending))
                 tasks["maintenance"] = maintenance.run(stop)
             if "reconciler" in roles:
+                # Template scopes and WABA ids follow the registry, as the receiver's channels do.
+                receiving = list(directory.view.receiving.values())
+                reconcile_store = ReconcileStore(engine, template_scopes(receiving))
                 reconciler = Reconciler(
-                    ReconcileStore(engine), settings.reconciler, metrics, health=health
+                    reconcile_store,
+                    settings.reconciler,
+                    metrics,
+                    health=health,
+                    accounts=_accounts(receiving),
                 )
+
+                def follow(view: ChannelView) -> None:
+                    receiving = list(view.receiving.values())
+                    reconcile_store.set_scopes(template_scopes(receiving))
+                    reconciler.set_accounts(_accounts(receiving))
+
+                directory.subscribe(follow)
                 wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
                 tasks["reconciler"] = reconciler.run(stop)
             wake[CHANNELS_NOTIFY_CHANNEL] = directory.wake
@@ -273,6 +290,11 @@ def _reload_credentials(
         )
 
 
+def _accounts(channels: Sequence[ChannelConfig]) -> dict[str, str | None]:
+    """Each channel's WABA id: the template registry's key for its account events."""
+    return {c.id: c.waba_id for c in channels}
+
+
 def _replace(target: dict[str, ChannelConfig], fresh: dict[str, ChannelConfig]) -> None:
     target.clear()
     target.update(fresh)
@@ -301,6 +323,7 @@ async def _start_web(
         channels,
         WebhookEventStore(engine),
         metrics,
+        settings.partner_webhook_secret,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -152,6 +152,12 @@ class SenderConfig:
     # Rows naming a channel no replica is configured for fail after this long.
     unknown_channel_grace: timedelta = timedelta(seconds=5)
     maintenance_interval: timedelta = timedelta(seconds=1)
+    # Issue 18 (the 2026 error policy): a 131049 (per-user marketing cap) is retried once,
+    # this much later; a 131048 (spam-rate limit) holds the channel's marketing this long; a
+    # row held for a paused template checks the registry again this often.
+    marketing_cap_delay: timedelta = timedelta(hours=24)
+    spam_hold: timedelta = timedelta(hours=24)
+    template_recheck: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,10 @@ class Settings:
     listen_database_url: str | None = field(default=None, repr=False)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     partner: PartnerConfig | None = None  # [partner], for the Partner API verbs only
+    # --- [partner] webhook signature (issue 18 §4) ---
+    # The platform secret 360dialog signs partner webhooks with (`x-360dialog-signature`): when
+    # set, every body on POST /webhooks must carry a valid signature.
+    partner_webhook_secret: Secret | None = field(default=None, repr=False)
 
     def listen_url(self) -> str | None:
         """Where the NOTIFY listener connects; None: nowhere, the daemon polls. A transaction

@@ -91,8 +91,10 @@ def load_settings(
         )
     from outbox.config_partner import load_partner  # it reuses this module's helpers
 
+    partner, partner_webhook_secret = load_partner(partner_raw, env)
     return Settings(
-        partner=load_partner(partner_raw, env),
+        partner=partner,
+        partner_webhook_secret=partner_webhook_secret,
         database_url=database_url,
         channels=channels,
         http=_dataclass_from(HttpConfig, http, "http", env),

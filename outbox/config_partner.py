@@ -1,5 +1,10 @@
 """The `[partner]` section: 360dialog's Partner API, for `outbox channels rotate-key` and
-`import`. Optional: without it those two verbs refuse to run and nothing else changes."""
+`import`, and the platform secret partner webhooks are signed with (POST /webhooks, issue 18).
+
+Optional: without the Partner API keys those two verbs refuse to run; without the secret,
+POST /webhooks takes no partner-signed bodies. A section that gives only `webhook_secret_*`
+needs no Partner API keys; one that gives any other key is a Partner API section and needs
+`partner_id` and the API key."""
 
 from __future__ import annotations
 
@@ -8,24 +13,33 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from outbox.config import PARTNER_API_URL, PartnerConfig
+from outbox.config import PARTNER_API_URL, PartnerConfig, Secret
 from outbox.config_loader import ENV_PREFIX, _coerce, _secret, _section
 from outbox.errors import ConfigError
 
 _KEYS = frozenset(
     {"partner_id", "api_key_env", "api_key_file", "base_url", "webhook_url", "request_timeout"}
 )
+_SECRET_KEYS = ("webhook_secret_env", "webhook_secret_file")
 
 
-def load_partner(raw: Any, env: Mapping[str, str]) -> PartnerConfig | None:
-    """`[partner]` from the file, each plain key overridable by OUTBOX_PARTNER_<KEY>."""
+def load_partner(raw: Any, env: Mapping[str, str]) -> tuple[PartnerConfig | None, Secret | None]:
+    """`[partner]` from the file: the Partner API settings (None when the section names none
+    of them) and the partner webhook secret (None when not given)."""
+    section = _section({} if raw is None else raw, "partner")
+    given = {k: section.pop(k) for k in _SECRET_KEYS if k in section}
+    secret = _secret(given, "webhook_secret", "partner", env)
+    if not section and f"{ENV_PREFIX}PARTNER_PARTNER_ID" not in env:
+        return None, secret  # no Partner API here (at most the webhook secret)
+    return _partner_api(section, env), secret
+
+
+def _partner_api(section: dict[str, Any], env: Mapping[str, str]) -> PartnerConfig:
+    """The Partner API keys, each plain one overridable by OUTBOX_PARTNER_<KEY>."""
 
     def given(name: str) -> Any:
         return env.get(f"{ENV_PREFIX}PARTNER_{name.upper()}") or section.get(name)
 
-    if raw is None and f"{ENV_PREFIX}PARTNER_PARTNER_ID" not in env:
-        return None
-    section = _section({} if raw is None else raw, "partner")
     unknown = sorted(section.keys() - _KEYS)
     if unknown:
         raise ConfigError(f"unknown configuration key: partner.{unknown[0]}")

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from outbox.domain.models import State
 from outbox.domain.report import Report
+from outbox.metrics_accounts import AccountMetrics
+from outbox.metrics_policy import PolicyMetrics
 from outbox.ports import Sample
 
 if TYPE_CHECKING:
@@ -174,7 +176,10 @@ class Metrics:
             ["part"],
             registry=registry,
         )
+        # --- partner endpoint and account events (issue 18 §4 §5) ---
+        self.accounts = AccountMetrics(registry)
         self._channels: tuple[str, ...] = ()
+        self.policy = PolicyMetrics(registry)  # issue 18
 
     def know_channels(self, channels: Iterable[str]) -> None:
         """Channels whose per-channel gauges read 0 rather than nothing when idle."""
@@ -197,10 +202,19 @@ class Metrics:
         for channel, seconds in report.delivered_after:
             self._child(self.accepted_to_delivered, channel).observe(seconds)
         self.inbound.inc(report.inbound)
+        for (kind, effect), count in report.account.items():
+            self.accounts.events.labels(kind, effect).inc(count)
         self.unprocessable.inc(report.failed_rows)
+        self.policy.reconciled(report)
 
     def webhook(self, channel: str, outcome: str) -> None:
         self._child(self.webhooks, channel, outcome).inc()
+
+    def signature_refused(self, verdict: str) -> None:
+        self.accounts.signature_failures.labels(verdict).inc()
+
+    def unrouted(self, missed: str) -> None:
+        self.accounts.unrouted_parts.labels(missed).inc()
 
     def sent(self, attempt: Attempt) -> None:
         channel, result = attempt.channel, attempt.result
@@ -212,6 +226,7 @@ class Metrics:
         if result.state is State.ACCEPTED:
             waited = (result.at - attempt.message.created_at).total_seconds()
             self._child(self.insert_to_accepted, channel).observe(max(0.0, waited))
+        self.policy.sent(attempt)
 
     def rate(self, channel: str, per_second: float) -> None:
         self.channel_rate.labels(channel).set(per_second)

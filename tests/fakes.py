@@ -11,7 +11,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,6 +76,7 @@ class ChannelRow:
     paused_by: str | None = None
     pause_epoch: int = 0
     pause_key: str | None = None
+    marketing_hold_until: datetime | None = None
 
 
 class InMemoryMessageStore:
@@ -142,7 +143,13 @@ class InMemoryMessageStore:
     ) -> dict[str, Claim]:
         return {
             r.channel: await self.claim(
-                r.channel, r.limit, worker, lease, r.limits, window_margin=window_margin
+                r.channel,
+                r.limit,
+                worker,
+                lease,
+                r.limits,
+                window_margin=window_margin,
+                template_scope=r.template_scope,
             )
             for r in requests
         }
@@ -156,6 +163,7 @@ class InMemoryMessageStore:
         limits: Limits,
         *,
         window_margin: timedelta = window.DEFAULT_MARGIN,
+        template_scope: str | None = None,
     ) -> Claim:
         self.claims[channel] += 1
         now = self._clock()
@@ -185,7 +193,11 @@ class InMemoryMessageStore:
         if picked:  # nothing claimed: the bucket is written back as it was
             state.bucket = spent
         wait = ratelimit.wait_time(spent, limits) if len(picked) == granted else None
-        return Claim([self._claimed(row) for row in picked], wait, rate, epoch)
+        claimed = [self._claimed(row) for row in picked]
+        if template_scope is not None:  # no registry here; the marketing hold only
+            hold = state.marketing_hold_until
+            claimed = [replace(m, marketing_hold_until=hold) for m in claimed]
+        return Claim(claimed, wait, rate, epoch)
 
     def _pick(self, channel: str, limit: int, replay_quota: int) -> list[Row]:
         now = self._clock()
@@ -305,6 +317,12 @@ class InMemoryMessageStore:
         state.bucket = bucket
         state.hold_until = max(t for t in (state.hold_until, now + hold) if t is not None)
         return bucket.effective_rate(limits), state.hold_until
+
+    async def hold_marketing(self, channel: str, seconds: float) -> datetime:
+        state, until = self._pause_row(channel), self._clock() + timedelta(seconds=seconds)
+        held = state.marketing_hold_until
+        state.marketing_hold_until = until if held is None else max(held, until)
+        return state.marketing_hold_until
 
     def _pause_row(self, channel: str) -> ChannelRow:
         # ENSURE_PAUSE_ROW's INSERT of a new channel row leaves its bucket empty (tokens 0).

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,20 @@ async def outbox_command(*args: str, env: dict[str, str] | None = None) -> tuple
     return await run_process(
         sys.executable, "-m", "outbox", *args, env={**os.environ, **SUBPROCESS_ENV, **(env or {})}
     )
+
+
+def cloud_on_account(
+    settings: Settings, phone_number_id: str, waba_id: str, *, basic_auth: bool = True
+) -> Settings:
+    """`settings` whose cloud channel lives at `phone_number_id` in WABA `waba_id` (POST
+    /webhooks routes by these), with Basic-auth credentials hook-user / hook-pass."""
+    onprem, cloud = settings.channels
+    cloud = replace(cloud, phone_number_id=phone_number_id, waba_id=waba_id)
+    if basic_auth:
+        cloud = replace(
+            cloud,
+            webhook_username=Secret("hook-user"),
+            webhook_password=Secret("hook-pass"),
+            webhook_auth=WebhookAuth.BASIC,
+        )
+    return replace(settings, channels=(onprem, cloud))

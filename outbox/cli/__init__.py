@@ -1,8 +1,8 @@
 """The `outbox` command: parse, call, exit code. Every option has an OUTBOX_* fallback.
 
 Each group of verbs adds its own subcommands: `daemon` (run, migrate, check), `operator`
-(show, stats, replay, cancel, purge), `tools` (set-webhook, sandbox, demo) and `channels`
-(channels ..., keys ...: the channel registry).
+(show, stats, replay, cancel, purge), `tools` (set-webhook, sandbox, demo), `channels`
+(channels ..., keys ...: the channel registry) and `templates` (list, resume).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from outbox import __version__
-from outbox.cli import channels, daemon, operator, tools
+from outbox.cli import channels, daemon, operator, templates, tools
 from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
 from outbox.errors import ConfigError, OutboxError
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_parsers(commands, common)
     tools.add_parsers(commands, common)
     channels.add_parsers(commands, common)  # channels ..., keys ... (issue 17)
+    templates.add_parsers(commands, common)  # issue 18: the template registry
     return parser
 
 

@@ -75,13 +75,15 @@ def _show(args: argparse.Namespace) -> int:
             print(f"outbox: no message with id {args.id}", file=sys.stderr)
             return EXIT_ERROR
         history, actions = await store.history(args.id), await store.actions(args.id)
-        print(format_message(row, history, actions, await store.waiting(args.id)))
+        waiting, opt_outs = await store.waiting(args.id), await store.opt_outs(args.id)
+        print(format_message(row, history, actions, waiting, opt_outs))
         return EXIT_OK
 
     return with_engine(args, read)
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from outbox.cli.health import health_report
     from outbox.db.inspection import InspectionStore
 
     if not args.recent_minutes > 0:
@@ -92,6 +94,7 @@ def _stats(args: argparse.Namespace) -> int:
         configured = [c.id for c in settings.channels]
         stats = await store.channel_stats(configured, args.recent_minutes * 60)
         print(format_stats(stats, args.recent_minutes))
+        print(await health_report(engine))  # templates and accounts (issue 18 §5)
         return EXIT_OK
 
     return with_engine(args, read)

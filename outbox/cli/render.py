@@ -27,6 +27,12 @@ _ROW_FIELDS = (
     "unknown_resends",
     "replays",
     "idempotency_key",
+    # Issue 18: the send answer's message_status, the status webhooks' pricing, the paused
+    # template (outbox.templates.id) the row waits for.
+    "message_status",
+    "pricing_category",
+    "pricing_type",
+    "held_template",
 )
 _TIMES = (
     "created_at",
@@ -47,11 +53,15 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.isoformat(timespec="seconds")
 
 
+format_time = _when  # for the other parts of `outbox stats` (outbox.cli.health)
+
+
 def format_message(
     row: dict[str, Any],
     history: list[dict[str, Any]],
     actions: list[dict[str, Any]],
     waiting: str | None = None,
+    opt_outs: list[dict[str, Any]] | None = None,
 ) -> str:
     lines = [f"message {row['id']}"]
     lines += [f"  {name:<16}{row[name]}" for name in _ROW_FIELDS if row.get(name) is not None]
@@ -59,6 +69,11 @@ def format_message(
         lines.append(f"  {'ordering_key':<16}{row['ordering_key']}")
     if waiting is not None:
         lines.append(f"  {'waits for':<16}{waiting}")
+    for p in opt_outs or ():
+        word = "opted out" if p["opted_out"] else "opted in"
+        lines.append(
+            f"  {'marketing':<16}{word} ({p['category']}) at {_when(p['at'])}, from {p['source']}"
+        )
     lines.append("  times")
     lines += [f"    {name:<16}{_when(row[name])}" for name in _TIMES if row.get(name) is not None]
     if row.get("claimed_by"):

@@ -29,6 +29,12 @@ def add_parsers(
     )
     set_webhook.add_argument("channel", help="the channel's id in the configuration")
     set_webhook.add_argument("url", help="where 360dialog should post, e.g. .../webhooks/CHANNEL")
+    set_webhook.add_argument(
+        "--waba",
+        action="store_true",
+        help="register the channel's WABA-level webhook instead (POST /waba_webhook: template, "
+        "account and quality events), e.g. .../webhooks; the number's own webhook stays",
+    )
     set_webhook.set_defaults(func=_set_webhook)
 
     sandbox = commands.add_parser(
@@ -60,6 +66,13 @@ def add_parsers(
     )
     sandbox.add_argument("--reorder", action="store_true", help="shuffle each message's statuses")
     sandbox.add_argument("--duplicate", action="store_true", help="post every notification twice")
+    env_default(
+        sandbox,
+        "--partner-secret-env",
+        env="SANDBOX_PARTNER_SECRET_ENV",
+        help="the environment variable holding a partner secret: every body the sandbox posts "
+        "is then signed with it (x-360dialog-signature), as 360dialog signs a partner's",
+    )
     sandbox.set_defaults(func=_sandbox)
 
     demo = commands.add_parser(
@@ -112,7 +125,7 @@ def _set_webhook(args: argparse.Namespace) -> int:
     async def main(_: asyncio.Event) -> int:
         try:
             async with create_session(1, loaded.sender.request_timeout) as session:
-                answer = await ApiClient(session).set_webhook(channel, args.url)
+                answer = await ApiClient(session).set_webhook(channel, args.url, waba=args.waba)
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise OutboxError(f"cannot reach {channel.base_url}: {reason}") from exc
@@ -194,6 +207,11 @@ def _sandbox(args: argparse.Namespace) -> int:
         raise ConfigError("--status-delays-ms: expected three numbers like 50,100,150") from None
     if len(delays) != 3:
         raise ConfigError("--status-delays-ms: expected three numbers like 50,100,150")
+    partner_secret = None
+    if args.partner_secret_env:
+        partner_secret = os.environ.get(args.partner_secret_env) or None
+        if partner_secret is None:
+            raise ConfigError(f"--partner-secret-env: {args.partner_secret_env} is not set")
     print(
         f"sandbox: serving on http://{args.host}:{args.port} (On-Premise /v1/messages, "
         "Cloud /messages)",
@@ -210,6 +228,7 @@ def _sandbox(args: argparse.Namespace) -> int:
             reorder=args.reorder,
             duplicate=args.duplicate,
             stop=stop,
+            partner_secret=partner_secret,
         )
         return EXIT_OK
 

@@ -28,7 +28,7 @@ LOCK_BUCKETS = text(
     """
     SELECT channel, tokens, refilled_at, rate,
            greatest(hold_until, paused_until) AS blocked_until,
-           hold_until, slowed_at, pause_epoch, clock_timestamp() AS now
+           hold_until, slowed_at, pause_epoch, marketing_hold_until, clock_timestamp() AS now
     FROM outbox.channel_state WHERE channel = ANY(:channels)
     ORDER BY channel
     FOR UPDATE
@@ -114,6 +114,25 @@ LIFT_CREDENTIAL_PAUSES = KEYS.statement(
 
 PAUSE_EPOCH = text("SELECT pause_epoch FROM outbox.channel_state WHERE channel = :channel")
 
+# Issue 18: a spam-rate limit (131048) holds the channel's marketing traffic, in every replica;
+# the hold only grows, and its end comes from the database's clock.
+HOLD_MARKETING = text(
+    """
+    UPDATE outbox.channel_state
+    SET marketing_hold_until = greatest(
+            marketing_hold_until, clock_timestamp() + make_interval(secs => :seconds)),
+        updated_at = now()
+    WHERE channel = :channel
+    RETURNING marketing_hold_until
+    """
+)
+MARKETING_HOLD = text(
+    """
+    SELECT marketing_hold_until FROM outbox.channel_state
+    WHERE channel = :channel AND marketing_hold_until > clock_timestamp()
+    """
+)
+
 
 class Locked(NamedTuple):
     bucket: ratelimit.Bucket  # refilled up to `now`
@@ -122,6 +141,7 @@ class Locked(NamedTuple):
     hold_until: datetime | None
     slowed_at: datetime | None
     pause_epoch: int
+    marketing_hold_until: datetime | None = None  # 131048 holds the channel's marketing
 
 
 async def lock_bucket(connection: AsyncConnection, channel: str, limits: Limits) -> Locked:
@@ -159,7 +179,13 @@ async def _refilled(connection: AsyncConnection, row: Any, limits: Limits) -> Lo
             REANCHOR_BUCKET, {"channel": row.channel, "at": bucket.refilled_at}
         )
     return Locked(
-        bucket, row.now, row.blocked_until, row.hold_until, row.slowed_at, row.pause_epoch
+        bucket,
+        row.now,
+        row.blocked_until,
+        row.hold_until,
+        row.slowed_at,
+        row.pause_epoch,
+        row.marketing_hold_until,
     )
 
 
@@ -237,8 +263,67 @@ class ChannelStateStore:
         return sorted(row.channel for row in rows)
 
     @translated
+    async def hold_marketing(self, channel: str, seconds: float) -> datetime:
+        """Hold the channel's marketing traffic for `seconds` from now (database time), in
+        every replica; returns when the hold ends."""
+        async with self._engine.begin() as connection:
+            await connection.execute(ENSURE_PAUSE_ROW, {"channel": channel})
+            until: datetime = (
+                await connection.execute(HOLD_MARKETING, {"channel": channel, "seconds": seconds})
+            ).scalar_one()
+        return until
+
+    @translated
+    async def marketing_hold(self, channel: str) -> datetime | None:
+        """When the channel's marketing hold ends; None when it has none."""
+        async with self._engine.connect() as connection:
+            until: datetime | None = (
+                await connection.execute(MARKETING_HOLD, {"channel": channel})
+            ).scalar()
+        return until
+
+    @translated
     async def pause_epoch(self, channel: str) -> int:
         """How many pauses a success or a new key has ended on the channel so far."""
         async with self._engine.connect() as connection:
             epoch = (await connection.execute(PAUSE_EPOCH, {"channel": channel})).scalar()
         return int(epoch or 0)
+
+
+# --- account pauses (issue 18 §5): a restriction or a ban from an `account_update` webhook ---
+# Pauses the channel in every replica until `until` (a ban: until lifted), through the same
+# shared pause the circuit breaker uses; the pause only grows.
+ACCOUNT_PAUSE = text(
+    """
+    UPDATE outbox.channel_state
+    SET paused_until = greatest(paused_until, CAST(:until AS timestamptz)),
+        pause_reason = :reason, paused_by = :paused_by, updated_at = now()
+    WHERE channel = :channel
+    """
+)
+# A lifted ban or restriction ends an account pause, and one whatever wrote last over it (no
+# breaker pause lasts a day: a longer one is the account's); a breaker's own pause stays.
+ACCOUNT_LIFT = text(
+    """
+    UPDATE outbox.channel_state
+    SET paused_until = NULL, pause_reason = NULL, pause_key = NULL, paused_by = :paused_by,
+        pause_epoch = pause_epoch + 1, updated_at = now()
+    WHERE channel = :channel AND paused_until IS NOT NULL
+      AND (paused_by = :paused_by OR paused_until > now() + interval '1 day')
+    RETURNING channel
+    """
+)
+
+
+async def account_pause(
+    connection: AsyncConnection, channel: str, until: datetime, reason: str, paused_by: str
+) -> None:
+    """Inside the caller's transaction (the reconciler's batch)."""
+    await connection.execute(ENSURE_PAUSE_ROW, {"channel": channel})
+    params = {"channel": channel, "until": until, "reason": reason, "paused_by": paused_by}
+    await connection.execute(ACCOUNT_PAUSE, params)
+
+
+async def account_lift(connection: AsyncConnection, channel: str, paused_by: str) -> bool:
+    params = {"channel": channel, "paused_by": paused_by}
+    return (await connection.execute(ACCOUNT_LIFT, params)).one_or_none() is not None

@@ -127,7 +127,8 @@ _CLAIM = f"""
         WHERE m.id = picked.id
         RETURNING m.id, m.channel, m.recipient, m.payload, m.fallback_template, m.attempts,
                   m.created_at, m.expires_at, m.priority, m.sent_as,
-                  {last_inbound("picked.channel", "picked.wa_id")} AS last_inbound_at
+                  {last_inbound("picked.channel", "picked.wa_id")} AS last_inbound_at,
+                  m.error_code AS last_error
     ), spent AS (
         -- Tokens granted but not used (fewer rows were ready) go back into the bucket.
         UPDATE outbox.channel_state AS s

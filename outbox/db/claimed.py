@@ -61,6 +61,7 @@ def _message(row: Any) -> ClaimedMessage:
         planned=SentAs(row.sent_as) if row.sent_as else None,
         last_inbound_at=row.last_inbound_at,
         unreadable=_unreadable(row.payload, row.fallback_template),
+        last_error=row.last_error,
     )
 
 

@@ -8,8 +8,8 @@ not used go back; an idle channel's claim writes nothing.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,11 +17,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from outbox.db.channel_state import Locked, lock_buckets
 from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED, GRANTS
 from outbox.db.claimed import read_claimed
+from outbox.db.templates import with_policy
 from outbox.domain import ratelimit
-from outbox.domain.models import Claim, ClaimedMessage
+from outbox.domain.models import Claim, ClaimedMessage, SendResult
+from outbox.domain.ratelimit import Limits
 from outbox.ports import ClaimRequest
 
 Grant = tuple[str, int, int, float, float, float | None, Any]  # a row of GRANTS
+Held = list[tuple[ClaimedMessage, SendResult]]
+# Issue 18: one channel's claimed rows (with their policy) -> those to send, those held back
+# (already written back in the claim's transaction, their tokens returned).
+Hold = Callable[
+    [AsyncConnection, list[ClaimedMessage], datetime, Limits],
+    Awaitable[tuple[list[ClaimedMessage], Held]],
+]
 
 
 async def claim_many(
@@ -32,6 +41,7 @@ async def claim_many(
     *,
     margin: timedelta,
     rand: Callable[[], float] = random.random,
+    hold: Hold | None = None,
 ) -> dict[str, Claim]:
     """Lease up to each request's `limit` due queued rows of its channel, best priority first,
     as far as the channel's shared bucket allows, and record what each is about to be sent as."""
@@ -63,8 +73,14 @@ async def claim_many(
         by_channel.setdefault(message.channel, []).append(message)
     for request in requests:
         if request.channel not in claims:
-            got = by_channel.get(request.channel, [])
-            claims[request.channel] = _spent(locked[request.channel], request, got)
+            got, lock = by_channel.get(request.channel, []), locked[request.channel]
+            held: Held = []
+            if got and hold is not None and request.template_scope is not None:
+                got = await with_policy(
+                    connection, request.template_scope, got, lock.marketing_hold_until
+                )
+                got, held = await hold(connection, got, lock.now, request.limits)
+            claims[request.channel] = _spent(lock, request, got, held)
     return claims
 
 
@@ -88,10 +104,15 @@ def _grant(
     return Claim([], None, rate, epoch), grant
 
 
-def _spent(locked: Locked, request: ClaimRequest, messages: list[ClaimedMessage]) -> Claim:
+def _spent(
+    locked: Locked, request: ClaimRequest, messages: list[ClaimedMessage], held: Held
+) -> Claim:
     """The claim of a channel that was granted tokens: unused ones went back (the statement's
-    `spent`); the wait is for the next token when every granted one was used."""
+    `spent`); the wait is for the next token when every granted one was used. Rows held back
+    gave their tokens back too: the channel may claim again at once."""
     bucket, limits = locked.bucket, request.limits
+    if held:
+        return Claim(messages, 0.0, bucket.effective_rate(limits), locked.pause_epoch, held)
     granted, after = ratelimit.take(bucket, request.limit)
     spent = ratelimit.give_back(after, granted - len(messages), limits)
     wait = ratelimit.wait_time(spent, limits) if len(messages) == granted else None

@@ -193,7 +193,12 @@ RESCUE_PARAMS = {
     "title": Title.LEASE_EXPIRED.value,
 }
 
-FORGET_PACE = text("DELETE FROM outbox.recipient_pace WHERE not_before < now()")
+# A pair that was told 131056 keeps its strikes for an hour after its pause ends: a repeat within
+# it grows the next pause (issue 18); a success resets them sooner.
+FORGET_PACE = text(
+    "DELETE FROM outbox.recipient_pace WHERE not_before < now()"
+    " AND (strikes = 0 OR not_before < now() - interval '1 hour')"
+)
 
 
 class HousekeepingStore:

@@ -28,7 +28,11 @@ _WAITING = text(
               AND f.ordering_key = m.ordering_key AND f.id > m.id AND f.state = 'sending'
             ORDER BY f.id LIMIT 1) AS in_flight_id,
            (SELECT p.not_before FROM outbox.recipient_pace AS p
-            WHERE p.channel = m.channel AND p.wa_id = m.wa_id) AS pace_until
+            WHERE p.channel = m.channel AND p.wa_id = m.wa_id) AS pace_until,
+           (SELECT t.name || ' (' || t.language || ', ' || coalesce(t.status, 'status unknown')
+                   || ')'
+            FROM outbox.templates AS t WHERE t.id = m.held_template) AS held_template,
+           m.error_code = 'marketing_held' OR m.error_code = '131048' AS marketing_held
     FROM outbox.messages AS m
     LEFT JOIN LATERAL (
         SELECT e.id, e.state, e.next_attempt_at FROM outbox.messages AS e
@@ -36,6 +40,17 @@ _WAITING = text(
           AND e.id < m.id AND e.state IN ({OPEN_STATES})
         ORDER BY e.id LIMIT 1) AS h ON true
     WHERE m.id = :id
+    """
+)
+
+# Issue 18: what the user said about marketing, by either spelling of their identity.
+_OPT_OUTS = text(
+    """
+    SELECT p.category, p.opted_out, p.at, p.source
+    FROM outbox.messages AS m JOIN outbox.marketing_preferences AS p
+        ON p.channel = m.channel AND p.identity IN (m.wa_id, m.recipient)
+    WHERE m.id = :id
+    ORDER BY p.category
     """
 )
 
@@ -113,6 +128,12 @@ class InspectionStore:
         async with self._engine.connect() as connection:
             row = (await connection.execute(_WAITING, {"id": message_id})).mappings().first()
         return None if row is None else waits_for(Waiting(**row))
+
+    @translated
+    async def opt_outs(self, message_id: int) -> list[dict[str, Any]]:
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_OPT_OUTS, {"id": message_id})).mappings().all()
+        return [dict(row) for row in rows]
 
     @translated
     async def history(self, message_id: int) -> list[dict[str, Any]]:

@@ -11,96 +11,26 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.types import BigInteger, DateTime, Integer, Text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import BigInteger
 
 from outbox.db import claims
-from outbox.db.arrays import ArrayColumns
 from outbox.db.channel_state import ensure_buckets
 from outbox.db.due import DUE_CHANNELS
 from outbox.db.errors import translated
-from outbox.db.identities import UPSERT_PAIR
-from outbox.db.leases import HELD_BY_WORKER, RENEW_LEASES
-from outbox.domain import window
-from outbox.domain.identity import SQL_BSUID_PREFIX
-from outbox.domain.models import Claim, SendResult, State
+from outbox.db.leases import RENEW_LEASES
+from outbox.db.send_results import COMPLETE_SENDS, SEND_RESULT_COLUMNS, result_row
+from outbox.domain import policy, preferences, window
+from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
 from outbox.domain.ratelimit import Limits
+from outbox.domain.retry import RetryPolicy
 from outbox.ports import ClaimRequest, Due, Renewed
 
-_TIMESTAMP = DateTime(timezone=True)
-SEND_RESULT_COLUMNS = ArrayColumns(
-    (
-        ("id", BigInteger()),
-        ("state", Text()),
-        ("at", _TIMESTAMP),
-        ("wamid", Text()),
-        ("sent_as", Text()),
-        ("error_code", Text()),
-        ("error_title", Text()),
-        ("error_detail", Text()),
-        ("next_attempt_at", _TIMESTAMP),
-        ("attempts_delta", Integer()),
-        ("pace_until", _TIMESTAMP),
-        ("answer_wa_id", Text()),
-        ("answer_bsuid", Text()),
-    )
-)
-
-# One statement per batch: write the outcomes; a row sent to a paced recipient records when the
-# next one may go. The rows are locked in id order first, as the reconciler locks them: in the
-# order the answers came, two such statements could deadlock. A row that backs off lends its
-# retry time to nobody: the rows behind it are not heads, so no claim looks at them, and when
-# it ends, however it ends, the next row goes on its own schedule (the hand-over trigger).
-COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
-    f"""
-    WITH r AS (SELECT * FROM {SEND_RESULT_COLUMNS.unnest("r")}), locked AS MATERIALIZED (
-        SELECT m.id FROM outbox.messages AS m
-        WHERE m.id IN (SELECT id FROM r) AND {HELD_BY_WORKER}
-        ORDER BY m.id
-        FOR UPDATE OF m
-    ), done AS (
-        UPDATE outbox.messages AS m SET
-            state = r.state,
-            attempts = m.attempts + r.attempts_delta,
-            -- m.wamid is this send's or NULL: the claim moved an earlier one to message_sends.
-            wamid = coalesce(r.wamid, m.wamid),
-            sent_as = coalesce(r.sent_as, m.sent_as),
-            error_code = r.error_code,
-            error_title = r.error_title,
-            error_detail = r.error_detail,
-            next_attempt_at = r.next_attempt_at,
-            accepted_at = CASE WHEN r.state = 'accepted' THEN r.at ELSE m.accepted_at END,
-            failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
-            claimed_by = NULL, lease_until = NULL, updated_at = now()
-        FROM r JOIN locked ON locked.id = r.id
-        WHERE m.id = r.id AND {HELD_BY_WORKER}
-        RETURNING m.channel, m.wa_id, r.pace_until, r.answer_wa_id, r.answer_bsuid
-    ), paired AS (
-        -- A send answer that names the user's BSUID pairs it with their number (issue 18).
-        INSERT INTO outbox.identity_pairs AS p (channel, bsuid, wa_id, source)
-        SELECT DISTINCT ON (channel, answer_bsuid) channel, answer_bsuid,
-               coalesce(answer_wa_id, CASE WHEN wa_id !~ '{SQL_BSUID_PREFIX}' THEN wa_id END),
-               'send_answer'
-        FROM done
-        WHERE answer_bsuid IS NOT NULL
-          AND coalesce(answer_wa_id, CASE WHEN wa_id !~ '{SQL_BSUID_PREFIX}' THEN wa_id END)
-              IS NOT NULL
-        ORDER BY channel, answer_bsuid
-        {UPSERT_PAIR}
-    ), paced AS (
-        INSERT INTO outbox.recipient_pace AS p (channel, wa_id, not_before)
-        SELECT channel, wa_id, max(pace_until) FROM done
-        WHERE pace_until IS NOT NULL
-        GROUP BY channel, wa_id
-        ON CONFLICT (channel, wa_id)
-            DO UPDATE SET not_before = greatest(p.not_before, excluded.not_before)
-    )
-    SELECT count(*) FROM done
-    """
-)
+DEFAULT_POLICY = RetryPolicy()
 
 RELEASE_MESSAGES = text(
     """
@@ -121,33 +51,37 @@ NEXT_DUE = text(
     """
 )
 
+# Tokens of rows held inside the claim go back to the bucket (issue 18).
+GIVE_BACK_TOKENS = text(
+    """
+    UPDATE outbox.channel_state
+    SET tokens = least(CAST(:burst AS double precision), tokens + :n)
+    WHERE channel = :channel
+    """
+)
+
 COUNT_STATES = text(
     "SELECT channel, state, count(*) AS n FROM outbox.messages GROUP BY channel, state"
 )
 
 
-def _result_row(r: SendResult) -> tuple[object, ...]:
-    return (
-        r.message_id,
-        r.state.value,
-        r.at,
-        r.wamid,
-        r.sent_as.value if r.sent_as else None,
-        r.error_code,
-        r.error_title,
-        r.error_detail,
-        r.next_attempt_at,
-        r.attempts_delta,
-        r.pace_until,
-        r.answer_wa_id,
-        r.answer_bsuid,
-    )
-
-
 class MessageStore:
-    def __init__(self, engine: AsyncEngine, rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        rand: Callable[[], float] = random.random,
+        policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
         self._engine = engine
         self._rand = rand
+        self._policy = policy
+        # The pair pause's terms (outbox.domain.policy.pair_pause), for the result statement.
+        self._pair: dict[str, object] = {
+            "pair_base": policy.recipient_delay.total_seconds(),
+            "pair_factor": policy.pair_pause_factor,
+            "pair_cap": policy.pair_pause_cap.total_seconds(),
+            "opt_out_category": preferences.MARKETING_MESSAGES,
+        }
         self._buckets: set[str] = set()  # channels whose bucket row is known to exist
 
     @translated
@@ -167,9 +101,10 @@ class MessageStore:
         limits: Limits,
         *,
         window_margin: timedelta = window.DEFAULT_MARGIN,
+        template_scope: str | None = None,
     ) -> Claim:
         """Lease up to `limit` due queued rows of `channel` (see `claim_many`)."""
-        requests = [ClaimRequest(channel, limit, limits)]
+        requests = [ClaimRequest(channel, limit, limits, template_scope)]
         claims = await self.claim_many(requests, worker, lease, window_margin=window_margin)
         return claims[channel]
 
@@ -183,7 +118,9 @@ class MessageStore:
         window_margin: timedelta = window.DEFAULT_MARGIN,
     ) -> dict[str, Claim]:
         """Lease up to each request's `limit` due queued rows of its channel (see
-        `outbox.db.claims`)."""
+        `outbox.db.claims`). With a request's `template_scope` (the channel's WABA), its rows
+        also learn their template's registry entry and the channel's marketing hold, and those
+        to hold go back to the queue inside the claim (issue 18)."""
         new = {r.channel: r.limits for r in requests if r.channel not in self._buckets}
         if new:
             # A channel's first bucket row is created in a transaction of its own: created
@@ -194,20 +131,51 @@ class MessageStore:
             self._buckets.update(new)
         async with self._engine.begin() as connection:
             return await claims.claim_many(
-                connection, requests, worker, lease, margin=window_margin, rand=self._rand
+                connection,
+                requests,
+                worker,
+                lease,
+                margin=window_margin,
+                rand=self._rand,
+                hold=partial(self._hold, worker=worker),
             )
+
+    async def _hold(
+        self,
+        connection: AsyncConnection,
+        messages: list[ClaimedMessage],
+        now: datetime,
+        limits: Limits,
+        *,
+        worker: str,
+    ) -> tuple[list[ClaimedMessage], list[tuple[ClaimedMessage, SendResult]]]:
+        """Issue 18: one channel's rows of a paused template, and marketing while the channel's
+        is held, go back to the queue inside the claim, with no request, no attempt and their
+        tokens returned."""
+        held = [(m, r) for m in messages if (r := policy.hold(m, m.planned, now, self._policy))]
+        if not held:
+            return messages, []
+        await self._write(connection, [r for _, r in held], worker)
+        params = {"channel": messages[0].channel, "n": len(held), "burst": limits.burst}
+        await connection.execute(GIVE_BACK_TOKENS, params)
+        ids = {m.id for m, _ in held}
+        return [m for m in messages if m.id not in ids], held
 
     @translated
     async def complete(self, results: Sequence[SendResult], worker: str) -> int:
         """Write outcomes in one statement; returns how many rows were still ours."""
         if not results:
             return 0
-        params: dict[str, object] = {
-            **SEND_RESULT_COLUMNS.params([_result_row(r) for r in results])
-        }
-        params["worker"] = worker
         async with self._engine.begin() as connection:
-            return int((await connection.execute(COMPLETE_SENDS, params)).scalar_one())
+            return await self._write(connection, results, worker)
+
+    async def _write(
+        self, connection: AsyncConnection, results: Sequence[SendResult], worker: str
+    ) -> int:
+        params: dict[str, object] = {**SEND_RESULT_COLUMNS.params([result_row(r) for r in results])}
+        params["worker"] = worker
+        params.update(self._pair)
+        return int((await connection.execute(COMPLETE_SENDS, params)).scalar_one())
 
     @translated
     async def renew(self, ids: Sequence[int], worker: str, lease: timedelta) -> Renewed:

@@ -9,7 +9,7 @@ Statuses whose row is unknown are parked and tried again until a horizon.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Text
 
+from outbox.db.account_store import apply_account_plan
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated, translated_errors
 from outbox.db.identities import (
@@ -32,6 +33,7 @@ from outbox.db.identities import (
     PAIR_COLUMNS,
 )
 from outbox.db.status_writes import StatusWriter
+from outbox.domain.account_plan import AccountPlan
 from outbox.domain.notifications import status_from_json, status_to_json
 from outbox.domain.reconcile import (
     InboundSeen,
@@ -164,8 +166,14 @@ PENDING_WEBHOOKS = text(
 
 
 class ReconcileStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, scopes: Mapping[str, str] | None = None) -> None:
         self._engine = engine
+        # Issue 18: each channel's template registry scope (its WABA), for pricing checks.
+        self._scopes = dict(scopes or {})
+
+    def set_scopes(self, scopes: Mapping[str, str]) -> None:
+        """The channels changed (the registry): batches from now on use these scopes."""
+        self._scopes = dict(scopes)
 
     def webhooks(self, limit: int, budget: int) -> AbstractAsyncContextManager[_WebhookBatch]:
         """Up to `limit` unprocessed webhook rows, locked, in one transaction, as long as the
@@ -182,7 +190,7 @@ class ReconcileStore:
         with translated_errors():
             async with self._engine.begin() as connection:
                 rows = (await connection.execute(take, params)).all()
-                yield _WebhookBatch(connection, [_webhook_row(r) for r in rows])
+                yield _WebhookBatch(connection, [_webhook_row(r) for r in rows], self._scopes)
 
     @asynccontextmanager
     async def parked(self, limit: int) -> AsyncIterator[_ParkedBatch]:
@@ -200,7 +208,7 @@ class ReconcileStore:
                     )
                     for r in rows
                 ]
-                yield _ParkedBatch(connection, statuses)
+                yield _ParkedBatch(connection, statuses, self._scopes)
 
     @translated
     async def pending_webhook_ids(self, limit: int) -> list[int]:
@@ -225,8 +233,10 @@ class ReconcileStore:
 
 
 class _WebhookBatch(StatusWriter):
-    def __init__(self, connection: AsyncConnection, rows: list[WebhookRow]) -> None:
-        super().__init__(connection)
+    def __init__(
+        self, connection: AsyncConnection, rows: list[WebhookRow], scopes: Mapping[str, str]
+    ) -> None:
+        super().__init__(connection, scopes)
         self.rows = rows
 
     @translated
@@ -255,6 +265,10 @@ class _WebhookBatch(StatusWriter):
             await self._connection.execute(PAIR_BY_MESSAGE, params)
 
     @translated
+    async def record_account(self, plan: AccountPlan) -> None:
+        await apply_account_plan(self._connection, plan)
+
+    @translated
     async def park(self, statuses: Sequence[Located]) -> None:
         parked = [(s.channel, status_to_json(s.update), s.webhook_event_id) for s in statuses]
         await self._connection.execute(PARK_STATUSES, PARKED_COLUMNS.params(parked))
@@ -265,8 +279,10 @@ class _WebhookBatch(StatusWriter):
 
 
 class _ParkedBatch(StatusWriter):
-    def __init__(self, connection: AsyncConnection, statuses: list[Located]) -> None:
-        super().__init__(connection)
+    def __init__(
+        self, connection: AsyncConnection, statuses: list[Located], scopes: Mapping[str, str]
+    ) -> None:
+        super().__init__(connection, scopes)
         self.statuses = statuses
 
     @translated

@@ -7,7 +7,7 @@ their transaction.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -19,8 +19,10 @@ from sqlalchemy.types import BigInteger, Boolean, DateTime, Text
 from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated
 from outbox.db.sql import WAKE_SENDERS
+from outbox.db.status_policy import hold_for_templates, record_opt_outs, write_pricing
 from outbox.domain.delivery import Delivery
 from outbox.domain.models import SentAs, State
+from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import Located, Plan, Target
 
 _TIMESTAMP = DateTime(timezone=True)
@@ -125,8 +127,11 @@ INSERT_HISTORY = HISTORY_COLUMNS.statement(
 class StatusWriter:
     """Statuses onto the rows they name, inside a batch's transaction."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(
+        self, connection: AsyncConnection, scopes: Mapping[str, str] | None = None
+    ) -> None:
         self._connection = connection
+        self._scopes = scopes or {}  # channel -> its templates' registry scope (issue 18)
 
     @translated
     async def lock(self, statuses: Sequence[Located]) -> list[Target]:
@@ -142,7 +147,7 @@ class StatusWriter:
         return [_target(r, frozenset(earlier[r.id])) for r in rows]
 
     @translated
-    async def apply(self, plan: Plan) -> None:
+    async def apply(self, plan: Plan) -> list[Priced]:
         if plan.ended:
             # Recorded here with what they went out as: the requeue changes `sent_as`.
             ended = [
@@ -169,6 +174,9 @@ class StatusWriter:
                 for message_id, c in plan.changes.items()
             ]
             await self._connection.execute(CHANGE_MESSAGES, ROW_CHANGE_COLUMNS.params(changes))
+            held = [message_id for message_id, c in plan.changes.items() if c.hold]
+            if held:
+                await hold_for_templates(self._connection, held, self._scopes)
             if any(c.requeue for c in plan.changes.values()):
                 await self._connection.execute(WAKE_SENDERS)
         if plan.history:
@@ -187,6 +195,11 @@ class StatusWriter:
                 for h in plan.history
             ]
             await self._connection.execute(INSERT_HISTORY, HISTORY_COLUMNS.params(history))
+        if plan.opt_outs:
+            await record_opt_outs(self._connection, plan.opt_outs)
+        if plan.pricing:
+            return await write_pricing(self._connection, plan.pricing, self._scopes)
+        return []
 
 
 def _target(row: Row[Any], earlier: frozenset[str]) -> Target:

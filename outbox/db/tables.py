@@ -102,12 +102,27 @@ messages = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Column("read_at", DateTime(timezone=True)),
     Column("failed_at", DateTime(timezone=True)),
+    # Since 0016 (issue 18): the send answer's `messages[].message_status`; the status
+    # webhooks' `pricing` category and type; the paused template (templates.id) the row waits for.
+    Column("message_status", Text),
+    Column("pricing_category", Text),
+    Column("pricing_type", Text),
+    Column("held_template", BigInteger),
     PrimaryKeyConstraint("id"),
     UniqueConstraint("channel", "idempotency_key"),
     CheckConstraint(_in("state", State), name="state"),
     CheckConstraint(f"sent_as IS NULL OR {_in('sent_as', SentAs)}", name="sent_as"),
     CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_object"),
     CheckConstraint("octet_length(ordering_key) <= 200", name="ordering_key"),
+    CheckConstraint(
+        "message_status IS NULL OR message_status IN "
+        "('accepted', 'held_for_quality_assessment', 'paused')",
+        name="message_status",
+    ),
+    CheckConstraint(
+        "octet_length(pricing_category) <= 64 AND octet_length(pricing_type) <= 64",
+        name="pricing",
+    ),
     # Only rows ready now are in these two indexes (live rows, and rows an operator replayed),
     # so the claim stays cheap however many rows are finished, backing off or scheduled for
     # later (those are in ix_messages_due).
@@ -172,6 +187,11 @@ messages = Table(
     ),
     Index("ix_messages_unknown", "updated_at", postgresql_where=text("state = 'unknown'")),
     Index("ix_messages_lease", "lease_until", postgresql_where=text("state = 'sending'")),
+    Index(
+        "ix_messages_held_template",
+        "held_template",
+        postgresql_where=text("held_template IS NOT NULL"),
+    ),
     Index("ix_messages_wamid", "wamid", unique=True, postgresql_where=text("wamid IS NOT NULL")),
     Index(
         "ix_messages_undelivered",
@@ -230,6 +250,9 @@ recipient_pace = Table(
     Column("channel", Text, nullable=False),
     Column("wa_id", Text, nullable=False),
     Column("not_before", DateTime(timezone=True), nullable=False),
+    # Since 0016: 131056 answers in a row for this pair; the pause grows with them, a success
+    # resets it (outbox.domain.policy.pair_pause).
+    Column("strikes", SmallInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("channel", "wa_id"),
     Index("ix_recipient_pace_not_before", "not_before"),  # the next pace to end (0013)
 )
@@ -252,6 +275,8 @@ channel_state = Table(
     Column("slowed_at", DateTime(timezone=True)),
     Column("pause_epoch", BigInteger, nullable=False, server_default=text("0")),
     Column("pause_key", Text),
+    # Since 0016: a spam-rate limit (131048) holds the channel's marketing traffic until then.
+    Column("marketing_hold_until", DateTime(timezone=True)),
     PrimaryKeyConstraint("channel"),
 )
 
@@ -356,6 +381,8 @@ schema_compat = Table(
     PrimaryKeyConstraint("revision"),
 )
 
-# The channel registry has a module of its own; imported here so that `metadata` (Alembic's
-# target, the drift test) holds it too.
+# The channel registry and issue 18's tables (0016, 0017) have modules of their own; imported
+# here so that `metadata` (Alembic's target, the drift test) holds them too.
+from outbox.db import account_tables as _account_tables  # noqa: E402, F401
+from outbox.db import policy_tables as _policy_tables  # noqa: E402, F401
 from outbox.db import registry_tables as _registry_tables  # noqa: E402, F401

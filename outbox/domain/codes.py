@@ -41,6 +41,10 @@ class Code(StrEnum):
     INVALID_PAYLOAD = "invalid_payload"
     INVALID_RECIPIENT = "invalid_recipient"
     RESULT_REFUSED = "result_refused"  # the database refused the result as it came
+    # Issue 18: held with no request (the registry says its template is paused; the channel's
+    # marketing is held after a spam-rate limit).
+    TEMPLATE_HELD = "template_held"
+    MARKETING_HELD = "marketing_held"
 
 
 # The API's codes for "free-form outside the 24-hour window": answered at once, or as a status.
@@ -79,6 +83,9 @@ class Title(StrEnum):
     CANCELLED = "cancelled by an operator"
     SHUTDOWN = "stopped while the request was in flight"
     RESULT_REFUSED = "the database refused the result as it came: stored without its texts"
+    TEMPLATE_HELD = "the template is paused or disabled: held until it is active again"
+    MARKETING_HELD = "the channel's marketing is held after a spam-rate limit (131048)"
+    MARKETING_CAP_RETRY = "per-user marketing cap (131049): one more try a day later"
 
 
 class Mover(StrEnum):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from outbox.domain.templates import TemplateInfo
 
 
 class Dialect(StrEnum):
@@ -55,6 +57,12 @@ class ClaimedMessage:
     # Why the payload or fallback_template could not be read faithfully (the row then fails
     # invalid_payload with no request); None when both were.
     unreadable: str | None = None
+    # Issue 18: the registry's entry for the template this claim plans to send (None: not a
+    # template, or not known); the error of the row's last attempt; until when the channel's
+    # marketing traffic is held (131048), at claim time.
+    template: TemplateInfo | None = None
+    last_error: str | None = None
+    marketing_hold_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,9 @@ class Claim:
     # The channel's pause epoch when claimed: a failure of these rows may pause only that epoch
     # (a success recorded since, in any replica, makes them old news).
     pause_epoch: int = 0
+    # Issue 18: rows the claim held back with no request (a paused template; marketing while
+    # the channel's is held), already written back, with their results, for logs and metrics.
+    held: list[tuple[ClaimedMessage, SendResult]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +105,10 @@ class SendResult:
     # phone is the answer's `wa_id`, else the row's own key when that is a number).
     answer_wa_id: str | None = None
     answer_bsuid: str | None = None
+    # Issue 18: the paused template (templates.id) the row now waits for; the send answer's
+    # `message_status`; a 131050 to record as the user's marketing opt-out; a 131056 that
+    # grows the recipient's pause.
+    held_template: int | None = None
+    message_status: str | None = None
+    opt_out: bool = False
+    pace_strike: bool = False

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from outbox.domain import parsing
+from outbox.domain import account_events, parsing, pricing
+from outbox.domain.account_events import AccountEvent, Unreadable
 from outbox.domain.user_ids import (
     Addressed,
     Paired,
@@ -30,10 +31,8 @@ from outbox.domain.user_ids import (
 from outbox.domain.user_ids import user_id_update as _user_id_update_events
 
 _FLAT_KEYS = ("messages", "statuses", "errors", "contacts")
-_DIGITS = re.compile(r"[0-9]{1,20}")  # a timestamp's
 _OUTBOX_ID = re.compile(r"outbox:([1-9][0-9]{0,18})")
 _MAX_BIGINT = 2**63 - 1  # outbox.messages.id is a PostgreSQL bigint
-_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second `datetime` can hold
 # Real message ids are under 100 characters and statuses one word; longer values are not
 # WhatsApp's, and would not fit a btree index entry (about 2.7 kB) in the tables they key.
 _MAX_ID = 512
@@ -66,6 +65,7 @@ class StatusUpdate:
     error_code: int | None
     error_title: str | None
     error_detail: str | None
+    pricing: pricing.Pricing | None = None  # per-message pricing (issue 18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +92,7 @@ Event = (
     | Paired
     | UserIdChanged
     | Addressed
+    | AccountEvent
     | Ignored
 )
 
@@ -128,6 +129,9 @@ def _entry(entry: object, events: list[Event], seen: set[str]) -> None:
     for change in changes:
         if not isinstance(change, dict):
             events.append(Ignored("change not an object"))
+        elif change.get("field") in account_events.FIELDS:
+            for event in account_events.parse_change(change["field"], change.get("value"), entry):
+                events.append(Ignored(event.reason) if isinstance(event, Unreadable) else event)
         elif change.get("field") not in ("messages", "user_id_update"):
             events.append(Ignored("unknown field entry"))
         elif not isinstance(value := change.get("value"), dict):
@@ -169,7 +173,7 @@ def _message(item: object, seen: set[str]) -> list[Event]:
     if key is None:
         return [Ignored("message without sender")]
     pairs = paired(wa_id, bsuid, "inbound")
-    at = _timestamp(item.get("timestamp"))
+    at = parsing.unix_time(item.get("timestamp"))
     if at is None:
         return [*pairs, Ignored("message without timestamp")]
     message_id = parsing.text(item.get("id"), _MAX_ID)
@@ -179,7 +183,7 @@ def _message(item: object, seen: set[str]) -> list[Event]:
 
 
 def _system(item: dict[Any, Any]) -> Event:
-    change = system_change(item, _timestamp(item.get("timestamp")))
+    change = system_change(item, parsing.unix_time(item.get("timestamp")))
     return Ignored("system message") if change is None else change
 
 
@@ -221,12 +225,13 @@ def _status_update(item: dict[Any, Any]) -> StatusUpdate | Ignored:
     return StatusUpdate(
         wamid=wamid,
         status=status.lower(),
-        at=_timestamp(item.get("timestamp")),
+        at=parsing.unix_time(item.get("timestamp")),
         recipient=recipient,
         outbox_id=_outbox_id(item.get("biz_opaque_callback_data")),
         error_code=code,
         error_title=title,
         error_detail=detail,
+        pricing=pricing.parse(item.get("pricing")),
     )
 
 
@@ -258,19 +263,6 @@ def _error_fields(error: dict[Any, Any]) -> tuple[int | None, str | None, str | 
     )
 
 
-def _timestamp(value: object) -> datetime | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        value = int(value)
-    if not isinstance(value, int) or not 0 <= value <= _MAX_TIMESTAMP:
-        return None
-    try:
-        return datetime.fromtimestamp(value, UTC)
-    except (OverflowError, OSError, ValueError):  # platform limits narrower than the bound above
-        return None
-
-
 def _outbox_id(value: object) -> int | None:
     if not isinstance(value, str) or not (match := _OUTBOX_ID.fullmatch(value)):
         return None
@@ -289,6 +281,7 @@ def status_to_json(update: StatusUpdate) -> dict[str, Any]:
         "error_code": update.error_code,
         "error_title": update.error_title,
         "error_detail": update.error_detail,
+        "pricing": pricing.to_json(update.pricing),
     }
 
 
@@ -303,4 +296,5 @@ def status_from_json(data: dict[str, Any]) -> StatusUpdate:
         error_code=data.get("error_code"),
         error_title=data.get("error_title"),
         error_detail=data.get("error_detail"),
+        pricing=pricing.parse(data.get("pricing")),
     )

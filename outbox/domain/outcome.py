@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from outbox.domain import parsing, retry, window
+from outbox.domain import policy as error_policy
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.response import Accepted, SendOutcome, TransportFailure, Unreadable
@@ -35,6 +36,13 @@ class SendError(StrEnum):
     MEDIA = retry.ErrorClass.MEDIA.value
     CHANNEL = retry.ErrorClass.CHANNEL.value
     PERMANENT = retry.ErrorClass.PERMANENT.value
+    MARKETING_CAP = retry.ErrorClass.MARKETING_CAP.value
+    OPTED_OUT = retry.ErrorClass.OPTED_OUT.value
+    MAINTENANCE = retry.ErrorClass.MAINTENANCE.value
+    SPAM_LIMIT = retry.ErrorClass.SPAM_LIMIT.value
+    TEMPLATE_PAUSED = retry.ErrorClass.TEMPLATE_PAUSED.value
+    # No request: a paused template's row, or marketing while the channel's is held.
+    HELD = "held"
 
 
 def without_request(
@@ -105,6 +113,8 @@ def judge(
     result = judged.result
     if result.state is State.ACCEPTED and recipient_gap:
         result = replace(result, pace_until=result.at + recipient_gap)
+    if judged.error is retry.ErrorClass.RECIPIENT_THROTTLE:
+        result = replace(result, pace_strike=True)  # the recipient's pause grows (131056)
     if isinstance(outcome, TransportFailure):
         metric = SendError.NETWORK
     else:
@@ -133,6 +143,7 @@ def _judge(
             sent_as=sent_as,
             answer_wa_id=phone_digits(outcome.wa_id),
             answer_bsuid=outcome.user_id,
+            message_status=outcome.message_status,
         )
         return Judged(accepted, None)
     if isinstance(outcome, Unreadable):  # a 2xx: the API took the request
@@ -149,6 +160,18 @@ def _judge(
         title, detail, retry_after = outcome.title, outcome.detail, outcome.retry_after
     if error is retry.ErrorClass.WINDOW_CLOSED:
         return Judged(window_closed(message, sent_as, now, f"API error {code}: {title}"), error)
+    if error in error_policy.DECIDED_HERE:
+        decided = error_policy.after_answer(
+            message, sent_as, error, now=now, policy=policy, rand=rand()
+        )
+        why = decided.error_detail
+        result = replace(
+            decided,
+            error_code=code,
+            error_title=title,
+            error_detail=f"{detail} ({why})" if detail and why else detail or why,
+        )
+        return Judged(result, error, retry_after)
     decision = retry.decide(error, message.attempts, policy, rand, retry_after)
     if isinstance(decision, retry.Retry):
         result = SendResult(

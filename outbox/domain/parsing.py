@@ -7,12 +7,15 @@ tolerances; the tolerances are parameters here, so each reading is written once.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _CODE = re.compile(r"[0-9]{1,9}")
 # Integer codes are held to what a string may spell (nine digits): no API code is negative or
 # longer, and a bounded one can never hit Python's int-to-str digit limit downstream.
 CODE_LIMIT = 10**9
 _WHITESPACE = re.compile(r"\s")
+_UNIX_DIGITS = re.compile(r"[0-9]{1,20}")
+_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second `datetime` can hold
 # A lone surrogate: Python strings may hold one (from `\\ud800` in JSON), UTF-8 cannot.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -52,3 +55,17 @@ def phone_number(
     unless the rest matches `digits` in full."""
     compact = noise.sub("", raw).removeprefix("+")
     return compact if digits.fullmatch(compact) else None
+
+
+def unix_time(value: object) -> datetime | None:
+    """Unix seconds as an integer or a string of digits (webhooks use both), as UTC time."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and _UNIX_DIGITS.fullmatch(value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= _MAX_TIMESTAMP:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):  # platform limits narrower than the bound above
+        return None

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import assert_never
 
+from outbox.domain.account_events import AccountEvent
+from outbox.domain.account_plan import AccountSeen
 from outbox.domain.codes import Code
 from outbox.domain.delivery import Delivery, Verdict, merge
 from outbox.domain.models import SentAs, State
@@ -24,6 +26,8 @@ from outbox.domain.notifications import (
     StatusUpdate,
     parse_notification,
 )
+from outbox.domain.pricing import Pricing
+from outbox.domain.routing import UNROUTED
 from outbox.domain.user_ids import (
     Addressed,
     Identities,
@@ -36,6 +40,11 @@ from outbox.domain.window import refused_for_closed_window
 # Verdicts beyond delivery.Verdict, for statuses that never reach the merge.
 SUPERSEDED = "superseded"  # about an earlier send of a row that has been sent again since
 FALLBACK = "fallback"  # window closed: the row goes back to the queue as its fallback template
+OPTED_OUT_CODE = 131050  # the user stopped marketing messages: recorded as their opt-out
+# Issue 18: a held message dropped because its template was paused (132015): back to the queue,
+# held for the template (not failed, its attempt given back), like a 132015 send answer.
+TEMPLATE_PAUSED = "template_paused"
+TEMPLATE_PAUSED_CODE = 132015
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +115,7 @@ class Digest:
     # (webhook id, the note its row keeps as `error`: None when nothing needs saying), in row order
     notes: list[tuple[int, str | None]] = field(default_factory=list)
     noted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, error|ignored)
+    account: list[AccountSeen] = field(default_factory=list)  # WABA-level events (account_plan)
 
 
 def digest(rows: Sequence[WebhookRow]) -> Digest:
@@ -113,6 +123,11 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
     result = Digest()
     for row in rows:
         notes: list[str] = []
+        if row.channel == UNROUTED:
+            # No channel claimed it at the receiver: kept for an operator, applied to nothing.
+            result.notes.append((row.id, "unrouted: no configured channel claims it"))
+            result.noted[(row.channel, "unrouted")] += 1
+            continue
         for event in parse_notification(row.body):
             match event:
                 case Inbound():
@@ -129,6 +144,10 @@ def digest(rows: Sequence[WebhookRow]) -> Digest:
                 case ErrorNotice():
                     notes.append(f"error {event.code}: {event.title}")
                     result.noted[(row.channel, "error")] += 1
+                case AccountEvent():
+                    result.account.append(
+                        AccountSeen(row.channel, event, row.id, row.authenticated)
+                    )
                 case Ignored():
                     notes.append(f"ignored: {event.reason}")
                     result.noted[(row.channel, "ignored")] += 1
@@ -144,6 +163,7 @@ class RowChange:
     wamid: str | None
     sent_as: SentAs | None
     requeue: bool = False  # back to `queued`, ready now, as the fallback template
+    hold: bool = False  # back to `queued`, held for its paused template (issue 18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +197,10 @@ class Plan:
     park: list[Located] = field(default_factory=list)  # no row yet, or its send not committed
     resolved: list[int] = field(default_factory=list)  # parked ids that found their row
     verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, verdict)
+    # Issue 18: the pricing statuses report, by row (the latest in the batch); the rows whose
+    # failure says the user stopped marketing messages (131050), with the status's time.
+    pricing: dict[int, Pricing] = field(default_factory=dict)
+    opt_outs: dict[int, datetime] = field(default_factory=dict)
 
 
 def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: datetime) -> Plan:
@@ -198,6 +222,7 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
     plan = Plan()
     rows: dict[int, Target] = {}
     requeued: set[int] = set()
+    held: set[int] = set()  # requeued for a paused template
     for located in statuses:
         update = located.update
         found = by_wamid.get((located.channel, update.wamid))
@@ -215,10 +240,13 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
             continue
         if located.parked_id is not None:
             plan.resolved.append(located.parked_id)
+        _policy_facts(plan, found.id, update, now)
         if target is not rows.get(found.id, found):
             rows[found.id] = target
-            if verdict == FALLBACK:
+            if verdict in (FALLBACK, TEMPLATE_PAUSED):
                 requeued.add(found.id)
+                if verdict == TEMPLATE_PAUSED:
+                    held.add(found.id)
                 ended = EarlierSend(found.id, update.wamid, before.sent_as, before.accepted_at)
                 plan.ended.append(ended)
             if target.wamid is not None:
@@ -230,6 +258,7 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
                 target.wamid,
                 target.sent_as,
                 requeue=found.id in requeued,
+                hold=found.id in held,
             )
         error_code = None if update.error_code is None else str(update.error_code)
         plan.history.append(
@@ -247,6 +276,13 @@ def plan_statuses(statuses: Sequence[Located], targets: Sequence[Target], now: d
         )
         plan.verdicts[(located.channel, verdict)] += 1
     return plan
+
+
+def _policy_facts(plan: Plan, message_id: int, update: StatusUpdate, now: datetime) -> None:
+    if update.pricing is not None:
+        plan.pricing[message_id] = update.pricing
+    if update.status == "failed" and update.error_code == OPTED_OUT_CODE:
+        plan.opt_outs[message_id] = update.at or now
 
 
 def _ids(target: Target) -> set[str]:
@@ -278,9 +314,30 @@ def _apply(target: Target, update: StatusUpdate) -> tuple[Target, str]:
         return target, SUPERSEDED
     if verdict == Verdict.WINDOW_CLOSED:
         return _window_closed(target, update)
+    if (
+        update.status == "failed"
+        and update.error_code == TEMPLATE_PAUSED_CODE
+        and target.delivery.state in (State.ACCEPTED, State.UNKNOWN)
+    ):
+        return _template_paused(target, update)
     if delivery == target.delivery and target.wamid is not None:
         return target, verdict
     return replace(target, delivery=delivery, wamid=update.wamid), verdict
+
+
+def _template_paused(target: Target, update: StatusUpdate) -> tuple[Target, str]:
+    delivery = replace(
+        target.delivery,
+        state=State.QUEUED,
+        error_code=str(TEMPLATE_PAUSED_CODE),
+        error_title=update.error_title,
+        error_detail=update.error_detail,
+    )
+    # The dropped send's id stays on the row as an earlier send's, as for a fallback.
+    requeued = replace(
+        target, delivery=delivery, wamid=update.wamid, earlier=target.earlier | {update.wamid}
+    )
+    return requeued, TEMPLATE_PAUSED
 
 
 def _window_closed(target: Target, update: StatusUpdate) -> tuple[Target, str]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from outbox.domain.models import State
+from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import Plan, Target
 
 
@@ -32,6 +33,9 @@ class Report:
     # (channel, seconds from acceptance) of rows first seen delivered
     delivered_after: list[tuple[str, float]] = field(default_factory=list)
     failed: list[FailedDelivery] = field(default_factory=list)  # rows a status made `failed`
+    account: Counter[tuple[str, str]] = field(default_factory=Counter)  # WABA events (kind, effect)
+    priced: list[Priced] = field(default_factory=list)  # pricing written (issue 18)
+    opted_out: Counter[str] = field(default_factory=Counter)  # 131050 statuses, by channel
 
     def add(self, other: Report) -> None:
         self.webhooks += other.webhooks
@@ -42,6 +46,9 @@ class Report:
         self.failed_rows += other.failed_rows
         self.delivered_after += other.delivered_after
         self.failed += other.failed
+        self.account.update(other.account)
+        self.priced += other.priced
+        self.opted_out.update(other.opted_out)
 
 
 def planned(plan: Plan, targets: Sequence[Target]) -> Report:
@@ -49,6 +56,7 @@ def planned(plan: Plan, targets: Sequence[Target]) -> Report:
     first time, how long after acceptance (never negative: the two clocks differ)."""
     report = Report(verdicts=Counter(plan.verdicts))
     before = {t.id: t for t in targets}
+    report.opted_out.update(before[i].channel for i in plan.opt_outs)
     for message_id, change in plan.changes.items():
         delivery, target = change.delivery, before[message_id]
         if delivery.state is State.FAILED and target.delivery.state is not State.FAILED:

@@ -34,12 +34,19 @@ _MESSAGE_ID = re.compile(
 )
 
 
+# The send answer's `messages[].message_status` (Cloud, template pacing; waba-2026.md §1.2).
+MESSAGE_STATUSES = frozenset({"accepted", "held_for_quality_assessment", "paused"})
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     wamid: str
     wa_id: str | None
     # The user's BSUID, when the answer names one (`contacts[].user_id`, since 2026).
     user_id: str | None = None
+    # One of MESSAGE_STATUSES, or None when absent or not one of them (it is counted, never
+    # stored as given).
+    message_status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +149,8 @@ def _accepted(body: dict[str, Any]) -> Accepted | str | None:
         wa_id = parsing.text(contacts[0].get("wa_id"), 64)
         wa_id = parsing.storable(wa_id, 64) if wa_id else None
         user_id = identity.bsuid(contacts[0].get("user_id"))
-    return Accepted(wamid, wa_id, user_id)
+    status = messages[0].get("message_status")
+    return Accepted(wamid, wa_id, user_id, status if status in MESSAGE_STATUSES else None)
 
 
 def _error_of(body: dict[str, Any]) -> tuple[int | None, str, str | None] | None:

@@ -1,8 +1,10 @@
 """What to do after a rejected send: classify by HTTP status and API error code, then decide.
 
-The table follows waba-api.md §9.2. An API error code, when present, wins over the HTTP status,
-because mocks and gateways put real codes behind surprising statuses (131056 behind a 403,
-130429 behind a 500).
+The table follows waba-api.md §9.2, as waba-2026.md §1.4 corrects it (issue 18). An API error
+code, when present, wins over the HTTP status, because mocks and gateways put real codes behind
+surprising statuses (131056 behind a 403, 130429 behind a 500). The classes that need more than
+the attempt count (the marketing cap, opt-outs, spam and template holds) are decided in
+`outbox.domain.policy`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ class ErrorClass(StrEnum):
     MEDIA = "media"  # the media link failed; may be flaky
     CHANNEL = "channel"  # key, account or payment trouble: no message is at fault
     PERMANENT = "permanent"  # request, template or recipient errors
+    # Issue 18 (waba-2026.md §1.4):
+    MARKETING_CAP = "marketing_cap"  # 131049: the user's marketing cap; once, a day later
+    OPTED_OUT = "opted_out"  # 131050: the user stopped marketing messages
+    MAINTENANCE = "maintenance"  # 131057: the account is in maintenance (throughput upgrade)
+    SPAM_LIMIT = "spam_limit"  # 131048: the number is spam-limited; hold its marketing
+    TEMPLATE_PAUSED = "template_paused"  # 132015: hold the template's rows until it is active
 
 
 _BY_CODE: dict[int, ErrorClass] = {
@@ -42,8 +50,16 @@ _BY_CODE: dict[int, ErrorClass] = {
         (0, 190, 10, 368, 402, 131031, 131042, 131045, 133010, 1022, 1024, 1031, 430, 432, 433),
         ErrorClass.CHANNEL,
     ),
-    # Spam-rate and quality limits restrict the whole number: pausing it is the safe reading.
-    **dict.fromkeys((471, 131048), ErrorClass.CHANNEL),
+    # A quality limit restricts the whole number (On-Premise): pausing it is the safe reading.
+    471: ErrorClass.CHANNEL,
+    131048: ErrorClass.SPAM_LIMIT,
+    131049: ErrorClass.MARKETING_CAP,
+    131050: ErrorClass.OPTED_OUT,
+    131057: ErrorClass.MAINTENANCE,
+    132015: ErrorClass.TEMPLATE_PAUSED,
+    # Not on WhatsApp / blocked / old app (131026), an experiment's number (130472): the same
+    # content fails the same way again.
+    **dict.fromkeys((131026, 130472), ErrorClass.PERMANENT),
     **dict.fromkeys(range(200, 300), ErrorClass.CHANNEL),  # Graph permission errors
 }
 
@@ -79,6 +95,15 @@ class RetryPolicy:
     recipient_delay: timedelta = timedelta(seconds=6)  # WhatsApp's pair rate: ~1 message / 6 s
     max_retry_after: timedelta = timedelta(hours=1)  # a larger Retry-After is taken as this
     media_attempts: int = 2
+    # Issue 18. 131049: Meta says resending sooner "will only result in another error".
+    marketing_cap_delay: timedelta = timedelta(hours=24)
+    spam_hold: timedelta = timedelta(hours=24)  # 131048: the channel's marketing waits this long
+    # A row held for a paused template looks again this often (a release missed, a template
+    # unpaused at Meta with no event): its claim checks the registry, no request is sent.
+    template_recheck: timedelta = timedelta(hours=1)
+    # 131056: the recipient's pause is recipient_delay, times this per repeat, capped.
+    pair_pause_factor: float = 4.0
+    pair_pause_cap: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +151,10 @@ def decide(
     if error is ErrorClass.CHANNEL:
         # The channel's breaker holds everything back; the row itself is not at fault.
         return Retry(timedelta(0), charge=False)
+    if error is ErrorClass.MAINTENANCE:
+        # About a minute of downtime: back off, but no number of attempts fails the row (only
+        # its expires_at does).
+        return Retry(backoff(attempts, policy, rand), charge=True)
     if error is ErrorClass.SERVER:
         if attempts >= policy.max_attempts:
             return GiveUp(f"gave up after {attempts} attempts")

@@ -19,6 +19,10 @@ class Waiting:
     head_next_attempt_at: datetime | None = None
     in_flight_id: int | None = None  # a newer row of its line in flight
     pace_until: datetime | None = None  # its recipient's pair pacing
+    # Issue 18: the paused template it waits for (name, language, status); held by the
+    # channel's marketing hold (131048).
+    held_template: str | None = None
+    marketing_held: bool | None = None
 
 
 def _at(value: datetime) -> str:
@@ -35,6 +39,10 @@ def waits_for(w: Waiting) -> str | None:
         return f"message {w.head_id} ahead in its line ({w.head_state}{due})"
     if w.in_flight_id is not None:
         return f"message {w.in_flight_id}, newer in its line, in flight"
+    if w.held_template is not None:
+        return f"template {w.held_template} to be active again"
+    if w.marketing_held and w.next_attempt_at is not None and w.next_attempt_at > w.now:
+        return f"the channel's marketing hold (131048) until {_at(w.next_attempt_at)}"
     if w.next_attempt_at is not None and w.next_attempt_at > w.now:
         own = "its send_after" if w.next_attempt_at == w.send_after else "its retry"
         return f"{own} at {_at(w.next_attempt_at)}"

@@ -71,11 +71,19 @@ class ApiClient:
             self._targets[key] = (URL(channel.base_url + path), headers)
         return self._targets[key]
 
-    async def set_webhook(self, channel: ChannelConfig, url: str) -> ApiAnswer:
-        """Register `url` as the channel's webhook (the same path in both dialects)."""
+    async def set_webhook(
+        self, channel: ChannelConfig, url: str, *, waba: bool = False
+    ) -> ApiAnswer:
+        """Register `url` as the channel's webhook (the same path in both dialects), or with
+        `waba` as its account's WABA-level webhook (`POST /waba_webhook`: template, account and
+        quality events), leaving the numbers' own webhooks as they are."""
+        config = webhook_config(channel, url)
+        if waba:
+            config["override_all"] = False
+        path = "/waba_webhook" if waba else "/v1/configs/webhook"
         async with self._session.post(
-            f"{channel.base_url}/v1/configs/webhook",
-            data=orjson.dumps(webhook_config(channel, url)),
+            f"{channel.base_url}{path}",
+            data=orjson.dumps(config),
             headers={"D360-API-KEY": channel.api_key.reveal(), "Content-Type": "application/json"},
         ) as response:
             raw, cut = await _read(response)

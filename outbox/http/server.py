@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from outbox.config import ChannelConfig
-from outbox.http import webhooks
+from outbox.config import ChannelConfig, Secret
+from outbox.http import partner_webhooks, webhooks
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None when ready, else the reason
 
@@ -18,7 +18,8 @@ def create_app(
     readiness: ReadinessCheck,
     channels: Mapping[str, ChannelConfig],
     sink: webhooks.WebhookSink,
-    observer: webhooks.WebhookObserver,
+    observer: partner_webhooks.PartnerObserver,
+    partner_secret: Secret | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -36,6 +37,7 @@ def create_app(
 
     app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES)
     webhooks.add_routes(app, channels, sink, observer)
+    partner_webhooks.add_partner_route(app, channels, partner_secret, sink, observer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -66,51 +66,28 @@ def add_routes(
         channel_id = request.match_info["channel"]
         channel = channels.get(channel_id)
         if channel is None:
-            return _reject(observer, "unknown", "unknown_channel", 404)
+            return reject(observer, "unknown", "unknown_channel", 404)
         origin = channel.webhook_origin()
         if origin is WebhookOrigin.REFUSED or (
             origin is WebhookOrigin.CHECKED
-            and not _authorised(channel, request.headers.get("Authorization"))
+            and not authorised(channel, request.headers.get("Authorization"))
         ):
-            response = _reject(observer, channel_id, "unauthorised", 401)
+            response = reject(observer, channel_id, "unauthorised", 401)
             response.headers["WWW-Authenticate"] = 'Basic realm="outbox"'
             return response
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            return _reject(observer, channel_id, "too_large", 413)
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _reject(observer, channel_id, "too_large", 413)
-        # JSON on the wire is UTF-8 (RFC 8259 section 8.1). Decoded here, at the edge, so that
-        # a body in another encoding is the sender's mistake (400) and never reaches the store,
-        # where a decoding error would read as an outage (503, retried for ever).
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            detail = f"the body is not UTF-8 (invalid byte at offset {exc.start})"
-            return _reject(observer, channel_id, "not_utf8", 400, detail)
-        body = _parse(text)
-        if body is _NOT_JSON:
-            return _reject(observer, channel_id, "not_json", 400)
-        if not isinstance(body, dict):
-            return _reject(observer, channel_id, "not_an_object", 400)
+        raw = await read_raw(request, observer, channel_id)
+        if isinstance(raw, web.Response):
+            return raw
+        decoded = decode_body(raw, observer, channel_id)
+        if isinstance(decoded, web.Response):
+            return decoded
+        text, _ = decoded
         try:
             stored = await sink.store_webhook(
                 channel_id, text, authenticated=origin is WebhookOrigin.CHECKED
             )
-        except BodyRejected as exc:
-            return _reject(observer, channel_id, "unstorable", 400, str(exc))
-        except WriteQueueFull:
-            # The database is too slow to take what arrives: refuse at once rather than hold
-            # more in memory; 360dialog retries later.
-            log.warning("outbox.webhook.overloaded", channel=channel_id)
-            observer.webhook(channel_id, "overloaded")
-            return web.json_response({"error": "overloaded"}, status=503)
         except Exception as exc:
-            # An outage must reach 360dialog as a retryable answer, whatever the driver raised.
-            log.warning("outbox.webhook.store_failed", channel=channel_id, error=type(exc).__name__)
-            observer.webhook(channel_id, "unavailable")
-            return web.json_response({"error": "storage unavailable"}, status=503)
+            return store_failed(observer, channel_id, exc)
         observer.webhook(channel_id, "stored")
         return web.json_response({"stored": stored})
 
@@ -118,6 +95,55 @@ def add_routes(
 
 
 _NOT_JSON = object()
+
+
+async def read_raw(
+    request: web.Request, observer: WebhookObserver, label: str
+) -> bytes | web.Response:
+    """The body's bytes as received, or the 413 answer (counted under `label`)."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return reject(observer, label, "too_large", 413)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return reject(observer, label, "too_large", 413)
+    return raw
+
+
+def decode_body(
+    raw: bytes, observer: WebhookObserver, label: str
+) -> tuple[str, dict[str, Any]] | web.Response:
+    """The body as text and as the JSON object it must be, or the 400 answer."""
+    # JSON on the wire is UTF-8 (RFC 8259 section 8.1). Decoded here, at the edge, so that
+    # a body in another encoding is the sender's mistake (400) and never reaches the store,
+    # where a decoding error would read as an outage (503, retried for ever).
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        detail = f"the body is not UTF-8 (invalid byte at offset {exc.start})"
+        return reject(observer, label, "not_utf8", 400, detail)
+    body = _parse(text)
+    if body is _NOT_JSON:
+        return reject(observer, label, "not_json", 400)
+    if not isinstance(body, dict):
+        return reject(observer, label, "not_an_object", 400)
+    return text, body
+
+
+def store_failed(observer: WebhookObserver, label: str, exc: Exception) -> web.Response:
+    """The answer when a body could not be stored: the body's fault (400) or ours (503)."""
+    if isinstance(exc, BodyRejected):
+        return reject(observer, label, "unstorable", 400, str(exc))
+    if isinstance(exc, WriteQueueFull):
+        # The database is too slow to take what arrives: refuse at once rather than hold
+        # more in memory; 360dialog retries later.
+        log.warning("outbox.webhook.overloaded", channel=label)
+        observer.webhook(label, "overloaded")
+        return web.json_response({"error": "overloaded"}, status=503)
+    # An outage must reach 360dialog as a retryable answer, whatever the driver raised.
+    log.warning("outbox.webhook.store_failed", channel=label, error=type(exc).__name__)
+    observer.webhook(label, "unavailable")
+    return web.json_response({"error": "storage unavailable"}, status=503)
 
 
 def _parse(text: str) -> Any:
@@ -133,7 +159,7 @@ def _parse(text: str) -> Any:
         return _NOT_JSON
 
 
-def _authorised(channel: ChannelConfig, header: str | None) -> bool:
+def authorised(channel: ChannelConfig, header: str | None) -> bool:
     if channel.webhook_username is None or channel.webhook_password is None:
         return False
     user, password = _basic_credentials(header)
@@ -155,7 +181,7 @@ def _basic_credentials(header: str | None) -> tuple[bytes, bytes]:
     return user, password
 
 
-def _reject(
+def reject(
     observer: WebhookObserver, channel: str, reason: str, status: int, detail: str | None = None
 ) -> web.Response:
     log.warning("outbox.webhook.rejected", channel=channel, reason=reason, status=status)

@@ -20,6 +20,7 @@ from outbox.ports.partner import (
     PartnerApiError,
     PartnerChannel,
 )
+from outbox.ports.policy import MarketingHolds, TemplatePauses
 from outbox.ports.reconciling import (
     ParkedBatch,
     ReconcileObserver,
@@ -68,6 +69,7 @@ __all__ = [
     "IssuedKey",
     "LeaseRenewals",
     "LineCursor",
+    "MarketingHolds",
     "MessageLeases",
     "Monotonic",
     "NullSendObserver",
@@ -90,6 +92,7 @@ __all__ = [
     "SendObserver",
     "Settled",
     "StatusWrites",
+    "TemplatePauses",
     "WebhookBatch",
     "utc_now",
 ]

@@ -7,6 +7,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Protocol
 
+from outbox.domain.account_plan import AccountPlan
+from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import (
     InboundSeen,
     Located,
@@ -26,8 +28,9 @@ class StatusWrites(Protocol):
         """Lock (in id order) and return every row any of the statuses' wamids or ids name."""
         ...
 
-    async def apply(self, plan: Plan) -> None:
-        """Write the plan's row changes (waking the senders for requeued rows) and history."""
+    async def apply(self, plan: Plan) -> list[Priced]:
+        """Write the plan's row changes (waking the senders for requeued rows), history,
+        opt-outs and pricing; returns the pricing written (issue 18)."""
         ...
 
 
@@ -47,6 +50,10 @@ class WebhookBatch(StatusWrites, Protocol):
         ...
 
     async def park(self, statuses: Sequence[Located]) -> None: ...
+
+    async def record_account(self, plan: AccountPlan) -> None:
+        """Apply WABA-level events: templates, preferences, number health, pauses, their log."""
+        ...
 
     async def done(self, notes: Sequence[tuple[int, str | None]]) -> None:
         """Mark the rows processed, each with its note (or None) as `error`."""

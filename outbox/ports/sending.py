@@ -42,6 +42,8 @@ class ClaimRequest(NamedTuple):
     channel: str
     limit: int
     limits: Limits
+    # Issue 18: where the channel's templates live (its WABA, else its id); None: no holds.
+    template_scope: str | None = None
 
 
 class Due(NamedTuple):
@@ -74,6 +76,7 @@ class MessageLeases(ResultSink, LeaseRenewals, Protocol):
         limits: Limits,
         *,
         window_margin: timedelta = DEFAULT_MARGIN,
+        template_scope: str | None = None,
     ) -> Claim: ...
     async def next_due(self, channel: str) -> datetime | None: ...
     async def release(self, ids: Sequence[int], worker: str) -> int: ...
@@ -94,6 +97,9 @@ class ChannelStates(Protocol):
     async def lift_credential_pause(self, channel: str, key: str, worker: str) -> bool: ...
     async def lift_credential_pauses(self, keys: Mapping[str, str], worker: str) -> list[str]: ...
     async def pause_epoch(self, channel: str) -> int: ...
+    async def hold_marketing(self, channel: str, seconds: float) -> datetime:
+        """131048: hold the channel's marketing traffic in every replica (issue 18)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ class Fault:
 
     kind: FaultKind
     recipients: frozenset[str] | None = None
+    templates: frozenset[str] | None = None  # only sends of these templates (by name)
     times: int | None = None
     delay: float = 0.0
     status: int = 500
@@ -45,8 +46,11 @@ class Fault:
         """A fault from its JSON form, where recipients is a list."""
         if not isinstance(data, dict):
             raise ValueError("a fault is a JSON object")
-        recipients = data.get("recipients")
-        return cls(**{**data, "recipients": None if recipients is None else frozenset(recipients)})
+        lists = {
+            key: None if data.get(key) is None else frozenset(data[key])
+            for key in ("recipients", "templates")
+        }
+        return cls(**{**data, **lists})
 
 
 @dataclass
@@ -70,11 +74,14 @@ class FaultScript:
     def clear(self) -> None:
         self._entries.clear()
 
-    def match(self, recipient: str | None) -> Fault | None:
-        """The fault for a request to `recipient`, counting it against the fault's `times`."""
+    def match(self, recipient: str | None, template: str | None = None) -> Fault | None:
+        """The fault for a request to `recipient` (sending `template`, if any), counting it
+        against the fault's `times`."""
         for entry in self._entries:
-            recipients = entry.fault.recipients
+            recipients, templates = entry.fault.recipients, entry.fault.templates
             if recipients is not None and recipient not in recipients:
+                continue
+            if templates is not None and template not in templates:
                 continue
             if entry.remaining is not None:
                 entry.remaining -= 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ class AcceptedMessage:
     callback_data: str | None
     # Cloud: the recipient fields of its statuses (`recipient_id`, `recipient_user_id`).
     recipient_ids: Mapping[str, str] | None = None
+    pricing: dict[str, Any] | None = None  # Cloud statuses carry it (issue 18)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ def status_body(message: AcceptedMessage, status: str, happened_at: float) -> di
         item.update(message.recipient_ids)
     if message.callback_data is not None:
         item["biz_opaque_callback_data"] = message.callback_data
+    if message.pricing is not None and status in ("sent", "delivered"):
+        item["pricing"] = message.pricing
     value = {
         "messaging_product": "whatsapp",
         "metadata": {
@@ -88,8 +93,11 @@ class Notifier:
         reorder: bool,
         duplicate: bool,
         rng: random.Random,
+        partner_secret: str | None = None,
     ) -> None:
         self.sent: list[NotificationPost] = []
+        # As 360dialog signs what it posts to a partner's webhooks (x-360dialog-signature).
+        self._secret = None if partner_secret is None else partner_secret.encode()
         self._delays = status_delays
         self._reorder = reorder
         self._copies = 2 if duplicate else 1
@@ -132,9 +140,10 @@ class Notifier:
     async def _deliver(self, webhook: Webhook, body: dict[str, Any], delay: float) -> None:
         await asyncio.sleep(delay)
         for _ in range(self._copies):
-            await self._post_until_accepted(webhook, body)
+            await self.post_until_accepted(webhook, body)
 
-    async def _post_until_accepted(self, webhook: Webhook, body: dict[str, Any]) -> None:
+    async def post_until_accepted(self, webhook: Webhook, body: dict[str, Any]) -> NotificationPost:
+        """Post `body` until the webhook answers 200 (or the tries run out); the last try."""
         # 360dialog retries until it gets a 200; a few quick tries are enough for tests and demo.
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -142,15 +151,19 @@ class Notifier:
             outcome = await self._post(webhook, body)
             self.sent.append(NotificationPost(webhook.url, body, outcome))
             if outcome == 200:
-                return
+                break
+        return self.sent[-1]
 
     async def _post(self, webhook: Webhook, body: dict[str, Any]) -> int | str:
         assert self._session is not None, "Notifier.start() was not called"
         headers = {**webhook.headers, "Content-Type": "application/json"}
+        data = orjson.dumps(body)
+        if self._secret is not None:
+            headers["x-360dialog-signature"] = hmac.new(
+                self._secret, data, hashlib.sha256
+            ).hexdigest()
         try:
-            async with self._session.post(
-                webhook.url, data=orjson.dumps(body), headers=headers
-            ) as response:
+            async with self._session.post(webhook.url, data=data, headers=headers) as response:
                 return response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             return type(exc).__name__

@@ -33,6 +33,11 @@ _TITLES = {
     131047: "Re-engagement message",
     131048: "Spam rate limit hit",
     131049: "This message was not delivered to maintain healthy ecosystem engagement",
+    131050: "Unable to deliver the message. This recipient has chosen to stop receiving "
+    "marketing messages on WhatsApp from your business",
+    131057: "Business Account is in maintenance mode",
+    130472: "User's number is part of an experiment",
+    132015: "Template is Paused",
     131056: "(Business Account, Consumer Account) pair rate limit hit",
     132001: "Template name does not exist in the translation",
 }

@@ -28,8 +28,10 @@ from outbox.sandbox.responses import (
     new_message_id,
     status_fault_body,
 )
+from outbox.sandbox.templates import TemplateBook, template_name
 from outbox.sandbox.users import Users
 from outbox.sandbox.validation import invalid_body, validate
+from outbox.sandbox.waba_events import WabaWebhooks
 
 API_KEY_HEADER = "D360-API-KEY"
 MESSAGE_PATHS: dict[str, Dialect] = {"/v1/messages": "onprem", "/messages": "cloud"}
@@ -67,15 +69,23 @@ class Sandbox:
         duplicate: bool = False,
         seed: int | None = None,
         statuses: bool = True,
+        partner_secret: str | None = None,
     ) -> None:
         self.requests: list[RecordedRequest] = []
         self.faults = FaultScript()
+        self.templates = TemplateBook()  # issue 18: paused and held templates, pricing
         self._api_keys = dict(api_keys)
         self._latency = latency
         self._statuses = statuses
         self._notifier = Notifier(
-            status_delays, reorder=reorder, duplicate=duplicate, rng=random.Random(seed)
+            status_delays,
+            reorder=reorder,
+            duplicate=duplicate,
+            rng=random.Random(seed),
+            partner_secret=partner_secret,
         )
+        # WABA-level webhooks and the template and account events posted to them (issue 18).
+        self.waba = WabaWebhooks(self._api_keys, self._notifier.post_until_accepted)
         # By key, not label: a new key starts without a webhook, as at 360dialog (waba-api.md §4.6).
         self._webhooks: dict[str, Webhook] = {}
         # Username users: phone-BSUID pairs (outbox.sandbox.users).
@@ -92,6 +102,8 @@ class Sandbox:
                 web.post("/sandbox/faults", self._add_fault),
                 web.delete("/sandbox/faults", self._clear_faults),
                 web.post("/sandbox/reset", self._reset),
+                *self.waba.routes(),
+                web.post("/sandbox/templates/{name}", self._set_template),
             ]
         )
 
@@ -214,7 +226,9 @@ class Sandbox:
                 request, record, json_response(error_body(dialect, invalid_body(dialect)), 400)
             )
         recipient = body.get("to", body.get("recipient"))
-        fault = self.faults.match(recipient if isinstance(recipient, str) else None)
+        fault = self.faults.match(
+            recipient if isinstance(recipient, str) else None, template_name(body)
+        )
         if fault is not None:
             if fault.kind in ("latency", "hang"):
                 await asyncio.sleep(fault.delay)
@@ -225,7 +239,7 @@ class Sandbox:
                 return web.Response()
             else:
                 return self._answer(request, record, _fault_response(dialect, fault))
-        error = validate(dialect, body)
+        error = validate(dialect, body) or self.templates.refusal(body)
         if error is not None:
             return self._answer(request, record, json_response(error_body(dialect, error), 400))
         to: str = body.get("to") or body["recipient"]  # validate() made sure of it
@@ -236,11 +250,14 @@ class Sandbox:
             callback_data = body.get("biz_opaque_callback_data")
             ids = self.users.status_ids(to) if cloud else None
             accepted = AcceptedMessage(dialect, message_id, to, time.time(), callback_data, ids)
-            self._notifier.schedule(webhook, accepted)
+            pricing = self.templates.pricing(body)
+            self._notifier.schedule(webhook, replace(accepted, pricing=pricing))
         contact = self.users.contact(to) if cloud else None
-        response = json_response(
-            accepted_body(dialect, to, message_id, contact), 200 if cloud else 201
-        )
+        answer = accepted_body(dialect, to, message_id, contact)
+        if cloud and template_name(body) is not None:
+            # Template pacing answers carry it (waba-2026.md §1.2); free-form answers do not.
+            answer["messages"][0]["message_status"] = self.templates.message_status(body)
+        response = json_response(answer, 200 if cloud else 201)
         return self._answer(request, record, response, message_id)
 
     async def _set_webhook(self, request: web.Request) -> web.Response:
@@ -277,6 +294,14 @@ class Sandbox:
         self.faults.clear()
         return web.Response(status=204)
 
+    async def _set_template(self, request: web.Request) -> web.Response:
+        try:
+            data = orjson.loads(await request.read())
+            template = self.templates.set(request.match_info["name"], data)
+        except (ValueError, TypeError) as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response(vars(template))
+
     async def _reset(self, request: web.Request) -> web.Response:
         self.requests.clear()
         self.faults.clear()
@@ -304,6 +329,7 @@ async def serve(
     reorder: bool,
     duplicate: bool,
     stop: asyncio.Event,
+    partner_secret: str | None = None,
 ) -> None:
     """Run a sandbox on host:port until `stop` is set (for `outbox sandbox` and `outbox demo`)."""
     sandbox = Sandbox(
@@ -312,6 +338,7 @@ async def serve(
         status_delays=status_delays,
         reorder=reorder,
         duplicate=duplicate,
+        partner_secret=partner_secret,
     )
     await sandbox.start(host, port)
     try:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import structlog
 
 from outbox.config import ChannelConfig, SenderConfig
-from outbox.domain import dispatch, outcome, retry
-from outbox.domain.models import ClaimedMessage, State
-from outbox.ports import Api, Attempt, Clock, Monotonic
+from outbox.domain import dispatch, outcome, policy, retry, templates
+from outbox.domain.models import ClaimedMessage, SendResult, State
+from outbox.domain.request import ApiRequest
+from outbox.errors import DatabaseError
+from outbox.ports import Api, Attempt, Clock, Monotonic, TemplatePauses
 
 log = structlog.get_logger("outbox.sender")
 
@@ -26,12 +28,27 @@ class Rules:
 
     @classmethod
     def of(cls, config: SenderConfig, rand: Callable[[], float]) -> Rules:
-        policy = retry.RetryPolicy(
-            max_attempts=config.max_attempts,
-            backoff_base=config.backoff_base,
-            backoff_cap=config.backoff_cap,
-        )
-        return cls(policy, config.window_margin, rand)
+        return cls(retry_policy(config), config.window_margin, rand)
+
+
+def retry_policy(config: SenderConfig) -> retry.RetryPolicy:
+    return retry.RetryPolicy(
+        max_attempts=config.max_attempts,
+        backoff_base=config.backoff_base,
+        backoff_cap=config.backoff_cap,
+        marketing_cap_delay=config.marketing_cap_delay,
+        spam_hold=config.spam_hold,
+        template_recheck=config.template_recheck,
+    )
+
+
+def template_scope(channel: ChannelConfig) -> str:
+    """Where the channel's templates live in the registry (issue 18)."""
+    return templates.scope(channel.waba_id, channel.id)
+
+
+def template_scopes(channels: Sequence[ChannelConfig]) -> dict[str, str]:
+    return {c.id: template_scope(c) for c in channels}
 
 
 async def attempt(
@@ -45,6 +62,7 @@ async def attempt(
     monotonic: Monotonic,
     sending: Callable[[], None],
     learn: Callable[[outcome.Judged], None],
+    pauses: TemplatePauses | None = None,
 ) -> Attempt:
     """`claimed` is when the row was claimed (monotonic); `sending` is called just before the
     request leaves, `learn` with the judged answer before the result is logged."""
@@ -55,7 +73,10 @@ async def attempt(
         rules.window_margin,
     )
     if isinstance(prepared, dispatch.Unsent):
-        return _logged(Attempt(channel.id, message, prepared.result, prepared.error))
+        return logged(Attempt(channel.id, message, prepared.result, prepared.error))
+    held = policy.hold(message, prepared.sent_as, now(), rules.policy)
+    if held is not None:
+        return logged(Attempt(channel.id, message, held, outcome.SendError.HELD))
     sending()
     started = monotonic()
     answer = await api.send(channel, prepared)
@@ -70,11 +91,33 @@ async def attempt(
         recipient_gap=channel.recipient_gap,
     )
     learn(judged)
+    result = judged.result
+    if judged.error is retry.ErrorClass.TEMPLATE_PAUSED:
+        result = await _paused(result, channel, prepared, pauses)
     waited = started - claimed
-    return _logged(Attempt(channel.id, message, judged.result, judged.metric, waited, elapsed))
+    return logged(Attempt(channel.id, message, result, judged.metric, waited, elapsed))
 
 
-def _logged(attempt: Attempt) -> Attempt:
+async def _paused(
+    result: SendResult,
+    channel: ChannelConfig,
+    request: ApiRequest,
+    pauses: TemplatePauses | None,
+) -> SendResult:
+    """132015: the registry records the pause, and the row waits for that template. Without
+    a registry (or a template it can name) the row only looks again after template_recheck."""
+    named = templates.template_of(request.body)
+    if pauses is None or named is None:
+        return result
+    key = templates.TemplateKey(template_scope(channel), *named)
+    try:
+        return replace(result, held_template=await pauses.paused(key))
+    except DatabaseError as exc:
+        log.warning("outbox.template.pause_not_recorded", channel=channel.id, error=str(exc))
+        return result
+
+
+def logged(attempt: Attempt) -> Attempt:
     message, result = attempt.message, attempt.result
     fields = {
         "channel": attempt.channel,

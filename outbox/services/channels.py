@@ -59,6 +59,8 @@ class ChannelGovernor:
         self._slowed_at: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._started: set[str] = set()  # channels claimed since the process started
+        self._spam_hold = config.spam_hold.total_seconds()
+        self._marketing_held_at: dict[str, float] = {}  # monotonic, as _slowed_at
         self.track(channels)
 
     def track(self, channels: Sequence[ChannelConfig]) -> None:
@@ -70,6 +72,7 @@ class ChannelGovernor:
             for per_channel in (self.limits, self.breakers, self._keys, self._epochs):
                 per_channel.pop(gone, None)
             self._slowed_at.pop(gone, None)
+            self._marketing_held_at.pop(gone, None)
             self._started.discard(gone)
         for channel in channels:
             self.limits[channel.id] = channel.limits()
@@ -131,6 +134,8 @@ class ChannelGovernor:
             return
         if judged.throttle_hold is not None:
             self._slow_down(channel, judged.throttle_hold)
+        if judged.error is ErrorClass.SPAM_LIMIT:
+            self._hold_marketing(channel)
         if key != self._keys[channel]:
             return  # sent with a key replaced since: it says nothing about the key in use
         breaker = self.breakers[channel]
@@ -195,6 +200,25 @@ class ChannelGovernor:
             hold_until=until.isoformat(),
         )
         self._observer.rate(channel, rate)
+
+    def _hold_marketing(self, channel: str) -> None:
+        """131048: the channel's marketing waits `spam_hold` in every replica; its other
+        traffic goes on. One write per burst of such answers."""
+        now = self._monotonic()
+        if now - self._marketing_held_at.get(channel, -math.inf) < SLOW_DOWN_EVERY_SECONDS:
+            return
+        self._marketing_held_at[channel] = now
+        self._background_task(self._persist_marketing_hold(channel))
+
+    async def _persist_marketing_hold(self, channel: str) -> None:
+        try:
+            until = await self._store.hold_marketing(channel, self._spam_hold)
+        except DatabaseError as exc:
+            # The rows that saw the answer wait anyway; the next one writes the hold.
+            self._marketing_held_at.pop(channel, None)
+            log.warning("outbox.channel.marketing_hold_failed", channel=channel, error=str(exc))
+            return
+        log.warning("outbox.channel.marketing_held", channel=channel, hold_until=until.isoformat())
 
     def _announce_pause(self, channel: str, transition: Transition, key: str | None) -> None:
         log.error(

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from outbox.config import ReconcilerConfig
+from outbox.domain.account_plan import plan_account
 from outbox.domain.reconcile import Located, Plan, digest, plan_statuses
 from outbox.domain.report import Report, planned
 from outbox.errors import DatabaseError, DatabaseUnavailable, StatementInvalid, StatementRejected
@@ -51,14 +52,21 @@ class Reconciler:
         clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         health: Health | None = None,
+        accounts: Mapping[str, str | None] | None = None,
     ) -> None:
         self._store = store
+        # Each channel's configured waba_id: the template registry's key for its events.
+        self._accounts: Mapping[str, str | None] = dict(accounts or {})
         self._health = health or Health()
         self._config = config
         self._observer = observer or _Unobserved()
         self._clock = clock
         self._monotonic = monotonic
         self._wake = asyncio.Event()
+
+    def set_accounts(self, accounts: Mapping[str, str | None]) -> None:
+        """The channels changed (the registry): their events are keyed by these WABA ids."""
+        self._accounts = dict(accounts)
 
     def wake(self) -> None:
         self._wake.set()
@@ -136,6 +144,10 @@ class Reconciler:
             await batch.learn(found.identities)
         if found.inbound or found.moves:
             await batch.record(found.inbound, found.moves)
+        if found.account:
+            account = plan_account(found.account, self._accounts, self._clock())
+            await batch.record_account(account)
+            report.account.update(account.counts)
         if found.statuses:
             plan = await self._plan(batch, found.statuses, report)
             if plan.park:
@@ -150,7 +162,17 @@ class Reconciler:
         targets = await writes.lock(statuses)
         plan = plan_statuses(statuses, targets, self._clock())
         report.add(planned(plan, targets))
-        await writes.apply(plan)
+        report.priced += await writes.apply(plan)
+        for priced in report.priced:
+            if priced.mismatched and priced.first:
+                # A cost and a consent risk: Meta re-categorises templates (issue 18).
+                log.warning(
+                    "outbox.pricing.category_mismatch",
+                    channel=priced.channel,
+                    message_id=priced.message_id,
+                    registry_category=priced.registry_category,
+                    billed_category=priced.pricing.category,
+                )
         return plan
 
     async def _batch(self) -> Report:

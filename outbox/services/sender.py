@@ -19,11 +19,12 @@ import structlog
 from outbox.config import ChannelConfig, SenderConfig
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
-from outbox.domain.outcome import Judged
+from outbox.domain.outcome import Judged, SendError
 from outbox.errors import DatabaseError
 from outbox.loops import Backoff, Health, database_failed, wait_any
 from outbox.ports import (
     Api,
+    Attempt,
     ChannelStates,
     ClaimRequest,
     Clock,
@@ -31,6 +32,7 @@ from outbox.ports import (
     Monotonic,
     NullSendObserver,
     SendObserver,
+    TemplatePauses,
     utc_now,
 )
 from outbox.services import attempt as attempts
@@ -40,6 +42,7 @@ from outbox.services.leases import LeaseKeeper
 from outbox.services.results import ResultBuffer
 
 log = structlog.get_logger("outbox.sender")
+HELD = SendError.HELD
 
 
 class Sender:
@@ -57,8 +60,10 @@ class Sender:
         monotonic: Monotonic = time.monotonic,
         rand: Callable[[], float] = random.random,
         health: Health | None = None,
+        templates: TemplatePauses | None = None,
     ) -> None:
         self._store = store
+        self._templates = templates  # None: no registry (132015 rows only look again later)
         self._health = health or Health()
         self._api = api
         self._channels = {c.id: c for c in channels}
@@ -192,7 +197,8 @@ class Sender:
             config = self._channels.get(channel)  # the breaker's check may have awaited
             if wanted > 0 and config is not None:
                 known[channel] = config
-                requests.append(ClaimRequest(channel, wanted, self._governor.limits[channel]))
+                limits, scope = self._governor.limits[channel], attempts.template_scope(config)
+                requests.append(ClaimRequest(channel, wanted, limits, scope))
                 free -= wanted
                 if probe:
                     probes.add(channel)
@@ -241,6 +247,9 @@ class Sender:
     def _started(self, channel: ChannelConfig, claim: Claim, *, probe: bool) -> int:
         """Start the claim's rows; a probe goes with the first (or proved nothing)."""
         self._observer.rate(channel.id, claim.rate)
+        for message, result in claim.held:  # held back inside the claim (issue 18)
+            self._outcomes[result.state] += 1
+            self._observer.sent(attempts.logged(Attempt(channel.id, message, result, HELD)))
         rows, breaker = claim.messages, self._governor.breakers.get(channel.id)
         if probe and breaker is not None:
             if rows:
@@ -292,6 +301,7 @@ class Sender:
                 monotonic=self._monotonic,
                 sending=sending,
                 learn=learn,
+                pauses=self._templates,
             )
             self._observer.sent(result)
             self._record(result.result)

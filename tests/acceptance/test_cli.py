@@ -123,6 +123,42 @@ async def test_set_webhook_registers_the_url_with_basic_auth_and_masks_it(
     assert request.api_key_label == "cloud"
 
 
+async def test_set_webhook_waba_registers_the_accounts_webhook(
+    db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
+) -> None:
+    api, base_url = sandbox
+    config = tmp_path / "outbox.toml"
+    config.write_text(config_toml(db_url, base_url, cloud_hook_auth=True))
+    url = "https://hooks.example.com/webhooks"
+    code, out, err = await _outbox(
+        "set-webhook",
+        "cloud",
+        url,
+        "--waba",
+        "--config",
+        str(config),
+        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass"},
+    )
+    assert code == 0, err
+    assert url in out
+    assert '"Authorization": "********"' in out
+    token = base64.b64encode(b"hook-user:s3cret-pass").decode()
+    assert token not in out + err
+    assert api.waba.registrations == [
+        {"url": url, "headers": {"Authorization": f"Basic {token}"}, "override_all": False}
+    ]
+    # the number's own webhook is left as it was
+    assert [r for r in api.requests if r.path == "/v1/configs/webhook"] == []
+
+
+async def test_sandbox_refuses_a_partner_secret_variable_that_is_not_set() -> None:
+    code, _, err = await _outbox(
+        "sandbox", "--port", "0", "--partner-secret-env", "H18_NO_SUCH_VARIABLE"
+    )
+    assert code == 2
+    assert "--partner-secret-env: H18_NO_SUCH_VARIABLE is not set" in err
+
+
 async def test_set_webhook_refuses_unknown_channels_and_reports_api_errors(
     db_url: str, sandbox: tuple[Sandbox, str], tmp_path: Path
 ) -> None:
@@ -217,9 +253,29 @@ async def test_stats_shows_counts_per_state_and_a_paused_channel(
         "INSERT INTO outbox.channel_state (channel, paused_until, pause_reason)"
         " VALUES ('onprem', now() + interval '5 minutes', 'Invalid api_key')",
     )
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.templates (waba_id, name, language, status, category, source)"
+        " VALUES ('1023', 'promo', 'en_US', 'PAUSED', 'MARKETING', 'webhook')",
+    )
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.account_health (channel, waba_id, quality_event, current_limit,"
+        " max_daily_conversations) VALUES ('cloud', '1023', 'FLAGGED', 'TIER_10K', '2000')",
+    )
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.account_events (channel, kind, event, effect, detail, at) VALUES"
+        " ('cloud', 'account', 'DISABLED_UPDATE', 'pause', 'ban state DISABLE', now())",
+    )
     code, out, err = await _outbox("stats", "--config", str(config))
     assert code == 0, err
-    header, *rows = out.strip().splitlines()
+    table, health = out.strip().split("\n\n", 1)
+    assert "promo (en_US, WABA 1023): PAUSED, MARKETING, quality unknown" in health
+    assert "cloud: WABA 1023, number ?, quality FLAGGED, limit TIER_10K" in health
+    assert "max daily 2000" in health
+    assert "cloud: DISABLED_UPDATE -> pause (ban state DISABLE)" in health
+    header, *rows = table.splitlines()
     assert header.split()[:3] == ["channel", "queued", "accepted"]
     by_channel = {line.split()[0]: line for line in rows}
     assert by_channel["cloud"].split()[1:4] == ["1", "2", "2"]

@@ -71,3 +71,56 @@ def test_refused_with_the_key_named(tmp_path: Path, section: str, words: str) ->
         load(tmp_path, section)
     assert words in str(raised.value)
     assert "partner-secret" not in str(raised.value)
+
+
+# --- the partner webhook secret shares the section (issue 18 §4) ---
+SECRET_ENV = {"HOOK_SECRET": "hook-secret"}
+
+
+@pytest.mark.parametrize(
+    ("section", "has_api"),
+    [
+        pytest.param('[partner]\nwebhook_secret_env = "HOOK_SECRET"\n', False, id="secret-only"),
+        pytest.param(
+            '[partner]\npartner_id = "abcPA"\napi_key_env = "PKEY"\n'
+            'webhook_secret_env = "HOOK_SECRET"\n',
+            True,
+            id="api-and-secret",
+        ),
+    ],
+)
+def test_the_webhook_secret_alone_or_beside_the_partner_api(
+    tmp_path: Path, section: str, has_api: bool
+) -> None:
+    settings = load(tmp_path, section, SECRET_ENV)
+    assert settings.partner_webhook_secret is not None
+    assert settings.partner_webhook_secret.reveal() == "hook-secret"
+    assert (settings.partner is not None) is has_api
+    assert "hook-secret" not in repr(settings)
+
+
+def test_the_webhook_secret_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n")
+    settings = load(tmp_path, f'[partner]\nwebhook_secret_file = "{secret}"\n')
+    assert settings.partner is None
+    assert settings.partner_webhook_secret is not None
+    assert settings.partner_webhook_secret.reveal() == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("section", "words"),
+    [
+        # Any Partner API key makes it a Partner API section: its required keys then apply.
+        ('[partner]\nwebhook_secret_env = "HOOK_SECRET"\nbase_url = "http://x"\n', "partner_id"),
+        ('[partner]\nwebhook_secret = "plain"\n', "partner.webhook_secret"),
+        ('[partner]\nwebhook_secret_env = "NOPE"\n', "NOPE"),
+        (
+            '[partner]\nwebhook_secret_env = "HOOK_SECRET"\nwebhook_secret_file = "/x"\n',
+            "not both",
+        ),
+    ],
+)
+def test_a_bad_webhook_secret_names_its_key(tmp_path: Path, section: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load(tmp_path, section, SECRET_ENV)

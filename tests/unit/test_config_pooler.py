@@ -149,12 +149,8 @@ def test_the_readme_examples_load(tmp_path: Path) -> None:
     """The configuration reference and the "Behind PgBouncer" example name real keys."""
     path = tmp_path / "outbox.toml"
     path.write_text(_readme_toml("## Configuration"))
-    env = {
-        "D360_KEY_SHOP_DE": "k",
-        "D360_KEY_LEGACY": "k",
-        "SHOP_DE_HOOK_USER": "u",
-        "D360_PARTNER_KEY": "p",
-    }
+    env = {"D360_KEY_SHOP_DE": "k", "D360_KEY_LEGACY": "k", "SHOP_DE_HOOK_USER": "u"}
+    env |= {"D360_PARTNER_KEY": "k", "D360_PARTNER_SECRET": "s"}  # the [partner] section
     reference = load_settings(path, {**env, "SHOP_DE_HOOK_PASS": "p"})
     assert reference.database.pooler is Pooler.NONE
     assert reference.listen_url() == reference.listen_database_url

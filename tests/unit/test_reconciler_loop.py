@@ -12,6 +12,8 @@ from datetime import timedelta
 import pytest
 
 from outbox.config import ReconcilerConfig
+from outbox.domain.account_plan import AccountPlan
+from outbox.domain.pricing import Priced
 from outbox.domain.reconcile import (
     InboundSeen,
     Located,
@@ -45,8 +47,8 @@ class _Batch:
     async def lock(self, statuses: Sequence[Located]) -> list[Target]:
         return []
 
-    async def apply(self, plan: Plan) -> None:
-        pass
+    async def apply(self, plan: Plan) -> list[Priced]:
+        return []
 
     async def record(self, inbound: Sequence[InboundSeen], moves: Sequence[NumberMove]) -> None:
         pass
@@ -55,6 +57,9 @@ class _Batch:
         pass
 
     async def park(self, statuses: Sequence[Located]) -> None:
+        pass
+
+    async def record_account(self, plan: AccountPlan) -> None:
         pass
 
     async def done(self, notes: Sequence[tuple[int, str | None]]) -> None:

@@ -304,6 +304,7 @@ def test_metric_labels_keep_their_values() -> None:
         "network",
         "invalid",
         "expired",
+        "held",  # issue 18: no request, held for a paused template or the marketing hold
         *(c.value for c in retry.ErrorClass),
     }
 

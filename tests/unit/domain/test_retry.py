@@ -149,18 +149,34 @@ CLASSIFICATION = [
     cloud(W, 400, 470, "Re-engagement message"),
     cloud(W, 400, 131047, "Re-engagement message", "More than 24 hours have passed"),
     onprem(W, 400, 131047, "Re-engagement message"),
-    # 471 / 131048: quality / spam limit; the whole number is restricted, so the channel pauses.
+    # 471: quality limit (On-Premise); the whole number is restricted, so the channel pauses.
     onprem(C, 400, 471, "Spam rate limit hit"),
     cloud(C, 400, 471, "Spam rate limit hit"),
-    cloud(C, 400, 131048, "Spam rate limit hit"),
-    onprem(C, 400, 131048, "Spam rate limit hit"),
-    # 131049: per-user marketing cap; dropped (no retry sooner than 24 h).
+    # Issue 18 (waba-2026.md §1.4). 131048: spam-rate limit; only marketing is held.
+    cloud(ErrorClass.SPAM_LIMIT, 400, 131048, "Spam rate limit hit"),
+    onprem(ErrorClass.SPAM_LIMIT, 400, 131048, "Spam rate limit hit"),
+    # 131049: per-user marketing cap; once more, a day later (outbox.domain.policy).
     cloud(
-        P, 400, 131049, "This message was not delivered to maintain healthy ecosystem engagement."
+        ErrorClass.MARKETING_CAP,
+        400,
+        131049,
+        "This message was not delivered to maintain healthy ecosystem engagement.",
     ),
     onprem(
-        P, 400, 131049, "This message was not delivered to maintain healthy ecosystem engagement."
+        ErrorClass.MARKETING_CAP,
+        400,
+        131049,
+        "This message was not delivered to maintain healthy ecosystem engagement.",
     ),
+    # 131050: the user stopped marketing messages: fail, record the opt-out.
+    cloud(ErrorClass.OPTED_OUT, 400, 131050, "User has stopped marketing messages"),
+    onprem(ErrorClass.OPTED_OUT, 400, 131050, "User has stopped marketing messages"),
+    # 131057: account in maintenance (the one-minute throughput upgrade): transient.
+    cloud(ErrorClass.MAINTENANCE, 400, 131057, "Business account is in maintenance mode"),
+    onprem(ErrorClass.MAINTENANCE, 503, 131057, "Business account is in maintenance mode"),
+    # 132015: template paused: its rows wait for it.
+    cloud(ErrorClass.TEMPLATE_PAUSED, 400, 132015, "Template is paused"),
+    onprem(ErrorClass.TEMPLATE_PAUSED, 400, 132015, "Template is paused"),
     # Permanent, recipient: 1013, 1026/131026, 1021/131021, 472/130472, 130497, 1007.
     onprem(P, 400, 1013, "User is not valid"),
     cloud(P, 400, 1013, "User is not valid"),
@@ -231,7 +247,6 @@ CLASSIFICATION = [
     onprem(P, 400, 132001, "Template missing"),
     cloud(P, 400, 132005, "(#132005) Hydrated text length exceeded the limit"),
     cloud(P, 400, 132012, "Parameter format does not match format in the created template"),
-    cloud(P, 400, 132015, "Template is paused"),
     cloud(P, 400, 132016, "(#132016) Template has been disabled"),
     onprem(P, 400, 132016, "Template is disabled"),
     # Media: 131052/131053, 131014, On-Prem 1006 for media: one more try.
@@ -314,7 +329,9 @@ CLASSIFICATION = [
     cloud(S, 503, 999999, "Unheard-of error"),
     cloud(S, 408, 999999, "Unheard-of error"),
     cloud(T, 429, 999999, "Unheard-of error"),
-    onprem(T, 429, 131026, "Message undeliverable"),
+    onprem(T, 429, 131021, "Recipient cannot be sender"),
+    # 131026 (issue 18) is permanent whatever the status says.
+    onprem(P, 429, 131026, "Message undeliverable"),
     cloud(C, 401, 999999, "Unheard-of error"),
     onprem(C, 403, 999999, "Unheard-of error"),
     # A known code wins over a surprising status (mocks and gateways put codes anywhere).

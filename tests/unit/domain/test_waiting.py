@@ -45,6 +45,19 @@ CASES = {
         "its recipient's pace until 2026-12-06T12:05:00+00:00",
     ),
     "past-pace": (replace(QUEUED, pace_until=NOW), "nothing: due now (next claim)"),
+    # Issue 18: a paused template's row; the channel's marketing hold.
+    "paused-template": (
+        replace(QUEUED, next_attempt_at=LATER, held_template="promo (en_US, PAUSED)"),
+        "template promo (en_US, PAUSED) to be active again",
+    ),
+    "marketing-hold": (
+        replace(QUEUED, next_attempt_at=LATER, marketing_held=True),
+        "the channel's marketing hold (131048) until 2026-12-06T12:05:00+00:00",
+    ),
+    "marketing-hold-over": (
+        replace(QUEUED, next_attempt_at=NOW, marketing_held=True),
+        "nothing: due now (next claim)",
+    ),
 }
 
 
