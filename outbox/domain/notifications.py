@@ -129,10 +129,13 @@ def _entry(entry: object, events: list[Event], seen: set[str]) -> None:
     for change in changes:
         if not isinstance(change, dict):
             events.append(Ignored("change not an object"))
-        elif change.get("field") in account_events.FIELDS:
-            for event in account_events.parse_change(change["field"], change.get("value"), entry):
+            continue
+        # Any JSON may stand here: a list or an object is not hashable, so never looked up.
+        field = change.get("field") if isinstance(change.get("field"), str) else None
+        if field in account_events.FIELDS:
+            for event in account_events.parse_change(field, change.get("value"), entry):
                 events.append(Ignored(event.reason) if isinstance(event, Unreadable) else event)
-        elif change.get("field") not in ("messages", "user_id_update"):
+        elif field not in ("messages", "user_id_update"):
             events.append(Ignored("unknown field entry"))
         elif not isinstance(value := change.get("value"), dict):
             events.append(Ignored("change without value"))

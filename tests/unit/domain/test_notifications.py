@@ -949,3 +949,11 @@ CAPS: list[tuple[str, Any, list[Event]]] = [
 @pytest.mark.parametrize(("body", "expected"), [c[1:] for c in CAPS], ids=[c[0] for c in CAPS])
 def test_length_caps(body: Any, expected: list[Event]) -> None:
     assert parse_notification(body) == expected
+
+
+@pytest.mark.parametrize("field", [["messages"], {"messages": 1}, 7, None, True])
+def test_a_change_whose_field_is_not_text_is_ignored(field: Any) -> None:
+    # Found by the webhook fuzz: a list or an object here raised "unhashable type" in the
+    # reconciler, which marked the whole stored body unprocessable.
+    body = {"entry": [{"id": "1", "changes": [{"field": field, "value": {"statuses": []}}]}]}
+    assert parse_notification(body) == [Ignored("unknown field entry")]
