@@ -184,6 +184,7 @@ class Metrics:
     def know_channels(self, channels: Iterable[str]) -> None:
         """Channels whose per-channel gauges read 0 rather than nothing when idle."""
         self._channels = tuple(channels)
+        self.policy.know_channels(self._channels)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter
 
 from outbox.domain.report import Report
@@ -37,6 +39,14 @@ class PolicyMetrics:
             ["channel"],
             registry=registry,
         )
+
+    def know_channels(self, channels: Iterable[str]) -> None:
+        """Rare events' series start at 0 for every channel, so a rate over them is defined
+        (and an alert on them fires on the first one) before any has happened."""
+        for channel in channels:
+            for via in ("answer", "status"):
+                self.opt_outs.labels(channel, via)
+            self.category_mismatch.labels(channel)
 
     def sent(self, attempt: Attempt) -> None:
         result = attempt.result
