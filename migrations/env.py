@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from outbox.db.engine import create_engine
+from outbox.db.migrate import ENSURE_SCHEMA
 from outbox.db.tables import SCHEMA, metadata
 
 config = context.config
@@ -21,7 +22,7 @@ def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
 
 def run_migrations(connection: Connection) -> None:
     # The version table lives in our schema, which must exist before Alembic creates it.
-    connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    connection.execute(text(ENSURE_SCHEMA))
     connection.commit()
     context.configure(
         connection=connection,

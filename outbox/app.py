@@ -34,7 +34,7 @@ from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.templates import TemplateStore
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.domain.schema import judge_schema
-from outbox.errors import DatabaseError, OutboxError, SchemaOutdated
+from outbox.errors import DatabaseError, OutboxError, PrivilegeMissing, SchemaOutdated
 from outbox.http import webhooks
 from outbox.http.api_client import ApiClient, create_session
 from outbox.http.server import create_app
@@ -78,6 +78,8 @@ async def check_database(engine: AsyncEngine) -> str:
     try:
         with translated_errors():
             current, declared = await migrate.schema_state(engine)
+    except PrivilegeMissing:
+        raise  # issue 19: reachable, and the message names the privilege
     except DatabaseError as exc:
         cause = exc.__cause__ or exc
         raise DatabaseError(f"database unreachable: {type(cause).__name__}") from cause

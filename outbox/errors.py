@@ -39,6 +39,11 @@ class StatementInvalid(DatabaseError):
     a bug or an unexpected schema. Retrying will not help, nor will setting the input aside."""
 
 
+class PrivilegeMissing(StatementInvalid):
+    """The database role lacks a privilege the command needs (SQLSTATE 42501): the message
+    names it, and which role should run the command (README, "Database roles")."""
+
+
 class SchemaOutdated(DatabaseError):
     """The database schema is not at the current migration."""
 

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from outbox.db.migrate import ENSURE_SCHEMA
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -40,7 +42,7 @@ def _ts(name: str, **kwargs: object) -> sa.Column:  # type: ignore[type-arg]
 
 
 def upgrade() -> None:
-    op.execute("CREATE SCHEMA IF NOT EXISTS outbox")
+    op.execute(ENSURE_SCHEMA)  # owned by the migrator role (README, "Database roles")
     op.create_table(
         "messages",
         sa.Column("id", sa.BigInteger, sa.Identity(always=False), nullable=False),

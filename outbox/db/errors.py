@@ -65,6 +65,12 @@ def _driver_error(exc: BaseException) -> BaseException:
     return seen
 
 
+def driver_message(exc: BaseException) -> str:
+    """The first line of the driver's own message (PostgreSQL's, for a server error)."""
+    origin = _driver_error(exc)
+    return str(origin).split("\n", 1)[0] or type(origin).__name__
+
+
 def _kind(exc: BaseException) -> type[DatabaseError]:
     state = sqlstate(exc)
     if state and state[:2] in _REJECTED_CLASSES:

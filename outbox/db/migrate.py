@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command, op
@@ -14,10 +15,18 @@ from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.db.errors import driver_message, is_driver_error, sqlstate
 from outbox.db.tables import SCHEMA, schema_compat
 from outbox.domain.schema import Declaration
+from outbox.errors import PrivilegeMissing
 
 _PACKAGE = Path(__file__).resolve().parent.parent
+# CREATE SCHEMA IF NOT EXISTS checks CREATE on the database even when the schema exists: the
+# migrator role owns a schema an administrator made for it and holds nothing on the database.
+ENSURE_SCHEMA = (
+    f"DO $$ BEGIN IF to_regnamespace('{SCHEMA}') IS NULL THEN CREATE SCHEMA {SCHEMA};"
+    " END IF; END $$"
+)
 
 
 def _script_location() -> Path:
@@ -26,6 +35,23 @@ def _script_location() -> Path:
         if (candidate / "env.py").is_file():
             return candidate
     raise FileNotFoundError("the outbox migrations directory is missing from this installation")
+
+
+_INSUFFICIENT_PRIVILEGE = "42501"
+MIGRATOR_HINT = 'run migrations as the migrator role (the schema owner; README "Database roles")'
+RUNTIME_HINT = 'grant this role what README "Database roles" lists for it'
+
+
+@contextmanager
+def privileges(hint: str) -> Iterator[None]:
+    """A missing privilege as one line that names it and says what to do (no traceback, no
+    statement): `permission denied for schema outbox: run migrations as ...`."""
+    try:
+        yield
+    except Exception as exc:
+        if is_driver_error(exc) and sqlstate(exc) == _INSUFFICIENT_PRIVILEGE:
+            raise PrivilegeMissing(f"{driver_message(exc)}: {hint}") from exc
+        raise
 
 
 def alembic_config() -> Config:
@@ -50,6 +76,11 @@ def head_revision() -> str:
 async def schema_state(engine: AsyncEngine) -> tuple[str | None, dict[str, Declaration]]:
     """The database's revision and, when this release does not know it, what the migrations it
     does not know declared; one connection, no migration file read."""
+    with privileges(RUNTIME_HINT):
+        return await _schema_state(engine)
+
+
+async def _schema_state(engine: AsyncEngine) -> tuple[str | None, dict[str, Declaration]]:
     async with engine.connect() as connection:
         versions, compat = (
             await connection.execute(
@@ -91,8 +122,9 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         context = MigrationContext.configure(connection, opts={"version_table_schema": SCHEMA})
         return context.get_current_revision()
 
-    async with engine.connect() as connection:
-        return await connection.run_sync(read)
+    with privileges(MIGRATOR_HINT):
+        async with engine.connect() as connection:
+            return await connection.run_sync(read)
 
 
 async def _run(engine: AsyncEngine, action: Callable[[Config], None]) -> None:
@@ -103,8 +135,9 @@ async def _run(engine: AsyncEngine, action: Callable[[Config], None]) -> None:
 
     # Not engine.begin(): Alembic opens a transaction per revision itself, so that a revision
     # can step out of it (CREATE INDEX CONCURRENTLY).
-    async with engine.connect() as connection:
-        await connection.run_sync(run)
+    with privileges(MIGRATOR_HINT):
+        async with engine.connect() as connection:
+            await connection.run_sync(run)
 
 
 def declare_compatibility(revision: str, down_revision: str | None, compatible_with: str) -> None:

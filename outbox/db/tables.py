@@ -381,8 +381,9 @@ schema_compat = Table(
     PrimaryKeyConstraint("revision"),
 )
 
-# The channel registry and issue 18's tables (0016, 0017) have modules of their own; imported
-# here so that `metadata` (Alembic's target, the drift test) holds them too.
+# The channel registry, issue 18's tables (0016, 0017) and issue 19's (0018) have modules of
+# their own; imported here so that `metadata` (Alembic's target, the drift test) holds them too.
 from outbox.db import account_tables as _account_tables  # noqa: E402, F401
 from outbox.db import policy_tables as _policy_tables  # noqa: E402, F401
 from outbox.db import registry_tables as _registry_tables  # noqa: E402, F401
+from outbox.db import role_tables as _role_tables  # noqa: E402, F401
