@@ -4,7 +4,10 @@ the producer role; every admin verb runs as the operator role."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,9 +28,11 @@ from tests.roles import (
 )
 from tests.support import (
     KEYS,
+    SUBPROCESS_ENV,
     daemon_http_port,
     fetch,
     outbox_command,
+    run_process,
     spawn_daemon,
     stop_daemon,
     wait_until,
@@ -127,3 +132,102 @@ async def test_the_daemon_role_sends_a_producers_rows_through_the_sandbox(
 
 async def _is(db_url: str, message_id: int, expected: tuple[str, str | None]) -> bool:
     return await _state(db_url, message_id) == expected
+
+
+async def _seed(db_url: str, state: str, **columns: str) -> int:
+    """A row as the daemon would have left it (written as the superuser); SQL values."""
+    values = {"channel": "'shop-de'", "recipient": "'4915100000009'", "state": f"'{state}'"}
+    values |= {"payload": """'{"type": "template"}'""", **columns}
+    [record] = await fetch(
+        db_url,
+        f"INSERT INTO outbox.messages ({', '.join(values)}) "
+        f"VALUES ({', '.join(values.values())}) RETURNING id",
+    )
+    return int(record["id"])
+
+
+# Twenty `outbox` processes, each a Python start (about 1.5 s on an idle machine, more at load 8).
+@pytest.mark.timeout(400)
+async def test_every_admin_verb_runs_as_the_operator_role(
+    roles: Roles, db_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "operator.toml"
+    config.write_text(_config(roles.url("outbox_operator"), "http://127.0.0.1:9"))
+    queued = await _seed(db_url, "queued")
+    failed = await _seed(db_url, "failed", error_code="'131026'", failed_at="now()")
+    aged = "now() - interval '40 days'"
+    old = await _seed(db_url, "read", created_at=aged, updated_at=aged)
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.status_history (message_id, wamid, status, at, verdict)"
+        " VALUES ($1, 'wamid.R', 'read', now() - interval '40 days', 'applied')",
+        old,
+    )
+    await fetch(
+        db_url,
+        "INSERT INTO outbox.templates (waba_id, name, language, status, source)"
+        " VALUES ('w1', 'promo', 'en', 'PAUSED', 'webhook')",
+    )
+    secrets = tmp_path / "secrets.txt"
+    secrets.write_text("api_key=sealed-key\n")
+    master = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    env = {"TEST_KEY": "k", "OUTBOX_SECRET_KEY_ENV": "TEST_MASTER", "TEST_MASTER": master}
+    for argv, expected in [
+        (["show", str(failed)], "131026"),
+        (["stats"], "shop-de"),
+        (["replay", "--id", str(failed), "--dry-run"], "would replay: 1"),
+        (["replay", "--id", str(failed), "--reason", "test"], "replayed: 1"),
+        (["cancel", "--id", str(queued), "--dry-run"], ""),
+        (["cancel", "--id", str(queued)], "cancelled: 1"),
+        (["purge", "--older-than", "30d", "--include-delivered", "--dry-run"], ""),
+        (["purge", "--older-than", "30d", "--include-delivered"], ""),
+        (
+            [
+                "channels",
+                "add",
+                "extra",
+                "--dialect",
+                "cloud",
+                "--base-url",
+                "http://127.0.0.1:9",
+                "--api-key-env",
+                "TEST_KEY",
+            ],
+            "",
+        ),
+        (["channels", "update", "extra", "--rate-per-second", "5"], ""),
+        (
+            [
+                "channels",
+                "add",
+                "sealed",
+                "--dialect",
+                "cloud",
+                "--base-url",
+                "http://127.0.0.1:9",
+                "--secrets-stdin",
+            ],
+            "",
+        ),
+        (["keys", "check"], ""),
+        (["keys", "rotate"], ""),
+        (["channels", "remove", "sealed"], ""),
+        (["channels", "disable", "extra"], ""),
+        (["channels", "enable", "extra"], ""),
+        (["channels", "list"], "extra"),
+        (["channels", "show", "extra"], "extra"),
+        (["channels", "remove", "extra"], ""),
+        (["templates", "list"], "promo"),
+        (["templates", "resume", "promo"], "resumed promo"),
+    ]:
+        with secrets.open("rb") as stdin:  # read by --secrets-stdin only
+            code, out, err = await run_process(
+                sys.executable, "-m", "outbox", *argv, "--config", str(config),
+                stdin=stdin, env={**os.environ, **SUBPROCESS_ENV, **env},
+            )  # fmt: skip
+        assert code == 0, (argv, out, err)
+        assert expected in out, (argv, out)
+    states = await fetch(db_url, "SELECT id, state FROM outbox.messages ORDER BY id")
+    assert [tuple(r) for r in states] == [(queued, "cancelled"), (failed, "queued")]
+    actions = await fetch(db_url, "SELECT count(*) FROM outbox.operator_actions")
+    assert actions[0][0] >= 2
