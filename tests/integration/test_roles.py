@@ -214,6 +214,20 @@ async def test_migrate_runs_as_the_migrator_and_says_what_another_role_lacks(
         assert " -> " in out
 
 
+async def test_a_role_without_the_runtime_grants_is_told_which_privilege(roles: Roles) -> None:
+    """`outbox check` (the start-up check `outbox run` and the admin verbs share) as a producer:
+    reachable, so not "database unreachable: ProgrammingError" as before, but the privilege."""
+    code, out, err = await run_process(
+        sys.executable, "-m", "outbox", "check",
+        env={"OUTBOX_DATABASE_URL": roles.url("shop_producer"), "PATH": ""},
+    )  # fmt: skip
+    assert code == 1, (out, err)
+    assert err.strip().splitlines() == [
+        "outbox: error: permission denied for table alembic_version: grant this role what"
+        ' README "Database roles" lists for it'
+    ]
+
+
 async def _migrate(url: str) -> tuple[int, str, str]:
     return await run_process(
         sys.executable, "-m", "outbox", "migrate", env={"OUTBOX_DATABASE_URL": url, "PATH": ""}
