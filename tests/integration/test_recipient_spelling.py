@@ -8,12 +8,13 @@ carry non-breaking and thin spaces).
 
 from __future__ import annotations
 
+import random
 import sys
 import unicodedata
 from datetime import timedelta
 
 from outbox.domain.identity import BSUID
-from outbox.domain.request import normalise_recipient
+from outbox.domain.request import InvalidMessage, normalise_recipient
 from outbox.sandbox import Sandbox
 from tests.support import drain, fetch, insert, row, set_last_inbound, settings_for
 
@@ -133,3 +134,27 @@ async def test_a_number_written_with_00_is_sent_without_it_in_both_dialects(
         # The window was found under the digits webhooks use: the key and the request agree.
         assert (done["state"], done["wa_id"]) == ("accepted", "4915112345678")
     assert sorted(r.body["to"] for r in api.message_requests()) == ["4915112345678"] * 2
+
+
+async def test_python_and_sql_agree_on_random_spellings_around_the_prefix(db_url: str) -> None:
+    """Seeded random spellings of zeros, digits and noise: wherever Python accepts one, the SQL
+    key is the number Python sends to."""
+    chance = random.Random(19)
+    alphabet = "00000123456789+ -().\u00a0"
+    spellings = sorted(
+        {"".join(chance.choices(alphabet, k=chance.randint(7, 20))) for _ in range(20000)}
+    )
+    rows = await fetch(
+        db_url,
+        "SELECT r, outbox.recipient_key('c', r) AS key FROM unnest($1::text[]) AS r",
+        spellings,
+    )
+    accepted = 0
+    for r in rows:
+        try:
+            number = normalise_recipient(r["r"])
+        except InvalidMessage:
+            continue
+        accepted += 1
+        assert (r["r"], r["key"]) == (r["r"], number)
+    assert accepted > 1000  # the table above holds enough accepted spellings to mean something
