@@ -12,7 +12,9 @@ prefix, idempotency keys that outlive `purge`.
   0..1000, `priority` in -1000..1000. Rows already violating them are settled first: open ones
   fail `invalid_row` with the columns named, and the values are brought into range (times made
   finite, counters clamped); a `sending` row with no lease (never rescued) fails the same way.
-  Then the CHECKs are added NOT VALID and validated (a scan, no rewrite, no long lock).
+  Then the CHECKs are added NOT VALID and validated (a scan, no rewrite). The migration holds
+  the table's ACCESS EXCLUSIVE lock (its ALTERs) while it reads the table: producers' INSERTs
+  wait that long (0.6 s for 200,001 rows at load 12).
 - A recipient's key drops a leading `00` (the international prefix) as Python does: in
   `outbox.recipient_key` and the two insert triggers that spell it out. Rows already written
   keep their key.
