@@ -198,3 +198,23 @@ async def test_impossible_rows_already_there_fail_with_a_reason_and_hold_nobody(
     assert rows[poisoned["expires_at"]]["expires_at"] is None
     assert {rows[i]["state"] for i in [*behind, *others]} == {"accepted"}
     assert len(api.message_requests()) == len(behind) + len(others)
+
+
+async def test_ids_taken_ahead_of_the_sequence_before_0020_are_skipped_after_it(
+    empty_db_url: str,
+) -> None:
+    engine = create_engine(empty_db_url, pool_size=1)
+    try:
+        await migrate.upgrade(engine, "0017")
+        ahead = f"INSERT INTO outbox.messages (id, channel, recipient, payload) VALUES ($1, 'cloud', '4915112345678', '{TEXT}')"  # fmt: skip
+        for message_id in (1, 2, 3):
+            await fetch(empty_db_url, ahead, message_id)
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    ordinary = await fetch(
+        empty_db_url,
+        "INSERT INTO outbox.messages (channel, recipient, payload) "
+        f"VALUES ('cloud', '4915112345678', '{TEXT}') RETURNING id",
+    )
+    assert ordinary[0]["id"] == 4
