@@ -163,6 +163,7 @@ async def run(
                     settings.sender,
                     health,
                     worker_id=worker_id,
+                    observer=metrics,  # issue 19: expiries, unknown channels
                 )
                 maintenance.set_channels(directory.view.sending)
                 directory.subscribe(lambda view: maintenance.set_channels(view.sending))

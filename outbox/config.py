@@ -137,7 +137,9 @@ class SenderConfig:
     request_timeout: timedelta = timedelta(seconds=30)
     shutdown_grace: timedelta = timedelta(seconds=20)
     flush_interval: timedelta = timedelta(milliseconds=20)
-    max_attempts: int = 8
+    # Issue 19: at most 100, far inside the table's CHECK (attempts 0..1000, migration 0020), so
+    # a claim can never be refused for the count it writes.
+    max_attempts: int = field(default=8, metadata={"max": 100})
     backoff_base: timedelta = timedelta(seconds=2)
     backoff_cap: timedelta = timedelta(minutes=5)
     # Free-form is sent only while now < last inbound + 24 h - window_margin.

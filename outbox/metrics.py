@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -12,7 +12,7 @@ from outbox.domain.models import State
 from outbox.domain.report import Report
 from outbox.metrics_accounts import AccountMetrics
 from outbox.metrics_policy import PolicyMetrics
-from outbox.ports import Sample
+from outbox.ports import Sample, Settled
 
 if TYPE_CHECKING:
     from outbox.ports import Attempt
@@ -23,6 +23,9 @@ _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 2
 # Delivery to a phone: seconds when it is on, up to WhatsApp's 30 days when it is off.
 _DELIVERY_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600)
 BACKLOG_STATES = (State.QUEUED.value, State.SENDING.value, State.UNKNOWN.value)
+# Issue 19: the label every channel string this process has not configured is counted under,
+# whatever a producer wrote (labels stay bounded and carry no producer text).
+UNKNOWN_CHANNEL = "(unknown)"
 
 
 class Metrics:
@@ -179,12 +182,24 @@ class Metrics:
         # --- partner endpoint and account events (issue 18 §4 §5) ---
         self.accounts = AccountMetrics(registry)
         self._channels: tuple[str, ...] = ()
+        self._known: frozenset[str] = frozenset()
         self.policy = PolicyMetrics(registry)  # issue 18
 
     def know_channels(self, channels: Iterable[str]) -> None:
-        """Channels whose per-channel gauges read 0 rather than nothing when idle."""
+        """Channels whose per-channel gauges read 0 rather than nothing when idle; every other
+        channel string is counted under UNKNOWN_CHANNEL."""
         self._channels = tuple(channels)
+        self._known = frozenset(self._channels)
         self.policy.know_channels(self._channels)
+
+    def _label(self, channel: str) -> str:
+        return channel if channel in self._known else UNKNOWN_CHANNEL
+
+    def settled(self, rows: Iterable[Settled], error_class: str) -> None:
+        """Rows housekeeping settled without a request (expired in the queue, an unknown
+        channel), counted with the send outcomes."""
+        for row in rows:
+            self._child(self.sends, self._label(row.channel), row.state.value, error_class).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -238,13 +253,17 @@ class Metrics:
     def sampled(self, sample: Sample) -> None:
         # Cleared and refilled within one step of the event loop, so no scrape sees a gap;
         # channels that went quiet read 0 instead of keeping a stale value.
-        channels = set(self._channels) | {c for c, _ in sample.backlog}
+        backlog = dict.fromkeys(((c, st) for c in self._channels for st in BACKLOG_STATES), 0.0)
+        for (channel, state), count in sample.backlog.items():
+            label = self._label(channel)
+            for each in BACKLOG_STATES:
+                backlog.setdefault((label, each), 0.0)
+            backlog[label, state] += count
         self.backlog.clear()
-        for channel in channels:
-            for state in BACKLOG_STATES:
-                self.backlog.labels(channel, state).set(sample.backlog.get((channel, state), 0))
-        _set_all(self.oldest_due, self._channels, sample.oldest_due_seconds)
-        _set_all(self.dlr_missing, self._channels, sample.dlr_missing)
+        for (channel, state), rows in backlog.items():
+            self.backlog.labels(channel, state).set(rows)
+        _set_all(self.oldest_due, self._channels, self._folded(sample.oldest_due_seconds, max))
+        _set_all(self.dlr_missing, self._channels, self._folded(sample.dlr_missing, sum))
         _set_all(self.dead_tuples, (), sample.dead_tuples)
         # The breaker sets the gauge at once in the process that trips it; the shared row is
         # the truth every replica reports, also after the pausing replica died.
@@ -254,6 +273,14 @@ class Metrics:
         self.parked.set(sample.parked_statuses)
         self.oldest_transaction.set(sample.oldest_transaction_seconds)
         self.sample_time.set(time.time())
+
+    def _folded(
+        self, values: Mapping[str, float], fold: Callable[[Iterable[float]], float]
+    ) -> dict[str, float]:
+        """Per-channel values with the unconfigured channels' folded into one."""
+        known = {c: v for c, v in values.items() if c in self._known}
+        unknown = [v for c, v in values.items() if c not in self._known]
+        return {**known, UNKNOWN_CHANNEL: fold(unknown)} if unknown else known
 
     def know_parts(self, parts: Iterable[str]) -> None:
         """Loops whose refused-statement count reads 0 rather than nothing."""

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.sandbox import Sandbox
-from tests.support import KEYS
+from tests.support import KEYS, TRUST_FIXTURE_ROWS
 
 # The developer's own settings must not leak into tests.
 # OUTBOX_REQUIRE_* are the suite's own switches (CI's demand for PgBouncer), not settings.
@@ -56,6 +56,7 @@ async def _admin(server: object, sql: str) -> None:
 
 @pytest.fixture(scope="session")
 async def template_url(pg_server: object) -> str:
+    await _admin(pg_server, TRUST_FIXTURE_ROWS)
     await _admin(pg_server, f"CREATE DATABASE {TEMPLATE}")
     url = database_url(pg_server, TEMPLATE)
     engine = create_engine(url, pool_size=1)
@@ -78,6 +79,7 @@ async def db_url(pg_server: object, template_url: str) -> AsyncIterator[str]:
 async def empty_db_url(pg_server: object) -> AsyncIterator[str]:
     """A database with no schema at all, for migration tests."""
     name = f"e_{uuid.uuid4().hex[:12]}"
+    await _admin(pg_server, TRUST_FIXTURE_ROWS)
     await _admin(pg_server, f"CREATE DATABASE {name}")
     yield database_url(pg_server, name)
     await _admin(pg_server, f"DROP DATABASE {name} WITH (FORCE)")

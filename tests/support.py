@@ -94,6 +94,13 @@ rate_per_second = {rate}
 SUBPROCESS_ENV = {"TEST_ONPREM_KEY": "onprem-key", "TEST_CLOUD_KEY": "cloud-key"}
 
 
+# Fixture rows in any state (`outbox.trusted_insert`, honoured for the table's owner only:
+# migration 0020). Set for the suite's role on each server, so a test writes rows as the
+# daemon left them; tests of the producer's limits turn it off in their session.
+TRUST_FIXTURE_ROWS = "ALTER ROLE CURRENT_USER SET outbox.trusted_insert = 'on'"
+PRODUCER_SESSION = "SET outbox.trusted_insert = 'off'"
+
+
 async def insert(
     db_url: str,
     channel: str,

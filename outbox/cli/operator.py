@@ -25,7 +25,15 @@ from outbox.domain.models import State
 from outbox.domain.operations import CANCELLABLE, REPLAYABLE, Purged
 from outbox.errors import ConfigError
 from outbox.ports import Selector, utc_now
-from outbox.services.operations import Cancel, Command, Operations, Purge, Replay, Retention
+from outbox.services.operations import (
+    DEFAULT_KEEP_KEYS,
+    Cancel,
+    Command,
+    Operations,
+    Purge,
+    Replay,
+    Retention,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -154,7 +162,9 @@ def _add_purge(
         "their status history and lineage; webhook rows processed before then; orphan "
         "statuses older than that; and contacts (outbox.contacts) whose last inbound message "
         "is older than that and than 24 hours, untouched since. Rows another session holds "
-        "are skipped.",
+        "are skipped. The idempotency keys of the deleted messages are kept (outbox."
+        "idempotency_keys) until --keep-keys after their message was created: a producer's "
+        "insert with such a key stays a no-op.",
     )
     env_default(
         purge,
@@ -175,6 +185,14 @@ def _add_purge(
         default=1000,
         type=int,
         help="rows deleted per transaction",
+    )
+    env_default(
+        purge,
+        "--keep-keys",
+        env="PURGE_KEEP_KEYS",
+        default=f"{DEFAULT_KEEP_KEYS.days}d",
+        help="how long a purged message's idempotency key still refuses a re-insert, from the "
+        "message's creation (at least --older-than; default %(default)s)",
     )
     purge.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
     purge.set_defaults(func=_purge)
@@ -252,7 +270,15 @@ def _purge(args: argparse.Namespace) -> int:
         raise ConfigError("--older-than must be at least 1h")
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    purge = Purge(older_than, args.batch_size, include_delivered=args.include_delivered)
+    try:
+        keep_keys = parse_duration(str(args.keep_keys))
+    except ValueError as exc:
+        raise ConfigError(f"--keep-keys: {exc}") from None
+    if keep_keys < older_than:
+        raise ConfigError("--keep-keys must be at least --older-than")
+    purge = Purge(
+        older_than, args.batch_size, include_delivered=args.include_delivered, keep_keys=keep_keys
+    )
 
     def deleted(table: Purged, count: int) -> None:
         print(f"deleted {count} {table.label}")

@@ -32,10 +32,13 @@ from outbox.ports import ClaimRequest, Due, Renewed
 
 DEFAULT_POLICY = RetryPolicy()
 
+# The attempt is given back, never below 0 (the CHECK on attempts since 0020: a row a fixture or
+# an old release left `sending` uncharged must still be released, not fail the whole batch).
 RELEASE_MESSAGES = text(
     """
     UPDATE outbox.messages
-    SET state = 'queued', attempts = attempts - 1, claimed_by = NULL, lease_until = NULL,
+    SET state = 'queued', attempts = greatest(attempts - 1, 0), claimed_by = NULL,
+        lease_until = NULL,
         updated_at = now()
     WHERE id = ANY(:ids) AND state = 'sending' AND claimed_by = :worker
     """

@@ -1,5 +1,6 @@
-"""Retention (`outbox purge`): finished messages, processed webhook rows, old orphan statuses
-and contacts that wrote last long ago, deleted in small batches that each commit on their own."""
+"""Retention (`outbox purge`): finished messages, processed webhook rows, old orphan statuses,
+contacts that wrote last long ago and idempotency keys past their own retention, deleted in small
+batches that each commit on their own."""
 
 from __future__ import annotations
 
@@ -33,7 +34,14 @@ _PURGE_MESSAGES = text(
     ), sends AS (
         DELETE FROM outbox.message_sends WHERE message_id IN (SELECT id FROM doomed)
     ), gone AS (
-        DELETE FROM outbox.messages AS m USING doomed WHERE m.id = doomed.id RETURNING m.id
+        DELETE FROM outbox.messages AS m USING doomed WHERE m.id = doomed.id
+        RETURNING m.id, m.channel, m.idempotency_key, m.created_at
+    ), keys AS (
+        -- Kept longer than the message: a producer's retry with the key stays a no-op (0020).
+        INSERT INTO outbox.idempotency_keys (channel, idempotency_key, message_id, created_at)
+        SELECT channel, idempotency_key, id, created_at FROM gone
+        WHERE idempotency_key IS NOT NULL
+        ON CONFLICT (channel, idempotency_key) DO NOTHING
     )
     SELECT count(*) AS n, max(id) AS last FROM gone
     """
@@ -85,6 +93,23 @@ _PURGE_CONTACTS = text(
     """
 )
 
+# Oldest first over their own index; deleted rows are not met again, so no cursor is needed.
+_PURGE_KEYS = text(
+    """
+    WITH doomed AS (
+        SELECT channel, idempotency_key FROM outbox.idempotency_keys
+        WHERE created_at < :cutoff
+        ORDER BY created_at LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM outbox.idempotency_keys AS k USING doomed
+        WHERE k.channel = doomed.channel AND k.idempotency_key = doomed.idempotency_key
+        RETURNING 1
+    )
+    SELECT count(*) AS n, NULL::bigint AS last FROM gone
+    """
+)
+
 _COUNT_PURGEABLE = text(
     f"""
     SELECT
@@ -92,7 +117,8 @@ _COUNT_PURGEABLE = text(
          WHERE state = ANY(:states) AND updated_at < :cutoff) AS messages,
         (SELECT count(*) FROM outbox.webhook_events WHERE processed_at < :cutoff) AS webhooks,
         (SELECT count(*) FROM outbox.parked_statuses WHERE orphaned_at < :cutoff) AS orphans,
-        (SELECT count(*) FROM outbox.contacts WHERE {_OLD_CONTACT}) AS contacts
+        (SELECT count(*) FROM outbox.contacts WHERE {_OLD_CONTACT}) AS contacts,
+        (SELECT count(*) FROM outbox.idempotency_keys WHERE created_at < :keys_cutoff) AS keys
     """
 ).bindparams(bindparam("states", type_=ARRAY(Text())))
 
@@ -101,6 +127,7 @@ _PURGE = {
     Purged.WEBHOOK_EVENTS: _purge_rows("webhook_events", "processed_at < :cutoff"),
     Purged.ORPHAN_STATUSES: _purge_rows("parked_statuses", "orphaned_at < :cutoff"),
     Purged.CONTACTS: _PURGE_CONTACTS,
+    Purged.IDEMPOTENCY_KEYS: _PURGE_KEYS,
 }
 
 
@@ -109,8 +136,10 @@ class RetentionStore:
         self._engine = engine
 
     @translated
-    async def count_purgeable(self, states: Sequence[State], cutoff: datetime) -> dict[Purged, int]:
-        params = {"states": [s.value for s in states], "cutoff": cutoff}
+    async def count_purgeable(
+        self, states: Sequence[State], cutoff: datetime, keys_cutoff: datetime
+    ) -> dict[Purged, int]:
+        params = {"states": [s.value for s in states], "cutoff": cutoff, "keys_cutoff": keys_cutoff}
         async with self._engine.connect() as connection:
             row = (await connection.execute(_COUNT_PURGEABLE, params)).one()
         return {
@@ -118,6 +147,7 @@ class RetentionStore:
             Purged.WEBHOOK_EVENTS: row.webhooks,
             Purged.ORPHAN_STATUSES: row.orphans,
             Purged.CONTACTS: row.contacts,
+            Purged.IDEMPOTENCY_KEYS: row.keys,
         }
 
     @translated

@@ -52,7 +52,7 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
     ), done AS (
         UPDATE outbox.messages AS m SET
             state = r.state,
-            attempts = m.attempts + r.attempts_delta,
+            attempts = greatest(m.attempts + r.attempts_delta, 0),  -- CHECK since 0020
             -- m.wamid is this send's or NULL: the claim moved an earlier one to message_sends.
             wamid = coalesce(r.wamid, m.wamid),
             sent_as = coalesce(r.sent_as, m.sent_as),

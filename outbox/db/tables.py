@@ -61,7 +61,8 @@ def _in(column: str, values: type[State] | type[SentAs]) -> str:
 messages = Table(
     "messages",
     metadata,
-    Column("id", BigInteger, Identity(always=False)),
+    # GENERATED ALWAYS since 0020: an explicit id ahead of the sequence broke others' inserts.
+    Column("id", BigInteger, Identity(always=True)),
     # Producer columns.
     Column("channel", Text, nullable=False),
     Column("recipient", Text, nullable=False),
@@ -122,6 +123,15 @@ messages = Table(
     CheckConstraint(
         "octet_length(pricing_category) <= 64 AND octet_length(pricing_type) <= 64",
         name="pricing",
+    ),
+    # Since 0020 (issue 19): 'infinity' crashed the send task; a huge attempts failed every
+    # claim of its channel (integer out of range); a huge priority won every claim.
+    CheckConstraint(
+        "isfinite(send_after) AND (expires_at IS NULL OR isfinite(expires_at))",
+        name="finite_times",
+    ),
+    CheckConstraint(
+        "attempts BETWEEN 0 AND 1000 AND priority BETWEEN -1000 AND 1000", name="counters"
     ),
     # Only rows ready now are in these two indexes (live rows, and rows an operator replayed),
     # so the claim stays cheap however many rows are finished, backing off or scheduled for
@@ -333,6 +343,20 @@ parked_statuses = Table(
         "next_attempt_at",
         postgresql_where=text("orphaned_at IS NULL"),
     ),
+)
+
+# Since 0020: the idempotency keys of messages `outbox purge` deleted, kept longer (`purge
+# --keep-keys`): an INSERT reusing one is skipped, as ON CONFLICT DO NOTHING skips a live one's.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("channel", Text, nullable=False),
+    Column("idempotency_key", Text, nullable=False),
+    Column("message_id", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("purged_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("channel", "idempotency_key"),
+    Index("ix_idempotency_keys_created_at", "created_at"),
 )
 
 # The channels each replica knows, with its last heartbeat: a row is failed `unknown_channel`

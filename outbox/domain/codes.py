@@ -40,6 +40,10 @@ class Code(StrEnum):
     STATUS_FAILED = "status_failed"  # a failed status that carried no error code
     INVALID_PAYLOAD = "invalid_payload"
     INVALID_RECIPIENT = "invalid_recipient"
+    # Issue 19: a row already in the table with values no send can have (non-finite times,
+    # counters out of range, `sending` with no lease), failed by migration 0020; new rows with
+    # them are refused at INSERT.
+    INVALID_ROW = "invalid_row"
     RESULT_REFUSED = "result_refused"  # the database refused the result as it came
     # Issue 18: held with no request (the registry says its template is paused; the channel's
     # marketing is held after a spam-rate limit).
@@ -61,6 +65,7 @@ class Title(StrEnum):
         "it may have arrived"
     )
     INVALID = "the message cannot be sent as written"
+    INVALID_ROW = "the row holds values no send can have"
     WINDOW_CLOSED = "the 24-hour window is closed and the row has no fallback_template"
     WINDOW_CLOSED_FALLBACK_NEXT = "the 24-hour window is closed: sending the fallback_template next"
     WINDOW_WAS_CLOSED_FALLBACK_NEXT = (

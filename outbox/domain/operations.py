@@ -37,11 +37,17 @@ class Purged(StrEnum):
     # Users who wrote last before the retention period (and before their 24-hour window could
     # still be open): a contact that old decides no send, the window is closed either way.
     CONTACTS = "contacts"
+    # Issue 19: the keys of purged messages are kept longer (`--keep-keys`), so a producer's
+    # retry with one stays a no-op after its message is gone; these are the keys past that.
+    IDEMPOTENCY_KEYS = "idempotency_keys"
 
     @property
     def label(self) -> str:
         """The name an operator reads in `outbox purge`'s output."""
-        return "orphan statuses" if self is Purged.ORPHAN_STATUSES else self.value
+        return _LABELS.get(self, self.value)
+
+
+_LABELS = {Purged.ORPHAN_STATUSES: "orphan statuses", Purged.IDEMPOTENCY_KEYS: "idempotency keys"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,10 @@ from outbox.domain.models import Dialect, SentAs
 MAX_TEXT_LENGTH = 4096  # characters; longer bodies fail with 1001 on the API
 # E.164 allows at most 15 digits; the shortest real numbers have 7 with the country code.
 _RECIPIENT = re.compile(r"[0-9]{7,15}")
+_DIGITS = re.compile(r"[0-9]+")
+# The international call prefix most of the world dials (`0049151…`): no country code starts
+# with 0, so a leading `00` is always that prefix, never part of the number.
+INTERNATIONAL_PREFIX = "00"
 _RECIPIENT_NOISE = re.compile(r"[\s\-().]")
 _MEDIA_TYPES = frozenset({"image", "audio", "video", "document", "sticker"})
 _TYPES = {
@@ -47,9 +51,10 @@ def normalise_recipient(raw: str, dialect: Dialect | None = None) -> str:
     """The user a row goes to: a phone number as digits, or a BSUID as written.
 
     A phone number loses a leading `+`, spaces, dashes, dots and parentheses. Spaces are every
-    `str.isspace` character (the Zs category included). What is accepted is then exactly the
-    recipient with every character but the ASCII digits removed, which is how the `wa_id`
-    column (`outbox.recipient_key`, migration 0015) reads it. A recipient spelt as a BSUID
+    `str.isspace` character (the Zs category included). A leading `00` (the international
+    prefix, `0049 151…`) is dropped too. What is accepted is then exactly the recipient with
+    every character but the ASCII digits removed, less a leading `00`, which is how the `wa_id`
+    column (`outbox.recipient_key`, migrations 0015 and 0020) reads it. A recipient spelt as a BSUID
     (`outbox.domain.identity`) is taken as it is, case kept, and only a Cloud channel can send
     to one (`dialect`, when given, is checked).
     """
@@ -67,12 +72,13 @@ def normalise_recipient(raw: str, dialect: Dialect | None = None) -> str:
                 "can send to one, this channel is On-Premise",
             )
         return raw
-    digits = parsing.phone_number(raw, _RECIPIENT, _RECIPIENT_NOISE)
-    if digits is None:
+    digits = parsing.phone_number(raw, _DIGITS, _RECIPIENT_NOISE)
+    number = None if digits is None else digits.removeprefix(INTERNATIONAL_PREFIX)
+    if number is None or not _RECIPIENT.fullmatch(number):
         raise InvalidMessage(
             Code.INVALID_RECIPIENT, f"recipient {raw!r} is not a phone number (7-15 digits)"
         )
-    return digits
+    return number
 
 
 def validate_payload(payload: Any, dialect: Dialect) -> str:

@@ -50,6 +50,7 @@ from outbox.ports.sending import (
     ResultSink,
     SendObserver,
     Settled,
+    SettledObserver,
 )
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "Selector",
     "SendObserver",
     "Settled",
+    "SettledObserver",
     "StatusWrites",
     "TemplatePauses",
     "WebhookBatch",

@@ -72,7 +72,7 @@ class RetentionRows(Protocol):
     """What `outbox purge` counts and deletes."""
 
     def count_purgeable(
-        self, states: Sequence[State], cutoff: datetime
+        self, states: Sequence[State], cutoff: datetime, keys_cutoff: datetime
     ) -> Awaitable[dict[Purged, int]]: ...
 
     def purge_batch(

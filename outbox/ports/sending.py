@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
@@ -114,6 +114,12 @@ class Settled:
 # A line of messages (channel, recipient digits, ordering_key), for sweeps that walk lines.
 LineCursor = tuple[str, str, str]
 LINES_START: LineCursor = ("", "", "")  # before every line
+
+
+class SettledObserver(Protocol):
+    """Counts rows housekeeping settled without a request (issue 19: with the send outcomes)."""
+
+    def settled(self, rows: Iterable[Settled], error_class: str) -> None: ...
 
 
 class Housekeeping(Protocol):

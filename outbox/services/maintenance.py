@@ -15,7 +15,7 @@ import structlog
 from outbox.config import ChannelConfig, SenderConfig, UnknownPolicy
 from outbox.domain.codes import Code
 from outbox.loops import Health, run_periodic
-from outbox.ports import LINES_START, Housekeeping
+from outbox.ports import LINES_START, Housekeeping, Settled, SettledObserver
 
 log = structlog.get_logger("outbox.maintenance")
 
@@ -34,8 +34,10 @@ class Maintenance:
         health: Health | None = None,
         *,
         worker_id: str,
+        observer: SettledObserver | None = None,
     ) -> None:
         self._store = store
+        self._observer = observer
         self._health = health
         self._worker = worker_id
         self._live = max(REPLICA_LIVE, 3 * config.maintenance_interval)
@@ -67,10 +69,12 @@ class Maintenance:
                 message_id=row.id,
                 state=row.state.value,
             )
-        for row in await self._store.expire_due():
+        expired = await self._store.expire_due()
+        for row in expired:
             log.warning(
                 "outbox.send.expired", channel=row.channel, message_id=row.id, where="queue"
             )
+        self._count(expired, "expired")
         if resent := await self._store.resend_unknown(self._resend, self._config.unknown_quiet):
             log.warning("outbox.unknown.resending", count=resent)
         # During a rolling update old replicas do not know a channel new ones added: a row is
@@ -84,7 +88,12 @@ class Maintenance:
                 channel=row.channel,
                 message_id=row.id,
             )
+        self._count(failed, Code.UNKNOWN_CHANNEL.value)
         await self._store.forget_pace()
         repaired, self._heads_after = await self._store.repair_heads(self._heads_after)
         if repaired:
             log.info("outbox.order.heads_repaired", count=repaired)
+
+    def _count(self, rows: list[Settled], error_class: str) -> None:
+        if self._observer is not None and rows:
+            self._observer.settled(rows, error_class)

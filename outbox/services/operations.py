@@ -153,6 +153,9 @@ class Operations:
             progress(len(applied.done) + len(applied.changed))
 
 
+DEFAULT_KEEP_KEYS = timedelta(days=400)
+
+
 @dataclass(frozen=True)
 class Purge:
     """`outbox purge`: what is old enough to go, and how much goes per transaction."""
@@ -160,10 +163,19 @@ class Purge:
     older_than: timedelta
     batch_size: int
     include_delivered: bool = False
+    # How long the idempotency key of a purged message still makes a re-insert a no-op, from
+    # the message's creation (at least older_than).
+    keep_keys: timedelta = DEFAULT_KEEP_KEYS
 
     @property
     def states(self) -> list[State]:
         return sorted(PURGEABLE | (PURGEABLE_ON_REQUEST if self.include_delivered else set()))
+
+    def cutoff_for(self, table: Purged, cutoff: datetime) -> datetime:
+        """`table`'s cutoff, given the messages' one."""
+        if table is Purged.IDEMPOTENCY_KEYS:
+            return cutoff + self.older_than - self.keep_keys
+        return cutoff
 
 
 class Retention:
@@ -176,7 +188,8 @@ class Retention:
     async def count(self, purge: Purge) -> tuple[datetime, dict[Purged, int]]:
         """The cutoff, and how many rows of each kind are older."""
         cutoff = self._clock() - purge.older_than
-        return cutoff, await self._rows.count_purgeable(purge.states, cutoff)
+        keys = purge.cutoff_for(Purged.IDEMPOTENCY_KEYS, cutoff)
+        return cutoff, await self._rows.count_purgeable(purge.states, cutoff, keys)
 
     async def purge(
         self, purge: Purge, cutoff: datetime, deleted: Callable[[Purged, int], None]
@@ -188,7 +201,7 @@ class Retention:
             after: PurgeCursor = None
             while True:
                 count, after = await self._rows.purge_batch(
-                    table, after, cutoff, purge.batch_size, states
+                    table, after, purge.cutoff_for(table, cutoff), purge.batch_size, states
                 )
                 total += count
                 if count < purge.batch_size:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import _admin, database_url
+from tests.support import TRUST_FIXTURE_ROWS
 
 
 @dataclass
@@ -94,6 +95,7 @@ async def restartable_db_url(own_pg: RestartablePostgres) -> AsyncIterator[str]:
     from outbox.db.engine import create_engine
 
     name = f"f_{uuid.uuid4().hex[:12]}"
+    await _admin(own_pg.server, TRUST_FIXTURE_ROWS)
     await _admin(own_pg.server, f"CREATE DATABASE {name}")
     url = own_pg.url(name)
     engine = create_engine(url, pool_size=1)

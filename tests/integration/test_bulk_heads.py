@@ -80,7 +80,8 @@ CASES: dict[str, list[str]] = {
         )
     ],
     "explicit ids out of order": [
-        "INSERT INTO outbox.messages (id, channel, recipient, payload)"
+        # Since 0020 an explicit id needs OVERRIDING SYSTEM VALUE (GENERATED ALWAYS).
+        "INSERT INTO outbox.messages (id, channel, recipient, payload) OVERRIDING SYSTEM VALUE"
         f" SELECT 100000 - g, 'c', '4917000000001', '{_PAYLOAD}' FROM generate_series(1, 30) AS g"
     ],
     "a NULL ordering key is the recipient's own line": [

@@ -213,8 +213,9 @@ async def test_purge_counts_then_deletes_each_kind_in_batches(
         Purged.WEBHOOK_EVENTS: 2,
         Purged.ORPHAN_STATUSES: 1,
         Purged.CONTACTS: 0,
+        Purged.IDEMPOTENCY_KEYS: 0,
     }
-    labels = ["messages", "webhook_events", "orphan statuses", "contacts"]
+    labels = ["messages", "webhook_events", "orphan statuses", "contacts", "idempotency keys"]
     assert [t.label for t in counts] == labels
 
     deleted: list[tuple[Purged, int]] = []
@@ -224,6 +225,7 @@ async def test_purge_counts_then_deletes_each_kind_in_batches(
         (Purged.WEBHOOK_EVENTS, 2),
         (Purged.ORPHAN_STATUSES, 1),
         (Purged.CONTACTS, 0),
+        (Purged.IDEMPOTENCY_KEYS, 0),
     ]
     left = await fetch(db_url, "SELECT id FROM outbox.messages ORDER BY id")
     assert [r["id"] for r in left] == [delivered, kept]
@@ -236,6 +238,7 @@ async def test_purge_counts_then_deletes_each_kind_in_batches(
         Purged.WEBHOOK_EVENTS: 0,
         Purged.ORPHAN_STATUSES: 0,
         Purged.CONTACTS: 0,
+        Purged.IDEMPOTENCY_KEYS: 0,
     }
 
 

@@ -491,7 +491,7 @@ def test_limits_are_declared_on_the_fields() -> None:
     assert limits(HttpConfig) == {
         "port": {"min": 0, "max": 65535, "bounds": "between 0 (any free port) and 65535"}
     }
-    assert limits(SenderConfig) == {"window_margin": {"min": 0}}
+    assert limits(SenderConfig) == {"window_margin": {"min": 0}, "max_attempts": {"max": 100}}
     assert limits(ChannelConfig) == {"recipient_gap": {"min": 0}, "replay_share": {"max": 1}}
 
 
@@ -505,6 +505,12 @@ def test_limits_are_declared_on_the_fields() -> None:
         ),
         (DB + channel(recipient_gap=-0.5), ENV, "recipient_gap: must be greater than 0, got -0.5"),
         (DB + channel(replay_share=2), ENV, "replay_share: must be at most 1, got 2"),
+        # Issue 19: inside the table's CHECK on attempts (0..1000), so no claim is refused.
+        (
+            DB + "[sender]\nmax_attempts = 101\n" + channel(),
+            ENV,
+            "sender.max_attempts: must be at most 100, got 101",
+        ),
         (
             DB + channel(),
             {**ENV, "OUTBOX_HTTP_PORT": "65536"},

@@ -31,10 +31,18 @@ DIGITS = "4915112345678"
         pytest.param("+1 (415) 555.0100", "14155550100", id="parentheses-and-dots"),
         pytest.param("1234567", "1234567", id="seven-digits-shortest"),
         pytest.param("123456789012345", "123456789012345", id="fifteen-digits-longest"),
+        # Issue 19 §4: the international prefix `00` is dropped, never sent.
+        pytest.param("0049 151 12345678", "4915112345678", id="00-prefix"),
+        pytest.param("+0049 151 12345678", "4915112345678", id="plus-and-00"),
+        pytest.param("0 0 49 151 12345678", "4915112345678", id="00-spaced"),
+        pytest.param("00123456789012345", "123456789012345", id="00-and-fifteen-digits"),
+        pytest.param("0001234567", "01234567", id="only-one-00-dropped"),
     ],
 )
 def test_normalise_recipient_keeps_digits_only(raw: str, expected: str) -> None:
     assert normalise_recipient(raw) == expected
+    for dialect in Dialect:
+        assert normalise_recipient(raw, dialect) == expected
 
 
 @pytest.mark.parametrize(
@@ -49,6 +57,9 @@ def test_normalise_recipient_keeps_digits_only(raw: str, expected: str) -> None:
         pytest.param("49+15112345678", id="plus-not-leading"),
         pytest.param("++4915112345678", id="double-plus"),
         pytest.param("4915112345678;1", id="semicolon"),
+        pytest.param("0012345", id="00-then-too-short"),
+        pytest.param("001234567890123456", id="00-then-too-long"),
+        pytest.param("00", id="00-only"),
     ],
 )
 def test_normalise_recipient_rejects_non_numbers(raw: str) -> None:
