@@ -1,0 +1,60 @@
+"""Settling `head` after a bulk INSERT costs one probe per inserted row, whatever plan the
+planner picks (revision 0021).
+
+0012 wrote the settle as an EXISTS / NOT EXISTS join between the inserted rows and the open
+rows. With statistics from a quiet moment (every row finished: "one open row") the planner may
+join them as a nested loop over the materialised open rows: every inserted row compared with
+every open row. A benchmark's 1,000,000-row INSERT ran for over 25 minutes in that plan (a
+backtrace showed ExecNestLoop over ExecMaterial inside settle_heads). Here the planner is
+denied hash and merge joins, which forces that plan on a join, and auto_explain reports the
+rows each plan node threw away: a probe per row throws away none.
+"""
+
+from __future__ import annotations
+
+import re
+
+import asyncpg
+
+from tests.support import fetch
+
+_ROWS = 3000
+_PAYLOAD = '{"type": "text", "text": {"body": "x"}}'
+_SHAPES = {
+    "a campaign, one row per recipient": "'49151' || g",
+    "a backlog to one recipient": "'4917000000001'",
+}
+_DISCARDED = re.compile(r"Rows Removed by (?:Join )?Filter: (\d+)")
+
+
+async def test_settling_heads_stays_linear_when_the_planner_may_only_nest_loops(
+    db_url: str,
+) -> None:
+    plans: list[str] = []
+    connection = await asyncpg.connect(db_url)
+    connection.add_log_listener(lambda _c, message: plans.append(str(message)))
+    try:
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_analyze = on",
+            "SET client_min_messages = log",
+            "SET enable_hashjoin = off",
+            "SET enable_mergejoin = off",
+        ):
+            await connection.execute(setting)
+        for recipient in _SHAPES.values():
+            await connection.execute(
+                "INSERT INTO outbox.messages (channel, recipient, payload)"
+                f" SELECT 'c', {recipient}, '{_PAYLOAD}' FROM generate_series(1, {_ROWS}) AS g"
+            )
+    finally:
+        await connection.close()
+    settles = [plan for plan in plans if "SET head" in plan]
+    assert len(settles) == 2 * len(_SHAPES), "auto_explain reported no settle statement"
+    discarded = sum(int(n) for plan in settles for n in _DISCARDED.findall(plan))
+    # A join over materialised rows discards ~rows² (9,000,000 here); probes discard none.
+    assert discarded <= 10 * _ROWS, discarded
+    [[heads]] = await fetch(db_url, "SELECT count(*) FROM outbox.messages WHERE head")
+    assert heads == _ROWS + 1
