@@ -7,12 +7,13 @@ nested loop over the materialised open rows is the cheapest-looking plan: every 
 compared with every open row. A 1,000,000-row INSERT of the scale benchmark spent more than 25
 minutes there. Written as a scalar subquery with LIMIT 1, the question stays a correlated probe
 of `ix_messages_line` per row (the trick the claim's order check uses for the same reason).
-Same definition of `head`, same results.
+Same definition of `head`, same results. CREATE OR REPLACE resets a function's properties, so
+the body comes with 0018's: it runs as the schema owner (a producer may not update `head`).
 
 Additive (a function body replaced): the release before runs on it.
 
 Revision ID: 0021
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-06
 """
 
@@ -23,11 +24,11 @@ from alembic import op
 from outbox.db.migrate import declare_compatibility, forget_compatibility
 
 revision = "0021"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 # Additive: the release before still runs on this schema.
-compatible_with = "0017"
+compatible_with = "0018"
 
 _OLDER_OPEN = (
     "SELECT {what} FROM outbox.messages AS e"
@@ -38,7 +39,8 @@ _PROBE = f"coalesce(({_OLDER_OPEN.format(what='true')} LIMIT 1), false)"
 _JOIN = f"EXISTS ({_OLDER_OPEN.format(what='1')})"  # 0012's form
 
 _SETTLE = """
-CREATE OR REPLACE FUNCTION outbox.settle_heads() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION outbox.settle_heads() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE outbox.messages AS m SET head = false
     FROM inserted AS n
