@@ -25,7 +25,7 @@ The release before still runs on it: it inserts no messages, its purge only leav
 unrecorded, and it sends a `00…` recipient as written (its wa_id differs from new rows').
 
 Revision ID: 0020
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-06
 """
 
@@ -36,11 +36,11 @@ from alembic import op
 from outbox.db.migrate import declare_compatibility, forget_compatibility
 
 revision = "0020"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 # Additive for the release before: see the docstring.
-compatible_with = "0017"
+compatible_with = "0018"
 
 _OPEN = "state IN ('queued', 'sending', 'unknown')"
 _FINITE = "isfinite(send_after) AND (expires_at IS NULL OR isfinite(expires_at))"

@@ -13,7 +13,7 @@ the body comes with 0018's: it runs as the schema owner (a producer may not upda
 Additive (a function body replaced): the release before runs on it.
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0020
 Create Date: 2026-12-06
 """
 
@@ -24,11 +24,11 @@ from alembic import op
 from outbox.db.migrate import declare_compatibility, forget_compatibility
 
 revision = "0021"
-down_revision = "0018"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 # Additive: the release before still runs on this schema.
-compatible_with = "0018"
+compatible_with = "0020"
 
 _OLDER_OPEN = (
     "SELECT {what} FROM outbox.messages AS e"
