@@ -101,7 +101,6 @@ async def test_a_producer_is_refused_every_abuse(roles: Roles, db_url: str) -> N
             ("attempts", "2147483647"),
             ("state", "'sending'"),
             ("state", "'read'"),
-            ("id", "100000"),
             ("wamid", "'wamid.forged'"),
             ("lease_until", "now()"),
             ("claimed_by", "'me'"),
@@ -109,6 +108,8 @@ async def test_a_producer_is_refused_every_abuse(roles: Roles, db_url: str) -> N
             ("wa_id", "'1'"),
         ]:
             await _refused(producer, _row_with(column, value), DENIED)
+        # 0020 made `id` GENERATED ALWAYS, which PostgreSQL checks before the column grant.
+        await _refused(producer, _row_with("id", "100000"), 'non-DEFAULT value into column "id"')
         await _refused(producer, _ROW.format("", "").replace("shop-de", "billing"), OTHER_CHANNEL)
         await _refused(
             producer, _ROW.format("", "").replace("shop-de", "cust-jane@x"), OTHER_CHANNEL
