@@ -15,7 +15,7 @@ from pathlib import Path
 from outbox import __version__
 from outbox.cli import channels, daemon, operator, templates, tools
 from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
-from outbox.errors import ConfigError, OutboxError
+from outbox.errors import ConfigError, DatabaseError, OutboxError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"outbox: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except DatabaseError as exc:
+        from outbox.db.errors import describe
+
+        print(f"outbox: error: {describe(exc)}", file=sys.stderr)
+        return EXIT_ERROR
     except OutboxError as exc:
         print(f"outbox: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
