@@ -17,6 +17,11 @@ from outbox.cli import channels, daemon, operator, templates, tools
 from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
 from outbox.errors import ConfigError, DatabaseError, OutboxError
 
+# As outbox.config_loader has them (a test holds them equal); not imported from there, so that
+# `outbox --help` does not load the configuration code.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -30,14 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         common,
         "--log-level",
         env="LOG_LEVEL",
-        choices=["debug", "info", "warning", "error"],
-        help="log level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        help="log level, in any case",
     )
     env_default(
         common,
         "--log-format",
         env="LOG_FORMAT",
-        choices=["auto", "json", "console"],
+        choices=LOG_FORMATS,
+        type=str.lower,
         help="log format; auto is JSON unless stderr is a terminal",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from outbox import logconfig
 
+    problem = _bad_log_option(args)
+    if problem:
+        print(f"outbox: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     logconfig.configure(args.log_level or "info", args.log_format or "auto")
     try:
         code: int = args.func(args)
@@ -70,3 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_ERROR
     return code
+
+
+def _bad_log_option(args: argparse.Namespace) -> str | None:
+    """argparse checks choices on the command line, not on a default: OUTBOX_LOG_LEVEL=loud
+    (a default here) is checked here, named, with what is allowed."""
+    for name, allowed in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+        value = getattr(args, name, None)
+        if value is not None and value not in allowed:
+            return f"OUTBOX_{name.upper()} must be one of {', '.join(allowed)}, got {value!r}"
+    return None
