@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        # Bare `outbox`: the help, not argparse's one-line complaint; 2 as for any usage error.
+        parser.print_help()
+        return EXIT_CONFIG
+    args = parser.parse_args(argv)
     from outbox import logconfig
 
     problem = _bad_log_option(args)

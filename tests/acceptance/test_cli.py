@@ -23,7 +23,7 @@ async def test_migrate_then_check(empty_db_url: str, tmp_path: Path) -> None:
     config = tmp_path / "outbox.toml"
     config.write_text(config_toml(empty_db_url, "http://127.0.0.1:9"))
 
-    code, _, err = await _outbox("check", "--config", str(config))
+    code, _, err = await _outbox("check", "--config", str(config), "--skip-api")
     assert code == 1
     assert "run `outbox migrate`" in err
 
@@ -31,7 +31,7 @@ async def test_migrate_then_check(empty_db_url: str, tmp_path: Path) -> None:
     assert code == 0
     assert f"schema: empty -> {migrate.head_revision()}" in out
 
-    code, out, _ = await _outbox("check", "--config", str(config))
+    code, out, _ = await _outbox("check", "--config", str(config), "--skip-api")
     assert code == 0, out
     assert "schema current" in out
 
@@ -51,7 +51,7 @@ async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     config.write_text(
         config_toml(f"postgresql://nobody@/nowhere?host={tmp_path}", "http://127.0.0.1:9")
     )
-    code, _, err = await _outbox("check", "--config", str(config))
+    code, _, err = await _outbox("check", "--config", str(config), "--skip-api")
     assert code == 1
     assert "database unreachable" in err
     assert "Traceback" not in err
