@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from outbox import __version__
-from outbox.cli import channels, daemon, operator, templates, tools
+from outbox.cli import channels, daemon, helptext, operator, templates, tools
 from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
 from outbox.errors import ConfigError, DatabaseError, OutboxError
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_parsers(commands, common)
     channels.add_parsers(commands, common)  # channels ..., keys ... (issue 17)
     templates.add_parsers(commands, common)  # issue 18: the template registry
+    helptext.decorate(parser)  # issue 19 §4: descriptions, defaults and an example per verb
     return parser
 
 
