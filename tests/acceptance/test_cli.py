@@ -276,10 +276,14 @@ async def test_stats_shows_counts_per_state_and_a_paused_channel(
     assert "max daily 2000" in health
     assert "cloud: DISABLED_UPDATE -> pause (ban state DISABLE)" in health
     header, *rows = table.splitlines()
-    assert header.split()[:3] == ["channel", "queued", "accepted"]
+    # Issue 19 §4: a column for every state, 0 when none, then accepted lately.
+    assert header.split()[:12] == [
+        "channel", "queued", "sending", "unknown", "accepted", "sent", "delivered", "read",
+        "failed", "expired", "cancelled", "sent/5m",
+    ]  # fmt: skip
     by_channel = {line.split()[0]: line for line in rows}
-    assert by_channel["cloud"].split()[1:4] == ["1", "2", "2"]
+    assert by_channel["cloud"].split()[1:12] == ["1", "0", "0", "2", *["0"] * 6, "2"]
     assert by_channel["cloud"].endswith("ok")
-    assert by_channel["onprem"].split()[1:4] == ["1", "1", "1"]
+    assert by_channel["onprem"].split()[1:12] == ["1", "0", "0", "1", *["0"] * 6, "1"]
     assert "PAUSED until" in by_channel["onprem"]
     assert "Invalid api_key" in by_channel["onprem"]
