@@ -103,6 +103,15 @@ def test_the_table_covers_the_reported_slips() -> None:
     assert any(i.startswith("sender.batch_size=[") for i in ids)  # a list for a number
 
 
+def test_the_partner_timeout_is_typed_too(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.toml"
+    path.write_text(
+        DB + '[partner]\npartner_id = "abcPA"\napi_key_env = "KEY"\nrequest_timeout = "30"\n'
+    )
+    with pytest.raises(ConfigError, match=r"partner\.request_timeout must be a number of seconds"):
+        load_settings(path, ENV, need_channels=False)
+
+
 def test_rate_as_a_string_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "outbox.toml"
     path.write_text(DB + CHANNEL + 'rate_per_second = "80"\n')
