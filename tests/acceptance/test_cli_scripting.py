@@ -3,6 +3,7 @@ outputs against the README's documented keys, help texts, a busy sandbox port.""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -29,4 +30,16 @@ async def test_a_bad_env_log_level_is_one_line_naming_the_variable(tmp_path: Pat
     assert err.strip().splitlines() == [
         "outbox: configuration error: OUTBOX_LOG_LEVEL must be one of debug, info, warning, "
         "error, got 'loud'"
+    ]
+
+
+async def test_sandbox_on_a_busy_port_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = await _outbox("sandbox", "--port", str(port))
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"outbox: error: sandbox: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
