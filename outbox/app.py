@@ -22,7 +22,7 @@ from outbox.config_loader import credentials_diff
 from outbox.db import migrate
 from outbox.db.channel_state import ChannelStateStore
 from outbox.db.engine import create_engine
-from outbox.db.errors import translated_errors
+from outbox.db.errors import describe, translated_errors
 from outbox.db.gauges import GaugeStore
 from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.listener import NotifyListener
@@ -81,8 +81,9 @@ async def check_database(engine: AsyncEngine) -> str:
     except PrivilegeMissing:
         raise  # issue 19: reachable, and the message names the privilege
     except DatabaseError as exc:
-        cause = exc.__cause__ or exc
-        raise DatabaseError(f"database unreachable: {type(cause).__name__}") from cause
+        # PostgreSQL's own words (no secrets): a wrong database, user or privilege is not an
+        # outage, and `/readyz` and `outbox check` must say which (issue 19 §4).
+        raise type(exc)(describe(exc)) from exc.__cause__ or exc
     verdict = judge_schema(current, migrate.code_revisions(), declared)
     if not verdict.usable:
         raise SchemaOutdated(verdict.message)

@@ -37,8 +37,8 @@ from outbox.errors import ConfigError
 ENV_PREFIX = "OUTBOX_"
 E = TypeVar("E", bound=StrEnum)
 
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-_LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
 
 
 def load_settings(
@@ -64,8 +64,8 @@ def load_settings(
     channels_raw = top.pop("channels", [])
     partner_raw = top.pop("partner", None)
     database_url = _top_level(top, env, "database_url", None)
-    log_level = _top_level(top, env, "log_level", "info")
-    log_format = _top_level(top, env, "log_format", "auto")
+    log_level = log_choice(top, env, "log_level", "info", LOG_LEVELS)
+    log_format = log_choice(top, env, "log_format", "auto", LOG_FORMATS)
     listen_database_url = _top_level(top, env, "listen_database_url", None)
     if top:
         raise ConfigError(f"unknown configuration key: {sorted(top)[0]}")
@@ -74,10 +74,6 @@ def load_settings(
     validate_database_url(database_url)
     if listen_database_url is not None:
         validate_database_url(listen_database_url, "listen_database_url")
-    if log_level not in _LOG_LEVELS:
-        raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
-    if log_format not in _LOG_FORMATS:
-        raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
     channels = _channels(channels_raw, env)
     if need_channels and not channels:
         raise ConfigError("channels: at least one [[channels]] entry is required")
@@ -144,6 +140,8 @@ def _dataclass_from(cls: Any, values: dict[str, Any], section: str, env: Mapping
             key, given = f"{section}.{name}", values[name]
         else:
             continue
+        if key != env_name:
+            typed_in_file(f.default, given, key)
         kwargs[name] = _coerce(f.default, given, key, f.metadata)
         _at_most(f.metadata, kwargs[name], f"{section}.{name}", given)
     return cls(**kwargs)
@@ -311,6 +309,7 @@ def _number(kind: Any, entry: dict[str, Any], name: str, where: str) -> Any:
     if name not in entry:
         return f.default
     value = entry[name]
+    typed_in_file(kind, value, f"{where}.{name}")
     number = _coerce(kind, value, f"{where}.{name}", f.metadata)
     _at_most(f.metadata, number, f"{where}.{name}", value)
     return number
@@ -348,6 +347,45 @@ def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]
             raise ConfigError(f"{where}: {name}_file {file} is empty")
         return Secret(value)
     return None
+
+
+# --- value types and log settings (issue 19 §4) ---
+# TOML values have types: a number written as a string (`rate_per_second = "80"`), a bool as
+# "true" or a list for a number is a slip in the file, refused with its key path rather than
+# guessed at. The environment has only strings: its values are converted by `_coerce` instead.
+_FILE_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "a whole number"),
+    float: ((int, float), "a number"),
+    timedelta: ((int, float), "a number of seconds"),
+    str: ((str,), "a string"),
+}
+
+
+def typed_in_file(default: Any, value: Any, key: str) -> None:
+    """Refuse a file's `value` unless TOML gave it the type of the setting's `default`."""
+    kind = str if isinstance(default, StrEnum) else type(default)
+    if kind not in _FILE_TYPES:
+        return
+    allowed, words = _FILE_TYPES[kind]
+    if isinstance(value, allowed) and (kind is bool or not isinstance(value, bool)):
+        return
+    shown = f'"{value}"' if isinstance(value, str) else repr(value)
+    raise ConfigError(f"{key} must be {words}, got {type(value).__name__} {shown}")
+
+
+def log_choice(
+    top: dict[str, Any], env: Mapping[str, str], key: str, default: str, allowed: tuple[str, ...]
+) -> str:
+    """`log_level` or `log_format`, from OUTBOX_<KEY> or the file, in any case; a bad value is
+    named with where it came from and what is allowed."""
+    variable = f"{ENV_PREFIX}{key.upper()}"
+    in_file = top.pop(key, default)
+    given = env.get(variable) or in_file
+    source = f"{variable} ({key})" if env.get(variable) else key
+    if isinstance(given, str) and given.strip().lower() in allowed:
+        return given.strip().lower()
+    raise ConfigError(f"{source} must be one of {', '.join(allowed)}, got {given!r}")
 
 
 @dataclass(frozen=True)

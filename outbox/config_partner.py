@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from outbox.config import PARTNER_API_URL, PartnerConfig, Secret
-from outbox.config_loader import ENV_PREFIX, _coerce, _secret, _section
+from outbox.config_loader import ENV_PREFIX, _coerce, _secret, _section, typed_in_file
 from outbox.errors import ConfigError
 
 _KEYS = frozenset(
@@ -59,6 +59,8 @@ def _partner_api(section: dict[str, Any], env: Mapping[str, str]) -> PartnerConf
             "e.g. https://outbox.example.com/webhooks/{channel}"
         )
     timeout = given("request_timeout")
+    if f"{ENV_PREFIX}PARTNER_REQUEST_TIMEOUT" not in env and timeout is not None:
+        typed_in_file(timedelta(0), timeout, "partner.request_timeout")  # issue 19 §4
     return PartnerConfig(
         partner_id=partner_id,
         api_key=api_key,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -28,7 +29,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         if as_json
-        else structlog.dev.ConsoleRenderer()
+        else structlog.dev.ConsoleRenderer(colors=colours(out))
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -37,7 +38,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
@@ -60,3 +61,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     handler._outbox = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+
+
+def colours(out: TextIO) -> bool:
+    """ANSI colours only on a terminal, and never when NO_COLOR is set (https://no-color.org):
+    console logs piped to a file or a pager stay plain text."""
+    return not os.environ.get("NO_COLOR") and out.isatty()

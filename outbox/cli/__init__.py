@@ -13,9 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from outbox import __version__
-from outbox.cli import channels, daemon, operator, templates, tools
+from outbox.cli import channels, daemon, helptext, operator, templates, tools
 from outbox.cli.runtime import EXIT_CONFIG, EXIT_ERROR, env_default
-from outbox.errors import ConfigError, OutboxError
+from outbox.errors import ConfigError, DatabaseError, OutboxError
+
+# As outbox.config_loader has them (a test holds them equal); not imported from there, so that
+# `outbox --help` does not load the configuration code.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         common,
         "--log-level",
         env="LOG_LEVEL",
-        choices=["debug", "info", "warning", "error"],
-        help="log level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        help="log level, in any case",
     )
     env_default(
         common,
         "--log-format",
         env="LOG_FORMAT",
-        choices=["auto", "json", "console"],
+        choices=LOG_FORMATS,
+        type=str.lower,
         help="log format; auto is JSON unless stderr is a terminal",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -46,22 +53,47 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_parsers(commands, common)
     channels.add_parsers(commands, common)  # channels ..., keys ... (issue 17)
     templates.add_parsers(commands, common)  # issue 18: the template registry
+    helptext.decorate(parser)  # issue 19 §4: descriptions, defaults and an example per verb
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        # Bare `outbox`: the help, not argparse's one-line complaint; 2 as for any usage error.
+        parser.print_help()
+        return EXIT_CONFIG
+    args = parser.parse_args(argv)
     from outbox import logconfig
 
+    problem = _bad_log_option(args)
+    if problem:
+        print(f"outbox: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     logconfig.configure(args.log_level or "info", args.log_format or "auto")
     try:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"outbox: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except DatabaseError as exc:
+        from outbox.db.errors import describe
+
+        print(f"outbox: error: {describe(exc)}", file=sys.stderr)
+        return EXIT_ERROR
     except OutboxError as exc:
         print(f"outbox: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
     return code
+
+
+def _bad_log_option(args: argparse.Namespace) -> str | None:
+    """argparse checks choices on the command line, not on a default: OUTBOX_LOG_LEVEL=loud
+    (a default here) is checked here, named, with what is allowed."""
+    for name, allowed in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+        value = getattr(args, name, None)
+        if value is not None and value not in allowed:
+            return f"OUTBOX_{name.upper()} must be one of {', '.join(allowed)}, got {value!r}"
+    return None

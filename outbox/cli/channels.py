@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from outbox.cli import partner
 from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, with_engine
+from outbox.domain.codes import OPEN_STATES
 from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError
 
 if TYPE_CHECKING:
@@ -212,7 +213,9 @@ def _show(args: argparse.Namespace) -> int:
         if not found:
             raise ChannelNotFound(f"no channel {args.id!r} in the registry")
         shown = _as_json(found[0])
-        shown["open_rows"] = await InspectionStore(engine).open_rows(args.id)
+        # Every open state, 0 when none: --json keys stay the same (issue 19 §4).
+        found_open = await InspectionStore(engine).open_rows(args.id)
+        shown["open_rows"] = {s.value: found_open.get(s.value, 0) for s in OPEN_STATES}
         if args.json:
             print(json.dumps(shown, indent=2))
             return EXIT_OK

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from outbox.cli.runtime import EXIT_OK, env_default, run_async, settings
-from outbox.errors import ConfigError, OutboxError
+from outbox.cli import as_json
+from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, run_async, settings
+from outbox.errors import ConfigError, DatabaseError, OutboxError
 
 if TYPE_CHECKING:
-    from outbox.config import Settings
+    from outbox.config import ChannelConfig, Settings
 
 
 def add_parsers(
@@ -36,6 +39,13 @@ def add_parsers(
         parents=[common],
         help="check configuration, database and migrations; exit 0 only if all is well",
     )
+    check.add_argument(
+        "--skip-api",
+        action="store_true",
+        help="do not ask the API whether each channel's key is accepted and its webhook URL is "
+        "ours (for a start-up check that must not depend on 360dialog)",
+    )
+    as_json.add_json_flag(check)
     check.set_defaults(func=_check)
 
 
@@ -95,26 +105,71 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from outbox.cli.api_check import ChannelCheck, check_channels
+
+    loaded = settings(args, need_channels=False)
+    report: dict[str, Any] = {
+        "ok": False,
+        "configuration": {"ok": True, "channels": len(loaded.channels)},
+        "database": {"ok": False, "schema": None, "error": None},
+        "registry": {"ok": False, "sealed_open": None},
+        "channels": [],
+    }
+    say = _quiet if args.json else print
+    say(f"configuration: ok ({len(loaded.channels)} channels in the file)")
+
+    async def main(_: asyncio.Event) -> int:
+        channels = list(loaded.channels)
+        try:
+            channels += await _check_database(loaded, report, say)
+        except DatabaseError as exc:
+            from outbox.db.errors import describe
+
+            report["database"]["error"] = describe(exc)
+            print(f"outbox: error: {describe(exc)}", file=sys.stderr)
+        checks: list[ChannelCheck] = []
+        if not args.skip_api:
+            webhook_url = loaded.partner.webhook_url if loaded.partner else None
+            checks = await check_channels(channels, loaded.sender.request_timeout, webhook_url)
+        for check in checks:
+            say(check.line())
+        report["channels"] = [c.as_json() for c in checks]
+        report["ok"] = report["database"]["ok"] and all(c.ok for c in checks)
+        if args.json:
+            print(as_json.dump(report))
+        return EXIT_OK if report["ok"] else EXIT_ERROR
+
+    return run_async(main)
+
+
+def _quiet(_: str) -> None:
+    """`say` under --json: the one JSON document is all that goes to stdout."""
+
+
+async def _check_database(
+    loaded: Settings, report: dict[str, Any], say: Callable[[str], None]
+) -> list[ChannelConfig]:
+    """The schema, the sealed credentials, and the registry's enabled channels to check."""
     from outbox import app
     from outbox.db.engine import create_engine
+    from outbox.db.errors import translated_errors
     from outbox.db.registry import ChannelRegistryStore
     from outbox.sealing import keyring_from
 
-    loaded = settings(args, need_channels=False)
-    print(f"configuration: ok ({len(loaded.channels)} channels in the file)")
-
-    async def main(_: asyncio.Event) -> int:
-        engine = create_engine(
-            loaded.database_url, pool_size=1, role="check", pooler=loaded.database.pooler
-        )
-        try:
-            schema = await app.check_database(engine)
-            print(f"database: ok, {schema}")
-            # A wrong master key fails here as it would fail `outbox run`, naming key ids only.
-            opened = await ChannelRegistryStore(engine, keyring_from()).check_sealed()
-        finally:
-            await engine.dispose()
-        print(f"registry: ok, {opened} sealed credentials open with the master key")
-        return EXIT_OK
-
-    return run_async(main)
+    engine = create_engine(
+        loaded.database_url, pool_size=1, role="check", pooler=loaded.database.pooler
+    )
+    try:
+        schema = await app.check_database(engine)
+        report["database"] = {"ok": True, "schema": schema, "error": None}
+        say(f"database: ok, {schema}")
+        # A wrong master key fails here as it would fail `outbox run`, naming key ids only.
+        with translated_errors():
+            registry = ChannelRegistryStore(engine, keyring_from())
+            opened = await registry.check_sealed()
+            snapshot = await registry.snapshot()
+    finally:
+        await engine.dispose()
+    report["registry"] = {"ok": True, "sealed_open": opened}
+    say(f"registry: ok, {opened} sealed credentials open with the master key")
+    return [r.config for r in snapshot.channels if r.enabled and not r.from_file]

@@ -15,13 +15,16 @@ if TYPE_CHECKING:
 _TEMPLATES_SHOWN = 20
 
 
-async def health_report(engine: AsyncEngine) -> str:
+async def health_data(
+    engine: AsyncEngine,
+) -> tuple[list[TemplateHealth], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Templates (held first), accounts and the latest account events: for text or --json."""
     from outbox.db.account_store import AccountHealthStore
     from outbox.db.templates import TemplateStore
 
     store = AccountHealthStore(engine)
     templates = await TemplateStore(engine).health(_TEMPLATES_SHOWN)
-    return format_health(templates, await store.health(), await store.recent_events())
+    return templates, await store.health(), await store.recent_events()
 
 
 def format_health(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from outbox.cli import as_json
 from outbox.cli.render import (
     Progress,
     format_message,
@@ -51,6 +52,7 @@ def add_parsers(
         help="one message: its columns, attempts and status history",
     )
     show.add_argument("id", type=int, help="the message's id (outbox.messages.id)")
+    as_json.add_json_flag(show)
     show.set_defaults(func=_show)
 
     stats = commands.add_parser(
@@ -66,6 +68,7 @@ def add_parsers(
         type=float,
         help="the period 'sent lately' counts over",
     )
+    as_json.add_json_flag(stats)
     stats.set_defaults(func=_stats)
 
     _add_replay(commands, common)
@@ -84,6 +87,9 @@ def _show(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         history, actions = await store.history(args.id), await store.actions(args.id)
         waiting, opt_outs = await store.waiting(args.id), await store.opt_outs(args.id)
+        if args.json:
+            print(as_json.dump(as_json.message(row, history, actions, waiting, opt_outs)))
+            return EXIT_OK
         print(format_message(row, history, actions, waiting, opt_outs))
         return EXIT_OK
 
@@ -91,7 +97,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from outbox.cli.health import health_report
+    from outbox.cli.health import format_health, health_data
     from outbox.db.inspection import InspectionStore
 
     if not args.recent_minutes > 0:
@@ -101,8 +107,12 @@ def _stats(args: argparse.Namespace) -> int:
         store = InspectionStore(engine)
         configured = [c.id for c in settings.channels]
         stats = await store.channel_stats(configured, args.recent_minutes * 60)
+        health = await health_data(engine)  # templates and accounts (issue 18 §5)
+        if args.json:
+            print(as_json.dump(as_json.stats(stats, args.recent_minutes, *health)))
+            return EXIT_OK
         print(format_stats(stats, args.recent_minutes))
-        print(await health_report(engine))  # templates and accounts (issue 18 §5)
+        print(format_health(*health))
         return EXIT_OK
 
     return with_engine(args, read)
@@ -195,6 +205,7 @@ def _add_purge(
         "message's creation (at least --older-than; default %(default)s)",
     )
     purge.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
+    as_json.add_json_flag(purge)
     purge.set_defaults(func=_purge)
 
 
@@ -237,14 +248,18 @@ def _operate(
         command = command_for(settings)
         operations = Operations(OperatorStore(engine), clock=utc_now)
         tally = await operations.select(command, chosen, show=args.show)
+        if args.json and (args.dry_run or not tally.chosen):
+            print(as_json.dump(as_json.tally(tally, dry_run=True)))
+            return EXIT_OK
         if not tally.acted and not tally.skipped:
             print(f"no message matches; nothing to {command.verb}")
             return EXIT_OK
-        print(format_tally(tally))
+        if not args.json:
+            print(format_tally(tally))
         if args.dry_run or not tally.chosen:
             print(format_summary(tally, dry_run=True))
             return EXIT_OK
-        if not args.yes and sys.stdin.isatty():
+        if not args.yes and sys.stdin.isatty() and not args.json:
             prompt = f"{command.verb} {tally.acted} messages? [y/N] "
             answer = await asyncio.to_thread(input, prompt)
             if answer.strip().lower() not in ("y", "yes"):
@@ -253,6 +268,9 @@ def _operate(
         progress = Progress(command.verb, tally.acted, sys.stderr)
         await operations.apply(command, tally, progress.advance)
         progress.close()
+        if args.json:
+            print(as_json.dump(as_json.tally(tally, dry_run=False)))
+            return EXIT_OK
         print(format_summary(tally, dry_run=False))
         return EXIT_OK
 
@@ -280,19 +298,30 @@ def _purge(args: argparse.Namespace) -> int:
         older_than, args.batch_size, include_delivered=args.include_delivered, keep_keys=keep_keys
     )
 
+    done: dict[Purged, int] = {}
+
     def deleted(table: Purged, count: int) -> None:
-        print(f"deleted {count} {table.label}")
+        done[table] = count
+        if not args.json:
+            print(f"deleted {count} {table.label}")
 
     async def run(engine: AsyncEngine, _: Settings) -> int:
         retention = Retention(RetentionStore(engine), clock=utc_now)
         cutoff, counts = await retention.count(purge)
-        print(f"older than {cutoff.isoformat(timespec='seconds')}:")
-        for table, count in counts.items():
-            print(f"  {table.label:<16}{count:>10}")
+        if not args.json:
+            print(f"older than {cutoff.isoformat(timespec='seconds')}:")
+            for table, count in counts.items():
+                print(f"  {table.label:<16}{count:>10}")
         if args.dry_run:
-            print("dry run: nothing deleted")
+            print(
+                as_json.dump(as_json.purge(cutoff, counts, None))
+                if args.json
+                else "dry run: nothing deleted"
+            )
             return EXIT_OK
         await retention.purge(purge, cutoff, deleted)
+        if args.json:
+            print(as_json.dump(as_json.purge(cutoff, counts, done)))
         return EXIT_OK
 
     return with_engine(args, run)

@@ -107,7 +107,7 @@ _COLUMNS = [s.value for s in State]
 def format_stats(stats: list[ChannelStats], recent_minutes: float) -> str:
     if not stats:
         return "no channels configured and no messages"
-    shown = [s for s in _COLUMNS if any(c.states.get(s) for c in stats)] or ["queued"]
+    shown = _COLUMNS  # every state, 0 when none: scripts can rely on the columns
     header = (
         f"{'channel':<16}"
         + "".join(f"{s:>10}" for s in shown)

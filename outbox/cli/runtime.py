@@ -62,6 +62,7 @@ def with_engine(
     """Run `use(engine, settings)` against the configured database, schema checked first."""
     from outbox import app
     from outbox.db.engine import create_engine
+    from outbox.db.errors import translated_errors
 
     loaded = settings(args, need_channels=False)
 
@@ -71,7 +72,10 @@ def with_engine(
         )
         try:
             await app.check_database(engine)
-            return await use(engine, loaded)
+            # A driver error no adapter translated (a privilege missing mid-command) still
+            # ends as one line with PostgreSQL's message, never a traceback.
+            with translated_errors():
+                return await use(engine, loaded)
         finally:
             await engine.dispose()
 

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from outbox.cli.as_json import add_json_flag
 from outbox.cli.render import parse_time
 from outbox.cli.runtime import env_default
 from outbox.domain.models import State
@@ -50,6 +51,7 @@ def add_selectors(parser: argparse.ArgumentParser, states: Sequence[State], defa
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would happen; change nothing"
     )
+    add_json_flag(parser)
     parser.add_argument("--reason", help="a note kept with each row's lineage")
     env_default(
         parser,

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from outbox.cli import as_json
 from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, with_engine
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def add_parsers(
     listing = verbs.add_parser(
         "list", parents=[common], help="templates, held ones first, with the rows each holds"
     )
+    as_json.add_json_flag(listing)
     listing.set_defaults(func=_list)
     resume = verbs.add_parser(
         "resume",
@@ -45,7 +47,11 @@ def _list(args: argparse.Namespace) -> int:
     from outbox.db.templates import TemplateStore
 
     async def read(engine: AsyncEngine, _: Settings) -> int:
-        for t in await TemplateStore(engine).health():
+        found = await TemplateStore(engine).health()
+        if args.json:
+            print(as_json.dump(as_json.templates(found)))
+            return EXIT_OK
+        for t in found:
             print(
                 f"{t.key.waba_id}  {t.key.name}  {t.key.language}  status={t.status or '-'}"
                 f"  category={t.category or '-'}  quality={t.quality or '-'}"

@@ -112,6 +112,7 @@ def _set_webhook(args: argparse.Namespace) -> int:
 
     import aiohttp
 
+    from outbox.cli.api_check import other_channel
     from outbox.http.api_client import ApiClient, create_session
 
     loaded = settings(args)
@@ -121,6 +122,14 @@ def _set_webhook(args: argparse.Namespace) -> int:
         raise ConfigError(f"no channel {args.channel!r} in the configuration (have: {known})")
     if urlsplit(args.url).scheme not in ("http", "https") or not urlsplit(args.url).hostname:
         raise ConfigError(f"URL must be an http(s) URL, got {args.url!r}")
+    other = None if args.waba else other_channel(channel.id, args.url)
+    if other is not None:
+        # Issue 19 §4: this channel's reports would reach channel `other`'s endpoint, which
+        # refuses them (other credentials) or files them under the wrong channel.
+        raise ConfigError(
+            f"URL path /webhooks/{other} is channel {other!r}'s webhook, not {channel.id!r}'s:"
+            f" use .../webhooks/{channel.id}"
+        )
 
     async def main(_: asyncio.Event) -> int:
         try:
@@ -212,13 +221,25 @@ def _sandbox(args: argparse.Namespace) -> int:
         partner_secret = os.environ.get(args.partner_secret_env) or None
         if partner_secret is None:
             raise ConfigError(f"--partner-secret-env: {args.partner_secret_env} is not set")
-    print(
-        f"sandbox: serving on http://{args.host}:{args.port} (On-Premise /v1/messages, "
-        "Cloud /messages)",
-        file=sys.stderr,
-    )
+
+    def announce(base_url: str) -> None:
+        print(
+            f"sandbox: serving on {base_url} (On-Premise /v1/messages, Cloud /messages)",
+            file=sys.stderr,
+        )
 
     async def main(stop: asyncio.Event) -> int:
+        try:
+            await _serve_sandbox(stop)
+        except OSError as exc:
+            # A port in use is the usual reason: one line, no traceback (issue 19 §4).
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OutboxError(
+                f"sandbox: cannot listen on {args.host}:{args.port}: {reason}"
+            ) from None
+        return EXIT_OK
+
+    async def _serve_sandbox(stop: asyncio.Event) -> None:
         await sandbox.serve(
             args.host,
             args.port,
@@ -229,8 +250,8 @@ def _sandbox(args: argparse.Namespace) -> int:
             duplicate=args.duplicate,
             stop=stop,
             partner_secret=partner_secret,
+            announce=announce,
         )
-        return EXIT_OK
 
     return run_async(main)
 

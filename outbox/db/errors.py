@@ -9,6 +9,7 @@ itself (`StatementInvalid`: a bug or an unexpected schema; say so loudly, lose n
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -122,3 +123,39 @@ def translated(
             return await method(*args, **kwargs)
 
     return wrapper
+
+
+# --- what an operator reads (issue 19 §4): `outbox check`, every CLI verb and `/readyz` ---
+# SQLSTATE classes meaning the server is not (yet, or any more) there to talk to: connection
+# exceptions (08) and operator intervention (57: shutting down, starting up). Every other
+# answer came from a server that was reached, so "unreachable" would send people the wrong way.
+_AWAY_CLASSES = ("08", "57")
+_HINTS = {
+    "3D000": "create it or fix database_url",
+    "28P01": "check the password in database_url",
+    "28000": "check the user in database_url",
+    "42501": "grant the role what it needs (README: database roles)",
+}
+# `scheme://user:password@`: a DSN quoted in a driver message keeps its user, loses the password.
+_DSN_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
+
+
+def describe(exc: BaseException) -> str:
+    """One line, no secrets: PostgreSQL's own message when the server answered, and
+    "database unreachable" only when it could not be reached at all."""
+    if isinstance(exc, DatabaseError):
+        if exc.__cause__ is None or not is_driver_error(exc.__cause__):
+            return str(exc)  # ours already (a schema verdict): worded for people
+        exc = exc.__cause__
+    origin = _driver_error(exc)
+    state = sqlstate(exc)
+    words = str(origin).split("\n", 1)[0].strip() or type(origin).__name__
+    words = _DSN_PASSWORD.sub(r"\1:********@", parsing.storable(words, _MESSAGE_LIMIT))
+    if state is not None and state[:2] not in _AWAY_CLASSES:
+        hint = _HINTS.get(state)
+        return f"database: {words} (SQLSTATE {state}{f'; {hint}' if hint else ''})"
+    if state is not None or isinstance(
+        origin, OSError | TimeoutError | sa.TimeoutError | asyncpg.InterfaceError
+    ):
+        return f"database unreachable: {words}"
+    return f"database error: {type(origin).__name__}: {words}"

@@ -90,6 +90,20 @@ class ApiClient:
             body = raw.decode("utf-8", errors="replace") if cut else _decode(raw)
             return ApiAnswer(response.status, body)
 
+    # --- `outbox check` (issue 19 §4): is the key accepted, and where do webhooks go? ---
+    async def get_webhook(self, channel: ChannelConfig) -> ApiAnswer:
+        """`GET /v1/configs/webhook` (the same path in both dialects): 401 when the key is
+        refused, else the registered `{url, headers}`. Never follows a redirect: the key
+        must not reach another origin."""
+        async with self._session.get(
+            f"{channel.base_url}/v1/configs/webhook",
+            headers={"D360-API-KEY": channel.api_key.reveal()},
+            allow_redirects=False,
+        ) as response:
+            raw, cut = await _read(response)
+            body = raw.decode("utf-8", errors="replace") if cut else _decode(raw)
+            return ApiAnswer(response.status, body)
+
     async def send(self, channel: ChannelConfig, request: ApiRequest) -> SendOutcome:
         url, headers = self._target(channel, request.path)
         try:

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -330,8 +330,11 @@ async def serve(
     duplicate: bool,
     stop: asyncio.Event,
     partner_secret: str | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Run a sandbox on host:port until `stop` is set (for `outbox sandbox` and `outbox demo`)."""
+    """Run a sandbox on host:port until `stop` is set (for `outbox sandbox` and `outbox demo`);
+    `announce` hears the base URL once it listens. A port in use raises OSError, with the
+    sandbox's client session closed (no "Unclosed client session" after the error)."""
     sandbox = Sandbox(
         api_keys,
         latency=latency,
@@ -340,7 +343,13 @@ async def serve(
         duplicate=duplicate,
         partner_secret=partner_secret,
     )
-    await sandbox.start(host, port)
+    try:
+        base_url = await sandbox.start(host, port)
+    except OSError:
+        await sandbox.stop()
+        raise
+    if announce is not None:
+        announce(base_url)
     try:
         await stop.wait()
     finally:

@@ -23,7 +23,7 @@ async def test_migrate_then_check(empty_db_url: str, tmp_path: Path) -> None:
     config = tmp_path / "outbox.toml"
     config.write_text(config_toml(empty_db_url, "http://127.0.0.1:9"))
 
-    code, _, err = await _outbox("check", "--config", str(config))
+    code, _, err = await _outbox("check", "--config", str(config), "--skip-api")
     assert code == 1
     assert "run `outbox migrate`" in err
 
@@ -31,7 +31,7 @@ async def test_migrate_then_check(empty_db_url: str, tmp_path: Path) -> None:
     assert code == 0
     assert f"schema: empty -> {migrate.head_revision()}" in out
 
-    code, out, _ = await _outbox("check", "--config", str(config))
+    code, out, _ = await _outbox("check", "--config", str(config), "--skip-api")
     assert code == 0, out
     assert "schema current" in out
 
@@ -51,7 +51,7 @@ async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     config.write_text(
         config_toml(f"postgresql://nobody@/nowhere?host={tmp_path}", "http://127.0.0.1:9")
     )
-    code, _, err = await _outbox("check", "--config", str(config))
+    code, _, err = await _outbox("check", "--config", str(config), "--skip-api")
     assert code == 1
     assert "database unreachable" in err
     assert "Traceback" not in err
@@ -276,10 +276,14 @@ async def test_stats_shows_counts_per_state_and_a_paused_channel(
     assert "max daily 2000" in health
     assert "cloud: DISABLED_UPDATE -> pause (ban state DISABLE)" in health
     header, *rows = table.splitlines()
-    assert header.split()[:3] == ["channel", "queued", "accepted"]
+    # Issue 19 §4: a column for every state, 0 when none, then accepted lately.
+    assert header.split()[:12] == [
+        "channel", "queued", "sending", "unknown", "accepted", "sent", "delivered", "read",
+        "failed", "expired", "cancelled", "sent/5m",
+    ]  # fmt: skip
     by_channel = {line.split()[0]: line for line in rows}
-    assert by_channel["cloud"].split()[1:4] == ["1", "2", "2"]
+    assert by_channel["cloud"].split()[1:12] == ["1", "0", "0", "2", *["0"] * 6, "2"]
     assert by_channel["cloud"].endswith("ok")
-    assert by_channel["onprem"].split()[1:4] == ["1", "1", "1"]
+    assert by_channel["onprem"].split()[1:12] == ["1", "0", "0", "1", *["0"] * 6, "1"]
     assert "PAUSED until" in by_channel["onprem"]
     assert "Invalid api_key" in by_channel["onprem"]

@@ -328,7 +328,13 @@ async def _drive(settings: Settings, config: Path, db_url: str) -> Capture:
         cli = list(
             await asyncio.gather(
                 _cli("set-webhook", "cloud", f"{receiver}/webhooks/cloud", "--config", str(config)),
-                _cli("set-webhook", "revoked", f"{receiver}/webhooks/x", "--config", str(config)),
+                _cli(
+                    "set-webhook",
+                    "revoked",
+                    f"{receiver}/webhooks/revoked",
+                    "--config",
+                    str(config),
+                ),
             )
         )
         ids = await _insert_all(db_url)
