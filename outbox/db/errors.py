@@ -69,7 +69,7 @@ def _driver_error(exc: BaseException) -> BaseException:
 def driver_message(exc: BaseException) -> str:
     """The first line of the driver's own message (PostgreSQL's, for a server error)."""
     origin = _driver_error(exc)
-    return str(origin).split("\n", 1)[0] or type(origin).__name__
+    return str(origin).split("\n", 1)[0].strip() or type(origin).__name__
 
 
 def _kind(exc: BaseException) -> type[DatabaseError]:
@@ -92,7 +92,7 @@ def translate(exc: BaseException) -> DatabaseError:
         return exc
     origin = _driver_error(exc)
     state = sqlstate(exc)
-    words = str(origin).split("\n", 1)[0] or type(origin).__name__
+    words = driver_message(exc)
     message = f"{type(origin).__name__}{f' ({state})' if state else ''}: {words}"
     error = _kind(exc)(parsing.storable(message, _MESSAGE_LIMIT))
     error.__cause__ = exc
@@ -149,8 +149,8 @@ def describe(exc: BaseException) -> str:
         exc = exc.__cause__
     origin = _driver_error(exc)
     state = sqlstate(exc)
-    words = str(origin).split("\n", 1)[0].strip() or type(origin).__name__
-    words = _DSN_PASSWORD.sub(r"\1:********@", parsing.storable(words, _MESSAGE_LIMIT))
+    words = parsing.storable(driver_message(exc), _MESSAGE_LIMIT)
+    words = _DSN_PASSWORD.sub(r"\1:********@", words)
     if state is not None and state[:2] not in _AWAY_CLASSES:
         hint = _HINTS.get(state)
         return f"database: {words} (SQLSTATE {state}{f'; {hint}' if hint else ''})"
