@@ -131,6 +131,15 @@ def _set_webhook(args: argparse.Namespace) -> int:
             raise OutboxError(f"cannot reach {channel.base_url}: {reason}") from exc
         body = masked_answer(answer.body, channel)
         print(body if isinstance(body, str) else json.dumps(body, indent=2))
+        if answer.location is not None:
+            # Never followed: the request carries the key and the webhook credentials.
+            print(
+                f"error: the API answered HTTP {answer.status}, a redirect to"
+                f" {masked_answer(answer.location, channel)!r}, which was not followed: a"
+                " request with credentials never is (check base_url)",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
         if not 200 <= answer.status < 300:
             print(f"error: the API answered HTTP {answer.status}", file=sys.stderr)
             return EXIT_ERROR
