@@ -112,6 +112,7 @@ def _set_webhook(args: argparse.Namespace) -> int:
 
     import aiohttp
 
+    from outbox.config_checks import insecure_http_allowed, require_https
     from outbox.http.api_client import ApiClient, create_session
 
     loaded = settings(args)
@@ -121,6 +122,8 @@ def _set_webhook(args: argparse.Namespace) -> int:
         raise ConfigError(f"no channel {args.channel!r} in the configuration (have: {known})")
     if urlsplit(args.url).scheme not in ("http", "https") or not urlsplit(args.url).hostname:
         raise ConfigError(f"URL must be an http(s) URL, got {args.url!r}")
+    # Issue 19 §3: 360dialog would post the Basic-auth header to it in clear text.
+    require_https(args.url, "the webhook URL", allow_insecure=insecure_http_allowed(os.environ))
 
     async def main(_: asyncio.Event) -> int:
         try:
