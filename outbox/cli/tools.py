@@ -16,6 +16,8 @@ from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, run_async, sett
 from outbox.config import ChannelConfig
 from outbox.errors import ConfigError, OutboxError
 
+SANDBOX_KEYS_ENV = "OUTBOX_SANDBOX_KEYS"  # the sandbox's KEY=LABEL pairs, when no file is given
+
 
 def add_parsers(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -38,16 +40,22 @@ def add_parsers(
     set_webhook.set_defaults(func=_set_webhook)
 
     sandbox = commands.add_parser(
-        "sandbox", parents=[common], help="run a local imitation of 360dialog's API"
+        "sandbox",
+        parents=[common],
+        help="run a local imitation of 360dialog's API",
+        # The old `--keys KEY=LABEL` must fail, not be taken as an abbreviation of --keys-file.
+        allow_abbrev=False,
     )
     env_default(sandbox, "--host", env="SANDBOX_HOST", default="127.0.0.1", help="bind address")
     env_default(sandbox, "--port", env="SANDBOX_PORT", default=8081, type=int, help="port")
+    # Issue 19 §3: keys never on the command line, which every local user can read (ps).
     env_default(
         sandbox,
-        "--keys",
-        env="SANDBOX_KEYS",
-        default="sandbox-key=sandbox",
-        help="comma-separated KEY=LABEL pairs the sandbox accepts as D360-API-KEY",
+        "--keys-file",
+        env="SANDBOX_KEYS_FILE",
+        type=Path,
+        help="a file of KEY=LABEL pairs (one a line, or comma-separated) the sandbox accepts as "
+        f"D360-API-KEY; without it, the pairs in {SANDBOX_KEYS_ENV}, else sandbox-key=sandbox",
     )
     env_default(
         sandbox,
@@ -207,12 +215,7 @@ def _mask(value: Any, secrets: list[str]) -> Any:
 def _sandbox(args: argparse.Namespace) -> int:
     from outbox import sandbox
 
-    keys: dict[str, str] = {}
-    for pair in str(args.keys).split(","):
-        key, _, label = pair.strip().partition("=")
-        if not key:
-            raise ConfigError("--keys: empty API key")
-        keys[key] = label or key[:4] + "…"
+    keys = _sandbox_keys(args.keys_file)
     try:
         delays = tuple(float(d) / 1000 for d in str(args.status_delays_ms).split(","))
     except ValueError:
@@ -245,6 +248,25 @@ def _sandbox(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run_async(main)
+
+
+def _sandbox_keys(path: Path | None) -> dict[str, str]:
+    """The sandbox's keys, from a file or the environment (never argv, issue 19 §3)."""
+    if path is not None:
+        try:
+            text, where = path.read_text(encoding="utf-8"), f"--keys-file {path}"
+        except OSError as exc:
+            raise ConfigError(f"cannot read --keys-file {path}: {exc.strerror}") from exc
+    else:
+        text, where = os.environ.get(SANDBOX_KEYS_ENV, "sandbox-key=sandbox"), SANDBOX_KEYS_ENV
+    keys: dict[str, str] = {}
+    for pair in text.replace("\n", ",").split(","):
+        key, _, label = pair.strip().partition("=")
+        if key:
+            keys[key] = label or key[:4] + "…"
+    if not keys:
+        raise ConfigError(f"{where}: no KEY=LABEL pair")
+    return keys
 
 
 def _demo(args: argparse.Namespace) -> int:
