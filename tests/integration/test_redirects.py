@@ -28,6 +28,7 @@ from tests.support import (
     config_toml,
     enqueue_in_window,
     fetch,
+    loopback_site,
     outbox_command,
     running,
     settings_for,
@@ -43,15 +44,6 @@ class Servers:
     trap: str  # base URL of the server the 307 points at
     seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)  # paths the redirecting server was asked
-
-
-async def _site(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -71,8 +63,8 @@ async def servers() -> AsyncIterator[Servers]:
     trap_app.router.add_route("*", "/{tail:.*}", record)
     api_app = web.Application()
     api_app.router.add_route("*", "/{tail:.*}", redirect)
-    trap_runner, trap = await _site(trap_app)
-    api_runner, api = await _site(api_app)
+    trap_runner, trap = await loopback_site(trap_app)
+    api_runner, api = await loopback_site(api_app)
     holder.append(Servers(api, trap))
     try:
         yield holder[0]

@@ -267,6 +267,7 @@ async def test_a_rotated_key_is_dropped_by_the_api_client() -> None:
     from outbox.domain.models import Dialect, SentAs
     from outbox.domain.request import ApiRequest
     from outbox.http.api_client import ApiClient, create_session
+    from tests.support import loopback_site
 
     class Tracked(Secret):  # a Secret that can be watched (Secret has __slots__)
         pass
@@ -279,11 +280,7 @@ async def test_a_rotated_key_is_dropped_by_the_api_client() -> None:
 
     app = web.Application()
     app.router.add_post("/messages", messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, base = await loopback_site(app)
     old_key = Tracked("old-key-" + "x" * 20)
     watch = weakref.ref(old_key)
     channel = ChannelConfig("cloud", Dialect.CLOUD, base, old_key)
