@@ -299,3 +299,29 @@ async def test_a_rotated_key_is_dropped_by_the_api_client() -> None:
     finally:
         await runner.cleanup()
     assert seen == ["old-key-" + "x" * 20, "new-key-" + "y" * 20]
+
+
+async def test_a_partner_issued_key_with_a_newline_is_refused_at_import() -> None:
+    from datetime import timedelta
+
+    from aiohttp import web
+
+    from outbox.config import PartnerConfig, Secret
+    from outbox.http.partner_client import PartnerClient, create_session
+    from outbox.ports.partner import PartnerApiError
+    from tests.support import loopback_site
+
+    async def new_key(_: web.Request) -> web.Response:
+        return web.json_response({"api_key": f"{KEY}\n", "address": "https://waba-v2.x"})
+
+    app = web.Application()
+    app.router.add_post("/partners/abcPA/channels/ch1/api_keys", new_key)
+    runner, base = await loopback_site(app)
+    try:
+        async with create_session(timedelta(seconds=5)) as session:
+            client = PartnerClient(session, PartnerConfig("abcPA", Secret("p"), base_url=base))
+            with pytest.raises(PartnerApiError, match="trailing newline") as caught:
+                await client.create_api_key("ch1")
+    finally:
+        await runner.cleanup()
+    assert KEY not in str(caught.value)
