@@ -13,6 +13,7 @@ import stat
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -154,3 +155,15 @@ def check_database_url(url: str, key: str) -> None:
             f" must be percent-encoded (e.g. '/' as %2F, '@' as %40); got"
             f" {masked_database_url(url)}"
         )
+
+
+def database_url_from_file(path: Any, given: Any) -> str:
+    """`database_url_file`: the URL from a file (a mounted Secret), never the environment."""
+    if given:
+        raise ConfigError("give database_url or database_url_file, not both")
+    if not isinstance(path, str) or not path:
+        raise ConfigError("database_url_file must name a file")
+    try:
+        return read_secret_file(Path(path), f"database_url_file {path}")
+    except OSError as exc:
+        raise ConfigError(f"cannot read database_url_file {path}: {exc.strerror}") from exc

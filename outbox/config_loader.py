@@ -34,6 +34,7 @@ from outbox.config import (
 from outbox.config_checks import (
     check_database_url,
     checked_credential,
+    database_url_from_file,
     insecure_http_allowed,
     read_secret_file,
     require_https,
@@ -78,7 +79,7 @@ def load_settings(
     if top:
         raise ConfigError(f"unknown configuration key: {sorted(top)[0]}")
     if database_url_file is not None:
-        database_url = _database_url_from_file(database_url_file, database_url)
+        database_url = database_url_from_file(database_url_file, database_url)
     if not isinstance(database_url, str) or not database_url:
         raise ConfigError("database_url is required (or set OUTBOX_DATABASE_URL)")
     validate_database_url(database_url)
@@ -133,18 +134,6 @@ def validate_database_url(url: Any, key: str = "database_url") -> None:
             f"(got a {scheme or 'schemeless'} URL)"
         )
     check_database_url(url, key)
-
-
-# --- issue 19 §3: the database URL from a file (a mounted Secret), never in the environment ---
-def _database_url_from_file(path: Any, given: Any) -> str:
-    if given:
-        raise ConfigError("give database_url or database_url_file, not both")
-    if not isinstance(path, str) or not path:
-        raise ConfigError("database_url_file must name a file")
-    try:
-        return read_secret_file(Path(path), f"database_url_file {path}")
-    except OSError as exc:
-        raise ConfigError(f"cannot read database_url_file {path}: {exc.strerror}") from exc
 
 
 def _section(value: Any, name: str) -> dict[str, Any]:
