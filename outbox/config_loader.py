@@ -31,6 +31,14 @@ from outbox.config import (
     UnknownPolicy,
     WebhookAuth,
 )
+from outbox.config_checks import (
+    check_database_url,
+    checked_credential,
+    database_url_from_file,
+    insecure_http_allowed,
+    read_secret_file,
+    require_https,
+)
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
 
@@ -64,11 +72,14 @@ def load_settings(
     channels_raw = top.pop("channels", [])
     partner_raw = top.pop("partner", None)
     database_url = _top_level(top, env, "database_url", None)
+    database_url_file = _top_level(top, env, "database_url_file", None)
     log_level = log_choice(top, env, "log_level", "info", LOG_LEVELS)
     log_format = log_choice(top, env, "log_format", "auto", LOG_FORMATS)
     listen_database_url = _top_level(top, env, "listen_database_url", None)
     if top:
         raise ConfigError(f"unknown configuration key: {sorted(top)[0]}")
+    if database_url_file is not None:
+        database_url = database_url_from_file(database_url_file, database_url)
     if not isinstance(database_url, str) or not database_url:
         raise ConfigError("database_url is required (or set OUTBOX_DATABASE_URL)")
     validate_database_url(database_url)
@@ -118,6 +129,7 @@ def validate_database_url(url: Any, key: str = "database_url") -> None:
             f"{key} must be a libpq URL starting with postgresql:// "
             f"(got a {scheme or 'schemeless'} URL)"
         )
+    check_database_url(url, key)
 
 
 def _section(value: Any, name: str) -> dict[str, Any]:
@@ -255,6 +267,8 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
         or not urlsplit(base_url).hostname
     ):
         raise ConfigError(f"{where}.base_url must be an http(s) URL")
+    # Issue 19 §3: the key travels to base_url; plain http only on loopback or by opt-out.
+    require_https(base_url, f"{where}.base_url", allow_insecure=insecure_http_allowed(env))
     api_key = _secret(entry, "api_key", where, env)
     if api_key is None:
         raise ConfigError(f"{where}: api_key_env or api_key_file is required")
@@ -331,21 +345,20 @@ def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]
     var, file = entry.get(f"{name}_env"), entry.get(f"{name}_file")
     if var is not None and file is not None:
         raise ConfigError(f"{where}: give {name}_env or {name}_file, not both")
+    # Issue 19 §3: a value with whitespace around it or a control character is refused, the
+    # channel and the variable or file named (`config_checks`).
     if var is not None:
         if not isinstance(var, str) or not var:
             raise ConfigError(f"{where}.{name}_env must name an environment variable")
         value = env.get(var, "")
         if not value:
             raise ConfigError(f"{where}: environment variable {var} ({name}_env) is not set")
-        return Secret(value)
+        return Secret(checked_credential(value, f"{where}: environment variable {var}"))
     if file is not None:
         try:
-            value = Path(str(file)).read_text(encoding="utf-8").strip()
+            return Secret(read_secret_file(Path(str(file)), f"{where}: {name}_file {file}"))
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read {name}_file {file}: {exc.strerror}") from exc
-        if not value:
-            raise ConfigError(f"{where}: {name}_file {file} is empty")
-        return Secret(value)
     return None
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from outbox.config import PARTNER_API_URL, PartnerConfig, Secret
+from outbox.config_checks import insecure_http_allowed, require_https
 from outbox.config_loader import ENV_PREFIX, _coerce, _secret, _section, typed_in_file
 from outbox.errors import ConfigError
 
@@ -58,6 +59,11 @@ def _partner_api(section: dict[str, Any], env: Mapping[str, str]) -> PartnerConf
             "partner.webhook_url must be an http(s) URL with {channel} in it, "
             "e.g. https://outbox.example.com/webhooks/{channel}"
         )
+    # Issue 19 §3: the Partner key and the webhook's Basic auth travel to these.
+    insecure = insecure_http_allowed(env)
+    require_https(base_url, "partner.base_url", allow_insecure=insecure)
+    if webhook_url is not None:
+        require_https(webhook_url, "partner.webhook_url", allow_insecure=insecure)
     timeout = given("request_timeout")
     if f"{ENV_PREFIX}PARTNER_REQUEST_TIMEOUT" not in env and timeout is not None:
         typed_in_file(timedelta(0), timeout, "partner.request_timeout")  # issue 19 §4

@@ -24,6 +24,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from outbox.config_checks import warn_if_exposed
 from outbox.errors import ConfigError
 
 VERSION = "v1"
@@ -103,6 +104,7 @@ def keyring_from(environ: Mapping[str, str] | None = None) -> Keyring | None:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read {KEY_FILE_ENV} {path}: {exc.strerror}") from exc
+        warn_if_exposed(Path(path))  # issue 19 §3: named, never shown
         where = f"{KEY_FILE_ENV} {path}"
     elif var:
         text = env.get(var, "")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import asyncpg
 
 from outbox import app
@@ -426,3 +427,11 @@ def cloud_on_account(
             webhook_auth=WebhookAuth.BASIC,
         )
     return replace(settings, channels=(onprem, cloud))
+
+
+async def loopback_site(app: aiohttp.web.Application) -> tuple[aiohttp.web.AppRunner, str]:
+    """`app` served on a free loopback port: its runner (to clean up) and its base URL."""
+    runner = aiohttp.web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"

@@ -156,14 +156,15 @@ def _held(args: argparse.Namespace) -> dict[str, Holding | None]:
                 continue
             name, sep, value = line.partition("=")
             name = name.strip()
-            if not sep or name not in _SECRETS or not value.strip():
+            if not sep or name not in _SECRETS or not value:
                 raise ConfigError(
                     f"standard input line {number}: expected api_key=, webhook_username= or"
                     " webhook_password= with a value"
                 )
             if name in held:
                 raise ConfigError(f"{name} is given twice")
-            held[name] = ("sealed", Secret(value.strip()))
+            # As given: whitespace around the value is refused, not trimmed (issue 19 §3).
+            held[name] = ("sealed", Secret(value))
     return held
 
 

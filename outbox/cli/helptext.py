@@ -18,7 +18,7 @@ EXAMPLES: dict[str, str] = {
     "cancel": "outbox cancel --channel shop-de --state queued --until 1d --dry-run --json",
     "purge": "outbox purge --older-than 30d --dry-run --json",
     "set-webhook": "outbox set-webhook shop-de https://outbox.example.com/webhooks/shop-de",
-    "sandbox": "outbox sandbox --port 8081 --keys sandbox-key=sandbox --latency-ms 20",
+    "sandbox": "outbox sandbox --port 8081 --keys-file sandbox-keys.txt --latency-ms 20",
     "demo": "outbox demo --messages 500",
     "channels": "outbox channels list --json",
     "channels rotate-key": "outbox channels rotate-key shop-de --settle 60",

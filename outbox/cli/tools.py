@@ -16,6 +16,8 @@ from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, run_async, sett
 from outbox.config import ChannelConfig
 from outbox.errors import ConfigError, OutboxError
 
+SANDBOX_KEYS_ENV = "OUTBOX_SANDBOX_KEYS"  # the sandbox's KEY=LABEL pairs, when no file is given
+
 
 def add_parsers(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -38,16 +40,22 @@ def add_parsers(
     set_webhook.set_defaults(func=_set_webhook)
 
     sandbox = commands.add_parser(
-        "sandbox", parents=[common], help="run a local imitation of 360dialog's API"
+        "sandbox",
+        parents=[common],
+        help="run a local imitation of 360dialog's API",
+        # The old `--keys KEY=LABEL` must fail, not be taken as an abbreviation of --keys-file.
+        allow_abbrev=False,
     )
     env_default(sandbox, "--host", env="SANDBOX_HOST", default="127.0.0.1", help="bind address")
     env_default(sandbox, "--port", env="SANDBOX_PORT", default=8081, type=int, help="port")
+    # Issue 19 §3: keys never on the command line, which every local user can read (ps).
     env_default(
         sandbox,
-        "--keys",
-        env="SANDBOX_KEYS",
-        default="sandbox-key=sandbox",
-        help="comma-separated KEY=LABEL pairs the sandbox accepts as D360-API-KEY",
+        "--keys-file",
+        env="SANDBOX_KEYS_FILE",
+        type=Path,
+        help="a file of KEY=LABEL pairs (one a line, or comma-separated) the sandbox accepts as "
+        f"D360-API-KEY; without it, the pairs in {SANDBOX_KEYS_ENV}, else sandbox-key=sandbox",
     )
     env_default(
         sandbox,
@@ -113,6 +121,7 @@ def _set_webhook(args: argparse.Namespace) -> int:
     import aiohttp
 
     from outbox.cli.api_check import other_channel
+    from outbox.config_checks import insecure_http_allowed, require_https
     from outbox.http.api_client import ApiClient, create_session
 
     loaded = settings(args)
@@ -122,6 +131,8 @@ def _set_webhook(args: argparse.Namespace) -> int:
         raise ConfigError(f"no channel {args.channel!r} in the configuration (have: {known})")
     if urlsplit(args.url).scheme not in ("http", "https") or not urlsplit(args.url).hostname:
         raise ConfigError(f"URL must be an http(s) URL, got {args.url!r}")
+    # Issue 19 §3: 360dialog would post the Basic-auth header to it in clear text.
+    require_https(args.url, "the webhook URL", allow_insecure=insecure_http_allowed(os.environ))
     other = None if args.waba else other_channel(channel.id, args.url)
     if other is not None:
         # Issue 19 §4: this channel's reports would reach channel `other`'s endpoint, which
@@ -140,6 +151,15 @@ def _set_webhook(args: argparse.Namespace) -> int:
             raise OutboxError(f"cannot reach {channel.base_url}: {reason}") from exc
         body = masked_answer(answer.body, channel)
         print(body if isinstance(body, str) else json.dumps(body, indent=2))
+        if answer.location is not None:
+            # Never followed: the request carries the key and the webhook credentials.
+            print(
+                f"error: the API answered HTTP {answer.status}, a redirect to"
+                f" {masked_answer(answer.location, channel)!r}, which was not followed: a"
+                " request with credentials never is (check base_url)",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
         if not 200 <= answer.status < 300:
             print(f"error: the API answered HTTP {answer.status}", file=sys.stderr)
             return EXIT_ERROR
@@ -204,12 +224,7 @@ def _mask(value: Any, secrets: list[str]) -> Any:
 def _sandbox(args: argparse.Namespace) -> int:
     from outbox import sandbox
 
-    keys: dict[str, str] = {}
-    for pair in str(args.keys).split(","):
-        key, _, label = pair.strip().partition("=")
-        if not key:
-            raise ConfigError("--keys: empty API key")
-        keys[key] = label or key[:4] + "…"
+    keys = _sandbox_keys(args.keys_file)
     try:
         delays = tuple(float(d) / 1000 for d in str(args.status_delays_ms).split(","))
     except ValueError:
@@ -254,6 +269,25 @@ def _sandbox(args: argparse.Namespace) -> int:
         )
 
     return run_async(main)
+
+
+def _sandbox_keys(path: Path | None) -> dict[str, str]:
+    """The sandbox's keys, from a file or the environment (never argv, issue 19 §3)."""
+    if path is not None:
+        try:
+            text, where = path.read_text(encoding="utf-8"), f"--keys-file {path}"
+        except OSError as exc:
+            raise ConfigError(f"cannot read --keys-file {path}: {exc.strerror}") from exc
+    else:
+        text, where = os.environ.get(SANDBOX_KEYS_ENV, "sandbox-key=sandbox"), SANDBOX_KEYS_ENV
+    keys: dict[str, str] = {}
+    for pair in text.replace("\n", ",").split(","):
+        key, _, label = pair.strip().partition("=")
+        if key:
+            keys[key] = label or key[:4] + "…"
+    if not keys:
+        raise ConfigError(f"{where}: no KEY=LABEL pair")
+    return keys
 
 
 def _demo(args: argparse.Namespace) -> int:

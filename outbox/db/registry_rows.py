@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from outbox.config import ChannelConfig, Secret
+from outbox.config_checks import ALLOW_INSECURE_HTTP_ENV, checked_credential
 from outbox.config_loader import channel_from_entry
 from outbox.db.registry_tables import SECRET_FIELDS, SECRET_WAYS
 from outbox.errors import ConfigError
@@ -151,9 +152,16 @@ def checked(
     if isinstance(entry.get("recipient_gap"), timedelta):
         entry["recipient_gap"] = entry["recipient_gap"].total_seconds()
     for name, holding in held.items():
-        if holding is not None:
-            entry[f"{name}_env"] = "CHECK"
-    return channel_from_entry(entry, "channel", {"CHECK": "x"})
+        if holding is None:
+            continue
+        entry[f"{name}_env"] = "CHECK"
+        way, value = holding
+        if way == "sealed":  # issue 19 §3: refused before it is stored, not when it is used
+            assert isinstance(value, Secret)
+            checked_credential(value.reveal(), f"channel {channel_id!r}: the given {name}")
+    # The https opt-out is the environment's, as when the replicas load the row.
+    env = {"CHECK": "x", ALLOW_INSECURE_HTTP_ENV: os.environ.get(ALLOW_INSECURE_HTTP_ENV, "")}
+    return channel_from_entry(entry, "channel", env)
 
 
 def describe(row: Row[Any]) -> Described:

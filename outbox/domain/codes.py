@@ -91,6 +91,8 @@ class Title(StrEnum):
     TEMPLATE_HELD = "the template is paused or disabled: held until it is active again"
     MARKETING_HELD = "the channel's marketing is held after a spam-rate limit (131048)"
     MARKETING_CAP_RETRY = "per-user marketing cap (131049): one more try a day later"
+    # Issue 19 §3: a request that carries the key never follows a redirect.
+    REDIRECT_REFUSED = "the API answered with a redirect, not followed: check the base_url"
 
 
 class Mover(StrEnum):

@@ -78,6 +78,10 @@ def classify(rejected: Rejected) -> ErrorClass:
     if status == 404 and rejected.code is None:
         # No such endpoint: a wrong base_url fails every row alike, so pause, not fail.
         return ErrorClass.CHANNEL
+    if 300 <= status < 400 and rejected.code is None:
+        # A redirect is not followed (it would carry the key elsewhere): like a wrong base_url,
+        # every row of the channel meets it, so the channel pauses and no row is failed.
+        return ErrorClass.CHANNEL
     if status >= 500 or status == 408:
         return ErrorClass.SERVER
     if rejected.code is None and 200 <= status < 300:

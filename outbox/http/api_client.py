@@ -15,10 +15,12 @@ from yarl import URL
 
 from outbox.config import ChannelConfig, Secret
 from outbox.domain import parsing
+from outbox.domain.codes import Title
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import (
     ANSWER_LIMIT,
     DETAIL_LIMIT,
+    Rejected,
     SendOutcome,
     TransportFailure,
     parse_retry_after,
@@ -42,6 +44,16 @@ def create_session(max_connections: int, timeout: timedelta) -> aiohttp.ClientSe
 class ApiAnswer:
     status: int
     body: Any  # parsed JSON, or the text when it was not JSON
+    location: str | None = None  # where a redirect (3xx, never followed) pointed
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400
+
+
+def redirect_target(response: aiohttp.ClientResponse) -> str:
+    """Where a 3xx pointed, cleaned and short: for the row's detail and the operator."""
+    return parsing.storable(response.headers.get("Location", ""), 200)
 
 
 def webhook_config(channel: ChannelConfig, url: str) -> dict[str, Any]:
@@ -55,21 +67,46 @@ def webhook_config(channel: ChannelConfig, url: str) -> dict[str, Any]:
     return config
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    api_key: Secret
+    base_url: str
+    url: URL
+    headers: CIMultiDict[str]
+
+
 class ApiClient:
+    """Every request carries the channel's key, so none follows a redirect
+    (`allow_redirects=False`): a 3xx is an answer, reported, never obeyed."""
+
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
         # Parsed once per channel and path, not per request: this is the hot path.
-        self._targets: dict[tuple[str, Secret, str], tuple[URL, CIMultiDict[str]]] = {}
+        self._targets: dict[tuple[str, str], _Target] = {}
 
     def _target(self, channel: ChannelConfig, path: str) -> tuple[URL, CIMultiDict[str]]:
-        # The key is part of the cache key: a reloaded key is used from the next request on.
-        key = (channel.id, channel.api_key, path)
-        if key not in self._targets:
+        key = (channel.id, path)
+        target = self._targets.get(key)
+        if (
+            target is None
+            or target.api_key != channel.api_key
+            or target.base_url != channel.base_url
+        ):
+            # A reloaded key replaces the cached one on every path of the channel, so that a
+            # rotated-out key is not kept alive in memory (issue 19 §3).
+            for stale in [
+                k
+                for k, t in self._targets.items()
+                if k[0] == channel.id and t.api_key != channel.api_key
+            ]:
+                del self._targets[stale]
             headers = CIMultiDict(
                 {"D360-API-KEY": channel.api_key.reveal(), "Content-Type": "application/json"}
             )
-            self._targets[key] = (URL(channel.base_url + path), headers)
-        return self._targets[key]
+            url = URL(channel.base_url + path)
+            target = _Target(channel.api_key, channel.base_url, url, headers)
+            self._targets[key] = target
+        return target.url, target.headers
 
     async def set_webhook(
         self, channel: ChannelConfig, url: str, *, waba: bool = False
@@ -85,10 +122,12 @@ class ApiClient:
             f"{channel.base_url}{path}",
             data=orjson.dumps(config),
             headers={"D360-API-KEY": channel.api_key.reveal(), "Content-Type": "application/json"},
+            allow_redirects=False,
         ) as response:
             raw, cut = await _read(response)
             body = raw.decode("utf-8", errors="replace") if cut else _decode(raw)
-            return ApiAnswer(response.status, body)
+            location = redirect_target(response) if is_redirect(response.status) else None
+            return ApiAnswer(response.status, body, location)
 
     # --- `outbox check` (issue 19 §4): is the key accepted, and where do webhooks go? ---
     async def get_webhook(self, channel: ChannelConfig) -> ApiAnswer:
@@ -108,8 +147,13 @@ class ApiClient:
         url, headers = self._target(channel, request.path)
         try:
             async with self._session.post(
-                url, data=orjson.dumps(request.body), headers=headers
+                url, data=orjson.dumps(request.body), headers=headers, allow_redirects=False
             ) as response:
+                if is_redirect(response.status):
+                    where = redirect_target(response)
+                    return Rejected(
+                        response.status, None, Title.REDIRECT_REFUSED, f"Location: {where!r}"
+                    )
                 raw, cut = await _read(response)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 status = response.status

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from outbox.config import ChannelConfig, PartnerConfig, Secret
+from outbox.config_checks import credential_problem
 from outbox.domain import parsing
 from outbox.domain.partner import CanSend, Health
 from outbox.domain.response import parse_retry_after
@@ -148,6 +149,9 @@ class PartnerClient:
         key = _text(body.get("api_key")) if isinstance(body, dict) else None
         if key is None:
             raise PartnerApiError(200, "a new-key answer without api_key")
+        problem = credential_problem(key)
+        if problem is not None:  # it could never be sent in a header as it is
+            raise PartnerApiError(200, f"the new key {problem}")
         address = _text(body.get("address"))
         return IssuedKey(Secret(key), address or DEFAULT_ADDRESS)
 

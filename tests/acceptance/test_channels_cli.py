@@ -112,7 +112,7 @@ async def test_keys_rotate_reseals_under_the_new_key(db_url: str, tmp_path: Path
     cli = Cli(db_url, tmp_path)
     old = cli.key_file.read_text().strip()
     code, _, err = await cli("channels", "add", "a", "--dialect", "cloud", "--base-url",
-                             "http://x", "--secrets-stdin", stdin=f"api_key={KEY}")  # fmt: skip
+                             "http://127.0.0.1:9", "--secrets-stdin", stdin=f"api_key={KEY}")  # fmt: skip
     assert code == 0, err
     code, new, _ = await cli("keys", "generate")
     cli.key_file.write_text(f"{new.strip()}\n{old}\n")  # the new key first, the old one kept

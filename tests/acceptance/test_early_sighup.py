@@ -24,7 +24,9 @@ async def test_a_sighup_during_start_up_is_not_fatal(tmp_path: Path) -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     config = tmp_path / "outbox.toml"
-    config.write_text(config_toml(f"postgresql://outbox@127.0.0.1:{port}/outbox", "http://x"))
+    config.write_text(
+        config_toml(f"postgresql://outbox@127.0.0.1:{port}/outbox", "http://127.0.0.1:9")
+    )
     log = tmp_path / "daemon.log"
     process = await spawn_daemon(config, log)
     try:

@@ -236,16 +236,19 @@ def test_configmap_is_a_valid_outbox_configuration(
 ) -> None:
     text = _configmap_toml()
     env_names, files = _secret_references(tomllib.loads(text))
-    assert env_names, "the example should take a secret from an env var"
+    # Issue 19 §3: every credential is a mounted file, none an environment variable.
+    assert not env_names, "credentials are files, not env vars"
     assert files, "the example should take a secret from a file"
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     for file in files:
         assert file.startswith(SECRETS_DIR), file
-        (secrets_dir / file.removeprefix(SECRETS_DIR)).write_text("dummy-key\n", encoding="utf-8")
-    for name in env_names:
-        monkeypatch.setenv(name, f"dummy-{name.lower()}")
-    monkeypatch.setenv("OUTBOX_DATABASE_URL", "postgresql://outbox@db.invalid/outbox")
+        secret = secrets_dir / file.removeprefix(SECRETS_DIR)
+        secret.write_text("dummy-key\n", encoding="utf-8")
+        secret.chmod(0o600)
+    url_file = secrets_dir / "database-url"
+    url_file.write_text("postgresql://outbox@db.invalid/outbox\n", encoding="utf-8")
+    monkeypatch.setenv("OUTBOX_DATABASE_URL_FILE", str(url_file))
     config = tmp_path / "outbox.toml"
     config.write_text(text.replace(SECRETS_DIR, f"{secrets_dir}/"), encoding="utf-8")
 
@@ -266,8 +269,8 @@ def test_deployment_provides_every_secret_the_config_references() -> None:
     env = {item["name"]: item for item in container["env"]}
     assert env["OUTBOX_CONFIG"]["value"] == "/etc/outbox/outbox.toml"
     assert env["OUTBOX_LOG_FORMAT"]["value"] == "json"
-    for name in {*env_names, "OUTBOX_DATABASE_URL"}:
-        assert "secretKeyRef" in env[name]["valueFrom"], name
+    assert not env_names
+    files.add(env["OUTBOX_DATABASE_URL_FILE"]["value"])
 
     volumes = {
         volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]
@@ -314,6 +317,28 @@ def test_no_literal_secrets_outside_the_example() -> None:
                         continue  # a path to a mounted secret (checked below), not a secret
                     if SECRET_LIKE_ENV.search(item["name"]):
                         assert "value" not in item, f"{path.name}: {item['name']} is a literal"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("deployment.yaml", "Deployment"), ("migrate-job.yaml", "Job")]
+)
+def test_no_credential_is_an_environment_variable(name: str, kind: str) -> None:
+    """Issue 19 §3: env vars show in /proc/<pid>/environ, reach child processes and cannot be
+    rotated by SIGHUP; every credential is a file mounted from the Secret."""
+    workload = _manifest(name, kind)
+    pod = workload["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for container in pod["containers"]:
+        for item in container.get("env", []):
+            assert "valueFrom" not in item, f"{name}: {item['name']} comes from a Secret"
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        mounted = {
+            f"{mount['mountPath']}/{item['path']}": item["key"]
+            for mount in container["volumeMounts"]
+            if "secret" in volumes[mount["name"]]
+            for item in volumes[mount["name"]]["secret"]["items"]
+        }
+        assert mounted[env["OUTBOX_DATABASE_URL_FILE"]] == "database-url"
 
 
 def test_the_master_key_is_a_mounted_secret_file() -> None:
@@ -443,3 +468,4 @@ def test_systemd_unit_is_hardened() -> None:
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"
     assert service["ExecStart"].endswith("outbox run")
+    assert service["LimitCORE"] == "0"  # a core dump would hold every key (issue 19 §3)

@@ -264,6 +264,10 @@ CLASSIFICATION = [
     bare(C, 403, "HTTP 403", "non-json"),
     # A 404 with no code is a wrong base_url: every row would fail alike.
     bare(C, 404, "HTTP 404", "non-json"),
+    # Issue 19 §3: a redirect is not followed (it would carry the key): the channel pauses.
+    bare(C, 307, "the API answered with a redirect, not followed", "redirect"),
+    bare(C, 301, "HTTP 301", "moved"),
+    bare(C, 308, "HTTP 308", "permanent-redirect"),
     bare(C, 403, "Endpoint blocked", "gateway-blocked"),
     onprem(C, 400, 402, "Business eligibility – payment issue"),
     cloud(C, 400, 402, "Business eligibility payment issue"),
