@@ -126,6 +126,22 @@ class HttpConfig:
         default=8080,
         metadata={"min": 0, "max": 65535, "bounds": "between 0 (any free port) and 65535"},
     )
+    # --- the hardened edge (issue 19 section 2) ---
+    # A connection that has not sent a whole request head this long after it opened is closed.
+    header_timeout: timedelta = timedelta(seconds=10)
+    # An idle kept-alive connection is closed after this long (aiohttp's default is an hour).
+    keepalive_timeout: timedelta = timedelta(seconds=15)
+    body_timeout: timedelta = timedelta(seconds=10)  # the whole body, or 408 and closed
+    max_connections: int = 512  # at most half the process's descriptor limit is used
+    max_webhook_handlers: int = 256  # webhooks handled at once; beyond, 503 with Retry-After
+    readiness_interval: timedelta = timedelta(seconds=5)  # /readyz is a cached result this old
+    # Failed webhook authentications per source address per minute before it gets 429s.
+    auth_failures_per_minute: int = 20
+    auth_block: timedelta = timedelta(seconds=60)  # how long a throttled source gets 429s
+    # Peers whose X-Forwarded-For names the source (comma-separated addresses): the ingress.
+    trusted_proxies: str = ""
+    # "host:port" for /healthz, /readyz and /metrics; then the main listener serves webhooks only.
+    admin_listen: str = ""
 
 
 @dataclass(frozen=True)

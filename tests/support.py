@@ -408,14 +408,14 @@ def cloud_on_account(
     settings: Settings, phone_number_id: str, waba_id: str, *, basic_auth: bool = True
 ) -> Settings:
     """`settings` whose cloud channel lives at `phone_number_id` in WABA `waba_id` (POST
-    /webhooks routes by these), with Basic-auth credentials hook-user / hook-pass."""
+    /webhooks routes by these), with Basic-auth credentials hook-user / hook-pass-0123456789."""
     onprem, cloud = settings.channels
     cloud = replace(cloud, phone_number_id=phone_number_id, waba_id=waba_id)
     if basic_auth:
         cloud = replace(
             cloud,
             webhook_username=Secret("hook-user"),
-            webhook_password=Secret("hook-pass"),
+            webhook_password=Secret("hook-pass-0123456789"),
             webhook_auth=WebhookAuth.BASIC,
         )
     return replace(settings, channels=(onprem, cloud))

@@ -150,10 +150,17 @@ def checked(
     entry.update({k: v for k, v in plain.items() if v is not None})
     if isinstance(entry.get("recipient_gap"), timedelta):
         entry["recipient_gap"] = entry["recipient_gap"].total_seconds()
+    # A value given here (sealed) is checked as a file's would be (a weak webhook password is
+    # refused at `channels add`); a referenced one is checked where a replica reads it.
+    env = {"CHECK": "referenced-value-checked-on-load"}
     for name, holding in held.items():
-        if holding is not None:
-            entry[f"{name}_env"] = "CHECK"
-    return channel_from_entry(entry, "channel", {"CHECK": "x"})
+        if holding is None:
+            continue
+        entry[f"{name}_env"] = "CHECK"
+        if isinstance(value := holding[1], Secret):
+            entry[f"{name}_env"] = f"CHECK {name}"
+            env[f"CHECK {name}"] = value.reveal()
+    return channel_from_entry(entry, "channel", env)
 
 
 def describe(row: Row[Any]) -> Described:

@@ -111,7 +111,7 @@ async def test_set_webhook_registers_the_url_with_basic_auth_and_masks_it(
         url,
         "--config",
         str(config),
-        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass"},
+        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass-0123456789"},
     )
     assert code == 0, err
     assert url in out
@@ -137,7 +137,7 @@ async def test_set_webhook_waba_registers_the_accounts_webhook(
         "--waba",
         "--config",
         str(config),
-        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass"},
+        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass-0123456789"},
     )
     assert code == 0, err
     assert url in out

@@ -404,7 +404,11 @@ async def test_revoked_api_key_pauses_the_channel_and_a_restart_with_the_right_k
 
 # --- 5. Webhook abuse ---------------------------------------------------------------------------
 
-HOOK_ENV = {**SUBPROCESS_ENV, "TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "hook-pass"}
+HOOK_ENV = {
+    **SUBPROCESS_ENV,
+    "TEST_HOOK_USER": "hook-user",
+    "TEST_HOOK_PASS": "hook-pass-0123456789",
+}
 MiB = 1024 * 1024
 FUZZ_BODIES = 500
 GOOD_POSTS = 5_000
@@ -415,7 +419,7 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-AUTH = _basic("hook-user", "hook-pass")
+AUTH = _basic("hook-user", "hook-pass-0123456789")
 
 
 def _hook_config(db_url: str) -> str:
@@ -436,7 +440,7 @@ class Abuse:
 
 ABUSES = [
     Abuse("wrong password", "/webhooks/cloud", b"{}", 401, _basic("hook-user", "nope")),
-    Abuse("wrong user", "/webhooks/cloud", b"{}", 401, _basic("nope", "hook-pass")),
+    Abuse("wrong user", "/webhooks/cloud", b"{}", 401, _basic("nope", "hook-pass-0123456789")),
     Abuse("empty credentials", "/webhooks/cloud", b"{}", 401, _basic("", "")),
     Abuse("bearer token", "/webhooks/cloud", b"{}", 401, "Bearer hook-pass"),
     Abuse("bad base64", "/webhooks/cloud", b"{}", 401, "Basic !!!not-base64!!!"),
