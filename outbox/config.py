@@ -133,6 +133,7 @@ class HttpConfig:
     keepalive_timeout: timedelta = timedelta(seconds=15)
     body_timeout: timedelta = timedelta(seconds=10)  # the whole body, or 408 and closed
     max_connections: int = 512  # at most half the process's descriptor limit is used
+    max_connections_per_source: int = 64  # per client address (trusted proxies excepted)
     max_webhook_handlers: int = 256  # webhooks handled at once; beyond, 503 with Retry-After
     readiness_interval: timedelta = timedelta(seconds=5)  # /readyz is a cached result this old
     # Failed webhook authentications per source address per minute before it gets 429s.

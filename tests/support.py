@@ -320,9 +320,14 @@ async def reap(process: asyncio.subprocess.Process) -> None:
 
 
 async def spawn_daemon(
-    config: Path, log: Path, roles: str = "sender", env: Mapping[str, str] = SUBPROCESS_ENV
+    config: Path,
+    log: Path,
+    roles: str = "sender",
+    env: Mapping[str, str] = SUBPROCESS_ENV,
+    **options: Any,
 ) -> asyncio.subprocess.Process:
-    """`outbox run` as operators start it, logging JSON to `log` so tests can read events."""
+    """`outbox run` as operators start it, logging JSON to `log` so tests can read events;
+    `options` go to the subprocess (e.g. `preexec_fn` setting resource limits)."""
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable,
@@ -337,6 +342,7 @@ async def spawn_daemon(
             stderr=out,
             env={**os.environ, **env, "OUTBOX_LOG_FORMAT": "json"},
             stdin=asyncio.subprocess.DEVNULL,
+            **options,
         )
 
 

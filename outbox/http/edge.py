@@ -13,13 +13,15 @@ therefore always gets in, while held-open sockets are the first to go.
 
 aiohttp offers no public hook for either, so this subclasses its Server and RequestHandler and
 reads two of the handler's private fields (`_request_count`, `_request_in_progress`); the slow
-client test (tests/faults/test_slow_clients.py) fails if an aiohttp upgrade breaks them.
+client test (tests/integration/test_slow_clients.py) fails if an aiohttp upgrade breaks them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import resource
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -78,28 +80,58 @@ class _GuardedHandler(RequestHandler):
 
 
 class GuardedServer(web.Server):
-    def __init__(self, *args: Any, header_timeout: float, max_connections: int, **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        header_timeout: float,
+        max_connections: int,
+        per_source: int,
+        exempt: frozenset[str],
+        **kw: Any,
+    ) -> None:
         super().__init__(*args, **kw)
         self.header_timeout = header_timeout
         self.max_connections = max_connections
+        self.per_source = per_source
+        self.exempt = exempt  # trusted proxies: every client comes through them
 
     def __call__(self) -> RequestHandler:
         return _GuardedHandler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        if len(self._connections) >= self.max_connections:
-            victim = next(
-                (h for h in self._connections if isinstance(h, _GuardedHandler) and h.idle()),
-                None,
-            )
-            if victim is None:
-                log.info("outbox.http.connection_refused", reason="every connection is busy")
-                transport.close()
-                handler.force_close()
-                return
+        source = _peer(transport)
+        victim, refusal = self._make_room(source)
+        if refusal is not None:
+            log.info("outbox.http.connection_refused", peer=source, reason=refusal)
+            transport.close()
+            handler.force_close()
+            return
+        if victim is not None:
             victim.force_close()
             self._connections.pop(victim, None)  # its descriptor is freed with the close
         super().connection_made(handler, transport)
+
+    def _make_room(self, source: str | None) -> tuple[RequestHandler | None, str | None]:
+        """The connection to close for a new one from `source`, or why it is refused."""
+        held = [h for h, t in self._connections.items() if _peer(t) == source]
+        if source not in self.exempt and len(held) >= self.per_source:
+            # One address never takes more than its share: it makes room among its own.
+            victim = _oldest_idle(held)
+            return victim, None if victim is not None else "the source's connections are busy"
+        if len(self._connections) >= self.max_connections:
+            victim = _oldest_idle(self._busiest_source()) or _oldest_idle(self._connections)
+            return victim, None if victim is not None else "every connection is busy"
+        return None, None
+
+    def _busiest_source(self) -> list[RequestHandler]:
+        by_source: dict[str | None, list[RequestHandler]] = {}
+        for h, t in self._connections.items():
+            by_source.setdefault(_peer(t), []).append(h)
+        return max(by_source.values(), key=len, default=[])
+
+
+def _oldest_idle(handlers: Iterable[RequestHandler]) -> RequestHandler | None:
+    return next((h for h in handlers if isinstance(h, _GuardedHandler) and h.idle()), None)
 
 
 class GuardedRunner(web.AppRunner):
@@ -119,8 +151,15 @@ class GuardedRunner(web.AppRunner):
             handler_cancellation=plain.handler_cancellation,
             header_timeout=self._http.header_timeout.total_seconds(),
             max_connections=connection_cap(self._http.max_connections),
+            per_source=self._http.max_connections_per_source,
+            exempt=trusted_proxies(self._http),
             **plain._kwargs,
         )
+
+
+def trusted_proxies(http: HttpConfig) -> frozenset[str]:
+    listed = (p.strip() for p in http.trusted_proxies.split(","))
+    return frozenset(str(ipaddress.ip_address(p)) for p in listed if p)
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> str | None:
