@@ -141,7 +141,13 @@ async def read_raw(
         return reject(observer, label, "too_large", 413)
     if raw is None:
         observer.webhook(label, "body_timeout")
-        return body_timeout_answer()
+        # Answered and closed now: aiohttp would otherwise linger reading the rest of the
+        # body for up to 10 s more, which is what a slow client wants.
+        response = body_timeout_answer()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
+        return response
     return raw
 
 
