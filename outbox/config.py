@@ -135,11 +135,13 @@ class HttpConfig:
     max_connections: int = 512  # at most half the process's descriptor limit is used
     max_connections_per_source: int = 64  # per client address (trusted proxies excepted)
     max_webhook_handlers: int = 256  # webhooks handled at once; beyond, 503 with Retry-After
-    readiness_interval: timedelta = timedelta(seconds=5)  # /readyz is a cached result this old
+    # /readyz answers from a database check at most this old; 0 checks on every request.
+    readiness_interval: timedelta = field(default=timedelta(seconds=5), metadata={"min": 0})
     # Failed webhook authentications per source address per minute before it gets 429s.
     auth_failures_per_minute: int = 20
     auth_block: timedelta = timedelta(seconds=60)  # how long a throttled source gets 429s
-    # Peers whose X-Forwarded-For names the source (comma-separated addresses): the ingress.
+    # Peers whose X-Forwarded-For names the source (comma-separated addresses or CIDR networks):
+    # the ingress; they are also exempt from max_connections_per_source.
     trusted_proxies: str = ""
     # "host:port" for /healthz, /readyz and /metrics; then the main listener serves webhooks only.
     admin_listen: str = ""

@@ -305,9 +305,11 @@ def _http(http: HttpConfig) -> HttpConfig:
     admin_address(http)
     for proxy in filter(None, (p.strip() for p in http.trusted_proxies.split(","))):
         try:
-            ipaddress.ip_address(proxy)
+            ipaddress.ip_network(proxy, strict=False)
         except ValueError:
-            raise ConfigError(f"http.trusted_proxies: {proxy!r} is not an IP address") from None
+            raise ConfigError(
+                f"http.trusted_proxies: {proxy!r} is not an IP address or network"
+            ) from None
     return http
 
 

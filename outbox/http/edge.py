@@ -86,7 +86,7 @@ class GuardedServer(web.Server):
         header_timeout: float,
         max_connections: int,
         per_source: int,
-        exempt: frozenset[str],
+        exempt: TrustedProxies,
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
@@ -152,14 +152,25 @@ class GuardedRunner(web.AppRunner):
             header_timeout=self._http.header_timeout.total_seconds(),
             max_connections=connection_cap(self._http.max_connections),
             per_source=self._http.max_connections_per_source,
-            exempt=trusted_proxies(self._http),
+            exempt=TrustedProxies(self._http.trusted_proxies),
             **plain._kwargs,
         )
 
 
-def trusted_proxies(http: HttpConfig) -> frozenset[str]:
-    listed = (p.strip() for p in http.trusted_proxies.split(","))
-    return frozenset(str(ipaddress.ip_address(p)) for p in listed if p)
+class TrustedProxies:
+    """`[http] trusted_proxies`: addresses or networks (CIDR) of the proxies in front."""
+
+    def __init__(self, listed: str) -> None:
+        self._networks = tuple(
+            ipaddress.ip_network(p.strip(), strict=False) for p in listed.split(",") if p.strip()
+        )
+
+    def __contains__(self, address: object) -> bool:
+        try:
+            ip = ipaddress.ip_address(str(address))
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> str | None:

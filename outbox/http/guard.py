@@ -18,6 +18,7 @@ from aiohttp import web
 
 from outbox.config import HttpConfig
 from outbox.domain.throttle import FailureThrottle
+from outbox.http.edge import TrustedProxies
 
 log = structlog.get_logger("outbox.webhooks")
 
@@ -30,11 +31,7 @@ class WebhookGuard:
         self._throttle = FailureThrottle(
             http.auth_failures_per_minute, window=60.0, block=http.auth_block.total_seconds()
         )
-        self._proxies = frozenset(
-            str(ipaddress.ip_address(p.strip()))
-            for p in http.trusted_proxies.split(",")
-            if p.strip()
-        )
+        self._proxies = TrustedProxies(http.trusted_proxies)
 
     def source(self, request: web.Request) -> str:
         """The client's address: the peer, or what a trusted proxy says it forwarded for."""

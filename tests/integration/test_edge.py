@@ -14,8 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from outbox.config import ChannelConfig, Dialect, Secret, Settings
+from outbox.config import ChannelConfig, Secret, Settings
 from outbox.db import migrate
+from outbox.domain.models import Dialect
 from tests.support import running, settings_for
 
 PASSWORD = "hook-pass-0123456789"

@@ -55,7 +55,10 @@ def test_edge_defaults_and_overrides(tmp_path: Path) -> None:
         timedelta(seconds=15), timedelta(seconds=10), timedelta(seconds=10)
     )  # fmt: skip
     assert http.admin_listen == ""
-    text = DB + '[http]\nadmin_listen = "127.0.0.1:9102"\nbody_timeout = 2.5\n' + channel()
+    text = (
+        DB + '[http]\nadmin_listen = "127.0.0.1:9102"\nbody_timeout = 2.5\n'
+        'trusted_proxies = "10.0.0.0/8, 192.0.2.1"\n' + channel()
+    )
     http = load(tmp_path, text, ENV).http
     assert (http.admin_listen, http.body_timeout) == ("127.0.0.1:9102", timedelta(seconds=2.5))
 
