@@ -133,7 +133,8 @@ class HttpConfig:
     keepalive_timeout: timedelta = timedelta(seconds=15)
     body_timeout: timedelta = timedelta(seconds=10)  # the whole body, or 408 and closed
     max_connections: int = 512  # at most half the process's descriptor limit is used
-    max_connections_per_source: int = 64  # per client address (trusted proxies excepted)
+    # Per client address (trusted proxies excepted), and at most half of max_connections.
+    max_connections_per_source: int = 256
     max_webhook_handlers: int = 256  # webhooks handled at once; beyond, 503 with Retry-After
     # /readyz answers from a database check at most this old; 0 checks on every request.
     readiness_interval: timedelta = field(default=timedelta(seconds=5), metadata={"min": 0})

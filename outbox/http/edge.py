@@ -145,13 +145,15 @@ class GuardedRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
+        cap = connection_cap(self._http.max_connections)
         return GuardedServer(
             plain.request_handler,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             header_timeout=self._http.header_timeout.total_seconds(),
-            max_connections=connection_cap(self._http.max_connections),
-            per_source=self._http.max_connections_per_source,
+            max_connections=cap,
+            # One address never holds more than half: another always finds room.
+            per_source=min(self._http.max_connections_per_source, max(1, cap // 2)),
             exempt=TrustedProxies(self._http.trusted_proxies),
             **plain._kwargs,
         )

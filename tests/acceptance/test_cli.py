@@ -116,7 +116,7 @@ async def test_set_webhook_registers_the_url_with_basic_auth_and_masks_it(
     assert code == 0, err
     assert url in out
     assert '"Authorization": "********"' in out
-    token = base64.b64encode(b"hook-user:s3cret-pass").decode()
+    token = base64.b64encode(b"hook-user:s3cret-pass-0123456789").decode()
     assert token not in out + err
     [request] = [r for r in api.requests if r.path == "/v1/configs/webhook"]
     assert request.body == {"url": url, "headers": {"Authorization": f"Basic {token}"}}
@@ -142,7 +142,7 @@ async def test_set_webhook_waba_registers_the_accounts_webhook(
     assert code == 0, err
     assert url in out
     assert '"Authorization": "********"' in out
-    token = base64.b64encode(b"hook-user:s3cret-pass").decode()
+    token = base64.b64encode(b"hook-user:s3cret-pass-0123456789").decode()
     assert token not in out + err
     assert api.waba.registrations == [
         {"url": url, "headers": {"Authorization": f"Basic {token}"}, "override_all": False}
