@@ -7,7 +7,6 @@ its own limits where it is declared.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import tomllib
@@ -32,6 +31,7 @@ from outbox.config import (
     UnknownPolicy,
     WebhookAuth,
 )
+from outbox.config_edge import checked_http, webhook_credentials_strong
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
 
@@ -98,7 +98,7 @@ def load_settings(
         partner_webhook_secret=partner_webhook_secret,
         database_url=database_url,
         channels=channels,
-        http=_http(_dataclass_from(HttpConfig, http, "http", env)),
+        http=checked_http(_dataclass_from(HttpConfig, http, "http", env)),
         sender=sender_config,
         reconciler=_dataclass_from(ReconcilerConfig, reconciler, "reconciler", env),
         metrics=_dataclass_from(MetricsConfig, metrics, "metrics", env),
@@ -269,7 +269,7 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
     password = _secret(entry, "webhook_password", where, env)
     if (username is None) != (password is None):
         raise ConfigError(f"{where}: webhook_username_* and webhook_password_* go together")
-    _webhook_credentials_strong(username, password, where)
+    webhook_credentials_strong(username, password, where)
     webhook_auth = _choice(WebhookAuth, entry.get("webhook_auth", "basic"), where, "webhook_auth")
     if webhook_auth is WebhookAuth.NONE and username is not None:
         raise ConfigError(
@@ -298,46 +298,6 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
         partner_channel_id=partner_channel_id,
         client_id=client_id,
     )
-
-
-# --- [http]'s edge settings (issue 19 section 2) ---
-def _http(http: HttpConfig) -> HttpConfig:
-    admin_address(http)
-    for proxy in filter(None, (p.strip() for p in http.trusted_proxies.split(","))):
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"http.trusted_proxies: {proxy!r} is not an IP address or network"
-            ) from None
-    return http
-
-
-def admin_address(http: HttpConfig) -> tuple[str, int] | None:
-    """`admin_listen` as (host, port); None when not set."""
-    if not http.admin_listen:
-        return None
-    host, sep, port = http.admin_listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError('http.admin_listen must be "host:port", e.g. "127.0.0.1:9102"')
-    return host.strip("[]"), int(port)
-
-
-# --- webhook credentials strong enough to face the internet (issue 19 section 2) ---
-MIN_WEBHOOK_PASSWORD = 16
-
-
-def _webhook_credentials_strong(
-    username: Secret | None, password: Secret | None, where: str
-) -> None:
-    """Refuse credentials that could be guessed or could never match (named, never shown)."""
-    if username is not None and ":" in username.reveal():
-        raise ConfigError(f"{where}: the webhook username must not contain ':' (Basic auth)")
-    if password is not None and len(password.reveal()) < MIN_WEBHOOK_PASSWORD:
-        raise ConfigError(
-            f"{where}: the webhook password must be at least {MIN_WEBHOOK_PASSWORD} characters"
-            " (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)"
-        )
 
 
 def _optional_text(entry: dict[str, Any], name: str, where: str) -> str | None:

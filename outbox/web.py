@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from outbox.config import ChannelConfig, Settings
-from outbox.config_loader import admin_address
+from outbox.config_edge import admin_address
 from outbox.errors import DatabaseError, OutboxError
 from outbox.http import webhooks
 from outbox.http.edge import GuardedRunner, connection_cap
