@@ -47,9 +47,15 @@ def _with_auth(settings: Settings) -> Settings:
 @pytest.fixture
 async def receiver(db_url: str) -> AsyncIterator[str]:
     settings = _with_auth(settings_for(db_url, "http://127.0.0.1:9"))
-    # Hundreds of posts at once test the group commit, not the edge's handler cap.
+    # Hundreds of posts at once from one address test the group commit, not the edge's caps.
     settings = dataclasses.replace(
-        settings, http=dataclasses.replace(settings.http, max_webhook_handlers=1000)
+        settings,
+        http=dataclasses.replace(
+            settings.http,
+            max_webhook_handlers=1000,
+            max_connections=1000,
+            max_connections_per_source=1000,
+        ),
     )
     async with running(settings, roles={"web"}) as started:
         yield f"http://127.0.0.1:{started.http_port}"
