@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
@@ -13,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,9 +33,7 @@ from outbox.db.templates import TemplateStore
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.domain.schema import judge_schema
 from outbox.errors import DatabaseError, OutboxError, PrivilegeMissing, SchemaOutdated
-from outbox.http import webhooks
 from outbox.http.api_client import ApiClient, create_session
-from outbox.http.server import create_app
 from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
 from outbox.sealing import keyring_from
@@ -47,6 +43,7 @@ from outbox.services.maintenance import Maintenance
 from outbox.services.reconciler import Reconciler
 from outbox.services.sampler import Sampler
 from outbox.services.sender import Sender
+from outbox.web import Listeners, start_web
 
 if TYPE_CHECKING:  # the Partner API workflows, imported when a verb needs them
     from datetime import timedelta
@@ -65,6 +62,7 @@ ROLES = ("sender", "reconciler", "web")
 class Started:
     worker_id: str
     http_port: int | None
+    admin_port: int | None = None  # with [http] admin_listen: /healthz, /readyz, /metrics
 
 
 def new_worker_id() -> str:
@@ -116,12 +114,12 @@ async def run(
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.signalled)
     keyring = keyring_from()  # a master key that cannot be read stops the start, clearly
     engine = create_engine(settings.database_url, pool_size=8, pooler=settings.database.pooler)
-    runner: web.AppRunner | None = None
+    web_listeners: Listeners | None = None
     try:
         schema = await check_database(engine)
         store = MessageStore(engine, policy=retry_policy(settings.sender))
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
-        http_port = None
+        http_port = admin_port = None
         # --- channel registry (issue 17): the file's channels plus the registry's, live ---
         directory = ChannelDirectory(
             ChannelRegistryStore(engine, keyring),
@@ -138,7 +136,16 @@ async def run(
         metrics.know_channels(channels)
         sender: Sender | None = None
         if "web" in roles:
-            runner, http_port = await _start_web(settings, channels, metrics, engine, health)
+            # issue 19 section 2: the edge's limits, cached readiness, the admin listener
+            web_listeners = await start_web(
+                settings,
+                channels,
+                metrics,
+                WebhookEventStore(engine),
+                lambda: check_database(engine),
+                health,
+            )
+            http_port, admin_port = web_listeners.port, web_listeners.admin_port
             tasks["sampler"] = Sampler(GaugeStore(engine), settings.metrics, metrics).run(stop)
         session = create_session(settings.sender.max_in_flight, settings.sender.request_timeout)
         async with session:
@@ -206,16 +213,17 @@ async def run(
                 roles=sorted(roles),
                 channels=[c.id for c in directory.view.sending],
                 http_port=http_port,
+                admin_port=admin_port,
                 schema=schema,
             )
             if on_started is not None:
-                on_started(Started(worker_id, http_port))
+                on_started(Started(worker_id, http_port, admin_port))
             await _supervise(tasks, stop, drain=drain)
     finally:
         if hangup is not None:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if runner is not None:
-            await runner.cleanup()
+        if web_listeners is not None:
+            await web_listeners.cleanup()
         await engine.dispose()
         log.info("outbox.stopped", worker_id=worker_id)
 
@@ -302,47 +310,6 @@ def _accounts(channels: Sequence[ChannelConfig]) -> dict[str, str | None]:
 def _replace(target: dict[str, ChannelConfig], fresh: dict[str, ChannelConfig]) -> None:
     target.clear()
     target.update(fresh)
-
-
-async def _start_web(
-    settings: Settings,
-    channels: dict[str, ChannelConfig],
-    metrics: Metrics,
-    engine: AsyncEngine,
-    health: Health,
-) -> tuple[web.AppRunner, int]:
-    async def readiness() -> str | None:
-        try:
-            await check_database(engine)
-        except DatabaseError as exc:
-            return str(exc)
-        # A part stuck on something no waiting cures (a statement the database refuses).
-        problems = health.problems()
-        return "; ".join(f"{part}: {text}" for part, text in problems.items()) or None
-
-    webhooks.log_origins(channels)
-    app = create_app(
-        metrics.registry,
-        readiness,
-        channels,
-        WebhookEventStore(engine),
-        metrics,
-        settings.partner_webhook_secret,
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http.host, settings.http.port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise OutboxError(
-            f"cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}"
-        ) from exc
-    port = settings.http.port
-    with contextlib.suppress(Exception):
-        port = runner.addresses[0][1]
-    return runner, port
 
 
 # --- The Partner API workflows (`outbox channels rotate-key / import`) ---

@@ -126,6 +126,26 @@ class HttpConfig:
         default=8080,
         metadata={"min": 0, "max": 65535, "bounds": "between 0 (any free port) and 65535"},
     )
+    # --- the hardened edge (issue 19 section 2) ---
+    # A connection that has not sent a whole request head this long after it opened is closed.
+    header_timeout: timedelta = timedelta(seconds=10)
+    # An idle kept-alive connection is closed after this long (aiohttp's default is an hour).
+    keepalive_timeout: timedelta = timedelta(seconds=15)
+    body_timeout: timedelta = timedelta(seconds=10)  # the whole body, or 408 and closed
+    max_connections: int = 512  # at most half the process's descriptor limit is used
+    # Per client address (trusted proxies excepted), and at most half of max_connections.
+    max_connections_per_source: int = 256
+    max_webhook_handlers: int = 256  # webhooks handled at once; beyond, 503 with Retry-After
+    # /readyz answers from a database check at most this old; 0 checks on every request.
+    readiness_interval: timedelta = field(default=timedelta(seconds=5), metadata={"min": 0})
+    # Failed webhook authentications per source address per minute before it gets 429s.
+    auth_failures_per_minute: int = 20
+    auth_block: timedelta = timedelta(seconds=60)  # how long a throttled source gets 429s
+    # Peers whose X-Forwarded-For names the source (comma-separated addresses or CIDR networks):
+    # the ingress; they are also exempt from max_connections_per_source.
+    trusted_proxies: str = ""
+    # "host:port" for /healthz, /readyz and /metrics; then the main listener serves webhooks only.
+    admin_listen: str = ""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from outbox.config_checks import (
     read_secret_file,
     require_https,
 )
+from outbox.config_edge import checked_http, webhook_credentials_strong
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
 
@@ -104,7 +105,7 @@ def load_settings(
         partner_webhook_secret=partner_webhook_secret,
         database_url=database_url,
         channels=channels,
-        http=_dataclass_from(HttpConfig, http, "http", env),
+        http=checked_http(_dataclass_from(HttpConfig, http, "http", env)),
         sender=sender_config,
         reconciler=_dataclass_from(ReconcilerConfig, reconciler, "reconciler", env),
         metrics=_dataclass_from(MetricsConfig, metrics, "metrics", env),
@@ -280,6 +281,7 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
     password = _secret(entry, "webhook_password", where, env)
     if (username is None) != (password is None):
         raise ConfigError(f"{where}: webhook_username_* and webhook_password_* go together")
+    webhook_credentials_strong(username, password, where)
     webhook_auth = _choice(WebhookAuth, entry.get("webhook_auth", "basic"), where, "webhook_auth")
     if webhook_auth is WebhookAuth.NONE and username is not None:
         raise ConfigError(

@@ -328,9 +328,14 @@ async def reap(process: asyncio.subprocess.Process) -> None:
 
 
 async def spawn_daemon(
-    config: Path, log: Path, roles: str = "sender", env: Mapping[str, str] = SUBPROCESS_ENV
+    config: Path,
+    log: Path,
+    roles: str = "sender",
+    env: Mapping[str, str] = SUBPROCESS_ENV,
+    **options: Any,
 ) -> asyncio.subprocess.Process:
-    """`outbox run` as operators start it, logging JSON to `log` so tests can read events."""
+    """`outbox run` as operators start it, logging JSON to `log` so tests can read events;
+    `options` go to the subprocess (e.g. `preexec_fn` setting resource limits)."""
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable,
@@ -345,6 +350,7 @@ async def spawn_daemon(
             stderr=out,
             env={**os.environ, **env, "OUTBOX_LOG_FORMAT": "json"},
             stdin=asyncio.subprocess.DEVNULL,
+            **options,
         )
 
 
@@ -416,14 +422,14 @@ def cloud_on_account(
     settings: Settings, phone_number_id: str, waba_id: str, *, basic_auth: bool = True
 ) -> Settings:
     """`settings` whose cloud channel lives at `phone_number_id` in WABA `waba_id` (POST
-    /webhooks routes by these), with Basic-auth credentials hook-user / hook-pass."""
+    /webhooks routes by these), with Basic-auth credentials hook-user / hook-pass-0123456789."""
     onprem, cloud = settings.channels
     cloud = replace(cloud, phone_number_id=phone_number_id, waba_id=waba_id)
     if basic_auth:
         cloud = replace(
             cloud,
             webhook_username=Secret("hook-user"),
-            webhook_password=Secret("hook-pass"),
+            webhook_password=Secret("hook-pass-0123456789"),
             webhook_auth=WebhookAuth.BASIC,
         )
     return replace(settings, channels=(onprem, cloud))

@@ -151,6 +151,13 @@ def checked(
     entry.update({k: v for k, v in plain.items() if v is not None})
     if isinstance(entry.get("recipient_gap"), timedelta):
         entry["recipient_gap"] = entry["recipient_gap"].total_seconds()
+    # A value given here (sealed) is checked as a file's would be (a weak webhook password is
+    # refused at `channels add`); a referenced one is checked where a replica reads it.
+    env = {
+        "CHECK": "referenced-value-checked-on-load",
+        # The https opt-out is the environment's, as when the replicas load the row.
+        ALLOW_INSECURE_HTTP_ENV: os.environ.get(ALLOW_INSECURE_HTTP_ENV, ""),
+    }
     for name, holding in held.items():
         if holding is None:
             continue
@@ -159,8 +166,8 @@ def checked(
         if way == "sealed":  # issue 19 §3: refused before it is stored, not when it is used
             assert isinstance(value, Secret)
             checked_credential(value.reveal(), f"channel {channel_id!r}: the given {name}")
-    # The https opt-out is the environment's, as when the replicas load the row.
-    env = {"CHECK": "x", ALLOW_INSECURE_HTTP_ENV: os.environ.get(ALLOW_INSECURE_HTTP_ENV, "")}
+            entry[f"{name}_env"] = f"CHECK {name}"
+            env[f"CHECK {name}"] = value.reveal()
     return channel_from_entry(entry, "channel", env)
 
 

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from outbox.config import ChannelConfig, Secret, WebhookOrigin
 from outbox.domain import routing, signature
+from outbox.http.guard import WebhookGuard
 from outbox.http.webhooks import (
     WebhookObserver,
     WebhookSink,
@@ -33,6 +34,7 @@ from outbox.http.webhooks import (
     read_raw,
     reject,
     store_failed,
+    unauthorised,
 )
 
 log = structlog.get_logger("outbox.webhooks")
@@ -52,9 +54,20 @@ def add_partner_route(
     secret: Secret | None,
     sink: WebhookSink,
     observer: PartnerObserver,
+    guard: WebhookGuard,
 ) -> None:
     async def receive(request: web.Request) -> web.Response:
-        raw = await read_raw(request, observer, LABEL)
+        source = guard.source(request)
+        refused = guard.refused(source)
+        if refused is not None:
+            return refused
+        try:
+            return await _receive(request, source)
+        finally:
+            guard.release()
+
+    async def _receive(request: web.Request, source: str) -> web.Response:
+        raw = await read_raw(request, observer, LABEL, guard)
         if isinstance(raw, web.Response):
             return raw
         vouched: frozenset[str] | None  # None: every part is authenticated (signed)
@@ -66,14 +79,14 @@ def add_partner_route(
                 # The header's value is the attacker's: only what was wrong with it is logged.
                 observer.signature_refused(verdict.value)
                 log.warning("outbox.webhook.bad_signature", verdict=verdict.value)
-                return reject(observer, LABEL, "bad_signature", 401)
+                guard.failed(source)
+                return reject(observer, LABEL, "bad_signature", 401, peer=source)
             vouched = None
         else:
             vouched = _vouched(channels, request.headers.get("Authorization"))
             if not vouched:
-                response = reject(observer, LABEL, "unauthorised", 401)
-                response.headers["WWW-Authenticate"] = 'Basic realm="outbox"'
-                return response
+                guard.failed(source)
+                return unauthorised(reject(observer, LABEL, "unauthorised", 401, peer=source))
         decoded = decode_body(raw, observer, LABEL)
         if isinstance(decoded, web.Response):
             return decoded

@@ -1,4 +1,9 @@
-"""The daemon's web server: webhooks, health, readiness and metrics."""
+"""The daemon's web server: webhooks, health, readiness and metrics.
+
+With `[http] admin_listen` set, two applications: the public one serves only the webhooks, the
+admin one (on its own address, e.g. loopback or the pod IP reached only by the monitoring
+namespace) `/healthz`, `/readyz` and `/metrics`. Without it, one application serves all.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from outbox.config import ChannelConfig, Secret
 from outbox.http import partner_webhooks, webhooks
+from outbox.http.guard import WebhookGuard
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None when ready, else the reason
 
@@ -19,8 +25,29 @@ def create_app(
     channels: Mapping[str, ChannelConfig],
     sink: webhooks.WebhookSink,
     observer: partner_webhooks.PartnerObserver,
+    guard: WebhookGuard,
     partner_secret: Secret | None = None,
+    *,
+    admin: bool = True,
 ) -> web.Application:
+    """The public application; with `admin`, it serves the admin endpoints too."""
+    app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES)
+    webhooks.add_routes(app, channels, sink, observer, guard)
+    partner_webhooks.add_partner_route(app, channels, partner_secret, sink, observer, guard)
+    if admin:
+        add_admin_routes(app, registry, readiness)
+    return app
+
+
+def create_admin_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web.Application:
+    app = web.Application(client_max_size=1024)  # nothing here takes a body
+    add_admin_routes(app, registry, readiness)
+    return app
+
+
+def add_admin_routes(
+    app: web.Application, registry: CollectorRegistry, readiness: ReadinessCheck
+) -> None:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -35,10 +62,6 @@ def create_app(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES)
-    webhooks.add_routes(app, channels, sink, observer)
-    partner_webhooks.add_partner_route(app, channels, partner_secret, sink, observer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    return app

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 import json
+import secrets
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -18,8 +19,10 @@ import orjson
 import structlog
 from aiohttp import web
 
-from outbox.config import ChannelConfig, WebhookOrigin
+from outbox.config import ChannelConfig, Secret, WebhookOrigin
+from outbox.domain.models import Dialect
 from outbox.errors import BodyRejected, WriteQueueFull
+from outbox.http.guard import WebhookGuard, body_timeout_answer
 
 log = structlog.get_logger("outbox.webhooks")
 
@@ -61,31 +64,39 @@ def add_routes(
     channels: Mapping[str, ChannelConfig],
     sink: WebhookSink,
     observer: WebhookObserver,
+    guard: WebhookGuard,
 ) -> None:
     async def receive(request: web.Request) -> web.Response:
+        source = guard.source(request)
+        refused = guard.refused(source)
+        if refused is not None:
+            return refused
+        try:
+            return await _receive(request, source)
+        finally:
+            guard.release()
+
+    async def _receive(request: web.Request, source: str) -> web.Response:
         channel_id = request.match_info["channel"]
         channel = channels.get(channel_id)
-        if channel is None:
-            return reject(observer, "unknown", "unknown_channel", 404)
-        origin = channel.webhook_origin()
-        if origin is WebhookOrigin.REFUSED or (
-            origin is WebhookOrigin.CHECKED
-            and not authorised(channel, request.headers.get("Authorization"))
-        ):
-            response = reject(observer, channel_id, "unauthorised", 401)
-            response.headers["WWW-Authenticate"] = 'Basic realm="outbox"'
-            return response
-        raw = await read_raw(request, observer, channel_id)
+        problem = _refusal(channel, request.headers.get("Authorization"))
+        if problem is not None:
+            guard.failed(source)
+            # An unknown channel and wrong credentials get the same answer: the channel ids
+            # cannot be enumerated from outside (the log and the metric still tell them apart).
+            label = channel_id if channel is not None else "unknown"
+            return unauthorised(reject(observer, label, problem, 401, peer=source))
+        assert channel is not None
+        raw = await read_raw(request, observer, channel_id, guard)
         if isinstance(raw, web.Response):
             return raw
         decoded = decode_body(raw, observer, channel_id)
         if isinstance(decoded, web.Response):
             return decoded
         text, _ = decoded
+        checked = channel.webhook_origin() is WebhookOrigin.CHECKED
         try:
-            stored = await sink.store_webhook(
-                channel_id, text, authenticated=origin is WebhookOrigin.CHECKED
-            )
+            stored = await sink.store_webhook(channel_id, text, authenticated=checked)
         except Exception as exc:
             return store_failed(observer, channel_id, exc)
         observer.webhook(channel_id, "stored")
@@ -94,19 +105,49 @@ def add_routes(
     app.router.add_post("/webhooks/{channel}", receive)
 
 
+def _refusal(channel: ChannelConfig | None, header: str | None) -> str | None:
+    """Why the request is refused (None: accepted). The credentials are compared in every
+    case, against a dummy when there are none, so the answer's timing tells nothing either."""
+    if channel is None:
+        authorised(_DUMMY, header)
+        return "unknown_channel"
+    match channel.webhook_origin():
+        case WebhookOrigin.ANYONE:
+            return None
+        case WebhookOrigin.REFUSED:
+            authorised(_DUMMY, header)
+            return "unauthorised"
+        case WebhookOrigin.CHECKED:
+            return None if authorised(channel, header) else "unauthorised"
+
+
+def unauthorised(response: web.Response) -> web.Response:
+    response.headers["WWW-Authenticate"] = 'Basic realm="outbox"'
+    return response
+
+
 _NOT_JSON = object()
 
 
 async def read_raw(
-    request: web.Request, observer: WebhookObserver, label: str
+    request: web.Request, observer: WebhookObserver, label: str, guard: WebhookGuard
 ) -> bytes | web.Response:
-    """The body's bytes as received, or the 413 answer (counted under `label`)."""
+    """The body's bytes as received, or the 413 or 408 answer (counted under `label`)."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return reject(observer, label, "too_large", 413)
     try:
-        raw = await request.read()
+        raw = await guard.read(request)
     except web.HTTPRequestEntityTooLarge:
         return reject(observer, label, "too_large", 413)
+    if raw is None:
+        observer.webhook(label, "body_timeout")
+        # Answered and closed now: aiohttp would otherwise linger reading the rest of the
+        # body for up to 10 s more, which is what a slow client wants.
+        response = body_timeout_answer()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
+        return response
     return raw
 
 
@@ -133,7 +174,9 @@ def decode_body(
 def store_failed(observer: WebhookObserver, label: str, exc: Exception) -> web.Response:
     """The answer when a body could not be stored: the body's fault (400) or ours (503)."""
     if isinstance(exc, BodyRejected):
-        return reject(observer, label, "unstorable", 400, str(exc))
+        # Why PostgreSQL refused it is ours to know (logged), not the client's (ASVS 7.4.1).
+        log.warning("outbox.webhook.unstorable", channel=label, error=str(exc))
+        return reject(observer, label, "unstorable", 400)
     if isinstance(exc, WriteQueueFull):
         # The database is too slow to take what arrives: refuse at once rather than hold
         # more in memory; 360dialog retries later.
@@ -169,6 +212,17 @@ def authorised(channel: ChannelConfig, header: str | None) -> bool:
     return user_ok and password_ok
 
 
+# Compared against when a request has no channel or no credentials to be checked against.
+_DUMMY = ChannelConfig(
+    id="(none)",
+    dialect=Dialect.CLOUD,
+    base_url="http://127.0.0.1",
+    api_key=Secret("-"),
+    webhook_username=Secret(secrets.token_urlsafe(16)),
+    webhook_password=Secret(secrets.token_urlsafe(24)),
+)
+
+
 def _basic_credentials(header: str | None) -> tuple[bytes, bytes]:
     scheme, _, encoded = (header or "").partition(" ")
     if scheme.lower() != "basic":
@@ -182,9 +236,17 @@ def _basic_credentials(header: str | None) -> tuple[bytes, bytes]:
 
 
 def reject(
-    observer: WebhookObserver, channel: str, reason: str, status: int, detail: str | None = None
+    observer: WebhookObserver,
+    channel: str,
+    reason: str,
+    status: int,
+    detail: str | None = None,
+    *,
+    peer: str | None = None,
 ) -> web.Response:
-    log.warning("outbox.webhook.rejected", channel=channel, reason=reason, status=status)
+    log.warning("outbox.webhook.rejected", channel=channel, reason=reason, status=status, peer=peer)
     observer.webhook(channel, reason)
-    body = {"error": reason, "detail": detail} if detail else {"error": reason}
+    # A refused authentication says no more than "unauthorised", whatever the reason.
+    answer = "unauthorised" if status == 401 else reason
+    body = {"error": answer, "detail": detail} if detail else {"error": answer}
     return web.json_response(body, status=status)

@@ -71,7 +71,7 @@ async def test_a_webhook_set_elsewhere_is_other(config: Path, sandbox: tuple[San
     assert code == 1
     assert _verdicts(report) == {"onprem": ("ok", "other"), "cloud": ("ok", "ours")}
     # Registered with other Basic-auth credentials: our webhooks would be refused.
-    code, report, _ = await _check(config, **{**HOOK_ENV, "TEST_HOOK_PASS": "another-pass-22"})
+    code, report, _ = await _check(config, **{**HOOK_ENV, "TEST_HOOK_PASS": "another-password-22"})
     assert code == 1
     assert _verdicts(report)["cloud"] == ("ok", "other")
     assert "another-pass" not in json.dumps(report)

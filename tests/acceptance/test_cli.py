@@ -111,12 +111,12 @@ async def test_set_webhook_registers_the_url_with_basic_auth_and_masks_it(
         url,
         "--config",
         str(config),
-        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass"},
+        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass-0123456789"},
     )
     assert code == 0, err
     assert url in out
     assert '"Authorization": "********"' in out
-    token = base64.b64encode(b"hook-user:s3cret-pass").decode()
+    token = base64.b64encode(b"hook-user:s3cret-pass-0123456789").decode()
     assert token not in out + err
     [request] = [r for r in api.requests if r.path == "/v1/configs/webhook"]
     assert request.body == {"url": url, "headers": {"Authorization": f"Basic {token}"}}
@@ -137,12 +137,12 @@ async def test_set_webhook_waba_registers_the_accounts_webhook(
         "--waba",
         "--config",
         str(config),
-        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass"},
+        env={"TEST_HOOK_USER": "hook-user", "TEST_HOOK_PASS": "s3cret-pass-0123456789"},
     )
     assert code == 0, err
     assert url in out
     assert '"Authorization": "********"' in out
-    token = base64.b64encode(b"hook-user:s3cret-pass").decode()
+    token = base64.b64encode(b"hook-user:s3cret-pass-0123456789").decode()
     assert token not in out + err
     assert api.waba.registrations == [
         {"url": url, "headers": {"Authorization": f"Basic {token}"}, "override_all": False}

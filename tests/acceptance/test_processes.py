@@ -185,7 +185,7 @@ async def test_sighup_reloads_a_fixed_key_and_webhook_password_without_a_restart
     key, user, password = (tmp_path / name for name in ("key", "user", "password"))
     key.write_text("revoked-key\n")
     user.write_text("hooks")
-    password.write_text("old-password")
+    password.write_text("old-password-0123456789")
     config = tmp_path / "outbox.toml"
     config.write_text(
         f"""
@@ -214,13 +214,13 @@ webhook_password_file = {json.dumps(str(password))}
         refused = len(api.message_requests())
 
         key.write_text("cloud-key\n")
-        password.write_text("new-password")
+        password.write_text("new-password-0123456789")
         process.send_signal(signal.SIGHUP)
         # Well inside the 300 s pause: the reload lifted it.
         await wait_until(lambda: _drained(db_url), within=30)
         statuses = {
             secret: await _post_webhook(port, "hooks", secret)
-            for secret in ("old-password", "new-password")
+            for secret in ("old-password-0123456789", "new-password-0123456789")
         }
     finally:
         code = await stop_daemon(process, log)
@@ -230,11 +230,11 @@ webhook_password_file = {json.dumps(str(password))}
     assert {r.api_key_label for r in sent} == {"cloud"}
     rows = await fetch(db_url, "SELECT state, count(*) AS n FROM outbox.messages GROUP BY state")
     assert {r["state"]: r["n"] for r in rows} == {"accepted": 50}
-    assert statuses == {"old-password": 401, "new-password": 200}
+    assert statuses == {"old-password-0123456789": 401, "new-password-0123456789": 200}
     text = log.read_text()
     assert '"outbox.reload.credentials"' in text
     assert "cloud-key" not in text
-    assert "new-password" not in text
+    assert "new-password-0123456789" not in text
 
 
 async def _paused(db_url: str) -> bool:

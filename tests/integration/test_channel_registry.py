@@ -41,7 +41,7 @@ async def test_a_channel_round_trips_sealed(engine: AsyncEngine, db_url: str) ->
     hooked = replace(
         channel(),
         webhook_username=Secret("hook-user-x"),
-        webhook_password=Secret("hook-pass-x"),
+        webhook_password=Secret("hook-pass-x-0123456789"),
     )
     await store.add(hooked, enabled=True)
     got = await store.get("c1")
@@ -52,7 +52,7 @@ async def test_a_channel_round_trips_sealed(engine: AsyncEngine, db_url: str) ->
     assert await store.get("nope") is None
     raw = await fetch(db_url, "SELECT * FROM outbox.channels")
     text = repr([dict(r) for r in raw])
-    for plain in ("plain-api-key-1", "hook-user-x", "hook-pass-x"):
+    for plain in ("plain-api-key-1", "hook-user-x", "hook-pass-x-0123456789"):
         assert plain not in text
     assert raw[0]["api_key_sealed"].startswith("v1.")
 

@@ -263,7 +263,7 @@ async def test_a_recipient_with_a_unicode_space_is_sent_to(
 
 # --- (c) webhook bodies ------------------------------------------------------------------------
 
-HOOK_USER, HOOK_PASSWORD = "hook-user", "hook-pass"
+HOOK_USER, HOOK_PASSWORD = "hook-user", "hook-pass-0123456789"
 AUTH = "Basic " + base64.b64encode(f"{HOOK_USER}:{HOOK_PASSWORD}".encode()).decode()
 ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "utf-32", "latin-1"]
 

@@ -319,7 +319,7 @@ async def live(module_db_url: str) -> Live:
             )
             notice = {"errors": [{"code": 131000, "title": "Something went wrong"}]}
             assert await post(port, "/webhooks/onprem", notice) == 200
-            assert await post(port, f"/webhooks/{UNKNOWN_CHANNEL}", notice) == 404
+            assert await post(port, f"/webhooks/{UNKNOWN_CHANNEL}", notice) == 401
             await api.wait_idle()
 
             def settled(s: Scrape) -> bool:

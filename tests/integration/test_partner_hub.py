@@ -43,7 +43,7 @@ class World:
             base_url=self.url,
             api_key=Secret(key or self.hub.current_key(channel_id) or "none"),
             webhook_username=Secret("user"),
-            webhook_password=Secret("pass"),
+            webhook_password=Secret("pass-0123456789abcdef"),
         )
 
 

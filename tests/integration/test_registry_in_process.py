@@ -40,7 +40,7 @@ def _reg(base_url: str, key: str) -> ChannelConfig:
         Secret(key),
         500.0,
         webhook_username=Secret("reg-hooks"),
-        webhook_password=Secret("reg-hook-pass"),
+        webhook_password=Secret("reg-hook-pass-0123456789"),
     )
 
 
@@ -86,10 +86,10 @@ async def test_the_webhook_receiver_takes_a_channel_added_while_it_runs(
     db_url: str, engine: AsyncEngine, keyring: Keyring
 ) -> None:
     settings = settings_for(db_url, "http://127.0.0.1:9")
-    auth = basic("reg-hooks", "reg-hook-pass")
+    auth = basic("reg-hooks", "reg-hook-pass-0123456789")
     async with running(settings, {"web"}) as started:
         url = f"http://127.0.0.1:{started.http_port}/webhooks/reg"
-        assert await _post(url, b"{}", auth) == 404
+        assert await _post(url, b"{}", auth) == 401  # unknown: as wrong credentials
         await ChannelRegistryStore(engine, keyring).add(
             _reg("http://127.0.0.1:9", "k"), enabled=False
         )
@@ -108,7 +108,7 @@ async def test_a_registry_channels_template_events_are_keyed_by_its_waba(
     db_url: str, engine: AsyncEngine, keyring: Keyring
 ) -> None:
     settings = settings_for(db_url, "http://127.0.0.1:9")
-    auth = basic("reg-hooks", "reg-hook-pass")
+    auth = basic("reg-hooks", "reg-hook-pass-0123456789")
     body = waba_body(
         "message_template_status_update", template_status("promo", "en_US", "PAUSED"), "waba-reg"
     )
@@ -121,7 +121,7 @@ async def test_a_registry_channels_template_events_are_keyed_by_its_waba(
             Secret("k"),
             500.0,
             webhook_username=Secret("reg-hooks"),
-            webhook_password=Secret("reg-hook-pass"),
+            webhook_password=Secret("reg-hook-pass-0123456789"),
             phone_number_id="pn-reg",
             waba_id="waba-reg",
         )

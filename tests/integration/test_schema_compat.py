@@ -4,6 +4,9 @@ clear line. The newer schemas come from real revision files the code does not kn
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -66,11 +69,17 @@ async def test_a_running_release_turns_unready_when_a_migration_declares_it_inco
     write_revision(tmp_path, "9001", head, head, ADD_COLUMN)
     # 9002 breaks every release before it: it declares itself as the oldest that runs on it.
     write_revision(tmp_path, "9002", "9001", "9002", ADD_TABLE)
-    async with running(settings_for(db_url, "http://127.0.0.1:9"), roles={"web"}) as started:
+    settings = settings_for(db_url, "http://127.0.0.1:9")
+    # /readyz answers from a check at most readiness_interval old (issue 19): a short one here.
+    every = timedelta(seconds=0.3)
+    settings = replace(settings, http=replace(settings.http, readiness_interval=every))
+    async with running(settings, roles={"web"}) as started:
         assert started.http_port is not None
         await upgrade_with(db_url, tmp_path, "9001")
+        await asyncio.sleep(every.total_seconds())
         assert (await _readyz(started.http_port))[0] == 200
         await upgrade_with(db_url, tmp_path, "9002")
+        await asyncio.sleep(every.total_seconds())
         status, body = await _readyz(started.http_port)
     assert status == 503
     assert body["reason"] == (

@@ -775,7 +775,7 @@ async def test_a_cloud_status_resolves_an_unknown_row_without_a_resend(db_url: s
     settings = fast(db_url, base_url, **{**TIMEOUT, "unknown_quiet": timedelta(seconds=2)})
     # Only an authenticated status may name its row by the outbox id: the webhook registered
     # with the sandbox carries the channel's Basic-auth header.
-    hook_user, hook_password = Secret("hook-user"), Secret("hook-pass")
+    hook_user, hook_password = Secret("hook-user"), Secret("hook-pass-0123456789")
     channels = tuple(
         replace(c, webhook_username=hook_user, webhook_password=hook_password)
         if c.id == "cloud"

@@ -20,12 +20,14 @@ from outbox.config import Secret, Settings, WebhookAuth
 from tests.support import fetch, row, running, settings_for, wait_until
 
 RECIPIENT = "4915112345678"
-AUTH = "Basic " + base64.b64encode(b"hook-user:hook-pass").decode()
+AUTH = "Basic " + base64.b64encode(b"hook-user:hook-pass-0123456789").decode()
 
 
 def _cloud(db_url: str, auth: WebhookAuth, *, credentials: bool = False) -> Settings:
     settings = settings_for(db_url, "http://127.0.0.1:9")
-    user, password = (Secret("hook-user"), Secret("hook-pass")) if credentials else (None, None)
+    user, password = (
+        (Secret("hook-user"), Secret("hook-pass-0123456789")) if credentials else (None, None)
+    )
     channels = tuple(
         dataclasses.replace(c, webhook_auth=auth, webhook_username=user, webhook_password=password)
         if c.id == "cloud"

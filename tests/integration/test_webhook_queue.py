@@ -13,11 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.config import ChannelConfig, Secret, WebhookAuth
+from outbox.config import ChannelConfig, HttpConfig, Secret, WebhookAuth
 from outbox.db.webhook_store import BODY_OVERHEAD, WebhookEventStore
 from outbox.domain.models import Dialect
 from outbox.errors import WriteQueueFull
 from outbox.http import webhooks
+from outbox.http.guard import WebhookGuard
 from outbox.metrics import Metrics
 from tests.support import fetch, wait_until
 
@@ -78,7 +79,7 @@ async def test_a_full_queue_is_answered_503_and_counted_overloaded() -> None:
         "onprem", Dialect.ONPREM, "http://127.0.0.1:9", Secret("k"), webhook_auth=WebhookAuth.NONE
     )
     app = web.Application()
-    webhooks.add_routes(app, {"onprem": channel}, _FullSink(), metrics)
+    webhooks.add_routes(app, {"onprem": channel}, _FullSink(), metrics, WebhookGuard(HttpConfig()))
     async with TestClient(TestServer(app)) as client:
         response = await client.post("/webhooks/onprem", data=BODY)
         answer = await response.json()

@@ -491,7 +491,8 @@ def test_limits_are_declared_on_the_fields() -> None:
         }
 
     assert limits(HttpConfig) == {
-        "port": {"min": 0, "max": 65535, "bounds": "between 0 (any free port) and 65535"}
+        "port": {"min": 0, "max": 65535, "bounds": "between 0 (any free port) and 65535"},
+        "readiness_interval": {"min": 0},
     }
     assert limits(SenderConfig) == {"window_margin": {"min": 0}, "max_attempts": {"max": 100}}
     assert limits(ChannelConfig) == {"recipient_gap": {"min": 0}, "replay_share": {"max": 1}}

@@ -151,7 +151,7 @@ def test_the_readme_examples_load(tmp_path: Path) -> None:
     path.write_text(_readme_toml("## Configuration"))
     env = {"D360_KEY_SHOP_DE": "k", "D360_KEY_LEGACY": "k", "SHOP_DE_HOOK_USER": "u"}
     env |= {"D360_PARTNER_KEY": "k", "D360_PARTNER_SECRET": "s"}  # the [partner] section
-    reference = load_settings(path, {**env, "SHOP_DE_HOOK_PASS": "p"})
+    reference = load_settings(path, {**env, "SHOP_DE_HOOK_PASS": "p-0123456789abcdef"})
     assert reference.database.pooler is Pooler.NONE
     assert reference.listen_url() == reference.listen_database_url
     path.write_text(_readme_toml("### Behind PgBouncer"))

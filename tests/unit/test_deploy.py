@@ -244,7 +244,7 @@ def test_configmap_is_a_valid_outbox_configuration(
     for file in files:
         assert file.startswith(SECRETS_DIR), file
         secret = secrets_dir / file.removeprefix(SECRETS_DIR)
-        secret.write_text("dummy-key\n", encoding="utf-8")
+        secret.write_text("dummy-secret-long-enough-for-a-password\n", encoding="utf-8")
         secret.chmod(0o600)
     url_file = secrets_dir / "database-url"
     url_file.write_text("postgresql://outbox@db.invalid/outbox\n", encoding="utf-8")
