@@ -106,7 +106,9 @@ async def _api(port: int, latency_ms: float) -> asyncio.subprocess.Process:
     raise SystemExit("the API imitation did not start")
 
 
-async def _senders(config: Path, count: int) -> list[asyncio.subprocess.Process]:
+async def _senders(
+    config: Path, count: int, *, cwd: Path | None = None
+) -> list[asyncio.subprocess.Process]:
     env = {**os.environ, "BENCH_KEY": "k"}
     senders = [
         await asyncio.create_subprocess_exec(
@@ -119,6 +121,7 @@ async def _senders(config: Path, count: int) -> list[asyncio.subprocess.Process]
             "--role",
             "sender",
             env=env,
+            cwd=cwd,  # another checkout's outbox (an A/B in one run), or this one
         )
         for _ in range(count)
     ]
