@@ -47,6 +47,7 @@ log = structlog.get_logger("outbox.sender")
 # whose last claim was full: well within the fairness goal (a channel's first row out within 1 s
 # beside another's backlog), and a retry coming due waits at most this much longer.
 HOT_FOR = 0.2
+HOT_ROUNDS = 16
 HELD = SendError.HELD
 
 
@@ -101,6 +102,7 @@ class Sender:
         self._least_claim = max(1, min(config.batch_size, config.max_in_flight) // 4)
         self._hot: list[str] = []  # channels whose last claim got all it asked for
         self._due_at = -HOT_FOR  # when the database was last asked which channels are due
+        self._hot_rounds = 0  # rounds since then
         self._flights = Flights()
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
@@ -246,9 +248,11 @@ class Sender:
         rounds then skip a round trip, and other channels are looked for again within
         HOT_FOR (issue 16)."""
         now = self._monotonic()
-        if self._hot and now - self._due_at < HOT_FOR:
+        self._hot_rounds += 1
+        # Rounds count too: a clock that does not move (a test's) never starves other channels.
+        if self._hot and now - self._due_at < HOT_FOR and self._hot_rounds < HOT_ROUNDS:
             return Due(self._hot, None)
-        self._due_at = now
+        self._due_at, self._hot_rounds = now, 0
         return await self._store.due_channels(self._cursor, free)
 
     async def _wanted(self, channel: str, share: int) -> tuple[int, float | None, bool]:

@@ -174,3 +174,35 @@ async def test_a_backlog_s_rounds_skip_most_looks_for_due_channels(
     assert len(store.claim_sizes) >= 15
     # The first look, and one when the last claim came up short (the drain's end).
     assert store.due_lookups <= 3, (store.due_lookups, len(store.claim_sizes))
+
+
+async def test_a_clock_that_does_not_move_never_leaves_other_channels_unlooked_for() -> None:
+    """Rounds skip the due lookup while a channel's claims are full, for HOT_FOR seconds or
+    HOT_ROUNDS rounds, whichever ends first: rows that arrive on another channel meanwhile are
+    found even when the monotonic clock stands still."""
+    store, api = InMemoryMessageStore(), _CountingApi()
+    _add(store, "big", 400)
+    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
+    sender = Sender(
+        store, api, [_channel("big"), _channel("small")], config, worker_id="w",
+        channel_state=store, monotonic=lambda: 0.0,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        for _ in range(500):
+            if len(api.requests) >= 20:
+                break
+            await asyncio.sleep(0.01)
+        _add(store, "small", 3, first=1000)
+        sender.wake()
+        for _ in range(1000):
+            if sum(1 for channel, _ in api.requests if channel == "small") == 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    small = [n for channel, n in api.requests if channel == "small"]
+    assert len(small) == 3
+    assert max(small) < 20 + (sender_module.HOT_ROUNDS + 2) * 10 < 400, small
