@@ -234,7 +234,7 @@ class HousekeepingStore:
         for channel in strangers:
             detail = (
                 f"channel {channel!r} is not in the registry nor known to any live replica "
-                f"(this one knows: {', '.join(sorted(known)[:20])}"
+                f"(they know: {', '.join(sorted(known)[:20])}"
                 f"{', ...' if len(known) > 20 else ''})"
             )
             params = {
