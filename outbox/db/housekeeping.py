@@ -6,7 +6,7 @@ at once, and each is harmless to repeat.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import Text
 
 from outbox.db.errors import translated
+from outbox.db.replicas import FAIL_UNKNOWN_CHANNEL, FIND_OPEN_CHANNELS, HEARTBEAT, KNOWN_ELSEWHERE
 from outbox.db.sql import OPEN_STATES, WAKE_SENDERS
 from outbox.domain.codes import Code, Title
 from outbox.domain.models import State
@@ -68,12 +69,20 @@ EXPIRE_MESSAGES = text(
 # policy is "resend"); a row that went `unknown` again after that stays for an operator.
 # The row is no longer its old holder's (`claimed_by` cleared): a late answer or renewal of
 # the first attempt must not write over the second.
+_QUIET_UNKNOWN = """
+    state = 'unknown' AND updated_at < now() - make_interval(secs => :quiet_seconds)
+    AND unknown_resends < 1"""
+
+# Which channels have quiet `unknown` rows, found by `ix_messages_unknown` alone: the tick asks
+# this rather than pass every resending channel each second (issue 16: maintenance costs the
+# same with 1 or 10,000 channels); only channels found here are named to RESEND_UNKNOWN.
+FIND_QUIET_UNKNOWN = text(f"SELECT DISTINCT channel FROM outbox.messages WHERE {_QUIET_UNKNOWN}")
+
 RESEND_UNKNOWN = text(
-    """
+    f"""
     WITH quiet AS (
         SELECT id FROM outbox.messages
-        WHERE state = 'unknown' AND updated_at < now() - make_interval(secs => :quiet_seconds)
-          AND unknown_resends < 1 AND channel = ANY(:channels)
+        WHERE {_QUIET_UNKNOWN} AND channel = ANY(:channels)
         ORDER BY updated_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -87,62 +96,6 @@ RESEND_UNKNOWN = text(
         error_code = CASE WHEN m.expires_at <= now() THEN :expired_unknown ELSE m.error_code END,
         next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL, updated_at = now()
     FROM quiet WHERE m.id = quiet.id
-    """
-).bindparams(bindparam("channels", type_=ARRAY(Text())))
-
-# Distinct channels of open rows by skipping through an index, not by reading every row.
-FIND_OPEN_CHANNELS = text(
-    f"""
-    WITH RECURSIVE ch(channel) AS (
-        (SELECT channel FROM outbox.messages
-         WHERE state IN ({OPEN_STATES}) ORDER BY channel LIMIT 1)
-        UNION ALL
-        SELECT (SELECT m.channel FROM outbox.messages AS m
-                WHERE m.state IN ({OPEN_STATES}) AND m.channel > ch.channel
-                ORDER BY m.channel LIMIT 1)
-        FROM ch WHERE ch.channel IS NOT NULL
-    )
-    SELECT channel FROM ch WHERE channel IS NOT NULL
-    """
-)
-
-FAIL_UNKNOWN_CHANNEL = text(
-    """
-    WITH bad AS (
-        SELECT id FROM outbox.messages
-        WHERE channel = :channel AND state = 'queued'
-          AND created_at < now() - make_interval(secs => :grace_seconds)
-          -- In the same statement: a channel added to the registry meanwhile is seen. File
-          -- channels' mirrors do not count: live replicas' heartbeats speak for those.
-          AND NOT EXISTS (SELECT 1 FROM outbox.channels AS r
-                          WHERE r.id = :channel AND r.source = 'registry')
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    )
-    UPDATE outbox.messages AS m
-    SET state = 'failed', error_code = :code,
-        error_title = :title,
-        error_detail = :detail, failed_at = now(), next_attempt_at = NULL, updated_at = now()
-    FROM bad WHERE m.id = bad.id
-    RETURNING m.id, m.channel, m.state
-    """
-)
-
-# This replica's channels with the time it said so (a heartbeat), and the channels the other
-# replicas seen lately know. The SELECT does not see the INSERT (one snapshot): the caller adds
-# its own. Replicas silent for a day are forgotten.
-HEARTBEAT = text(
-    """
-    WITH me AS (
-        INSERT INTO outbox.replicas AS r (worker_id, channels, seen_at)
-        VALUES (:worker, :channels, now())
-        ON CONFLICT (worker_id)
-            DO UPDATE SET channels = excluded.channels, seen_at = excluded.seen_at
-    ), gone AS (
-        DELETE FROM outbox.replicas WHERE seen_at < now() - interval '1 day'
-    )
-    SELECT DISTINCT unnest(channels) AS channel FROM outbox.replicas
-    WHERE worker_id <> :worker AND seen_at > now() - make_interval(secs => :live_seconds)
     """
 ).bindparams(bindparam("channels", type_=ARRAY(Text())))
 
@@ -204,6 +157,7 @@ FORGET_PACE = text(
 class HousekeepingStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._recorded: dict[str, frozenset[str]] = {}  # the channels each heartbeat last wrote
 
     @translated
     async def rescue_expired_leases(self, limit: int = 1000) -> list[Settled]:
@@ -218,13 +172,20 @@ class HousekeepingStore:
 
     @translated
     async def resend_unknown(
-        self, channels: Sequence[str], quiet: timedelta, limit: int = 1000
+        self, channels: Collection[str], quiet: timedelta, limit: int = 1000
     ) -> int:
+        """Send quiet `unknown` rows of `channels` once more. One statement when none is quiet:
+        the channels with such rows are found by index, and only those are named."""
         if not channels:
             return 0
-        params: dict[str, Any] = {
-            "channels": list(channels),
-            "quiet_seconds": quiet.total_seconds(),
+        params: dict[str, Any] = {"quiet_seconds": quiet.total_seconds()}
+        async with self._engine.connect() as connection:
+            found = (await connection.execute(FIND_QUIET_UNKNOWN, params)).scalars().all()
+        resending = sorted(c for c in found if c in channels)
+        if not resending:
+            return 0
+        params |= {
+            "channels": resending,
             "limit": limit,
             "expired_unknown": Code.EXPIRED_UNKNOWN.value,
             "expired_title": Title.EXPIRED_WHILE_UNKNOWN.value,
@@ -237,35 +198,44 @@ class HousekeepingStore:
         return resent
 
     @translated
-    async def heartbeat(
-        self, worker: str, channels: Collection[str], live: timedelta
-    ) -> frozenset[str]:
-        """Record `channels` as this replica's; return every channel a replica seen within
-        `live` knows, these included."""
-        params = {
-            "worker": worker,
-            "channels": sorted(channels),
-            "live_seconds": live.total_seconds(),
-        }
+    async def heartbeat(self, worker: str, channels: frozenset[str]) -> None:
+        """Record that this replica lives and knows `channels`: the set itself is sent only
+        when it differs from the one this store last recorded for `worker`."""
+        recorded = self._recorded.get(worker)
+        changed = recorded is None or (channels is not recorded and channels != recorded)
+        params = {"worker": worker, "channels": sorted(channels) if changed else None}
         async with self._engine.begin() as connection:
-            others = (await connection.execute(HEARTBEAT, params)).scalars().all()
-        return frozenset(channels) | frozenset(others)
+            if not (await connection.execute(HEARTBEAT, params)).scalar_one():
+                # The row had been forgotten (a day of silence): it is back, with the set.
+                params["channels"] = sorted(channels)
+                await connection.execute(HEARTBEAT, params)
+        self._recorded[worker] = channels
 
     @translated
     async def fail_unknown_channels(
-        self, known: Collection[str], grace: timedelta, limit: int = 1000
+        self,
+        known: Collection[str],
+        grace: timedelta,
+        limit: int = 1000,
+        *,
+        live: timedelta | None = None,
     ) -> list[Settled]:
-        """Fail queued rows of channels not in `known` (what every live replica knows) nor in
-        the registry (any entry, disabled too: its rows wait) once they are `grace` old."""
+        """Fail queued rows of channels not in `known` (this replica's), not known to a replica
+        seen within `live` (when given), nor in the registry (any entry, disabled too: its rows
+        wait) once they are `grace` old."""
         async with self._engine.connect() as connection:
             open_channels = (await connection.execute(FIND_OPEN_CHANNELS)).scalars().all()
+            strangers = [c for c in open_channels if c not in known]
+            if strangers and live is not None:
+                params = {"channels": strangers, "live_seconds": live.total_seconds()}
+                elsewhere = set((await connection.execute(KNOWN_ELSEWHERE, params)).scalars())
+                strangers = [c for c in strangers if c not in elsewhere]
         failed: list[Settled] = []
-        for channel in open_channels:
-            if channel in known:
-                continue
+        for channel in strangers:
             detail = (
                 f"channel {channel!r} is not in the registry nor known to any live replica "
-                f"(they know: {', '.join(sorted(known)[:20])}{', ...' if len(known) > 20 else ''})"
+                f"(they know: {', '.join(sorted(known)[:20])}"
+                f"{', ...' if len(known) > 20 else ''})"
             )
             params = {
                 "channel": channel,

@@ -23,6 +23,8 @@ from outbox.ports.registry import RegisteredChannel, RegistrySnapshot
 from outbox.sealing import Keyring
 
 # Any insert, update (updated_at moves) or delete changes it.
+MIRROR_SLICE = 500  # file channels per INSERT of their mirror
+
 VERSION = text(
     """
     SELECT count(*) || '/' || coalesce(max(updated_at)::text, '') || '/'
@@ -157,22 +159,23 @@ class ChannelRegistryStore:
             {"id": c.id, "source": "file", "enabled": True, **rows.plain_values(c)}
             for c in file_channels
         ]
-        statement = insert(channels).values(values)
-        kept = {name: statement.excluded[name] for name in rows.PLAIN_FIELDS}
-        statement = statement.on_conflict_do_update(
-            index_elements=["id"],
-            set_={**kept, "updated_at": func.now()},
-            where=channels.c.source == "file",
-        )
         async with self._engine.begin() as connection:
-            await connection.execute(statement)
-            shadowed = await connection.execute(
-                select(channels.c.id).where(
-                    channels.c.id.in_([c.id for c in file_channels]),
-                    channels.c.source == "registry",
+            # In slices (issue 16): one VALUES list of 10,000 channels is over PostgreSQL's
+            # 32,767 parameters (the mirror failed at every start) and a huge statement to build.
+            for start in range(0, len(values), MIRROR_SLICE):
+                statement = insert(channels).values(values[start : start + MIRROR_SLICE])
+                kept = {name: statement.excluded[name] for name in rows.PLAIN_FIELDS}
+                statement = statement.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={**kept, "updated_at": func.now()},
+                    where=channels.c.source == "file",
                 )
+                await connection.execute(statement)
+            registry = await connection.execute(
+                select(channels.c.id).where(channels.c.source == "registry")
             )
-            return list(shadowed.scalars().all())
+            ids = {c.id for c in file_channels}
+            return [id_ for id_ in registry.scalars().all() if id_ in ids]
 
     @translated
     async def check_sealed(self) -> int:

@@ -50,7 +50,7 @@ class Maintenance:
 
     def set_channels(self, channels: Sequence[ChannelConfig]) -> None:
         """The channels this replica sends for, from now on (the registry changed)."""
-        self._resend = [c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND]
+        self._resend = frozenset(c.id for c in channels if c.unknown_policy is UnknownPolicy.RESEND)
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_periodic(
@@ -79,8 +79,13 @@ class Maintenance:
             log.warning("outbox.unknown.resending", count=resent)
         # During a rolling update old replicas do not know a channel new ones added: a row is
         # failed only for a channel no live replica knows and the registry does not hold.
-        known = await self._store.heartbeat(self._worker, self._known, self._live)
-        failed = await self._store.fail_unknown_channels(known, self._config.unknown_channel_grace)
+        # Neither statement names every channel each tick (issue 16): the heartbeat sends the
+        # set when it changed, and other replicas are asked only about open rows' channels this
+        # one does not know.
+        await self._store.heartbeat(self._worker, self._known)
+        failed = await self._store.fail_unknown_channels(
+            self._known, self._config.unknown_channel_grace, live=self._live
+        )
         for row in failed:
             log.error(
                 "outbox.send.failed",

@@ -121,8 +121,9 @@ class Run:
 
 
 class Bench:
-    def __init__(self, dsn: str, workdir: Path, limit: float) -> None:
+    def __init__(self, dsn: str, workdir: Path, limit: float, baseline: Path | None = None) -> None:
         self.dsn = dsn
+        self.baseline = baseline
         self.workdir = workdir
         self.limit = limit  # seconds a drain may take: a slow one is measured on what it sent
 
@@ -172,7 +173,10 @@ class Bench:
                 config = self.workdir / "peer.toml"
                 write_config(config, self.dsn, api_url, 1)
                 await self._enqueue(connection, messages, 1, True)
-                workers = await _senders(config, 1)
+                # "baseline": the same sender from another checkout (--baseline), e.g. main.
+                workers = await _senders(
+                    config, 1, cwd=self.baseline if kind == "baseline" else None
+                )
             run = await self._drained(connection, api_url, workers, messages, run)
         finally:
             await _stop([api])
@@ -389,10 +393,13 @@ async def main(args: argparse.Namespace) -> None:
         engine = create_engine(dsn, pool_size=1)
         await migrate.upgrade(engine)
         await engine.dispose()
-        bench = Bench(dsn, workdir, args.limit)
+        bench = Bench(dsn, workdir, args.limit, args.baseline)
+        kinds = ("outbox", "pgqueuer", "batched") + (("baseline",) if args.baseline else ())
+        if args.kinds:
+            kinds = tuple(args.kinds.split(","))
         if args.peers:
-            for latency in (0.0, 50.0):
-                for kind in ("outbox", "pgqueuer", "batched"):
+            for latency in args.latencies:
+                for kind in kinds:
                     peers.append(await bench.peer(kind, args.messages, latency))
                     print(peers[-1], flush=True)
         for count in args.channels:
@@ -424,5 +431,12 @@ if __name__ == "__main__":
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--fair-backlog", type=int, default=0)
     parser.add_argument("--steady-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="also run the sender of this checkout"
+    )
+    parser.add_argument(
+        "--latencies", type=lambda s: [float(n) for n in s.split(",") if n], default=[0.0, 50.0]
+    )
+    parser.add_argument("--kinds", default=None, help="peers to run, e.g. outbox,baseline")
     parser.add_argument("--limit", type=float, default=60.0, help="seconds per drain, at most")
     asyncio.run(main(parser.parse_args()))

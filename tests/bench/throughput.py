@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -105,9 +106,11 @@ async def _api(port: int, latency_ms: float) -> asyncio.subprocess.Process:
     raise SystemExit("the API imitation did not start")
 
 
-async def _senders(config: Path, count: int) -> list[asyncio.subprocess.Process]:
+async def _senders(
+    config: Path, count: int, *, cwd: Path | None = None
+) -> list[asyncio.subprocess.Process]:
     env = {**os.environ, "BENCH_KEY": "k"}
-    return [
+    senders = [
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -118,9 +121,27 @@ async def _senders(config: Path, count: int) -> list[asyncio.subprocess.Process]
             "--role",
             "sender",
             env=env,
+            cwd=cwd,  # another checkout's outbox (an A/B in one run), or this one
         )
         for _ in range(count)
     ]
+    _profile(senders[0].pid)
+    return senders
+
+
+def _profile(pid: int | None) -> None:
+    """OUTBOX_BENCH_PROFILE=prefix: py-spy samples the first sender of each run for
+    OUTBOX_BENCH_PROFILE_SECONDS (default 10) into prefix-<pid>.txt (raw folded stacks)."""
+    prefix = os.environ.get("OUTBOX_BENCH_PROFILE")
+    if not prefix or pid is None:
+        return
+    seconds = os.environ.get("OUTBOX_BENCH_PROFILE_SECONDS", "10")
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--duration", seconds, "--rate", "250",
+         "--format", "raw", "--nonblocking", "-o", f"{prefix}-{pid}.txt"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def _peak_rss_mb(pid: int) -> float:

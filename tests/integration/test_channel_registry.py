@@ -118,6 +118,17 @@ async def test_rotation_reseals_under_the_new_key_and_both_open_meanwhile(
         await ChannelRegistryStore(engine, keyring()).check_sealed()
 
 
+async def test_10000_file_channels_are_mirrored(engine: AsyncEngine, db_url: str) -> None:
+    """Issue 16: one INSERT for them all was over PostgreSQL's 32,767 parameters (the mirror
+    failed at every start with `the number of query arguments cannot exceed 32767`)."""
+    store = ChannelRegistryStore(engine, keyring())
+    await store.add(channel("c00042"), enabled=True)
+    from_file = [channel(f"c{n:05d}") for n in range(10_000)]
+    assert await store.mirror_file(from_file) == ["c00042"]
+    [row] = await fetch(db_url, "SELECT count(*) AS n FROM outbox.channels WHERE source = 'file'")
+    assert row["n"] == 9_999
+
+
 async def test_file_channels_are_read_only_mirrors_and_the_file_wins(engine: AsyncEngine) -> None:
     store = ChannelRegistryStore(engine, keyring())
     await store.add(channel("shared"), enabled=True)

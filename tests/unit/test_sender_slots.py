@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from outbox.config import ChannelConfig, Secret, SenderConfig
-from outbox.domain.models import Dialect, SendResult
+from outbox.domain.models import Claim, Dialect, SendResult
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
+from outbox.ports import ClaimRequest, Due
 from outbox.services import results
+from outbox.services import sender as sender_module
 from outbox.services.sender import Sender
 from tests.fakes import AcceptingApi, InMemoryMessageStore
 
@@ -123,3 +126,83 @@ async def test_a_few_rows_beside_a_backlog_go_at_once() -> None:
     # The backlog's channel never takes every slot: the small channel's rows are among the
     # first few requests, not behind 300.
     assert max(order) < 30, order
+
+
+class _CountingStore(InMemoryMessageStore):
+    """Records the size of each claim asked for and each look for due channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claim_sizes: list[int] = []
+        self.due_lookups = 0
+
+    async def due_channels(self, after: str, limit: int) -> Due:
+        self.due_lookups += 1
+        return await super().due_channels(after, limit)
+
+    async def claim_many(
+        self, requests: Sequence[ClaimRequest], worker: str, lease: timedelta, **kw: Any
+    ) -> dict[str, Claim]:
+        self.claim_sizes.append(sum(r.limit for r in requests))
+        return await super().claim_many(requests, worker, lease, **kw)
+
+
+async def test_a_backlog_is_claimed_in_batches_not_slot_by_slot() -> None:
+    """Issue 16: a round trip for 1 row while 19 are in flight costs what one for a batch
+    does; claims wait for a quarter of the slots (before: claims of 1 to 3 rows)."""
+    store, api = _CountingStore(), _CountingApi()
+    _add(store, "c", 300)
+    config = SenderConfig(max_in_flight=20, batch_size=20, poll_interval=timedelta(seconds=30))
+    sender = Sender(store, api, [_channel("c")], config, worker_id="w", channel_state=store)
+    await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
+    assert len(api.requests) == 300
+    assert min(store.claim_sizes) >= 5, store.claim_sizes
+
+
+async def test_a_backlog_s_rounds_skip_most_looks_for_due_channels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A channel whose claim was full has more: the next rounds claim it at once, and the
+    database is asked again which channels are due only every HOT_FOR seconds."""
+    monkeypatch.setattr(sender_module, "HOT_FOR", 10.0)
+    store, api = _CountingStore(), _CountingApi()
+    _add(store, "c", 300)
+    config = SenderConfig(max_in_flight=20, batch_size=20, poll_interval=timedelta(seconds=30))
+    sender = Sender(store, api, [_channel("c")], config, worker_id="w", channel_state=store)
+    await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
+    assert len(api.requests) == 300
+    assert len(store.claim_sizes) >= 15
+    # The first look, and one when the last claim came up short (the drain's end).
+    assert store.due_lookups <= 3, (store.due_lookups, len(store.claim_sizes))
+
+
+async def test_a_clock_that_does_not_move_never_leaves_other_channels_unlooked_for() -> None:
+    """Rounds skip the due lookup while a channel's claims are full, for HOT_FOR seconds or
+    HOT_ROUNDS rounds, whichever ends first: rows that arrive on another channel meanwhile are
+    found even when the monotonic clock stands still."""
+    store, api = InMemoryMessageStore(), _CountingApi()
+    _add(store, "big", 400)
+    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
+    sender = Sender(
+        store, api, [_channel("big"), _channel("small")], config, worker_id="w",
+        channel_state=store, monotonic=lambda: 0.0,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        for _ in range(500):
+            if len(api.requests) >= 20:
+                break
+            await asyncio.sleep(0.01)
+        _add(store, "small", 3, first=1000)
+        sender.wake()
+        for _ in range(1000):
+            if sum(1 for channel, _ in api.requests if channel == "small") == 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    small = [n for channel, n in api.requests if channel == "small"]
+    assert len(small) == 3
+    assert max(small) < 20 + (sender_module.HOT_ROUNDS + 2) * 10 < 400, small
