@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -46,9 +46,27 @@ class WebhookGuard:
                 return peer
         return peer
 
-    def refused(self, source: str) -> web.Response | None:
+    def guarded(
+        self, handle: Callable[[web.Request, str], Awaitable[web.Response]]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A webhook handler behind the throttle and the cap: `handle(request, source)` runs
+        holding one handler slot, or the request is answered at once."""
+
+        async def receive(request: web.Request) -> web.Response:
+            source = self.source(request)
+            refused = self._refused(source)
+            if refused is not None:
+                return refused
+            try:
+                return await handle(request, source)
+            finally:
+                self._free += 1
+
+        return receive
+
+    def _refused(self, source: str) -> web.Response | None:
         """The answer to give at once instead of handling the request, if any; otherwise the
-        caller holds one handler slot until it calls `release`."""
+        caller holds one handler slot until it gives it back."""
         wait = self._throttle.blocked_for(source, self._clock())
         if wait > 0:
             return _closing(429, "throttled", wait)
@@ -57,9 +75,6 @@ class WebhookGuard:
             return _closing(503, "busy", 1)
         self._free -= 1
         return None
-
-    def release(self) -> None:
-        self._free += 1
 
     def failed(self, source: str) -> None:
         if self._throttle.failed(source, self._clock()):

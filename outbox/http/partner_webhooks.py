@@ -56,17 +56,7 @@ def add_partner_route(
     observer: PartnerObserver,
     guard: WebhookGuard,
 ) -> None:
-    async def receive(request: web.Request) -> web.Response:
-        source = guard.source(request)
-        refused = guard.refused(source)
-        if refused is not None:
-            return refused
-        try:
-            return await _receive(request, source)
-        finally:
-            guard.release()
-
-    async def _receive(request: web.Request, source: str) -> web.Response:
+    async def receive(request: web.Request, source: str) -> web.Response:
         raw = await read_raw(request, observer, LABEL, guard)
         if isinstance(raw, web.Response):
             return raw
@@ -114,7 +104,7 @@ def add_partner_route(
                 log.warning("outbox.webhook.unrouted", missed=part.missed)
         return web.json_response({"stored": list(stored)})
 
-    app.router.add_post("/webhooks", receive)
+    app.router.add_post("/webhooks", guard.guarded(receive))
 
 
 def _vouched(channels: Mapping[str, ChannelConfig], header: str | None) -> frozenset[str]:

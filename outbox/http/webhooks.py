@@ -66,17 +66,7 @@ def add_routes(
     observer: WebhookObserver,
     guard: WebhookGuard,
 ) -> None:
-    async def receive(request: web.Request) -> web.Response:
-        source = guard.source(request)
-        refused = guard.refused(source)
-        if refused is not None:
-            return refused
-        try:
-            return await _receive(request, source)
-        finally:
-            guard.release()
-
-    async def _receive(request: web.Request, source: str) -> web.Response:
+    async def receive(request: web.Request, source: str) -> web.Response:
         channel_id = request.match_info["channel"]
         channel = channels.get(channel_id)
         problem = _refusal(channel, request.headers.get("Authorization"))
@@ -102,7 +92,7 @@ def add_routes(
         observer.webhook(channel_id, "stored")
         return web.json_response({"stored": stored})
 
-    app.router.add_post("/webhooks/{channel}", receive)
+    app.router.add_post("/webhooks/{channel}", guard.guarded(receive))
 
 
 def _refusal(channel: ChannelConfig | None, header: str | None) -> str | None:
