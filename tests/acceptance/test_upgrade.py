@@ -83,7 +83,12 @@ async def test_rolling_update_and_rollback_as_the_readme_says(
             f"schema at revision 9002 needs a release at revision 9002 or newer; "
             f"this release is at {head}: deploy a newer release"
         )
-        assert await readyz(port) == (503, refusal)
+
+        async def refused() -> bool:
+            return await readyz(port) == (503, refusal)
+
+        # /readyz answers from a check at most `readiness_interval` (5 s) old (issue 19 §2).
+        await wait_until(refused, within=20, interval=0.5)
     finally:
         assert await stop_daemon(restarted, log) == 0
 
