@@ -84,11 +84,11 @@ async def test_rolling_update_and_rollback_as_the_readme_says(
             f"this release is at {head}: deploy a newer release"
         )
 
-        async def refused() -> bool:
+        async def refusing() -> bool:
             return await readyz(port) == (503, refusal)
 
         # /readyz answers from a check at most `readiness_interval` (5 s) old (issue 19 §2).
-        await wait_until(refused, within=20, interval=0.5)
+        await wait_until(refusing, within=20, interval=0.5)
     finally:
         assert await stop_daemon(restarted, log) == 0
 
