@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import ChannelConfig, Settings
-from outbox.config_loader import credentials_diff
+from outbox.config_reload import credentials_diff
 from outbox.db import migrate
 from outbox.db.channel_state import ChannelStateStore
 from outbox.db.engine import create_engine
