@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import ChannelConfig, Settings
-from outbox.config_loader import credentials_diff
 from outbox.db import migrate
 from outbox.db.channel_state import ChannelStateStore
 from outbox.db.engine import create_engine
@@ -32,7 +31,8 @@ from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.templates import TemplateStore
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.domain.schema import judge_schema
-from outbox.errors import DatabaseError, OutboxError, PrivilegeMissing, SchemaOutdated
+from outbox.errors import DatabaseError, PrivilegeMissing, SchemaOutdated
+from outbox.hangup import Hangup
 from outbox.http.api_client import ApiClient, create_session
 from outbox.loops import PARTS, Health
 from outbox.metrics import Metrics
@@ -109,7 +109,7 @@ async def run(
     health = Health(metrics.statement_invalid)
     # Installed before anything waits (the start-up check on a slow database): a SIGHUP that
     # came meanwhile used to end the process; it is now applied once the parts exist.
-    hangup = _Hangup(reload) if reload is not None else None
+    hangup = Hangup(reload) if reload is not None else None
     if hangup is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.signalled)
     keyring = keyring_from()  # a master key that cannot be read stops the start, clearly
@@ -252,54 +252,6 @@ async def _supervise(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class _Hangup:
-    """SIGHUP from the start of `run`: one that arrives before the parts exist waits for them
-    (the credential files may have changed since they were read), then applies."""
-
-    def __init__(self, reload: Callable[[], Settings]) -> None:
-        self._reload = reload
-        self._parts: tuple[dict[str, ChannelConfig], ChannelDirectory] | None = None
-        self._pending = False
-
-    def signalled(self) -> None:
-        if self._parts is None:
-            self._pending = True
-            log.info("outbox.reload.deferred", note="applied once the daemon has started")
-            return
-        _reload_credentials(self._reload, *self._parts)
-
-    def ready(self, channels: dict[str, ChannelConfig], directory: ChannelDirectory) -> None:
-        self._parts = (channels, directory)
-        if self._pending:
-            self._pending = False
-            self.signalled()
-
-
-def _reload_credentials(
-    reload: Callable[[], Settings],
-    channels: dict[str, ChannelConfig],
-    directory: ChannelDirectory,
-) -> None:
-    """SIGHUP: take the file channels' new API keys and webhook credentials (from files, or
-    from the environment the process started with), and read the registry's referenced keys
-    again. Any other change to the file needs a restart, and says so."""
-    try:
-        fresh = reload()
-    except OutboxError as exc:
-        log.error("outbox.reload.failed", error=str(exc), note="the running settings stay")
-        return
-    diff = credentials_diff(channels, fresh)
-    channels.update(diff.updated)
-    directory.file_changed(list(channels.values()))  # a changed key: probes at once
-    log.warning("outbox.reload.credentials", channels=list(diff.updated))
-    if diff.needs_restart:
-        log.warning(
-            "outbox.reload.needs_restart",
-            note="only credentials are reloaded; other changes take a restart",
-            channels=diff.needs_restart,
-        )
 
 
 def _accounts(channels: Sequence[ChannelConfig]) -> dict[str, str | None]:

@@ -1,5 +1,5 @@
 """Validation of the HTTP edge's settings and of webhook credentials (issue 19 section 2), used
-by outbox.config_loader for the file's channels and the registry's alike."""
+by outbox.config_channels for the file's channels and the registry's alike."""
 
 from __future__ import annotations
 

@@ -14,8 +14,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from outbox.config import PARTNER_API_URL, PartnerConfig, Secret
+from outbox.config_channels import _secret
 from outbox.config_checks import insecure_http_allowed, require_https
-from outbox.config_loader import ENV_PREFIX, _coerce, _secret, _section, typed_in_file
+from outbox.config_loader import ENV_PREFIX, _section
+from outbox.config_values import _coerce, typed_in_file
 from outbox.errors import ConfigError
 
 _KEYS = frozenset(

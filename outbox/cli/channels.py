@@ -1,5 +1,5 @@
 """`outbox channels list | show | add | update | disable | enable | remove` and `outbox keys
-generate | check | rotate`: the channel registry from the command line.
+generate | check | rotate` (cli/keys.py): the channel registry from the command line.
 
 Credentials are given by reference (`--api-key-env VAR`, `--api-key-file PATH`: read by each
 replica) or sealed (`--secrets-stdin`: `api_key=...` lines read from standard input, never from
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from outbox.cli import partner
-from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, with_engine
+from outbox.cli import keys, partner
+from outbox.cli.channel_options import _add_settings, _flag, _held, _plain, _registry
+from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, with_engine
 from outbox.domain.codes import OPEN_STATES
 from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError
 
@@ -24,37 +24,9 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from outbox.config import Settings
-    from outbox.db.registry import ChannelRegistryStore
-    from outbox.db.registry_rows import Described, Holding
+    from outbox.db.registry_rows import Described
 
     _Parsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-# Channel settings as options: (field, type, help). The same names as a [[channels]] table.
-_FIELDS: list[tuple[str, Any, str]] = [
-    ("dialect", str, "cloud or onprem"),
-    ("base_url", str, "the API's base URL"),
-    ("rate_per_second", float, "messages per second (default 20)"),
-    ("burst", float, "tokens the shared bucket holds (default a tenth of the rate)"),
-    ("namespace", str, "template namespace (on-premise)"),
-    ("unknown_policy", str, "resend or hold"),
-    ("webhook_auth", str, "basic or none"),
-    ("recipient_gap", float, "least seconds between two messages to one recipient"),
-    ("max_in_flight", int, "requests in flight per process"),
-    ("replay_share", float, "share of the rate replayed rows get (0-1)"),
-    ("phone_number_id", str, "Meta's phone number id"),
-    ("waba_id", str, "the WhatsApp Business Account id"),
-    ("partner_channel_id", str, "360dialog's channel id (Partner API)"),
-    ("client_id", str, "the partner's client (tenant)"),
-]
-_SECRETS = ("api_key", "webhook_username", "webhook_password")
-
-
-def _flag(parser: argparse.ArgumentParser, flag: str, *, env: str, help: str) -> None:
-    """A yes/no option whose default comes from OUTBOX_<env> (1, true or yes)."""
-    name = f"OUTBOX_{env}"
-    default = os.environ.get(name, "").lower() in ("1", "true", "yes")
-    parser.add_argument(flag, action="store_true", default=default, help=f"{help} (env: {name})")
 
 
 def add_parsers(commands: _Parsers, common: argparse.ArgumentParser) -> None:
@@ -98,81 +70,7 @@ def add_parsers(commands: _Parsers, common: argparse.ArgumentParser) -> None:
     )
     _flag(remove, "--json", env="CHANNELS_JSON", help="JSON for scripts")
     remove.set_defaults(func=_remove)
-    _add_keys(commands, common)
-
-
-def _add_settings(parser: argparse.ArgumentParser, verb: str) -> None:
-    prefix = "CHANNEL_"
-    for name, kind, text in _FIELDS:
-        env_default(
-            parser, f"--{name.replace('_', '-')}", env=f"{prefix}{name.upper()}", type=kind,
-            help=text,
-        )  # fmt: skip
-    for name in _SECRETS:
-        flag = name.replace("_", "-")
-        for way, where in (("env", "environment variable"), ("file", "file")):
-            env_default(
-                parser,
-                f"--{flag}-{way}",
-                env=f"{prefix}{name.upper()}_{way.upper()}",
-                help=f"each replica reads the {name} from this {where}",
-            )
-    _flag(
-        parser,
-        "--secrets-stdin",
-        env="CHANNEL_SECRETS_STDIN",
-        help="read api_key=, webhook_username=, webhook_password= lines from standard input and "
-        "store them sealed under the master key (OUTBOX_SECRET_KEY_FILE or _ENV)",
-    )
-    if verb == "add":
-        _flag(parser, "--disabled", env="CHANNEL_DISABLED", help="add it disabled")
-
-
-def _plain(args: argparse.Namespace) -> dict[str, Any]:
-    values = {name: getattr(args, name) for name, _, _ in _FIELDS}
-    values = {k: v for k, v in values.items() if v is not None}
-    if "recipient_gap" in values:
-        from datetime import timedelta
-
-        values["recipient_gap"] = timedelta(seconds=values["recipient_gap"])
-    return values
-
-
-def _held(args: argparse.Namespace) -> dict[str, Holding | None]:
-    from outbox.config import Secret
-
-    held: dict[str, Holding | None] = {}
-    for name in _SECRETS:
-        env, file = getattr(args, f"{name}_env"), getattr(args, f"{name}_file")
-        if env and file:
-            raise ConfigError(f"give --{name.replace('_', '-')}-env or -file, not both")
-        if env:
-            held[name] = ("env", env)
-        elif file:
-            held[name] = ("file", os.path.abspath(file))
-    if args.secrets_stdin:
-        for number, line in enumerate(sys.stdin.read().splitlines(), start=1):
-            if not line.strip():
-                continue
-            name, sep, value = line.partition("=")
-            name = name.strip()
-            if not sep or name not in _SECRETS or not value:
-                raise ConfigError(
-                    f"standard input line {number}: expected api_key=, webhook_username= or"
-                    " webhook_password= with a value"
-                )
-            if name in held:
-                raise ConfigError(f"{name} is given twice")
-            # As given: whitespace around the value is refused, not trimmed (issue 19 §3).
-            held[name] = ("sealed", Secret(value))
-    return held
-
-
-def _registry(engine: AsyncEngine) -> ChannelRegistryStore:
-    from outbox.db.registry import ChannelRegistryStore
-    from outbox.sealing import keyring_from
-
-    return ChannelRegistryStore(engine, keyring_from())
+    keys.add_parsers(commands, common)
 
 
 def _as_json(described: Described) -> dict[str, Any]:
@@ -317,48 +215,5 @@ def _remove(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         await registry.remove(args.id)
         return _done(args, "removed", cancelled=cancelled)
-
-    return with_engine(args, run)
-
-
-def _add_keys(commands: _Parsers, common: argparse.ArgumentParser) -> None:
-    keys = commands.add_parser("keys", parents=[common], help="the master key sealing channel keys")
-    verbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verbs.add_parser(
-        "generate", parents=[common], help="print a new master key (redirect it to a file)"
-    ).set_defaults(func=_generate)
-    verbs.add_parser(
-        "check", parents=[common], help="open every sealed credential with the given master keys"
-    ).set_defaults(func=_check)
-    verbs.add_parser(
-        "rotate",
-        parents=[common],
-        help="seal every credential again under the first master key; old keys may then go",
-    ).set_defaults(func=_rotate)
-
-
-def _generate(_: argparse.Namespace) -> int:
-    from outbox.sealing import generate_key
-
-    print(generate_key())
-    return EXIT_OK
-
-
-def _check(args: argparse.Namespace) -> int:
-    async def run(engine: AsyncEngine, _: Settings) -> int:
-        count = await _registry(engine).check_sealed()
-        print(f"master keys open all {count} sealed credentials")
-        return EXIT_OK
-
-    return with_engine(args, run)
-
-
-def _rotate(args: argparse.Namespace) -> int:
-    async def run(engine: AsyncEngine, _: Settings) -> int:
-        registry = _registry(engine)
-        await registry.check_sealed()  # every row opens before any is rewritten
-        count = await registry.reseal()
-        print(f"resealed {count} channels under the first master key; old keys may now go")
-        return EXIT_OK
 
     return with_engine(args, run)

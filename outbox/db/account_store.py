@@ -10,8 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger, DateTime, Text
 
+from outbox.db.account_pauses import account_lift, account_pause
 from outbox.db.arrays import ArrayColumns
-from outbox.db.channel_state import account_lift, account_pause
 from outbox.db.errors import translated
 from outbox.db.preferences import record_preference
 from outbox.db.sql import WAKE_SENDERS

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from outbox.db.channel_state import Locked, lock_buckets
+from outbox.db.buckets import Locked, lock_buckets
 from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED, GRANTS
 from outbox.db.claimed import read_claimed
 from outbox.db.templates import with_policy

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger
 
 from outbox.db import claims
-from outbox.db.channel_state import ensure_buckets
+from outbox.db.buckets import ensure_buckets
 from outbox.db.due import DUE_CHANNELS
 from outbox.db.errors import translated
 from outbox.db.leases import RENEW_LEASES

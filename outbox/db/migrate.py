@@ -16,7 +16,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db.errors import driver_message, is_driver_error, sqlstate
-from outbox.db.tables import SCHEMA, schema_compat
+from outbox.db.operation_tables import schema_compat
+from outbox.db.tables import SCHEMA
 from outbox.domain.schema import Declaration
 from outbox.errors import PrivilegeMissing
 

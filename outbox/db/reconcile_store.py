@@ -34,13 +34,8 @@ from outbox.db.identities import (
 )
 from outbox.db.status_writes import StatusWriter
 from outbox.domain.account_plan import AccountPlan
-from outbox.domain.notifications import status_from_json, status_to_json
-from outbox.domain.reconcile import (
-    InboundSeen,
-    Located,
-    NumberMove,
-    WebhookRow,
-)
+from outbox.domain.digest import InboundSeen, Located, NumberMove, WebhookRow
+from outbox.domain.parked import status_from_json, status_to_json
 from outbox.domain.user_ids import Identities
 
 _TIMESTAMP = DateTime(timezone=True)

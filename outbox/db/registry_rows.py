@@ -1,7 +1,7 @@
 """Registry rows and `ChannelConfig`s: one shape for both directions, no secret in the clear.
 
 A row is read as the `[[channels]]` table it would be in a config file and validated by the
-same code (outbox.config_loader.channel_from_entry): a row written by hand in psql is checked
+same code (outbox.config_channels.channel_from_entry): a row written by hand in psql is checked
 exactly as a file entry is. A sealed credential is opened into a private environment that the
 entry names, so that validation reads it as it reads an `_env` reference.
 """
@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Row
 
 from outbox.config import ChannelConfig, Secret
+from outbox.config_channels import channel_from_entry
 from outbox.config_checks import ALLOW_INSECURE_HTTP_ENV, checked_credential
-from outbox.config_loader import channel_from_entry
 from outbox.db.registry_tables import SECRET_FIELDS, SECRET_WAYS
 from outbox.errors import ConfigError
 from outbox.sealing import Keyring, sealed_parts

@@ -1,7 +1,7 @@
 """`outbox.channels`: the channel registry every replica reads (issue 17).
 
 A row holds what a `[[channels]]` entry holds, under the same names, so one validation
-(outbox.config_loader.channel_from_entry) serves both. Each credential is held one way: by
+(outbox.config_channels.channel_from_entry) serves both. Each credential is held one way: by
 reference (`<name>_env`, `<name>_file`: read by every replica from its own environment or
 files) or sealed (`<name>_sealed`: encrypted under the master key, outbox.sealing). Rows with
 `source = 'file'` mirror a replica's config file: read-only, they carry no credential.

@@ -21,9 +21,10 @@ from outbox.db.errors import translated
 from outbox.db.sql import WAKE_SENDERS
 from outbox.db.status_policy import hold_for_templates, record_opt_outs, write_pricing
 from outbox.domain.delivery import Delivery
+from outbox.domain.digest import Located
 from outbox.domain.models import SentAs, State
 from outbox.domain.pricing import Priced
-from outbox.domain.reconcile import Located, Plan, Target
+from outbox.domain.reconcile import Plan, Target
 
 _TIMESTAMP = DateTime(timezone=True)
 

@@ -8,15 +8,9 @@ from datetime import timedelta
 from typing import Protocol
 
 from outbox.domain.account_plan import AccountPlan
+from outbox.domain.digest import InboundSeen, Located, NumberMove, WebhookRow
 from outbox.domain.pricing import Priced
-from outbox.domain.reconcile import (
-    InboundSeen,
-    Located,
-    NumberMove,
-    Plan,
-    Target,
-    WebhookRow,
-)
+from outbox.domain.reconcile import Plan, Target
 from outbox.domain.report import Report
 from outbox.domain.user_ids import Identities
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from outbox.sandbox.faults import Fault, FaultKind, FaultScript
 from outbox.sandbox.notifications import NotificationPost
 from outbox.sandbox.responses import Dialect
-from outbox.sandbox.server import RecordedRequest, Sandbox, serve
+from outbox.sandbox.server import RecordedRequest, Sandbox
+from outbox.sandbox.serving import serve
 
 __all__ = [
     "Dialect",

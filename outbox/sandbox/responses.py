@@ -6,10 +6,15 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from aiohttp import web
+
+from outbox.sandbox.faults import Fault
+
+if TYPE_CHECKING:  # notifications imports Dialect from here
+    from outbox.sandbox.notifications import Webhook
 
 Dialect = Literal["onprem", "cloud"]
 
@@ -130,3 +135,14 @@ def status_fault_body(dialect: Dialect, status: int) -> dict[str, Any]:
             "number in a short period of time",
         ),
     )
+
+
+def fault_response(dialect: Dialect, fault: Fault) -> web.Response:
+    if fault.kind == "error_code":
+        return json_response(error_body(dialect, ApiError.scripted(fault.code)), fault.http_status)
+    headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+    return json_response(status_fault_body(dialect, fault.status), fault.status, headers)
+
+
+def webhook_body(webhook: Webhook) -> dict[str, Any]:
+    return {"url": webhook.url, "headers": dict(webhook.headers)}

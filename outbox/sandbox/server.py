@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -19,14 +19,14 @@ from yarl import URL
 from outbox.sandbox.faults import Fault, FaultScript
 from outbox.sandbox.notifications import AcceptedMessage, NotificationPost, Notifier, Webhook
 from outbox.sandbox.responses import (
-    ApiError,
     Dialect,
     accepted_body,
     error_body,
+    fault_response,
     gateway_body,
     json_response,
     new_message_id,
-    status_fault_body,
+    webhook_body,
 )
 from outbox.sandbox.templates import TemplateBook, template_name
 from outbox.sandbox.users import Users
@@ -238,7 +238,7 @@ class Sandbox:
                 # aiohttp drops this quietly: the transport is already gone.
                 return web.Response()
             else:
-                return self._answer(request, record, _fault_response(dialect, fault))
+                return self._answer(request, record, fault_response(dialect, fault))
         error = validate(dialect, body) or self.templates.refusal(body)
         if error is not None:
             return self._answer(request, record, json_response(error_body(dialect, error), 400))
@@ -270,14 +270,14 @@ class Sandbox:
             message = "url is required; headers, if given, is an object"
             return self._answer(request, record, json_response(gateway_body(400, message), 400))
         self._webhooks[key] = Webhook(url, {str(k): str(v) for k, v in headers.items()})
-        return self._answer(request, record, json_response(_webhook_body(self._webhooks[key])))
+        return self._answer(request, record, json_response(webhook_body(self._webhooks[key])))
 
     async def _get_webhook(self, request: web.Request) -> web.Response:
         record, key = await self._arrive(request, None)
         if key is None:
             return self._answer(request, record, json_response(gateway_body(401), 401))
         webhook = self._webhooks.get(key)
-        body = {"url": None} if webhook is None else _webhook_body(webhook)
+        body = {"url": None} if webhook is None else webhook_body(webhook)
         return self._answer(request, record, json_response(body))
 
     async def _list_requests(self, request: web.Request) -> web.Response:
@@ -306,51 +306,3 @@ class Sandbox:
         self.requests.clear()
         self.faults.clear()
         return web.Response(status=204)
-
-
-def _fault_response(dialect: Dialect, fault: Fault) -> web.Response:
-    if fault.kind == "error_code":
-        return json_response(error_body(dialect, ApiError.scripted(fault.code)), fault.http_status)
-    headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-    return json_response(status_fault_body(dialect, fault.status), fault.status, headers)
-
-
-def _webhook_body(webhook: Webhook) -> dict[str, Any]:
-    return {"url": webhook.url, "headers": dict(webhook.headers)}
-
-
-async def serve(
-    host: str,
-    port: int,
-    api_keys: Mapping[str, str],
-    *,
-    latency: float,
-    status_delays: tuple[float, float, float],
-    reorder: bool,
-    duplicate: bool,
-    stop: asyncio.Event,
-    partner_secret: str | None = None,
-    announce: Callable[[str], None] | None = None,
-) -> None:
-    """Run a sandbox on host:port until `stop` is set (for `outbox sandbox` and `outbox demo`);
-    `announce` hears the base URL once it listens. A port in use raises OSError, with the
-    sandbox's client session closed (no "Unclosed client session" after the error)."""
-    sandbox = Sandbox(
-        api_keys,
-        latency=latency,
-        status_delays=status_delays,
-        reorder=reorder,
-        duplicate=duplicate,
-        partner_secret=partner_secret,
-    )
-    try:
-        base_url = await sandbox.start(host, port)
-    except OSError:
-        await sandbox.stop()
-        raise
-    if announce is not None:
-        announce(base_url)
-    try:
-        await stop.wait()
-    finally:
-        await sandbox.stop()

@@ -17,7 +17,8 @@ import structlog
 
 from outbox.config import ReconcilerConfig
 from outbox.domain.account_plan import plan_account
-from outbox.domain.reconcile import Located, Plan, digest, plan_statuses
+from outbox.domain.digest import Located, digest
+from outbox.domain.reconcile import Plan, plan_statuses
 from outbox.domain.report import Report, planned
 from outbox.errors import DatabaseError, DatabaseUnavailable, StatementInvalid, StatementRejected
 from outbox.loops import Backoff, Health, database_failed, wait_any

@@ -4,7 +4,8 @@ Claims happen in short transactions and commit before any request leaves; each c
 sent by its own task (`attempt`); outcomes go to a buffer (`results`) that one flusher writes
 with a single statement per batch. On stop, claiming ends, in-flight requests get
 `shutdown_grace` to finish, rows whose request never started go back to `queued`, and the
-buffer is flushed.
+buffer is flushed. Which channels a round visits, and each one's share of the free slots, is
+kept by outbox.services.slots.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ from outbox.ports import (
     Api,
     Attempt,
     ChannelStates,
-    ClaimRequest,
     Clock,
-    Due,
     MessageLeases,
     Monotonic,
     NullSendObserver,
@@ -41,13 +40,9 @@ from outbox.services.channels import ChannelGovernor
 from outbox.services.flights import Flight, Flights
 from outbox.services.leases import LeaseKeeper
 from outbox.services.results import ResultBuffer
+from outbox.services.slots import Slots, sooner
 
 log = structlog.get_logger("outbox.sender")
-# Seconds a claim round may skip asking which channels are due and go on with the channels
-# whose last claim was full: well within the fairness goal (a channel's first row out within 1 s
-# beside another's backlog), and a retry coming due waits at most this much longer.
-HOT_FOR = 0.2
-HOT_ROUNDS = 16
 HELD = SendError.HELD
 
 
@@ -98,12 +93,15 @@ class Sender:
             health=self._health,
         )
         self._leases = LeaseKeeper(store, worker_id, config.lease, self._owed, health=self._health)
-        self._cursor = ""  # the channel the last claim round ended at
-        self._least_claim = max(1, min(config.batch_size, config.max_in_flight) // 4)
-        self._hot: list[str] = []  # channels whose last claim got all it asked for
-        self._due_at = -HOT_FOR  # when the database was last asked which channels are due
-        self._hot_rounds = 0  # rounds since then
         self._flights = Flights()
+        self._slots = Slots(
+            store,
+            config,
+            governor=self._governor,
+            flights=self._flights,
+            results=self._results,
+            monotonic=monotonic,
+        )
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
     def _owed(self) -> list[int]:  # the rows whose result we still owe: their leases hold
@@ -168,7 +166,7 @@ class Sender:
             idle = not claimed and not self._flights and not self._results
             if drain and idle and self._results.writes == writes_before:
                 return
-            if retry_in == 0.0 and self._free_slots() > 0:
+            if retry_in == 0.0 and self._slots.free() > 0:
                 continue
             timeout = self._config.poll_interval.total_seconds()
             if retry_in is not None:
@@ -185,39 +183,20 @@ class Sender:
         until the next retry or paced row comes due; None when nothing is known to come due (or
         every slot is busy: a freed slot wakes us).
         """
-        free = self._free_slots()
+        free = self._slots.free()
         if free <= 0 or not self._channels:
             return 0, None  # no channel yet: the registry's first one wakes the loop
-        if self._flights and free < self._least_claim:
+        if self._flights and free < self._slots.least_claim:
             # A round trip for a few rows while most slots are busy costs as much as one for
             # a batch (issue 16: at 0 ms every other claim took 6 rows): freed slots wake us.
             return 0, None
         # Only channels with due rows are visited, so idle channels cost nothing; the cursor
         # moves on each round and each is offered its share of the free slots, so one
         # channel's backlog never leaves another waiting for a slot.
-        due = await self._due(free)
-        retry_in = due.next_in
+        due = await self._slots.due(free)
         await self._governor.start(due.channels)
-        requests: list[ClaimRequest] = []
-        # The channels as they were when asked for: one removed (disabled) while the claim ran
-        # still sends what it claimed, as requests in flight finish.
-        known: dict[str, ChannelConfig] = {}
-        probes: set[str] = set()  # channels whose breaker lets one row probe
-        for position, channel in enumerate(due.channels):
-            self._cursor = channel
-            share = -(-free // (len(due.channels) - position))
-            wanted, again, probe = await self._wanted(channel, share)
-            retry_in = _sooner(retry_in, again)
-            config = self._channels.get(channel)  # the breaker's check may have awaited
-            if wanted > 0 and config is not None:
-                known[channel] = config
-                limits, scope = self._governor.limits[channel], attempts.template_scope(config)
-                requests.append(ClaimRequest(channel, wanted, limits, scope))
-                free -= wanted
-                if probe:
-                    probes.add(channel)
-            if free <= 0:
-                break
+        shares = await self._slots.shares(due, free, lambda channel: self._channels.get(channel))
+        requests, known, probes, retry_in = shares
         if not requests:
             return 0, retry_in
         try:
@@ -231,47 +210,16 @@ class Sender:
             for channel in probes:
                 self._governor.forget_probe(channel)
             raise
-        claimed, self._hot = 0, []
+        claimed, self._slots.hot = 0, []
         # The claim has committed: its rows are started before any further I/O, so a database
         # blip after the claim can delay them but never leave them leased and unsent.
         for request in requests:
             claim = claims[request.channel]
             claimed += self._started(known[request.channel], claim, probe=request.channel in probes)
-            retry_in = _sooner(retry_in, claim.wait)
+            retry_in = sooner(retry_in, claim.wait)
             if len(claim.messages) == request.limit:
-                self._hot.append(request.channel)
+                self._slots.hot.append(request.channel)
         return claimed, retry_in
-
-    async def _due(self, free: int) -> Due:
-        """The channels to visit: asked of the database, or, shortly after it was asked, the
-        channels whose last claim got every row it asked for (they have more): a backlog's
-        rounds then skip a round trip, and other channels are looked for again within
-        HOT_FOR (issue 16)."""
-        now = self._monotonic()
-        self._hot_rounds += 1
-        # Rounds count too: a clock that does not move (a test's) never starves other channels.
-        if self._hot and now - self._due_at < HOT_FOR and self._hot_rounds < HOT_ROUNDS:
-            return Due(self._hot, None)
-        self._due_at, self._hot_rounds = now, 0
-        return await self._store.due_channels(self._cursor, free)
-
-    async def _wanted(self, channel: str, share: int) -> tuple[int, float | None, bool]:
-        """How many rows the channel may claim now (its breaker, its in-flight cap, the share),
-        if none because of the breaker when it may again, and whether the claim is a probe."""
-        config = self._channels.get(channel)
-        if config is None:
-            return 0, None, False  # rows for a channel this replica does not serve
-        breaker = self._governor.breakers[channel]
-        await self._governor.refresh(channel)  # a pause ended elsewhere ends here
-        allowance = breaker.allowance(self._monotonic())
-        if allowance == 0:
-            return 0, breaker.wait_time(self._monotonic()), False
-        cap = config.max_in_flight or self._config.max_in_flight
-        wanted = min(self._config.batch_size, share, cap - self._flights.per_channel[channel])
-        if allowance == 1:
-            wanted = min(wanted, 1)
-        # A channel at its cap: a freed slot of it wakes the loop.
-        return max(0, wanted), None, allowance == 1
 
     def _started(self, channel: ChannelConfig, claim: Claim, *, probe: bool) -> int:
         """Start the claim's rows; a probe goes with the first (or proved nothing)."""
@@ -289,14 +237,6 @@ class Sender:
         for message in rows:
             self._start(channel, message, claim.pause_epoch)
         return len(rows)
-
-    def _free_slots(self) -> int:
-        # A slot is free again when its request ends. Answers not yet written are bounded by
-        # the result buffer's own limit: when the database falls behind, claiming stops there
-        # instead of piling up answers in memory (and leases to renew).
-        if self._results.full:
-            return 0
-        return self._config.max_in_flight - len(self._flights)
 
     def _start(self, channel: ChannelConfig, message: ClaimedMessage, epoch: int) -> None:
         # The channel as it is now, not as the round began: a key reloaded during the claim is
@@ -368,7 +308,3 @@ class Sender:
             released=released,
             abandoned=len(ended.abandoned),
         )
-
-
-def _sooner(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)

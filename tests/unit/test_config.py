@@ -15,7 +15,8 @@ from outbox.config import (
     WebhookAuth,
     WebhookOrigin,
 )
-from outbox.config_loader import credentials_diff, load_settings
+from outbox.config_loader import load_settings
+from outbox.config_reload import credentials_diff
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
 

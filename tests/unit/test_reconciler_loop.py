@@ -13,15 +13,9 @@ import pytest
 
 from outbox.config import ReconcilerConfig
 from outbox.domain.account_plan import AccountPlan
+from outbox.domain.digest import InboundSeen, Located, NumberMove, WebhookRow
 from outbox.domain.pricing import Priced
-from outbox.domain.reconcile import (
-    InboundSeen,
-    Located,
-    NumberMove,
-    Plan,
-    Target,
-    WebhookRow,
-)
+from outbox.domain.reconcile import Plan, Target
 from outbox.domain.report import Report
 from outbox.domain.user_ids import Identities
 from outbox.errors import DatabaseUnavailable, StatementRejected

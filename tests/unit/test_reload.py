@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import structlog
 
-from outbox.app import _reload_credentials
 from outbox.config import ChannelConfig, Secret, Settings
 from outbox.errors import ConfigError
+from outbox.hangup import reload_credentials
 from outbox.ports import RegistrySnapshot
 from outbox.services.directory import ChannelDirectory
 from tests.support import settings_for
@@ -50,7 +50,7 @@ def test_new_credentials_replace_the_old_and_other_changes_are_named() -> None:
     )
     directory = _directory()
     with structlog.testing.capture_logs() as logs:
-        _reload_credentials(lambda: fresh, channels, directory)
+        reload_credentials(lambda: fresh, channels, directory)
     assert directory.view.sending == tuple(channels.values())  # the sender gets them
     assert channels["cloud"] == replace(
         cloud, api_key=Secret("rotated"), webhook_password=Secret("p")
@@ -69,6 +69,6 @@ def test_a_configuration_that_no_longer_loads_keeps_the_running_one() -> None:
         raise ConfigError("channels[0]: api_key_file /run/secrets/x: no such file")
 
     with structlog.testing.capture_logs() as logs:
-        _reload_credentials(broken, channels, _directory())
+        reload_credentials(broken, channels, _directory())
     assert channels == _channels()
     assert [(e["event"], e["log_level"]) for e in logs] == [("outbox.reload.failed", "error")]

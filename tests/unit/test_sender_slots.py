@@ -17,7 +17,7 @@ from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
 from outbox.ports import ClaimRequest, Due
 from outbox.services import results
-from outbox.services import sender as sender_module
+from outbox.services import slots as slots_module
 from outbox.services.sender import Sender
 from tests.fakes import AcceptingApi, InMemoryMessageStore
 
@@ -164,7 +164,7 @@ async def test_a_backlog_s_rounds_skip_most_looks_for_due_channels(
 ) -> None:
     """A channel whose claim was full has more: the next rounds claim it at once, and the
     database is asked again which channels are due only every HOT_FOR seconds."""
-    monkeypatch.setattr(sender_module, "HOT_FOR", 10.0)
+    monkeypatch.setattr(slots_module, "HOT_FOR", 10.0)
     store, api = _CountingStore(), _CountingApi()
     _add(store, "c", 300)
     config = SenderConfig(max_in_flight=20, batch_size=20, poll_interval=timedelta(seconds=30))
@@ -205,4 +205,4 @@ async def test_a_clock_that_does_not_move_never_leaves_other_channels_unlooked_f
         await task
     small = [n for channel, n in api.requests if channel == "small"]
     assert len(small) == 3
-    assert max(small) < 20 + (sender_module.HOT_ROUNDS + 2) * 10 < 400, small
+    assert max(small) < 20 + (slots_module.HOT_ROUNDS + 2) * 10 < 400, small

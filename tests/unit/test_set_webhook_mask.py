@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from outbox.cli.tools import masked_answer
+from outbox.cli.masking import masked_answer
 from outbox.config import ChannelConfig, Secret
 from outbox.domain.models import Dialect
 

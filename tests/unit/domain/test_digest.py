@@ -12,18 +12,10 @@ import pytest
 
 from outbox.domain.codes import Code
 from outbox.domain.delivery import Delivery
+from outbox.domain.digest import Digest, InboundSeen, Located, NumberMove, WebhookRow, digest
 from outbox.domain.models import SentAs, State
 from outbox.domain.notifications import StatusUpdate
-from outbox.domain.reconcile import (
-    Digest,
-    InboundSeen,
-    Located,
-    NumberMove,
-    Target,
-    WebhookRow,
-    digest,
-    plan_statuses,
-)
+from outbox.domain.reconcile import Target, plan_statuses
 from outbox.domain.report import FailedDelivery, Report, planned
 
 T0 = 1_700_000_000

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from outbox.domain.digest import WebhookRow, digest
 from outbox.domain.notifications import Event, Ignored, Inbound, NumberChanged, parse_notification
-from outbox.domain.reconcile import WebhookRow, digest
 from outbox.domain.response import Accepted, parse_send_response
 from outbox.domain.user_ids import Addressed, Paired, PairSeen, UserIdChanged
 from tests.paths import WEBHOOK_FIXTURES

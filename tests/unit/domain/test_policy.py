@@ -12,10 +12,11 @@ import pytest
 from outbox.domain import policy
 from outbox.domain.codes import Code
 from outbox.domain.delivery import Delivery
+from outbox.domain.digest import Located
 from outbox.domain.models import ClaimedMessage, SendResult, SentAs, State
 from outbox.domain.notifications import StatusUpdate
 from outbox.domain.outcome import SendError, judge
-from outbox.domain.reconcile import Located, Target, plan_statuses
+from outbox.domain.reconcile import Target, plan_statuses
 from outbox.domain.response import Accepted, Rejected, parse_send_response
 from outbox.domain.retry import RetryPolicy
 from outbox.domain.templates import TemplateInfo

@@ -9,12 +9,8 @@ from typing import Any
 import pytest
 
 from outbox.domain import pricing
-from outbox.domain.notifications import (
-    StatusUpdate,
-    parse_notification,
-    status_from_json,
-    status_to_json,
-)
+from outbox.domain.notifications import StatusUpdate, parse_notification
+from outbox.domain.parked import status_from_json, status_to_json
 from outbox.domain.pricing import Pricing
 from tests.paths import WEBHOOK_FIXTURES
 

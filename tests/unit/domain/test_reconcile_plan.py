@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from outbox.domain.delivery import Delivery, Verdict, merge
+from outbox.domain.digest import Located
 from outbox.domain.models import SentAs, State
 from outbox.domain.notifications import StatusUpdate
 from outbox.domain.outcome import WINDOW_CLOSED, WINDOW_CLOSED_TITLE
@@ -19,7 +20,6 @@ from outbox.domain.reconcile import (
     SUPERSEDED,
     EarlierSend,
     HistoryEntry,
-    Located,
     RowChange,
     Target,
     plan_statuses,
