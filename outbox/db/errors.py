@@ -21,6 +21,7 @@ from outbox.domain import parsing
 from outbox.errors import (
     DatabaseError,
     DatabaseUnavailable,
+    PrivilegeMissing,
     StatementInvalid,
     StatementRejected,
 )
@@ -144,9 +145,11 @@ def describe(exc: BaseException) -> str:
     """One line, no secrets: PostgreSQL's own message when the server answered, and
     "database unreachable" only when it could not be reached at all."""
     if isinstance(exc, DatabaseError):
-        if exc.__cause__ is None or not is_driver_error(exc.__cause__):
-            return str(exc)  # ours already (a schema verdict): worded for people
-        exc = exc.__cause__
+        cause = exc.__cause__
+        if isinstance(exc, PrivilegeMissing) or cause is None or not is_driver_error(cause):
+            # Ours already, worded for people: a schema verdict, or which role to use for what.
+            return str(exc)
+        exc = cause
     origin = _driver_error(exc)
     state = sqlstate(exc)
     words = parsing.storable(driver_message(exc), _MESSAGE_LIMIT)
