@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -115,17 +116,20 @@ async def run(
     keyring = keyring_from()  # a master key that cannot be read stops the start, clearly
     engine = create_engine(settings.database_url, pool_size=8, pooler=settings.database.pooler)
     web_listeners: Listeners | None = None
+    # Issue 19: only a sender holds API keys and writes the registry's mirror of the file; a
+    # process without one (`--role web`) runs on README "Database roles"' outbox_web grants.
+    sends = "sender" in roles
     try:
         schema = await check_database(engine)
         store = MessageStore(engine, policy=retry_policy(settings.sender))
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
-        http_port = admin_port = None
         # --- channel registry (issue 17): the file's channels plus the registry's, live ---
         directory = ChannelDirectory(
-            ChannelRegistryStore(engine, keyring),
+            ChannelRegistryStore(engine, keyring, api_keys=sends),
             settings.channels,
             every=settings.registry.refresh_interval.total_seconds(),
             health=health,
+            mirror=sends,
         )
         await directory.start()
         tasks["channels"] = directory.run(stop)
@@ -135,22 +139,29 @@ async def run(
         directory.subscribe(lambda view: metrics.know_channels(view.receiving))
         metrics.know_channels(channels)
         sender: Sender | None = None
-        if "web" in roles:
-            # issue 19 section 2: the edge's limits, cached readiness, the admin listener
-            web_listeners = await start_web(
-                settings,
-                channels,
-                metrics,
-                WebhookEventStore(engine),
-                lambda: check_database(engine),
-                health,
-            )
-            http_port, admin_port = web_listeners.port, web_listeners.admin_port
+        # issue 19 section 2: the edge's limits, cached readiness, the admin listener (also
+        # without the web role, for a sender's metrics and probes)
+        web_listeners = await start_web(
+            settings,
+            channels,
+            metrics,
+            WebhookEventStore(engine),
+            lambda: check_database(engine),
+            health,
+            public="web" in roles,
+        )
+        http_port, admin_port = web_listeners.port, web_listeners.admin_port
+        if web_listeners.runners and {"sender", "reconciler"} & set(roles):
+            # The queue's gauges, where they are served; they read the queue, which a
+            # receiver alone may not (outbox_web).
             tasks["sampler"] = Sampler(GaugeStore(engine), settings.metrics, metrics).run(stop)
-        session = create_session(settings.sender.max_in_flight, settings.sender.request_timeout)
-        async with session:
+        async with contextlib.AsyncExitStack() as resources:
             wake: dict[str, Callable[[], None]] = {}
-            if "sender" in roles:
+            if sends:
+                session = create_session(
+                    settings.sender.max_in_flight, settings.sender.request_timeout
+                )
+                await resources.enter_async_context(session)
                 sender = Sender(
                     store,
                     ApiClient(session),

@@ -42,6 +42,22 @@ class Secret:
         return hash(self._value)
 
 
+class WithheldKey(Secret):
+    """The API key of a channel in a process that sends nothing (no `sender` role, issue 19):
+    never read from its variable, file or the registry, so the process cannot leak it, and
+    never revealed: a use would be a wiring mistake, and fails loudly."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def reveal(self) -> str:
+        raise RuntimeError("this process runs without API keys (it has no sender role)")
+
+
+WITHHELD_KEY = WithheldKey()
+
 SEND_SLACK = 0.05  # seconds from a claim to its requests' arrival that the limit allows for
 
 

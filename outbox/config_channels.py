@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from outbox.config import ChannelConfig, Secret, UnknownPolicy, WebhookAuth
+from outbox.config import WITHHELD_KEY, ChannelConfig, Secret, UnknownPolicy, WebhookAuth
 from outbox.config_checks import (
     checked_credential,
     insecure_http_allowed,
@@ -31,7 +31,9 @@ CHANNEL_KEYS = frozenset(
 )
 
 
-def _channels(raw: Any, env: Mapping[str, str]) -> tuple[ChannelConfig, ...]:
+def _channels(
+    raw: Any, env: Mapping[str, str], *, api_keys: bool = True
+) -> tuple[ChannelConfig, ...]:
     if not isinstance(raw, list):
         raise ConfigError("channels must be an array of tables ([[channels]])")
     channels: list[ChannelConfig] = []
@@ -39,25 +41,32 @@ def _channels(raw: Any, env: Mapping[str, str]) -> tuple[ChannelConfig, ...]:
         where = f"channels[{index}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a table")
-        channel = channel_from_entry(entry, where, env)
+        channel = channel_from_entry(entry, where, env, api_keys=api_keys)
         if any(c.id == channel.id for c in channels):
             raise ConfigError(f"{where} (id {channel.id!r}).id is used by two channels")
         channels.append(channel)
     return tuple(channels)
 
 
-def channel_from_entry(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> ChannelConfig:
-    """One channel from a `[[channels]]` table, or a registry row under the same names."""
+def channel_from_entry(
+    entry: dict[str, Any], where: str, env: Mapping[str, str], *, api_keys: bool = True
+) -> ChannelConfig:
+    """One channel from a `[[channels]]` table, or a registry row under the same names.
+
+    Without `api_keys` (a process that sends nothing) the key is neither required nor read:
+    its variable or file need not exist there, and the channel holds `WITHHELD_KEY`."""
     unknown = sorted(entry.keys() - CHANNEL_KEYS)
     if unknown:
         raise ConfigError(f"unknown configuration key: {where}.{unknown[0]}")
     channel_id = entry.get("id")
     if not isinstance(channel_id, str) or not channel_id:
         raise ConfigError(f"{where}.id is required")
-    return _channel(entry, f"{where} (id {channel_id!r})", env)
+    return _channel(entry, f"{where} (id {channel_id!r})", env, api_keys)
 
 
-def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> ChannelConfig:
+def _channel(
+    entry: dict[str, Any], where: str, env: Mapping[str, str], api_keys: bool
+) -> ChannelConfig:
     try:
         dialect = Dialect(str(entry.get("dialect")))
     except ValueError:
@@ -71,7 +80,7 @@ def _channel(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Chann
         raise ConfigError(f"{where}.base_url must be an http(s) URL")
     # Issue 19 §3: the key travels to base_url; plain http only on loopback or by opt-out.
     require_https(base_url, f"{where}.base_url", allow_insecure=insecure_http_allowed(env))
-    api_key = _secret(entry, "api_key", where, env)
+    api_key = _secret(entry, "api_key", where, env) if api_keys else WITHHELD_KEY
     if api_key is None:
         raise ConfigError(f"{where}: api_key_env or api_key_file is required")
     namespace, phone_number_id, waba_id, partner_channel_id, client_id = (

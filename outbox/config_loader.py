@@ -35,9 +35,16 @@ LOG_FORMATS = ("auto", "json", "console")
 
 
 def load_settings(
-    path: Path | None, environ: Mapping[str, str] | None = None, *, need_channels: bool = True
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    need_channels: bool = True,
+    api_keys: bool = True,
 ) -> Settings:
-    """Read `path` (may be None), apply overrides from `environ`, validate everything."""
+    """Read `path` (may be None), apply overrides from `environ`, validate everything.
+
+    Without `api_keys` (a process with no sender role, issue 19) no API key is read: not the
+    channels' (they hold `WITHHELD_KEY`) nor the Partner API's (`partner` is None)."""
     env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     if path is not None:
@@ -70,7 +77,7 @@ def load_settings(
     validate_database_url(database_url)
     if listen_database_url is not None:
         validate_database_url(listen_database_url, "listen_database_url")
-    channels = _channels(channels_raw, env)
+    channels = _channels(channels_raw, env, api_keys=api_keys)
     if need_channels and not channels:
         raise ConfigError("channels: at least one [[channels]] entry is required")
     sender_config: SenderConfig = _dataclass_from(SenderConfig, sender, "sender", env)
@@ -83,7 +90,7 @@ def load_settings(
         )
     from outbox.config_partner import load_partner  # it reuses this module's helpers
 
-    partner, partner_webhook_secret = load_partner(partner_raw, env)
+    partner, partner_webhook_secret = load_partner(partner_raw, env, api_key=api_keys)
     return Settings(
         partner=partner,
         partner_webhook_secret=partner_webhook_secret,

@@ -26,13 +26,16 @@ _KEYS = frozenset(
 _SECRET_KEYS = ("webhook_secret_env", "webhook_secret_file")
 
 
-def load_partner(raw: Any, env: Mapping[str, str]) -> tuple[PartnerConfig | None, Secret | None]:
+def load_partner(
+    raw: Any, env: Mapping[str, str], *, api_key: bool = True
+) -> tuple[PartnerConfig | None, Secret | None]:
     """`[partner]` from the file: the Partner API settings (None when the section names none
-    of them) and the partner webhook secret (None when not given)."""
+    of them, or without `api_key`: a process that calls no API reads no key) and the partner
+    webhook secret (None when not given)."""
     section = _section({} if raw is None else raw, "partner")
     given = {k: section.pop(k) for k in _SECRET_KEYS if k in section}
     secret = _secret(given, "webhook_secret", "partner", env)
-    if not section and f"{ENV_PREFIX}PARTNER_PARTNER_ID" not in env:
+    if not api_key or (not section and f"{ENV_PREFIX}PARTNER_PARTNER_ID" not in env):
         return None, secret  # no Partner API here (at most the webhook secret)
     return _partner_api(section, env), secret
 

@@ -29,7 +29,7 @@ log = structlog.get_logger("outbox.http")
 @dataclass
 class Listeners:
     runners: list[web.AppRunner] = field(default_factory=list)
-    port: int = 0
+    port: int | None = None  # webhooks, and the admin routes when there is no admin listener
     admin_port: int | None = None
 
     async def cleanup(self) -> None:
@@ -44,7 +44,11 @@ async def start_web(
     sink: WebhookSink,
     database_ready: Callable[[], Awaitable[object]],
     health: Health,
+    *,
+    public: bool = True,
 ) -> Listeners:
+    """The listeners of this process. Without `public` (no web role) only the admin listener,
+    when `admin_listen` is set: a sender's metrics and probes, and no webhook endpoint."""
     http = settings.http
     admin = admin_address(http)
 
@@ -65,26 +69,30 @@ async def start_web(
         listed = "; ".join(f"{part}: {text}" for part, text in problems.items())
         return "; ".join(p for p in (problem, listed) if p) or None
 
-    webhooks.log_origins(channels)
-    public = create_app(
-        metrics.registry,
-        readiness,
-        channels,
-        sink,
-        metrics,
-        WebhookGuard(http),
-        settings.partner_webhook_secret,
-        admin=admin is None,
-    )
     listeners = Listeners()
     try:
-        listeners.port = await _listen(listeners, GuardedRunner(public, http), http.host, http.port)
+        if public:
+            webhooks.log_origins(channels)
+            app = create_app(
+                metrics.registry,
+                readiness,
+                channels,
+                sink,
+                metrics,
+                WebhookGuard(http),
+                settings.partner_webhook_secret,
+                admin=admin is None,
+            )
+            runner = GuardedRunner(app, http)
+            listeners.port = await _listen(listeners, runner, http.host, http.port)
         if admin is not None:
             runner = GuardedRunner(create_admin_app(metrics.registry, readiness), http)
             listeners.admin_port = await _listen(listeners, runner, *admin)
     except BaseException:
         await listeners.cleanup()
         raise
+    if not listeners.runners:
+        return listeners
     log.info(
         "outbox.http.edge",
         max_connections=connection_cap(http.max_connections),

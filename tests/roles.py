@@ -17,12 +17,20 @@ import asyncpg
 
 from tests.paths import README
 
-NAMES = ("outbox_migrator", "outbox_daemon", "outbox_operator", "outbox_producer", "shop_producer")
+NAMES = (
+    "outbox_migrator",
+    "outbox_daemon",
+    "outbox_web",
+    "outbox_operator",
+    "outbox_producer",
+    "shop_producer",
+)
 _NAME = re.compile(r"\b(" + "|".join(NAMES) + r")\b")
 
 # Where each snippet starts in the README: its first ```sql block after the marker.
 MIGRATOR = "**1. Migrator"
 DAEMON = "**2. Daemon"
+WEB = "**2b. Receiver"
 OPERATOR = "**3. Operator"
 PRODUCERS = "**4. Producers"
 PRODUCER = "Then per producer service"

@@ -57,15 +57,17 @@ def _run(args: argparse.Namespace) -> int:
     # during a start) must not end the process. Ignored: before the settings are read it has
     # nothing to reload; one in the milliseconds between reading them and `app.run` is lost.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    # Channels may all come from the registry (issue 17): a file without any is fine.
-    loaded = settings(args, need_channels=False)
     roles = {r.strip() for r in str(args.role).split(",") if r.strip()}
     unknown = roles - set(app.ROLES)
     if unknown or not roles:
         raise ConfigError(f"--role: unknown role {sorted(unknown)[0] if unknown else '(none)'}")
+    # Channels may all come from the registry (issue 17): a file without any is fine. Only a
+    # sender reads API keys (issue 19): a receiver's host need not hold them at all.
+    sends = "sender" in roles
+    loaded = settings(args, need_channels=False, api_keys=sends)
 
     def reload() -> Settings:
-        return load_settings(args.config, need_channels=False)
+        return load_settings(args.config, need_channels=False, api_keys=sends)
 
     async def main(stop: asyncio.Event) -> int:
         await app.run(loaded, stop, roles=roles, reload=reload)

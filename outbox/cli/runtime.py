@@ -46,11 +46,13 @@ def run_async(factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> i
         return runner.run(factory(stop))
 
 
-def settings(args: argparse.Namespace, *, need_channels: bool = True) -> Settings:
+def settings(
+    args: argparse.Namespace, *, need_channels: bool = True, api_keys: bool = True
+) -> Settings:
     from outbox import logconfig
     from outbox.config_loader import load_settings
 
-    loaded = load_settings(args.config, need_channels=need_channels)
+    loaded = load_settings(args.config, need_channels=need_channels, api_keys=api_keys)
     # The file's log settings apply unless the command line (or its environment) set them.
     logconfig.configure(args.log_level or loaded.log_level, args.log_format or loaded.log_format)
     return loaded

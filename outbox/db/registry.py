@@ -17,7 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox.config import ChannelConfig, Secret
 from outbox.db import registry_rows as rows
 from outbox.db.errors import translated
-from outbox.db.registry_tables import SECRET_FIELDS, channels
+from outbox.db.registry_tables import (
+    RECEIVING_COLUMNS,
+    RECEIVING_SECRETS,
+    SECRET_FIELDS,
+    channels,
+)
 from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError
 from outbox.ports.registry import RegisteredChannel, RegistrySnapshot
 from outbox.sealing import Keyring
@@ -40,10 +45,16 @@ class ChannelRegistryStore:
         engine: AsyncEngine,
         keyring: Keyring | None,
         environ: Mapping[str, str] | None = None,
+        *,
+        api_keys: bool = True,
     ) -> None:
+        """Without `api_keys` (a process that sends nothing) the replicas' reads leave the API
+        key columns out: its database role needs no grant on them, and it holds no key."""
         self._engine = engine
         self._keyring = keyring
         self._environ = environ
+        self._api_keys = api_keys
+        self._read = select(*(channels.c if api_keys else RECEIVING_COLUMNS))
 
     # --- the port (outbox.ports.registry.ChannelRegistry) ---
 
@@ -131,7 +142,7 @@ class ChannelRegistryStore:
     @translated
     async def snapshot(self) -> RegistrySnapshot:
         async with self._engine.connect() as connection:
-            found = (await connection.execute(select(channels))).all()
+            found = (await connection.execute(self._read)).all()
         usable: list[RegisteredChannel] = []
         problems: dict[str, str] = {}
         for row in found:
@@ -182,10 +193,10 @@ class ChannelRegistryStore:
         """Open every sealed credential; raise `SealError` (naming key ids, not values) on the
         first the master keys cannot open. Returns how many were checked."""
         async with self._engine.connect() as connection:
-            found = (await connection.execute(select(channels))).all()
+            found = (await connection.execute(self._read)).all()
         count = 0
         for row in found:
-            for name in SECRET_FIELDS:
+            for name in SECRET_FIELDS if self._api_keys else RECEIVING_SECRETS:
                 sealed = getattr(row, f"{name}_sealed")
                 if sealed is None:
                     continue
@@ -236,7 +247,7 @@ class ChannelRegistryStore:
     def _registered(self, row: Row[Any]) -> RegisteredChannel:
         if row.source == "file":
             raise ConfigError(f"channel {row.id!r} is defined in a replica's config file")
-        config = rows.config_of(row, self._keyring, self._environ)
+        config = rows.config_of(row, self._keyring, self._environ, api_key=self._api_keys)
         return RegisteredChannel(config, row.enabled, from_file=False)
 
     @translated

@@ -20,7 +20,7 @@ from sqlalchemy import Row
 from outbox.config import ChannelConfig, Secret
 from outbox.config_channels import channel_from_entry
 from outbox.config_checks import ALLOW_INSECURE_HTTP_ENV, checked_credential
-from outbox.db.registry_tables import SECRET_FIELDS, SECRET_WAYS
+from outbox.db.registry_tables import RECEIVING_SECRETS, SECRET_FIELDS, SECRET_WAYS
 from outbox.errors import ConfigError
 from outbox.sealing import Keyring, sealed_parts
 
@@ -103,8 +103,9 @@ def sealed_of(channel: ChannelConfig) -> dict[str, Holding | None]:
     }
 
 
-def entry_of(row: Row[Any]) -> dict[str, Any]:
-    """The row as a `[[channels]]` table, credentials by reference; sealed ones left out."""
+def entry_of(row: Row[Any], secrets: tuple[str, ...] = SECRET_FIELDS) -> dict[str, Any]:
+    """The row as a `[[channels]]` table, credentials (those in `secrets`) by reference;
+    sealed ones left out."""
     entry: dict[str, Any] = {"id": row.id}
     for name in PLAIN_FIELDS:
         value = getattr(row, name)
@@ -112,7 +113,7 @@ def entry_of(row: Row[Any]) -> dict[str, Any]:
             value = value.total_seconds()
         if value is not None:
             entry[name] = value
-    for name in SECRET_FIELDS:
+    for name in secrets:
         for way in ("env", "file"):
             if getattr(row, f"{name}_{way}") is not None:
                 entry[f"{name}_{way}"] = getattr(row, f"{name}_{way}")
@@ -120,12 +121,18 @@ def entry_of(row: Row[Any]) -> dict[str, Any]:
 
 
 def config_of(
-    row: Row[Any], keyring: Keyring | None, environ: Mapping[str, str] | None = None
+    row: Row[Any],
+    keyring: Keyring | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    api_key: bool = True,
 ) -> ChannelConfig:
-    """The row as a usable channel; ConfigError (naming no secret) if it cannot be."""
-    entry = entry_of(row)
+    """The row as a usable channel; ConfigError (naming no secret) if it cannot be. Without
+    `api_key` the row need not hold the key's columns (RECEIVING_COLUMNS), and no key is read."""
+    secrets = SECRET_FIELDS if api_key else RECEIVING_SECRETS
+    entry = entry_of(row, secrets)
     opened: dict[str, str] = {}
-    for name in SECRET_FIELDS:
+    for name in secrets:
         sealed = getattr(row, f"{name}_sealed")
         if sealed is None:
             continue
@@ -138,7 +145,7 @@ def config_of(
         opened[variable] = keyring.open(sealed, context=context(row.id, name))
         entry[f"{name}_env"] = variable
     env = ChainMap(opened, dict(os.environ if environ is None else environ))
-    return channel_from_entry(entry, "registry channel", env)
+    return channel_from_entry(entry, "registry channel", env, api_keys=api_key)
 
 
 def checked(

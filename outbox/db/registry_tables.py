@@ -31,6 +31,9 @@ from outbox.db.tables import metadata
 CHANNELS_NOTIFY_CHANNEL = "outbox_channels"
 SECRET_FIELDS = ("api_key", "webhook_username", "webhook_password")
 SECRET_WAYS = ("env", "file", "sealed")
+# What a process that only receives webhooks reads (issue 19: `--role web` holds no API key;
+# README "Database roles" grants it SELECT on just these columns).
+RECEIVING_SECRETS = ("webhook_username", "webhook_password")
 
 
 def _secret_columns() -> list[Column[str]]:
@@ -86,3 +89,5 @@ channels = Table(
         postgresql_where=text("partner_channel_id IS NOT NULL"),
     ),
 )
+
+RECEIVING_COLUMNS = tuple(c for c in channels.c if not c.name.startswith("api_key_"))

@@ -43,13 +43,17 @@ class ChannelDirectory:
         *,
         every: float,
         health: Health | None = None,
+        mirror: bool = True,
     ) -> None:
+        """Without `mirror` the file's channels are not recorded in the registry: a process
+        that only receives webhooks writes nothing there (its senders do)."""
         self._source = source
         self._file = {c.id: c for c in file_channels}
         self._registry: dict[str, RegisteredChannel] = {}
         self._problems: dict[str, str] = {}
         self._version: str | None = None
         self._every = every
+        self._mirror = mirror
         self._health = health or Health()
         self._wake = asyncio.Event()
         self._subscribers: list[Callable[[ChannelView], None]] = []
@@ -57,11 +61,14 @@ class ChannelDirectory:
 
     async def start(self) -> None:
         """Before any part starts: the registry's sealed keys are checked (a wrong master key
-        stops the start), the file's channels recorded in it, and the registry read once. A
+        stops the start), the file's channels recorded in it (with `mirror`), and the registry
+        read once. A
         database that fails here leaves the file's channels going; the registry is read later."""
         await self._source.check_sealed()
         try:
-            shadowed = await self._source.mirror_file(list(self._file.values()))
+            shadowed = (
+                await self._source.mirror_file(list(self._file.values())) if self._mirror else []
+            )
             if shadowed:
                 log.warning("outbox.channels.shadowed", channels=shadowed, note="the file wins")
             await self.refresh()

@@ -19,6 +19,7 @@ from tests.roles import (
     PRODUCERS,
     TEMPLATE_EXAMPLE,
     TEXT_EXAMPLE,
+    WEB,
     Roles,
     execute,
     readme_sql,
@@ -26,7 +27,7 @@ from tests.roles import (
 )
 from tests.support import fetch, run_process
 
-ALL = (DAEMON, OPERATOR, PRODUCERS, PRODUCER)
+ALL = (DAEMON, WEB, OPERATOR, PRODUCERS, PRODUCER)
 DENIED = "permission denied for table messages"
 OTHER_CHANNEL = 'new row violates row-level security policy for table "messages"'
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from outbox.config import ChannelConfig, Secret, SenderConfig
-from outbox.domain.models import Claim, Dialect, SendResult
+from outbox.domain.models import Claim, Dialect, SendResult, State
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
 from outbox.ports import ClaimRequest, Due
@@ -129,15 +129,19 @@ async def test_a_few_rows_beside_a_backlog_go_at_once() -> None:
 
 
 class _CountingStore(InMemoryMessageStore):
-    """Records the size of each claim asked for and each look for due channels."""
+    """Records the size of each claim asked for and each look for due channels, and the looks
+    made while rows were still queued (the drain's tail looks more often as slots free up, how
+    often depends on timing: under a CPU burner one more)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.claim_sizes: list[int] = []
         self.due_lookups = 0
+        self.lookups_in_backlog = 0
 
     async def due_channels(self, after: str, limit: int) -> Due:
         self.due_lookups += 1
+        self.lookups_in_backlog += any(r.state is State.QUEUED for r in self.rows.values())
         return await super().due_channels(after, limit)
 
     async def claim_many(
@@ -175,8 +179,9 @@ async def test_a_backlog_s_rounds_skip_most_looks_for_due_channels(
     await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
     assert len(api.requests) == 300
     assert len(store.claim_sizes) >= 15
-    # The first look, and one when the last claim came up short (the drain's end).
-    assert store.due_lookups <= 3, (store.due_lookups, len(store.claim_sizes))
+    # While the backlog lasts, only the first look (every round looked before issue 16); once
+    # a claim comes up short (the drain's end) the rounds look again.
+    assert store.lookups_in_backlog == 1, (store.due_lookups, len(store.claim_sizes))
 
 
 async def test_a_clock_that_does_not_move_never_leaves_other_channels_unlooked_for() -> None:
