@@ -3,8 +3,11 @@
 Reading happens before the commit, so anything that fails here rolls the claim back instead of
 leaving rows leased to a worker that never saw them. Each row's JSON was decoded by the guarded
 decoder (`outbox.db.jsonb`): a document it refused marks only its own row. What each row is
-about to be sent as is written before any request leaves, so a row whose answer is never
-written (a crash, a rescued lease) still knows what went out.
+about to be sent as is written before any request leaves when the window decided it (a row
+with a `fallback_template`), so a row whose answer is never written (a crash, a rescued lease)
+still knows what went out. A row without one can only go as its payload: its `sent_as` follows
+from the payload alone and is written with the answer, which spares every such row a second
+UPDATE in the claim (issue 16: one more row version per send).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ async def read_claimed(
     recorded = [
         (m.id, m.planned.value)
         for m, before in zip(messages, read, strict=True)
-        if m.planned is not None and m.planned is not before.planned
+        if m.planned is not None
+        and m.planned is not before.planned
+        and m.fallback_template is not None
     ]
     if recorded:
         await connection.execute(RECORD_PLANS, PLAN_COLUMNS.params(recorded))

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.messages import MessageStore
+from outbox.domain.models import SentAs
 from outbox.domain.ratelimit import Limits
 from tests.support import fetch, insert, row, running, settings_for, wait_until
 
@@ -71,3 +72,24 @@ async def test_a_rescued_free_form_row_refused_for_its_window_sends_its_fallback
 
 async def _processed(db_url: str) -> bool:
     return not await fetch(db_url, "SELECT 1 FROM outbox.webhook_events WHERE processed_at IS NULL")
+
+
+async def test_only_a_row_the_window_decides_is_planned_in_the_claim(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """Issue 16: a row without a fallback can only go as its payload, so the claim does not
+    write its `sent_as` (a second row version per send); the answer does. Before: every
+    claimed row was updated twice in the claim."""
+    text = {"type": "text", "text": {"body": "hi"}}  # each recipient wrote a minute ago
+    template = json.loads(FALLBACK)
+    plain = await insert(db_url, "cloud", "4915100000002", template)
+    free_form = await insert(db_url, "cloud", "4915100000003", text)
+    decided = await insert(db_url, "cloud", RECIPIENT, text, fallback_template=FALLBACK)
+    claim = await MessageStore(engine).claim("cloud", 10, "w", timedelta(seconds=30), LIMITS)
+    assert {m.id: m.planned for m in claim.messages} == {
+        plain: SentAs.TEMPLATE, free_form: SentAs.FREEFORM, decided: SentAs.FREEFORM
+    }  # fmt: skip
+    found = await fetch(db_url, "SELECT id, sent_as FROM outbox.messages")
+    assert {r["id"]: r["sent_as"] for r in found} == {
+        plain: None, free_form: None, decided: "freeform"
+    }  # fmt: skip
