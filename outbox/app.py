@@ -151,9 +151,9 @@ async def run(
             public="web" in roles,
         )
         http_port, admin_port = web_listeners.port, web_listeners.admin_port
-        if web_listeners.runners and {"sender", "reconciler"} & set(roles):
-            # The queue's gauges, where they are served; they read the queue, which a
-            # receiver alone may not (outbox_web).
+        if web_listeners.runners:
+            # The queue's gauges, wherever metrics are served (a receiver on outbox_web's
+            # grants may not read the queue: the sampler then stops, saying so once).
             tasks["sampler"] = Sampler(GaugeStore(engine), settings.metrics, metrics).run(stop)
         async with contextlib.AsyncExitStack() as resources:
             wake: dict[str, Callable[[], None]] = {}

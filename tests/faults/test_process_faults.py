@@ -30,6 +30,7 @@ import pytest
 
 from outbox.sandbox import Sandbox
 from outbox.sandbox.server import RecordedRequest
+from outbox.services import results
 from tests.support import (
     KEYS,
     config_toml,
@@ -241,8 +242,11 @@ async def test_kill_9_mid_drain_resends_only_the_in_flight_rows_once(
     rows = await fetch(db, "SELECT id, state, attempts, unknown_resends FROM outbox.messages")
     assert len(rows) == total
     assert {r["state"] for r in rows} == {"accepted"}
-    # The kill landed mid-drain, with requests out; a claim never exceeds the free slots.
-    assert 0 < len(in_flight) <= MAX_IN_FLIGHT, len(in_flight)
+    # The kill landed mid-drain, with requests out. `sending` holds the rows in flight (a claim
+    # never exceeds the free slots) and those answered but not yet written: a slot is free when
+    # its request ends (issue 16), and the result buffer bounds the rest. A busy machine (the
+    # CI burner) saw 260 here, the writes behind the answers.
+    assert 0 < len(in_flight) <= MAX_IN_FLIGHT + results.HELD_AT_MOST, len(in_flight)
     ids_by_recipient = await _ids_by_recipient(db)
     counts = _requests_per_message(requests, ids_by_recipient)
     assert set(counts) == {r["id"] for r in rows}  # every message was requested

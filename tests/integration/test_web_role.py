@@ -4,19 +4,25 @@ without the sender role runs on exactly those grants (real PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 
-from outbox.config import WITHHELD_KEY, ChannelConfig, Secret
+from outbox.config import WITHHELD_KEY, ChannelConfig, MetricsConfig, Secret
 from outbox.db.engine import create_engine
+from outbox.db.gauges import GaugeStore
 from outbox.db.registry import ChannelRegistryStore
 from outbox.domain.models import Dialect
 from outbox.errors import StatementInvalid
+from outbox.metrics import Metrics
 from outbox.sealing import Keyring, generate_key
+from outbox.services.sampler import Sampler
 from tests.roles import DAEMON, WEB, Roles, scoped_roles
 
 DENIED = "permission denied"
@@ -93,3 +99,26 @@ async def test_a_registry_read_without_api_keys_runs_on_the_receiver_grants(
     finally:
         await owner.dispose()
         await as_web.dispose()
+
+
+async def test_the_queue_gauges_switch_off_once_for_a_role_that_may_not_read_the_queue(
+    roles: Roles,
+) -> None:
+    """A receiver on the 2b grants serves /metrics, but may not read the queue: its sampler
+    stops at the first refusal, once, without counting sample errors (nothing is wrong); the
+    daemon's role samples as always."""
+    registry = CollectorRegistry()
+    as_web = create_engine(roles.url("outbox_web"), pool_size=1)
+    as_daemon = create_engine(roles.url("outbox_daemon"), pool_size=1)
+    config = MetricsConfig(sample_interval=timedelta(milliseconds=10))
+    try:
+        sampler = Sampler(GaugeStore(as_web), config, Metrics(registry))
+        await asyncio.wait_for(sampler.run(asyncio.Event()), 10)  # ends by itself
+        assert sampler.off
+        assert registry.get_sample_value("outbox_sample_errors_total") == 0
+        daemon = Sampler(GaugeStore(as_daemon), config, Metrics(CollectorRegistry()))
+        await daemon.tick()
+        assert not daemon.off
+    finally:
+        await as_web.dispose()
+        await as_daemon.dispose()
