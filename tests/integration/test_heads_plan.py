@@ -58,3 +58,42 @@ async def test_settling_heads_stays_linear_when_the_planner_may_only_nest_loops(
     assert discarded <= 10 * _ROWS, discarded
     [[heads]] = await fetch(db_url, "SELECT count(*) FROM outbox.messages WHERE head")
     assert heads == _ROWS + 1
+
+
+async def test_the_head_triggers_probe_with_a_plan_cached_while_the_table_was_small(
+    db_url: str,
+) -> None:
+    """PL/pgSQL keeps a trigger's plan for the session: one made when the table was small (a
+    sequential scan is cheapest then) served a later bulk INSERT in the same session, which
+    scanned the table once per inserted row (a 1,000,000-row INSERT of the scale benchmark ran
+    for over 6 minutes, a backtrace showing the settle's subplan scanning and comparing text;
+    here, before 0023: 1.9 s and 3,000 rows read per inserted row for 3,000 rows). The head
+    triggers run with sequential scans priced out (revision 0023); the hand-over after an
+    UPDATE that ends rows likewise."""
+    plans: list[str] = []
+    connection = await asyncpg.connect(db_url)
+    connection.add_log_listener(lambda _c, message: plans.append(str(message)))
+    try:
+        await connection.execute("ANALYZE outbox.messages")  # statistics of an empty table
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_analyze = on",
+            "SET client_min_messages = log",
+        ):
+            await connection.execute(setting)
+        for count in (2, _ROWS):  # the first caches the plans; the second uses them
+            await connection.execute(
+                "INSERT INTO outbox.messages (channel, recipient, payload)"
+                f" SELECT 'c', '49151' || g, '{_PAYLOAD}' FROM generate_series(1, {count}) AS g"
+            )
+            await connection.execute(
+                "UPDATE outbox.messages SET state = 'expired' WHERE state = 'queued'"
+            )
+    finally:
+        await connection.close()
+    probes = [plan for plan in plans if "SET head" in plan]
+    assert len(probes) == 2 * 3, "auto_explain reported no settle or hand-over statement"
+    scans = [plan for plan in probes if "Seq Scan on messages e" in plan]
+    assert scans == [], scans[0]
