@@ -1,16 +1,22 @@
-"""The head and key triggers probe their indexes whatever the statistics said when their plan
-was made.
+"""The head and key triggers probe their indexes whatever the statistics said when a plan was
+kept.
 
 PL/pgSQL (and, since PostgreSQL 18, SQL functions) keep a statement's plan for the session. A
-plan made while a table was small prefers a sequential scan, and a later bulk statement in the
-same session uses it once per row: the scale benchmark's 1,000,000-row INSERT ran for minutes in
-`settle_heads`, each inserted row scanning the table (a backtrace showed its subplan comparing
-text in a sequential scan; `tests/integration/test_heads_plan.py` reproduces it with 3,000 rows:
-1.9 s, 3,000 rows read per row). Each function below asks one index probe per row it looks at;
-with sequential scans priced out (`enable_seqscan = off`, for the function's own statements
-only) the planner takes the index from the start.
+plan made while the table was small chose a sequential scan (or, with that priced out, a bitmap
+scan of the channel's rows through the idempotency-key index), and a later bulk statement in the
+same session used it once per row: the scale benchmark's 1,000,000-row INSERT ran for many
+minutes in `settle_heads`, each inserted row reading the table (seen with gdb and perf;
+`tests/integration/test_heads_plan.py` reproduces it with 3,000 rows: 1.9 s, 3,000 rows read per
+inserted row).
 
-Additive (function settings): the release before runs on it.
+- The statement triggers (`settle_heads` after an INSERT, `hand_over_lines` after an UPDATE that
+  ends rows) run their probing statements with EXECUTE: planned afresh once per statement, when
+  the planner sees the table's current size, for a fraction of a millisecond.
+- The row triggers (`mark_head` when a row opens again, `idempotency_key_purged` per keyed
+  INSERT) keep their plans, with sequential and bitmap scans priced out for their own
+  statements, which leaves the one index that answers their probe.
+
+Additive (function bodies and settings; same results): the release before runs on it.
 
 Revision ID: 0023
 Revises: 0022
@@ -18,6 +24,10 @@ Create Date: 2026-12-06
 """
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 from alembic import op
 
@@ -30,22 +40,56 @@ depends_on = None
 # Additive: the release before still runs on this schema.
 compatible_with = "0022"
 
-# The functions that probe per row (or per line) from a trigger.
-_PROBING = (
-    "settle_heads()",  # after an INSERT: an older open row of each inserted head's line?
-    "hand_over_lines()",  # after an UPDATE: the next open row of each line a row left
-    "mark_head()",  # a row opened again: an older open row of its line?
-    "idempotency_key_purged(text, text)",  # an INSERT with a key: was the key purged?
-)
+_ROW_PROBES = ("mark_head()", "idempotency_key_purged(text, text)")
+
+
+def _revision(name: str) -> ModuleType:
+    """An earlier revision's module: the bodies this one rewrites, and its downgrade restores."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(name))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dynamic(body: str, statement: str) -> str:
+    """`statement` (a complete SQL statement in `body`) run by EXECUTE instead."""
+    plain = statement.strip().rstrip(";")
+    assert plain in body, plain[:60]
+    return body.replace(plain, f"EXECUTE $probe$ {plain} $probe$")
+
+
+def _bodies() -> tuple[str, str, str, str]:
+    settle, handover = (
+        _revision("20261206_0021_settle_probes.py"),
+        _revision("20261206_0022_statement_handover.py"),
+    )
+    old_settle = settle._SETTLE.format(older=settle._PROBE)
+    new_settle = old_settle
+    for update in old_settle.split("BEGIN", 1)[1].split("RETURN NULL;")[0].split(";"):
+        if update.strip():
+            new_settle = _dynamic(new_settle, update)
+    old_handover = handover._HANDOVER.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+    update = "UPDATE" + old_handover.split("    UPDATE", 1)[1].split(";", 1)[0]
+    return old_settle, new_settle, old_handover, _dynamic(old_handover, update)
 
 
 def upgrade() -> None:
-    for function in _PROBING:
+    _, settle, _, handover = _bodies()
+    op.execute(settle)
+    op.execute(handover)
+    for function in _ROW_PROBES:
         op.execute(f"ALTER FUNCTION outbox.{function} SET enable_seqscan = off")
+        op.execute(f"ALTER FUNCTION outbox.{function} SET enable_bitmapscan = off")
     declare_compatibility(revision, down_revision, compatible_with)
 
 
 def downgrade() -> None:
     forget_compatibility(revision)
-    for function in _PROBING:
+    settle, _, handover, _ = _bodies()
+    op.execute(settle)
+    op.execute(handover)
+    for function in _ROW_PROBES:
         op.execute(f"ALTER FUNCTION outbox.{function} RESET enable_seqscan")
+        op.execute(f"ALTER FUNCTION outbox.{function} RESET enable_bitmapscan")
