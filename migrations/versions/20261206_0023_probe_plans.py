@@ -75,21 +75,23 @@ def _bodies() -> tuple[str, str, str, str]:
     return old_settle, new_settle, old_handover, _dynamic(old_handover, update)
 
 
-def upgrade() -> None:
-    _, settle, _, handover = _bodies()
+def _apply(settle: str, handover: str, setting: str) -> None:
+    """The two statement triggers' bodies, and `setting` ("SET x = off" / "RESET x") of the
+    planner switches on the row triggers' probes."""
     op.execute(settle)
     op.execute(handover)
     for function in _ROW_PROBES:
-        op.execute(f"ALTER FUNCTION outbox.{function} SET enable_seqscan = off")
-        op.execute(f"ALTER FUNCTION outbox.{function} SET enable_bitmapscan = off")
+        for switch in ("enable_seqscan", "enable_bitmapscan"):
+            op.execute(f"ALTER FUNCTION outbox.{function} {setting.format(switch)}")
+
+
+def upgrade() -> None:
+    _, settle, _, handover = _bodies()
+    _apply(settle, handover, "SET {} = off")
     declare_compatibility(revision, down_revision, compatible_with)
 
 
 def downgrade() -> None:
     forget_compatibility(revision)
     settle, _, handover, _ = _bodies()
-    op.execute(settle)
-    op.execute(handover)
-    for function in _ROW_PROBES:
-        op.execute(f"ALTER FUNCTION outbox.{function} RESET enable_seqscan")
-        op.execute(f"ALTER FUNCTION outbox.{function} RESET enable_bitmapscan")
+    _apply(settle, handover, "RESET {}")

@@ -162,3 +162,20 @@ def describe(exc: BaseException) -> str:
     ):
         return f"database unreachable: {words}"
     return f"database error: {type(origin).__name__}: {words}"
+
+
+# --- a missing privilege, said as such (issue 19 §1) ---
+_INSUFFICIENT_PRIVILEGE = "42501"
+RUNTIME_HINT = 'grant this role what README "Database roles" lists for it'
+
+
+@contextmanager
+def privileges(hint: str) -> Iterator[None]:
+    """A missing privilege as one line that names it and says what to do (no traceback, no
+    statement): `permission denied for schema outbox: run migrations as ...`."""
+    try:
+        yield
+    except Exception as exc:
+        if is_driver_error(exc) and sqlstate(exc) == _INSUFFICIENT_PRIVILEGE:
+            raise PrivilegeMissing(f"{driver_message(exc)}: {hint}") from exc
+        raise

@@ -9,15 +9,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db.errors import driver_message, sqlstate, translated
+from outbox.db.errors import RUNTIME_HINT, privileges, translated
 from outbox.db.sql import OPEN_STATES
-from outbox.errors import PrivilegeMissing
 from outbox.ports import Sample
-
-INSUFFICIENT_PRIVILEGE = "42501"
 
 # How long the oldest due row of each channel has waited: ready rows since they last became
 # ready (inserted, replayed, requeued as a fallback: updated_at), retries and scheduled rows
@@ -90,12 +86,8 @@ class GaugeStore:
     async def sample(self, dlr_missing_after: timedelta, dlr_lookback: timedelta) -> Sample:
         """Raises `PrivilegeMissing` when the role may not read what is sampled (a receiver's
         `outbox_web`, README "Database roles" 2b): no later sample would fare better."""
-        try:
+        with privileges(RUNTIME_HINT):
             return await self._sample(dlr_missing_after, dlr_lookback)
-        except DBAPIError as exc:
-            if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
-                raise PrivilegeMissing(driver_message(exc)) from exc
-            raise
 
     async def _sample(self, dlr_missing_after: timedelta, dlr_lookback: timedelta) -> Sample:
         dlr = {

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command, op
@@ -15,11 +14,10 @@ from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db.errors import driver_message, is_driver_error, sqlstate
+from outbox.db.errors import RUNTIME_HINT, privileges
 from outbox.db.operation_tables import schema_compat
 from outbox.db.tables import SCHEMA
 from outbox.domain.schema import Declaration
-from outbox.errors import PrivilegeMissing
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 # CREATE SCHEMA IF NOT EXISTS checks CREATE on the database even when the schema exists: the
@@ -38,21 +36,7 @@ def _script_location() -> Path:
     raise FileNotFoundError("the outbox migrations directory is missing from this installation")
 
 
-_INSUFFICIENT_PRIVILEGE = "42501"
 MIGRATOR_HINT = 'run migrations as the migrator role (the schema owner; README "Database roles")'
-RUNTIME_HINT = 'grant this role what README "Database roles" lists for it'
-
-
-@contextmanager
-def privileges(hint: str) -> Iterator[None]:
-    """A missing privilege as one line that names it and says what to do (no traceback, no
-    statement): `permission denied for schema outbox: run migrations as ...`."""
-    try:
-        yield
-    except Exception as exc:
-        if is_driver_error(exc) and sqlstate(exc) == _INSUFFICIENT_PRIVILEGE:
-            raise PrivilegeMissing(f"{driver_message(exc)}: {hint}") from exc
-        raise
 
 
 def alembic_config() -> Config:

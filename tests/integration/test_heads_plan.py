@@ -24,6 +24,14 @@ _SHAPES = {
     "a campaign, one row per recipient": "'49151' || g",
     "a backlog to one recipient": "'4917000000001'",
 }
+# Every statement's plan, nested ones (the triggers') included, as log messages to the client.
+_EXPLAIN = (
+    "LOAD 'auto_explain'",
+    "SET auto_explain.log_min_duration = 0",
+    "SET auto_explain.log_nested_statements = on",
+    "SET auto_explain.log_analyze = on",
+    "SET client_min_messages = log",
+)
 _DISCARDED = re.compile(r"Rows Removed by (?:Join )?Filter: (\d+)")
 
 
@@ -34,15 +42,7 @@ async def test_settling_heads_stays_linear_when_the_planner_may_only_nest_loops(
     connection = await asyncpg.connect(db_url)
     connection.add_log_listener(lambda _c, message: plans.append(str(message)))
     try:
-        for setting in (
-            "LOAD 'auto_explain'",
-            "SET auto_explain.log_min_duration = 0",
-            "SET auto_explain.log_nested_statements = on",
-            "SET auto_explain.log_analyze = on",
-            "SET client_min_messages = log",
-            "SET enable_hashjoin = off",
-            "SET enable_mergejoin = off",
-        ):
+        for setting in (*_EXPLAIN, "SET enable_hashjoin = off", "SET enable_mergejoin = off"):
             await connection.execute(setting)
         for recipient in _SHAPES.values():
             await connection.execute(
@@ -75,13 +75,7 @@ async def test_the_head_triggers_probe_with_a_plan_cached_while_the_table_was_sm
     connection.add_log_listener(lambda _c, message: plans.append(str(message)))
     try:
         await connection.execute("ANALYZE outbox.messages")  # statistics of an empty table
-        for setting in (
-            "LOAD 'auto_explain'",
-            "SET auto_explain.log_min_duration = 0",
-            "SET auto_explain.log_nested_statements = on",
-            "SET auto_explain.log_analyze = on",
-            "SET client_min_messages = log",
-        ):
+        for setting in _EXPLAIN:
             await connection.execute(setting)
         for count in (2, _ROWS):  # the first caches the plans; the second uses them
             plans.clear()  # the bulk statements' plans are the ones that matter
