@@ -8,7 +8,7 @@ senders, so they go within a claim of the change, in every replica.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Unpack
@@ -183,13 +183,17 @@ async def with_policy(
     planned = {m.id: _planned_template(m) for m in messages}
     found = await lookup_in(connection, waba_id, [p for p in planned.values() if p is not None])
     return [
-        replace(
-            m,
-            template=found.get(key) if (key := planned[m.id]) is not None else None,
-            marketing_hold_until=marketing_hold_until,
-        )
+        m
+        if (template := _entry(found, planned[m.id])) is None and marketing_hold_until is None
+        else replace(m, template=template, marketing_hold_until=marketing_hold_until)
         for m in messages
     ]
+
+
+def _entry(
+    found: Mapping[tuple[str, str], TemplateInfo], key: tuple[str, str] | None
+) -> TemplateInfo | None:
+    return None if key is None else found.get(key)
 
 
 class TemplateStore:

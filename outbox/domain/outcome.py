@@ -122,7 +122,7 @@ def judge(
     hold = None
     if judged.error is retry.ErrorClass.THROTTLE:
         hold = retry.throttle_hold(policy, judged.retry_after)
-    return replace(judged, result=result, throttle_hold=hold, metric=metric)
+    return Judged(result, judged.error, judged.retry_after, hold, metric)
 
 
 def _judge(

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from outbox.config import ChannelConfig, SenderConfig
+from outbox.config import ChannelConfig, Secret, SenderConfig
 from outbox.domain.breaker import BreakerState, CircuitBreaker, Transition, key_fingerprint
 from outbox.domain.outcome import Judged
 from outbox.domain.ratelimit import Limits
@@ -52,6 +52,7 @@ class ChannelGovernor:
         self.limits: dict[str, Limits] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self._keys: dict[str, str] = {}  # the key in use, fingerprinted
+        self._fingerprints: dict[str, tuple[Secret, str]] = {}  # see key_of
         # The epoch of the pause this process's open breaker belongs to.
         self._epochs: dict[str, int] = {}
         # When this process last slowed a channel down (monotonic): one throttled burst of
@@ -69,7 +70,13 @@ class ChannelGovernor:
         forgotten; a kept one whose key changed probes at once (`new_key`)."""
         config, ids = self._config, {c.id for c in channels}
         for gone in set(self.breakers) - ids:
-            for per_channel in (self.limits, self.breakers, self._keys, self._epochs):
+            for per_channel in (
+                self.limits,
+                self.breakers,
+                self._keys,
+                self._epochs,
+                self._fingerprints,
+            ):
                 per_channel.pop(gone, None)
             self._slowed_at.pop(gone, None)
             self._marketing_held_at.pop(gone, None)
@@ -88,9 +95,16 @@ class ChannelGovernor:
                 ),
             )
 
-    @staticmethod
-    def key_of(channel: ChannelConfig) -> str:
-        return key_fingerprint(channel.api_key.reveal())
+    def key_of(self, channel: ChannelConfig) -> str:
+        """The fingerprint of the key `channel` carries, hashed once per key (every send asks,
+        issue 16); only the channel's latest key is kept, so a rotated-out one is not held."""
+        known = self._fingerprints.get(channel.id)
+        if known is None or known[0] is not channel.api_key:
+            known = self._fingerprints[channel.id] = (
+                channel.api_key,
+                key_fingerprint(channel.api_key.reveal()),
+            )
+        return known[1]
 
     def new_key(self, channel: ChannelConfig) -> None:
         """The channel's API key changed: a pause another key caused is lifted for every
