@@ -104,7 +104,7 @@ async def run(
     With `reload`, SIGHUP reads the settings again and applies new channel credentials.
     """
     worker_id = new_worker_id()
-    metrics = Metrics(registry or CollectorRegistry())
+    metrics = Metrics(registry or CollectorRegistry(), settings.metrics.channel_histograms)
     metrics.know_channels(c.id for c in settings.channels)
     metrics.know_parts(PARTS)
     health = Health(metrics.statement_invalid)

@@ -60,7 +60,8 @@ def _positive(kind: type[int] | type[float], *, allow_zero: bool = False) -> Cal
         if not math.isfinite(number):
             raise ValueError(f"must be a finite number, got {value!r}")
         if number < 0 or (number == 0 and not allow_zero):
-            raise ValueError(f"must be greater than 0, got {value!r}")
+            least = "at least 0" if allow_zero else "greater than 0"
+            raise ValueError(f"must be {least}, got {value!r}")
         return number
 
     return convert

@@ -6,22 +6,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from outbox.domain.models import State
 from outbox.domain.report import Report
 from outbox.metrics_accounts import AccountMetrics
+from outbox.metrics_latency import DEFAULT_BY_CHANNEL, LatencyMetrics
 from outbox.metrics_policy import PolicyMetrics
 from outbox.ports import Sample, Settled
 
 if TYPE_CHECKING:
     from outbox.ports import Attempt
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Waits that include queueing, backoff and rate limits: from milliseconds to hours.
-_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-# Delivery to a phone: seconds when it is on, up to WhatsApp's 30 days when it is off.
-_DELIVERY_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600)
 BACKLOG_STATES = (State.QUEUED.value, State.SENDING.value, State.UNKNOWN.value)
 # Issue 19: the label every channel string this process has not configured is counted under,
 # whatever a producer wrote (labels stay bounded and carry no producer text).
@@ -29,8 +25,11 @@ UNKNOWN_CHANNEL = "(unknown)"
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, channel_histograms: int = DEFAULT_BY_CHANNEL
+    ) -> None:
         self.registry = registry
+        self.latency = LatencyMetrics(registry, channel_histograms)
         # Label children looked up once, not per message: sends are the hot path.
         self._children: dict[tuple[object, ...], Any] = {}
         self.sends = Counter(
@@ -38,34 +37,6 @@ class Metrics:
             "Send attempts by channel, the state they left the row in, and the error class "
             "(none, network, invalid, expired, or the API error's class).",
             ["channel", "outcome", "error_class"],
-            registry=registry,
-        )
-        self.api_latency = Histogram(
-            "outbox_api_request_seconds",
-            "Time from posting a send request to its answer (or failure).",
-            ["channel"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.claim_to_request = Histogram(
-            "outbox_claim_to_request_seconds",
-            "Time from claiming a row to posting its request (in-process queueing).",
-            ["channel"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.insert_to_accepted = Histogram(
-            "outbox_insert_to_accepted_seconds",
-            "Time from the producer's INSERT to the API accepting the message.",
-            ["channel"],
-            buckets=_WAIT_BUCKETS,
-            registry=registry,
-        )
-        self.accepted_to_delivered = Histogram(
-            "outbox_accepted_to_delivered_seconds",
-            "Time from the API accepting a message to its first delivered status.",
-            ["channel"],
-            buckets=_DELIVERY_BUCKETS,
             registry=registry,
         )
         self.channel_paused = Gauge(
@@ -191,6 +162,7 @@ class Metrics:
         self._channels = tuple(channels)
         self._known = frozenset(self._channels)
         self.policy.know_channels(self._channels)
+        self.latency.know_channels(self._channels)
 
     def _label(self, channel: str) -> str:
         return channel if channel in self._known else UNKNOWN_CHANNEL
@@ -216,7 +188,7 @@ class Metrics:
         for (channel, kind), count in report.notes.items():
             self.notices.labels(channel, kind).inc(count)
         for channel, seconds in report.delivered_after:
-            self._child(self.accepted_to_delivered, channel).observe(seconds)
+            self.latency.delivered(channel, seconds)
         self.inbound.inc(report.inbound)
         for (kind, effect), count in report.account.items():
             self.accounts.events.labels(kind, effect).inc(count)
@@ -235,13 +207,7 @@ class Metrics:
     def sent(self, attempt: Attempt) -> None:
         channel, result = attempt.channel, attempt.result
         self._child(self.sends, channel, result.state.value, attempt.error_class).inc()
-        if attempt.request_seconds is not None:
-            self._child(self.api_latency, channel).observe(attempt.request_seconds)
-        if attempt.waited is not None:
-            self._child(self.claim_to_request, channel).observe(attempt.waited)
-        if result.state is State.ACCEPTED:
-            waited = (result.at - attempt.message.created_at).total_seconds()
-            self._child(self.insert_to_accepted, channel).observe(max(0.0, waited))
+        self.latency.sent(attempt)
         self.policy.sent(attempt)
 
     def rate(self, channel: str, per_second: float) -> None:

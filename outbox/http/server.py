@@ -7,6 +7,7 @@ namespace) `/healthz`, `/readyz` and `/metrics`. Without it, one application ser
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -58,9 +59,10 @@ def add_admin_routes(
         return web.json_response({"status": "not ready", "reason": problem}, status=503)
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        # Rendered off the event loop: thousands of channels take a second or more to render
+        # (issue 16), which the sender and the webhook receiver would otherwise wait out.
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -505,9 +505,9 @@ def test_limits_are_declared_on_the_fields() -> None:
         (
             DB + "[sender]\nwindow_margin = -1\n" + channel(),
             ENV,
-            "sender.window_margin: must be greater than 0, got -1",
+            "sender.window_margin: must be at least 0, got -1",
         ),
-        (DB + channel(recipient_gap=-0.5), ENV, "recipient_gap: must be greater than 0, got -0.5"),
+        (DB + channel(recipient_gap=-0.5), ENV, "recipient_gap: must be at least 0, got -0.5"),
         (DB + channel(replay_share=2), ENV, "replay_share: must be at most 1, got 2"),
         # Issue 19: inside the table's CHECK on attempts (0..1000), so no claim is refused.
         (
