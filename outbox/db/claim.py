@@ -45,22 +45,26 @@ GRANTS = ArrayColumns(
 # into an anti-join, which it would plan as a scan of every open row of the channel per
 # candidate whenever the statistics predate a burst (about 1,000,000 rows read per claim of
 # 100 from a fresh 20,000-row backlog). Each is one probe of ix_messages_line, or of the few
-# entries of ix_messages_in_flight.
+# entries of ix_messages_in_flight. Each reads `coalesce((SELECT false ...), true)`, not
+# `(SELECT 1 ...) IS NULL`: the planner prices an IS NULL of a subquery as passing one row in
+# 200, so three of them made it expect to read a channel's every row to fill a claim, and it
+# did (a bitmap scan, every row probed, then sorted: issue 16, `test_claim_scale`); priced at
+# one in two, the first rows of ix_messages_live in order win.
 _CLAIMABLE = f"""
     SELECT m.id, m.priority, m.wa_id, m.replayed_at IS NOT NULL AS replayed
     FROM outbox.messages AS m
     WHERE m.state = 'queued' AND m.channel = g.channel AND {{when}}
-      AND (SELECT 1 FROM outbox.messages AS e
+      AND coalesce((SELECT false FROM outbox.messages AS e
            WHERE e.channel = m.channel AND e.wa_id = m.wa_id AND e.ordering_key = m.ordering_key
              AND e.id < m.id AND e.state IN ({OPEN_STATES})
-           LIMIT 1) IS NULL
-      AND (SELECT 1 FROM outbox.messages AS e
+           LIMIT 1), true)
+      AND coalesce((SELECT false FROM outbox.messages AS e
            WHERE e.channel = m.channel AND e.wa_id = m.wa_id AND e.state = 'sending'
              {{in_flight}}
-           LIMIT 1) IS NULL
-      AND (SELECT 1 FROM outbox.recipient_pace AS p
+           LIMIT 1), true)
+      AND coalesce((SELECT false FROM outbox.recipient_pace AS p
            WHERE p.channel = m.channel AND p.wa_id = m.wa_id AND p.not_before > now()
-           LIMIT 1) IS NULL
+           LIMIT 1), true)
     ORDER BY {{order}}
     LIMIT g.granted
     FOR UPDATE OF m SKIP LOCKED

@@ -171,7 +171,11 @@ messages = Table(
         postgresql_where=text("state = 'queued' AND expires_at IS NOT NULL"),
     ),
     Index("ix_messages_unknown", "updated_at", postgresql_where=text("state = 'unknown'")),
-    Index("ix_messages_lease", "lease_until", postgresql_where=text("state = 'sending'")),
+    Index(
+        "ix_messages_lease",
+        "lease_until",
+        postgresql_where=text("lease_until IS NOT NULL AND state = 'sending'"),
+    ),
     Index(
         "ix_messages_held_template",
         "held_template",
