@@ -36,16 +36,16 @@ def _channels(
 ) -> tuple[ChannelConfig, ...]:
     if not isinstance(raw, list):
         raise ConfigError("channels must be an array of tables ([[channels]])")
-    channels: list[ChannelConfig] = []
+    channels: dict[str, ChannelConfig] = {}  # by id: a partner's 10,000 are checked in linear time
     for index, entry in enumerate(raw):
         where = f"channels[{index}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a table")
         channel = channel_from_entry(entry, where, env, api_keys=api_keys)
-        if any(c.id == channel.id for c in channels):
+        if channel.id in channels:
             raise ConfigError(f"{where} (id {channel.id!r}).id is used by two channels")
-        channels.append(channel)
-    return tuple(channels)
+        channels[channel.id] = channel
+    return tuple(channels.values())
 
 
 def channel_from_entry(
