@@ -211,7 +211,7 @@ class Metrics:
         self.policy.sent(attempt)
 
     def rate(self, channel: str, per_second: float) -> None:
-        self.channel_rate.labels(channel).set(per_second)
+        self._child(self.channel_rate, channel).set(per_second)
 
     def paused(self, channel: str, paused: bool) -> None:
         self.channel_paused.labels(channel).set(1 if paused else 0)
