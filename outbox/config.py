@@ -218,8 +218,7 @@ class MetricsConfig:
     dlr_missing_after: timedelta = timedelta(hours=24)
     # ... if it was accepted within this period (older ones have stopped being news).
     dlr_lookback: timedelta = timedelta(days=7)
-    # Latency histograms carry the channel while a process has at most this many channels;
-    # beyond, one series for all (channel="(all)"): a histogram is ~17 series per label.
+    # Latency histograms by channel up to this many channels, then one (outbox.metrics_latency).
     channel_histograms: int = field(default=100, metadata={"min": 0})
 
 
