@@ -23,13 +23,13 @@ import orjson
 import structlog
 from aiohttp import web
 
-from outbox.config import ChannelConfig, Secret, WebhookOrigin
+from outbox.config import ChannelConfig, Secret
 from outbox.domain import routing, signature
 from outbox.http.guard import WebhookGuard
+from outbox.http.partner_index import PartnerIndex
 from outbox.http.webhooks import (
     WebhookObserver,
     WebhookSink,
-    authorised,
     decode_body,
     read_raw,
     reject,
@@ -56,6 +56,8 @@ def add_partner_route(
     observer: PartnerObserver,
     guard: WebhookGuard,
 ) -> None:
+    index = PartnerIndex(channels)
+
     async def receive(request: web.Request, source: str) -> web.Response:
         raw = await read_raw(request, observer, LABEL, guard)
         if isinstance(raw, web.Response):
@@ -73,7 +75,7 @@ def add_partner_route(
                 return reject(observer, LABEL, "bad_signature", 401, peer=source)
             vouched = None
         else:
-            vouched = _vouched(channels, request.headers.get("Authorization"))
+            vouched = index.vouched(request.headers.get("Authorization"))
             if not vouched:
                 guard.failed(source)
                 return unauthorised(reject(observer, LABEL, "unauthorised", 401, peer=source))
@@ -81,8 +83,7 @@ def add_partner_route(
         if isinstance(decoded, web.Response):
             return decoded
         text, body = decoded
-        known = routing.directory([(c.id, c.phone_number_id, c.waba_id) for c in channels.values()])
-        parts = routing.route(body, known)
+        parts = routing.route(body, index.directory())
         try:
             # Queued together, so the store writes them in one INSERT and one commit.
             stored = await asyncio.gather(
@@ -105,14 +106,3 @@ def add_partner_route(
         return web.json_response({"stored": list(stored)})
 
     app.router.add_post("/webhooks", guard.guarded(receive))
-
-
-def _vouched(channels: Mapping[str, ChannelConfig], header: str | None) -> frozenset[str]:
-    """The channels whose Basic-auth credentials the request carries."""
-    if header is None:
-        return frozenset()
-    return frozenset(
-        c.id
-        for c in channels.values()
-        if c.webhook_origin() is WebhookOrigin.CHECKED and authorised(c, header)
-    )

@@ -195,7 +195,7 @@ def _parse(text: str) -> Any:
 def authorised(channel: ChannelConfig, header: str | None) -> bool:
     if channel.webhook_username is None or channel.webhook_password is None:
         return False
-    user, password = _basic_credentials(header)
+    user, password = basic_credentials(header)
     # Both comparisons always run, so timing tells nothing about which part was wrong.
     user_ok = hmac.compare_digest(user, channel.webhook_username.reveal().encode())
     password_ok = hmac.compare_digest(password, channel.webhook_password.reveal().encode())
@@ -213,7 +213,7 @@ _DUMMY = ChannelConfig(
 )
 
 
-def _basic_credentials(header: str | None) -> tuple[bytes, bytes]:
+def basic_credentials(header: str | None) -> tuple[bytes, bytes]:
     scheme, _, encoded = (header or "").partition(" ")
     if scheme.lower() != "basic":
         return b"", b""
