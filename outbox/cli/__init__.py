@@ -30,23 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"outbox {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    env_default(common, "--config", env="CONFIG", type=Path, help="TOML configuration file")
-    env_default(
-        common,
-        "--log-level",
-        env="LOG_LEVEL",
-        choices=LOG_LEVELS,
-        type=str.lower,
-        help="log level, in any case",
-    )
-    env_default(
-        common,
-        "--log-format",
-        env="LOG_FORMAT",
-        choices=LOG_FORMATS,
-        type=str.lower,
-        help="log format; auto is JSON unless stderr is a terminal",
-    )
+    # The global options go before the verb or after it (`outbox --config X stats`, `outbox
+    # stats --config X`): the verbs' copies default to nothing, so one given before is kept.
+    for where, default in ((parser, None), (common, argparse.SUPPRESS)):
+        env_default(
+            where,
+            "--config",
+            env="CONFIG",
+            type=Path,
+            help="TOML configuration file",
+            default=default,
+        )
+        env_default(
+            where,
+            "--log-level",
+            env="LOG_LEVEL",
+            choices=LOG_LEVELS,
+            type=str.lower,
+            help="log level, in any case",
+            default=default,
+        )
+        env_default(
+            where,
+            "--log-format",
+            env="LOG_FORMAT",
+            choices=LOG_FORMATS,
+            type=str.lower,
+            help="log format; auto is JSON unless stderr is a terminal",
+            default=default,
+        )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     daemon.add_parsers(commands, common)
     operator.add_parsers(commands, common)

@@ -23,9 +23,12 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 
 
 def env_default(parser: argparse.ArgumentParser, *flags: str, env: str, **kwargs: Any) -> None:
-    """Add an option whose default comes from OUTBOX_<env>, and say so in --help."""
+    """Add an option whose default comes from OUTBOX_<env>, and say so in --help; with
+    `default=argparse.SUPPRESS` the option sets nothing unless given."""
     name = f"OUTBOX_{env}"
-    default = os.environ.get(name, kwargs.pop("default", None))
+    default = kwargs.pop("default", None)
+    if default is not argparse.SUPPRESS:
+        default = os.environ.get(name, default)
     help_text = kwargs.pop("help", "")
     parser.add_argument(*flags, default=default, help=f"{help_text} (env: {name})", **kwargs)
 

@@ -65,3 +65,30 @@ def test_bare_outbox_prints_the_help() -> None:
         assert main([]) == 2
     assert out.getvalue().startswith("usage: outbox")
     assert "COMMAND" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("words", "env", "config", "level"),
+    [
+        ("--config a.toml stats", {}, "a.toml", None),  # before the verb
+        ("stats --config a.toml", {}, "a.toml", None),  # after it
+        ("--config a.toml channels list", {}, "a.toml", None),  # before a nested verb
+        ("--config a.toml stats --config b.toml", {}, "b.toml", None),  # the later one wins
+        ("--log-level DEBUG stats", {}, None, "debug"),
+        ("stats", {"OUTBOX_CONFIG": "env.toml"}, "env.toml", None),
+        ("--config a.toml stats", {"OUTBOX_CONFIG": "env.toml"}, "a.toml", None),  # flag > env
+    ],
+)
+def test_global_options_go_before_or_after_the_verb(
+    words: str,
+    env: dict[str, str],
+    config: str | None,
+    level: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("OUTBOX_CONFIG", "OUTBOX_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(shlex.split(words))
+    assert (None if args.config is None else str(args.config), args.log_level) == (config, level)
