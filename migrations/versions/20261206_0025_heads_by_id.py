@@ -11,7 +11,9 @@ then updates `messages` through its primary key (`id = ANY(...)`), with sequenti
 out so the update cannot become a scan of the table per id; the guard that stops the
 hand-over's own recursion is planned per statement too, with the transition tables' real sizes.
 
-Additive (function bodies and settings; same results): the release before runs on it.
+Additive (function bodies and settings; same results): the release before runs on it, and so
+does the one before 0024 (0023), the last one released: `compatible_with` names it, or its
+replicas would refuse the schema during a rolling update to this release.
 
 Revision ID: 0025
 Revises: 0024
@@ -31,8 +33,8 @@ revision = "0025"
 down_revision = "0024"
 branch_labels = None
 depends_on = None
-# Additive: the release before still runs on this schema.
-compatible_with = "0024"
+# Additive, like 0024: the release at 0023 still runs on this schema.
+compatible_with = "0023"
 
 _OPEN = "state IN ('queued', 'sending', 'unknown')"
 _OLDER_OPEN = (

@@ -17,9 +17,10 @@ from alembic.script import ScriptDirectory
 from outbox import app
 from outbox.db import migrate
 from outbox.db.engine import create_engine
+from outbox.domain.schema import Declaration, judge_schema
 from outbox.errors import SchemaOutdated
 from tests.releases import upgrade_with, write_revision
-from tests.support import running, settings_for
+from tests.support import fetch, running, settings_for
 
 ADD_COLUMN = "ALTER TABLE outbox.messages ADD COLUMN future_note text"
 ADD_TABLE = "CREATE TABLE outbox.future_things (id bigint PRIMARY KEY)"
@@ -144,3 +145,19 @@ async def test_readyz_does_not_read_the_migration_files(
         for _ in range(5):
             assert (await _readyz(started.http_port))[0] == 200
     assert reads == []
+
+
+# The newest revision of the release before this one (13f42c7): its replicas keep running while
+# this release's migrations (0024, 0025: both additive) are applied in a rolling update.
+PREVIOUS_RELEASE = "0023"
+
+
+async def test_the_previous_release_runs_on_this_release_s_schema(db_url: str) -> None:
+    rows = await fetch(
+        db_url, "SELECT revision, down_revision, compatible_with FROM outbox.schema_compat"
+    )
+    declared = {r["revision"]: Declaration(r["down_revision"], r["compatible_with"]) for r in rows}
+    code = migrate.code_revisions()
+    previous = code[: code.index(PREVIOUS_RELEASE) + 1]
+    verdict = judge_schema(migrate.head_revision(), previous, declared)
+    assert verdict.usable, verdict.message
