@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from outbox import __version__
 from outbox.cli import channels, daemon, helptext, operator, templates, tools
@@ -32,33 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # The global options go before the verb or after it (`outbox --config X stats`, `outbox
     # stats --config X`): the verbs' copies default to nothing, so one given before is kept.
-    for where, default in ((parser, None), (common, argparse.SUPPRESS)):
-        env_default(
-            where,
-            "--config",
-            env="CONFIG",
-            type=Path,
-            help="TOML configuration file",
-            default=default,
-        )
-        env_default(
-            where,
+    options: tuple[tuple[str, str, dict[str, Any]], ...] = (
+        ("--config", "CONFIG", {"type": Path, "help": "TOML configuration file"}),
+        (
             "--log-level",
-            env="LOG_LEVEL",
-            choices=LOG_LEVELS,
-            type=str.lower,
-            help="log level, in any case",
-            default=default,
-        )
-        env_default(
-            where,
+            "LOG_LEVEL",
+            {"choices": LOG_LEVELS, "type": str.lower, "help": "log level, in any case"},
+        ),
+        (
             "--log-format",
-            env="LOG_FORMAT",
-            choices=LOG_FORMATS,
-            type=str.lower,
-            help="log format; auto is JSON unless stderr is a terminal",
-            default=default,
-        )
+            "LOG_FORMAT",
+            {
+                "choices": LOG_FORMATS,
+                "type": str.lower,
+                "help": "log format; auto is JSON unless stderr is a terminal",
+            },
+        ),
+    )
+    for where, default in ((parser, None), (common, argparse.SUPPRESS)):
+        for flag, env, kwargs in options:
+            env_default(where, flag, env=env, default=default, **kwargs)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     daemon.add_parsers(commands, common)
     operator.add_parsers(commands, common)
