@@ -25,13 +25,9 @@ Create Date: 2026-12-06
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
 
-from outbox.db.migrate import declare_compatibility, forget_compatibility
+from outbox.db.migrate import declare_compatibility, earlier_revision, forget_compatibility
 
 revision = "0023"
 down_revision = "0022"
@@ -43,16 +39,6 @@ compatible_with = "0022"
 _ROW_PROBES = ("mark_head()", "idempotency_key_purged(text, text)")
 
 
-def _revision(name: str) -> ModuleType:
-    """An earlier revision's module: the bodies this one rewrites, and its downgrade restores."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(name))
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _dynamic(body: str, statement: str) -> str:
     """`statement` (a complete SQL statement in `body`) run by EXECUTE instead."""
     plain = statement.strip().rstrip(";")
@@ -62,8 +48,8 @@ def _dynamic(body: str, statement: str) -> str:
 
 def _bodies() -> tuple[str, str, str, str]:
     settle, handover = (
-        _revision("20261206_0021_settle_probes.py"),
-        _revision("20261206_0022_statement_handover.py"),
+        earlier_revision(__file__, "20261206_0021_settle_probes.py"),
+        earlier_revision(__file__, "20261206_0022_statement_handover.py"),
     )
     old_settle = settle._SETTLE.format(older=settle._PROBE)
     new_settle = old_settle

@@ -25,12 +25,9 @@ Create Date: 2026-12-06
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
 
-from outbox.db.migrate import declare_compatibility, forget_compatibility
+from outbox.db.migrate import declare_compatibility, earlier_revision, forget_compatibility
 
 revision = "0025"
 down_revision = "0024"
@@ -102,13 +99,7 @@ _SWITCHES = ("enable_seqscan", "enable_bitmapscan")
 
 def _previous() -> tuple[str, str]:
     """0023's bodies, which the downgrade restores."""
-    path = Path(__file__).with_name("20261206_0023_probe_plans.py")
-    spec = importlib.util.spec_from_file_location("probe_plans", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _, settle, _, handover = module._bodies()
+    _, settle, _, handover = earlier_revision(__file__, "20261206_0023_probe_plans.py")._bodies()
     return settle, handover
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from alembic import command, op
 from alembic.config import Config
@@ -139,6 +141,17 @@ def declare_compatibility(revision: str, down_revision: str | None, compatible_w
     statement = insert(schema_compat).values(values)
     kept = {name: statement.excluded[name] for name in ("down_revision", "compatible_with")}
     op.execute(statement.on_conflict_do_update(index_elements=["revision"], set_=kept))
+
+
+def earlier_revision(beside: str, filename: str) -> ModuleType:
+    """The module of the revision file `filename` in the folder of `beside` (a migration's
+    `__file__`): a migration that rewrites or restores an earlier one's bodies reads them there."""
+    spec = importlib.util.spec_from_file_location(filename, Path(beside).with_name(filename))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def forget_compatibility(revision: str) -> None:

@@ -28,7 +28,6 @@ from outbox.ports.registry import RegisteredChannel, RegistrySnapshot
 from outbox.sealing import Keyring
 
 # Any insert, update (updated_at moves) or delete changes it.
-
 VERSION = text(
     """
     SELECT count(*) || '/' || coalesce(max(updated_at)::text, '') || '/'

@@ -87,7 +87,9 @@ class ApiClient:
         self._targets: dict[str, dict[str, _Target]] = {}
 
     def _target(self, channel: ChannelConfig, path: str) -> tuple[URL, CIMultiDict[str]]:
-        paths = self._targets.setdefault(channel.id, {})
+        paths = self._targets.get(channel.id)
+        if paths is None:
+            paths = self._targets[channel.id] = {}
         target = paths.get(path)
         if target is None or (target.api_key, target.base_url) != (
             channel.api_key,

@@ -13,45 +13,54 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from outbox.config import ChannelConfig, WebhookOrigin
 from outbox.domain import routing
 from outbox.http.webhooks import basic_credentials
 
 
+@dataclass(frozen=True)
+class Partners:
+    """The channels as one body sees them."""
+
+    directory: routing.Directory
+    _vouching: Mapping[bytes, frozenset[str]]
+
+    def vouched(self, header: str | None) -> frozenset[str]:
+        """The channels whose Basic-auth credentials the request carries."""
+        return self._vouching.get(_digest(*basic_credentials(header)), frozenset())
+
+
 class PartnerIndex:
     def __init__(self, channels: Mapping[str, ChannelConfig]) -> None:
         self._channels = channels  # changed in place when the registry changes
         self._seen: tuple[ChannelConfig, ...] | None = None
-        self._directory = routing.directory([])
-        self._vouching: dict[bytes, frozenset[str]] = {}
+        self._current = Partners(routing.directory([]), {})
 
-    def directory(self) -> routing.Directory:
-        self._refresh()
-        return self._directory
+    def current(self) -> Partners:
+        """Asked once per body: rebuilt only when the channels changed since the last one."""
+        channels = tuple(self._channels.values())
+        if channels != self._seen:  # the same objects: compared by identity, no field read
+            self._seen, self._current = channels, _built(channels)
+        return self._current
 
-    def vouched(self, header: str | None) -> frozenset[str]:
-        """The channels whose Basic-auth credentials the request carries."""
-        self._refresh()
-        return self._vouching.get(_digest(*basic_credentials(header)), frozenset())
 
-    def _refresh(self) -> None:
-        current = tuple(self._channels.values())
-        if current == self._seen:  # the same objects: compared by identity, no field read
-            return
-        self._seen = current
-        self._directory = routing.directory([(c.id, c.phone_number_id, c.waba_id) for c in current])
-        vouching: dict[bytes, set[str]] = {}
-        for channel in current:
-            if channel.webhook_origin() is WebhookOrigin.CHECKED:
-                assert channel.webhook_username is not None
-                assert channel.webhook_password is not None
-                key = _digest(
-                    channel.webhook_username.reveal().encode(),
-                    channel.webhook_password.reveal().encode(),
-                )
-                vouching.setdefault(key, set()).add(channel.id)
-        self._vouching = {key: frozenset(ids) for key, ids in vouching.items()}
+def _built(channels: tuple[ChannelConfig, ...]) -> Partners:
+    vouching: dict[bytes, set[str]] = {}
+    for channel in channels:
+        if channel.webhook_origin() is WebhookOrigin.CHECKED:
+            assert channel.webhook_username is not None
+            assert channel.webhook_password is not None
+            key = _digest(
+                channel.webhook_username.reveal().encode(),
+                channel.webhook_password.reveal().encode(),
+            )
+            vouching.setdefault(key, set()).add(channel.id)
+    return Partners(
+        routing.directory([(c.id, c.phone_number_id, c.waba_id) for c in channels]),
+        {key: frozenset(ids) for key, ids in vouching.items()},
+    )
 
 
 def _digest(user: bytes, password: bytes) -> bytes:

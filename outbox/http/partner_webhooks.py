@@ -62,6 +62,7 @@ def add_partner_route(
         raw = await read_raw(request, observer, LABEL, guard)
         if isinstance(raw, web.Response):
             return raw
+        partners = index.current()
         vouched: frozenset[str] | None  # None: every part is authenticated (signed)
         if secret is not None:
             verdict = signature.verify(
@@ -75,7 +76,7 @@ def add_partner_route(
                 return reject(observer, LABEL, "bad_signature", 401, peer=source)
             vouched = None
         else:
-            vouched = index.vouched(request.headers.get("Authorization"))
+            vouched = partners.vouched(request.headers.get("Authorization"))
             if not vouched:
                 guard.failed(source)
                 return unauthorised(reject(observer, LABEL, "unauthorised", 401, peer=source))
@@ -83,7 +84,7 @@ def add_partner_route(
         if isinstance(decoded, web.Response):
             return decoded
         text, body = decoded
-        parts = routing.route(body, index.directory())
+        parts = routing.route(body, partners.directory)
         try:
             # Queued together, so the store writes them in one INSERT and one commit.
             stored = await asyncio.gather(

@@ -56,23 +56,23 @@ CHANNELS = {
 def test_credentials_vouch_for_exactly_their_channels(
     header: str | None, vouched: set[str]
 ) -> None:
-    assert PartnerIndex(dict(CHANNELS)).vouched(header) == vouched
+    assert PartnerIndex(dict(CHANNELS)).current().vouched(header) == vouched
 
 
 def test_a_change_to_the_channels_is_seen_by_the_next_body() -> None:
     channels = dict(CHANNELS)
     index = PartnerIndex(channels)
     old = _basic(b"hooks-a:pass:with:colons-0123456789")
-    assert index.vouched(old) == {"a"}
-    assert index.directory().by_number.get("555") is None
+    assert index.current().vouched(old) == {"a"}
+    assert index.current().directory.by_number.get("555") is None
     # The registry changes the mapping in place: a rotated password, a new number.
     channels["a"] = dataclasses.replace(
         channels["a"], webhook_password=Secret("rotated-0123456789")
     )
     channels["new"] = _channel("new", None, None, "555")
-    assert index.vouched(old) == set()
-    assert index.vouched(_basic(b"hooks-a:rotated-0123456789")) == {"a"}
-    assert index.directory().by_number["555"] == "new"
+    assert index.current().vouched(old) == set()
+    assert index.current().vouched(_basic(b"hooks-a:rotated-0123456789")) == {"a"}
+    assert index.current().directory.by_number["555"] == "new"
     del channels["b"]
-    assert index.vouched(_basic(b"hooks-b:other-pass-0123456789")) == {"twin"}
-    assert "b" not in index.directory().by_account["waba-1"]
+    assert index.current().vouched(_basic(b"hooks-b:other-pass-0123456789")) == {"twin"}
+    assert "b" not in index.current().directory.by_account["waba-1"]
