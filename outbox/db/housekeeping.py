@@ -154,6 +154,12 @@ FORGET_PACE = text(
 )
 
 
+# Migration 0026: analyzes `outbox.messages` when its statistics are off by more than ten times
+# (an ANALYZE during a bulk INSERT leaves them calling the table empty); the live row count when
+# it did, else NULL.
+REFRESH_STATISTICS = text("SELECT outbox.refresh_statistics()")
+
+
 class HousekeepingStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -263,6 +269,12 @@ class HousekeepingStore:
     async def forget_pace(self) -> int:
         async with self._engine.begin() as connection:
             return (await connection.execute(FORGET_PACE)).rowcount
+
+    @translated
+    async def refresh_statistics(self) -> int | None:
+        async with self._engine.begin() as connection:
+            live: int | None = (await connection.execute(REFRESH_STATISTICS)).scalar_one()
+        return live
 
     async def _settle(self, statement: TextClause, params: dict[str, Any]) -> list[Settled]:
         async with self._engine.begin() as connection:

@@ -40,7 +40,9 @@ RENEW_LEASES = text(
         error_title = CASE WHEN h.state = 'unknown' THEN NULL ELSE m.error_title END,
         error_detail = CASE WHEN h.state = 'unknown' THEN NULL ELSE m.error_detail END,
         updated_at = CASE WHEN h.state = 'unknown' THEN now() ELSE m.updated_at END
-    FROM held AS h WHERE m.id = h.id
+    -- The held ids through the primary key, then joined: statistics that call the table
+    -- empty (an ANALYZE during a bulk INSERT) made the join walk every row against them.
+    FROM held AS h WHERE m.id = ANY(ARRAY(SELECT id FROM held)) AND m.id = h.id
     RETURNING m.id, h.state = 'unknown' AS taken_back
     """
 ).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))

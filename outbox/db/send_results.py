@@ -46,7 +46,9 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
     f"""
     WITH r AS (SELECT * FROM {SEND_RESULT_COLUMNS.unnest("r")}), locked AS MATERIALIZED (
         SELECT m.id FROM outbox.messages AS m
-        WHERE m.id IN (SELECT id FROM r) AND {HELD_BY_WORKER}
+        -- The ids themselves, not `IN (SELECT id FROM r)`: with statistics that call the table
+        -- empty the semi-join read every row of it (test_statistics_mid_insert).
+        WHERE m.id = ANY(:id) AND {HELD_BY_WORKER}
         ORDER BY m.id
         FOR UPDATE OF m
     ), done AS (
@@ -66,7 +68,7 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
             failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
             claimed_by = NULL, lease_until = NULL, updated_at = now()
         FROM r JOIN locked ON locked.id = r.id
-        WHERE m.id = r.id AND {HELD_BY_WORKER}
+        WHERE m.id = ANY(ARRAY(SELECT id FROM locked)) AND m.id = r.id AND {HELD_BY_WORKER}
         RETURNING m.id, m.channel, m.wa_id, m.recipient, m.wamid, r.at, r.state, r.pace_until,
                   r.opt_out, r.pace_strike, r.error_code, r.error_title,
                   r.answer_wa_id, r.answer_bsuid

@@ -14,6 +14,7 @@ import structlog
 
 from outbox.config import ChannelConfig, SenderConfig, UnknownPolicy
 from outbox.domain.codes import Code
+from outbox.errors import StatementInvalid
 from outbox.loops import Health, run_periodic
 from outbox.ports import LINES_START, Housekeeping, Settled, SettledObserver
 
@@ -23,6 +24,10 @@ log = structlog.get_logger("outbox.maintenance")
 # A replica is live while its heartbeat (one per maintenance tick) is at most this old, or three
 # ticks, whichever is longer: a replica slowed by a database blip is not taken for gone.
 REPLICA_LIVE = timedelta(seconds=30)
+# How often the statistics of `outbox.messages` are checked (and refreshed when they call the
+# table empty, migration 0026): within seconds of a bulk INSERT, not autovacuum's next visit.
+STATISTICS_EVERY = timedelta(seconds=10)
+_EXECUTE_HINT = 'grant EXECUTE ON FUNCTION outbox.refresh_statistics() (README "Database roles")'
 
 
 class Maintenance:
@@ -43,6 +48,9 @@ class Maintenance:
         self._live = max(REPLICA_LIVE, 3 * config.maintenance_interval)
         self._heads_after = LINES_START  # where the sweep of missed hand-overs goes on from
         self._config = config
+        self._statistics_every = max(1, round(STATISTICS_EVERY / config.maintenance_interval))
+        self._ticks = 0
+        self._statistics = True  # False once the role turned out not to have EXECUTE on it
         # The heartbeat names the file's channels; the registry's are known from the registry
         # itself (the statement that fails rows reads it), in every replica alike.
         self._known = frozenset(c.id for c in channels)
@@ -98,6 +106,26 @@ class Maintenance:
         repaired, self._heads_after = await self._store.repair_heads(self._heads_after)
         if repaired:
             log.info("outbox.order.heads_repaired", count=repaired)
+        self._ticks += 1
+        if self._statistics and self._ticks % self._statistics_every == 0:
+            await self._refresh_statistics()
+
+    async def _refresh_statistics(self) -> None:
+        """Statistics that call the table empty make every plan pick its indexes blind (a
+        claim walked a channel's every row per row it took): analyzed at once, not when
+        autovacuum comes back (issue 16)."""
+        try:
+            live = await self._store.refresh_statistics()
+        except StatementInvalid as exc:  # no EXECUTE (an upgrade not yet granted), or no 0026
+            self._statistics = False
+            log.warning(
+                "outbox.db.statistics_not_checked",
+                error=str(exc),
+                hint=_EXECUTE_HINT,
+            )
+            return
+        if live is not None:
+            log.warning("outbox.db.statistics_refreshed", table="outbox.messages", rows=live)
 
     def _count(self, rows: list[Settled], error_class: str) -> None:
         if self._observer is not None and rows:
