@@ -47,7 +47,7 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
     WITH r AS (SELECT * FROM {SEND_RESULT_COLUMNS.unnest("r")}), locked AS MATERIALIZED (
         SELECT m.id FROM outbox.messages AS m
         -- The ids themselves, not `IN (SELECT id FROM r)`: with statistics that call the table
-        -- empty the semi-join read every row of it (test_statistics_mid_insert).
+        -- empty the semi-join read every row of it (test_batch_plans).
         WHERE m.id = ANY(:id) AND {HELD_BY_WORKER}
         ORDER BY m.id
         FOR UPDATE OF m
