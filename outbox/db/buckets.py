@@ -9,10 +9,12 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Float, Text
 
 from outbox.db.arrays import ArrayColumns
+from outbox.db.tuples import as_tuples
 from outbox.domain import ratelimit
 from outbox.domain.ratelimit import Limits
 
@@ -48,6 +50,21 @@ REANCHOR_BUCKET = text(
 )
 
 
+class BucketRow(NamedTuple):
+    """A row of LOCK_BUCKETS (`outbox.db.tuples`)."""
+
+    channel: str
+    tokens: float
+    refilled_at: datetime
+    rate: float | None
+    blocked_until: datetime | None
+    hold_until: datetime | None
+    slowed_at: datetime | None
+    pause_epoch: int
+    marketing_hold_until: datetime | None
+    now: datetime
+
+
 class Locked(NamedTuple):
     bucket: ratelimit.Bucket  # refilled up to `now`
     now: datetime  # the database's time
@@ -68,12 +85,17 @@ async def lock_buckets(
 ) -> dict[str, Locked]:
     """The channels' rows, their buckets refilled up to now, locked for this transaction."""
     channels = sorted(limits)
-    rows = (await connection.execute(LOCK_BUCKETS, {"channels": channels})).all()
+    params = {"channels": channels}
+    rows = _locked(await connection.execute(LOCK_BUCKETS, params))
     if len(rows) < len(channels):  # a channel's first claim: its bucket starts full
         found = {row.channel for row in rows}
         await ensure_buckets(connection, {c: limits[c] for c in channels if c not in found})
-        rows = (await connection.execute(LOCK_BUCKETS, {"channels": channels})).all()
+        rows = _locked(await connection.execute(LOCK_BUCKETS, params))
     return {row.channel: await _refilled(connection, row, limits[row.channel]) for row in rows}
+
+
+def _locked(result: Result[Any]) -> list[BucketRow]:
+    return as_tuples(result, BucketRow._make, BucketRow._fields)
 
 
 async def ensure_buckets(connection: AsyncConnection, limits: Mapping[str, Limits]) -> None:
@@ -82,7 +104,7 @@ async def ensure_buckets(connection: AsyncConnection, limits: Mapping[str, Limit
     await connection.execute(ENSURE_BUCKETS, BUCKETS.params(rows))
 
 
-async def _refilled(connection: AsyncConnection, row: Any, limits: Limits) -> Locked:
+async def _refilled(connection: AsyncConnection, row: BucketRow, limits: Limits) -> Locked:
     stored = ratelimit.Bucket(row.tokens, row.refilled_at, row.rate)
     bucket = ratelimit.refill(stored, row.now, limits, row.hold_until)
     if bucket.refilled_at < stored.refilled_at:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import BigInteger, Text
@@ -34,11 +34,28 @@ RECORD_PLANS = PLAN_COLUMNS.statement(
 )
 
 
+class ClaimedRow(NamedTuple):
+    """A row the claim statement returns, in its RETURNING order (`outbox.db.tuples`)."""
+
+    id: int
+    channel: str
+    recipient: str
+    payload: Any
+    fallback_template: Any
+    attempts: int
+    created_at: datetime
+    expires_at: datetime | None
+    priority: int
+    sent_as: str | None
+    last_inbound_at: datetime | None
+    last_error: str | None
+
+
 async def read_claimed(
-    connection: AsyncConnection, rows: Sequence[Any], now: datetime, margin: timedelta
+    connection: AsyncConnection, rows: Sequence[ClaimedRow], now: datetime, margin: timedelta
 ) -> list[ClaimedMessage]:
     """The claimed rows best first, each with its plan; `now` is the database's clock."""
-    read = [_message(row, now, margin) for row in sorted(rows, key=lambda r: (-r.priority, r.id))]
+    read = [_message(row, now, margin) for row in sorted(rows, key=_best_first)]
     recorded = [
         (m.id, m.planned.value)
         for m, before in read
@@ -49,7 +66,13 @@ async def read_claimed(
     return [m for m, _ in read]
 
 
-def _message(row: Any, now: datetime, margin: timedelta) -> tuple[ClaimedMessage, SentAs | None]:
+def _best_first(row: ClaimedRow) -> tuple[int, int]:
+    return -row.priority, row.id
+
+
+def _message(
+    row: ClaimedRow, now: datetime, margin: timedelta
+) -> tuple[ClaimedMessage, SentAs | None]:
     """The row as the sender holds it, planned (issue 16: built once, it is the hot path),
     and the plan it came with."""
     before = SentAs(row.sent_as) if row.sent_as else None

@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from outbox.db.buckets import Locked, lock_buckets
 from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED, GRANTS
-from outbox.db.claimed import read_claimed
+from outbox.db.claimed import ClaimedRow, read_claimed
 from outbox.db.templates import with_policy
+from outbox.db.tuples import as_tuples
 from outbox.domain import ratelimit
 from outbox.domain.models import Claim, ClaimedMessage, SendResult
 from outbox.domain.ratelimit import Limits
@@ -54,14 +55,13 @@ async def claim_many(
             claims[request.channel] = claim
         else:
             grants[request.limits.paced].append(grant)
-    rows: list[Any] = []
+    rows: list[ClaimedRow] = []
     params = {"worker": worker, "lease_seconds": lease.total_seconds()}
     for paced, granted in grants.items():
         if granted:
             statement = CLAIM_PACED if paced else CLAIM_MESSAGES
-            rows += (
-                await connection.execute(statement, {**GRANTS.params(granted), **params})
-            ).all()
+            result = await connection.execute(statement, {**GRANTS.params(granted), **params})
+            rows += as_tuples(result, ClaimedRow._make, ClaimedRow._fields)
     if not rows:
         messages: list[ClaimedMessage] = []
     else:
