@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import BigInteger, Boolean, DateTime, Text
 
@@ -20,6 +20,7 @@ from outbox.db.arrays import ArrayColumns
 from outbox.db.errors import translated
 from outbox.db.sql import WAKE_SENDERS
 from outbox.db.status_policy import hold_for_templates, record_opt_outs, write_pricing
+from outbox.db.tuples import as_tuples
 from outbox.domain.delivery import Delivery
 from outbox.domain.digest import Located
 from outbox.domain.models import SentAs, State
@@ -125,6 +126,25 @@ INSERT_HISTORY = HISTORY_COLUMNS.statement(
 )
 
 
+class TargetRow(NamedTuple):
+    """A row of LOCK_TARGETS (`outbox.db.tuples`: read once per status, at C speed)."""
+
+    id: int
+    channel: str
+    wamid: str | None
+    state: str
+    sent_as: str | None
+    has_fallback: bool
+    accepted_at: datetime | None
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    read_at: datetime | None
+    failed_at: datetime | None
+    error_code: str | None
+    error_title: str | None
+    error_detail: str | None
+
+
 class StatusWriter:
     """Statuses onto the rows they name, inside a batch's transaction."""
 
@@ -139,7 +159,8 @@ class StatusWriter:
         wamids = sorted({s.update.wamid for s in statuses})
         ids = sorted({s.update.outbox_id for s in statuses if s.update.outbox_id is not None})
         params = {"wamids": wamids, "ids": ids}
-        rows = (await self._connection.execute(LOCK_TARGETS, params)).all()
+        result = await self._connection.execute(LOCK_TARGETS, params)
+        rows = as_tuples(result, TargetRow._make, TargetRow._fields)
         earlier: dict[int, set[str]] = defaultdict(set)
         if rows:
             sends = await self._connection.execute(EARLIER_SENDS, {"ids": [r.id for r in rows]})
@@ -203,7 +224,7 @@ class StatusWriter:
         return []
 
 
-def _target(row: Row[Any], earlier: frozenset[str]) -> Target:
+def _target(row: TargetRow, earlier: frozenset[str]) -> Target:
     return Target(
         id=row.id,
         channel=row.channel,

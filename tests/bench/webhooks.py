@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import statistics
 import sys
 import time
@@ -29,6 +30,13 @@ from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.demo import embedded_database
 from outbox.domain.models import Dialect
+
+# Every webhook must vouch for itself (issue 19): the channel's Basic credentials.
+_USER, _PASSWORD = "bench", "bench-password"
+_HEADERS = {
+    "Content-Type": "application/json",
+    "Authorization": "Basic " + base64.b64encode(f"{_USER}:{_PASSWORD}".encode()).decode(),
+}
 
 _SEED = """
 INSERT INTO outbox.messages (channel, recipient, payload, state, wamid, accepted_at)
@@ -64,7 +72,7 @@ async def _client(
     while bodies:
         body = bodies.pop()
         began = time.perf_counter()
-        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+        async with session.post(url, data=body, headers=_HEADERS) as r:
             await r.read()
             if r.status != 200:
                 raise SystemExit(f"receiver answered {r.status}")
@@ -83,7 +91,15 @@ async def main(count: int, rate: float, roles: set[str], serve: float | None, po
         settings = Settings(
             database_url=dsn,
             channels=(
-                ChannelConfig("bench", Dialect.CLOUD, "http://127.0.0.1:9", Secret("k"), 80.0),
+                ChannelConfig(
+                    "bench",
+                    Dialect.CLOUD,
+                    "http://127.0.0.1:9",
+                    Secret("k"),
+                    80.0,
+                    webhook_username=Secret(_USER),
+                    webhook_password=Secret(_PASSWORD),
+                ),
             ),
             http=HttpConfig("127.0.0.1", port),
             reconciler=ReconcilerConfig(poll_interval=timedelta(milliseconds=100)),
