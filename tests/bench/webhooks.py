@@ -66,6 +66,10 @@ def _body(n: int, status: str) -> bytes:
     )
 
 
+class _Refused(Exception):
+    pass
+
+
 async def _client(
     session: aiohttp.ClientSession, url: str, bodies: list[bytes], latencies: list[float]
 ) -> None:
@@ -75,7 +79,8 @@ async def _client(
         async with session.post(url, data=body, headers=_HEADERS) as r:
             await r.read()
             if r.status != 200:
-                raise SystemExit(f"receiver answered {r.status}")
+                # The offered rate is beyond the receiver (a 503 sheds it): said, not waited for.
+                raise _Refused(f"receiver answered {r.status}: offer a lower --rate")
         latencies.append(time.perf_counter() - began)
 
 
@@ -132,6 +137,11 @@ async def main(count: int, rate: float, roles: set[str], serve: float | None, po
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await client.communicate()
+        if client.returncode != 0:
+            stop.set()
+            await daemon
+            await connection.close()
+            raise SystemExit(out.decode().strip() or f"the load process exited {client.returncode}")
         while "reconciler" in roles and await connection.fetchval(  # noqa: ASYNC110
             "SELECT count(*) FROM outbox.messages WHERE state <> 'delivered'"
         ):
@@ -156,7 +166,14 @@ async def load(url: str, count: int, rate: float) -> None:
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(_client(session, url, [body], latencies)))
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.gather(*tasks)
+        except (_Refused, aiohttp.ClientError) as exc:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            print(exc)
+            raise SystemExit(1) from None
         posted = time.perf_counter() - began
     q = statistics.quantiles(latencies, n=100)
     print(f"bodies posted        {count} at {rate:,.0f}/s offered")
@@ -170,7 +187,7 @@ async def load(url: str, count: int, rate: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bodies", type=int, default=20000)
-    parser.add_argument("--rate", type=float, default=2000, help="bodies offered per second")
+    parser.add_argument("--rate", type=float, default=1000, help="bodies offered per second")
     parser.add_argument("--roles", default="web,reconciler", help="the daemon's roles")
     parser.add_argument("--serve", type=float, metavar="SECONDS", help="only serve, this long")
     parser.add_argument("--port", type=int, default=0, help="the receiver's port")
