@@ -166,8 +166,24 @@ async def test_the_daemon_role_has_no_ddl_and_no_producer_or_operator_tables(
             await _refused(daemon, sql, expected)
         # It reads the registry whole: sealed keys are ciphertext it opens with the master key.
         assert await daemon.fetchval("SELECT count(*) FROM outbox.channels") == 0
+        # Migration 0026: the statistics check runs as the owner; nothing to refresh here.
+        assert await daemon.fetchval("SELECT outbox.refresh_statistics()") is None
     finally:
         await daemon.close()
+
+
+async def test_only_the_daemon_may_refresh_the_statistics(roles: Roles) -> None:
+    """EXECUTE on the SECURITY DEFINER function is the daemon's alone (revoked from PUBLIC)."""
+    for role in ("shop_producer", "outbox_web", "outbox_operator"):
+        connection = await roles.connect(role)
+        try:
+            await _refused(
+                connection,
+                "SELECT outbox.refresh_statistics()",
+                "permission denied for function refresh_statistics",
+            )
+        finally:
+            await connection.close()
 
 
 async def test_the_operator_cannot_alter_or_create(roles: Roles) -> None:
