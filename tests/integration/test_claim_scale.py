@@ -16,27 +16,17 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any
 
-import asyncpg
-from sqlalchemy import event
-
-from outbox.db.engine import create_engine
 from outbox.db.messages import MessageStore
 from outbox.domain.ratelimit import Limits
 from outbox.ports import ClaimRequest
+from tests.plans import explained_engine, insert_during_analyze
 from tests.support import fetch
 
 CHANNELS = 100
 BACKLOG = 200  # rows per channel
 CLAIMS = 6
 LIMITS = Limits(rate=1e6, burst=1e6)
-_EXPLAIN = (
-    "LOAD 'auto_explain'",
-    "SET auto_explain.log_min_duration = 0",
-    "SET auto_explain.log_analyze = on",
-    "SET client_min_messages = log",
-)
 _PROBE_LOOPS = re.compile(r"Scan using \w+ on (?:messages e\w*|recipient_pace p\w*) .*loops=(\d+)")
 
 
@@ -70,23 +60,7 @@ async def test_a_claim_after_statistics_taken_mid_insert_reads_only_the_rows_it_
     table; once the INSERT commits, the claim's UPDATE joined to the picked rows walked every
     row of the table against them: 3 s per claim of 200 at 20,000 rows, 4,000,000 comparisons.
     It now updates the picked ids through the primary key."""
-    rows = 5000
-    pending = await asyncpg.connect(db_url)
-    try:
-        async with pending.transaction():
-            await pending.execute(
-                "INSERT INTO outbox.messages (channel, recipient, payload)"
-                ' SELECT \'c0\', \'49151\' || g, \'{"type": "text", "text": {"body": "x"}}\''
-                " FROM generate_series(1, $1) AS g",
-                rows,
-            )
-            await fetch(db_url, "ANALYZE outbox.messages")
-    finally:
-        await pending.close()
-    [[believed]] = await fetch(
-        db_url, "SELECT reltuples FROM pg_class WHERE oid = 'outbox.messages'::regclass"
-    )
-    assert believed == 0  # what the planner believes of a table of 5,000 rows
+    await insert_during_analyze(db_url, 5000)  # a table of 5,000 rows, believed empty
     claim = await _explained_claims(db_url, [ClaimRequest("c0", 200, LIMITS)], 1)
     compared = sum(int(n) for n in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", claim))
     assert compared <= 200, claim  # a join over the table compared 200 x 5,000
@@ -94,26 +68,13 @@ async def test_a_claim_after_statistics_taken_mid_insert_reads_only_the_rows_it_
 
 async def _explained_claims(db_url: str, requests: list[ClaimRequest], claims: int) -> str:
     """Run `claims` claims; the last one's plan, as auto_explain reported it."""
-    plans: list[str] = []
-    engine = create_engine(db_url, pool_size=1)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def explain(connection: Any, _record: Any) -> None:
-        connection.driver_connection.add_log_listener(lambda _c, m: plans.append(str(m)))
-
-    store = MessageStore(engine)
-    try:
-        async with engine.connect() as connection:
-            for setting in _EXPLAIN:
-                await connection.exec_driver_sql(setting)
-            await connection.commit()
+    async with explained_engine(db_url) as (engine, plans):
+        store = MessageStore(engine)
         for _ in range(claims):
             plans.clear()
             got = await store.claim_many(
                 requests, "w", timedelta(minutes=5), window_margin=timedelta(0)
             )
             assert sum(len(c.messages) for c in got.values()) == sum(r.limit for r in requests)
-    finally:
-        await engine.dispose()
     [claim] = [plan for plan in plans if "CROSS JOIN LATERAL" in plan]
     return claim
