@@ -18,7 +18,7 @@ from outbox.config_checks import (
     require_https,
 )
 from outbox.config_edge import webhook_credentials_strong
-from outbox.config_values import E, _at_most, _coerce, _member, typed_in_file
+from outbox.config_values import E, check_at_most, coerced, member_of, typed_in_file
 from outbox.domain.models import Dialect
 from outbox.errors import ConfigError
 
@@ -31,7 +31,7 @@ CHANNEL_KEYS = frozenset(
 )
 
 
-def _channels(
+def channels_in_file(
     raw: Any, env: Mapping[str, str], *, api_keys: bool = True
 ) -> tuple[ChannelConfig, ...]:
     if not isinstance(raw, list):
@@ -80,15 +80,15 @@ def _channel(
         raise ConfigError(f"{where}.base_url must be an http(s) URL")
     # Issue 19 §3: the key travels to base_url; plain http only on loopback or by opt-out.
     require_https(base_url, f"{where}.base_url", allow_insecure=insecure_http_allowed(env))
-    api_key = _secret(entry, "api_key", where, env) if api_keys else WITHHELD_KEY
+    api_key = secret_entry(entry, "api_key", where, env) if api_keys else WITHHELD_KEY
     if api_key is None:
         raise ConfigError(f"{where}: api_key_env or api_key_file is required")
     namespace, phone_number_id, waba_id, partner_channel_id, client_id = (
         _optional_text(entry, name, where)
         for name in ("namespace", "phone_number_id", "waba_id", "partner_channel_id", "client_id")
     )
-    username = _secret(entry, "webhook_username", where, env)
-    password = _secret(entry, "webhook_password", where, env)
+    username = secret_entry(entry, "webhook_username", where, env)
+    password = secret_entry(entry, "webhook_password", where, env)
     if (username is None) != (password is None):
         raise ConfigError(f"{where}: webhook_username_* and webhook_password_* go together")
     webhook_credentials_strong(username, password, where)
@@ -136,16 +136,18 @@ def _number(kind: Any, entry: dict[str, Any], name: str, where: str) -> Any:
         return f.default
     value = entry[name]
     typed_in_file(kind, value, f"{where}.{name}")
-    number = _coerce(kind, value, f"{where}.{name}", f.metadata)
-    _at_most(f.metadata, number, f"{where}.{name}", value)
+    number = coerced(kind, value, f"{where}.{name}", f.metadata)
+    check_at_most(f.metadata, number, f"{where}.{name}", value)
     return number
 
 
 def _choice(kind: type[E], value: Any, where: str, name: str) -> E:
-    return _member(kind, value, f"{where}.{name}")
+    return member_of(kind, value, f"{where}.{name}")
 
 
-def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]) -> Secret | None:
+def secret_entry(
+    entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]
+) -> Secret | None:
     var, file = entry.get(f"{name}_env"), entry.get(f"{name}_file")
     if var is not None and file is not None:
         raise ConfigError(f"{where}: give {name}_env or {name}_file, not both")

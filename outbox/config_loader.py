@@ -22,10 +22,10 @@ from outbox.config import (
     SenderConfig,
     Settings,
 )
-from outbox.config_channels import _channels
+from outbox.config_channels import channels_in_file
 from outbox.config_checks import check_database_url, database_url_from_file
 from outbox.config_edge import checked_http
-from outbox.config_values import _at_most, _coerce, typed_in_file
+from outbox.config_values import check_at_most, coerced, typed_in_file
 from outbox.errors import ConfigError
 
 ENV_PREFIX = "OUTBOX_"
@@ -55,12 +55,12 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     top = dict(raw)
-    http = _section(top.pop("http", {}), "http")
-    sender = _section(top.pop("sender", {}), "sender")
-    reconciler = _section(top.pop("reconciler", {}), "reconciler")
-    metrics = _section(top.pop("metrics", {}), "metrics")
-    database = _section(top.pop("database", {}), "database")
-    registry = _section(top.pop("registry", {}), "registry")
+    http = toml_table(top.pop("http", {}), "http")
+    sender = toml_table(top.pop("sender", {}), "sender")
+    reconciler = toml_table(top.pop("reconciler", {}), "reconciler")
+    metrics = toml_table(top.pop("metrics", {}), "metrics")
+    database = toml_table(top.pop("database", {}), "database")
+    registry = toml_table(top.pop("registry", {}), "registry")
     channels_raw = top.pop("channels", [])
     partner_raw = top.pop("partner", None)
     database_url = _top_level(top, env, "database_url", None)
@@ -77,7 +77,7 @@ def load_settings(
     validate_database_url(database_url)
     if listen_database_url is not None:
         validate_database_url(listen_database_url, "listen_database_url")
-    channels = _channels(channels_raw, env, api_keys=api_keys)
+    channels = channels_in_file(channels_raw, env, api_keys=api_keys)
     if need_channels and not channels:
         raise ConfigError("channels: at least one [[channels]] entry is required")
     sender_config: SenderConfig = _dataclass_from(SenderConfig, sender, "sender", env)
@@ -124,7 +124,7 @@ def validate_database_url(url: Any, key: str = "database_url") -> None:
     check_database_url(url, key)
 
 
-def _section(value: Any, name: str) -> dict[str, Any]:
+def toml_table(value: Any, name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a table ([{name}])")
     return dict(value)
@@ -146,8 +146,8 @@ def _dataclass_from(cls: Any, values: dict[str, Any], section: str, env: Mapping
             continue
         if key != env_name:
             typed_in_file(f.default, given, key)
-        kwargs[name] = _coerce(f.default, given, key, f.metadata)
-        _at_most(f.metadata, kwargs[name], f"{section}.{name}", given)
+        kwargs[name] = coerced(f.default, given, key, f.metadata)
+        check_at_most(f.metadata, kwargs[name], f"{section}.{name}", given)
     return cls(**kwargs)
 
 

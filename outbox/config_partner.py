@@ -14,10 +14,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from outbox.config import PARTNER_API_URL, PartnerConfig, Secret
-from outbox.config_channels import _secret
+from outbox.config_channels import secret_entry
 from outbox.config_checks import insecure_http_allowed, require_https
-from outbox.config_loader import ENV_PREFIX, _section
-from outbox.config_values import _coerce, typed_in_file
+from outbox.config_loader import ENV_PREFIX, toml_table
+from outbox.config_values import coerced, typed_in_file
 from outbox.errors import ConfigError
 
 _KEYS = frozenset(
@@ -32,9 +32,9 @@ def load_partner(
     """`[partner]` from the file: the Partner API settings (None when the section names none
     of them, or without `api_key`: a process that calls no API reads no key) and the partner
     webhook secret (None when not given)."""
-    section = _section({} if raw is None else raw, "partner")
+    section = toml_table({} if raw is None else raw, "partner")
     given = {k: section.pop(k) for k in _SECRET_KEYS if k in section}
-    secret = _secret(given, "webhook_secret", "partner", env)
+    secret = secret_entry(given, "webhook_secret", "partner", env)
     if not api_key or (not section and f"{ENV_PREFIX}PARTNER_PARTNER_ID" not in env):
         return None, secret  # no Partner API here (at most the webhook secret)
     return _partner_api(section, env), secret
@@ -52,7 +52,7 @@ def _partner_api(section: dict[str, Any], env: Mapping[str, str]) -> PartnerConf
     partner_id = given("partner_id")
     if not isinstance(partner_id, str) or not partner_id:
         raise ConfigError("partner.partner_id is required (your Partner Hub id, e.g. 'abcPA')")
-    api_key = _secret(section, "api_key", "partner", env)
+    api_key = secret_entry(section, "api_key", "partner", env)
     if api_key is None:
         raise ConfigError("partner: api_key_env or api_key_file is required (the Partner API key)")
     base_url = given("base_url") or PARTNER_API_URL
@@ -79,7 +79,7 @@ def _partner_api(section: dict[str, Any], env: Mapping[str, str]) -> PartnerConf
         webhook_url=webhook_url,
         request_timeout=timedelta(seconds=30)
         if timeout is None
-        else _coerce(timedelta(0), timeout, "partner.request_timeout", {}),
+        else coerced(timedelta(0), timeout, "partner.request_timeout", {}),
     )
 
 

@@ -19,7 +19,7 @@ from outbox.errors import ConfigError
 E = TypeVar("E", bound=StrEnum)
 
 
-def _coerce(default: Any, value: Any, key: str, limits: Mapping[str, Any]) -> Any:
+def coerced(default: Any, value: Any, key: str, limits: Mapping[str, Any]) -> Any:
     """Convert `value` to the type of `default`; durations are given in seconds. Numbers must be
     greater than 0, or at least 0 where `limits` says `min: 0`."""
     allow_zero = limits.get("min") == 0
@@ -31,7 +31,7 @@ def _coerce(default: Any, value: Any, key: str, limits: Mapping[str, Any]) -> An
         str: _text,
     }
     if isinstance(default, StrEnum):
-        return _member(type(default), value, key)
+        return member_of(type(default), value, key)
     try:
         return converters[type(default)](value)
     except OverflowError:
@@ -40,7 +40,7 @@ def _coerce(default: Any, value: Any, key: str, limits: Mapping[str, Any]) -> An
         raise ConfigError(f"{key}: {exc}") from exc
 
 
-def _at_most(limits: Mapping[str, Any], number: Any, key: str, given: Any) -> None:
+def check_at_most(limits: Mapping[str, Any], number: Any, key: str, given: Any) -> None:
     """Enforce the field's `max`; `key` is the file's name for the setting."""
     maximum = limits.get("max")
     if maximum is None or number <= maximum:
@@ -81,7 +81,7 @@ def _text(value: Any) -> str:
     return value
 
 
-def _member(kind: type[E], value: Any, key: str) -> E:
+def member_of(kind: type[E], value: Any, key: str) -> E:
     try:
         return kind(value)
     except ValueError:
@@ -92,7 +92,7 @@ def _member(kind: type[E], value: Any, key: str) -> E:
 # --- value types and log settings (issue 19 §4) ---
 # TOML values have types: a number written as a string (`rate_per_second = "80"`), a bool as
 # "true" or a list for a number is a slip in the file, refused with its key path rather than
-# guessed at. The environment has only strings: its values are converted by `_coerce` instead.
+# guessed at. The environment has only strings: its values are converted by `coerced` instead.
 _FILE_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
     bool: ((bool,), "true or false"),
     int: ((int,), "a whole number"),

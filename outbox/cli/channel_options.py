@@ -40,14 +40,14 @@ _FIELDS: list[tuple[str, Any, str]] = [
 _SECRETS = ("api_key", "webhook_username", "webhook_password")
 
 
-def _flag(parser: argparse.ArgumentParser, flag: str, *, env: str, help: str) -> None:
+def env_flag(parser: argparse.ArgumentParser, flag: str, *, env: str, help: str) -> None:
     """A yes/no option whose default comes from OUTBOX_<env> (1, true or yes)."""
     name = f"OUTBOX_{env}"
     default = os.environ.get(name, "").lower() in ("1", "true", "yes")
     parser.add_argument(flag, action="store_true", default=default, help=f"{help} (env: {name})")
 
 
-def _add_settings(parser: argparse.ArgumentParser, verb: str) -> None:
+def add_channel_settings(parser: argparse.ArgumentParser, verb: str) -> None:
     prefix = "CHANNEL_"
     for name, kind, text in _FIELDS:
         env_default(
@@ -63,7 +63,7 @@ def _add_settings(parser: argparse.ArgumentParser, verb: str) -> None:
                 env=f"{prefix}{name.upper()}_{way.upper()}",
                 help=f"each replica reads the {name} from this {where}",
             )
-    _flag(
+    env_flag(
         parser,
         "--secrets-stdin",
         env="CHANNEL_SECRETS_STDIN",
@@ -71,10 +71,10 @@ def _add_settings(parser: argparse.ArgumentParser, verb: str) -> None:
         "store them sealed under the master key (OUTBOX_SECRET_KEY_FILE or _ENV)",
     )
     if verb == "add":
-        _flag(parser, "--disabled", env="CHANNEL_DISABLED", help="add it disabled")
+        env_flag(parser, "--disabled", env="CHANNEL_DISABLED", help="add it disabled")
 
 
-def _plain(args: argparse.Namespace) -> dict[str, Any]:
+def plain_settings(args: argparse.Namespace) -> dict[str, Any]:
     values = {name: getattr(args, name) for name, _, _ in _FIELDS}
     values = {k: v for k, v in values.items() if v is not None}
     if "recipient_gap" in values:
@@ -84,7 +84,7 @@ def _plain(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _held(args: argparse.Namespace) -> dict[str, Holding | None]:
+def held_settings(args: argparse.Namespace) -> dict[str, Holding | None]:
     from outbox.config import Secret
 
     held: dict[str, Holding | None] = {}
@@ -114,7 +114,7 @@ def _held(args: argparse.Namespace) -> dict[str, Holding | None]:
     return held
 
 
-def _registry(engine: AsyncEngine) -> ChannelRegistryStore:
+def registry_store(engine: AsyncEngine) -> ChannelRegistryStore:
     from outbox.db.registry import ChannelRegistryStore
     from outbox.sealing import keyring_from
 

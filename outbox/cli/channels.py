@@ -15,7 +15,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from outbox.cli import keys, partner
-from outbox.cli.channel_options import _add_settings, _flag, _held, _plain, _registry
+from outbox.cli.channel_options import (
+    add_channel_settings,
+    env_flag,
+    held_settings,
+    plain_settings,
+    registry_store,
+)
 from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, with_engine
 from outbox.domain.codes import OPEN_STATES
 from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError
@@ -36,17 +42,17 @@ def add_parsers(commands: _Parsers, common: argparse.ArgumentParser) -> None:
     verbs = channels.add_subparsers(dest="verb", required=True, metavar="VERB")
     partner.add_parsers(verbs, common)  # rotate-key, import: the Partner API (cli/partner.py)
     listing = verbs.add_parser("list", parents=[common], help="every channel, one a line")
-    _flag(listing, "--json", env="CHANNELS_JSON", help="JSON for scripts")
+    env_flag(listing, "--json", env="CHANNELS_JSON", help="JSON for scripts")
     listing.set_defaults(func=_list)
     show = verbs.add_parser("show", parents=[common], help="one channel and its open rows")
     show.add_argument("id")
-    _flag(show, "--json", env="CHANNELS_JSON", help="JSON for scripts")
+    env_flag(show, "--json", env="CHANNELS_JSON", help="JSON for scripts")
     show.set_defaults(func=_show)
     for verb, text in (("add", "add a channel"), ("update", "change a channel's settings")):
         parser = verbs.add_parser(verb, parents=[common], help=text)
         parser.add_argument("id")
-        _add_settings(parser, verb)
-        _flag(parser, "--json", env="CHANNELS_JSON", help="JSON for scripts")
+        add_channel_settings(parser, verb)
+        env_flag(parser, "--json", env="CHANNELS_JSON", help="JSON for scripts")
         parser.set_defaults(func=_add if verb == "add" else _update)
     for verb, text in (
         ("disable", "stop sending: its rows wait, queued, with no attempt charged"),
@@ -54,7 +60,7 @@ def add_parsers(commands: _Parsers, common: argparse.ArgumentParser) -> None:
     ):
         parser = verbs.add_parser(verb, parents=[common], help=text)
         parser.add_argument("id")
-        _flag(parser, "--json", env="CHANNELS_JSON", help="JSON for scripts")
+        env_flag(parser, "--json", env="CHANNELS_JSON", help="JSON for scripts")
         parser.set_defaults(func=_enable if verb == "enable" else _disable)
     remove = verbs.add_parser(
         "remove",
@@ -62,13 +68,13 @@ def add_parsers(commands: _Parsers, common: argparse.ArgumentParser) -> None:
         help="delete a channel; refused while it has open rows unless --cancel-open",
     )
     remove.add_argument("id")
-    _flag(
+    env_flag(
         remove,
         "--cancel-open",
         env="CHANNELS_CANCEL_OPEN",
         help="cancel its queued and unknown rows first (disable it and let rows in flight end)",
     )
-    _flag(remove, "--json", env="CHANNELS_JSON", help="JSON for scripts")
+    env_flag(remove, "--json", env="CHANNELS_JSON", help="JSON for scripts")
     remove.set_defaults(func=_remove)
     keys.add_parsers(commands, common)
 
@@ -85,7 +91,7 @@ def _as_json(described: Described) -> dict[str, Any]:
 
 def _list(args: argparse.Namespace) -> int:
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        found = await _registry(engine).described()
+        found = await registry_store(engine).described()
         if args.json:
             print(json.dumps([_as_json(d) for d in found], indent=2))
             return EXIT_OK
@@ -108,7 +114,7 @@ def _show(args: argparse.Namespace) -> int:
     from outbox.db.inspection import InspectionStore
 
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        found = await _registry(engine).described(args.id)
+        found = await registry_store(engine).described(args.id)
         if not found:
             raise ChannelNotFound(f"no channel {args.id!r} in the registry")
         shown = _as_json(found[0])
@@ -136,12 +142,12 @@ def _done(args: argparse.Namespace, action: str, **extra: Any) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    plain, held = _plain(args), _held(args)
+    plain, held = plain_settings(args), held_settings(args)
     if "api_key" not in held:
         raise ConfigError("an API key is needed: --api-key-env, --api-key-file or --secrets-stdin")
 
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        registry = _registry(engine)
+        registry = registry_store(engine)
         existing = await registry.described(args.id)
         if existing:
             raise ChannelRefused(
@@ -155,12 +161,12 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    plain, held = _plain(args), _held(args)
+    plain, held = plain_settings(args), held_settings(args)
     if not plain and not held:
         raise ConfigError("nothing to change: give at least one setting")
 
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        await _registry(engine).update(args.id, plain, held)
+        await registry_store(engine).update(args.id, plain, held)
         return _done(args, "updated", changed=sorted([*plain, *held]))
 
     return with_engine(args, run)
@@ -176,7 +182,7 @@ def _disable(args: argparse.Namespace) -> int:
 
 def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        await _registry(engine).set_enabled(args.id, enabled)
+        await registry_store(engine).set_enabled(args.id, enabled)
         return _done(args, "enabled" if enabled else "disabled")
 
     return with_engine(args, run)
@@ -190,7 +196,7 @@ def _remove(args: argparse.Namespace) -> int:
     from outbox.services.operations import Cancel, Operations
 
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        registry = _registry(engine)
+        registry = registry_store(engine)
         inspection = InspectionStore(engine)
         if not await registry.described(args.id):
             raise ChannelNotFound(f"no channel {args.id!r} in the registry")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from outbox.cli.channel_options import _registry
+from outbox.cli.channel_options import registry_store
 from outbox.cli.runtime import EXIT_OK, with_engine
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def _generate(_: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        count = await _registry(engine).check_sealed()
+        count = await registry_store(engine).check_sealed()
         print(f"master keys open all {count} sealed credentials")
         return EXIT_OK
 
@@ -51,7 +51,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     async def run(engine: AsyncEngine, _: Settings) -> int:
-        registry = _registry(engine)
+        registry = registry_store(engine)
         await registry.check_sealed()  # every row opens before any is rewritten
         count = await registry.reseal()
         print(f"resealed {count} channels under the first master key; old keys may now go")
