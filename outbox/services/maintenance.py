@@ -27,6 +27,9 @@ REPLICA_LIVE = timedelta(seconds=30)
 # How often the statistics of `outbox.messages` are checked (and refreshed when they call the
 # table empty, migration 0026): within seconds of a bulk INSERT, not autovacuum's next visit.
 STATISTICS_EVERY = timedelta(seconds=10)
+# After the role turned out not to have EXECUTE: asked again this seldom (a GRANT takes effect
+# without a restart), and said once.
+STATISTICS_REFUSED_EVERY = timedelta(hours=1)
 _EXECUTE_HINT = 'grant EXECUTE ON FUNCTION outbox.refresh_statistics() (README "Database roles")'
 
 
@@ -50,7 +53,8 @@ class Maintenance:
         self._config = config
         self._statistics_every = max(1, round(STATISTICS_EVERY / config.maintenance_interval))
         self._ticks = 0
-        self._statistics = True  # False once the role turned out not to have EXECUTE on it
+        self._statistics_at = self._statistics_every  # the tick of the next check
+        self._statistics_refused = False
         # The heartbeat names the file's channels; the registry's are known from the registry
         # itself (the statement that fails rows reads it), in every replica alike.
         self._known = frozenset(c.id for c in channels)
@@ -107,23 +111,24 @@ class Maintenance:
         if repaired:
             log.info("outbox.order.heads_repaired", count=repaired)
         self._ticks += 1
-        if self._statistics and self._ticks % self._statistics_every == 0:
+        if self._ticks >= self._statistics_at:
             await self._refresh_statistics()
 
     async def _refresh_statistics(self) -> None:
         """Statistics that call the table empty make every plan pick its indexes blind (a
         claim walked a channel's every row per row it took): analyzed at once, not when
         autovacuum comes back (issue 16)."""
+        self._statistics_at = self._ticks + self._statistics_every
         try:
             live = await self._store.refresh_statistics()
         except StatementInvalid as exc:  # no EXECUTE (an upgrade not yet granted), or no 0026
-            self._statistics = False
-            log.warning(
-                "outbox.db.statistics_not_checked",
-                error=str(exc),
-                hint=_EXECUTE_HINT,
-            )
+            refused_every = STATISTICS_REFUSED_EVERY / self._config.maintenance_interval
+            self._statistics_at = self._ticks + max(1, round(refused_every))
+            if not self._statistics_refused:
+                self._statistics_refused = True
+                log.warning("outbox.db.statistics_not_checked", error=str(exc), hint=_EXECUTE_HINT)
             return
+        self._statistics_refused = False
         if live is not None:
             log.warning("outbox.db.statistics_refreshed", table="outbox.messages", rows=live)
 

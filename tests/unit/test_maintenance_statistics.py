@@ -83,13 +83,17 @@ async def test_a_refresh_is_logged_with_the_rows_the_table_holds() -> None:
     assert refreshed["rows"] == 120_000
 
 
-async def test_a_role_without_execute_is_told_once_and_housekeeping_goes_on() -> None:
+async def test_a_role_without_execute_is_told_once_asked_hourly_and_housekeeping_goes_on() -> None:
     store = _Store(refused=True)
-    maintenance = _maintenance(store)
+    maintenance = _maintenance(store)  # one tick a second
     with structlog.testing.capture_logs() as logs:
-        for _ in range(40):
+        for _ in range(3600 + 10):
             await maintenance.tick()  # never raises
-    assert store.checks == 1
-    assert store.rescues == 40
+        assert store.checks == 2  # at 10 s, then an hour later
+        store.refused = False  # the operator granted EXECUTE: no restart needed
+        for _ in range(3600 + 100):
+            await maintenance.tick()
+    assert store.checks == 2 + 1 + 10  # an hour after the second refusal, then every 10 s
+    assert store.rescues == 3610 + 3700
     [said] = [e for e in logs if e["event"] == "outbox.db.statistics_not_checked"]
     assert "EXECUTE" in said["hint"]
