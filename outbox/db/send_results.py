@@ -67,8 +67,8 @@ COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
             accepted_at = CASE WHEN r.state = 'accepted' THEN r.at ELSE m.accepted_at END,
             failed_at = CASE WHEN r.state = 'failed' THEN r.at ELSE m.failed_at END,
             claimed_by = NULL, lease_until = NULL, updated_at = now()
-        FROM r JOIN locked ON locked.id = r.id
-        WHERE m.id = ANY(ARRAY(SELECT id FROM locked)) AND m.id = r.id AND {HELD_BY_WORKER}
+        -- The locked rows by id; `locked` checked they are held, and they stay so (locked).
+        FROM r WHERE m.id = ANY(ARRAY(SELECT id FROM locked)) AND m.id = r.id
         RETURNING m.id, m.channel, m.wa_id, m.recipient, m.wamid, r.at, r.state, r.pace_until,
                   r.opt_out, r.pace_strike, r.error_code, r.error_title,
                   r.answer_wa_id, r.answer_bsuid
