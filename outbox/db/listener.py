@@ -50,7 +50,10 @@ class NotifyListener:
         log.warning("outbox.listener.disconnected", error=f"{type(exc).__name__}: {exc}")
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        connection = await asyncio.wait_for(connect(self._dsn, role="listener"), 10)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
+        # arrives as the awaited call completes, and the task would run on.
+        async with asyncio.timeout(10):
+            connection = await connect(self._dsn, role="listener")
         lost = asyncio.Event()
         try:
             connection.add_termination_listener(lambda _: lost.set())
@@ -63,13 +66,15 @@ class NotifyListener:
             while not stop.is_set() and not lost.is_set():
                 await wait_any(stop, lost, timeout=HEALTH_CHECK_SECONDS)
                 if not stop.is_set() and not lost.is_set():
-                    await asyncio.wait_for(connection.fetchval("SELECT 1"), HEALTH_CHECK_SECONDS)
+                    async with asyncio.timeout(HEALTH_CHECK_SECONDS):
+                        await connection.fetchval("SELECT 1")
             if lost.is_set() and not stop.is_set():
                 raise ConnectionError("listener connection terminated")
         finally:
             self.connected.clear()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 2)
+                async with asyncio.timeout(2):
+                    await connection.close()
 
     def _notified(self, _connection: Any, _pid: int, channel: str, _payload: str) -> None:
         self._callbacks[channel]()

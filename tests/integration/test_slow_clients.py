@@ -56,6 +56,7 @@ class Attacker:
     def __init__(self, port: int) -> None:
         self.port = port
         self.opened = 0
+        self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -63,12 +64,17 @@ class Attacker:
         self.tasks = [asyncio.create_task(self._hold(kind)) for kind in kinds]
 
     async def stop(self) -> None:
+        # The flag as well as the cancellation: a holder whose read completes in the loop
+        # iteration that cancels it must still end (on Python 3.11 `asyncio.wait_for` returned
+        # the read and dropped the cancellation: the stop then waited forever).
+        self.stopping = True
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        async with asyncio.timeout(10):
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _hold(self, kind: str) -> None:
-        while True:
+        while not self.stopping:
             writer = None
             try:
                 reader, writer = await asyncio.open_connection(
@@ -83,12 +89,13 @@ class Attacker:
                         + f"Authorization: {AUTH}\r\n".encode()
                         + b"Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{"
                     )
-                while not reader.at_eof():
+                while not reader.at_eof() and not self.stopping:
                     if kind == "slow":
                         writer.write(b" ")  # one byte a second: the body never ends in time
                     await writer.drain()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(reader.read(4096), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await reader.read(4096)
             except OSError:
                 pass
             finally:
