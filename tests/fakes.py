@@ -176,7 +176,8 @@ class InMemoryMessageStore:
         granted, after = ratelimit.take(bucket, limit)
         if granted == 0:
             return Claim([], ratelimit.wait_time(bucket, limits), rate, epoch)
-        picked = self._pick(channel, granted, ratelimit.replay_quota(granted, limits, self._rand()))
+        quota = ratelimit.replay_quota(granted, limits, self._rand())
+        picked, more = self._pick(channel, granted, quota)
         for row in picked:
             row.state, row.claimed_by, row.attempts = State.SENDING, worker, row.attempts + 1
             row.lease_until = now + lease
@@ -197,9 +198,10 @@ class InMemoryMessageStore:
         if template_scope is not None:  # no registry here; the marketing hold only
             hold = state.marketing_hold_until
             claimed = [replace(m, marketing_hold_until=hold) for m in claimed]
-        return Claim(claimed, wait, rate, epoch)
+        return Claim(claimed, wait, rate, epoch, more=more)
 
-    def _pick(self, channel: str, limit: int, replay_quota: int) -> list[Row]:
+    def _pick(self, channel: str, limit: int, replay_quota: int) -> tuple[list[Row], bool]:
+        """The rows to claim, and whether more were ready (as the claim statement tells)."""
         now = self._clock()
         heads: dict[str, Row] = {}  # each recipient's oldest open row: the only one claimable
         for row in sorted(self.rows.values(), key=lambda r: r.id):
@@ -221,7 +223,8 @@ class InMemoryMessageStore:
         lanes = [(0 if i < replay_quota else 2, r) for i, r in enumerate(replayed)]
         lanes += [(1, r) for r in live + due if r.replayed_at is None]
         lanes.sort(key=lambda lane: (lane[0], *best(lane[1])))
-        return sorted((r for _, r in lanes[:limit]), key=best)
+        more = len(lanes) > limit or len([r for r in fresh if r.replayed_at is None]) > limit
+        return sorted((r for _, r in lanes[:limit]), key=best), more
 
     def _claimed(self, row: Row) -> ClaimedMessage:
         return ClaimedMessage(

@@ -49,6 +49,7 @@ class ClaimedRow(NamedTuple):
     sent_as: str | None
     last_inbound_at: datetime | None
     last_error: str | None
+    more: bool  # the channel has more rows ready than the claim was granted
 
 
 async def read_claimed(

@@ -49,12 +49,15 @@ async def claim_many(
     locked = await lock_buckets(connection, {r.channel: r.limits for r in requests})
     claims: dict[str, Claim] = {}
     grants: dict[bool, list[Grant]] = {False: [], True: []}
+    taken: dict[str, tuple[int, ratelimit.Bucket]] = {}  # tokens granted, the bucket after
     for request in requests:
-        claim, grant = _grant(locked[request.channel], request, rand)
-        if grant is None:
+        claim, given = _grant(locked[request.channel], request, rand)
+        if given is None:
             claims[request.channel] = claim
         else:
+            grant, after = given
             grants[request.limits.paced].append(grant)
+            taken[request.channel] = grant[1], after
     rows: list[ClaimedRow] = []
     params = {"worker": worker, "lease_seconds": lease.total_seconds()}
     for paced, granted in grants.items():
@@ -71,6 +74,7 @@ async def claim_many(
     by_channel: dict[str, list[ClaimedMessage]] = {}
     for message in messages:
         by_channel.setdefault(message.channel, []).append(message)
+    more = {row.channel for row in rows if row.more}
     for request in requests:
         if request.channel not in claims:
             got, lock = by_channel.get(request.channel, []), locked[request.channel]
@@ -80,15 +84,16 @@ async def claim_many(
                     connection, request.template_scope, got, lock.marketing_hold_until
                 )
                 got, held = await hold(connection, got, lock.now, request.limits)
-            claims[request.channel] = _spent(lock, request, got, held)
+            taken_now, more_now = taken[request.channel], request.channel in more
+            claims[request.channel] = _spent(lock, request, taken_now, got, held, more=more_now)
     return claims
 
 
 def _grant(
     locked: Locked, request: ClaimRequest, rand: Callable[[], float]
-) -> tuple[Claim, Grant | None]:
+) -> tuple[Claim, tuple[Grant, ratelimit.Bucket] | None]:
     """What the channel's bucket grants: a claim with no rows (held, paused or no token), or
-    the row of `GRANTS` to claim with."""
+    the row of `GRANTS` to claim with and the bucket without the tokens granted."""
     bucket, limits, now = locked.bucket, request.limits, locked.now
     rate, epoch = bucket.effective_rate(limits), locked.pause_epoch
     if locked.blocked_until is not None and locked.blocked_until > now:
@@ -101,19 +106,27 @@ def _grant(
         *(request.channel, granted, quota, limits.burst),
         *(after.tokens, after.rate, after.refilled_at),
     )
-    return Claim([], None, rate, epoch), grant
+    return Claim([], None, rate, epoch), (grant, after)
 
 
 def _spent(
-    locked: Locked, request: ClaimRequest, messages: list[ClaimedMessage], held: Held
+    locked: Locked,
+    request: ClaimRequest,
+    taken: tuple[int, ratelimit.Bucket],
+    messages: list[ClaimedMessage],
+    held: Held,
+    *,
+    more: bool,
 ) -> Claim:
-    """The claim of a channel that was granted tokens: unused ones went back (the statement's
-    `spent`); the wait is for the next token when every granted one was used. Rows held back
-    gave their tokens back too: the channel may claim again at once."""
+    """The claim of a channel that was granted tokens (`taken`: how many, and the bucket
+    without them): unused ones went back (the statement's `spent`); the wait is for the next
+    token when every granted one was used. Rows held back gave their tokens back too: the
+    channel may claim again at once. `more`: it had more rows ready than it was granted."""
     bucket, limits = locked.bucket, request.limits
+    rate, epoch = bucket.effective_rate(limits), locked.pause_epoch
     if held:
-        return Claim(messages, 0.0, bucket.effective_rate(limits), locked.pause_epoch, held)
-    granted, after = ratelimit.take(bucket, request.limit)
+        return Claim(messages, 0.0, rate, epoch, held, more)
+    granted, after = taken
     spent = ratelimit.give_back(after, granted - len(messages), limits)
     wait = ratelimit.wait_time(spent, limits) if len(messages) == granted else None
-    return Claim(messages, wait, bucket.effective_rate(limits), locked.pause_epoch)
+    return Claim(messages, wait, rate, epoch, more=more)

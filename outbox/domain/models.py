@@ -80,6 +80,9 @@ class Claim:
     # Issue 18: rows the claim held back with no request (a paused template; marketing while
     # the channel's is held), already written back, with their results, for logs and metrics.
     held: list[tuple[ClaimedMessage, SendResult]] = field(default_factory=list)
+    # The channel had more rows ready than it was granted: worth claiming again before asking
+    # which channels are due (issue 16).
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)

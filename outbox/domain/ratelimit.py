@@ -9,7 +9,7 @@ decrease) and climbs back linearly (additive increase), never above the configur
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 # Readings this far behind the bucket's last refill are the ordinary disorder of statements
@@ -66,7 +66,7 @@ def refill(
     of 10 s or more undid a halving before the first claim after it).
     """
     if now < bucket.refilled_at - CLOCK_STEP_BACK:
-        return replace(bucket, refilled_at=now)
+        return Bucket(bucket.tokens, now, bucket.rate)
     start = bucket.refilled_at if held_until is None else max(bucket.refilled_at, held_until)
     # max(): a reading slightly behind must neither drain the bucket nor slow it down.
     elapsed = max(0.0, (now - start).total_seconds())
@@ -77,14 +77,17 @@ def refill(
     return Bucket(tokens, max(now, bucket.refilled_at), new_rate)
 
 
+# The constructor, not dataclasses.replace, on the claim's path: replace() costs some 4 us a
+# call, and a claim over 10,000 channels makes three per channel (issue 16).
 def take(bucket: Bucket, wanted: int) -> tuple[int, Bucket]:
     """Whole tokens for up to `wanted` rows, and the bucket without them."""
     granted = max(0, min(wanted, math.floor(bucket.tokens)))
-    return granted, replace(bucket, tokens=bucket.tokens - granted)
+    return granted, Bucket(bucket.tokens - granted, bucket.refilled_at, bucket.rate)
 
 
 def give_back(bucket: Bucket, unused: int, limits: Limits) -> Bucket:
-    return replace(bucket, tokens=min(limits.burst, bucket.tokens + max(0, unused)))
+    tokens = min(limits.burst, bucket.tokens + max(0, unused))
+    return Bucket(tokens, bucket.refilled_at, bucket.rate)
 
 
 def wait_time(bucket: Bucket, limits: Limits) -> float:
@@ -96,7 +99,7 @@ def wait_time(bucket: Bucket, limits: Limits) -> float:
 def slow_down(bucket: Bucket, limits: Limits) -> Bucket:
     """A throttling answer: cut the effective rate, and spend what the bucket held."""
     rate = max(limits.floor * limits.rate, bucket.effective_rate(limits) * limits.decrease)
-    return replace(bucket, tokens=min(bucket.tokens, 0.0), rate=rate)
+    return Bucket(min(bucket.tokens, 0.0), bucket.refilled_at, rate)
 
 
 def same_throttle(now: datetime, slowed_at: datetime | None, held_until: datetime | None) -> bool:

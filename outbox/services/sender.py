@@ -217,7 +217,7 @@ class Sender:
             claim = claims[request.channel]
             claimed += self._started(known[request.channel], claim, probe=request.channel in probes)
             retry_in = sooner(retry_in, claim.wait)
-            if len(claim.messages) == request.limit:
+            if claim.more:
                 self._slots.hot.append(request.channel)
         return claimed, retry_in
 

@@ -18,6 +18,7 @@ from outbox.db import claim as store_module
 from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.messages import MessageStore
 from outbox.domain.ratelimit import Limits
+from outbox.ports import ClaimRequest
 from tests.support import enqueue_in_window as enqueue
 from tests.support import fetch
 
@@ -123,6 +124,30 @@ async def test_one_claim_takes_one_row_per_recipient_and_the_next_claim_none(
     store = MessageStore(engine)
     assert len((await store.claim("c", 10, "w1", LEASE, LIMITS)).messages) == 1
     assert (await store.claim("c", 10, "w2", LEASE, LIMITS)).messages == []
+
+
+async def test_a_claim_tells_whether_its_channel_has_more_rows_ready(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """`more`: the channel had more claimable rows than it was granted. The row read past the
+    grant to tell is not claimed: the next claim takes it."""
+    await enqueue(db_url, 3, channel="a")
+    await enqueue(db_url, 2, after=10, channel="b")
+    # Two rows to one recipient: the second is not claimable while the first is open.
+    await _seed(db_url, [("c1", A, "queued", {}), ("c2", A, "queued", {})])
+    store, limits = MessageStore(engine), {"a": LIMITS, "b": LIMITS, "c": LIMITS}
+    first = await store.claim_many(
+        [ClaimRequest(channel, 2, limit) for channel, limit in limits.items()], "w", LEASE
+    )
+    assert {channel: (len(c.messages), c.more) for channel, c in first.items()} == {
+        "a": (2, True),
+        "b": (2, False),
+        "c": (1, False),
+    }
+    [[queued]] = await fetch(db_url, "SELECT count(*) FROM outbox.messages WHERE state = 'queued'")
+    assert queued == 2  # a's third row and c's second
+    again = await store.claim_many([ClaimRequest("a", 2, LIMITS)], "w", LEASE)
+    assert (len(again["a"].messages), again["a"].more) == (1, False)
 
 
 async def test_claim_reports_the_window_and_the_planned_form(

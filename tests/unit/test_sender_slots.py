@@ -184,6 +184,40 @@ async def test_a_backlog_s_rounds_skip_most_looks_for_due_channels(
     assert store.lookups_in_backlog == 1, (store.due_lookups, len(store.claim_sizes))
 
 
+class _EmptyClaimsStore(InMemoryMessageStore):
+    """Counts the channels a claim asked rows of and got none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.empty = 0
+        self.claimed = 0
+
+    async def claim_many(
+        self, requests: Sequence[ClaimRequest], worker: str, lease: timedelta, **kw: Any
+    ) -> dict[str, Claim]:
+        claims = await super().claim_many(requests, worker, lease, **kw)
+        self.empty += sum(1 for claim in claims.values() if not claim.messages)
+        self.claimed += sum(1 for claim in claims.values() if claim.messages)
+        return claims
+
+
+async def test_a_channel_its_claim_emptied_is_not_claimed_again_unasked() -> None:
+    """Issue 16: 20,000 rows over 10,000 channels, two a channel, each claim taking one: a
+    channel whose claim got all it asked for was claimed again without asking which channels
+    are due, also when that claim had taken its last row, and a third of the rounds came back
+    empty. Only a claim that saw more rows ready than it was granted (`Claim.more`) says so."""
+    store, api = _EmptyClaimsStore(), _CountingApi()
+    channels = [_channel(f"c{n:02}") for n in range(20)]
+    for n, channel in enumerate(channels):
+        _add(store, channel.id, 2, first=100 * n)
+    config = SenderConfig(max_in_flight=20, batch_size=20, poll_interval=timedelta(seconds=30))
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
+    assert len(api.requests) == 40
+    assert store.claimed == 40  # one row a claim: each channel's share of 20 slots is one
+    assert store.empty == 0
+
+
 async def test_a_clock_that_does_not_move_never_leaves_other_channels_unlooked_for() -> None:
     """Rounds skip the due lookup while a channel's claims are full, for HOT_FOR seconds or
     HOT_ROUNDS rounds, whichever ends first: rows that arrive on another channel meanwhile are
