@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from outbox.domain.models import State
 from outbox.domain.report import Report
 from outbox.metrics_accounts import AccountMetrics
+from outbox.metrics_channels import ChannelSeries, Sampled
 from outbox.metrics_latency import DEFAULT_BY_CHANNEL, LatencyMetrics
 from outbox.metrics_policy import PolicyMetrics
 from outbox.ports import Sample, Settled
@@ -18,7 +18,6 @@ from outbox.ports import Sample, Settled
 if TYPE_CHECKING:
     from outbox.ports import Attempt
 
-BACKLOG_STATES = (State.QUEUED.value, State.SENDING.value, State.UNKNOWN.value)
 # Issue 19: the label every channel string this process has not configured is counted under,
 # whatever a producer wrote (labels stay bounded and carry no producer text).
 UNKNOWN_CHANNEL = "(unknown)"
@@ -37,19 +36,6 @@ class Metrics:
             "Send attempts by channel, the state they left the row in, and the error class "
             "(none, network, invalid, expired, or the API error's class).",
             ["channel", "outcome", "error_class"],
-            registry=registry,
-        )
-        self.channel_paused = Gauge(
-            "outbox_channel_paused",
-            "1 while a channel is paused by a circuit breaker: its shared pause, as every "
-            "replica reads it, and at once in the replica that paused it.",
-            ["channel"],
-            registry=registry,
-        )
-        self.channel_rate = Gauge(
-            "outbox_channel_rate_per_second",
-            "A channel's effective send rate: the configured one, or less after throttling.",
-            ["channel"],
             registry=registry,
         )
         self.webhooks = Counter(
@@ -88,25 +74,8 @@ class Metrics:
             registry=registry,
         )
         # Read from the database every [metrics] sample_interval; the same on every replica.
-        self.backlog = Gauge(
-            "outbox_backlog_messages",
-            "Rows per channel in the states still to be settled: queued, sending, unknown.",
-            ["channel", "state"],
-            registry=registry,
-        )
-        self.oldest_due = Gauge(
-            "outbox_oldest_due_age_seconds",
-            "How long the oldest due queued row of a channel has waited (0: none waits).",
-            ["channel"],
-            registry=registry,
-        )
-        self.dlr_missing = Gauge(
-            "outbox_dlr_missing_messages",
-            "Rows accepted more than [metrics] dlr_missing_after ago (within dlr_lookback) "
-            "with no delivery status yet.",
-            ["channel"],
-            registry=registry,
-        )
+        # Backlog, oldest due, DLR missing and paused are per channel: `ChannelSeries`.
+        self.channels = ChannelSeries(registry)
         self.reconciler_lag = Gauge(
             "outbox_reconciler_lag_seconds",
             "Age of the oldest webhook row not yet processed (0: none waits).",
@@ -154,14 +123,14 @@ class Metrics:
         self.accounts = AccountMetrics(registry)
         self._channels: tuple[str, ...] = ()
         self._known: frozenset[str] = frozenset()
-        self.policy = PolicyMetrics(registry)  # issue 18
+        self.policy = PolicyMetrics(registry, self.channels)  # issue 18
 
     def know_channels(self, channels: Iterable[str]) -> None:
         """Channels whose per-channel gauges read 0 rather than nothing when idle; every other
         channel string is counted under UNKNOWN_CHANNEL."""
         self._channels = tuple(channels)
         self._known = frozenset(self._channels)
-        self.policy.know_channels(self._channels)
+        self.channels.know_channels(self._channels)
         self.latency.know_channels(self._channels)
 
     def _label(self, channel: str) -> str:
@@ -211,29 +180,23 @@ class Metrics:
         self.policy.sent(attempt)
 
     def rate(self, channel: str, per_second: float) -> None:
-        self._child(self.channel_rate, channel).set(per_second)
+        self.channels.rate(channel, per_second)
 
     def paused(self, channel: str, paused: bool) -> None:
-        self.channel_paused.labels(channel).set(1 if paused else 0)
+        self.channels.paused(channel, paused)
 
     def sampled(self, sample: Sample) -> None:
-        # Cleared and refilled within one step of the event loop, so no scrape sees a gap;
-        # channels that went quiet read 0 instead of keeping a stale value.
-        backlog = dict.fromkeys(((c, st) for c in self._channels for st in BACKLOG_STATES), 0.0)
+        # Each read replaces the last whole, so channels that went quiet read 0 instead of
+        # keeping a stale value. The breaker sets `paused` at once in the process that trips
+        # it; the shared row is the truth every replica reports, also after that one died.
+        backlog: dict[tuple[str, str], float] = {}
         for (channel, state), count in sample.backlog.items():
-            label = self._label(channel)
-            for each in BACKLOG_STATES:
-                backlog.setdefault((label, each), 0.0)
-            backlog[label, state] += count
-        self.backlog.clear()
-        for (channel, state), rows in backlog.items():
-            self.backlog.labels(channel, state).set(rows)
-        _set_all(self.oldest_due, self._channels, self._folded(sample.oldest_due_seconds, max))
-        _set_all(self.dlr_missing, self._channels, self._folded(sample.dlr_missing, sum))
-        _set_all(self.dead_tuples, (), sample.dead_tuples)
-        # The breaker sets the gauge at once in the process that trips it; the shared row is
-        # the truth every replica reports, also after the pausing replica died.
-        _set_all(self.channel_paused, self._channels, dict.fromkeys(sample.paused_channels, 1))
+            key = (self._label(channel), state)
+            backlog[key] = backlog.get(key, 0.0) + count
+        oldest_due = self._folded(sample.oldest_due_seconds, max)
+        dlr_missing = self._folded(sample.dlr_missing, sum)
+        self.channels.sampled(Sampled(backlog, oldest_due, dlr_missing), sample.paused_channels)
+        _set_all(self.dead_tuples, sample.dead_tuples)
         self.reconciler_lag.set(sample.reconciler_lag_seconds)
         self.unprocessed_webhooks.set(sample.unprocessed_webhooks)
         self.parked.set(sample.parked_statuses)
@@ -260,7 +223,7 @@ class Metrics:
         self.sample_errors.inc()
 
 
-def _set_all(gauge: Gauge, known: Iterable[str], values: Mapping[str, float]) -> None:
+def _set_all(gauge: Gauge, values: Mapping[str, float]) -> None:
     gauge.clear()
-    for label in set(known) | values.keys():
-        gauge.labels(label).set(values.get(label, 0))
+    for label, value in values.items():
+        gauge.labels(label).set(value)

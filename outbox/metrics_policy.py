@@ -3,27 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from prometheus_client import CollectorRegistry, Counter
 
 from outbox.domain.report import Report
+from outbox.metrics_channels import ChannelSeries
 from outbox.ports import Attempt
 
 
 class PolicyMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, channels: ChannelSeries) -> None:
         self.message_status = Counter(
             "outbox_send_message_status",
             "Accepted sends by the answer's messages[].message_status (accepted, "
             "held_for_quality_assessment, paused; none when the answer had none).",
             ["channel", "status"],
-            registry=registry,
-        )
-        self.opt_outs = Counter(
-            "outbox_marketing_opt_outs",
-            "Marketing opt-outs recorded from 131050, by where it came from (answer, status).",
-            ["channel", "via"],
             registry=registry,
         )
         self.billable = Counter(
@@ -33,20 +26,9 @@ class PolicyMetrics:
             ["channel", "category", "type"],
             registry=registry,
         )
-        self.category_mismatch = Counter(
-            "outbox_category_mismatch",
-            "Messages Meta billed under another category than the template registry holds.",
-            ["channel"],
-            registry=registry,
-        )
-
-    def know_channels(self, channels: Iterable[str]) -> None:
-        """Rare events' series start at 0 for every channel, so a rate over them is defined
-        (and an alert on them fires on the first one) before any has happened."""
-        for channel in channels:
-            for via in ("answer", "status"):
-                self.opt_outs.labels(channel, via)
-            self.category_mismatch.labels(channel)
+        # Opt-outs and category mismatches read 0 for every channel before the first one, so a
+        # rate over them is defined (and an alert fires on the first): `ChannelSeries`.
+        self._channels = channels
 
     def sent(self, attempt: Attempt) -> None:
         result = attempt.result
@@ -54,11 +36,11 @@ class PolicyMetrics:
             status = result.message_status or "none"
             self.message_status.labels(attempt.channel, status).inc()
         if result.opt_out:
-            self.opt_outs.labels(attempt.channel, "answer").inc()
+            self._channels.opted_out(attempt.channel, "answer")
 
     def reconciled(self, report: Report) -> None:
         for channel, count in report.opted_out.items():
-            self.opt_outs.labels(channel, "status").inc(count)
+            self._channels.opted_out(channel, "status", count)
         for priced in report.priced:
             if not priced.first:
                 continue  # counted when its first pricing came
@@ -67,4 +49,4 @@ class PolicyMetrics:
                 labels = (priced.channel, pricing.category or "none", pricing.type or "none")
                 self.billable.labels(*labels).inc()
             if priced.mismatched:
-                self.category_mismatch.labels(priced.channel).inc()
+                self._channels.mismatched(priced.channel)

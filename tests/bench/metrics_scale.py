@@ -3,9 +3,10 @@
     python -m tests.bench.metrics_scale [--channels 1000,10000] [--limits 1000000,100]
 
 For each channel count and `[metrics] channel_histograms` limit, in a fresh process: one
-`Metrics` that knows the channels, one observation per channel in each latency histogram and
-one send counted; then the memory that took (peak RSS growth) and one scrape's render time,
-size and lines.
+`Metrics` that knows the channels, one refresh of the database gauges (an idle queue: every
+channel reads 0; it runs in the event loop, so its time is time the sender stands still), one
+observation per channel in each latency histogram, one send counted and one rate set; then the
+memory that took (peak RSS growth) and one scrape's render time, size and lines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from outbox.metrics import Metrics
+from outbox.ports import Sample
 
 
 def _one(channels: int, limit: int) -> str:
@@ -26,6 +28,9 @@ def _one(channels: int, limit: int) -> str:
     metrics = Metrics(CollectorRegistry(), limit)
     names = [f"c{n:05d}" for n in range(channels)]
     metrics.know_channels(names)
+    began = time.perf_counter()
+    metrics.sampled(Sample())
+    refreshed = time.perf_counter() - began
     latency = metrics.latency
     histograms = (latency.api_latency, latency.claim_to_request, latency.insert_to_accepted)
     for name in names:
@@ -33,12 +38,14 @@ def _one(channels: int, limit: int) -> str:
             latency._child(histogram, name).observe(0.1)
         latency.delivered(name, 1.0)
         metrics._child(metrics.sends, name, "accepted", "none").inc()
+        metrics.rate(name, 80.0)
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     started = time.perf_counter()
     text = generate_latest(metrics.registry)
     took = time.perf_counter() - started
     return (
         f"{channels:>8,} channels, channel_histograms={limit:<9,}: +{grown:4.0f} MB, "
+        f"refresh {refreshed * 1000:5,.0f} ms, "
         f"render {took * 1000:6,.0f} ms, {len(text) / 1e6:5.1f} MB, {text.count(10):,} lines"
     )
 
