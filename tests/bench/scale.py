@@ -85,7 +85,9 @@ def channel_id(n: int) -> str:
 
 
 def write_config(path: Path, dsn: str, api: str, channels: int) -> None:
-    """Sender defaults (200 in flight); rate limits far above the load."""
+    """Sender defaults (200 in flight); rate limits far above the load. The sender serves its
+    metrics (`admin_listen`), as one in production does: its gauges are refreshed from the
+    database every `sample_interval`, whose cost grows with the channels."""
     entries = "".join(
         f"""
 [[channels]]
@@ -97,7 +99,8 @@ rate_per_second = 1000000
 """
         for n in range(channels)
     )
-    path.write_text(f'database_url = {json.dumps(dsn)}\nlog_level = "warning"\n{entries}')
+    head = f'database_url = {json.dumps(dsn)}\nlog_level = "warning"\n'
+    path.write_text(f'{head}\n[http]\nadmin_listen = "127.0.0.1:0"\n{entries}')
 
 
 def _cpu_seconds(pid: int) -> float:
