@@ -40,7 +40,9 @@ class Sampled:
 class ChannelSeries(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self._channels: tuple[str, ...] = ()
-        self._sampled = Sampled()
+        # None until the first read: a process whose role may not read the queue (a receiver
+        # on outbox_web's grants) exports no database gauges rather than zeros.
+        self._sampled: Sampled | None = None
         self._paused: dict[str, float] = {}
         self._opt_outs: dict[tuple[str, str], float] = {}
         self._mismatches: dict[str, float] = {}
@@ -68,7 +70,10 @@ class ChannelSeries(Collector):
         self._rates[channel] = per_second
 
     def collect(self) -> Iterator[Metric]:
-        channels, sampled, paused = self._channels, self._sampled, dict(self._paused)
+        sampled, paused = self._sampled, dict(self._paused)
+        # Before the first read, only what the breaker set at once.
+        channels = self._channels if sampled is not None else ()
+        sampled = sampled or Sampled()
         backlog = GaugeMetricFamily(
             "outbox_backlog_messages",
             "Rows per channel in the states still to be settled: queued, sending, unknown.",
@@ -98,6 +103,7 @@ class ChannelSeries(Collector):
             channels,
             paused,
         )
+        channels = self._channels
         opt_outs = dict(self._opt_outs)
         counter = CounterMetricFamily(
             "outbox_marketing_opt_outs",

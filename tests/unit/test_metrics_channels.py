@@ -75,6 +75,20 @@ def test_a_refresh_replaces_the_last_read_and_folds_unconfigured_channels() -> N
     assert f'channel="{UNKNOWN_CHANNEL}"' not in text
 
 
+def test_no_database_gauges_before_the_first_read() -> None:
+    """A receiver on outbox_web's grants may not read the queue: its sampler stops, and its
+    /metrics must not show the queue's gauges as zeros. The rare-event counters read 0."""
+    metrics = Metrics(CollectorRegistry())
+    metrics.know_channels(["a", "b"])
+    metrics.paused("b", True)  # the breaker, at once
+    text = generate_latest(metrics.registry).decode()
+    assert "outbox_backlog_messages{" not in text
+    assert "outbox_oldest_due_age_seconds{" not in text
+    assert 'outbox_channel_paused{channel="a"}' not in text
+    assert _value(text, 'outbox_channel_paused{channel="b"}') == 1
+    assert _value(text, 'outbox_category_mismatch_total{channel="a"}') == 0
+
+
 def test_scrapes_on_a_worker_thread_while_the_loop_adds_series() -> None:
     """/metrics renders on a worker thread; counters and rates gain channels meanwhile."""
     metrics = Metrics(CollectorRegistry())
