@@ -70,40 +70,39 @@ class ChannelSeries(Collector):
         self._rates[channel] = per_second
 
     def collect(self) -> Iterator[Metric]:
-        sampled, paused = self._sampled, dict(self._paused)
+        sampled, paused, channels = self._sampled, dict(self._paused), self._channels
         # Before the first read, only what the breaker set at once.
-        channels = self._channels if sampled is not None else ()
+        read = channels if sampled is not None else ()
         sampled = sampled or Sampled()
         backlog = GaugeMetricFamily(
             "outbox_backlog_messages",
             "Rows per channel in the states still to be settled: queued, sending, unknown.",
             labels=["channel", "state"],
         )
-        for channel in _labels(channels, (c for c, _ in sampled.backlog)):
+        for channel in _labels(read, (c for c, _ in sampled.backlog)):
             for state in BACKLOG_STATES:
                 backlog.add_metric([channel, state], sampled.backlog.get((channel, state), 0.0))
         yield backlog
         yield _gauge(
             "outbox_oldest_due_age_seconds",
             "How long the oldest due queued row of a channel has waited (0: none waits).",
-            channels,
+            read,
             sampled.oldest_due,
         )
         yield _gauge(
             "outbox_dlr_missing_messages",
             "Rows accepted more than [metrics] dlr_missing_after ago (within dlr_lookback) "
             "with no delivery status yet.",
-            channels,
+            read,
             sampled.dlr_missing,
         )
         yield _gauge(
             "outbox_channel_paused",
             "1 while a channel is paused by a circuit breaker: its shared pause, as every "
             "replica reads it, and at once in the replica that paused it.",
-            channels,
+            read,
             paused,
         )
-        channels = self._channels
         opt_outs = dict(self._opt_outs)
         counter = CounterMetricFamily(
             "outbox_marketing_opt_outs",

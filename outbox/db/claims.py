@@ -51,9 +51,9 @@ async def claim_many(
     grants: dict[bool, list[Grant]] = {False: [], True: []}
     taken: dict[str, tuple[int, ratelimit.Bucket]] = {}  # tokens granted, the bucket after
     for request in requests:
-        claim, given = _grant(locked[request.channel], request, rand)
-        if given is None:
-            claims[request.channel] = claim
+        given = _grant(locked[request.channel], request, rand)
+        if isinstance(given, Claim):
+            claims[request.channel] = given
         else:
             grant, after = given
             grants[request.limits.paced].append(grant)
@@ -84,29 +84,30 @@ async def claim_many(
                     connection, request.template_scope, got, lock.marketing_hold_until
                 )
                 got, held = await hold(connection, got, lock.now, request.limits)
-            taken_now, more_now = taken[request.channel], request.channel in more
-            claims[request.channel] = _spent(lock, request, taken_now, got, held, more=more_now)
+            claims[request.channel] = _spent(
+                lock, request, taken[request.channel], got, held, more=request.channel in more
+            )
     return claims
 
 
 def _grant(
     locked: Locked, request: ClaimRequest, rand: Callable[[], float]
-) -> tuple[Claim, tuple[Grant, ratelimit.Bucket] | None]:
+) -> Claim | tuple[Grant, ratelimit.Bucket]:
     """What the channel's bucket grants: a claim with no rows (held, paused or no token), or
     the row of `GRANTS` to claim with and the bucket without the tokens granted."""
     bucket, limits, now = locked.bucket, request.limits, locked.now
     rate, epoch = bucket.effective_rate(limits), locked.pause_epoch
     if locked.blocked_until is not None and locked.blocked_until > now:
-        return Claim([], (locked.blocked_until - now).total_seconds(), rate, epoch), None
+        return Claim([], (locked.blocked_until - now).total_seconds(), rate, epoch)
     granted, after = ratelimit.take(bucket, request.limit)
     if granted == 0:
-        return Claim([], ratelimit.wait_time(bucket, limits), rate, epoch), None
+        return Claim([], ratelimit.wait_time(bucket, limits), rate, epoch)
     quota = ratelimit.replay_quota(granted, limits, rand())
     grant: Grant = (
         *(request.channel, granted, quota, limits.burst),
         *(after.tokens, after.rate, after.refilled_at),
     )
-    return Claim([], None, rate, epoch), (grant, after)
+    return grant, after
 
 
 def _spent(
