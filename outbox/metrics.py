@@ -74,7 +74,7 @@ class Metrics:
             registry=registry,
         )
         # Read from the database every [metrics] sample_interval; the same on every replica.
-        # Backlog, oldest due, DLR missing and paused are per channel: `ChannelSeries`.
+        # Per channel (backlog, oldest due, DLR missing, paused; the rate): `ChannelSeries`.
         self.channels = ChannelSeries(registry)
         self.reconciler_lag = Gauge(
             "outbox_reconciler_lag_seconds",
@@ -121,17 +121,16 @@ class Metrics:
         )
         # --- partner endpoint and account events (issue 18 §4 §5) ---
         self.accounts = AccountMetrics(registry)
-        self._channels: tuple[str, ...] = ()
         self._known: frozenset[str] = frozenset()
         self.policy = PolicyMetrics(registry, self.channels)  # issue 18
 
     def know_channels(self, channels: Iterable[str]) -> None:
         """Channels whose per-channel gauges read 0 rather than nothing when idle; every other
         channel string is counted under UNKNOWN_CHANNEL."""
-        self._channels = tuple(channels)
-        self._known = frozenset(self._channels)
-        self.channels.know_channels(self._channels)
-        self.latency.know_channels(self._channels)
+        listed = tuple(channels)
+        self._known = frozenset(listed)
+        self.channels.know_channels(listed)
+        self.latency.know_channels(listed)
 
     def _label(self, channel: str) -> str:
         return channel if channel in self._known else UNKNOWN_CHANNEL
