@@ -6,7 +6,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from outbox.domain.report import Report
 from outbox.metrics_accounts import AccountMetrics
@@ -28,6 +35,11 @@ class Metrics:
         self, registry: CollectorRegistry, channel_histograms: int = DEFAULT_BY_CHANNEL
     ) -> None:
         self.registry = registry
+        # What every Python exporter shows by default (the process's CPU, memory and open
+        # files; the collector's runs per generation), which an injected registry lacks.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.latency = LatencyMetrics(registry, channel_histograms)
         # Label children looked up once, not per message: sends are the hot path.
         self._children: dict[tuple[object, ...], Any] = {}

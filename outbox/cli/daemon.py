@@ -10,7 +10,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from outbox.cli import as_json
-from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, run_async, settings
+from outbox.cli.runtime import (
+    EXIT_ERROR,
+    EXIT_OK,
+    collect_for_a_daemon,
+    env_default,
+    freeze_startup,
+    run_async,
+    settings,
+)
 from outbox.errors import ConfigError, DatabaseError, OutboxError
 
 if TYPE_CHECKING:
@@ -50,6 +58,7 @@ def add_parsers(
 
 
 def _run(args: argparse.Namespace) -> int:
+    collect_for_a_daemon()  # before the imports: they are start-up's largest part
     from outbox import app
     from outbox.config_loader import load_settings
 
@@ -70,7 +79,9 @@ def _run(args: argparse.Namespace) -> int:
         return load_settings(args.config, need_channels=False, api_keys=sends)
 
     async def main(stop: asyncio.Event) -> int:
-        await app.run(loaded, stop, roles=roles, reload=reload)
+        await app.run(
+            loaded, stop, roles=roles, reload=reload, on_started=lambda _: freeze_startup()
+        )
         return EXIT_OK
 
     return run_async(main)

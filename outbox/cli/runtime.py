@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
     from outbox.config import Settings
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+# Issue 16: CPython collects its young generation every 700 net allocations, a setting made for
+# short scripts. A sender's per-message objects (its task, its request and answer) live for a
+# request, so at 200 in flight most outlived that, were promoted, and made the older
+# generations collect over the whole heap: ~1,900 young and 15 full collections per 20,000
+# messages, a fifth to a quarter of the sender's CPU (`python -m tests.bench.sender_trace`).
+YOUNG_GENERATION = 10_000
 
 
 def env_default(parser: argparse.ArgumentParser, *flags: str, env: str, **kwargs: Any) -> None:
@@ -47,6 +55,22 @@ def run_async(factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> i
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         return runner.run(factory(stop))
+
+
+def collect_for_a_daemon() -> None:
+    """Collect the young generation every YOUNG_GENERATION net allocations, not 700: most of a
+    request's objects are then freed by their reference counts before a collection sees them.
+    The older generations keep their settings."""
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION, middle, oldest)
+
+
+def freeze_startup() -> None:
+    """What start-up made (modules, settings, every channel's configuration) lives as long as
+    the process: a full collection no longer walks it (`gc.freeze`). Garbage is collected
+    first, so none of it is kept for good."""
+    gc.collect()
+    gc.freeze()
 
 
 def settings(
