@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,6 +18,7 @@ from prometheus_client import (
 from outbox.domain.report import Report
 from outbox.metrics_accounts import AccountMetrics
 from outbox.metrics_channels import ChannelSeries, Sampled
+from outbox.metrics_counters import CounterTable
 from outbox.metrics_latency import DEFAULT_BY_CHANNEL, LatencyMetrics
 from outbox.metrics_policy import PolicyMetrics
 from outbox.ports import Sample, Settled
@@ -41,20 +42,19 @@ class Metrics:
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
         self.latency = LatencyMetrics(registry, channel_histograms)
-        # Label children looked up once, not per message: sends are the hot path.
-        self._children: dict[tuple[object, ...], Any] = {}
-        self.sends = Counter(
+        # Counted per message: plain dicts, not a label object per series (`CounterTable`).
+        self.sends = CounterTable(
             "outbox_sends",
             "Send attempts by channel, the state they left the row in, and the error class "
             "(none, network, invalid, expired, or the API error's class).",
             ["channel", "outcome", "error_class"],
-            registry=registry,
+            registry,
         )
-        self.webhooks = Counter(
+        self.webhooks = CounterTable(
             "outbox_webhooks",
             "Webhook bodies by channel and outcome (stored, or the reason they were refused).",
             ["channel", "outcome"],
-            registry=registry,
+            registry,
         )
         self.statuses = Counter(
             "outbox_status_updates",
@@ -151,14 +151,7 @@ class Metrics:
         """Rows housekeeping settled without a request (expired in the queue, an unknown
         channel), counted with the send outcomes."""
         for row in rows:
-            self._child(self.sends, self._label(row.channel), row.state.value, error_class).inc()
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+            self.sends.inc(self._label(row.channel), row.state.value, error_class)
 
     def reconciled(self, report: Report) -> None:
         for (channel, verdict), count in report.verdicts.items():
@@ -176,7 +169,7 @@ class Metrics:
         self.policy.reconciled(report)
 
     def webhook(self, channel: str, outcome: str) -> None:
-        self._child(self.webhooks, channel, outcome).inc()
+        self.webhooks.inc(channel, outcome)
 
     def signature_refused(self, verdict: str) -> None:
         self.accounts.signature_failures.labels(verdict).inc()
@@ -186,7 +179,7 @@ class Metrics:
 
     def sent(self, attempt: Attempt) -> None:
         channel, result = attempt.channel, attempt.result
-        self._child(self.sends, channel, result.state.value, attempt.error_class).inc()
+        self.sends.inc(channel, result.state.value, attempt.error_class)
         self.latency.sent(attempt)
         self.policy.sent(attempt)
 
@@ -225,7 +218,7 @@ class Metrics:
     def know_parts(self, parts: Iterable[str]) -> None:
         """Loops whose refused-statement count reads 0 rather than nothing."""
         for part in parts:
-            self._child(self.statements_invalid, part)
+            self.statements_invalid.labels(part)
 
     def statement_invalid(self, part: str) -> None:
         self.statements_invalid.labels(part).inc()

@@ -7,17 +7,18 @@ from prometheus_client import CollectorRegistry, Counter
 
 from outbox.domain.report import Report
 from outbox.metrics_channels import ChannelSeries
+from outbox.metrics_counters import CounterTable
 from outbox.ports import Attempt
 
 
 class PolicyMetrics:
     def __init__(self, registry: CollectorRegistry, channels: ChannelSeries) -> None:
-        self.message_status = Counter(
+        self.message_status = CounterTable(
             "outbox_send_message_status",
             "Accepted sends by the answer's messages[].message_status (accepted, "
             "held_for_quality_assessment, paused; none when the answer had none).",
             ["channel", "status"],
-            registry=registry,
+            registry,
         )
         self.billable = Counter(
             "outbox_billable_messages",
@@ -34,7 +35,7 @@ class PolicyMetrics:
         result = attempt.result
         if result.wamid is not None and result.state.value == "accepted":
             status = result.message_status or "none"
-            self.message_status.labels(attempt.channel, status).inc()
+            self.message_status.inc(attempt.channel, status)
         if result.opt_out:
             self._channels.opted_out(attempt.channel, "answer")
 

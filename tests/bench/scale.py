@@ -153,7 +153,7 @@ class Bench:
         await self._reset(connection)
         run = Run(f"{kind}, {latency_ms:.0f} ms")
         try:
-            if kind == "pgqueuer":
+            if kind.startswith("pgqueuer"):
                 setup = await self._worker(
                     ["tests.bench.peers", "pgqueuer", "--setup", "--dsn", self.dsn,
                      "--messages", str(messages)]
@@ -161,7 +161,7 @@ class Bench:
                 await setup.wait()
                 worker = await self._worker(
                     ["tests.bench.peers", "pgqueuer", "--dsn", self.dsn, "--api", api_url,
-                     "--in-flight", str(IN_FLIGHT)]
+                     "--in-flight", str(IN_FLIGHT), *(["--outbox-gc"] if "gc" in kind else [])]
                 )  # fmt: skip
                 workers = [worker]
             elif kind == "batched":
@@ -440,6 +440,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--latencies", type=lambda s: [float(n) for n in s.split(",") if n], default=[0.0, 50.0]
     )
-    parser.add_argument("--kinds", default=None, help="peers to run, e.g. outbox,baseline")
+    parser.add_argument(
+        "--kinds",
+        default=None,
+        help="peers to run, e.g. outbox,baseline; pgqueuer+gc: pgqueuer with the collector "
+        "settings of `outbox run`",
+    )
     parser.add_argument("--limit", type=float, default=60.0, help="seconds per drain, at most")
     asyncio.run(main(parser.parse_args()))
