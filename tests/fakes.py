@@ -295,6 +295,10 @@ class InMemoryMessageStore:
 
     # --- ChannelStates ---
 
+    async def ensure_buckets(self, limits: Mapping[str, Limits]) -> None:
+        for channel, limit in limits.items():
+            self._lock_bucket(channel, limit)
+
     def _lock_bucket(self, channel: str, limits: Limits) -> ChannelRow:
         if channel not in self.channels:  # ENSURE_BUCKET: a full bucket
             self.channels[channel] = ChannelRow(ratelimit.Bucket(limits.burst, self._clock()))

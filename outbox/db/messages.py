@@ -9,7 +9,7 @@ holder renews its leases, and keeps a row rescued from it until the row is resen
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -18,8 +18,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger
 
-from outbox.db import claims
-from outbox.db.buckets import ensure_buckets
+from outbox.db import buckets, claims
 from outbox.db.due import DUE_CHANNELS
 from outbox.db.errors import translated
 from outbox.db.leases import RENEW_LEASES
@@ -112,6 +111,19 @@ class MessageStore:
         return claims[channel]
 
     @translated
+    async def ensure_buckets(self, limits: Mapping[str, Limits]) -> None:
+        """A full bucket row for each of these channels that has none yet, in one statement.
+        In a transaction of its own: created while a claim holds other channels' locks, two
+        replicas' first claims could deadlock on each other's new rows. A sender asks for all
+        its channels before its first claim (issue 16: one transaction a round, while 10,000
+        channels were each claimed for the first time); a claim asks for those it names."""
+        new = {channel: limit for channel, limit in limits.items() if channel not in self._buckets}
+        if new:
+            async with self._engine.begin() as connection:
+                await buckets.ensure_buckets(connection, new)
+            self._buckets.update(new)
+
+    @translated
     async def claim_many(
         self,
         requests: Sequence[ClaimRequest],
@@ -124,14 +136,7 @@ class MessageStore:
         `outbox.db.claims`). With a request's `template_scope` (the channel's WABA), its rows
         also learn their template's registry entry and the channel's marketing hold, and those
         to hold go back to the queue inside the claim (issue 18)."""
-        new = {r.channel: r.limits for r in requests if r.channel not in self._buckets}
-        if new:
-            # A channel's first bucket row is created in a transaction of its own: created
-            # while the claim holds other channels' locks, two replicas' first claims could
-            # deadlock on each other's new rows.
-            async with self._engine.begin() as connection:
-                await ensure_buckets(connection, new)
-            self._buckets.update(new)
+        await self.ensure_buckets({r.channel: r.limits for r in requests})
         async with self._engine.begin() as connection:
             return await claims.claim_many(
                 connection,

@@ -59,6 +59,7 @@ class MessageLeases(ResultSink, LeaseRenewals, Protocol):
     """The sender's view of `outbox.messages`: leases taken, results written, leases handed back."""
 
     async def due_channels(self, after: str, limit: int) -> Due: ...
+    async def ensure_buckets(self, limits: Mapping[str, Limits]) -> None: ...
     async def claim_many(
         self,
         requests: Sequence[ClaimRequest],

@@ -60,6 +60,7 @@ class ChannelGovernor:
         self._slowed_at: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._started: set[str] = set()  # channels claimed since the process started
+        self._unstarted: set[str] = set()  # tracked, not yet started
         self._spam_hold = config.spam_hold.total_seconds()
         self._marketing_held_at: dict[str, float] = {}  # monotonic, as _slowed_at
         self.track(channels)
@@ -81,7 +82,10 @@ class ChannelGovernor:
             self._slowed_at.pop(gone, None)
             self._marketing_held_at.pop(gone, None)
             self._started.discard(gone)
+            self._unstarted.discard(gone)
         for channel in channels:
+            if channel.id not in self._started:
+                self._unstarted.add(channel.id)
             self.limits[channel.id] = channel.limits()
             if channel.id in self._keys and self._keys[channel.id] != self.key_of(channel):
                 self.new_key(channel)
@@ -114,21 +118,25 @@ class ChannelGovernor:
         self.breakers[channel.id].probe_now(self._monotonic())
         self._background_task(self._lift_credential_pause(channel.id, key, wake=True))
 
-    async def start(self, channels: Sequence[str]) -> None:
-        """Before the first claim of each of these channels, in one statement for all: a pause
-        another key caused ends (this process started with a new key: a restart is a reload
-        too). No wake-up: the claim goes ahead anyway."""
-        new = {c: self._keys[c] for c in channels if c in self._keys and c not in self._started}
+    async def start(self) -> dict[str, Limits]:
+        """Before the first claim of the channels tracked since the last start, in one
+        statement for all of them (issue 16: not one a claim round while 10,000 channels were
+        each claimed for the first time): a pause another key caused ends (this process started
+        with a new key: a restart is a reload too). No wake-up: the claim goes ahead anyway.
+        Returns the channels started, with their limits."""
+        new = {c: self._keys[c] for c in self._unstarted}
         if not new:
-            return
+            return {}
         try:
             lifted = await self._store.lift_credential_pauses(new, self._worker)
         except DatabaseError as exc:
             log.warning("outbox.channel.pause_not_lifted", channels=len(new), error=str(exc))
-            return  # tried again on the next claim
+            return {}  # tried again on the next claim
         self._started.update(new)
+        self._unstarted.difference_update(new)
         for channel in lifted:
             log.warning("outbox.channel.pause_lifted", channel=channel, reason="new API key")
+        return {c: self.limits[c] for c in new}
 
     async def refresh(self, channel: str) -> None:
         """On claim, while this process's breaker is not closed: if a success or a new key

@@ -5,7 +5,7 @@ channel with a few rows beside another's backlog gets its rows out at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 
 from outbox.config import ChannelConfig, Secret, SenderConfig
 from outbox.domain.models import Claim, Dialect, SendResult, State
+from outbox.domain.ratelimit import Limits
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
 from outbox.ports import ClaimRequest, Due
@@ -248,3 +249,41 @@ async def test_a_clock_that_does_not_move_never_leaves_other_channels_unlooked_f
     small = [n for channel, n in api.requests if channel == "small"]
     assert len(small) == 3
     assert max(small) < 20 + (slots_module.HOT_ROUNDS + 2) * 10 < 400, small
+
+
+class _StartCountingStore(InMemoryMessageStore):
+    """Records each start of channels: the credential pauses lifted, the buckets made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lifts: list[int] = []
+        self.ensured: list[int] = []
+
+    async def lift_credential_pauses(self, keys: Mapping[str, str], worker: str) -> list[str]:
+        self.lifts.append(len(keys))
+        return await super().lift_credential_pauses(keys, worker)
+
+    async def ensure_buckets(self, limits: Mapping[str, Limits]) -> None:
+        self.ensured.append(len(limits))
+        await super().ensure_buckets(limits)
+
+
+async def test_every_channel_is_started_in_one_statement_before_the_first_claim() -> None:
+    """Issue 16: a channel's first claim lifted its old key's pause and made its bucket row,
+    one transaction each per claim round while 10,000 channels were each claimed for the first
+    time. Now all the tracked channels start at once, and a channel added later on its own."""
+    store, api = _StartCountingStore(), _CountingApi()
+    channels = [_channel(f"c{n:02}") for n in range(40)]
+    for n, channel in enumerate(channels):
+        _add(store, channel.id, 2, first=100 * n)
+    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
+    assert len(api.requests) == 80
+    assert (store.lifts, store.ensured) == ([40], [40])
+    added = _channel("late")
+    _add(store, added.id, 1, first=9000)
+    sender.set_channels([*channels, added])
+    await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
+    assert len(api.requests) == 81
+    assert (store.lifts, store.ensured) == ([40, 1], [40, 1])
