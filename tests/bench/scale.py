@@ -2,6 +2,7 @@
 
     python -m tests.bench.scale [--messages 20000] [--channels 1,1000,10000]
         [--peers/--no-peers] [--fair-backlog 1000000] [--steady-seconds 10] [--limit 60]
+        [--repeat 1] [--kinds outbox,pgqueuer,pgqueuer+gc,batched,baseline] [--baseline DIR]
 
 One invocation, one embedded PostgreSQL, one API imitation (`tests/bench/fake_api.py`, its own
 process), every worker in its own process, every one at 200 requests in flight:
@@ -12,6 +13,8 @@ process), every worker in its own process, every one at 200 requests in flight:
   them, and (K > 1) all on one channel among K - 1 idle ones; then idle database
   transactions/s (`pg_stat_database.xact_commit`) and idle sender CPU; then INSERT -> request
   p50/p99 at a steady 200 msg/s over random channels; the sender's peak RSS;
+- --repeat N: every drain N times, the rounds interleaved, reported as the median with its
+  range (one drain on this machine can differ from the next by 15 %);
 - fairness (--fair-backlog N > 0): N rows queued on one channel, then 10 rows, 100 ms apart,
   on another: p99 INSERT -> request of the 10, and the sender's peak RSS beside N rows.
 """
@@ -23,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import sys
@@ -352,6 +356,31 @@ class Bench:
         return run
 
 
+def _medians(runs: list[Run]) -> list[Run]:
+    """One run per label, in first-seen order: the one with the median rate (the lower middle
+    of an even count), carrying every round's extras and the range of rates it came from."""
+    by_label: dict[str, list[Run]] = {}
+    for run in runs:
+        by_label.setdefault(run.label, []).append(run)
+    medians = []
+    for same in by_label.values():
+        ordered = sorted(same, key=lambda r: r.rate)
+        median = ordered[(len(ordered) - 1) // 2]
+        for run in same:
+            median.extra = {**run.extra, **median.extra}
+        median.duplicates = sum(r.duplicates for r in same)
+        median.peak_rss_mb = max(r.peak_rss_mb for r in same)
+        if len(same) > 1:
+            median.extra["slowest"], median.extra["fastest"] = ordered[0].rate, ordered[-1].rate
+        medians.append(median)
+    return medians
+
+
+def _spread(run: Run) -> str:
+    x = run.extra
+    return f"  ({x['slowest']:,.0f}–{x['fastest']:,.0f})" if "slowest" in x else ""
+
+
 def _print_peers(runs: list[Run]) -> None:
     print(f"\n{'peers, 200 in flight':<28}{'msg/s':>9}{'CPU':>7}{'RSS MB':>8}{'dupes':>7}"
           f"{'÷pgq':>7}{'÷batched':>9}")  # fmt: skip
@@ -362,7 +391,7 @@ def _print_peers(runs: list[Run]) -> None:
         print(
             f"{run.label:<28}{run.rate:>9,.0f}{run.cpu:>7.2f}{run.peak_rss_mb:>8.1f}"
             f"{run.duplicates:>7}{run.rate / pgq.rate if pgq else 0:>7.2f}"
-            f"{run.rate / batched.rate if batched else 0:>9.2f}"
+            f"{run.rate / batched.rate if batched else 0:>9.2f}{_spread(run)}"
         )
     for run in runs:
         if run.label == "outbox, 50 ms":
@@ -382,7 +411,7 @@ def _print_channels(runs: list[Run]) -> None:
             f"{x.get('idle xact/s', float('nan')):>12.1f}{x.get('idle CPU', float('nan')):>9.3f}"
             f"{x.get('steady p50 ms', float('nan')):>8.1f}"
             f"{x.get('steady p99 ms', float('nan')):>8.1f}{run.peak_rss_mb:>8.1f}"
-            f"{run.duplicates:>6}"
+            f"{run.duplicates:>6}{_spread(run)}"
             + (f"  ({x['steady unsent']:.0f} not sent in time)" if x.get("steady unsent") else "")
         )
 
@@ -392,27 +421,35 @@ async def main(args: argparse.Namespace) -> None:
     peers: list[Run] = []
     channels: list[Run] = []
     fair: Run | None = None
-    async with embedded_database() as dsn:
-        engine = create_engine(dsn, pool_size=1)
-        await migrate.upgrade(engine)
-        await engine.dispose()
-        bench = Bench(dsn, workdir, args.limit, args.baseline)
-        kinds = ("outbox", "pgqueuer", "batched") + (("baseline",) if args.baseline else ())
-        if args.kinds:
-            kinds = tuple(args.kinds.split(","))
-        if args.peers:
-            for latency in args.latencies:
-                for kind in kinds:
-                    peers.append(await bench.peer(kind, args.messages, latency))
-                    print(peers[-1], flush=True)
-        for count in args.channels:
-            channels.append(await bench.channels(count, args.messages, False, args.steady_seconds))
-            print(channels[-1], flush=True)
-            if count > 1:
-                channels.append(await bench.channels(count, args.messages, True, 0))
-                print(channels[-1], flush=True)
-        if args.fair_backlog:
-            fair = await bench.fairness(args.fair_backlog)
+    try:
+        async with embedded_database() as dsn:
+            engine = create_engine(dsn, pool_size=1)
+            await migrate.upgrade(engine)
+            await engine.dispose()
+            bench = Bench(dsn, workdir, args.limit, args.baseline)
+            kinds = ("outbox", "pgqueuer", "batched") + (("baseline",) if args.baseline else ())
+            if args.kinds:
+                kinds = tuple(args.kinds.split(","))
+            # Rounds interleave every run, so that the machine's drift between minutes falls on
+            # all of them alike; the idle and steady figures are taken in the first.
+            for round_ in range(args.repeat):
+                if args.peers:
+                    for latency in args.latencies:
+                        for kind in kinds:
+                            peers.append(await bench.peer(kind, args.messages, latency))
+                            print(peers[-1], flush=True)
+                steady = args.steady_seconds if round_ == 0 else 0
+                for count in args.channels:
+                    channels.append(await bench.channels(count, args.messages, False, steady))
+                    print(channels[-1], flush=True)
+                    if count > 1:
+                        channels.append(await bench.channels(count, args.messages, True, 0))
+                        print(channels[-1], flush=True)
+            if args.fair_backlog:
+                fair = await bench.fairness(args.fair_backlog)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    peers, channels = _medians(peers), _medians(channels)
     _print_peers(peers)
     _print_channels(channels)
     if fair is not None:
@@ -432,6 +469,12 @@ if __name__ == "__main__":
         "--channels", type=lambda s: [int(n) for n in s.split(",") if n], default=[1, 1000]
     )
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every drain, interleaved; the median of each is reported, with its range",
+    )
     parser.add_argument("--fair-backlog", type=int, default=0)
     parser.add_argument("--steady-seconds", type=float, default=5.0)
     parser.add_argument(
