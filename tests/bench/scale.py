@@ -107,9 +107,30 @@ rate_per_second = 1000000
     path.write_text(f'{head}\n[http]\nadmin_listen = "127.0.0.1:0"\n{entries}')
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _database_cpu_seconds(postmaster: int) -> float:
+    """PostgreSQL's CPU: the postmaster's, its live children's, and the ended children's it
+    reaped (so a backend that exits within the window still counts)."""
+    fields = _stat(postmaster)
+    ticks = sum(int(f) for f in fields[11:15])
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = _stat(int(entry.name))
+        except OSError:
+            continue  # ended meanwhile: reaped into the postmaster's own figures
+        if int(child[1]) == postmaster:
+            ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -118,6 +139,7 @@ class Run:
     messages: int = 0
     seconds: float = 0.0
     cpu: float = 0.0  # cores the worker kept busy while it drained
+    db_cpu: float = 0.0  # cores PostgreSQL kept busy meanwhile
     duplicates: int = 0
     peak_rss_mb: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
@@ -133,6 +155,14 @@ class Bench:
         self.baseline = baseline
         self.workdir = workdir
         self.limit = limit  # seconds a drain may take: a slow one is measured on what it sent
+        self.postmaster = 0  # PostgreSQL's postmaster, for its CPU (`_database_cpu_seconds`)
+
+    async def find_postmaster(self) -> None:
+        connection = await asyncpg.connect(self.dsn)
+        try:  # read while the backend lives: it ends with the connection
+            self.postmaster = int(_stat(await connection.fetchval("SELECT pg_backend_pid()"))[1])
+        finally:
+            await connection.close()
 
     async def _reset(self, connection: asyncpg.Connection) -> None:
         await connection.execute(
@@ -209,6 +239,7 @@ class Bench:
                     await asyncio.sleep(0.02)
                 if workers[0].returncode is None:
                     cpu_before = _cpu_seconds(pid)
+                db_before = db_after = _database_cpu_seconds(self.postmaster)
                 cpu_after, cut = cpu_before, time.monotonic() + self.limit
                 while True:
                     count = await _count(session, api_url)
@@ -216,6 +247,7 @@ class Bench:
                         break
                     # Read while it lives: a peer exits when it has drained.
                     cpu_after, run.peak_rss_mb = _cpu_seconds(pid), _peak_rss_mb(pid)
+                    db_after = _database_cpu_seconds(self.postmaster)
                     if count >= messages or time.monotonic() > cut:
                         break
                     await asyncio.sleep(0.2)
@@ -231,6 +263,7 @@ class Bench:
         run.seconds = times[-1] - times[0] if len(times) > 1 else 0.0
         run.duplicates = len(times) - len(keys)
         run.cpu = (cpu_after - cpu_before) / run.seconds if run.seconds else 0.0
+        run.db_cpu = (db_after - db_before) / run.seconds if run.seconds else 0.0
         return run
 
     async def channels(self, channels: int, messages: int, one: bool, steady: float) -> Run:
@@ -382,20 +415,25 @@ def _spread(run: Run) -> str:
 
 
 def _print_peers(runs: list[Run]) -> None:
-    print(f"\n{'peers, 200 in flight':<28}{'msg/s':>9}{'CPU':>7}{'RSS MB':>8}{'dupes':>7}"
-          f"{'÷pgq':>7}{'÷batched':>9}")  # fmt: skip
+    print(f"\n{'peers, 200 in flight':<28}{'msg/s':>9}{'CPU':>7}{'µs/msg':>8}{'DB µs/msg':>10}"
+          f"{'RSS MB':>8}{'dupes':>7}{'÷pgq':>7}{'÷batched':>9}")  # fmt: skip
     by = {r.label: r for r in runs}
     for run in runs:
         latency = run.label.split(", ")[1]
         pgq, batched = by.get(f"pgqueuer, {latency}"), by.get(f"batched, {latency}")
         print(
-            f"{run.label:<28}{run.rate:>9,.0f}{run.cpu:>7.2f}{run.peak_rss_mb:>8.1f}"
-            f"{run.duplicates:>7}{run.rate / pgq.rate if pgq else 0:>7.2f}"
+            f"{run.label:<28}{run.rate:>9,.0f}{run.cpu:>7.2f}{_per_message(run.cpu, run):>8.0f}"
+            f"{_per_message(run.db_cpu, run):>10.0f}{run.peak_rss_mb:>8.1f}{run.duplicates:>7}{run.rate / pgq.rate if pgq else 0:>7.2f}"
             f"{run.rate / batched.rate if batched else 0:>9.2f}{_spread(run)}"
         )
     for run in runs:
         if run.label == "outbox, 50 ms":
             print(f"outbox at 50 ms: {run.rate / (IN_FLIGHT / 0.05):.0%} of the latency bound")
+
+
+def _per_message(cores: float, run: Run) -> float:
+    """CPU microseconds per message, from the cores kept busy and the rate."""
+    return cores / run.rate * 1e6 if run.rate else 0.0
 
 
 def _print_channels(runs: list[Run]) -> None:
@@ -427,6 +465,7 @@ async def main(args: argparse.Namespace) -> None:
             await migrate.upgrade(engine)
             await engine.dispose()
             bench = Bench(dsn, workdir, args.limit, args.baseline)
+            await bench.find_postmaster()
             kinds = ("outbox", "pgqueuer", "batched") + (("baseline",) if args.baseline else ())
             if args.kinds:
                 kinds = tuple(args.kinds.split(","))
