@@ -193,9 +193,6 @@ class Sender:
         # Only channels with due rows are visited, so idle channels cost nothing; the cursor
         # moves on each round and each is offered its share of the free slots, so one
         # channel's backlog never leaves another waiting for a slot.
-        started = await self._governor.start()
-        if started:
-            await self._store.ensure_buckets(started)
         due = await self._slots.due(free)
         shares = await self._slots.shares(due, free, lambda channel: self._channels.get(channel))
         requests, known, probes, retry_in = shares

@@ -97,7 +97,11 @@ class Slots:
         """The channels to visit: asked of the database, or, shortly after it was asked, the
         channels whose last claim got every row it asked for (they have more): a backlog's
         rounds then skip a round trip, and other channels are looked for again within
-        HOT_FOR (issue 16)."""
+        HOT_FOR (issue 16). Channels tracked since the last round start first, all in one go
+        (`ChannelGovernor.start`, then their bucket rows)."""
+        started = await self._governor.start()
+        if started:
+            await self._store.ensure_buckets(started)
         now = self._monotonic()
         self._hot_rounds += 1
         # Rounds count too: a clock that does not move (a test's) never starves other channels.
