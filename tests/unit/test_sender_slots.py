@@ -202,18 +202,32 @@ class _EmptyClaimsStore(InMemoryMessageStore):
         return claims
 
 
+async def _drained(
+    store: InMemoryMessageStore, api: _CountingApi, channels: list[ChannelConfig], *, slots: int
+) -> Sender:
+    """A sender with `slots` in flight (and as its batch) that has drained the store."""
+    config = SenderConfig(
+        max_in_flight=slots, batch_size=slots, poll_interval=timedelta(seconds=30)
+    )
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
+    return sender
+
+
+def _two_rows_each(store: InMemoryMessageStore, count: int) -> list[ChannelConfig]:
+    channels = [_channel(f"c{n:02}") for n in range(count)]
+    for n, channel in enumerate(channels):
+        _add(store, channel.id, 2, first=100 * n)
+    return channels
+
+
 async def test_a_channel_its_claim_emptied_is_not_claimed_again_unasked() -> None:
     """Issue 16: 20,000 rows over 10,000 channels, two a channel, each claim taking one: a
     channel whose claim got all it asked for was claimed again without asking which channels
     are due, also when that claim had taken its last row, and a third of the rounds came back
     empty. Only a claim that saw more rows ready than it was granted (`Claim.more`) says so."""
     store, api = _EmptyClaimsStore(), _CountingApi()
-    channels = [_channel(f"c{n:02}") for n in range(20)]
-    for n, channel in enumerate(channels):
-        _add(store, channel.id, 2, first=100 * n)
-    config = SenderConfig(max_in_flight=20, batch_size=20, poll_interval=timedelta(seconds=30))
-    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
-    await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
+    await _drained(store, api, _two_rows_each(store, 20), slots=20)
     assert len(api.requests) == 40
     assert store.claimed == 40  # one row a claim: each channel's share of 20 slots is one
     assert store.empty == 0
@@ -273,12 +287,8 @@ async def test_every_channel_is_started_in_one_statement_before_the_first_claim(
     one transaction each per claim round while 10,000 channels were each claimed for the first
     time. Now all the tracked channels start at once, and a channel added later on its own."""
     store, api = _StartCountingStore(), _CountingApi()
-    channels = [_channel(f"c{n:02}") for n in range(40)]
-    for n, channel in enumerate(channels):
-        _add(store, channel.id, 2, first=100 * n)
-    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
-    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
-    await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
+    channels = _two_rows_each(store, 40)
+    sender = await _drained(store, api, channels, slots=10)
     assert len(api.requests) == 80
     assert (store.lifts, store.ensured) == ([40], [40])
     added = _channel("late")
