@@ -133,6 +133,10 @@ class InMemoryMessageStore:
         next_in = (min(future) - now).total_seconds() if future else None
         return Due(channels, next_in)
 
+    async def ensure_buckets(self, limits: Mapping[str, Limits]) -> None:
+        for channel, limit in limits.items():
+            self._lock_bucket(channel, limit)
+
     async def claim_many(
         self,
         requests: Sequence[ClaimRequest],
@@ -294,10 +298,6 @@ class InMemoryMessageStore:
         return min(future, default=None)
 
     # --- ChannelStates ---
-
-    async def ensure_buckets(self, limits: Mapping[str, Limits]) -> None:
-        for channel, limit in limits.items():
-            self._lock_bucket(channel, limit)
 
     def _lock_bucket(self, channel: str, limits: Limits) -> ChannelRow:
         if channel not in self.channels:  # ENSURE_BUCKET: a full bucket
