@@ -524,7 +524,10 @@ async def _no_unprocessed_webhooks(db_url: str) -> bool:
 
 # --- 3. A transaction held open --------------------------------------------------------------
 
-HOLD_SECONDS = 60.0  # how long the other session keeps its transaction open
+# The other session keeps its transaction open at least this long, and until the batch sent
+# meanwhile has drained: the scenario is a drain under an old snapshot, not a given length of
+# wait (it held a fixed 60 s, 40 s of them idle, a minute of every CI run).
+HOLD_SECONDS = 20.0
 WINDOW_SECONDS = 5.0
 
 
@@ -568,7 +571,7 @@ async def _drain_batch(
     return max(times) - started, times
 
 
-@pytest.mark.timeout(HOLD_SECONDS + 90)
+@pytest.mark.timeout(HOLD_SECONDS + 150)
 async def test_a_held_transaction_does_not_stall_the_drain(
     restartable_db_url: str, tmp_path: Path, figures: Figures
 ) -> None:
@@ -596,7 +599,7 @@ async def test_a_held_transaction_does_not_stall_the_drain(
                 during_task = asyncio.create_task(
                     _drain_batch(process, log, api, db, during_rows, before_rows)
                 )
-                while time.monotonic() - opened < HOLD_SECONDS:
+                while time.monotonic() - opened < HOLD_SECONDS or not during_task.done():
                     age, dead = await _gauges(session, base, OLDEST_TRANSACTION, DEAD_TUPLES)
                     gauge_max, dead_max = max(gauge_max, age), max(dead_max, dead)
                     await asyncio.sleep(1.0)
@@ -621,10 +624,10 @@ async def test_a_held_transaction_does_not_stall_the_drain(
     # went without a request.
     windows = _windows(during_times, min(during_times), max(during_times))
     assert min(windows) > 0, windows
-    assert gauge_max >= 30, gauge_max
-    assert max(during_times) < closed  # the whole batch went while the transaction was open
+    assert gauge_max >= HOLD_SECONDS / 2, gauge_max
 
-    scenario = f"transaction held open for {HOLD_SECONDS:.0f} s (1 process, sandbox 0 ms)"
+    held = closed - opened
+    scenario = f"transaction held open for {held:.0f} s (1 process, sandbox 0 ms)"
     figures.add(scenario, f"throughput before: {before_rows / before_seconds:,.0f} messages/s")
     figures.add(
         scenario,
