@@ -20,7 +20,6 @@ from outbox.config import ChannelConfig, Settings
 from outbox.db import migrate
 from outbox.db.channel_state import ChannelStateStore
 from outbox.db.engine import create_engine
-from outbox.db.errors import describe, translated_errors
 from outbox.db.gauges import GaugeStore
 from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.listener import NotifyListener
@@ -31,8 +30,6 @@ from outbox.db.registry_tables import CHANNELS_NOTIFY_CHANNEL
 from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
 from outbox.db.templates import TemplateStore
 from outbox.db.webhook_store import WebhookEventStore
-from outbox.domain.schema import judge_schema
-from outbox.errors import DatabaseError, PrivilegeMissing, SchemaOutdated
 from outbox.hangup import Hangup
 from outbox.http.api_client import ApiClient, create_session
 from outbox.loops import PARTS, Health
@@ -70,25 +67,6 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-async def check_database(engine: AsyncEngine) -> str:
-    """Raise unless the database is reachable and its schema fits this release: at this
-    release's newest revision, or newer and declared compatible by every later migration
-    (outbox.domain.schema). Returns what was found, as one line."""
-    try:
-        with translated_errors():
-            current, declared = await migrate.schema_state(engine)
-    except PrivilegeMissing:
-        raise  # issue 19: reachable, and the message names the privilege
-    except DatabaseError as exc:
-        # PostgreSQL's own words (no secrets): a wrong database, user or privilege is not an
-        # outage, and `/readyz` and `outbox check` must say which (issue 19 §4).
-        raise type(exc)(describe(exc)) from exc.__cause__ or exc
-    verdict = judge_schema(current, migrate.code_revisions(), declared)
-    if not verdict.usable:
-        raise SchemaOutdated(verdict.message)
-    return verdict.message
-
-
 async def run(
     settings: Settings,
     stop: asyncio.Event,
@@ -120,7 +98,7 @@ async def run(
     # process without one (`--role web`) runs on README "Database roles"' outbox_web grants.
     sends = "sender" in roles
     try:
-        schema = await check_database(engine)
+        schema = await migrate.check_schema(engine)
         store = MessageStore(engine, policy=retry_policy(settings.sender))
         tasks: dict[str, Coroutine[Any, Any, None]] = {}
         # --- channel registry (issue 17): the file's channels plus the registry's, live ---
@@ -146,7 +124,7 @@ async def run(
             channels,
             metrics,
             WebhookEventStore(engine),
-            lambda: check_database(engine),
+            lambda: migrate.check_schema(engine),
             health,
             public="web" in roles,
         )

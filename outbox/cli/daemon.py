@@ -88,7 +88,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from outbox import app
     from outbox.db import migrate
     from outbox.db.engine import create_engine
 
@@ -103,7 +102,7 @@ def _migrate(args: argparse.Namespace) -> int:
             if before is not None and before not in migrate.code_revisions():
                 # A newer release migrated already (a rollback, or an old Job run again):
                 # nothing of ours to apply; say whether this release may run on it.
-                print(f"schema: {await app.check_database(engine)}; nothing to migrate")
+                print(f"schema: {await migrate.check_schema(engine)}; nothing to migrate")
                 return EXIT_OK
             await migrate.upgrade(engine)
             after = await migrate.current_revision(engine)
@@ -163,7 +162,7 @@ async def _check_database(
     loaded: Settings, report: dict[str, Any], say: Callable[[str], None]
 ) -> list[ChannelConfig]:
     """The schema, the sealed credentials, and the registry's enabled channels to check."""
-    from outbox import app
+    from outbox.db import migrate
     from outbox.db.engine import create_engine
     from outbox.db.errors import translated_errors
     from outbox.db.registry import ChannelRegistryStore
@@ -173,7 +172,7 @@ async def _check_database(
         loaded.database_url, pool_size=1, role="check", pooler=loaded.database.pooler
     )
     try:
-        schema = await app.check_database(engine)
+        schema = await migrate.check_schema(engine)
         report["database"] = {"ok": True, "schema": schema, "error": None}
         say(f"database: ok, {schema}")
         # A wrong master key fails here as it would fail `outbox run`, naming key ids only.

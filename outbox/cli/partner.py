@@ -80,6 +80,7 @@ def _run(
     use: Callable[[Onboarding, PartnerConfig, str], Awaitable[int]],
 ) -> int:
     from outbox import app
+    from outbox.db import migrate
     from outbox.db.engine import create_engine
     from outbox.http.partner_client import create_session
 
@@ -98,7 +99,7 @@ def _run(
     async def main(_: asyncio.Event) -> int:
         engine = create_engine(loaded.database_url, pool_size=2, role="admin")
         try:
-            await app.check_database(engine)
+            await migrate.check_schema(engine)
             async with create_session(partner.request_timeout) as session:
                 service = app.onboarding(engine, partner, session, settle=settle)
                 return await use(service, partner, template)

@@ -89,7 +89,7 @@ def with_engine(
     args: argparse.Namespace, use: Callable[[AsyncEngine, Settings], Awaitable[int]]
 ) -> int:
     """Run `use(engine, settings)` against the configured database, schema checked first."""
-    from outbox import app
+    from outbox.db import migrate
     from outbox.db.engine import create_engine
     from outbox.db.errors import translated_errors
 
@@ -100,7 +100,7 @@ def with_engine(
             loaded.database_url, pool_size=1, role="admin", pooler=loaded.database.pooler
         )
         try:
-            await app.check_database(engine)
+            await migrate.check_schema(engine)
             # A driver error no adapter translated (a privilege missing mid-command) still
             # ends as one line with PostgreSQL's message, never a traceback.
             with translated_errors():

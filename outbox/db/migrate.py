@@ -16,10 +16,11 @@ from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.db.errors import RUNTIME_HINT, privileges
+from outbox.db.errors import RUNTIME_HINT, describe, privileges, translated_errors
 from outbox.db.operation_tables import schema_compat
 from outbox.db.tables import SCHEMA
-from outbox.domain.schema import Declaration
+from outbox.domain.schema import Declaration, judge_schema
+from outbox.errors import DatabaseError, PrivilegeMissing, SchemaOutdated
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 # CREATE SCHEMA IF NOT EXISTS checks CREATE on the database even when the schema exists: the
@@ -94,6 +95,25 @@ async def _schema_state(engine: AsyncEngine) -> tuple[str | None, dict[str, Decl
             )
         )
         return current, {r.revision: Declaration(r.down_revision, r.compatible_with) for r in rows}
+
+
+async def check_schema(engine: AsyncEngine) -> str:
+    """Raise unless the database is reachable and its schema fits this release: at this
+    release's newest revision, or newer and declared compatible by every later migration
+    (outbox.domain.schema). Returns what was found, as one line."""
+    try:
+        with translated_errors():
+            current, declared = await schema_state(engine)
+    except PrivilegeMissing:
+        raise  # issue 19: reachable, and the message names the privilege
+    except DatabaseError as exc:
+        # PostgreSQL's own words (no secrets): a wrong database, user or privilege is not an
+        # outage, and `/readyz` and `outbox check` must say which (issue 19 §4).
+        raise type(exc)(describe(exc)) from exc.__cause__ or exc
+    verdict = judge_schema(current, code_revisions(), declared)
+    if not verdict.usable:
+        raise SchemaOutdated(verdict.message)
+    return verdict.message
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:

@@ -14,7 +14,6 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from outbox import app
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.domain.schema import Declaration, judge_schema
@@ -29,7 +28,7 @@ ADD_TABLE = "CREATE TABLE outbox.future_things (id bigint PRIMARY KEY)"
 async def _check(db_url: str) -> str:
     engine = create_engine(db_url, pool_size=1)
     try:
-        return await app.check_database(engine)
+        return await migrate.check_schema(engine)
     finally:
         await engine.dispose()
 
