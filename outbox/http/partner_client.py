@@ -19,7 +19,7 @@ from outbox.config_checks import credential_problem
 from outbox.domain import parsing
 from outbox.domain.partner import CanSend, Health
 from outbox.domain.response import parse_retry_after
-from outbox.http.api_client import webhook_config
+from outbox.http.api_client import key_headers, webhook_config
 from outbox.ports.partner import ChannelPage, IssuedKey, PartnerApiError, PartnerChannel
 
 MAX_ANSWER = 4 * 1024 * 1024  # bytes: a page of 100 channels is some 60 KiB
@@ -162,22 +162,18 @@ class NumberClient:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
-    @staticmethod
-    def _headers(channel: ChannelConfig) -> dict[str, str]:
-        return {"D360-API-KEY": channel.api_key.reveal(), "Content-Type": "application/json"}
-
     async def set_webhook(self, channel: ChannelConfig, url: str) -> None:
         await _call(
             self._session,
             "POST",
             f"{channel.base_url}/v1/configs/webhook",
-            self._headers(channel),
+            key_headers(channel),
             body=webhook_config(channel, url),
         )
 
     async def health(self, channel: ChannelConfig) -> Health:
         body = await _call(
-            self._session, "GET", f"{channel.base_url}/health_status", self._headers(channel)
+            self._session, "GET", f"{channel.base_url}/health_status", key_headers(channel)
         )
         status = body.get("health_status") if isinstance(body, dict) else None
         state = status.get("can_send_message") if isinstance(status, dict) else None
