@@ -35,15 +35,17 @@ def add_parsers(
     purge = commands.add_parser(
         "purge",
         parents=[common],
-        help="delete finished messages, processed webhook rows, old orphan statuses and contacts",
+        help="delete finished messages, processed webhook rows, old orphan statuses, account "
+        "events, contacts and identity pairs",
         description="Deletes, in small batches that each commit on their own, messages in a "
         "terminal state (read, failed, expired, cancelled) not updated for --older-than, with "
         "their status history and lineage; webhook rows processed before then; orphan "
-        "statuses older than that; and contacts (outbox.contacts) whose last inbound message "
-        "is older than that and than 24 hours, untouched since. Rows another session holds "
-        "are skipped. The idempotency keys of the deleted messages are kept (outbox."
-        "idempotency_keys) until --keep-keys after their message was created: a producer's "
-        "insert with such a key stays a no-op.",
+        "statuses and account events older than that; contacts (outbox.contacts) whose last "
+        "inbound message is older than that and than 24 hours, untouched since; and phone-BSUID "
+        "pairs learned before then that no contact and no open message uses any more. Rows "
+        "another session holds are skipped. The idempotency keys of the deleted messages are "
+        "kept (outbox.idempotency_keys) until --keep-keys after their message was created: a "
+        "producer's insert with such a key stays a no-op.",
     )
     env_default(
         purge,

@@ -1,6 +1,6 @@
-"""Retention (`outbox purge`): finished messages, processed webhook rows, old orphan statuses,
-contacts that wrote last long ago and idempotency keys past their own retention, deleted in small
-batches that each commit on their own."""
+"""Retention (`outbox purge`): finished messages, processed webhook rows, old orphan statuses and
+account events, contacts that wrote last long ago, the pairs they leave unused and idempotency
+keys past their own retention, deleted in small batches that each commit on their own."""
 
 from __future__ import annotations
 
@@ -73,25 +73,41 @@ _OLD_CONTACT = """
          OR last_inbound_at < least(:cutoff, now() - interval '24 hours'))
 """
 
-# Keyset batches over the primary key, as for the tables keyed by id.
-_PURGE_CONTACTS = text(
-    f"""
-    WITH doomed AS (
-        SELECT channel, wa_id FROM outbox.contacts
-        WHERE (channel, wa_id) > (:after_channel, :after_wa_id) AND {_OLD_CONTACT}
-        ORDER BY channel, wa_id LIMIT :batch
-        FOR UPDATE SKIP LOCKED
-    ), gone AS (
-        DELETE FROM outbox.contacts AS c USING doomed
-        WHERE c.channel = doomed.channel AND c.wa_id = doomed.wa_id
-        RETURNING c.channel, c.wa_id
+# A pair (phone number and BSUID) goes when it was learned before the cutoff, neither spelling
+# has a contact left (so it opens no window) and no open row is keyed on either (so no line's
+# order depends on it). A later row to the BSUID is then keyed on the BSUID until the pair is
+# learned again from the next body that names both.
+_OLD_PAIR = """
+    learned_at < :cutoff
+    AND NOT EXISTS (SELECT 1 FROM outbox.contacts AS k
+                    WHERE k.channel = p.channel AND k.wa_id IN (p.wa_id, p.bsuid))
+    AND NOT EXISTS (SELECT 1 FROM outbox.messages AS m
+                    WHERE m.channel = p.channel AND m.wa_id IN (p.wa_id, p.bsuid)
+                      AND m.state IN ('queued', 'sending', 'unknown'))
+"""
+
+
+def _purge_keyed(table: str, key: str, condition: str) -> TextClause:
+    """Keyset batches over a (channel, `key`) primary key, as for the tables keyed by id."""
+    return text(
+        f"""
+        WITH doomed AS (
+            SELECT channel, {key} FROM outbox.{table} AS p
+            WHERE (channel, {key}) > (:after_channel, :after_key) AND {condition}
+            ORDER BY channel, {key} LIMIT :batch
+            FOR UPDATE SKIP LOCKED
+        ), gone AS (
+            DELETE FROM outbox.{table} AS t USING doomed
+            WHERE t.channel = doomed.channel AND t.{key} = doomed.{key}
+            RETURNING t.channel, t.{key} AS key
+        )
+        SELECT count(*) AS n,
+               (array_agg(channel ORDER BY channel DESC, key DESC))[1] AS last_channel,
+               (array_agg(key ORDER BY channel DESC, key DESC))[1] AS last_key
+        FROM gone
+        """
     )
-    SELECT count(*) AS n,
-           (array_agg(channel ORDER BY channel DESC, wa_id DESC))[1] AS last_channel,
-           (array_agg(wa_id ORDER BY channel DESC, wa_id DESC))[1] AS last_wa_id
-    FROM gone
-    """
-)
+
 
 # Oldest first over their own index; deleted rows are not met again, so no cursor is needed.
 _PURGE_KEYS = text(
@@ -117,7 +133,10 @@ _COUNT_PURGEABLE = text(
          WHERE state = ANY(:states) AND updated_at < :cutoff) AS messages,
         (SELECT count(*) FROM outbox.webhook_events WHERE processed_at < :cutoff) AS webhooks,
         (SELECT count(*) FROM outbox.parked_statuses WHERE orphaned_at < :cutoff) AS orphans,
+        (SELECT count(*) FROM outbox.account_events WHERE recorded_at < :cutoff) AS account,
         (SELECT count(*) FROM outbox.contacts WHERE {_OLD_CONTACT}) AS contacts,
+        -- Counted before the contacts go: a dry run's figure is a lower bound.
+        (SELECT count(*) FROM outbox.identity_pairs AS p WHERE {_OLD_PAIR}) AS pairs,
         (SELECT count(*) FROM outbox.idempotency_keys WHERE created_at < :keys_cutoff) AS keys
     """
 ).bindparams(bindparam("states", type_=ARRAY(Text())))
@@ -126,9 +145,14 @@ _PURGE = {
     Purged.MESSAGES: _PURGE_MESSAGES,
     Purged.WEBHOOK_EVENTS: _purge_rows("webhook_events", "processed_at < :cutoff"),
     Purged.ORPHAN_STATUSES: _purge_rows("parked_statuses", "orphaned_at < :cutoff"),
-    Purged.CONTACTS: _PURGE_CONTACTS,
+    Purged.ACCOUNT_EVENTS: _purge_rows("account_events", "recorded_at < :cutoff"),
+    Purged.CONTACTS: _purge_keyed("contacts", "wa_id", _OLD_CONTACT),
+    Purged.IDENTITY_PAIRS: _purge_keyed("identity_pairs", "bsuid", _OLD_PAIR),
     Purged.IDEMPOTENCY_KEYS: _PURGE_KEYS,
 }
+
+# Keyed by (channel, text) rather than by id.
+_KEYED = frozenset({Purged.CONTACTS, Purged.IDENTITY_PAIRS})
 
 
 class RetentionStore:
@@ -146,7 +170,9 @@ class RetentionStore:
             Purged.MESSAGES: row.messages,
             Purged.WEBHOOK_EVENTS: row.webhooks,
             Purged.ORPHAN_STATUSES: row.orphans,
+            Purged.ACCOUNT_EVENTS: row.account,
             Purged.CONTACTS: row.contacts,
+            Purged.IDENTITY_PAIRS: row.pairs,
             Purged.IDEMPOTENCY_KEYS: row.keys,
         }
 
@@ -162,8 +188,9 @@ class RetentionStore:
         """Delete one batch from `table`; returns how many went and where to continue (the
         same `after` when the end was reached)."""
         params: dict[str, Any] = {"cutoff": cutoff, "batch": batch}
-        if table is Purged.CONTACTS:
-            params["after_channel"], params["after_wa_id"] = (
+        keyed = table in _KEYED
+        if keyed:
+            params["after_channel"], params["after_key"] = (
                 after if isinstance(after, tuple) else ("", "")
             )
         else:
@@ -174,8 +201,8 @@ class RetentionStore:
             await connection.execute(LOCK_TIMEOUT)
             row = (await connection.execute(_PURGE[table], params)).one()
         last: PurgeCursor
-        if table is Purged.CONTACTS:
-            last = None if row.last_channel is None else (row.last_channel, row.last_wa_id)
+        if keyed:
+            last = None if row.last_channel is None else (row.last_channel, row.last_key)
         else:
             last = None if row.last is None else int(row.last)
         return int(row.n), after if last is None else last

@@ -20,8 +20,8 @@ from outbox.domain.window import WindowClosed, choose_content
 
 REPLAYABLE = frozenset({State.FAILED, State.UNKNOWN, State.EXPIRED})
 CANCELLABLE = frozenset({State.QUEUED, State.UNKNOWN})
-# Where a purge goes on from: the last id deleted, or for contacts the last (channel, wa_id);
-# None to begin.
+# Where a purge goes on from: the last id deleted, or for contacts and pairs the last (channel,
+# wa_id or bsuid); None to begin.
 PurgeCursor = int | tuple[str, str] | None
 # Terminal rows purge deletes by default; the delivery states can be added by the operator.
 PURGEABLE = frozenset({State.READ, State.FAILED, State.EXPIRED, State.CANCELLED})
@@ -34,9 +34,15 @@ class Purged(StrEnum):
     MESSAGES = "messages"
     WEBHOOK_EVENTS = "webhook_events"
     ORPHAN_STATUSES = "parked_statuses"
+    # WABA-level events a reconciler recorded (quality, limits, templates): a log for the
+    # operator; nothing decides on it.
+    ACCOUNT_EVENTS = "account_events"
     # Users who wrote last before the retention period (and before their 24-hour window could
     # still be open): a contact that old decides no send, the window is closed either way.
     CONTACTS = "contacts"
+    # Phone-BSUID pairs neither of whose spellings has a contact or an open row left: after
+    # the contacts, whose purge frees them.
+    IDENTITY_PAIRS = "identity_pairs"
     # Issue 19: the keys of purged messages are kept longer (`--keep-keys`), so a producer's
     # retry with one stays a no-op after its message is gone; these are the keys past that.
     IDEMPOTENCY_KEYS = "idempotency_keys"
@@ -47,7 +53,12 @@ class Purged(StrEnum):
         return _LABELS.get(self, self.value)
 
 
-_LABELS = {Purged.ORPHAN_STATUSES: "orphan statuses", Purged.IDEMPOTENCY_KEYS: "idempotency keys"}
+_LABELS = {
+    Purged.ORPHAN_STATUSES: "orphan statuses",
+    Purged.ACCOUNT_EVENTS: "account events",
+    Purged.IDENTITY_PAIRS: "identity pairs",
+    Purged.IDEMPOTENCY_KEYS: "idempotency keys",
+}
 
 
 @dataclass(frozen=True, slots=True)

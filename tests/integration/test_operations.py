@@ -208,24 +208,32 @@ async def test_purge_counts_then_deletes_each_kind_in_batches(
 
     cutoff, counts = await retention.count(purge)
     assert cutoff == now - timedelta(days=30)
+    nothing_else = dict.fromkeys(Purged, 0)
     assert counts == {
+        **nothing_else,
         Purged.MESSAGES: 3,
         Purged.WEBHOOK_EVENTS: 2,
         Purged.ORPHAN_STATUSES: 1,
-        Purged.CONTACTS: 0,
-        Purged.IDEMPOTENCY_KEYS: 0,
     }
-    labels = ["messages", "webhook_events", "orphan statuses", "contacts", "idempotency keys"]
+    labels = [
+        "messages",
+        "webhook_events",
+        "orphan statuses",
+        "account events",
+        "contacts",
+        "identity pairs",
+        "idempotency keys",
+    ]
     assert [t.label for t in counts] == labels
 
     deleted: list[tuple[Purged, int]] = []
     await retention.purge(purge, cutoff, lambda table, n: deleted.append((table, n)))
     assert deleted == [
-        (Purged.MESSAGES, 3),
-        (Purged.WEBHOOK_EVENTS, 2),
-        (Purged.ORPHAN_STATUSES, 1),
-        (Purged.CONTACTS, 0),
-        (Purged.IDEMPOTENCY_KEYS, 0),
+        (
+            table,
+            {Purged.MESSAGES: 3, Purged.WEBHOOK_EVENTS: 2, Purged.ORPHAN_STATUSES: 1}.get(table, 0),
+        )
+        for table in Purged
     ]
     left = await fetch(db_url, "SELECT id FROM outbox.messages ORDER BY id")
     assert [r["id"] for r in left] == [delivered, kept]
@@ -233,13 +241,7 @@ async def test_purge_counts_then_deletes_each_kind_in_batches(
 
     with_delivered = Purge(timedelta(days=30), batch_size=10, include_delivered=True)
     _, counts = await retention.count(with_delivered)
-    assert counts == {
-        Purged.MESSAGES: 1,
-        Purged.WEBHOOK_EVENTS: 0,
-        Purged.ORPHAN_STATUSES: 0,
-        Purged.CONTACTS: 0,
-        Purged.IDEMPOTENCY_KEYS: 0,
-    }
+    assert counts == {**nothing_else, Purged.MESSAGES: 1}
 
 
 async def test_purge_deletes_contacts_whose_last_message_is_past_retention_and_window(
@@ -286,3 +288,73 @@ async def test_purge_deletes_contacts_whose_last_message_is_past_retention_and_w
     assert counts[Purged.CONTACTS] == 3
     await retention.purge(hour, cutoff, lambda table, n: None)
     assert await left() == {"4915100000906"}
+
+
+async def test_purge_deletes_old_account_events_and_the_pairs_nothing_uses_any_more(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """The account-event log and the phone-BSUID pairs grew for ever. A pair goes once it is
+    older than the retention and neither spelling has a contact (a window) or an open row (a
+    line's order) left, including a contact the same purge deletes."""
+    for recorded in ("40 days", "35 days", "1 day"):
+        await fetch(
+            db_url,
+            "INSERT INTO outbox.account_events (channel, kind, event, effect, at, recorded_at)"
+            " VALUES ('cloud', 'account', 'ACCOUNT_UPDATE', 'recorded', now(),"
+            " now() - $1::text::interval)",
+            recorded,
+        )
+    pairs = {  # bsuid: (phone, learned ago)
+        "US.1001": ("4915100000911", "40 days"),  # gone: nothing uses it
+        "US.1002": ("4915100000912", "40 days"),  # kept: the phone wrote yesterday
+        "US.1003": ("4915100000913", "40 days"),  # kept: the BSUID wrote yesterday
+        "US.1004": ("4915100000914", "40 days"),  # kept: a queued row to the phone
+        "US.1005": ("4915100000915", "1 day"),  # kept: learned lately
+        "US.1006": ("4915100000916", "40 days"),  # gone with its contact, old too
+        "US.1007": ("4915100000917", "40 days"),  # gone: its only row is finished
+        "US.1008": ("4915100000918", "40 days"),  # kept: a row written to the BSUID in flight
+    }
+    for bsuid, (phone, learned) in pairs.items():
+        await fetch(
+            db_url,
+            "INSERT INTO outbox.identity_pairs (channel, bsuid, wa_id, learned_at, source)"
+            " VALUES ('cloud', $1, $2, now() - $3::text::interval, 'inbound')",
+            bsuid,
+            phone,
+            learned,
+        )
+    for wa_id, wrote in (
+        ("4915100000912", "1 day"),
+        ("US.1003", "1 day"),
+        ("4915100000916", "40 days"),
+    ):
+        await fetch(
+            db_url,
+            "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at, updated_at)"
+            " VALUES ('cloud', $1, now() - $2::text::interval, now() - $2::text::interval)",
+            wa_id,
+            wrote,
+        )
+    await _put(db_url, "queued", "4915100000914", send_after="now() + interval '1 day'")
+    await _put(db_url, "read", "4915100000917", updated_at="now() - interval '1 day'")
+    in_flight = await _put(db_url, "sending", "US.1008")
+    [row] = await fetch(db_url, "SELECT wa_id FROM outbox.messages WHERE id = $1", in_flight)
+    assert row["wa_id"] == "4915100000918"  # keyed on the paired phone at insert
+
+    now = datetime.now(UTC)
+    retention = Retention(RetentionStore(engine), clock=lambda: now)
+    month = Purge(timedelta(days=30), batch_size=1)
+    cutoff, counts = await retention.count(month)
+    assert counts[Purged.ACCOUNT_EVENTS] == 2
+    # Counted before the contacts go: the pair that the contact's purge frees is not yet in.
+    assert counts[Purged.IDENTITY_PAIRS] == 2
+    deleted: dict[Purged, int] = {}
+    await retention.purge(month, cutoff, deleted.__setitem__)
+    assert deleted[Purged.ACCOUNT_EVENTS] == 2
+    assert deleted[Purged.CONTACTS] == 1
+    assert deleted[Purged.IDENTITY_PAIRS] == 3
+
+    left = await fetch(db_url, "SELECT bsuid FROM outbox.identity_pairs ORDER BY bsuid")
+    assert [r["bsuid"] for r in left] == ["US.1002", "US.1003", "US.1004", "US.1005", "US.1008"]
+    events = await fetch(db_url, "SELECT count(*) AS n FROM outbox.account_events")
+    assert events[0]["n"] == 1
