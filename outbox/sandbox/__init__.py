@@ -11,7 +11,7 @@ from outbox.sandbox.faults import Fault, FaultKind, FaultScript
 from outbox.sandbox.notifications import NotificationPost
 from outbox.sandbox.responses import Dialect
 from outbox.sandbox.server import RecordedRequest, Sandbox
-from outbox.sandbox.serving import serve
+from outbox.sandbox.serving import PartnerHub, serve
 
 __all__ = [
     "Dialect",
@@ -19,6 +19,7 @@ __all__ = [
     "FaultKind",
     "FaultScript",
     "NotificationPost",
+    "PartnerHub",
     "RecordedRequest",
     "Sandbox",
     "serve",

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
+from outbox.sandbox.hub import Hub
 from outbox.sandbox.server import Sandbox
+
+
+@dataclass(frozen=True)
+class PartnerHub:
+    """The Partner API to serve beside the WhatsApp API: one partner, `channels` running
+    numbers (CH00000, CH00001, ...) spread over `clients` clients."""
+
+    partner_id: str
+    partner_key: str = field(repr=False)
+    channels: int
+    clients: int = 1
 
 
 async def serve(
@@ -19,6 +32,7 @@ async def serve(
     duplicate: bool,
     stop: asyncio.Event,
     partner_secret: str | None = None,
+    hub: PartnerHub | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> None:
     """Run a sandbox on host:port until `stop` is set (for `outbox sandbox` and `outbox demo`);
@@ -32,6 +46,8 @@ async def serve(
         duplicate=duplicate,
         partner_secret=partner_secret,
     )
+    if hub is not None:
+        Hub(sandbox, hub.partner_id, hub.partner_key).populate(hub.channels, clients=hub.clients)
     try:
         base_url = await sandbox.start(host, port)
     except OSError:

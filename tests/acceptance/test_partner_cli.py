@@ -3,12 +3,17 @@ registry in PostgreSQL, the sandbox's Partner API on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
+import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,7 +21,7 @@ from outbox.db.registry import ChannelRegistryStore
 from outbox.sandbox import Sandbox
 from outbox.sandbox.hub import Hub
 from outbox.sealing import Keyring, generate_key
-from tests.support import fetch, outbox_command
+from tests.support import fetch, outbox_command, reap
 
 PARTNER, PARTNER_KEY = "testPA", "partner-key-never-logged"
 MASTER = generate_key()
@@ -207,3 +212,82 @@ async def test_a_rate_limited_listing_is_retried_after_its_hint(partner: Partner
     code, out, err = await partner.run("channels", "import", "--filter", "client_id=CL002")
     assert code == 0, err
     assert out.startswith("listed 10: 9 imported, 0 known, 1 skipped")  # CH00005 is CL002's
+
+
+async def test_outbox_sandbox_serves_the_partner_api_that_channels_import_uses(
+    tmp_path: Path, engine: AsyncEngine, db_url: str
+) -> None:
+    """A partner tries onboarding on a laptop: `outbox sandbox --partner-id` serves the Partner
+    API as a process of its own, `channels import` takes its numbers, and the keys it made
+    send through that same sandbox."""
+    env = {**os.environ, "TEST_PARTNER_KEY": PARTNER_KEY}
+    argv = ["--port", "0", "--partner-id", PARTNER, "--partner-key-env", "TEST_PARTNER_KEY"]
+    argv += ["--partner-channels", "12", "--partner-clients", "2"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "outbox", "sandbox", *argv, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        said = ""
+        while "Partner API for" not in said:
+            line = await asyncio.wait_for(process.stderr.readline(), 60)
+            assert line, said
+            said += line.decode()
+        [url] = re.findall(r"serving on (http://\S+)", said)
+        assert f"Partner API for {PARTNER} at {url}/api/v2 (12 numbers over 2 clients)" in said
+        assert PARTNER_KEY not in said
+        assert PARTNER_KEY.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
+
+        config = tmp_path / "partner.toml"
+        config.write_text(partner_toml(db_url, url))
+        env_for_import = {"TEST_PARTNER_KEY": PARTNER_KEY, "TEST_MASTER": MASTER}
+        env_for_import["OUTBOX_SECRET_KEY_ENV"] = "TEST_MASTER"
+        code, out, err = await outbox_command(
+            "channels", "import", "--filter", "client_id=CL001", "--enable",
+            "--config", str(config), env=env_for_import,
+        )  # fmt: skip
+        assert code == 0, err
+        assert out.splitlines()[0] == "listed 6: 6 imported, 0 known, 0 skipped, 0 failed"
+
+        registry = ChannelRegistryStore(engine, Keyring([base64.urlsafe_b64decode(MASTER)]))
+        row = await registry.get("CH00003")
+        assert row is not None
+        assert row.enabled
+        assert row.config.base_url == url
+        text = {"body": "hello"}
+        message = {
+            "messaging_product": "whatsapp",
+            "to": "4915100000001",
+            "type": "text",
+            "text": text,
+        }
+        async with aiohttp.ClientSession() as session:
+            for key, status in ((row.config.api_key.reveal(), 200), ("not-a-key", 401)):
+                async with session.post(
+                    f"{url}/messages", json=message, headers={"D360-API-KEY": key}
+                ) as answer:
+                    assert answer.status == status
+    finally:
+        await reap(process)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (["--partner-id", "p"], {}, "--partner-id needs --partner-key-env"),
+        (["--partner-key-env", "K"], {"K": "k"}, "--partner-key-env needs --partner-id"),
+        (["--partner-id", "p", "--partner-key-env", "NOPE_UNSET"], {}, "NOPE_UNSET is not set"),
+        (
+            ["--partner-id", "p", "--partner-key-env", "K", "--partner-clients", "0"],
+            {"K": "k"},
+            "--partner-clients: 1 to 1000",
+        ),
+    ],
+)
+async def test_outbox_sandbox_refuses_a_partner_api_it_cannot_serve(
+    argv: list[str], env: dict[str, str], words: str
+) -> None:
+    code, _, err = await outbox_command("sandbox", "--port", "0", *argv, env=env)
+    assert code == 2
+    assert words in err
