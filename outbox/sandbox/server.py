@@ -1,4 +1,5 @@
-"""The sandbox HTTP server: 360dialog's send and webhook-config endpoints, plus test controls."""
+"""The sandbox HTTP server: 360dialog's send and webhook-config endpoints (the test controls are
+control.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from outbox.sandbox.faults import Fault, FaultScript
+from outbox.sandbox.control import control_routes
+from outbox.sandbox.faults import FaultScript
 from outbox.sandbox.notifications import AcceptedMessage, NotificationPost, Notifier, Webhook
 from outbox.sandbox.responses import (
     Dialect,
@@ -98,12 +100,8 @@ class Sandbox:
                 *(web.post(path, self._send) for path in MESSAGE_PATHS),
                 web.post(WEBHOOK_CONFIG_PATH, self._set_webhook),
                 web.get(WEBHOOK_CONFIG_PATH, self._get_webhook),
-                web.get("/sandbox/requests", self._list_requests),
-                web.post("/sandbox/faults", self._add_fault),
-                web.delete("/sandbox/faults", self._clear_faults),
-                web.post("/sandbox/reset", self._reset),
                 *self.waba.routes(),
-                web.post("/sandbox/templates/{name}", self._set_template),
+                *control_routes(self),
             ]
         )
 
@@ -279,30 +277,3 @@ class Sandbox:
         webhook = self._webhooks.get(key)
         body = {"url": None} if webhook is None else webhook_body(webhook)
         return self._answer(request, record, json_response(body))
-
-    async def _list_requests(self, request: web.Request) -> web.Response:
-        return json_response(self.requests)
-
-    async def _add_fault(self, request: web.Request) -> web.Response:
-        try:
-            self.faults.add(Fault.from_json(orjson.loads(await request.read())))
-        except (ValueError, TypeError) as exc:
-            return json_response({"error": str(exc)}, 400)
-        return web.Response(status=204)
-
-    async def _clear_faults(self, request: web.Request) -> web.Response:
-        self.faults.clear()
-        return web.Response(status=204)
-
-    async def _set_template(self, request: web.Request) -> web.Response:
-        try:
-            data = orjson.loads(await request.read())
-            template = self.templates.set(request.match_info["name"], data)
-        except (ValueError, TypeError) as exc:
-            return json_response({"error": str(exc)}, 400)
-        return json_response(vars(template))
-
-    async def _reset(self, request: web.Request) -> web.Response:
-        self.requests.clear()
-        self.faults.clear()
-        return web.Response(status=204)
