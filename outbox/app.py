@@ -16,6 +16,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox import logfields
 from outbox.config import ChannelConfig, Settings
 from outbox.db import migrate
 from outbox.db.channel_state import ChannelStateStore
@@ -200,7 +201,7 @@ async def run(
                 "outbox.started",
                 worker_id=worker_id,
                 roles=sorted(roles),
-                channels=[c.id for c in directory.view.sending],
+                **logfields.ids("channels", [c.id for c in directory.view.sending]),
                 http_port=http_port,
                 admin_port=admin_port,
                 schema=schema,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import structlog
 
+from outbox import logfields
 from outbox.config import ChannelConfig, Settings
 from outbox.config_reload import credentials_diff
 from outbox.errors import OutboxError
@@ -54,10 +55,10 @@ def reload_credentials(
     diff = credentials_diff(channels, fresh)
     channels.update(diff.updated)
     directory.file_changed(list(channels.values()))  # a changed key: probes at once
-    log.warning("outbox.reload.credentials", channels=list(diff.updated))
+    log.warning("outbox.reload.credentials", **logfields.ids("channels", diff.updated))
     if diff.needs_restart:
         log.warning(
             "outbox.reload.needs_restart",
             note="only credentials are reloaded; other changes take a restart",
-            channels=diff.needs_restart,
+            **logfields.ids("channels", diff.needs_restart),
         )

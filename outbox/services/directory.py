@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from outbox import logfields
 from outbox.config import ChannelConfig
 from outbox.errors import DatabaseError
 from outbox.loops import Health, database_failed, wait_any
@@ -147,19 +148,19 @@ class ChannelDirectory:
         if added or removed or changed:
             log.info(
                 "outbox.channels.changed",
-                added=added,
-                removed=removed,
-                changed=changed,
-                disabled=sorted(i for i, c in fresh.items() if not c.enabled),
+                **logfields.ids("added", added),
+                **logfields.ids("removed", removed),
+                **logfields.ids("changed", changed),
+                **logfields.ids("disabled", [i for i, c in fresh.items() if not c.enabled]),
             )
         for channel_id, problem in sorted(problems.items()):
             if self._problems.get(channel_id) != problem:
                 # The channel's rows wait (it is known, so nothing fails them) until it is fixed.
                 log.error("outbox.channels.unusable", channel=channel_id, reason=problem)
-        shadowed = sorted(fresh.keys() & self._file.keys())
-        if shadowed and shadowed != sorted(old.keys() & self._file.keys()):
+        shadowed = fresh.keys() & self._file.keys()
+        if shadowed and shadowed != old.keys() & self._file.keys():
             log.warning(
                 "outbox.channels.shadowed",
-                channels=shadowed,
+                **logfields.ids("channels", shadowed),
                 note="defined in this replica's config file, which wins over the registry",
             )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import orjson
 import pytest
+import structlog
 
 from outbox.config import ChannelConfig, Secret
 from outbox.domain.models import Dialect
@@ -139,3 +141,27 @@ async def test_a_wrong_master_key_stops_the_start() -> None:
 
     with pytest.raises(ConfigError, match="master key id abc"):
         await ChannelDirectory(Sealed(), FILE, every=1).start()
+
+
+async def test_change_lines_stay_small_at_10000_channels() -> None:
+    """A partner's registry of 10,000 numbers, half disabled: the start's change line named
+    every one (150 kB with the disabled ones; log pipelines split lines at 16 kB), and every later change named every
+    disabled one again. Now each list holds at most 20 ids, with its total beside it."""
+    registry = FakeRegistry()
+    for n in range(10_000):
+        registry.put(channel(f"CH{n:05d}"), enabled=n % 2 == 0)
+    directory = ChannelDirectory(registry, FILE, every=1)
+    with structlog.testing.capture_logs() as logs:
+        await directory.start()
+        registry.put(channel("CH99999"), enabled=False)
+        await directory.refresh()
+    first, second = [e for e in logs if e["event"] == "outbox.channels.changed"]
+    assert first["added"] == [f"CH{n:05d}" for n in range(20)]
+    assert (first["added_total"], first["disabled_total"]) == (10_000, 5_000)
+    assert (second["added"], second["added_total"]) == (["CH99999"], 1)
+    assert (second["removed_total"], second["changed_total"]) == (0, 0)
+    assert second["disabled_total"] == 5_001
+    assert second["disabled"] == sorted(second["disabled"])
+    assert len(second["disabled"]) == 20
+    for line in (first, second):
+        assert len(orjson.dumps(line)) < 2_000
