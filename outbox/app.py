@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -205,6 +206,8 @@ async def run(
                 http_port=http_port,
                 admin_port=admin_port,
                 schema=schema,
+                # The collector's thresholds: `outbox run` and the demo raise the first.
+                gc_threshold=gc.get_threshold(),
             )
             if on_started is not None:
                 on_started(Started(worker_id, http_port, admin_port))

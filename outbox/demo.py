@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,10 @@ async def embedded_database() -> AsyncIterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def run(stop: asyncio.Event, *, messages: int, latency: float) -> int:
+async def run(
+    stop: asyncio.Event, *, messages: int, latency: float, on_started: Callable[[], None]
+) -> int:
+    """The demo; `on_started` is called once the daemon runs (as `outbox run`'s own hook)."""
     say("starting an embedded PostgreSQL ...")
     async with embedded_database() as dsn:
         sandbox = Sandbox({key: channel for channel, key in _KEYS.items()}, latency=latency)
@@ -118,7 +121,8 @@ async def run(stop: asyncio.Event, *, messages: int, latency: float) -> int:
             await migrate.upgrade(engine)
             say(f"database ready ({dsn}); sandbox API at {base_url}")
             channels = await _onboard(engine, base_url)
-            return await _drive(_settings(dsn), channels, engine, sandbox, stop, messages)
+            settings = _settings(dsn)
+            return await _drive(settings, channels, engine, sandbox, stop, messages, on_started)
         finally:
             await engine.dispose()
             await sandbox.stop()
@@ -177,11 +181,17 @@ async def _drive(
     sandbox: Sandbox,
     stop: asyncio.Event,
     messages: int,
+    on_started: Callable[[], None],
 ) -> int:
     store = MessageStore(engine)
     daemon_stop = asyncio.Event()
     started: asyncio.Future[app.Started] = asyncio.get_running_loop().create_future()
-    daemon = asyncio.create_task(app.run(settings, daemon_stop, on_started=started.set_result))
+
+    def running(info: app.Started) -> None:
+        on_started()
+        started.set_result(info)
+
+    daemon = asyncio.create_task(app.run(settings, daemon_stop, on_started=running))
     port = (await asyncio.wait_for(asyncio.shield(started), 30)).http_port
     await _register_webhooks(channels, port)
     async with engine.begin() as connection:

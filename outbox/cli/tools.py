@@ -13,7 +13,15 @@ from pathlib import Path
 
 from outbox.cli import sandbox
 from outbox.cli.masking import masked_answer
-from outbox.cli.runtime import EXIT_ERROR, EXIT_OK, env_default, run_async, settings
+from outbox.cli.runtime import (
+    EXIT_ERROR,
+    EXIT_OK,
+    collect_for_a_daemon,
+    env_default,
+    freeze_startup,
+    run_async,
+    settings,
+)
 from outbox.errors import ConfigError, OutboxError
 
 
@@ -124,6 +132,9 @@ def _set_webhook(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # The daemon inside runs with `outbox run`'s collector settings, so that the demo's
+    # throughput is the daemon's (`--messages 10000`: 386-403 msg/s without them, 688-766 with).
+    collect_for_a_daemon()
     from outbox import logconfig
     from outbox.demo import describe_log, say
     from outbox.demo import run as run_demo
@@ -140,7 +151,12 @@ def _demo(args: argparse.Namespace) -> int:
         logging.captureWarnings(True)
         try:
             return run_async(
-                lambda stop: run_demo(stop, messages=args.messages, latency=args.latency_ms / 1000)
+                lambda stop: run_demo(
+                    stop,
+                    messages=args.messages,
+                    latency=args.latency_ms / 1000,
+                    on_started=freeze_startup,
+                )
             )
         finally:
             logging.captureWarnings(False)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from outbox.cli.runtime import YOUNG_GENERATION
 from tests.support import run_process
 
 pytestmark = pytest.mark.slow
@@ -59,9 +60,13 @@ async def test_the_daemons_logs_are_in_the_named_file_with_their_counts(demo: Ru
     assert named is not None, demo.out[-2000:]
     path, summary = Path(named[1]), named[2]
     try:
-        levels = Counter(json.loads(line)["level"] for line in path.read_text().splitlines())
+        events = [json.loads(line) for line in path.read_text().splitlines()]
     finally:
         path.unlink(missing_ok=True)
+    levels = Counter(event["level"] for event in events)
+    # The daemon inside runs with `outbox run`'s collector settings.
+    [started] = [event for event in events if event["event"] == "outbox.started"]
+    assert started["gc_threshold"][0] == YOUNG_GENERATION
     printed = {level: int(n) for n, level in (pair.split() for pair in summary.split(", "))}
     assert printed == levels
     # The rows failed `window_closed` on purpose are logged there, not on the terminal.

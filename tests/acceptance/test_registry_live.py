@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from outbox.cli.runtime import YOUNG_GENERATION
 from outbox.sandbox import Sandbox
 from outbox.sealing import generate_key
 from tests.support import (
@@ -150,6 +151,7 @@ async def test_rolling_update_a_replica_from_before_the_channel_and_one_from_aft
         new = await spawn_daemon(config, new_log, "sender", env)
         started = await daemon_started(new, new_log)
         assert "fresh" in started["channels"]
+        assert started["gc_threshold"][0] == YOUNG_GENERATION  # `outbox run`'s collector
         await _fresh_rows(db_url, 200, 200)
         await wait_until(lambda: _all_accepted(db_url, 400), within=30)
         await asyncio.sleep(1.5)  # maintenance ticks in both: still nothing failed
