@@ -47,7 +47,7 @@ def add_parser(
         env="SANDBOX_LATENCY_MS",
         default=0.0,
         type=float,
-        help="delay before answering each send",
+        help="delay before answering each send and webhook-configuration request",
     )
     env_default(
         sandbox,

@@ -170,7 +170,8 @@ class Sandbox:
     async def _arrive(
         self, request: web.Request, dialect: Dialect | None
     ) -> tuple[RecordedRequest, str | None]:
-        """Log the request on arrival, so a hung one is visible; returns it and its valid key."""
+        """Log the request on arrival, so a hung one is visible, and wait the latency; returns
+        it and its valid key."""
         at, received_at = time.monotonic(), datetime.now(UTC)
         key = request.headers.get(API_KEY_HEADER)
         valid_key = key if key in self._api_keys else None
@@ -192,6 +193,8 @@ class Sandbox:
             message_id=None,
         )
         self.requests.append(record)
+        if self._latency:  # sends and webhook configuration alike, as a real API's distance
+            await asyncio.sleep(self._latency)
         return record, valid_key
 
     def _answer(
@@ -214,8 +217,6 @@ class Sandbox:
     async def _send(self, request: web.Request) -> web.Response:
         dialect = MESSAGE_PATHS[request.path]
         record, key = await self._arrive(request, dialect)
-        if self._latency:
-            await asyncio.sleep(self._latency)
         if key is None:
             return self._answer(request, record, json_response(gateway_body(401), 401))
         body = record.body
