@@ -155,11 +155,18 @@ def _filters(given: list[str]) -> dict[str, str]:
     return filters
 
 
+# aiohttp's default connection pool (the Partner client's session keeps it).
+MAX_CONCURRENCY = 100
+
+
 def _import(args: argparse.Namespace) -> int:
     from outbox.services.onboarding import ImportOptions, Outcome
 
     if args.page_size < 1 or args.concurrency < 1 or args.rate <= 0:
         raise ConfigError("--page-size, --concurrency and --rate must be greater than 0")
+    if args.concurrency > MAX_CONCURRENCY:
+        # More would wait for one of the client's connections inside the request's timeout.
+        raise ConfigError(f"--concurrency: at most {MAX_CONCURRENCY}")
     filters = _filters(args.filter)
 
     async def use(service: Onboarding, _: PartnerConfig, template: str) -> int:

@@ -291,3 +291,12 @@ async def test_outbox_sandbox_refuses_a_partner_api_it_cannot_serve(
     code, _, err = await outbox_command("sandbox", "--port", "0", *argv, env=env)
     assert code == 2
     assert words in err
+
+
+async def test_import_refuses_more_at_once_than_the_client_has_connections(
+    partner: Partner,
+) -> None:
+    code, _, err = await partner.run("channels", "import", "--concurrency", "101")
+    assert code == 2
+    assert "--concurrency: at most 100" in err
+    assert partner.hub.calls == []
