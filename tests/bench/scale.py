@@ -1,7 +1,8 @@
 """Speed at any scale: outbox beside its peers, and from 1 to 10,000 channels (not a test).
 
     python -m tests.bench.scale [--messages 20000] [--channels 1,1000,10000]
-        [--peers/--no-peers] [--fair-backlog 1000000] [--steady-seconds 10] [--limit 60]
+        [--peers/--no-peers] [--fair-backlog 1000000 [--fair-spread 1]] [--steady-seconds 10]
+        [--limit 60]
         [--repeat 1] [--kinds outbox,pgqueuer,pgqueuer+gc,batched,baseline] [--baseline DIR]
 
 One invocation, one embedded PostgreSQL, one API imitation (`tests/bench/fake_api.py`, its own
@@ -15,8 +16,9 @@ process), every worker in its own process, every one at 200 requests in flight:
   p50/p99 at a steady 200 msg/s over random channels; the sender's peak RSS;
 - --repeat N: every drain N times, the rounds interleaved, reported as the median with its
   range (one drain on this machine can differ from the next by 15 %);
-- fairness (--fair-backlog N > 0): N rows queued on one channel, then 10 rows, 100 ms apart,
-  on another: p99 INSERT -> request of the 10, and the sender's peak RSS beside N rows.
+- fairness (--fair-backlog N > 0): N rows queued on one channel (or spread over
+  --fair-spread K channels: one client's many numbers), then 10 rows, 100 ms apart, on
+  another: p99 INSERT -> request of the 10, and the sender's peak RSS beside N rows.
 """
 
 from __future__ import annotations
@@ -348,21 +350,24 @@ class Bench:
         run.extra["steady p99 ms"] = q[98] * 1000
         run.extra["steady unsent"] = len(committed) - len({k for k, _ in log} & set(committed))
 
-    async def fairness(self, backlog: int) -> Run:
-        """`backlog` rows on c00000; then 10 rows on c00001, 100 ms apart."""
-        run = Run(f"fairness, {backlog:,}-row backlog")
+    async def fairness(self, backlog: int, spread: int) -> Run:
+        """`backlog` rows over `spread` channels (c00000, ...: one client's numbers, say);
+        then 10 rows on the next channel, 100 ms apart."""
+        run = Run(f"fairness, {backlog:,}-row backlog over {spread:,} channel(s)")
+        small = f"c{spread:05d}"
         port = _free_port()
         api_url = f"http://127.0.0.1:{port}"
         api = await _api(port, 0.0)
         config = self.workdir / "fair.toml"
-        write_config(config, self.dsn, api_url, 2)
+        write_config(config, self.dsn, api_url, spread + 1)
         connection = await asyncpg.connect(self.dsn)
         await self._reset(connection)
-        await self._enqueue(connection, backlog, 1, True)
+        await self._enqueue(connection, backlog, spread, spread == 1)
         await connection.execute(
             "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
-            "SELECT 'c00001', '49153' || lpad(g::text, 8, '0'), now() "
-            "FROM generate_series(1, 10) AS g"
+            "SELECT $1, '49153' || lpad(g::text, 8, '0'), now() "
+            "FROM generate_series(1, 10) AS g",
+            small,
         )
         senders = await _senders(config, 1)
         committed: dict[str, float] = {}
@@ -371,7 +376,8 @@ class Bench:
             for n in range(1, 11):
                 message_id = await connection.fetchval(
                     "INSERT INTO outbox.messages (channel, recipient, payload) VALUES "
-                    """('c00001', $1, '{"type":"text","text":{"body":"otp"}}') RETURNING id""",
+                    """($1, $2, '{"type":"text","text":{"body":"otp"}}') RETURNING id""",
+                    small,
                     f"49153{n:08d}",
                 )
                 committed[f"outbox:{message_id}"] = time.time()
@@ -490,7 +496,7 @@ async def main(args: argparse.Namespace) -> None:
                         channels.append(await bench.channels(count, args.messages, True, 0))
                         print(channels[-1], flush=True)
             if args.fair_backlog:
-                fair = await bench.fairness(args.fair_backlog)
+                fair = await bench.fairness(args.fair_backlog, args.fair_spread)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     peers, channels = _medians(peers), _medians(channels)
@@ -520,6 +526,9 @@ if __name__ == "__main__":
         help="rounds of every drain, interleaved; the median of each is reported, with its range",
     )
     parser.add_argument("--fair-backlog", type=int, default=0)
+    parser.add_argument(
+        "--fair-spread", type=int, default=1, help="channels the fairness backlog is spread over"
+    )
     parser.add_argument("--steady-seconds", type=float, default=5.0)
     parser.add_argument(
         "--baseline", type=Path, default=None, help="also run the sender of this checkout"
