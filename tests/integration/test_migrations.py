@@ -83,6 +83,34 @@ async def test_insert_notifies_once_per_statement(db_url: str) -> None:
         await listener.close()
 
 
+async def test_a_small_insert_names_its_channels_in_the_notification(db_url: str) -> None:
+    """Migration 0027: a statement of at most 100 rows names its channels (the senders visit
+    them first); a bigger one, or one whose names would exceed 2,000 bytes, names none."""
+    import asyncio
+
+    import asyncpg
+
+    listener = await asyncpg.connect(db_url)
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("outbox_messages", lambda *args: payloads.put_nowait(args[3]))
+    producer = await asyncpg.connect(db_url)
+    insert = """INSERT INTO outbox.messages (channel, recipient, payload)
+                SELECT $1 || (g % $3), '4915100000' || g, '{"type":"text","text":{"body":"x"}}'
+                FROM generate_series(1, $2) g"""
+    try:
+        for prefix, rows, channels, named in (
+            ("otp", 1, 1, "otp0"),
+            ("shop", 100, 3, "shop0,shop1,shop2"),
+            ("bulk", 101, 3, ""),
+            ("x" * 100, 40, 40, ""),  # 40 names of 102 bytes and more: over 2,000
+        ):
+            await producer.execute(insert, prefix, rows, channels)
+            assert await asyncio.wait_for(payloads.get(), 5) == named
+    finally:
+        await producer.close()
+        await listener.close()
+
+
 async def test_schema_constraints(engine: AsyncEngine) -> None:
     import pytest
     from sqlalchemy.exc import IntegrityError
