@@ -136,7 +136,7 @@ async def run(
             # grants may not read the queue: the sampler then stops, saying so once).
             tasks["sampler"] = Sampler(GaugeStore(engine), settings.metrics, metrics).run(stop)
         async with contextlib.AsyncExitStack() as resources:
-            wake: dict[str, Callable[[], None]] = {}
+            wake: dict[str, Callable[[str], None]] = {}
             if sends:
                 session = create_session(
                     settings.sender.max_in_flight, settings.sender.request_timeout
@@ -185,9 +185,9 @@ async def run(
                     reconciler.set_accounts(_accounts(receiving))
 
                 directory.subscribe(follow)
-                wake[WEBHOOK_NOTIFY_CHANNEL] = reconciler.wake
+                wake[WEBHOOK_NOTIFY_CHANNEL] = lambda _: reconciler.wake()
                 tasks["reconciler"] = reconciler.run(stop)
-            wake[CHANNELS_NOTIFY_CHANNEL] = directory.wake
+            wake[CHANNELS_NOTIFY_CHANNEL] = lambda _: directory.wake()
             listen_url = settings.listen_url()
             if listen_url is not None:
                 tasks["listener"] = NotifyListener(listen_url, wake).run(stop)

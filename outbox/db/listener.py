@@ -26,8 +26,9 @@ _RECONNECT_CAP_SECONDS = 5.0
 
 
 class NotifyListener:
-    def __init__(self, dsn: str, callbacks: Mapping[str, Callable[[], None]]) -> None:
-        """`callbacks`: what to call on a notification, by NOTIFY channel."""
+    def __init__(self, dsn: str, callbacks: Mapping[str, Callable[[str], None]]) -> None:
+        """`callbacks`: what to call with a notification's payload, by NOTIFY channel ('' on
+        each connect: whatever was notified while disconnected is looked for then)."""
         self._dsn = dsn
         self._callbacks = dict(callbacks)
         self.connected = asyncio.Event()
@@ -62,7 +63,7 @@ class NotifyListener:
             self.connected.set()
             log.info("outbox.listener.connected", channels=sorted(self._callbacks))
             for callback in self._callbacks.values():
-                callback()
+                callback("")
             while not stop.is_set() and not lost.is_set():
                 await wait_any(stop, lost, timeout=HEALTH_CHECK_SECONDS)
                 if not stop.is_set() and not lost.is_set():
@@ -76,5 +77,5 @@ class NotifyListener:
                 async with asyncio.timeout(2):
                     await connection.close()
 
-    def _notified(self, _connection: Any, _pid: int, channel: str, _payload: str) -> None:
-        self._callbacks[channel]()
+    def _notified(self, _connection: Any, _pid: int, channel: str, payload: str) -> None:
+        self._callbacks[channel](payload)

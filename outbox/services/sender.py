@@ -107,8 +107,10 @@ class Sender:
     def _owed(self) -> list[int]:  # the rows whose result we still owe: their leases hold
         return [*self._flights.ids(), *self._results.held()]
 
-    def wake(self) -> None:
-        """Something was inserted: claim now rather than at the next poll."""
+    def wake(self, channels: str = "") -> None:
+        """Rows were inserted: claim now rather than at the next poll, visiting `channels`
+        (comma-separated: a small insert names its own, migration 0027) first."""
+        self._slots.fresh(channels.split(",") if channels else ())
         self._wake.set()
 
     def set_channels(self, channels: Sequence[ChannelConfig]) -> None:

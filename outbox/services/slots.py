@@ -5,7 +5,7 @@ round visits (asked of the database, or, shortly after, the channels whose last 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from outbox.config import ChannelConfig, SenderConfig
@@ -20,6 +20,8 @@ from outbox.services.results import ResultBuffer
 # beside another's backlog), and a retry coming due waits at most this much longer.
 HOT_FOR = 0.2
 HOT_ROUNDS = 16
+# Channels named by inserts and not yet visited, at most: more are found by the cursor.
+FRESH_LIMIT = 1000
 
 
 class Shares(NamedTuple):
@@ -54,6 +56,11 @@ class Slots:
         self.hot: list[str] = []  # channels whose last claim got all it asked for
         self._due_at = -HOT_FOR  # when the database was last asked which channels are due
         self._hot_rounds = 0  # rounds since then
+        # Channels a small insert named (migration 0027), visited first in the next round: with
+        # thousands of channels holding backlogs, a row on another one no longer waits for the
+        # cursor to come round (issue 16: new flows before old ones, as fq_codel serves them).
+        self._fresh: dict[str, None] = {}
+        self._visiting_fresh: set[str] = set()
 
     def free(self) -> int:
         # A slot is free again when its request ends. Answers not yet written are bounded by
@@ -77,7 +84,8 @@ class Slots:
         known: dict[str, ChannelConfig] = {}
         probes: set[str] = set()  # channels whose breaker lets one row probe
         for position, channel in enumerate(due.channels):
-            self._cursor = channel
+            if channel not in self._visiting_fresh:  # out of turn: the cursor stays
+                self._cursor = channel
             share = -(-free // (len(due.channels) - position))
             wanted, again, probe = await self._wanted(channel_of(channel), channel, share)
             retry_in = sooner(retry_in, again)
@@ -104,11 +112,25 @@ class Slots:
             await self._store.ensure_buckets(started)
         now = self._monotonic()
         self._hot_rounds += 1
+        fresh, self._fresh = list(self._fresh), {}
+        self._visiting_fresh = set(fresh)
         # Rounds count too: a clock that does not move (a test's) never starves other channels.
         if self.hot and now - self._due_at < HOT_FOR and self._hot_rounds < HOT_ROUNDS:
-            return Due(self.hot, None)
-        self._due_at, self._hot_rounds = now, 0
-        return await self._store.due_channels(self._cursor, free)
+            due = Due(self.hot, None)
+        else:
+            self._due_at, self._hot_rounds = now, 0
+            due = await self._store.due_channels(self._cursor, free)
+        if not fresh:
+            return due
+        rest = [channel for channel in due.channels if channel not in self._visiting_fresh]
+        return Due(fresh + rest, due.next_in)
+
+    def fresh(self, channels: Iterable[str]) -> None:
+        """Channels that rows were just inserted on: the next round visits them first."""
+        for channel in channels:
+            if len(self._fresh) >= FRESH_LIMIT:
+                break
+            self._fresh[channel] = None
 
     async def _wanted(
         self, config: ChannelConfig | None, channel: str, share: int

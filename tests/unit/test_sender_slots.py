@@ -297,3 +297,39 @@ async def test_every_channel_is_started_in_one_statement_before_the_first_claim(
     await asyncio.wait_for(sender.run(asyncio.Event(), drain=True), 30)
     assert len(api.requests) == 81
     assert (store.lifts, store.ensured) == ([40, 1], [40, 1])
+
+
+@pytest.mark.parametrize("named", [True, False])
+async def test_a_row_beside_backlogs_on_many_channels_goes_first_when_its_insert_names_it(
+    named: bool,
+) -> None:
+    """300 channels each hold a backlog; one row arrives on another channel, last in the
+    cursor's order. Named by its insert's notification (migration 0027) it is claimed in the
+    next round; unnamed it waits for the cursor to pass 300 channels (the control)."""
+    store, api = InMemoryMessageStore(), _CountingApi()
+    backlogged = [f"b{n:03d}" for n in range(300)]
+    for n, channel in enumerate(backlogged):
+        _add(store, channel, 20, first=n * 20)
+    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
+    channels = [_channel(c) for c in [*backlogged, "zzz"]]
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await asyncio.sleep(0.3)  # the backlogs are flowing
+        _add(store, "zzz", 1, first=99_999)
+        before = len(api.requests)
+        sender.wake("zzz" if named else "")
+        for _ in range(150):
+            if any(channel == "zzz" for channel, _ in api.requests):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    after = [n for channel, n in api.requests if channel == "zzz"]
+    if named:
+        assert after, "never claimed"
+        assert after[0] - before <= 2 * config.max_in_flight, (before, after)
+    else:
+        assert not after or after[0] - before > 10 * config.max_in_flight, (before, after)
