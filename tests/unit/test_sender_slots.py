@@ -58,6 +58,14 @@ class _CountingApi(AcceptingApi):
         return await super().send(channel, request)
 
 
+async def _until_requested(api: _CountingApi, channel: str, count: int, seconds: float) -> None:
+    """Until `count` requests went for `channel`, or `seconds` passed."""
+    for _ in range(int(seconds * 100)):
+        if sum(1 for requested, _ in api.requests if requested == channel) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def _run_until(sender: Sender, done: asyncio.Event | None, seconds: float) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
@@ -253,10 +261,7 @@ async def test_a_clock_that_does_not_move_never_leaves_other_channels_unlooked_f
             await asyncio.sleep(0.01)
         _add(store, "small", 3, first=1000)
         sender.wake()
-        for _ in range(1000):
-            if sum(1 for channel, _ in api.requests if channel == "small") == 3:
-                break
-            await asyncio.sleep(0.01)
+        await _until_requested(api, "small", 3, seconds=10)
     finally:
         stop.set()
         await task
@@ -320,10 +325,7 @@ async def test_a_row_beside_backlogs_on_many_channels_goes_first_when_its_insert
         _add(store, "zzz", 1, first=99_999)
         before = len(api.requests)
         sender.wake("zzz" if named else "")
-        for _ in range(150):
-            if any(channel == "zzz" for channel, _ in api.requests):
-                break
-            await asyncio.sleep(0.01)
+        await _until_requested(api, "zzz", 1, seconds=1.5)
     finally:
         stop.set()
         await task
