@@ -7,9 +7,11 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from outbox.domain.models import ClaimedMessage
+from outbox.domain.codes import Code, Title
+from outbox.domain.models import ClaimedMessage, SendResult, State
 
 
 @dataclass
@@ -25,6 +27,15 @@ class WoundDown:
     finished: int  # answered within the grace period
     not_started: list[ClaimedMessage]  # cancelled before any request left: hand them back
     abandoned: list[ClaimedMessage]  # their request was out when the grace period ended
+
+    def abandoned_results(self, now: datetime) -> list[SendResult]:
+        """The abandoned rows' outcome: their request may have arrived, so `unknown`."""
+        return [
+            SendResult(
+                m.id, State.UNKNOWN, now, error_code=Code.SHUTDOWN, error_title=Title.SHUTDOWN
+            )
+            for m in self.abandoned
+        ]
 
 
 class Flights:

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from outbox.config import ChannelConfig, SenderConfig
-from outbox.domain.codes import Code, Title
 from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
 from outbox.domain.outcome import Judged, SendError
 from outbox.errors import DatabaseError
@@ -290,17 +289,8 @@ class Sender:
         if not self._flights:
             return
         ended = await self._flights.wind_down(self._config.shutdown_grace.total_seconds())
-        now = self._now()
-        for message in ended.abandoned:
-            self._record(
-                SendResult(
-                    message.id,
-                    State.UNKNOWN,
-                    now,
-                    error_code=Code.SHUTDOWN,
-                    error_title=Title.SHUTDOWN,
-                )
-            )
+        for result in ended.abandoned_results(self._now()):
+            self._record(result)
         await self._results.drain()
         released = await self._store.release([m.id for m in ended.not_started], self._worker)
         log.info(

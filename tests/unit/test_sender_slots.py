@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from outbox.config import ChannelConfig, Secret, SenderConfig
+from outbox.domain.codes import Code, Title
 from outbox.domain.models import Claim, Dialect, SendResult, State
 from outbox.domain.ratelimit import Limits
 from outbox.domain.request import ApiRequest
@@ -335,3 +336,28 @@ async def test_a_row_beside_backlogs_on_many_channels_goes_first_when_its_insert
         assert after[0] - before <= 2 * config.max_in_flight, (before, after)
     else:
         assert not after or after[0] - before > 10 * config.max_in_flight, (before, after)
+
+
+class _HangingApi(AcceptingApi):
+    """Requests that never answer (the API hangs)."""
+
+    async def send(self, channel: ChannelConfig, request: ApiRequest) -> Accepted:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_at_stop_requests_out_past_the_grace_period_leave_their_rows_unknown() -> None:
+    """The request may have arrived: `unknown` with `shutdown`, never back to `queued`; rows
+    whose request never started go back to `queued`."""
+    store = InMemoryMessageStore()
+    ids = _add(store, "c", 5)
+    config = SenderConfig(max_in_flight=3, batch_size=3, shutdown_grace=timedelta(seconds=0.1))
+    sender = Sender(
+        store, _HangingApi(), [_channel("c")], config, worker_id="w", channel_state=store
+    )
+    await _run_until(sender, None, 0.3)
+    rows = [store.rows[i] for i in ids]
+    out = [r for r in rows if r.state is State.UNKNOWN]
+    assert len(out) == 3
+    assert {(r.error_code, r.error_title) for r in out} == {(Code.SHUTDOWN, Title.SHUTDOWN)}
+    assert [r.state for r in rows if r not in out] == [State.QUEUED, State.QUEUED]
