@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import ChannelConfig, Secret
+from outbox.db import registry_cache
 from outbox.db import registry_rows as rows
 from outbox.db.errors import translated
 from outbox.db.registry_tables import (
@@ -52,7 +53,10 @@ class ChannelRegistryStore:
         self._keyring = keyring
         self._environ = environ
         self._api_keys = api_keys
-        self._read = select(*(channels.c if api_keys else RECEIVING_COLUMNS))
+        self._read = (
+            select(*channels.c, registry_cache.VERSION) if api_keys else select(*RECEIVING_COLUMNS)
+        )
+        self._built = registry_cache.BuiltChannels()
 
     # --- the port (outbox.ports.registry.ChannelRegistry) ---
 
@@ -141,15 +145,7 @@ class ChannelRegistryStore:
     async def snapshot(self) -> RegistrySnapshot:
         async with self._engine.connect() as connection:
             found = (await connection.execute(self._read)).all()
-        usable: list[RegisteredChannel] = []
-        problems: dict[str, str] = {}
-        for row in found:
-            if row.source != "registry":
-                continue
-            try:
-                usable.append(self._registered(row))
-            except ConfigError as exc:
-                problems[row.id] = str(exc)
+        usable, problems = self._built.build(found, self._registered)
         return RegistrySnapshot(tuple(usable), frozenset(r.id for r in found), problems)
 
     @translated

@@ -144,7 +144,8 @@ def config_of(
         variable = f"\0sealed {name}"  # no real environment variable can be named so
         opened[variable] = keyring.open(sealed, context=context(row.id, name))
         entry[f"{name}_env"] = variable
-    env = ChainMap(opened, dict(os.environ if environ is None else environ))
+    # The process's environment itself, not a copy of it per channel (a fifth of a read).
+    env = ChainMap(opened, os.environ if environ is None else dict(environ))
     return channel_from_entry(entry, "registry channel", env, api_keys=api_key)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,6 +15,7 @@ from outbox.config import ChannelConfig, Secret
 from outbox.db.registry import ChannelRegistryStore
 from outbox.domain.models import Dialect
 from outbox.errors import ChannelNotFound, ChannelRefused, ConfigError, StatementRejected
+from outbox.ports.registry import RegisteredChannel
 from outbox.sealing import Keyring, SealError, generate_key
 from tests.support import fetch
 
@@ -172,3 +175,49 @@ async def test_every_write_notifies_listeners(engine: AsyncEngine, db_url: str) 
         await asyncio.wait_for(heard.get(), 5)
     finally:
         await listener.close()
+
+
+async def test_a_read_builds_only_the_channels_whose_rows_changed(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """Every replica reads the registry on every change: at 10,000 channels building every row
+    again took about 1 s of the event loop (0.1 s now). A row is built again when a write
+    changed it (psql's too), and a row that names a key file at every read (the file may hold a
+    new key); a removed one is gone."""
+    store = ChannelRegistryStore(engine, keyring())
+    for name in ("a", "b", "c"):
+        await store.add(channel(name, f"plain-api-key-{name}"), enabled=True)
+    key_file = tmp_path / "d.key"
+    key_file.write_text("file-api-key-1")
+    plain = {"dialect": "cloud", "base_url": "http://127.0.0.1:9"}
+    await store.add_held("d", plain, {"api_key": ("file", str(key_file))}, True)
+    built: list[str] = []
+    build = store._registered
+
+    def counting(row: Any) -> RegisteredChannel:
+        built.append(row.id)
+        return build(row)
+
+    store._registered = counting  # type: ignore[method-assign]
+
+    async def read() -> dict[str, RegisteredChannel]:
+        built.clear()
+        return {c.config.id: c for c in (await store.snapshot()).channels}
+
+    assert sorted(await read()) == ["a", "b", "c", "d"]
+    assert sorted(built) == ["a", "b", "c", "d"]
+    await read()
+    assert built == ["d"]
+
+    await store.set_enabled("b", False)
+    await fetch(db_url, "UPDATE outbox.channels SET rate_per_second = 3 WHERE id = 'c'")
+    key_file.write_text("file-api-key-2")
+    got = await read()
+    assert sorted(built) == ["b", "c", "d"]
+    assert not got["b"].enabled
+    assert got["c"].config.rate_per_second == 3
+    assert got["d"].config.api_key == Secret("file-api-key-2")
+
+    await fetch(db_url, "DELETE FROM outbox.channels WHERE id = 'a'")
+    assert sorted(await read()) == ["b", "c", "d"]
+    assert built == ["d"]
