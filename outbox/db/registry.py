@@ -54,7 +54,9 @@ class ChannelRegistryStore:
         self._environ = environ
         self._api_keys = api_keys
         self._read = (
-            select(*channels.c, registry_cache.VERSION) if api_keys else select(*RECEIVING_COLUMNS)
+            select(*channels.c, registry_cache.WHOLE_ROW)
+            if api_keys
+            else select(*RECEIVING_COLUMNS, registry_cache.digest_of(RECEIVING_COLUMNS))
         )
         self._built = registry_cache.BuiltChannels()
 

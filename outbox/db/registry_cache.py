@@ -4,7 +4,8 @@ Every change to `outbox.channels` makes every replica read the registry again, a
 row (opening its sealed credentials, validating it as a `[[channels]]` entry) took 0.1 ms: at
 10,000 channels about 1 s of the event loop, on every replica, for every `channels add` or
 `enable` (issue 16). A row whose version (`xmin`: new with every write, psql's included) is the
-one built last time is now taken as built. A row that names a credential file is built at every
+one built last time is now taken as built (for a role that may not read `xmin`, a digest of
+the columns it reads). A row that names a credential file is built at every
 read: the file may hold a new key since (SIGHUP reads the registry again for that).
 """
 
@@ -13,16 +14,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Row, literal_column
+from sqlalchemy import Column, Row, literal_column
 from sqlalchemy.sql.elements import Label
 
 from outbox.db.registry_tables import SECRET_FIELDS
 from outbox.errors import ConfigError
 from outbox.ports.registry import RegisteredChannel
 
-# Selected beside the columns by a reader whose role may read the whole table (a role granted
-# some columns only may not read system columns: it builds every row at every read).
-VERSION: Label[str] = literal_column("xmin::text").label("row_version")
+# Selected beside the columns. `xmin` where the role may read the whole table; a role granted
+# some columns only (the receiver's) may not read system columns, and takes a digest of the
+# columns it reads instead.
+WHOLE_ROW: Label[str] = literal_column("xmin::text").label("row_version")
+
+
+def digest_of(columns: Iterable[Column[Any]]) -> Label[str]:
+    names = ", ".join(c.name for c in columns)
+    return literal_column(f"md5(ROW({names})::text)").label("row_version")
 
 
 class BuiltChannels:
