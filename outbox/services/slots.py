@@ -112,14 +112,15 @@ class Slots:
             await self._store.ensure_buckets(started)
         now = self._monotonic()
         self._hot_rounds += 1
-        fresh, self._fresh = list(self._fresh), {}
-        self._visiting_fresh = set(fresh)
         # Rounds count too: a clock that does not move (a test's) never starves other channels.
         if self.hot and now - self._due_at < HOT_FOR and self._hot_rounds < HOT_ROUNDS:
             due = Due(self.hot, None)
         else:
             self._due_at, self._hot_rounds = now, 0
             due = await self._store.due_channels(self._cursor, free)
+        # Taken once the look succeeded: a database error keeps them for the next round.
+        fresh, self._fresh = list(self._fresh), {}
+        self._visiting_fresh = set(fresh)
         if not fresh:
             return due
         rest = [channel for channel in due.channels if channel not in self._visiting_fresh]

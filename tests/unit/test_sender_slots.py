@@ -17,6 +17,7 @@ from outbox.domain.models import Claim, Dialect, SendResult, State
 from outbox.domain.ratelimit import Limits
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted
+from outbox.errors import DatabaseUnavailable
 from outbox.ports import ClaimRequest, Due
 from outbox.services import results
 from outbox.services import slots as slots_module
@@ -361,3 +362,43 @@ async def test_at_stop_requests_out_past_the_grace_period_leave_their_rows_unkno
     assert len(out) == 3
     assert {(r.error_code, r.error_title) for r in out} == {(Code.SHUTDOWN, Title.SHUTDOWN)}
     assert [r.state for r in rows if r not in out] == [State.QUEUED, State.QUEUED]
+
+
+class _DueFailsOnce(InMemoryMessageStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+
+    async def due_channels(self, after: str, limit: int) -> Due:
+        if self.fail_next:
+            self.fail_next = False
+            raise DatabaseUnavailable("the database went away")
+        return await super().due_channels(after, limit)
+
+
+async def test_a_named_channel_is_still_visited_first_after_a_failed_look() -> None:
+    """The names are taken once the look for due channels succeeded: a database error in
+    between does not send the named channel back behind 300 backlogs."""
+    store, api = _DueFailsOnce(), _CountingApi()
+    backlogged = [f"b{n:03d}" for n in range(300)]
+    for n, channel in enumerate(backlogged):
+        _add(store, channel, 20, first=n * 20)
+    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
+    channels = [_channel(c) for c in [*backlogged, "zzz"]]
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await asyncio.sleep(0.3)
+        _add(store, "zzz", 1, first=99_999)
+        store.fail_next, sender._slots.hot = True, []  # the next round asks the database
+        before = len(api.requests)
+        sender.wake("zzz")
+        await _until_requested(api, "zzz", 1, seconds=3)
+    finally:
+        stop.set()
+        await task
+    assert not store.fail_next  # the look failed once
+    after = [n for channel, n in api.requests if channel == "zzz"]
+    assert after, "never claimed"
+    assert after[0] - before <= 2 * config.max_in_flight, (before, after)
