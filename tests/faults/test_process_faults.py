@@ -759,4 +759,7 @@ async def test_a_backlog_newer_than_the_statistics_drains_at_full_speed(
         f"{sample:,} rows before ANALYZE (after {sample:,} to warm up): {stale:,.0f} messages/s;"
         f" next {sample:,} after it: {analyzed:,.0f} messages/s",
     )
-    assert stale >= analyzed / 2, (stale, analyzed)
+    # The plans this guards against ran 10 to 20 times slower (141 msg/s against 1,347); a
+    # window of 1,000 requests lasts a third of a second, and one run here measured 1,939 against
+    # 4,513 with nothing wrong (2,541 to 4,249 in the others): a quarter, not a half.
+    assert stale >= analyzed / 4, (stale, analyzed)
