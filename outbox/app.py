@@ -29,7 +29,7 @@ from outbox.db.messages import MessageStore
 from outbox.db.reconcile_store import ReconcileStore
 from outbox.db.registry import ChannelRegistryStore
 from outbox.db.registry_tables import CHANNELS_NOTIFY_CHANNEL
-from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL
+from outbox.db.tables import NOTIFY_CHANNEL, WEBHOOK_NOTIFY_CHANNEL, inserted_channels
 from outbox.db.templates import TemplateStore
 from outbox.db.webhook_store import WebhookEventStore
 from outbox.hangup import Hangup
@@ -154,7 +154,7 @@ async def run(
                     templates=TemplateStore(engine),  # issue 18: 132015 pauses the template
                 )
                 directory.subscribe(lambda view: sender.set_channels(view.sending))
-                wake[NOTIFY_CHANNEL] = sender.wake
+                wake[NOTIFY_CHANNEL] = lambda payload: sender.wake(inserted_channels(payload))
                 tasks["sender"] = sender.run(stop, drain=drain)
                 maintenance = Maintenance(
                     HousekeepingStore(engine),

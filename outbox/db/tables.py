@@ -10,6 +10,11 @@ NOTIFY_CHANNEL = "outbox_messages"
 WEBHOOK_NOTIFY_CHANNEL = "outbox_webhooks"
 
 
+def inserted_channels(payload: str) -> list[str]:
+    """The channels a NOTIFY_CHANNEL payload names: a small insert's (migration 0027), or none."""
+    return payload.split(",") if payload else []
+
+
 # A recipient's key (`messages.wa_id`), for per-recipient order, pacing and the window lookup:
 # `outbox.recipient_key` (migration 0015), the SQL spelling of outbox.domain.identity's rule.
 def recipient_key(channel: str, recipient: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
@@ -106,10 +106,10 @@ class Sender:
     def _owed(self) -> list[int]:  # the rows whose result we still owe: their leases hold
         return [*self._flights.ids(), *self._results.held()]
 
-    def wake(self, channels: str = "") -> None:
-        """Rows were inserted: claim now rather than at the next poll, visiting `channels`
-        (comma-separated: a small insert names its own, migration 0027) first."""
-        self._slots.fresh(channels.split(",") if channels else ())
+    def wake(self, channels: Iterable[str] = ()) -> None:
+        """Rows were inserted: claim now rather than at the next poll, visiting `channels` (a
+        small insert names its own) first."""
+        self._slots.fresh(channels)
         self._wake.set()
 
     def set_channels(self, channels: Sequence[ChannelConfig]) -> None:
