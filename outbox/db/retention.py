@@ -15,6 +15,7 @@ from sqlalchemy.types import Text
 
 from outbox.db.errors import translated
 from outbox.db.operator_store import LOCK_TIMEOUT
+from outbox.db.sql import OPEN_STATES
 from outbox.domain.models import State
 from outbox.domain.operations import PurgeCursor, Purged
 
@@ -77,13 +78,13 @@ _OLD_CONTACT = """
 # has a contact left (so it opens no window) and no open row is keyed on either (so no line's
 # order depends on it). A later row to the BSUID is then keyed on the BSUID until the pair is
 # learned again from the next body that names both.
-_OLD_PAIR = """
+_OLD_PAIR = f"""
     learned_at < :cutoff
     AND NOT EXISTS (SELECT 1 FROM outbox.contacts AS k
                     WHERE k.channel = p.channel AND k.wa_id IN (p.wa_id, p.bsuid))
     AND NOT EXISTS (SELECT 1 FROM outbox.messages AS m
                     WHERE m.channel = p.channel AND m.wa_id IN (p.wa_id, p.bsuid)
-                      AND m.state IN ('queued', 'sending', 'unknown'))
+                      AND m.state IN ({OPEN_STATES}))
 """
 
 
