@@ -15,8 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import ChannelConfig, Secret, SenderConfig
 from outbox.db.channel_state import ChannelStateStore
+from outbox.db.listener import NotifyListener
 from outbox.db.messages import MessageStore
+from outbox.db.tables import NOTIFY_CHANNEL, inserted_channels
 from outbox.domain.models import Dialect
+from outbox.domain.request import ApiRequest
+from outbox.domain.response import Accepted
 from outbox.services.sender import Sender
 from tests.fakes import AcceptingApi
 
@@ -115,3 +119,73 @@ async def test_idle_rounds_cost_one_statement_however_many_channels(engine: Asyn
         assert "WITH lifted AS" in starts[0], starts
         assert "INSERT INTO outbox.channel_state" in starts[1], starts
         assert len(looks) <= 11, (count, len(looks))
+
+
+class _SlowApi(AcceptingApi):
+    """5 ms a request, each request's channel recorded in order."""
+
+    def __init__(self) -> None:
+        self.channels: list[str] = []
+
+    async def send(self, channel: ChannelConfig, request: ApiRequest) -> Accepted:
+        self.channels.append(channel.id)
+        await asyncio.sleep(0.005)
+        return await super().send(channel, request)
+
+
+async def test_a_row_inserted_beside_300_backlogs_is_sent_next_through_the_real_notify(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """Migration 0027 end to end: the producer's one-row INSERT names its channel in the
+    NOTIFY, the listener hands the name to the sender (as the composition root wires it), and
+    the row goes out within the next rounds instead of after the cursor passed 300 channels
+    with backlogs."""
+    backlogged = _channels(300)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
+                "SELECT 'c' || lpad((g % 300)::text, 5, '0'), '49151' || lpad(g::text, 8, '0'), "
+                "now() FROM generate_series(1, 6000) AS g"
+            )
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO outbox.messages (channel, recipient, payload) "
+                "SELECT 'c' || lpad((g % 300)::text, 5, '0'), '49151' || lpad(g::text, 8, '0'), "
+                """'{"type":"text","text":{"body":"x"}}' FROM generate_series(1, 6000) AS g"""
+            )
+        )
+    api = _SlowApi()
+    quiet = ChannelConfig("zzz", Dialect.CLOUD, "http://127.0.0.1:9", Secret("k"), 1000.0)
+    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
+    sender = Sender(
+        MessageStore(engine),
+        api,
+        [*backlogged, quiet],
+        config,
+        worker_id="w",
+        channel_state=ChannelStateStore(engine),
+    )
+    listener = NotifyListener(
+        db_url, {NOTIFY_CHANNEL: lambda payload: sender.wake(inserted_channels(payload))}
+    )
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(sender.run(stop)), asyncio.create_task(listener.run(stop))]
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        for _ in range(1000):  # until the backlogs are flowing
+            if len(api.channels) >= 100:
+                break
+            await asyncio.sleep(0.01)
+        before = len(api.channels)
+        await _insert(engine, "zzz", "4915300000001")
+        for _ in range(300):
+            if "zzz" in api.channels:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert "zzz" in api.channels, "not sent within 3 s"
+    assert api.channels.index("zzz") - before <= 4 * config.max_in_flight, before
