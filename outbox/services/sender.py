@@ -100,6 +100,7 @@ class Sender:
             flights=self._flights,
             results=self._results,
             monotonic=monotonic,
+            channel_of=lambda channel: self._channels.get(channel),  # as it is now
         )
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
@@ -195,8 +196,7 @@ class Sender:
         # moves on each round and each is offered its share of the free slots, so one
         # channel's backlog never leaves another waiting for a slot.
         due = await self._slots.due(free)
-        shares = await self._slots.shares(due, free, lambda channel: self._channels.get(channel))
-        requests, known, probes, retry_in = shares
+        requests, known, probes, retry_in = await self._slots.shares(due, free)
         if not requests:
             return 0, retry_in
         try:

@@ -1,14 +1,16 @@
 """The claim loop's bookkeeping of slots and hot channels: how many rows each channel may claim
-in a round (the free slots, shared out; its in-flight cap; its breaker), and which channels a
-round visits (asked of the database, or, shortly after, the channels whose last claim was full).
+in a round (the free slots, shared over tenants and their channels by
+outbox.domain.shares; its in-flight cap; its breaker), and which channels a round visits (asked
+of the database, or, shortly after, the channels whose last claim was full).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import NamedTuple
 
 from outbox.config import ChannelConfig, SenderConfig
+from outbox.domain.shares import Portions, cursor_after
 from outbox.ports import ClaimRequest, Due, MessageLeases, Monotonic
 from outbox.services import attempt as attempts
 from outbox.services.channels import ChannelGovernor
@@ -44,8 +46,12 @@ class Slots:
         flights: Flights,
         results: ResultBuffer,
         monotonic: Monotonic,
+        channel_of: Callable[[str], ChannelConfig | None],
     ) -> None:
         self._store = store
+        # A channel's configuration as it is at the moment asked (the channels may change while
+        # a breaker's check awaits).
+        self._channel_of = channel_of
         self._config = config
         self._governor = governor
         self._flights = flights
@@ -60,7 +66,9 @@ class Slots:
         # thousands of channels holding backlogs, a row on another one no longer waits for the
         # cursor to come round (issue 16: new flows before old ones, as fq_codel serves them).
         self._fresh: dict[str, None] = {}
-        self._visiting_fresh: set[str] = set()
+        # The channels of this round in the cursor's order (the database's answer, or none in a
+        # round of hot channels): only they move the cursor.
+        self._in_turn: list[str] = []
 
     def free(self) -> int:
         # A slot is free again when its request ends. Answers not yet written are bounded by
@@ -70,43 +78,55 @@ class Slots:
             return 0
         return self._config.max_in_flight - len(self._flights)
 
-    async def shares(
-        self, due: Due, free: int, channel_of: Callable[[str], ChannelConfig | None]
-    ) -> Shares:
-        """Each due channel, from the cursor on, is offered its share of the `free` slots, so one
-        channel's backlog never leaves another waiting for a slot. `channel_of` gives a
-        channel's configuration as it is at the moment asked (the channels may change while a
-        breaker's check awaits)."""
+    async def shares(self, due: Due, free: int) -> Shares:
+        """The due channels' claims: the `free` slots shared over their tenants, then over each
+        tenant's channels (outbox.domain.shares), so neither one channel's backlog nor one
+        client's many numbers leave another waiting for a slot."""
         retry_in = due.next_in
         requests: list[ClaimRequest] = []
         # The channels as they were when asked for: one removed (disabled) while the claim ran
         # still sends what it claimed, as requests in flight finish.
         known: dict[str, ChannelConfig] = {}
         probes: set[str] = set()  # channels whose breaker lets one row probe
-        for position, channel in enumerate(due.channels):
-            if channel not in self._visiting_fresh:  # out of turn: the cursor stays
-                self._cursor = channel
-            share = -(-free // (len(due.channels) - position))
-            wanted, again, probe = await self._wanted(channel_of(channel), channel, share)
+        portions = Portions(due.channels, self._tenant_of, free)
+        visited: set[str] = set()
+        for channel in portions.order:
+            if portions.free <= 0:
+                break
+            share = portions.offer(channel)
+            if share <= 0:
+                continue  # its tenant's portion is spent: the cursor comes back to it
+            visited.add(channel)
+            wanted, again, probe = await self._wanted(self._channel_of(channel), channel, share)
             retry_in = sooner(retry_in, again)
-            config = channel_of(channel)  # the breaker's check may have awaited
+            config = self._channel_of(channel)  # the breaker's check may have awaited
             if wanted > 0 and config is not None:
                 known[channel] = config
                 limits, scope = self._governor.limits[channel], attempts.template_scope(config)
                 requests.append(ClaimRequest(channel, wanted, limits, scope))
-                free -= wanted
+                portions.took(channel, wanted)
                 if probe:
                     probes.add(channel)
-            if free <= 0:
-                break
+        self._cursor = cursor_after(self._in_turn, visited, self._cursor)
         return Shares(requests, known, probes, retry_in)
+
+    def _client(self, channel: str) -> str | None:
+        config = self._channel_of(channel)
+        return None if config is None else config.client_id
+
+    def _tenant_of(self, channel: str) -> Hashable:
+        """A partner's client, or the channel itself when it has none (or is not ours)."""
+        client = self._client(channel)
+        return ("channel", channel) if client is None else ("client", client)
 
     async def due(self, free: int) -> Due:
         """The channels to visit: asked of the database, or, shortly after it was asked, the
         channels whose last claim got every row it asked for (they have more): a backlog's
         rounds then skip a round trip, and other channels are looked for again within
         HOT_FOR (issue 16). Channels tracked since the last round start first, all in one go
-        (`ChannelGovernor.start`, then their bucket rows)."""
+        (`ChannelGovernor.start`, then their bucket rows). A client whose hot channels the
+        database's answer (from the cursor, so many channels long) leaves out keeps them in
+        the round: its portion does not wait for the cursor to come round to its numbers."""
         started = await self._governor.start()
         if started:
             await self._store.ensure_buckets(started)
@@ -114,17 +134,29 @@ class Slots:
         self._hot_rounds += 1
         # Rounds count too: a clock that does not move (a test's) never starves other channels.
         if self.hot and now - self._due_at < HOT_FOR and self._hot_rounds < HOT_ROUNDS:
-            due = Due(self.hot, None)
+            due, in_turn = Due(self.hot, None), []
         else:
             self._due_at, self._hot_rounds = now, 0
             due = await self._store.due_channels(self._cursor, free)
+            in_turn = due.channels
+            due = Due([*in_turn, *self._clients_left_out(in_turn)], due.next_in)
         # Taken once the look succeeded: a database error keeps them for the next round.
-        fresh, self._fresh = list(self._fresh), {}
-        self._visiting_fresh = set(fresh)
-        if not fresh:
-            return due
-        rest = [channel for channel in due.channels if channel not in self._visiting_fresh]
-        return Due(fresh + rest, due.next_in)
+        fresh, self._fresh = self._fresh, {}
+        self._in_turn = [channel for channel in in_turn if channel not in fresh]
+        rest = [channel for channel in due.channels if channel not in fresh]
+        return Due([*fresh, *rest], due.next_in)
+
+    def _clients_left_out(self, in_turn: list[str]) -> list[str]:
+        """The hot channels of the clients none of whose channels are in `in_turn`."""
+        listed = set(in_turn)
+        present = {self._client(channel) for channel in in_turn}
+        return [
+            channel
+            for channel in self.hot
+            if channel not in listed
+            and (client := self._client(channel)) is not None
+            and client not in present
+        ]
 
     def fresh(self, channels: Iterable[str]) -> None:
         """Channels that rows were just inserted on: the next round visits them first."""

@@ -1,7 +1,7 @@
 """Speed at any scale: outbox beside its peers, and from 1 to 10,000 channels (not a test).
 
     python -m tests.bench.scale [--messages 20000] [--channels 1,1000,10000]
-        [--peers/--no-peers] [--fair-backlog 1000000 [--fair-spread 1]] [--steady-seconds 10]
+        [--peers/--no-peers] [--fair-backlog 1000000 [--fair-spread 1] [--fair-clients]] [--steady-seconds 10]
         [--limit 60]
         [--repeat 1] [--kinds outbox,pgqueuer,pgqueuer+gc,batched,baseline] [--baseline DIR]
 
@@ -18,7 +18,9 @@ process), every worker in its own process, every one at 200 requests in flight:
   range (one drain on this machine can differ from the next by 15 %);
 - fairness (--fair-backlog N > 0): N rows queued on one channel (or spread over
   --fair-spread K channels: one client's many numbers), then 10 rows, 100 ms apart, on
-  another: p99 INSERT -> request of the 10, and the sender's peak RSS beside N rows.
+  another: p99 INSERT -> request of the 10, and the sender's peak RSS beside N rows;
+  --fair-clients: the K channels are client "big"'s, the 10 rows go to client "small", whose
+  other number holds a 100,000-row backlog: the part of the requests that number gets.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,10 +93,13 @@ def channel_id(n: int) -> str:
     return f"c{n:05d}"
 
 
-def write_config(path: Path, dsn: str, api: str, channels: int) -> None:
+def write_config(
+    path: Path, dsn: str, api: str, channels: int, clients: Callable[[int], str] | None = None
+) -> None:
     """Sender defaults (200 in flight); rate limits far above the load. The sender serves its
     metrics (`admin_listen`), as one in production does: its gauges are refreshed from the
-    database every `sample_interval`, whose cost grows with the channels."""
+    database every `sample_interval`, whose cost grows with the channels. `clients` gives
+    channel n's client (tenant) id."""
     entries = "".join(
         f"""
 [[channels]]
@@ -103,6 +109,7 @@ base_url = {json.dumps(api)}
 api_key_env = "BENCH_KEY"
 rate_per_second = 1000000
 """
+        + ("" if clients is None else f'client_id = "{clients(n)}"\n')
         for n in range(channels)
     )
     head = f'database_url = {json.dumps(dsn)}\nlog_level = "warning"\n'
@@ -350,19 +357,30 @@ class Bench:
         run.extra["steady p99 ms"] = q[98] * 1000
         run.extra["steady unsent"] = len(committed) - len({k for k, _ in log} & set(committed))
 
-    async def fairness(self, backlog: int, spread: int) -> Run:
+    async def fairness(self, backlog: int, spread: int, clients: bool) -> Run:
         """`backlog` rows over `spread` channels (c00000, ...: one client's numbers, say);
-        then 10 rows on the next channel, 100 ms apart."""
-        run = Run(f"fairness, {backlog:,}-row backlog over {spread:,} channel(s)")
+        then 10 rows on the next channel, 100 ms apart. With `clients` the backlog's channels
+        are client "big"'s, and client "small" has two numbers: the 10 rows go to one, and the
+        other holds a backlog of CLIENT_BACKLOG rows from the start."""
+        label = f"fairness, {backlog:,}-row backlog over {spread:,} channel(s)"
+        run = Run(label + (", two clients" if clients else ""))
         small = f"c{spread:05d}"
         port = _free_port()
         api_url = f"http://127.0.0.1:{port}"
         api = await _api(port, 0.0)
         config = self.workdir / "fair.toml"
-        write_config(config, self.dsn, api_url, spread + 1)
+        write_config(
+            config,
+            self.dsn,
+            api_url,
+            spread + 2,
+            (lambda n: "big" if n < spread else "small") if clients else None,
+        )
         connection = await asyncpg.connect(self.dsn)
         await self._reset(connection)
         await self._enqueue(connection, backlog, spread, spread == 1)
+        if clients:
+            await connection.execute(_CLIENT_BACKLOG, CLIENT_BACKLOG, channel_id(spread + 1))
         await connection.execute(
             "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
             "SELECT $1, '49153' || lpad(g::text, 8, '0'), now() "
@@ -394,7 +412,42 @@ class Bench:
         run.extra["small seen"] = len(delays)
         run.extra["small p99 ms"] = (delays[-1] if delays else float("inf")) * 1000
         run.extra["backlog sent"] = len(log) - len(delays)
+        if clients:
+            run.extra["client share"] = await _share(self.dsn, log, channel_id(spread + 1))
         return run
+
+
+# The small client's own backlog (--fair-clients), on its second number, in one statement (which
+# names no channel: the cursor finds it).
+CLIENT_BACKLOG = 100_000
+_CLIENT_BACKLOG = """
+WITH rows AS (
+    SELECT $2::text AS channel, '49154' || lpad(g::text, 8, '0') AS recipient, g
+    FROM generate_series(1, $1) AS g
+), inbound AS (
+    INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at)
+    SELECT channel, recipient, now() - interval '1 minute' FROM rows
+)
+INSERT INTO outbox.messages (channel, recipient, payload)
+SELECT channel, recipient, '{"type":"text","text":{"body":"campaign"}}'::jsonb FROM rows
+"""
+
+
+async def _share(dsn: str, log: list[tuple[str, float]], channel: str) -> float:
+    """The part of the requests logged from the first one of `channel` on that went to it."""
+    ids = [int(key.split(":")[1]) for key, _ in log if key.startswith("outbox:")]
+    connection = await asyncpg.connect(dsn)
+    try:
+        ours = await connection.fetchval(
+            "SELECT array_agg(id) FROM outbox.messages WHERE id = ANY($1) AND channel = $2",
+            ids,
+            channel,
+        )
+    finally:
+        await connection.close()
+    ours = set(ours or [])
+    first = next((n for n, key in enumerate(ids) if key in ours), len(ids))
+    return len(ours) / max(1, len(ids) - first)
 
 
 def _medians(runs: list[Run]) -> list[Run]:
@@ -496,7 +549,7 @@ async def main(args: argparse.Namespace) -> None:
                         channels.append(await bench.channels(count, args.messages, True, 0))
                         print(channels[-1], flush=True)
             if args.fair_backlog:
-                fair = await bench.fairness(args.fair_backlog, args.fair_spread)
+                fair = await bench.fairness(args.fair_backlog, args.fair_spread, args.fair_clients)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     peers, channels = _medians(peers), _medians(channels)
@@ -510,6 +563,11 @@ async def main(args: argparse.Namespace) -> None:
             f"{x['backlog sent']:.0f} backlog rows sent meanwhile, peak RSS "
             f"{fair.peak_rss_mb:.1f} MB"
         )
+        if args.fair_clients:
+            print(
+                f"the small client's second number (its {CLIENT_BACKLOG:,}-row backlog) got "
+                f"{x['client share']:.0%} of the requests from its first one on"
+            )
 
 
 if __name__ == "__main__":
@@ -528,6 +586,11 @@ if __name__ == "__main__":
     parser.add_argument("--fair-backlog", type=int, default=0)
     parser.add_argument(
         "--fair-spread", type=int, default=1, help="channels the fairness backlog is spread over"
+    )
+    parser.add_argument(
+        "--fair-clients",
+        action="store_true",
+        help="the backlog's channels are one client's; another client has a backlog too",
     )
     parser.add_argument("--steady-seconds", type=float, default=5.0)
     parser.add_argument(

@@ -1,0 +1,65 @@
+"""A partner's client with one number beside a client whose 200 numbers all hold backlogs: the
+slots are shared per client first, so the one number gets half of them, not 1 in 201."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from outbox.config import SenderConfig
+from outbox.services.sender import Sender
+from tests.fakes import InMemoryMessageStore
+from tests.unit.test_sender_slots import _add, _channel, _CountingApi, _until_requested
+
+SLOTS = 20
+BIG = [f"a{n:03d}" for n in range(200)]
+SMALL = "zzz"  # last in the cursor's order
+
+
+def _sender(store: InMemoryMessageStore, api: _CountingApi, *, clients: bool) -> Sender:
+    for n, channel in enumerate(BIG):
+        _add(store, channel, 30, first=n * 30)
+    _add(store, SMALL, 1000, first=10_000)
+    channels = [replace(_channel(c), client_id="big" if clients else None) for c in BIG] + [
+        replace(_channel(SMALL), client_id="small" if clients else None)
+    ]
+    config = SenderConfig(
+        max_in_flight=SLOTS, batch_size=SLOTS, poll_interval=timedelta(seconds=30)
+    )
+    return Sender(store, api, channels, config, worker_id="w", channel_state=store)
+
+
+@pytest.mark.parametrize("clients", [True, False])
+async def test_a_client_with_one_number_gets_half_the_slots_beside_one_with_200(
+    clients: bool,
+) -> None:
+    """Once the small client's number is found (its rows came in one bulk insert, which names
+    no channel: the cursor finds it), it gets about half of the next 1,200 requests with client
+    ids: its client's portion is half the slots, and its channel stays in the rounds while it
+    has rows even when the look for due channels, from the cursor, leaves it out. Without
+    client ids (the control) every number is its own tenant and it gets a few of them: the
+    setup does show the problem the client level removes."""
+    store, api = InMemoryMessageStore(), _CountingApi()
+    sender = _sender(store, api, clients=clients)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await _until_requested(api, SMALL, 1, seconds=10)
+        found = next(n for channel, n in api.requests if channel == SMALL)
+        for _ in range(1000):
+            if len(api.requests) >= found + 1200:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    after = api.requests[found : found + 1200]
+    assert len(after) == 1200, len(after)
+    small = sum(1 for channel, _ in after if channel == SMALL)
+    if clients:
+        assert 0.4 * len(after) <= small <= 0.6 * len(after), small
+    else:
+        assert small < 0.05 * len(after), small
