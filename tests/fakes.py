@@ -112,7 +112,7 @@ class InMemoryMessageStore:
 
     # --- MessageLeases ---
 
-    async def due_channels(self, after: str, limit: int) -> Due:
+    async def due_channels(self, after: str, limit: int, also: Sequence[str] = ()) -> Due:
         now = self._clock()
         heads: dict[tuple[str, str], Row] = {}  # each recipient's oldest open row (as _pick)
         for row in sorted(self.rows.values(), key=lambda r: r.id):
@@ -124,6 +124,7 @@ class InMemoryMessageStore:
             if r.state is State.QUEUED and (r.next_attempt_at is None or r.next_attempt_at <= now)
         }
         channels = sorted(due, key=lambda c: (c <= after, c))[:limit]
+        channels += [c for c in dict.fromkeys(also) if c in due and c not in channels]
         later = [
             r.next_attempt_at
             for r in heads.values()

@@ -5,7 +5,8 @@ live and replay indexes (one index probe per channel that has a ready head, up t
 them, from the channel after :after on, wrapping around), the channels with retries due now
 (`ix_messages_due_at`: only rows due, never those waiting for later), and the earliest future
 retry or pace end over every channel (two index probes). Channels without due rows cost
-nothing, so 10,000 idle channels cost what one does.
+nothing, so 10,000 idle channels cost what one does. Channels asked about by name (:also: a
+client's numbers the cursor's list may leave out) are probed one by one.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ _FOUND = " UNION ".join(
     f"SELECT channel FROM {name} WHERE channel IS NOT NULL" for name, *_ in _SCANS
 )
 
+
+def _has_rows(channel: str) -> str:
+    """The channel has a row to claim now: one probe of each index the skip scans use."""
+    probes = [_READY.format(""), _READY.format("NOT"), f"{_DUE} AND next_attempt_at <= now()"]
+    return " OR ".join(
+        f"EXISTS (SELECT 1 FROM outbox.messages WHERE channel = {channel} AND {probe})"
+        for probe in probes
+    )
+
+
 DUE_CHANNELS = text(
     f"""
     WITH RECURSIVE {", ".join(_skip_scan(*scan) for scan in _SCANS)},
@@ -60,6 +71,8 @@ DUE_CHANNELS = text(
     SELECT
         ARRAY(SELECT channel FROM found ORDER BY channel <= :after, channel LIMIT :limit)
             AS channels,
+        ARRAY(SELECT a.channel FROM unnest(CAST(:also AS text[])) AS a(channel)
+              WHERE {_has_rows("a.channel")}) AS also_due,
         extract(epoch FROM least(
             (SELECT min(next_attempt_at) FROM outbox.messages
              WHERE {_DUE} AND next_attempt_at > now()),

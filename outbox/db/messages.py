@@ -87,12 +87,15 @@ class MessageStore:
         self._buckets: set[str] = set()  # channels whose bucket row is known to exist
 
     @translated
-    async def due_channels(self, after: str, limit: int) -> Due:
-        """Up to `limit` channels with rows to claim now, from the one after `after` on, and
+    async def due_channels(self, after: str, limit: int, also: Sequence[str] = ()) -> Due:
+        """Up to `limit` channels with rows to claim now, from the one after `after` on, then
+        those of `also` (one index probe each) that have some and are not among them; and
         when the next retry or paced row comes due."""
+        parameters = {"after": after, "limit": limit, "also": list(also)}
         async with self._engine.connect() as connection:
-            row = (await connection.execute(DUE_CHANNELS, {"after": after, "limit": limit})).one()
-        return Due(list(row.channels), None if row.next_in is None else float(row.next_in))
+            row = (await connection.execute(DUE_CHANNELS, parameters)).one()
+        listed = dict.fromkeys([*row.channels, *row.also_due])  # in order, once each
+        return Due(list(listed), None if row.next_in is None else float(row.next_in))
 
     async def claim(
         self,

@@ -48,7 +48,8 @@ class ClaimRequest(NamedTuple):
 
 class Due(NamedTuple):
     """What a claim round should visit: the channels with rows to claim now (up to the limit
-    asked, in channel order from the cursor on, wrapping), and in how many seconds the next
+    asked, in channel order from the cursor on, wrapping; then those of the channels asked
+    about by name that have some and are not among them), and in how many seconds the next
     retry or paced row of any channel comes due (None: none is waiting)."""
 
     channels: list[str]
@@ -58,7 +59,7 @@ class Due(NamedTuple):
 class MessageLeases(ResultSink, LeaseRenewals, Protocol):
     """The sender's view of `outbox.messages`: leases taken, results written, leases handed back."""
 
-    async def due_channels(self, after: str, limit: int) -> Due: ...
+    async def due_channels(self, after: str, limit: int, also: Sequence[str] = ()) -> Due: ...
     async def ensure_buckets(self, limits: Mapping[str, Limits]) -> None: ...
     async def claim_many(
         self,

@@ -102,23 +102,23 @@ class Sender:
             monotonic=monotonic,
             channel_of=lambda channel: self._channels.get(channel),  # as it is now
         )
+        self._slots.track(channels)
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
     def _owed(self) -> list[int]:  # the rows whose result we still owe: their leases hold
         return [*self._flights.ids(), *self._results.held()]
 
     def wake(self, channels: Iterable[str] = ()) -> None:
-        """Rows were inserted: claim now rather than at the next poll, visiting `channels` (a
-        small insert names its own) first."""
+        """Rows were inserted: claim now, visiting `channels` (a small insert's) first."""
         self._slots.fresh(channels)
         self._wake.set()
 
     def set_channels(self, channels: Sequence[ChannelConfig]) -> None:
         """The channels to claim for from now on (the registry changed, or SIGHUP): new ones
-        start, missing ones (disabled, removed) are no longer claimed (their rows wait; requests
-        in flight finish), a changed key is used from the next request and a channel paused
-        under another key probes at once."""
+        start, missing ones (disabled, removed) are no longer claimed (their rows wait, requests
+        in flight finish), a changed key is used from the next request."""
         self._governor.track(channels)
+        self._slots.track(channels)
         self._channels = {c.id: c for c in channels}
         self._wake.set()
 

@@ -24,6 +24,10 @@ HOT_FOR = 0.2
 HOT_ROUNDS = 16
 # Channels named by inserts and not yet visited, at most: more are found by the cursor.
 FRESH_LIMIT = 1000
+# Clients' numbers asked about by name in a look for due channels while more channels are due
+# than a look returns: one index probe each, clients in turn (a client with more numbers than
+# this is among the cursor's channels anyway).
+CLIENT_PROBES = 100
 
 
 class Shares(NamedTuple):
@@ -69,6 +73,19 @@ class Slots:
         # The channels of this round in the cursor's order (the database's answer, or none in a
         # round of hot channels): only they move the cursor.
         self._in_turn: list[str] = []
+        # Each client's channels, by client id (`track`); the client the last probes ended at;
+        # whether the last look returned as many channels as it asked for (more may be due).
+        self._clients: dict[str, list[str]] = {}
+        self._client_cursor = ""
+        self._crowded = False
+
+    def track(self, channels: Iterable[ChannelConfig]) -> None:
+        """The channels served from now on: whose client each one is."""
+        clients: dict[str, list[str]] = {}
+        for channel in channels:
+            if channel.client_id is not None:
+                clients.setdefault(channel.client_id, []).append(channel.id)
+        self._clients = {client: clients[client] for client in sorted(clients)}
 
     def free(self) -> int:
         # A slot is free again when its request ends. Answers not yet written are bounded by
@@ -137,14 +154,34 @@ class Slots:
             due, in_turn = Due(self.hot, None), []
         else:
             self._due_at, self._hot_rounds = now, 0
-            due = await self._store.due_channels(self._cursor, free)
-            in_turn = due.channels
-            due = Due([*in_turn, *self._clients_left_out(in_turn)], due.next_in)
+            probes = self._client_probes() if self._crowded else []
+            due = await self._store.due_channels(self._cursor, free, probes)
+            in_turn = [channel for channel in due.channels if channel not in set(probes)]
+            self._crowded = len(in_turn) >= free
+            due = Due([*due.channels, *self._clients_left_out(due.channels)], due.next_in)
         # Taken once the look succeeded: a database error keeps them for the next round.
         fresh, self._fresh = self._fresh, {}
         self._in_turn = [channel for channel in in_turn if channel not in fresh]
         rest = [channel for channel in due.channels if channel not in fresh]
         return Due([*fresh, *rest], due.next_in)
+
+    def _client_probes(self) -> list[str]:
+        """Up to CLIENT_PROBES channels, all of each client's, clients in turn from the one
+        after the last probed: while the cursor's look is full, a client's number with a
+        backlog from a bulk insert (which names no channel) is found within a few looks
+        rather than when the cursor comes round to it among thousands of channels."""
+        clients = list(self._clients)
+        start = next((n for n, c in enumerate(clients) if c > self._client_cursor), 0)
+        probes: list[str] = []
+        for client in clients[start:] + clients[:start]:
+            channels = self._clients[client]
+            if len(probes) >= CLIENT_PROBES:
+                break
+            if len(probes) + len(channels) > CLIENT_PROBES:
+                continue
+            probes += channels
+            self._client_cursor = client
+        return probes
 
     def _clients_left_out(self, in_turn: list[str]) -> list[str]:
         """The hot channels of the clients none of whose channels are in `in_turn`."""

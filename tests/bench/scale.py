@@ -566,7 +566,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.fair_clients:
             print(
                 f"the small client's second number (its {CLIENT_BACKLOG:,}-row backlog) got "
-                f"{x['client share']:.0%} of the requests from its first one on"
+                f"{x['client share']:.1%} of the requests from its first one on"
             )
 
 

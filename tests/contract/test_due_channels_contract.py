@@ -50,6 +50,20 @@ async def test_a_retry_due_now_names_its_channel_and_a_busy_line_does_not(
     assert due.next_in is None
 
 
+async def test_channels_asked_about_by_name_come_after_the_cursor_s_list(
+    harness: Harness,
+) -> None:
+    """A client's numbers the cursor's list leaves out (outbox.services.slots' client probes):
+    those with a row ready or a retry due now follow the list, once each; the others do not."""
+    for channel in ("a", "b", "c", "x"):
+        await harness.add(A, channel=channel)
+    await harness.add(A, channel="y", next_attempt_at=_now() - timedelta(seconds=5))
+    await harness.add(A, channel="z", next_attempt_at=_now() + timedelta(hours=1))
+    await harness.add(B, channel="w", state=State.ACCEPTED)
+    due = await harness.store.due_channels("", 2, ["x", "y", "z", "w", "a", "x"])
+    assert due.channels == ["a", "b", "x", "y"]
+
+
 async def test_nothing_due_names_nothing(harness: Harness) -> None:
     await harness.add(A, channel="a", state=State.ACCEPTED)
     assert await harness.store.due_channels("", 10) == ([], None)

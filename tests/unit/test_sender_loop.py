@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from outbox.config import ChannelConfig, Secret, SenderConfig
@@ -49,11 +50,11 @@ class _BlipAfterClaim(InMemoryMessageStore):
         super().__init__()
         self.failures = 0
 
-    async def due_channels(self, after: str, limit: int) -> Due:
+    async def due_channels(self, after: str, limit: int, also: Sequence[str] = ()) -> Due:
         if self.failures == 0 and self.claims:
             self.failures += 1
             raise DatabaseUnavailable("connection reset")
-        return await super().due_channels(after, limit)
+        return await super().due_channels(after, limit, also)
 
 
 async def test_rows_claimed_just_before_a_database_blip_are_still_sent() -> None:

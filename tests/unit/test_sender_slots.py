@@ -150,10 +150,10 @@ class _CountingStore(InMemoryMessageStore):
         self.due_lookups = 0
         self.lookups_in_backlog = 0
 
-    async def due_channels(self, after: str, limit: int) -> Due:
+    async def due_channels(self, after: str, limit: int, also: Sequence[str] = ()) -> Due:
         self.due_lookups += 1
         self.lookups_in_backlog += any(r.state is State.QUEUED for r in self.rows.values())
-        return await super().due_channels(after, limit)
+        return await super().due_channels(after, limit, also)
 
     async def claim_many(
         self, requests: Sequence[ClaimRequest], worker: str, lease: timedelta, **kw: Any
@@ -379,11 +379,11 @@ class _DueFailsOnce(InMemoryMessageStore):
         super().__init__()
         self.fail_next = False
 
-    async def due_channels(self, after: str, limit: int) -> Due:
+    async def due_channels(self, after: str, limit: int, also: Sequence[str] = ()) -> Due:
         if self.fail_next:
             self.fail_next = False
             raise DatabaseUnavailable("the database went away")
-        return await super().due_channels(after, limit)
+        return await super().due_channels(after, limit, also)
 
 
 async def test_a_named_channel_is_still_visited_first_after_a_failed_look() -> None:
