@@ -156,7 +156,11 @@ class Slots:
             self._due_at, self._hot_rounds = now, 0
             probes = self._client_probes() if self._crowded else []
             due = await self._store.due_channels(self._cursor, free, probes)
-            in_turn = [channel for channel in due.channels if channel not in set(probes)]
+            # A probed channel the cursor's list holds too counts as probed (the answer does
+            # not say which it came from): if this round's slots do not reach it, the cursor
+            # may pass it, and the next look from the cursor or its client's next probe finds it.
+            probed = set(probes)
+            in_turn = [channel for channel in due.channels if channel not in probed]
             self._crowded = len(in_turn) >= free
             due = Due([*due.channels, *self._clients_left_out(due.channels)], due.next_in)
         # Taken once the look succeeded: a database error keeps them for the next round.
