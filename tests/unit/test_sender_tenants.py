@@ -51,10 +51,7 @@ async def test_a_client_with_one_number_gets_half_the_slots_beside_one_with_200(
     try:
         await _until_requested(api, SMALL, 1, seconds=10)
         found = next(n for channel, n in api.requests if channel == SMALL)
-        for _ in range(1000):
-            if len(api.requests) >= found + 1200:
-                break
-            await asyncio.sleep(0.01)
+        await _until_count(api, found + 1200)
     finally:
         stop.set()
         await task
@@ -66,3 +63,35 @@ async def test_a_client_with_one_number_gets_half_the_slots_beside_one_with_200(
         assert 0.4 * len(after) <= small <= 0.6 * len(after), small
     else:
         assert small < 0.05 * len(after), small
+
+
+async def test_client_ids_set_while_running_take_effect_at_once() -> None:
+    """The registry gives the numbers their client ids while the sender runs (`set_channels`,
+    as `channels import` and a registry change do): the small client's number, never found by
+    the cursor in the first 600 requests here, is asked about by name and gets its half."""
+    store, api = InMemoryMessageStore(), _CountingApi()
+    sender = _sender(store, api, clients=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await _until_count(api, 600)
+        assert all(channel != SMALL for channel, _ in api.requests[:600])  # the cursor's lot
+        changed = len(api.requests)
+        clients = [replace(_channel(c), client_id="big") for c in BIG]
+        sender.set_channels([*clients, replace(_channel(SMALL), client_id="small")])
+        await _until_count(api, changed + 1700)
+    finally:
+        stop.set()
+        await task
+    found = next((n for channel, n in api.requests if channel == SMALL), None)
+    assert found is not None, "the small client's number was never claimed"
+    assert found - changed < 700, (changed, found)
+    after = api.requests[found : found + 1000]
+    assert 0.4 * len(after) <= sum(1 for channel, _ in after if channel == SMALL), found
+
+
+async def _until_count(api: _CountingApi, count: int) -> None:
+    for _ in range(1000):
+        if len(api.requests) >= count:
+            return
+        await asyncio.sleep(0.01)
