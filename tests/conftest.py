@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox.db import migrate
 from outbox.db.engine import create_engine
 from outbox.sandbox import Sandbox
+from tests import figures as fault_figures
 from tests.support import KEYS, TRUST_FIXTURE_ROWS
 
 # The developer's own settings must not leak into tests.
@@ -155,3 +156,7 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(db_url, pool_size=4)
     yield engine
     await engine.dispose()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    fault_figures.summary(terminalreporter)  # here: the root conftest is loaded wherever tests run

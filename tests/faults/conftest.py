@@ -17,53 +17,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import _admin, database_url
+from tests.figures import Figures
 from tests.support import TRUST_FIXTURE_ROWS
-
-_FIGURE = "fault suite figure"
-
-
-@dataclass
-class Figures:
-    """A scenario's figures, kept in its test's report (`user_properties`), so that they reach
-    the summary from pytest-xdist's worker processes as from a run in one process."""
-
-    properties: list[tuple[str, object]]
-
-    def add(self, scenario: str, text: str) -> None:
-        self.properties.append((_FIGURE, (scenario, text)))
-
-
-def _report(lines: dict[str, list[str]]) -> str:
-    out = ["# Fault suite figures", ""]
-    for scenario, texts in lines.items():
-        out.append(f"## {scenario}")
-        out += [f"- {text}" for text in texts]
-        out.append("")
-    return "\n".join(out)
 
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Figures:
     return Figures(request.node.user_properties)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    lines: dict[str, list[str]] = {}
-    reports = [r for kind in ("passed", "failed") for r in terminalreporter.stats.get(kind, [])]
-    # In the files' order, as one process runs them, whichever worker ran each.
-    for report in sorted(reports, key=lambda r: (r.location[0], r.location[1] or 0)):
-        if getattr(report, "when", None) != "call":
-            continue
-        for name, value in report.user_properties:
-            if name == _FIGURE:
-                scenario, text = value
-                lines.setdefault(scenario, []).append(text)
-    if not lines:
-        return
-    report = _report(lines)
-    terminalreporter.write_sep("=", "fault suite figures")
-    terminalreporter.write_line(report)
-    Path("faults-report.md").write_text(report, encoding="utf-8")
 
 
 @dataclass
