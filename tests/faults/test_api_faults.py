@@ -34,7 +34,7 @@ import asyncpg
 import pytest
 
 from outbox.sandbox import Fault, Sandbox
-from tests.faults.conftest import Figures
+from tests.figures import Figures
 from tests.support import (
     KEYS,
     SUBPROCESS_ENV,

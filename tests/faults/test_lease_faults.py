@@ -33,7 +33,8 @@ from tests.faults.test_process_faults import (
 from tests.support import config_toml, enqueue_in_window, fetch, spawn_daemon
 
 if TYPE_CHECKING:  # the fixtures' types only; pytest imports the conftest itself
-    from tests.faults.conftest import Figures, RestartablePostgres
+    from tests.faults.conftest import RestartablePostgres
+    from tests.figures import Figures
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -42,7 +42,8 @@ from tests.support import (
 )
 
 if TYPE_CHECKING:  # the fixtures' types only; pytest imports the conftest itself
-    from tests.faults.conftest import Figures, RestartablePostgres
+    from tests.faults.conftest import RestartablePostgres
+    from tests.figures import Figures
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
