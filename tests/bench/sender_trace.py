@@ -9,7 +9,8 @@ process whose claim round, flights and store calls are wrapped with timers, agai
 imitation of `tests.bench.fake_api`, until every row is answered. Prints per store call its
 count and p50/p90 wall time (in the event loop: queueing behind other tasks included), the claim
 rounds (rows each, slots free at its start), and the drain: messages/s and the mean number of
-requests in flight against the 200 slots. `OUTBOX_BENCH_PROFILE=prefix` has py-spy sample the
+requests in flight against the 200 slots, as flights (claimed to answered) and as requests
+(`ApiClient.send` alone: the difference is the time a flight spends outside its request). `OUTBOX_BENCH_PROFILE=prefix` has py-spy sample the
 child as in the other benchmarks (raw folded stacks in `prefix-<pid>.txt`).
 
 Issue 16 found with it: the one-channel drain spends 97 % of its time in claim rounds with 79 of
@@ -46,6 +47,7 @@ _Round = tuple[float, float, int, int]  # started, ended, free slots at the star
 def _instrument() -> Callable[[], None]:
     """Wrap the sender's claim round, flights and store calls; returns the report."""
     from outbox.db import claims, messages
+    from outbox.http import api_client
     from outbox.services import flights, sender
 
     rounds: list[_Round] = []
@@ -90,6 +92,7 @@ def _instrument() -> Callable[[], None]:
         timed(messages.MessageStore, name)
     for name in ("lock_buckets", "read_claimed"):
         timed(claims, name)
+    timed(api_client.ApiClient, "send")  # the request alone, against a flight's whole time
 
     def report() -> None:
         for name, seconds in spent.items():
@@ -107,6 +110,8 @@ def _instrument() -> Callable[[], None]:
             f"{statistics.median(r[2] for r in busy)} slots free at the start (p50), "
             f"{statistics.median((r[1] - r[0]) * 1000 for r in busy):.1f} ms each (p50)"
         )
+        flight = statistics.mean(spent["send"]) * len(lands) / (lands[-1] - starts[0])
+        print(f"requests (ApiClient.send) in flight on average: {flight:.1f}")
         events = sorted([(t, 1) for t in starts] + [(t, -1) for t in lands])
         in_flight, area = 0, 0.0
         for (at, step), (after, _) in itertools.pairwise(events):
