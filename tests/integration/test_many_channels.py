@@ -1,12 +1,14 @@
 """Many configured channels, against PostgreSQL: a row on one of 10,000 channels is claimed in
-the first round, and claim rounds cost the same few statements however many channels are
-configured (counted on the engine), idle or not."""
+the first round, claim rounds cost the same few statements however many channels are
+configured (counted on the engine), idle or not, and a client with one number gets its half of
+the slots beside a client with 200."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -189,3 +191,61 @@ async def test_a_row_inserted_beside_300_backlogs_is_sent_next_through_the_real_
         await asyncio.gather(*tasks)
     assert "zzz" in api.channels, "not sent within 3 s"
     assert api.channels.index("zzz") - before <= 4 * config.max_in_flight, before
+
+
+async def test_a_client_s_bulk_inserted_backlog_gets_its_half_beside_200_busy_numbers(
+    engine: AsyncEngine,
+) -> None:
+    """The client level on the real claim: client "big" has 200 numbers with 20 rows each,
+    client "small" one number ("zzz", last in the cursor's order) with 400 rows, all in two bulk
+    INSERTs (which name no channel). The look for due channels asks about "small"'s number by
+    name once a look came back full, so it is found within the first rounds, and it then gets
+    about half the slots."""
+    async with engine.begin() as connection:
+        for channel, rows, first in (("'c' || lpad((g % 200)::text, 5, '0')", 4000, 0),
+                                     ("'zzz'", 400, 10_000)):  # fmt: skip
+            recipients = f"'49151' || lpad((g + {first})::text, 8, '0')"
+            await connection.execute(
+                text(
+                    "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
+                    f"SELECT {channel}, {recipients}, now() FROM generate_series(1, {rows}) AS g"
+                )
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO outbox.messages (channel, recipient, payload) "
+                    f"SELECT {channel}, {recipients}, "
+                    """'{"type":"text","text":{"body":"x"}}' """
+                    f"FROM generate_series(1, {rows}) AS g"
+                )
+            )
+    api = _SlowApi()
+    big = [replace(channel, client_id="big") for channel in _channels(200)]
+    small = ChannelConfig(
+        "zzz", Dialect.CLOUD, "http://127.0.0.1:9", Secret("k"), 1000.0, client_id="small"
+    )
+    config = SenderConfig(max_in_flight=20, batch_size=20, poll_interval=timedelta(seconds=30))
+    sender = Sender(
+        MessageStore(engine),
+        api,
+        [*big, small],
+        config,
+        worker_id="w",
+        channel_state=ChannelStateStore(engine),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        for _ in range(2000):
+            if "zzz" in api.channels and len(api.channels) >= api.channels.index("zzz") + 400:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    assert "zzz" in api.channels, "the small client's number was never claimed"
+    found = api.channels.index("zzz")
+    after = api.channels[found : found + 400]
+    assert found < 600, found  # the cursor alone: after about 2,000 requests
+    assert len(after) == 400, len(after)
+    assert after.count("zzz") >= 0.4 * len(after), after.count("zzz")
