@@ -74,7 +74,8 @@ class Slots:
         # round of hot channels): only they move the cursor.
         self._in_turn: list[str] = []
         # Each client's channels, by client id (`track`); the client the last probes ended at;
-        # whether the last look returned as many channels as it asked for (more may be due).
+        # whether the last look returned as many channels as it asked for (more may be due),
+        # two of them one client's.
         self._clients: dict[str, list[str]] = {}
         self._client_cursor = ""
         self._crowded = False
@@ -161,13 +162,19 @@ class Slots:
             # may pass it, and the next look from the cursor or its client's next probe finds it.
             probed = set(probes)
             in_turn = [channel for channel in due.channels if channel not in probed]
-            self._crowded = len(in_turn) >= free
+            self._crowded = len(in_turn) >= free and self._shared(in_turn)
             due = Due([*due.channels, *self._clients_left_out(due.channels)], due.next_in)
         # Taken once the look succeeded: a database error keeps them for the next round.
         fresh, self._fresh = self._fresh, {}
         self._in_turn = [channel for channel in in_turn if channel not in fresh]
         rest = [channel for channel in due.channels if channel not in fresh]
         return Due([*fresh, *rest], due.next_in)
+
+    def _shared(self, channels: list[str]) -> bool:
+        """Whether a client holds two of these channels: only then can the clients the look
+        left out be behind their share (one number each, they are channels like the rest)."""
+        clients = [client for channel in channels if (client := self._client(channel))]
+        return len(set(clients)) < len(clients)
 
     def _client_probes(self) -> list[str]:
         """Up to CLIENT_PROBES channels, all of each client's, clients in turn from the one

@@ -4,12 +4,14 @@ slots are shared per client first, so the one number gets half of them, not 1 in
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from outbox.config import SenderConfig
+from outbox.ports import Due
 from outbox.services.sender import Sender
 from tests.fakes import InMemoryMessageStore
 from tests.unit.test_sender_slots import _add, _channel, _CountingApi, _until_requested
@@ -95,3 +97,45 @@ async def _until_count(api: _CountingApi, count: int) -> None:
         if len(api.requests) >= count:
             return
         await asyncio.sleep(0.01)
+
+
+class _AlsoCountingStore(InMemoryMessageStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked_by_name: list[int] = []
+
+    async def due_channels(self, after: str, limit: int, also: Sequence[str] = ()) -> Due:
+        self.asked_by_name.append(len(also))
+        return await super().due_channels(after, limit, also)
+
+
+@pytest.mark.parametrize("numbers_each", [1, 2])
+async def test_numbers_are_asked_about_by_name_only_when_a_client_holds_several_due(
+    numbers_each: int,
+) -> None:
+    """200 clients with backlogs: with one number each, a client is a channel like the rest
+    and the cursor serves them fairly, so no look asks about numbers by name (each would be
+    an index probe for nothing); with two numbers each, the looks do."""
+    store, api = _AlsoCountingStore(), _CountingApi()
+    channels = []
+    for n in range(200):
+        for m in range(numbers_each):
+            channel = f"c{n:03d}{m}"
+            _add(store, channel, 10, first=(n * 2 + m) * 10)
+            channels.append(replace(_channel(channel), client_id=f"client{n:03d}"))
+    config = SenderConfig(
+        max_in_flight=SLOTS, batch_size=SLOTS, poll_interval=timedelta(seconds=30)
+    )
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await _until_count(api, 1000)
+    finally:
+        stop.set()
+        await task
+    assert len(store.asked_by_name) >= 3, store.asked_by_name
+    if numbers_each == 1:
+        assert not any(store.asked_by_name), store.asked_by_name
+    else:
+        assert any(store.asked_by_name), store.asked_by_name
