@@ -5,10 +5,11 @@ with one number must each get half of the slots, not 500 to 1 (issue 16: "a chan
 tenant when channels have one"). A channel without a tenant is a tenant of its own, so a
 configuration without tenants shares per channel, as before.
 
-Tenants with fewer due channels go first: they are the ones whose rate (their buckets' tokens)
-is likelier to leave part of their portion unused, and what a tenant leaves goes to the tenants
-after it in the same round. Within a tenant, channels keep the order they were given (channels
-named by inserts first, then the cursor's order).
+Tenants with a channel named by an insert go first (new flows before old ones, as fq_codel
+serves them: a round may run out of slots before the last tenants), then those with fewer due
+channels: they are the ones whose rate (their buckets' tokens) is likelier to leave part of
+their portion unused, and what a tenant leaves goes to the tenants after it in the same round.
+Within a tenant, channels keep the order they were given (named ones first, then the cursor's).
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ class Portions:
     the same way, and a channel's unused share goes to the channels and tenants after it."""
 
     def __init__(
-        self, channels: Sequence[str], tenant_of: Callable[[str], Hashable], free: int
+        self,
+        channels: Sequence[str],
+        tenant_of: Callable[[str], Hashable],
+        free: int,
+        named: Collection[str] = (),
     ) -> None:
         groups: dict[Hashable, list[str]] = {}
         for channel in dict.fromkeys(channels):
             groups.setdefault(tenant_of(channel), []).append(channel)
-        ranked = sorted(groups.items(), key=lambda group: len(group[1]))  # stable: ties keep order
+        # Stable: ties keep the order given.
+        ranked = sorted(
+            groups.items(),
+            key=lambda group: (not any(c in named for c in group[1]), len(group[1])),
+        )
         self.order = [channel for _, members in ranked for channel in members]
         self.free = free
         self._tenant = {channel: tenant for tenant, members in ranked for channel in members}

@@ -73,6 +73,7 @@ class Slots:
         # The channels of this round in the cursor's order (the database's answer, or none in a
         # round of hot channels): only they move the cursor.
         self._in_turn: list[str] = []
+        self._named: set[str] = set()  # the channels of this round that an insert named
         # Each client's channels, by client id (`track`); the client the last probes ended at;
         # whether the last look returned as many channels as it asked for (more may be due),
         # two of them one client's.
@@ -106,7 +107,7 @@ class Slots:
         # still sends what it claimed, as requests in flight finish.
         known: dict[str, ChannelConfig] = {}
         probes: set[str] = set()  # channels whose breaker lets one row probe
-        portions = Portions(due.channels, self._tenant_of, free)
+        portions = Portions(due.channels, self._tenant_of, free, self._named)
         visited: set[str] = set()
         for channel in portions.order:
             if portions.free <= 0:
@@ -166,6 +167,7 @@ class Slots:
             due = Due([*due.channels, *self._clients_left_out(due.channels)], due.next_in)
         # Taken once the look succeeded: a database error keeps them for the next round.
         fresh, self._fresh = self._fresh, {}
+        self._named = set(fresh)
         self._in_turn = [channel for channel in in_turn if channel not in fresh]
         rest = [channel for channel in due.channels if channel not in fresh]
         return Due([*fresh, *rest], due.next_in)

@@ -139,3 +139,35 @@ async def test_numbers_are_asked_about_by_name_only_when_a_client_holds_several_
         assert not any(store.asked_by_name), store.asked_by_name
     else:
         assert any(store.asked_by_name), store.asked_by_name
+
+
+async def test_a_named_number_of_a_big_client_goes_first_beside_more_clients_than_slots() -> None:
+    """300 one-number clients and a client with 50 numbers all hold backlogs, 10 slots: a row
+    inserted on another of the big client's numbers, named by its insert, is claimed within the
+    next rounds. Were the big client ranked by its size alone it would come last, after more
+    clients than there are slots, and wait for the cursor."""
+    store, api = InMemoryMessageStore(), _CountingApi()
+    channels = []
+    for n in range(300):
+        _add(store, f"s{n:03d}", 20, first=n * 20)
+        channels.append(replace(_channel(f"s{n:03d}"), client_id=f"solo{n:03d}"))
+    for n in range(50):
+        _add(store, f"b{n:03d}", 20, first=10_000 + n * 20)
+        channels.append(replace(_channel(f"b{n:03d}"), client_id="big"))
+    channels.append(replace(_channel("bzz"), client_id="big"))
+    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await _until_count(api, 100)  # the backlogs are flowing
+        _add(store, "bzz", 1, first=99_999)
+        before = len(api.requests)
+        sender.wake(["bzz"])
+        await _until_requested(api, "bzz", 1, seconds=1.5)
+    finally:
+        stop.set()
+        await task
+    after = [n for channel, n in api.requests if channel == "bzz"]
+    assert after, "never claimed"
+    assert after[0] - before <= 20, (before, after)

@@ -73,6 +73,17 @@ def test_smaller_tenants_go_first_and_a_tenant_keeps_its_channels_order() -> Non
     assert portions.order == ["B:1", "C:1", "C:2", "A:1", "A:2", "A:3"]
 
 
+def test_a_tenant_with_a_channel_an_insert_named_goes_first_whatever_its_size() -> None:
+    """More tenants than free slots: the big client's channel named by an insert still gets a
+    slot (unnamed, it ranks last and the round runs out before it)."""
+    solos = [f"s{n:02d}" for n in range(30)]
+    channels = ["A:named", *[f"A:{n}" for n in range(50)], *solos]
+    portions = Portions(channels, _tenant, 10, named={"A:named"})
+    assert portions.order[0] == "A:named"
+    assert portions.offer("A:named") >= 1
+    assert Portions(channels, _tenant, 10).order[:30] == solos
+
+
 def test_a_tenant_s_channels_split_its_portion_and_the_last_ones_may_get_none() -> None:
     taken = _round([*A199, "B:0"], 200, {})
     assert taken["B:0"] == 100
