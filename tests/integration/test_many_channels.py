@@ -26,8 +26,6 @@ from outbox.domain.response import Accepted
 from outbox.services.sender import Sender
 from tests.fakes import AcceptingApi
 
-CONFIG = SenderConfig(poll_interval=timedelta(seconds=30))
-
 
 def _channels(count: int) -> list[ChannelConfig]:
     return [
@@ -69,15 +67,45 @@ async def _insert(engine: AsyncEngine, channel: str, recipient: str) -> None:
         )
 
 
-def _sender(engine: AsyncEngine, count: int) -> Sender:
+async def _bulk_insert(engine: AsyncEngine, channel: str, rows: int, first: int = 0) -> None:
+    """`rows` rows in one INSERT (which names no channel in its notification), each to its own
+    recipient in the window; `channel` is an SQL expression of the series' `g`."""
+    recipients = f"'49151' || lpad((g + {first})::text, 8, '0')"
+    series = f"FROM generate_series(1, {rows}) AS g"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
+                f"SELECT {channel}, {recipients}, now() {series}"
+            )
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO outbox.messages (channel, recipient, payload) "
+                f"""SELECT {channel}, {recipients}, '{{"type":"text","text":{{"body":"x"}}}}' """
+                + series
+            )
+        )
+
+
+def _sender_of(
+    engine: AsyncEngine, api: AcceptingApi, channels: list[ChannelConfig], slots: int
+) -> Sender:
+    config = SenderConfig(
+        max_in_flight=slots, batch_size=slots, poll_interval=timedelta(seconds=30)
+    )
     return Sender(
         MessageStore(engine),
-        AcceptingApi(),
-        _channels(count),
-        CONFIG,
+        api,
+        channels,
+        config,
         worker_id="w",
         channel_state=ChannelStateStore(engine),
     )
+
+
+def _sender(engine: AsyncEngine, count: int) -> Sender:
+    return _sender_of(engine, AcceptingApi(), _channels(count), SenderConfig().max_in_flight)
 
 
 async def _states(engine: AsyncEngine) -> list[str]:
@@ -143,32 +171,10 @@ async def test_a_row_inserted_beside_300_backlogs_is_sent_next_through_the_real_
     the row goes out within the next rounds instead of after the cursor passed 300 channels
     with backlogs."""
     backlogged = _channels(300)
-    async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
-                "SELECT 'c' || lpad((g % 300)::text, 5, '0'), '49151' || lpad(g::text, 8, '0'), "
-                "now() FROM generate_series(1, 6000) AS g"
-            )
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO outbox.messages (channel, recipient, payload) "
-                "SELECT 'c' || lpad((g % 300)::text, 5, '0'), '49151' || lpad(g::text, 8, '0'), "
-                """'{"type":"text","text":{"body":"x"}}' FROM generate_series(1, 6000) AS g"""
-            )
-        )
+    await _bulk_insert(engine, "'c' || lpad((g % 300)::text, 5, '0')", 6000)
     api = _SlowApi()
     quiet = ChannelConfig("zzz", Dialect.CLOUD, "http://127.0.0.1:9", Secret("k"), 1000.0)
-    config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
-    sender = Sender(
-        MessageStore(engine),
-        api,
-        [*backlogged, quiet],
-        config,
-        worker_id="w",
-        channel_state=ChannelStateStore(engine),
-    )
+    sender = _sender_of(engine, api, [*backlogged, quiet], 10)
     listener = NotifyListener(
         db_url, {NOTIFY_CHANNEL: lambda payload: sender.wake(inserted_channels(payload))}
     )
@@ -190,7 +196,7 @@ async def test_a_row_inserted_beside_300_backlogs_is_sent_next_through_the_real_
         stop.set()
         await asyncio.gather(*tasks)
     assert "zzz" in api.channels, "not sent within 3 s"
-    assert api.channels.index("zzz") - before <= 4 * config.max_in_flight, before
+    assert api.channels.index("zzz") - before <= 4 * 10, before  # four rounds of 10 slots
 
 
 async def test_a_client_s_bulk_inserted_backlog_gets_its_half_beside_200_busy_numbers(
@@ -201,38 +207,14 @@ async def test_a_client_s_bulk_inserted_backlog_gets_its_half_beside_200_busy_nu
     INSERTs (which name no channel). The look for due channels asks about "small"'s number by
     name once a look came back full, so it is found within the first rounds, and it then gets
     about half the slots."""
-    async with engine.begin() as connection:
-        for channel, rows, first in (("'c' || lpad((g % 200)::text, 5, '0')", 4000, 0),
-                                     ("'zzz'", 400, 10_000)):  # fmt: skip
-            recipients = f"'49151' || lpad((g + {first})::text, 8, '0')"
-            await connection.execute(
-                text(
-                    "INSERT INTO outbox.contacts (channel, wa_id, last_inbound_at) "
-                    f"SELECT {channel}, {recipients}, now() FROM generate_series(1, {rows}) AS g"
-                )
-            )
-            await connection.execute(
-                text(
-                    "INSERT INTO outbox.messages (channel, recipient, payload) "
-                    f"SELECT {channel}, {recipients}, "
-                    """'{"type":"text","text":{"body":"x"}}' """
-                    f"FROM generate_series(1, {rows}) AS g"
-                )
-            )
+    await _bulk_insert(engine, "'c' || lpad((g % 200)::text, 5, '0')", 4000)
+    await _bulk_insert(engine, "'zzz'", 400, first=10_000)
     api = _SlowApi()
     big = [replace(channel, client_id="big") for channel in _channels(200)]
     small = ChannelConfig(
         "zzz", Dialect.CLOUD, "http://127.0.0.1:9", Secret("k"), 1000.0, client_id="small"
     )
-    config = SenderConfig(max_in_flight=20, batch_size=20, poll_interval=timedelta(seconds=30))
-    sender = Sender(
-        MessageStore(engine),
-        api,
-        [*big, small],
-        config,
-        worker_id="w",
-        channel_state=ChannelStateStore(engine),
-    )
+    sender = _sender_of(engine, api, [*big, small], 20)
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     try:

@@ -5,7 +5,7 @@ channel with a few rows beside another's backlog gets its rows out at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,6 +66,38 @@ async def _until_requested(api: _CountingApi, channel: str, count: int, seconds:
         if sum(1 for requested, _ in api.requests if requested == channel) >= count:
             return
         await asyncio.sleep(0.01)
+
+
+async def requests_for_a_named_row(
+    sender: Sender,
+    store: InMemoryMessageStore,
+    api: _CountingApi,
+    channel: str,
+    *,
+    named: bool = True,
+    seconds: float = 1.5,
+    before_wake: Callable[[], None] = lambda: None,
+) -> tuple[int, list[int]]:
+    """Run the sender until 100 requests went (the backlogs are flowing), insert one row on
+    `channel` and wake the sender with its name (as its insert's notification does; without
+    with `named` false), then wait up to `seconds` for its request. Returns the requests made
+    before the wake-up and the positions of `channel`'s requests."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        for _ in range(1000):
+            if len(api.requests) >= 100:
+                break
+            await asyncio.sleep(0.01)
+        _add(store, channel, 1, first=99_999)
+        before_wake()
+        before = len(api.requests)
+        sender.wake([channel] if named else [])
+        await _until_requested(api, channel, 1, seconds=seconds)
+    finally:
+        stop.set()
+        await task
+    return before, [n for requested, n in api.requests if requested == channel]
 
 
 async def _run_until(sender: Sender, done: asyncio.Event | None, seconds: float) -> None:
@@ -330,18 +362,7 @@ async def test_a_row_beside_backlogs_on_many_channels_goes_first_when_its_insert
     next round; unnamed it waits for the cursor to pass 300 channels (the control)."""
     store, api = InMemoryMessageStore(), _CountingApi()
     sender = _backlogs_beside_a_quiet_channel(store, api)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
-        await asyncio.sleep(0.3)  # the backlogs are flowing
-        _add(store, "zzz", 1, first=99_999)
-        before = len(api.requests)
-        sender.wake(["zzz"] if named else [])
-        await _until_requested(api, "zzz", 1, seconds=1.5)
-    finally:
-        stop.set()
-        await task
-    after = [n for channel, n in api.requests if channel == "zzz"]
+    before, after = await requests_for_a_named_row(sender, store, api, "zzz", named=named)
     if named:
         assert after, "never claimed"
         assert after[0] - before <= 2 * QUIET_SLOTS, (before, after)
@@ -391,19 +412,13 @@ async def test_a_named_channel_is_still_visited_first_after_a_failed_look() -> N
     between does not send the named channel back behind 300 backlogs."""
     store, api = _DueFailsOnce(), _CountingApi()
     sender = _backlogs_beside_a_quiet_channel(store, api)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
-        await asyncio.sleep(0.3)
-        _add(store, "zzz", 1, first=99_999)
+
+    def fail_the_next_look() -> None:
         store.fail_next, sender._slots.hot = True, []  # the next round asks the database
-        before = len(api.requests)
-        sender.wake(["zzz"])
-        await _until_requested(api, "zzz", 1, seconds=3)
-    finally:
-        stop.set()
-        await task
+
+    before, after = await requests_for_a_named_row(
+        sender, store, api, "zzz", seconds=3, before_wake=fail_the_next_look
+    )
     assert not store.fail_next  # the look failed once
-    after = [n for channel, n in api.requests if channel == "zzz"]
     assert after, "never claimed"
     assert after[0] - before <= 2 * QUIET_SLOTS, (before, after)

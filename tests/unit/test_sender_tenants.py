@@ -14,7 +14,13 @@ from outbox.config import SenderConfig
 from outbox.ports import Due
 from outbox.services.sender import Sender
 from tests.fakes import InMemoryMessageStore
-from tests.unit.test_sender_slots import _add, _channel, _CountingApi, _until_requested
+from tests.unit.test_sender_slots import (
+    _add,
+    _channel,
+    _CountingApi,
+    _until_requested,
+    requests_for_a_named_row,
+)
 
 SLOTS = 20
 BIG = [f"a{n:03d}" for n in range(200)]
@@ -157,17 +163,6 @@ async def test_a_named_number_of_a_big_client_goes_first_beside_more_clients_tha
     channels.append(replace(_channel("bzz"), client_id="big"))
     config = SenderConfig(max_in_flight=10, batch_size=10, poll_interval=timedelta(seconds=30))
     sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
-        await _until_count(api, 100)  # the backlogs are flowing
-        _add(store, "bzz", 1, first=99_999)
-        before = len(api.requests)
-        sender.wake(["bzz"])
-        await _until_requested(api, "bzz", 1, seconds=1.5)
-    finally:
-        stop.set()
-        await task
-    after = [n for channel, n in api.requests if channel == "bzz"]
+    before, after = await requests_for_a_named_row(sender, store, api, "bzz")
     assert after, "never claimed"
     assert after[0] - before <= 20, (before, after)
