@@ -175,6 +175,8 @@ class Slots:
     def _shared(self, channels: list[str]) -> bool:
         """Whether a client holds two of these channels: only then can the clients the look
         left out be behind their share (one number each, they are channels like the rest)."""
+        if not self._clients:
+            return False  # no channel has a client: nothing to look up per channel
         clients = [client for channel in channels if (client := self._client(channel))]
         return len(set(clients)) < len(clients)
 
@@ -198,6 +200,8 @@ class Slots:
 
     def _clients_left_out(self, in_turn: list[str]) -> list[str]:
         """The hot channels of the clients none of whose channels are in `in_turn`."""
+        if not self._clients:
+            return []  # no channel has a client: nothing to look up per channel
         listed = set(in_turn)
         present = {self._client(channel) for channel in in_turn}
         return [
