@@ -168,6 +168,8 @@ class HttpConfig:
 class SenderConfig:
     batch_size: int = 200
     max_in_flight: int = 200
+    # Rows claimed ahead of the request slots, waiting for one (issue 16); at most max_in_flight.
+    prefetch: int = field(default=200, metadata={"min": 0})
     poll_interval: timedelta = timedelta(seconds=5)
     lease: timedelta = timedelta(minutes=2)
     request_timeout: timedelta = timedelta(seconds=30)

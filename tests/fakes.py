@@ -237,6 +237,7 @@ class InMemoryMessageStore:
             *(row.attempts, row.created_at, row.expires_at),
             planned=row.sent_as,
             last_inbound_at=self.inbound.get((row.channel, row.wa_id)),
+            priority=row.priority,
         )
 
     async def complete(self, results: Sequence[SendResult], worker: str) -> int:

@@ -104,6 +104,7 @@ def _message(
         last_inbound_at=row.last_inbound_at,
         unreadable=unreadable,
         last_error=row.last_error,
+        priority=row.priority,
     )
     return message, before
 

@@ -83,6 +83,11 @@ class CircuitBreaker:
         self._trips = 0
         return Transition(BreakerState.CLOSED, reason)
 
+    def lets(self, message_id: int) -> bool:
+        """Whether a row claimed before now may still be sent: the breaker is closed, or the
+        row is its probe (a row claimed ahead that waited while the channel paused may not)."""
+        return self.state is BreakerState.CLOSED or message_id == self._probe
+
     def probing(self, message_id: int) -> None:
         self._probe = message_id
 

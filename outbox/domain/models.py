@@ -63,6 +63,7 @@ class ClaimedMessage:
     template: TemplateInfo | None = None
     last_error: str | None = None
     marketing_hold_until: datetime | None = None
+    priority: int = 0  # the producer's; rows claimed ahead wait for a request slot by it
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,18 @@ class Rules:
         return cls(retry_policy(config), config.window_margin, rand)
 
 
+@dataclass(frozen=True, slots=True)
+class Means:
+    """What every attempt of one sender uses: the API, the rules, the clocks, and the template
+    registry (None: a 132015 row only looks again after template_recheck)."""
+
+    api: Api
+    rules: Rules
+    now: Clock
+    monotonic: Monotonic
+    pauses: TemplatePauses | None = None
+
+
 def retry_policy(config: SenderConfig) -> retry.RetryPolicy:
     return retry.RetryPolicy(
         max_attempts=config.max_attempts,
@@ -54,18 +66,15 @@ def template_scopes(channels: Sequence[ChannelConfig]) -> dict[str, str]:
 async def attempt(
     message: ClaimedMessage,
     channel: ChannelConfig,
+    means: Means,
     *,
     claimed: float,
-    api: Api,
-    rules: Rules,
-    now: Clock,
-    monotonic: Monotonic,
     sending: Callable[[], None],
     learn: Callable[[outcome.Judged], None],
-    pauses: TemplatePauses | None = None,
 ) -> Attempt:
     """`claimed` is when the row was claimed (monotonic); `sending` is called just before the
     request leaves, `learn` with the judged answer before the result is logged."""
+    rules, now, monotonic = means.rules, means.now, means.monotonic
     prepared = dispatch.prepare(
         message,
         dispatch.ChannelRules(channel.dialect, channel.namespace),
@@ -79,7 +88,7 @@ async def attempt(
         return logged(Attempt(channel.id, message, held, outcome.SendError.HELD))
     sending()
     started = monotonic()
-    answer = await api.send(channel, prepared)
+    answer = await means.api.send(channel, prepared)
     elapsed = monotonic() - started
     judged = outcome.judge(
         message,
@@ -93,7 +102,7 @@ async def attempt(
     learn(judged)
     result = judged.result
     if judged.error is retry.ErrorClass.TEMPLATE_PAUSED:
-        result = await _paused(result, channel, prepared, pauses)
+        result = await _paused(result, channel, prepared, means.pauses)
     waited = started - claimed
     return logged(Attempt(channel.id, message, result, judged.metric, waited, elapsed))
 

@@ -1,12 +1,11 @@
 """The send loop: claim due rows under a lease, post them, write the outcomes back in batches.
 
 Claims happen in short transactions and commit before any request leaves; each claimed row is
-sent by its own task (`attempt`); outcomes go to a buffer (`results`) that one flusher writes
-with a single statement per batch. On stop, claiming ends, in-flight requests get
-`shutdown_grace` to finish, rows whose request never started go back to `queued`, and the
-buffer is flushed. Which channels a round visits, and each one's share of the free slots, is
-kept by outbox.services.slots.
-"""
+sent by its own task (`attempt`) once the request gate lets it; outcomes go to a buffer
+(`results`) that one flusher writes with a single statement per batch. On stop, claiming ends,
+in-flight requests get `shutdown_grace` to finish, rows whose request never started go back to
+`queued`, and the buffer is flushed. Which channels a round visits, and each one's share of the
+free slots, is kept by outbox.services.slots."""
 
 from __future__ import annotations
 
@@ -37,6 +36,7 @@ from outbox.ports import (
 from outbox.services import attempt as attempts
 from outbox.services.channels import ChannelGovernor
 from outbox.services.flights import Flight, Flights
+from outbox.services.gate import RequestGate
 from outbox.services.leases import LeaseKeeper
 from outbox.services.results import ResultBuffer
 from outbox.services.slots import Slots, sooner
@@ -63,18 +63,18 @@ class Sender:
         templates: TemplatePauses | None = None,
     ) -> None:
         self._store = store
-        self._templates = templates  # None: no registry (132015 rows only look again later)
         self._health = health or Health()
-        self._api = api
         self._channels = {c.id: c for c in channels}
         self._config = config
         self._worker = worker_id
         self._observer = observer or NullSendObserver()
         self._now = now
         self._monotonic = monotonic
-        self._rules = attempts.Rules.of(config, rand)
+        rules = attempts.Rules.of(config, rand)
+        self._means = attempts.Means(api, rules, now, monotonic, templates)
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._gate = RequestGate(config.max_in_flight)  # the requests; rows claimed ahead wait
         self._governor = ChannelGovernor(
             channel_state,
             channels,
@@ -260,18 +260,19 @@ class Sender:
             flight.started = True
 
         try:
-            result = await attempts.attempt(
-                message,
-                channel,
-                claimed=flight.claimed,
-                api=self._api,
-                rules=self._rules,
-                now=self._now,
-                monotonic=self._monotonic,
-                sending=sending,
-                learn=learn,
-                pauses=self._templates,
-            )
+            async with self._gate.slot(message.priority):
+                breaker = self._governor.breakers.get(channel.id)
+                if breaker is not None and not breaker.lets(message.id):
+                    await self._hand_back(message)
+                    return
+                result = await attempts.attempt(
+                    message,
+                    channel,
+                    self._means,
+                    claimed=flight.claimed,
+                    sending=sending,
+                    learn=learn,
+                )
             self._observer.sent(result)
             self._record(result.result)
         finally:
@@ -279,6 +280,14 @@ class Sender:
             self._governor.forget(channel.id, message.id)
             self._flights.landed(channel.id, message)
             self._slot_freed.set()
+
+    async def _hand_back(self, message: ClaimedMessage) -> None:
+        """A row claimed ahead whose channel paused while it waited for a slot goes back to the
+        queue with its attempt, unsent (on a database error, its lease runs out instead)."""
+        try:
+            await self._store.release([message.id], self._worker)
+        except DatabaseError as exc:
+            log.warning("outbox.sender.hand_back_failed", message_id=message.id, error=str(exc))
 
     def _record(self, result: SendResult) -> None:
         self._outcomes[result.state] += 1

@@ -495,7 +495,11 @@ def test_limits_are_declared_on_the_fields() -> None:
         "port": {"min": 0, "max": 65535, "bounds": "between 0 (any free port) and 65535"},
         "readiness_interval": {"min": 0},
     }
-    assert limits(SenderConfig) == {"window_margin": {"min": 0}, "max_attempts": {"max": 100}}
+    assert limits(SenderConfig) == {
+        "prefetch": {"min": 0},
+        "window_margin": {"min": 0},
+        "max_attempts": {"max": 100},
+    }
     assert limits(ChannelConfig) == {"recipient_gap": {"min": 0}, "replay_share": {"max": 1}}
 
 
@@ -508,6 +512,7 @@ def test_limits_are_declared_on_the_fields() -> None:
             "sender.window_margin: must be at least 0, got -1",
         ),
         (DB + channel(recipient_gap=-0.5), ENV, "recipient_gap: must be at least 0, got -0.5"),
+        (DB + "[sender]\nprefetch = -1\n" + channel(), ENV, "sender.prefetch: must be at least 0"),
         (DB + channel(replay_share=2), ENV, "replay_share: must be at most 1, got 2"),
         # Issue 19: inside the table's CHECK on attempts (0..1000), so no claim is refused.
         (

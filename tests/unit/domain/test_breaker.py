@@ -457,3 +457,26 @@ def test_resume_closes_a_breaker_whose_pause_ended_elsewhere(
     assert breaker.allowance(11.0) is None
     # The doubling starts over: the next pause is the base cool-down again.
     assert breaker.record(12.0, 9, CHANNEL, "x") == opened(10.0, "x")
+
+
+@pytest.mark.parametrize(
+    ("opened", "probe", "asked", "lets"),
+    [
+        pytest.param(False, None, 7, True, id="closed"),
+        pytest.param(True, None, 7, False, id="open"),
+        pytest.param(True, 7, 7, True, id="half-open, the probe"),
+        pytest.param(True, 7, 8, False, id="half-open, another row"),
+    ],
+)
+def test_which_rows_claimed_earlier_may_still_go(
+    opened: bool, probe: int | None, asked: int, lets: bool
+) -> None:
+    """A row claimed ahead waits for a request slot; if its channel paused meanwhile, it goes
+    only as the probe."""
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0, max_cooldown=60.0)
+    if opened:
+        breaker.record(0.0, 1, ErrorClass.CHANNEL, "HTTP 401")
+    if probe is not None:
+        assert breaker.allowance(20.0) == 1
+        breaker.probing(probe)
+    assert breaker.lets(asked) is lets
