@@ -19,6 +19,9 @@ class Flight:
     message: ClaimedMessage
     claimed: float  # monotonic
     started: bool = False  # its request may have left: it can no longer be handed back
+    # Its channel had no other row claimed: a new flow, let ahead of rows claimed earlier for
+    # busy channels (as fq_codel serves new flows first), one row a time.
+    new_flow: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -56,7 +59,7 @@ class Flights:
         claimed: float,
         fly: Callable[[Flight], Coroutine[Any, Any, None]],
     ) -> None:
-        flight = Flight(message, claimed)
+        flight = Flight(message, claimed, new_flow=not self.per_channel[channel])
         self._flights[message.id] = flight
         self.per_channel[channel] += 1
         flight.task = asyncio.create_task(fly(flight))

@@ -1,6 +1,7 @@
 """At most `size` requests at once. The sender claims rows ahead of its free request slots (issue
 16: a slot freed when its request ends no longer waits a claim's round trip for its next row);
-those rows wait here, the highest priority first, then in the order they came."""
+those rows wait here, the highest priority first, then a new flow's row (a channel with no
+other row claimed), then in the order they came."""
 
 from __future__ import annotations
 
@@ -13,20 +14,20 @@ from types import TracebackType
 class RequestGate:
     def __init__(self, size: int) -> None:
         self._free = size
-        # (-priority, arrival, future): a waiter's future is set when a slot is passed to it.
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        # (-priority, busy, arrival, future): a waiter's future is set when a slot is passed to it.
+        self._waiting: list[tuple[int, bool, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
-    def slot(self, priority: int) -> _Slot:
+    def slot(self, priority: int, *, new_flow: bool = False) -> _Slot:
         """`async with gate.slot(priority):` holds one request slot for the block."""
-        return _Slot(self, priority)
+        return _Slot(self, priority, new_flow)
 
-    async def enter(self, priority: int) -> None:
+    async def enter(self, priority: int, *, new_flow: bool = False) -> None:
         if self._free > 0 and not self._waiting:
             self._free -= 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (-priority, next(self._arrivals), future))
+        heapq.heappush(self._waiting, (-priority, not new_flow, next(self._arrivals), future))
         try:
             await future
         except asyncio.CancelledError:
@@ -38,7 +39,7 @@ class RequestGate:
 
     def leave(self) -> None:
         while self._waiting:
-            _, _, future = heapq.heappop(self._waiting)
+            *_, future = heapq.heappop(self._waiting)
             if not future.done():
                 future.set_result(None)  # the slot passes on: `_free` stays as it is
                 return
@@ -46,14 +47,15 @@ class RequestGate:
 
 
 class _Slot:
-    __slots__ = ("_gate", "_priority")
+    __slots__ = ("_gate", "_new_flow", "_priority")
 
-    def __init__(self, gate: RequestGate, priority: int) -> None:
+    def __init__(self, gate: RequestGate, priority: int, new_flow: bool) -> None:
         self._gate = gate
         self._priority = priority
+        self._new_flow = new_flow
 
     async def __aenter__(self) -> None:
-        await self._gate.enter(self._priority)
+        await self._gate.enter(self._priority, new_flow=self._new_flow)
 
     async def __aexit__(
         self,

@@ -260,7 +260,7 @@ class Sender:
             flight.started = True
 
         try:
-            async with self._gate.slot(message.priority):
+            async with self._gate.slot(message.priority, new_flow=flight.new_flow):
                 breaker = self._governor.breakers.get(channel.id)
                 if breaker is not None and not breaker.lets(message.id):
                     await self._hand_back(message)

@@ -78,3 +78,26 @@ async def test_a_waiter_cancelled_as_its_turn_came_passes_the_slot_on() -> None:
     assert not next_one.done()
     gate.leave()
     await next_one
+
+
+async def test_a_new_flow_goes_before_earlier_rows_of_its_priority_not_before_higher_ones() -> None:
+    gate, entered = RequestGate(1), list[str]()
+    holder = asyncio.create_task(_holder(gate, "holder", 0, entered))
+    await _settle()
+    waiters = [
+        asyncio.create_task(_flow(gate, name, priority, new_flow, entered))
+        for name, priority, new_flow in [("busy", 0, False), ("new", 0, True), ("urgent", 5, False)]
+    ]
+    await _settle()
+    holder.cancel()
+    for _ in waiters:
+        await _settle()
+    assert entered == ["holder", "urgent", "new", "busy"]
+    await asyncio.gather(holder, *waiters, return_exceptions=True)
+
+
+async def _flow(
+    gate: RequestGate, name: str, priority: int, new_flow: bool, log: list[str]
+) -> None:
+    async with gate.slot(priority, new_flow=new_flow):
+        log.append(name)

@@ -184,3 +184,32 @@ async def test_rows_claimed_ahead_go_back_unsent_when_their_channel_pauses_while
     assert len(api.order) == 2  # the waiting rows were never requested
     assert [store.rows[i].state for i in ids[2:]] == [State.QUEUED] * 2
     assert [store.rows[i].attempts for i in ids[2:]] == [0, 0]
+
+
+async def test_a_quiet_channel_s_row_goes_before_rows_a_busy_channel_claimed_ahead() -> None:
+    """fq_codel's new flows first: a row of a channel with nothing else claimed does not wait
+    behind the rows claimed ahead for a backlog (before: one more turn of the slots, 50 ms at
+    200 in flight and a 50 ms API)."""
+    store, api = InMemoryMessageStore(), _HeldApi()
+    _add(store, "big", 10)
+    channels = [_channel("big"), _channel("s")]
+    config = SenderConfig(
+        max_in_flight=2, batch_size=2, prefetch=2, shutdown_grace=timedelta(seconds=0.1)
+    )
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await _until(lambda: len(api.order) == 2 and _sending(store) == 4)
+        _add(store, "s", 1, first=50)
+        sender.wake(["s"])
+        api.answers[0].set()  # big's row 2 goes; the freed room claims s's row, which waits
+        await _until(lambda: len(api.order) == 3 and _sending(store) == 4)
+        api.answers[1].set()
+        await _until(lambda: len(api.order) == 4)
+    finally:
+        for answer in api.answers:
+            answer.set()
+        stop.set()
+        await task
+    assert api.order[:4] == [f"49151{n:08}" for n in (0, 1, 2, 50)]
