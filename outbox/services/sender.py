@@ -239,9 +239,6 @@ class Sender:
         return len(rows)
 
     def _start(self, channel: ChannelConfig, message: ClaimedMessage, epoch: int) -> None:
-        # The channel as it is now, not as the round began: a key reloaded during the claim is
-        # the one the request carries, and the one its answer is judged by.
-        channel = self._channels.get(channel.id, channel)  # or removed meanwhile
         self._flights.start(
             channel.id,
             message,
@@ -249,18 +246,22 @@ class Sender:
             lambda flight: self._send(channel, flight, epoch),
         )
 
-    async def _send(self, channel: ChannelConfig, flight: Flight, epoch: int) -> None:
+    async def _send(self, claimed: ChannelConfig, flight: Flight, epoch: int) -> None:
         message = flight.message
-        key = self._governor.key_of(channel)
-
-        def learn(judged: Judged) -> None:
-            self._governor.learn(channel.id, message.id, judged, key=key, epoch=epoch)
 
         def sending() -> None:
             flight.started = True
 
         try:
             async with self._gate.slot(message.priority, new_flow=flight.new_flow):
+                # The channel as it is now, not as the claim found it: a key reloaded while the
+                # row waited is the one the request carries, and the one its answer is judged by.
+                channel = self._channels.get(claimed.id, claimed)  # or removed meanwhile
+                key = self._governor.key_of(channel)
+
+                def learn(judged: Judged) -> None:
+                    self._governor.learn(channel.id, message.id, judged, key=key, epoch=epoch)
+
                 breaker = self._governor.breakers.get(channel.id)
                 if breaker is not None and not breaker.lets(message.id):
                     await self._hand_back(message)
@@ -277,8 +278,8 @@ class Sender:
             self._record(result.result)
         finally:
             # A probe that ended without an answer (bad row, expired, stopped) proved nothing.
-            self._governor.forget(channel.id, message.id)
-            self._flights.landed(channel.id, message)
+            self._governor.forget(claimed.id, message.id)
+            self._flights.landed(claimed.id, message)
             self._slot_freed.set()
 
     async def _hand_back(self, message: ClaimedMessage) -> None:

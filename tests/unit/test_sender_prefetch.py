@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from outbox.config import ChannelConfig, SenderConfig
+from outbox.config import ChannelConfig, Secret, SenderConfig
 from outbox.domain.models import Claim, State
 from outbox.domain.request import ApiRequest
 from outbox.domain.response import Accepted, Rejected
@@ -213,3 +214,32 @@ async def test_a_quiet_channel_s_row_goes_before_rows_a_busy_channel_claimed_ahe
         stop.set()
         await task
     assert api.order[:4] == [f"49151{n:08}" for n in (0, 1, 2, 50)]
+
+
+class _KeyRecordingApi(_HeldApi):
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+
+    async def send(self, channel: ChannelConfig, request: ApiRequest) -> Accepted:
+        self.keys.append(channel.api_key.reveal())
+        return await super().send(channel, request)
+
+
+async def test_a_key_rotated_while_a_row_waits_is_the_one_its_request_carries() -> None:
+    store, api = InMemoryMessageStore(), _KeyRecordingApi()
+    _add(store, "c", 2)
+    config = SenderConfig(max_in_flight=1, batch_size=1, prefetch=1)
+    sender = Sender(store, api, [_channel("c")], config, worker_id="w", channel_state=store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await _until(lambda: len(api.order) == 1 and _sending(store) == 2)
+        sender.set_channels([replace(_channel("c"), api_key=Secret("rotated"))])
+        api.answers[0].set()
+        await _until(lambda: len(api.order) == 2)
+        api.answers[1].set()
+    finally:
+        stop.set()
+        await task
+    assert api.keys == ["k", "rotated"]
