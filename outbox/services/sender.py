@@ -188,7 +188,7 @@ class Sender:
         free = self._slots.free()
         if free <= 0 or not self._channels:
             return 0, None  # no channel yet: the registry's first one wakes the loop
-        if self._flights and free < self._slots.least_claim:
+        if self._flights and free < self._slots.least_claim and not self._slots.named:
             # A round trip for a few rows while most slots are busy costs as much as one for
             # a batch (issue 16: at 0 ms every other claim took 6 rows): freed slots wake us.
             return 0, None

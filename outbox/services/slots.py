@@ -154,6 +154,13 @@ class Slots:
         started = await self._governor.start()
         if started:
             await self._store.ensure_buckets(started)
+        if self._fresh and self.ahead:
+            # With rows claimed ahead a round takes up to 200 rows (about 50 ms at 0 ms): the
+            # channels an insert named go in a round of their own, a short one, and the next
+            # round follows at once (next_in 0) with the rest.
+            fresh, self._fresh = self._fresh, {}
+            self._named, self._in_turn = set(fresh), []
+            return Due(list(fresh), 0.0)
         now = self._monotonic()
         self._hot_rounds += 1
         # Rounds count too: a clock that does not move (a test's) never starves other channels.
@@ -216,6 +223,11 @@ class Slots:
             and (client := self._client(channel)) is not None
             and client not in present
         ]
+
+    @property
+    def named(self) -> bool:
+        """Whether an insert named channels that no round has visited yet."""
+        return bool(self._fresh)
 
     def fresh(self, channels: Iterable[str]) -> None:
         """Channels that rows were just inserted on: the next round visits them first."""

@@ -243,3 +243,38 @@ async def test_a_key_rotated_while_a_row_waits_is_the_one_its_request_carries() 
         stop.set()
         await task
     assert api.keys == ["k", "rotated"]
+
+
+class _ClaimLog(InMemoryMessageStore):
+    """Records the channels of every claim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds: list[list[str]] = []
+
+    async def claim_many(
+        self, requests: Sequence[ClaimRequest], worker: str, lease: timedelta, **kw: Any
+    ) -> dict[str, Claim]:
+        self.rounds.append([r.channel for r in requests])
+        return await super().claim_many(requests, worker, lease, **kw)
+
+
+async def test_a_channel_an_insert_named_is_claimed_in_a_short_round_of_its_own() -> None:
+    """A round takes up to the batch for a backlog's channel (200 rows, about 50 ms at 0 ms);
+    the named channel does not wait for one: its round holds it alone."""
+    store, api = _ClaimLog(), _TimedApi(latency=0.005)
+    _add(store, "big", 400)
+    channels = [_channel("big"), _channel("s")]
+    config = SenderConfig(max_in_flight=20, batch_size=20, prefetch=20)
+    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await _until(lambda: len(api.started) >= 50)
+        _add(store, "s", 1, first=500)
+        sender.wake(["s"])
+        await _until(lambda: any("s" in claim for claim in store.rounds))
+    finally:
+        stop.set()
+        await task
+    assert [claim for claim in store.rounds if "s" in claim] == [["s"]]
