@@ -6,8 +6,9 @@ to the queue unsent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -103,14 +104,30 @@ def _sending(store: InMemoryMessageStore) -> int:
     return sum(1 for row in store.rows.values() if row.state is State.SENDING)
 
 
+@contextlib.asynccontextmanager
+async def _running(
+    store: InMemoryMessageStore,
+    api: AcceptingApi,
+    config: SenderConfig,
+    channels: Sequence[str] = ("c",),
+) -> AsyncIterator[Sender]:
+    """A sender running over `channels` for the block, stopped at its end."""
+    configs = [_channel(channel) for channel in channels]
+    sender = Sender(store, api, configs, config, worker_id="w", channel_state=store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        yield sender
+    finally:
+        stop.set()
+        await task
+
+
 async def test_a_waiting_row_of_higher_priority_goes_before_those_claimed_earlier() -> None:
     store, api = InMemoryMessageStore(), _HeldApi()
     _add(store, "c", 5)
     config = SenderConfig(max_in_flight=2, batch_size=2, prefetch=2)
-    sender = Sender(store, api, [_channel("c")], config, worker_id="w", channel_state=store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
+    async with _running(store, api, config) as sender:
         # Rows 0 and 1 requested, rows 2 and 3 claimed and waiting for a slot.
         await _until(lambda: len(api.order) == 2 and _sending(store) == 4)
         _add(store, "c", 1, first=99)
@@ -127,9 +144,6 @@ async def test_a_waiting_row_of_higher_priority_goes_before_those_claimed_earlie
             await asyncio.sleep(0.01)
         for answer in api.answers:
             answer.set()
-    finally:
-        stop.set()
-        await task
     numbers = [f"49151{n:08}" for n in (0, 1, 2, 99, 3, 4)]
     assert api.order == numbers
 
@@ -140,12 +154,8 @@ async def test_rows_waiting_for_a_slot_at_stop_go_back_to_the_queue_unsent() -> 
     config = SenderConfig(
         max_in_flight=2, batch_size=4, prefetch=2, shutdown_grace=timedelta(seconds=0.1)
     )
-    sender = Sender(store, api, [_channel("c")], config, worker_id="w", channel_state=store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    await _until(lambda: len(api.order) == 2 and _sending(store) == 4)
-    stop.set()
-    await asyncio.wait_for(task, 5)
+    async with _running(store, api, config):
+        await _until(lambda: len(api.order) == 2 and _sending(store) == 4)
     states = [store.rows[i].state for i in ids]
     # Two requests out and never answered: unknown. The two waiting: queued, their attempt
     # given back. The last two were never claimed.
@@ -170,18 +180,12 @@ async def test_rows_claimed_ahead_go_back_unsent_when_their_channel_pauses_while
     config = SenderConfig(
         max_in_flight=2, batch_size=2, prefetch=2, breaker_cooldown=timedelta(seconds=60)
     )
-    sender = Sender(store, api, [_channel("c")], config, worker_id="w", channel_state=store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
+    async with _running(store, api, config):
         await _until(lambda: len(api.order) == 2 and _sending(store) == 4)
         for answer in api.answers:
             answer.set()  # 401: the breaker opens while rows 2 and 3 wait for a slot
         await _until(lambda: _sending(store) == 0)
         await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await task
     assert len(api.order) == 2  # the waiting rows were never requested
     assert [store.rows[i].state for i in ids[2:]] == [State.QUEUED] * 2
     assert [store.rows[i].attempts for i in ids[2:]] == [0, 0]
@@ -193,26 +197,21 @@ async def test_a_quiet_channel_s_row_goes_before_rows_a_busy_channel_claimed_ahe
     200 in flight and a 50 ms API)."""
     store, api = InMemoryMessageStore(), _HeldApi()
     _add(store, "big", 10)
-    channels = [_channel("big"), _channel("s")]
     config = SenderConfig(
         max_in_flight=2, batch_size=2, prefetch=2, shutdown_grace=timedelta(seconds=0.1)
     )
-    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
-        await _until(lambda: len(api.order) == 2 and _sending(store) == 4)
-        _add(store, "s", 1, first=50)
-        sender.wake(["s"])
-        api.answers[0].set()  # big's row 2 goes; the freed room claims s's row, which waits
-        await _until(lambda: len(api.order) == 3 and _sending(store) == 4)
-        api.answers[1].set()
-        await _until(lambda: len(api.order) == 4)
-    finally:
-        for answer in api.answers:
-            answer.set()
-        stop.set()
-        await task
+    async with _running(store, api, config, ("big", "s")) as sender:
+        try:
+            await _until(lambda: len(api.order) == 2 and _sending(store) == 4)
+            _add(store, "s", 1, first=50)
+            sender.wake(["s"])
+            api.answers[0].set()  # big's row 2 goes; the freed room claims s's row, which waits
+            await _until(lambda: len(api.order) == 3 and _sending(store) == 4)
+            api.answers[1].set()
+            await _until(lambda: len(api.order) == 4)
+        finally:
+            for answer in api.answers:
+                answer.set()
     assert api.order[:4] == [f"49151{n:08}" for n in (0, 1, 2, 50)]
 
 
@@ -230,18 +229,12 @@ async def test_a_key_rotated_while_a_row_waits_is_the_one_its_request_carries() 
     store, api = InMemoryMessageStore(), _KeyRecordingApi()
     _add(store, "c", 2)
     config = SenderConfig(max_in_flight=1, batch_size=1, prefetch=1)
-    sender = Sender(store, api, [_channel("c")], config, worker_id="w", channel_state=store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
+    async with _running(store, api, config) as sender:
         await _until(lambda: len(api.order) == 1 and _sending(store) == 2)
         sender.set_channels([replace(_channel("c"), api_key=Secret("rotated"))])
         api.answers[0].set()
         await _until(lambda: len(api.order) == 2)
         api.answers[1].set()
-    finally:
-        stop.set()
-        await task
     assert api.keys == ["k", "rotated"]
 
 
@@ -264,17 +257,10 @@ async def test_a_channel_an_insert_named_is_claimed_in_a_short_round_of_its_own(
     the named channel does not wait for one: its round holds it alone."""
     store, api = _ClaimLog(), _TimedApi(latency=0.005)
     _add(store, "big", 400)
-    channels = [_channel("big"), _channel("s")]
     config = SenderConfig(max_in_flight=20, batch_size=20, prefetch=20)
-    sender = Sender(store, api, channels, config, worker_id="w", channel_state=store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
+    async with _running(store, api, config, ("big", "s")) as sender:
         await _until(lambda: len(api.started) >= 50)
         _add(store, "s", 1, first=500)
         sender.wake(["s"])
         await _until(lambda: any("s" in claim for claim in store.rounds))
-    finally:
-        stop.set()
-        await task
     assert [claim for claim in store.rounds if "s" in claim] == [["s"]]
