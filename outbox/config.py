@@ -85,7 +85,7 @@ class WebhookOrigin(StrEnum):
     REFUSED = "refused"  # no credentials and no explicit choice: every body gets 401
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChannelConfig:
     id: str
     dialect: Dialect
