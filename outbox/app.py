@@ -153,6 +153,7 @@ async def run(
                     health=health,
                     templates=TemplateStore(engine),  # issue 18: 132015 pauses the template
                 )
+                metrics.watch_sender(sender.slots)
                 directory.subscribe(lambda view: sender.set_channels(view.sending))
                 wake[NOTIFY_CHANNEL] = lambda payload: sender.wake(inserted_channels(payload))
                 tasks["sender"] = sender.run(stop, drain=drain)

@@ -114,6 +114,13 @@ class Metrics:
             "Age of the oldest open transaction in the database (it holds back vacuum).",
             registry=registry,
         )
+        self.sender_slots = Gauge(
+            "outbox_sender_slots",
+            "This process's request slots: requests out (`requests`), and rows claimed ahead "
+            "waiting for a slot (`waiting`).",
+            ["kind"],
+            registry=registry,
+        )
         self.sample_time = Gauge(
             "outbox_sample_timestamp_seconds",
             "Unix time of the last successful read of the database gauges.",
@@ -135,6 +142,11 @@ class Metrics:
         self.accounts = AccountMetrics(registry)
         self._known: frozenset[str] = frozenset()
         self.policy = PolicyMetrics(registry, self.channels)  # issue 18
+
+    def watch_sender(self, slots: Callable[[], tuple[int, int]]) -> None:
+        """Read the sender's slots at each scrape (`Sender.slots`)."""
+        self.sender_slots.labels("requests").set_function(lambda: slots()[0])
+        self.sender_slots.labels("waiting").set_function(lambda: slots()[1])
 
     def know_channels(self, channels: Iterable[str]) -> None:
         """Channels whose per-channel gauges read 0 rather than nothing when idle; every other

@@ -13,10 +13,15 @@ from types import TracebackType
 
 class RequestGate:
     def __init__(self, size: int) -> None:
-        self._free = size
+        self._size = self._free = size
+        self.waiting = 0  # rows waiting for a slot now
         # (-priority, busy, arrival, future): a waiter's future is set when a slot is passed to it.
         self._waiting: list[tuple[int, bool, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
+
+    @property
+    def in_use(self) -> int:
+        return self._size - self._free
 
     def slot(self, priority: int, *, new_flow: bool = False) -> _Slot:
         """`async with gate.slot(priority):` holds one request slot for the block."""
@@ -28,6 +33,7 @@ class RequestGate:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (-priority, not new_flow, next(self._arrivals), future))
+        self.waiting += 1
         try:
             await future
         except asyncio.CancelledError:
@@ -36,6 +42,8 @@ class RequestGate:
             if future.done() and not future.cancelled():
                 self.leave()
             raise
+        finally:
+            self.waiting -= 1
 
     def leave(self) -> None:
         while self._waiting:

@@ -105,6 +105,10 @@ class Sender:
         self._slots.track(channels)
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
+    def slots(self) -> tuple[int, int]:
+        """Requests out now, and rows claimed ahead waiting for a request slot."""
+        return self._gate.in_use, self._gate.waiting
+
     def _owed(self) -> list[int]:  # the rows whose result we still owe: their leases hold
         return [*self._flights.ids(), *self._results.held()]
 

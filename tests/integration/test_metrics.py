@@ -363,6 +363,14 @@ async def test_sends_are_counted_by_channel_outcome_and_error_class(live: Live) 
     )
 
 
+async def test_the_sender_s_request_slots_are_read_at_the_scrape(live: Live) -> None:
+    # After the drain nothing is out and nothing waits; without the wiring there is no series.
+    assert live.scrape.by("outbox_sender_slots", "kind") == {
+        ("requests",): 0.0,
+        ("waiting",): 0.0,
+    }
+
+
 async def test_latency_histograms_count_requests_acceptances_and_deliveries(live: Live) -> None:
     s = live.scrape
     # Rows that failed or expired before a request (invalid, window closed, expired) add none.

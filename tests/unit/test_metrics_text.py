@@ -58,10 +58,12 @@ def test_every_family_of_outbox_renders_as_the_library_renders_it(
     metrics.channels.opted_out(ODD[1], "answer")
     metrics.channels.mismatched(ODD[2])
     metrics.channels.paused(ODD[3], True)
+    metrics.watch_sender(lambda: (3, 7))
     frozen = Frozen(metrics.registry)
 
     assert render(frozen) == generate_latest(frozen)
     assert b'channel="quote\\"d"' in render(frozen)  # escaping was exercised
+    assert b'outbox_sender_slots{kind="waiting"} 7.0' in render(frozen)
 
 
 def test_every_metric_type_and_odd_values_render_as_the_library_renders_them() -> None:

@@ -27,11 +27,13 @@ async def test_at_most_size_hold_a_slot_and_the_rest_go_in_by_priority_then_arri
     }
     await _settle()
     assert entered == ["a", "b"]
+    assert (gate.in_use, gate.waiting) == (2, 4)
     for done, expected in [("a", "d"), ("b", "f"), ("d", "c"), ("f", "e")]:
         tasks[done].cancel()
         await _settle()
         assert entered[-1] == expected
     assert entered == ["a", "b", "d", "f", "c", "e"]
+    assert (gate.in_use, gate.waiting) == (2, 0)
     for task in tasks.values():
         task.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
@@ -45,6 +47,7 @@ async def test_a_waiter_cancelled_before_its_turn_takes_no_slot() -> None:
     await _settle()
     gone.cancel()
     await _settle()
+    assert gate.waiting == 1  # `last`; `gone` left
     first.cancel()
     await _settle()
     assert entered == ["first", "last"]

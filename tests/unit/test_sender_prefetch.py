@@ -154,8 +154,9 @@ async def test_rows_waiting_for_a_slot_at_stop_go_back_to_the_queue_unsent() -> 
     config = SenderConfig(
         max_in_flight=2, batch_size=4, prefetch=2, shutdown_grace=timedelta(seconds=0.1)
     )
-    async with _running(store, api, config):
+    async with _running(store, api, config) as sender:
         await _until(lambda: len(api.order) == 2 and _sending(store) == 4)
+        assert sender.slots() == (2, 2)  # two requests out, two rows waiting
     states = [store.rows[i].state for i in ids]
     # Two requests out and never answered: unknown. The two waiting: queued, their attempt
     # given back. The last two were never claimed.
