@@ -150,6 +150,14 @@ async def test_a_claim_tells_whether_its_channel_has_more_rows_ready(
     assert (len(again["a"].messages), again["a"].more) == (1, False)
 
 
+async def test_a_claimed_row_carries_its_priority(db_url: str, engine: AsyncEngine) -> None:
+    """Rows claimed ahead wait for a request slot by priority (`RequestGate`): the claim must
+    hand the producer's priority over, not the default."""
+    await _seed(db_url, [("a1", A, "queued", {"priority": "7"}), ("b1", B, "queued", {})])
+    claimed = (await MessageStore(engine).claim("c", 10, "w", LEASE, LIMITS)).messages
+    assert [m.priority for m in claimed] == [7, 0]
+
+
 async def test_claim_reports_the_window_and_the_planned_form(
     db_url: str, engine: AsyncEngine
 ) -> None:
