@@ -158,31 +158,34 @@ class Slots:
             # With rows claimed ahead a round takes up to 200 rows (about 50 ms at 0 ms): the
             # channels an insert named go in a round of their own, a short one, and the next
             # round follows at once (next_in 0) with the rest.
-            fresh, self._fresh = self._fresh, {}
-            self._named, self._in_turn = set(fresh), []
-            return Due(list(fresh), 0.0)
-        now = self._monotonic()
-        self._hot_rounds += 1
-        # Rounds count too: a clock that does not move (a test's) never starves other channels.
-        if self.hot and now - self._due_at < HOT_FOR and self._hot_rounds < HOT_ROUNDS:
-            due, in_turn = Due(self.hot, None), []
+            due, in_turn = Due([], 0.0), list[str]()
         else:
-            self._due_at, self._hot_rounds = now, 0
-            probes = self._client_probes() if self._crowded else []
-            due = await self._store.due_channels(self._cursor, free, probes)
-            # A probed channel the cursor's list holds too counts as probed (the answer does
-            # not say which it came from): if this round's slots do not reach it, the cursor
-            # may pass it, and the next look from the cursor or its client's next probe finds it.
-            probed = set(probes)
-            in_turn = [channel for channel in due.channels if channel not in probed]
-            self._crowded = len(in_turn) >= free and self._shared(in_turn)
-            due = Due([*due.channels, *self._clients_left_out(due.channels)], due.next_in)
+            due, in_turn = await self._look(free)
         # Taken once the look succeeded: a database error keeps them for the next round.
         fresh, self._fresh = self._fresh, {}
         self._named = set(fresh)
         self._in_turn = [channel for channel in in_turn if channel not in fresh]
         rest = [channel for channel in due.channels if channel not in fresh]
         return Due([*fresh, *rest], due.next_in)
+
+    async def _look(self, free: int) -> tuple[Due, list[str]]:
+        """The hot channels, or the database's answer (and the part of it in the cursor's
+        order), as `due` describes."""
+        now = self._monotonic()
+        self._hot_rounds += 1
+        # Rounds count too: a clock that does not move (a test's) never starves other channels.
+        if self.hot and now - self._due_at < HOT_FOR and self._hot_rounds < HOT_ROUNDS:
+            return Due(self.hot, None), []
+        self._due_at, self._hot_rounds = now, 0
+        probes = self._client_probes() if self._crowded else []
+        due = await self._store.due_channels(self._cursor, free, probes)
+        # A probed channel the cursor's list holds too counts as probed (the answer does not
+        # say which it came from): if this round's slots do not reach it, the cursor may pass
+        # it, and the next look from the cursor or its client's next probe finds it.
+        probed = set(probes)
+        in_turn = [channel for channel in due.channels if channel not in probed]
+        self._crowded = len(in_turn) >= free and self._shared(in_turn)
+        return Due([*due.channels, *self._clients_left_out(due.channels)], due.next_in), in_turn
 
     def _shared(self, channels: list[str]) -> bool:
         """Whether a client holds two of these channels: only then can the clients the look
