@@ -21,6 +21,7 @@ import asyncpg
 from outbox import app
 from outbox.config import ChannelConfig, HttpConfig, Secret, SenderConfig, Settings, WebhookAuth
 from outbox.domain.models import Dialect
+from outbox.services.sender import Sender
 
 KEYS = {"onprem-key": "onprem", "cloud-key": "cloud"}
 NAMESPACE = "d8bcb6bd_2ab2_439c_9d9e_947501266c77"
@@ -177,6 +178,18 @@ async def running(settings: Settings, roles: set[str] | None = None) -> AsyncIte
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@asynccontextmanager
+async def sending(sender: Sender) -> AsyncIterator[Sender]:
+    """`sender` running for the block, stopped (and its stop awaited) at the block's end."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        yield sender
+    finally:
+        stop.set()
+        await task
 
 
 async def wait_until(predicate: Any, within: float = 20.0, interval: float = 0.02) -> None:

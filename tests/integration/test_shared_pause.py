@@ -22,7 +22,7 @@ from outbox.ports import Clock, utc_now
 from outbox.sandbox.faults import Fault
 from outbox.sandbox.server import Sandbox
 from outbox.services.sender import Sender
-from tests.support import KEYS, NAMESPACE, fetch, insert, wait_until
+from tests.support import KEYS, NAMESPACE, fetch, insert, sending, wait_until
 
 GOOD_KEY = "onprem-key"
 
@@ -54,13 +54,8 @@ async def replica(
             channel_state=ChannelStateStore(engine),
             now=now,
         )
-        stop = asyncio.Event()
-        task = asyncio.create_task(sender.run(stop))
-        try:
+        async with sending(sender):
             yield sender
-        finally:
-            stop.set()
-            await task
 
 
 @contextlib.asynccontextmanager

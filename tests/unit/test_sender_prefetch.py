@@ -20,6 +20,7 @@ from outbox.domain.response import Accepted, Rejected
 from outbox.ports import ClaimRequest
 from outbox.services.sender import Sender
 from tests.fakes import AcceptingApi, InMemoryMessageStore
+from tests.support import sending
 from tests.unit.test_sender_slots import _add, _channel
 
 
@@ -114,13 +115,8 @@ async def _running(
     """A sender running over `channels` for the block, stopped at its end."""
     configs = [_channel(channel) for channel in channels]
     sender = Sender(store, api, configs, config, worker_id="w", channel_state=store)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
+    async with sending(sender):
         yield sender
-    finally:
-        stop.set()
-        await task
 
 
 async def test_a_waiting_row_of_higher_priority_goes_before_those_claimed_earlier() -> None:
