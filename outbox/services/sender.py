@@ -1,11 +1,11 @@
 """The send loop: claim due rows under a lease, post them, write the outcomes back in batches.
 
 Claims happen in short transactions and commit before any request leaves; each claimed row is
-sent by its own task (`attempt`) once the request gate lets it; outcomes go to a buffer
-(`results`) that one flusher writes with a single statement per batch. On stop, claiming ends,
-in-flight requests get `shutdown_grace` to finish, rows whose request never started go back to
-`queued`, and the buffer is flushed. Which channels a round visits, and each one's share of the
-free slots, is kept by outbox.services.slots."""
+carried by its own task (outbox.services.courier) once the request gate lets it; outcomes go to
+a buffer (`results`) that one flusher writes with a single statement per batch. On stop,
+claiming ends, in-flight requests get `shutdown_grace` to finish, rows whose request never
+started go back to `queued`, and the buffer is flushed. Which channels a round visits, and each
+one's share of the free slots, is kept by outbox.services.slots."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 import structlog
 
 from outbox.config import ChannelConfig, SenderConfig
-from outbox.domain.models import Claim, ClaimedMessage, SendResult, State
-from outbox.domain.outcome import Judged, SendError
+from outbox.domain.models import Claim, SendResult, State
+from outbox.domain.outcome import SendError
 from outbox.errors import DatabaseError
 from outbox.loops import Backoff, Health, database_failed, wait_any
 from outbox.ports import (
@@ -35,8 +35,8 @@ from outbox.ports import (
 )
 from outbox.services import attempt as attempts
 from outbox.services.channels import ChannelGovernor
-from outbox.services.flights import Flight, Flights
-from outbox.services.gate import RequestGate
+from outbox.services.courier import Courier
+from outbox.services.flights import Flights
 from outbox.services.leases import LeaseKeeper
 from outbox.services.results import ResultBuffer
 from outbox.services.slots import Slots, sooner
@@ -69,12 +69,8 @@ class Sender:
         self._worker = worker_id
         self._observer = observer or NullSendObserver()
         self._now = now
-        self._monotonic = monotonic
-        rules = attempts.Rules.of(config, rand)
-        self._means = attempts.Means(api, rules, now, monotonic, templates)
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._gate = RequestGate(config.max_in_flight)  # the requests; rows claimed ahead wait
         self._governor = ChannelGovernor(
             channel_state,
             channels,
@@ -93,6 +89,20 @@ class Sender:
         )
         self._leases = LeaseKeeper(store, worker_id, config.lease, self._owed, health=self._health)
         self._flights = Flights()
+        channel_of = self._channels_now
+        self._courier = Courier(
+            store,
+            attempts.Means(api, attempts.Rules.of(config, rand), now, monotonic, templates),
+            worker_id=worker_id,
+            size=config.max_in_flight,
+            governor=self._governor,
+            flights=self._flights,
+            observer=self._observer,
+            monotonic=monotonic,
+            channel_of=channel_of,
+            record=self._record,
+            landed=self._slot_freed.set,
+        )
         self._slots = Slots(
             store,
             config,
@@ -100,14 +110,17 @@ class Sender:
             flights=self._flights,
             results=self._results,
             monotonic=monotonic,
-            channel_of=lambda channel: self._channels.get(channel),  # as it is now
+            channel_of=channel_of,
         )
         self._slots.track(channels)
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
 
     def slots(self) -> tuple[int, int]:
         """Requests out now, and rows claimed ahead waiting for a request slot."""
-        return self._gate.in_use, self._gate.waiting
+        return self._courier.slots()
+
+    def _channels_now(self, channel: str) -> ChannelConfig | None:
+        return self._channels.get(channel)  # as it is now: `set_channels` replaces the map
 
     def _owed(self) -> list[int]:  # the rows whose result we still owe: their leases hold
         return [*self._flights.ids(), *self._results.held()]
@@ -239,60 +252,8 @@ class Sender:
             else:
                 breaker.probe_unused()
         for message in rows:
-            self._start(channel, message, claim.pause_epoch)
+            self._courier.start(channel, message, claim.pause_epoch)
         return len(rows)
-
-    def _start(self, channel: ChannelConfig, message: ClaimedMessage, epoch: int) -> None:
-        self._flights.start(
-            channel.id,
-            message,
-            self._monotonic(),
-            lambda flight: self._send(channel, flight, epoch),
-        )
-
-    async def _send(self, claimed: ChannelConfig, flight: Flight, epoch: int) -> None:
-        message = flight.message
-
-        def sending() -> None:
-            flight.started = True
-
-        try:
-            async with self._gate.slot(message.priority, new_flow=flight.new_flow):
-                # The channel as it is now, not as the claim found it: a key reloaded while the
-                # row waited is the one the request carries, and the one its answer is judged by.
-                channel = self._channels.get(claimed.id, claimed)  # or removed meanwhile
-                key = self._governor.key_of(channel)
-
-                def learn(judged: Judged) -> None:
-                    self._governor.learn(channel.id, message.id, judged, key=key, epoch=epoch)
-
-                breaker = self._governor.breakers.get(channel.id)
-                if breaker is not None and not breaker.lets(message.id):
-                    await self._hand_back(message)
-                    return
-                result = await attempts.attempt(
-                    message,
-                    channel,
-                    self._means,
-                    claimed=flight.claimed,
-                    sending=sending,
-                    learn=learn,
-                )
-            self._observer.sent(result)
-            self._record(result.result)
-        finally:
-            # A probe that ended without an answer (bad row, expired, stopped) proved nothing.
-            self._governor.forget(claimed.id, message.id)
-            self._flights.landed(claimed.id, message)
-            self._slot_freed.set()
-
-    async def _hand_back(self, message: ClaimedMessage) -> None:
-        """A row claimed ahead whose channel paused while it waited for a slot goes back to the
-        queue with its attempt, unsent (on a database error, its lease runs out instead)."""
-        try:
-            await self._store.release([message.id], self._worker)
-        except DatabaseError as exc:
-            log.warning("outbox.sender.hand_back_failed", message_id=message.id, error=str(exc))
 
     def _record(self, result: SendResult) -> None:
         self._outcomes[result.state] += 1
