@@ -3,34 +3,33 @@ batch (and, for rows held inside a claim, in the claim's own transaction)."""
 
 from __future__ import annotations
 
-from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer, Text
+from sqlalchemy import text
 
-from outbox.db.arrays import ArrayColumns
+from outbox.db.arrays import JsonRows
 from outbox.db.identities import UPSERT_PAIR
 from outbox.db.leases import HELD_BY_WORKER
 from outbox.domain.identity import SQL_BSUID_PREFIX
 from outbox.domain.models import SendResult
 
-_TIMESTAMP = DateTime(timezone=True)
-SEND_RESULT_COLUMNS = ArrayColumns(
+SEND_RESULT_COLUMNS = JsonRows(
     (
-        ("id", BigInteger()),
-        ("state", Text()),
-        ("at", _TIMESTAMP),
-        ("wamid", Text()),
-        ("sent_as", Text()),
-        ("error_code", Text()),
-        ("error_title", Text()),
-        ("error_detail", Text()),
-        ("next_attempt_at", _TIMESTAMP),
-        ("attempts_delta", Integer()),
-        ("pace_until", _TIMESTAMP),
-        ("held_template", BigInteger()),
-        ("message_status", Text()),
-        ("opt_out", Boolean()),
-        ("pace_strike", Boolean()),
-        ("answer_wa_id", Text()),
-        ("answer_bsuid", Text()),
+        ("id", "bigint"),
+        ("state", "text"),
+        ("at", "timestamptz"),
+        ("wamid", "text"),
+        ("sent_as", "text"),
+        ("error_code", "text"),
+        ("error_title", "text"),
+        ("error_detail", "text"),
+        ("next_attempt_at", "timestamptz"),
+        ("attempts_delta", "integer"),
+        ("pace_until", "timestamptz"),
+        ("held_template", "bigint"),
+        ("message_status", "text"),
+        ("opt_out", "boolean"),
+        ("pace_strike", "boolean"),
+        ("answer_wa_id", "text"),
+        ("answer_bsuid", "text"),
     )
 )
 
@@ -42,13 +41,14 @@ SEND_RESULT_COLUMNS = ArrayColumns(
 # Issue 18: a 131056 grows the pair's pause (strikes), an acceptance resets it; a 131050
 # records the user's marketing opt-out, keyed on the recipient as written when it is a BSUID;
 # a send answer naming the user's BSUID pairs it with their number (`paired`).
-COMPLETE_SENDS = SEND_RESULT_COLUMNS.statement(
+COMPLETE_SENDS = text(
     f"""
-    WITH r AS (SELECT * FROM {SEND_RESULT_COLUMNS.unnest("r")}), locked AS MATERIALIZED (
+    WITH r AS MATERIALIZED (SELECT * FROM {SEND_RESULT_COLUMNS.recordset("r")}),
+    locked AS MATERIALIZED (
         SELECT m.id FROM outbox.messages AS m
         -- The ids themselves, not `IN (SELECT id FROM r)`: with statistics that call the table
         -- empty the semi-join read every row of it (test_batch_plans).
-        WHERE m.id = ANY(:id) AND {HELD_BY_WORKER}
+        WHERE m.id = ANY(ARRAY(SELECT id FROM r)) AND {HELD_BY_WORKER}
         ORDER BY m.id
         FOR UPDATE OF m
     ), done AS (
