@@ -1,15 +1,17 @@
 """The peers the send path is measured against, each in its own process (not a test).
 
-    python -m tests.bench.peers {pgqueuer,batched} --dsn DSN --api URL --messages N
+    python -m tests.bench.peers {pgqueuer,batched,bare} [--dsn DSN] --api URL --messages N
         [--in-flight 200] [--setup] [--outbox-gc]
 
-Both drain N jobs, each one POST to the API imitation (`tests/bench/fake_api.py`), at the same
-concurrency as the sender, and exit when none is left:
+Each drains N jobs, each one POST to the API imitation (`tests/bench/fake_api.py`), at the same
+concurrency as the sender, and exits when none is left:
 - `pgqueuer`: pgqueuer (a dev extra, never a runtime dependency) with `batch_size=100` and
   `max_concurrent_tasks=200`, its documented maximum batch for that concurrency; `--setup`
   installs its schema and enqueues the jobs, then exits (so the timing excludes it).
 - `batched`: a hand-written claimer with none of outbox's rules: claim up to 100 queued rows of
   `outbox.messages` with `FOR UPDATE SKIP LOCKED`, POST each, write the answers back in batches.
+- `bare`: the N POSTs alone, no database: what one aiohttp client gets from the imitation on
+  this machine, the ceiling any sender's rate meets before the latency bound does.
 `--outbox-gc` gives the peer the garbage collector's settings `outbox run` uses (the scale
 benchmark's `pgqueuer+gc`), so that what they gain is not counted as outbox's own.
 """
@@ -91,6 +93,17 @@ FROM unnest($1::bigint[], $2::text[]) AS r(id, wamid) WHERE m.id = r.id
 """
 
 
+async def bare_run(api: str, in_flight: int, messages: int) -> None:
+    free = asyncio.Semaphore(in_flight)
+
+    async def one(session: aiohttp.ClientSession, n: int) -> None:
+        async with free:
+            await _post(session, api, f"bare:{n}")
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as session:
+        await asyncio.gather(*(one(session, n) for n in range(messages)))
+
+
 async def batched_run(dsn: str, api: str, in_flight: int) -> None:
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
     free = asyncio.Semaphore(in_flight)
@@ -141,8 +154,8 @@ async def batched_run(dsn: str, api: str, in_flight: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["pgqueuer", "batched"])
-    parser.add_argument("--dsn", required=True)
+    parser.add_argument("kind", choices=["pgqueuer", "batched", "bare"])
+    parser.add_argument("--dsn", default="")
     parser.add_argument("--api", default="")
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--in-flight", type=int, default=200)
@@ -159,5 +172,7 @@ if __name__ == "__main__":
         asyncio.run(pgqueuer_setup(args.dsn, args.messages))
     elif args.kind == "pgqueuer":
         asyncio.run(pgqueuer_run(args.dsn, args.api, args.in_flight))
+    elif args.kind == "bare":
+        asyncio.run(bare_run(args.api, args.in_flight, args.messages))
     else:
         asyncio.run(batched_run(args.dsn, args.api, args.in_flight))

@@ -3,13 +3,16 @@
     python -m tests.bench.scale [--messages 20000] [--channels 1,1000,10000]
         [--peers/--no-peers] [--fair-backlog 1000000 [--fair-spread 1] [--fair-clients]] [--steady-seconds 10]
         [--limit 60]
-        [--repeat 1] [--kinds outbox,pgqueuer,pgqueuer+gc,batched,baseline] [--baseline DIR]
+        [--repeat 1] [--kinds outbox,pgqueuer,pgqueuer+gc,batched,bare,baseline] [--baseline DIR]
 
 One invocation, one embedded PostgreSQL, one API imitation (`tests/bench/fake_api.py`, its own
 process), every worker in its own process, every one at 200 requests in flight:
 - peers: outbox with its defaults (every sending rule active), pgqueuer (batch size 100) and a
   hand-written batched claimer with no rules (`tests/bench/peers.py`), draining --messages rows
-  at 0 ms and 50 ms API latency; messages/s, the worker's CPU, ratios;
+  at 0 ms and 50 ms API latency, and (`--kinds ...,bare`) the same POSTs from a bare aiohttp
+  client with no database, the most this machine and imitation give any one-loop sender;
+  messages/s, the CPU per message of the worker, PostgreSQL and the imitation, the cores busy on
+  the whole machine (`/proc/stat`: when it nears all of them, every worker is CPU-bound), ratios;
 - channels: for each K in --channels, K configured channels: the --messages rows spread over
   them, and (K > 1) all on one channel among K - 1 idle ones; then idle database
   transactions/s (`pg_stat_database.xact_commit`) and idle sender CPU; then INSERT -> request
@@ -142,6 +145,12 @@ def _database_cpu_seconds(postmaster: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_busy_seconds() -> float:
+    """CPU time spent by everything on the machine (`/proc/stat`: all but idle and iowait)."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Run:
     label: str
@@ -149,6 +158,8 @@ class Run:
     seconds: float = 0.0
     cpu: float = 0.0  # cores the worker kept busy while it drained
     db_cpu: float = 0.0  # cores PostgreSQL kept busy meanwhile
+    api_cpu: float = 0.0  # cores the API imitation kept busy meanwhile
+    machine: float = 0.0  # cores busy on the whole machine meanwhile (of os.cpu_count())
     duplicates: int = 0
     peak_rss_mb: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
@@ -209,6 +220,13 @@ class Bench:
                      "--in-flight", str(IN_FLIGHT), *(["--outbox-gc"] if "gc" in kind else [])]
                 )  # fmt: skip
                 workers = [worker]
+            elif kind == "bare":
+                workers = [
+                    await self._worker(
+                        ["tests.bench.peers", "bare", "--api", api_url, "--messages",
+                         str(messages), "--in-flight", str(IN_FLIGHT)]
+                    )
+                ]  # fmt: skip
             elif kind == "batched":
                 await self._enqueue(connection, messages, 1, True)
                 workers = [
@@ -225,7 +243,7 @@ class Bench:
                 workers = await _senders(
                     config, 1, cwd=self.baseline if kind == "baseline" else None
                 )
-            run = await self._drained(connection, api_url, workers, messages, run)
+            run = await self._drained(connection, api_url, workers, messages, run, api=api)
         finally:
             await _stop([api])
             await connection.close()
@@ -240,6 +258,7 @@ class Bench:
         run: Run,
         *,
         keep: bool = False,
+        api: asyncio.subprocess.Process,
     ) -> Run:
         pid = workers[0].pid
         cpu_before = _cpu_seconds(pid)
@@ -251,6 +270,8 @@ class Bench:
                 if workers[0].returncode is None:
                     cpu_before = _cpu_seconds(pid)
                 db_before = db_after = _database_cpu_seconds(self.postmaster)
+                api_before = api_after = _cpu_seconds(api.pid)
+                busy_before = busy_after = _machine_busy_seconds()
                 cpu_after, cut = cpu_before, time.monotonic() + self.limit
                 while True:
                     count = await _count(session, api_url)
@@ -259,6 +280,7 @@ class Bench:
                     # Read while it lives: a peer exits when it has drained.
                     cpu_after, run.peak_rss_mb = _cpu_seconds(pid), _peak_rss_mb(pid)
                     db_after = _database_cpu_seconds(self.postmaster)
+                    api_after, busy_after = _cpu_seconds(api.pid), _machine_busy_seconds()
                     if count >= messages or time.monotonic() > cut:
                         break
                     await asyncio.sleep(0.2)
@@ -275,6 +297,8 @@ class Bench:
         run.duplicates = len(times) - len(keys)
         run.cpu = (cpu_after - cpu_before) / run.seconds if run.seconds else 0.0
         run.db_cpu = (db_after - db_before) / run.seconds if run.seconds else 0.0
+        run.api_cpu = (api_after - api_before) / run.seconds if run.seconds else 0.0
+        run.machine = (busy_after - busy_before) / run.seconds if run.seconds else 0.0
         return run
 
     async def channels(self, channels: int, messages: int, one: bool, steady: float) -> Run:
@@ -291,7 +315,9 @@ class Bench:
         await self._enqueue(connection, messages, channels, one)
         senders = await _senders(config, 1)
         try:
-            run = await self._drained(connection, api_url, senders, messages, run, keep=True)
+            run = await self._drained(
+                connection, api_url, senders, messages, run, keep=True, api=api
+            )
             if steady:
                 await self._idle(connection, senders[0].pid, run)
                 await self._steady(connection, api_url, channels, steady, run)
@@ -477,15 +503,19 @@ def _spread(run: Run) -> str:
 
 def _print_peers(runs: list[Run]) -> None:
     print(f"\n{'peers, 200 in flight':<28}{'msg/s':>9}{'CPU':>7}{'µs/msg':>8}{'DB µs/msg':>10}"
-          f"{'RSS MB':>8}{'dupes':>7}{'÷pgq':>7}{'÷batched':>9}")  # fmt: skip
+          f"{'API µs/msg':>11}{'machine':>8}{'RSS MB':>8}{'dupes':>7}{'÷pgq':>7}{'÷batched':>9}"
+          f"{'÷bare':>7}")  # fmt: skip
     by = {r.label: r for r in runs}
     for run in runs:
         latency = run.label.split(", ")[1]
         pgq, batched = by.get(f"pgqueuer, {latency}"), by.get(f"batched, {latency}")
+        bare = by.get(f"bare, {latency}")
         print(
             f"{run.label:<28}{run.rate:>9,.0f}{run.cpu:>7.2f}{_per_message(run.cpu, run):>8.0f}"
-            f"{_per_message(run.db_cpu, run):>10.0f}{run.peak_rss_mb:>8.1f}{run.duplicates:>7}{run.rate / pgq.rate if pgq else 0:>7.2f}"
-            f"{run.rate / batched.rate if batched else 0:>9.2f}{_spread(run)}"
+            f"{_per_message(run.db_cpu, run):>10.0f}{_per_message(run.api_cpu, run):>11.0f}"
+            f"{run.machine:>8.2f}{run.peak_rss_mb:>8.1f}{run.duplicates:>7}{run.rate / pgq.rate if pgq else 0:>7.2f}"
+            f"{run.rate / batched.rate if batched else 0:>9.2f}"
+            f"{run.rate / bare.rate if bare else 0:>7.2f}{_spread(run)}"
         )
     for run in runs:
         if run.label == "outbox, 50 ms":
@@ -501,12 +531,15 @@ def _print_channels(runs: list[Run]) -> None:
     if not runs:
         return
     one = runs[0].rate or 1.0
-    print(f"\n{'channels':<34}{'msg/s':>8}{'÷1ch':>6}{'CPU':>6}{'idle xact/s':>12}"
-          f"{'idle CPU':>9}{'p50 ms':>8}{'p99 ms':>8}{'RSS MB':>8}{'dupes':>6}")  # fmt: skip
+    print(f"\n{'channels':<34}{'msg/s':>8}{'÷1ch':>6}{'CPU':>6}{'µs/msg':>7}{'DB µs/msg':>10}"
+          f"{'machine':>8}{'idle xact/s':>12}{'idle CPU':>9}{'p50 ms':>8}{'p99 ms':>8}{'RSS MB':>8}"
+          f"{'dupes':>6}")  # fmt: skip
     for run in runs:
         x = run.extra
         print(
             f"{run.label:<34}{run.rate:>8,.0f}{run.rate / one:>6.2f}{run.cpu:>6.2f}"
+            f"{_per_message(run.cpu, run):>7.0f}{_per_message(run.db_cpu, run):>10.0f}"
+            f"{run.machine:>8.2f}"
             f"{x.get('idle xact/s', float('nan')):>12.1f}{x.get('idle CPU', float('nan')):>9.3f}"
             f"{x.get('steady p50 ms', float('nan')):>8.1f}"
             f"{x.get('steady p99 ms', float('nan')):>8.1f}{run.peak_rss_mb:>8.1f}"
