@@ -4,7 +4,9 @@ database takes; a value it cannot take is refused alone, and the rest of the bat
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -88,13 +90,13 @@ async def test_every_column_arrives_as_written(db_url: str, engine: AsyncEngine)
     ],
 )
 async def test_a_value_the_database_cannot_take_is_refused_alone(
-    db_url: str, engine: AsyncEngine, bad: dict[str, str]
+    db_url: str, engine: AsyncEngine, bad: dict[str, Any]
 ) -> None:
     store = MessageStore(engine)
     first, refused, last = await _held(db_url, 3)
     now = datetime.now(UTC)
     with pytest.raises(StatementRejected):  # the kind the buffer halves a batch for
-        await store.complete([SendResult(refused, State.ACCEPTED, now, **bad)], "w")
+        await store.complete([replace(SendResult(refused, State.ACCEPTED, now), **bad)], "w")
 
     buffer = ResultBuffer(store, "w", flush_interval=0.0, on_written=lambda: None)
     for message_id in (first, refused, last):
