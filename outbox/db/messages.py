@@ -75,6 +75,11 @@ class MessageStore:
         policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self._engine = engine
+        # The statements that stand alone (a look for due channels, a batch of answers, the
+        # leases' renewal) run without BEGIN and COMMIT: one statement is atomic by itself, and
+        # the two round trips spared each wait for a turn of the sender's busy event loop
+        # (issue 16: 0.1-0.2 ms of its CPU and half the wall time a statement).
+        self._alone = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._rand = rand
         self._policy = policy
         # The pair pause's terms (outbox.domain.policy.pair_pause), for the result statement.
@@ -92,7 +97,7 @@ class MessageStore:
         those of `also` (one index probe each) that have some and are not among them; and
         when the next retry or paced row comes due."""
         parameters = {"after": after, "limit": limit, "also": list(also)}
-        async with self._engine.connect() as connection:
+        async with self._alone.connect() as connection:
             row = (await connection.execute(DUE_CHANNELS, parameters)).one()
         listed = dict.fromkeys([*row.channels, *row.also_due])  # in order, once each
         return Due(list(listed), None if row.next_in is None else float(row.next_in))
@@ -177,7 +182,7 @@ class MessageStore:
         """Write outcomes in one statement; returns how many rows were still ours."""
         if not results:
             return 0
-        async with self._engine.begin() as connection:
+        async with self._alone.connect() as connection:
             return await self._write(connection, results, worker)
 
     async def _write(
@@ -194,7 +199,7 @@ class MessageStore:
         if not ids:
             return Renewed([], [])
         params = {"ids": sorted(ids), "worker": worker, "lease_seconds": lease.total_seconds()}
-        async with self._engine.begin() as connection:
+        async with self._alone.connect() as connection:
             rows = (await connection.execute(RENEW_LEASES, params)).all()
         return Renewed(
             sorted(r.id for r in rows if not r.taken_back),
