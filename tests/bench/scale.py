@@ -277,8 +277,12 @@ class Bench:
                     count = await _count(session, api_url)
                     if workers[0].returncode is not None:
                         break
-                    # Read while it lives: a peer exits when it has drained.
-                    cpu_after, run.peak_rss_mb = _cpu_seconds(pid), _peak_rss_mb(pid)
+                    # Read while it lives: a peer exits when it has drained (and may have
+                    # been reaped since the check above).
+                    try:
+                        cpu_after, run.peak_rss_mb = _cpu_seconds(pid), _peak_rss_mb(pid)
+                    except OSError:
+                        break
                     db_after = _database_cpu_seconds(self.postmaster)
                     api_after, busy_after = _cpu_seconds(api.pid), _machine_busy_seconds()
                     if count >= messages or time.monotonic() > cut:
