@@ -16,7 +16,9 @@ process), every worker in its own process, every one at 200 requests in flight:
 - channels: for each K in --channels, K configured channels: the --messages rows spread over
   them, and (K > 1) all on one channel among K - 1 idle ones; then idle database
   transactions/s (`pg_stat_database.xact_commit`) and idle sender CPU; then INSERT -> request
-  p50/p99 at a steady 200 msg/s over random channels; the sender's peak RSS;
+  p50/p99 at a steady 200 msg/s over random channels; the sender's peak RSS; with --baseline,
+  each channel run is followed by the same run with the other checkout's sender (in turn: the
+  next round starts with the other), labelled "(baseline)" and compared with its own 1 channel;
 - --repeat N: every drain N times, the rounds interleaved, reported as the median with its
   range (one drain on this machine can differ from the next by 15 %);
 - fairness (--fair-backlog N > 0): N rows queued on one channel (or spread over
@@ -305,10 +307,13 @@ class Bench:
         run.machine = (busy_after - busy_before) / run.seconds if run.seconds else 0.0
         return run
 
-    async def channels(self, channels: int, messages: int, one: bool, steady: float) -> Run:
-        """Drain, then idle figures, then steady INSERT -> request, with one sender."""
+    async def channels(
+        self, channels: int, messages: int, one: bool, steady: float, *, baseline: bool = False
+    ) -> Run:
+        """Drain, then idle figures, then steady INSERT -> request, with one sender (with
+        `baseline`, the sender of the --baseline checkout)."""
         label = f"{channels:,} ch, " + ("all rows on one" if one else "rows spread")
-        run = Run(label)
+        run = Run(label + (" (baseline)" if baseline else ""))
         port = _free_port()
         api_url = f"http://127.0.0.1:{port}"
         api = await _api(port, 0.0)
@@ -317,7 +322,7 @@ class Bench:
         connection = await asyncpg.connect(self.dsn)
         await self._reset(connection)
         await self._enqueue(connection, messages, channels, one)
-        senders = await _senders(config, 1)
+        senders = await _senders(config, 1, cwd=self.baseline if baseline else None)
         try:
             run = await self._drained(
                 connection, api_url, senders, messages, run, keep=True, api=api
@@ -534,14 +539,17 @@ def _per_message(cores: float, run: Run) -> float:
 def _print_channels(runs: list[Run]) -> None:
     if not runs:
         return
-    one = runs[0].rate or 1.0
+    # Each code's runs against its own one-channel drain.
+    ones = {r.label.endswith("(baseline)"): r.rate for r in runs if r.label.startswith("1 ch,")}
     print(f"\n{'channels':<34}{'msg/s':>8}{'÷1ch':>6}{'CPU':>6}{'µs/msg':>7}{'DB µs/msg':>10}"
           f"{'machine':>8}{'idle xact/s':>12}{'idle CPU':>9}{'p50 ms':>8}{'p99 ms':>8}{'RSS MB':>8}"
           f"{'dupes':>6}")  # fmt: skip
     for run in runs:
         x = run.extra
         print(
-            f"{run.label:<34}{run.rate:>8,.0f}{run.rate / one:>6.2f}{run.cpu:>6.2f}"
+            f"{run.label:<34}{run.rate:>8,.0f}"
+            f"{run.rate / (ones.get(run.label.endswith('(baseline)')) or run.rate):>6.2f}"
+            f"{run.cpu:>6.2f}"
             f"{_per_message(run.cpu, run):>7.0f}{_per_message(run.db_cpu, run):>10.0f}"
             f"{run.machine:>8.2f}"
             f"{x.get('idle xact/s', float('nan')):>12.1f}{x.get('idle CPU', float('nan')):>9.3f}"
@@ -579,11 +587,19 @@ async def main(args: argparse.Namespace) -> None:
                             peers.append(await bench.peer(kind, args.messages, latency))
                             print(peers[-1], flush=True)
                 steady = args.steady_seconds if round_ == 0 else 0
+                # With --baseline, each channel run is followed by the baseline's, in turn.
+                codes = [False, True] if args.baseline else [False]
+                codes = codes[round_ % len(codes) :] + codes[: round_ % len(codes)]
                 for count in args.channels:
-                    channels.append(await bench.channels(count, args.messages, False, steady))
-                    print(channels[-1], flush=True)
-                    if count > 1:
-                        channels.append(await bench.channels(count, args.messages, True, 0))
+                    for base in codes:
+                        run = await bench.channels(
+                            count, args.messages, False, steady, baseline=base
+                        )
+                        channels.append(run)
+                        print(channels[-1], flush=True)
+                    for base in codes if count > 1 else []:
+                        run = await bench.channels(count, args.messages, True, 0, baseline=base)
+                        channels.append(run)
                         print(channels[-1], flush=True)
             if args.fair_backlog:
                 fair = await bench.fairness(args.fair_backlog, args.fair_spread, args.fair_clients)
@@ -631,7 +647,10 @@ if __name__ == "__main__":
     )
     parser.add_argument("--steady-seconds", type=float, default=5.0)
     parser.add_argument(
-        "--baseline", type=Path, default=None, help="also run the sender of this checkout"
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also run the sender of this checkout (kind baseline, and beside each channel run)",
     )
     parser.add_argument(
         "--latencies", type=lambda s: [float(n) for n in s.split(",") if n], default=[0.0, 50.0]
