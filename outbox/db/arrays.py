@@ -1,4 +1,6 @@
-"""Many rows in one statement: each column goes over as one array, `unnest()` makes rows again.
+"""Many rows in one statement: each column goes over as one array and `unnest()` makes rows
+again (ArrayColumns), or the rows go over as one JSON document (JsonRows, for the hot statement
+with many columns).
 
 One round trip and one plan for a whole batch, whatever its size, instead of one per row.
 """
@@ -56,8 +58,8 @@ class JsonRows:
     encodes it, and SQLAlchemy copies each array (and converts its booleans one by one): the
     sender's result statement, 17 columns of about 76 answers, cost its event loop 1.1-1.5 ms a
     write that way and 0.76-0.82 ms as JSON, while PostgreSQL spends 0.15-0.3 ms more on parsing
-    it (`tests/bench` session notes). Values are what orjson writes: str, int, bool, None, and
-    datetimes in RFC 3339 with their offset (a naive one is taken as UTC)."""
+    it (issue 16's notes, session m; README "Benchmarks"). Values are what orjson writes: str,
+    int, bool, None, and datetimes in RFC 3339 with their offset (a naive one is taken as UTC)."""
 
     columns: tuple[tuple[str, str], ...]  # name, SQL type
     name: str = "rows"
