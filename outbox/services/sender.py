@@ -89,7 +89,6 @@ class Sender:
         )
         self._leases = LeaseKeeper(store, worker_id, config.lease, self._owed, health=self._health)
         self._flights = Flights()
-        channel_of = self._channels_now
         self._courier = Courier(
             store,
             attempts.Means(api, attempts.Rules.of(config, rand), now, monotonic, templates),
@@ -99,7 +98,7 @@ class Sender:
             flights=self._flights,
             observer=self._observer,
             monotonic=monotonic,
-            channel_of=channel_of,
+            channel_of=self._channels_now,
             record=self._record,
             landed=self._slot_freed.set,
         )
@@ -110,7 +109,7 @@ class Sender:
             flights=self._flights,
             results=self._results,
             monotonic=monotonic,
-            channel_of=channel_of,
+            channel_of=self._channels_now,
         )
         self._slots.track(channels)
         self._outcomes: dict[State, int] = dict.fromkeys(State, 0)
