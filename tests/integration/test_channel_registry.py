@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -20,6 +23,7 @@ from outbox.sealing import Keyring, SealError, generate_key
 from tests.support import fetch
 
 KEY = generate_key()
+T = TypeVar("T")
 
 
 def keyring(*keys: str) -> Keyring:
@@ -123,13 +127,35 @@ async def test_rotation_reseals_under_the_new_key_and_both_open_meanwhile(
 
 async def test_10000_file_channels_are_mirrored(engine: AsyncEngine, db_url: str) -> None:
     """Issue 16: one INSERT for them all was over PostgreSQL's 32,767 parameters (the mirror
-    failed at every start with `the number of query arguments cannot exceed 32767`)."""
+    failed at every start with `the number of query arguments cannot exceed 32767`). They go a
+    page at a time, and the registry's read takes the file's mirrors by id alone: the whole
+    file's parameters, then all its rows read whole, were the daemon's peak memory (12 MB and
+    7 MB at 10,000 channels; the sender's peak RSS 117 MB against 89 MB at one channel)."""
     store = ChannelRegistryStore(engine, keyring())
     await store.add(channel("c00042"), enabled=True)
     from_file = [channel(f"c{n:05d}") for n in range(10_000)]
-    assert await store.mirror_file(from_file) == ["c00042"]
+    mirrored, mirror_peak = await _peak(store.mirror_file(from_file))
+    assert mirrored == ["c00042"]
     [row] = await fetch(db_url, "SELECT count(*) AS n FROM outbox.channels WHERE source = 'file'")
     assert row["n"] == 9_999
+    snapshot, read_peak = await _peak(store.snapshot())
+    assert [c.config.id for c in snapshot.channels] == ["c00042"]
+    assert snapshot.known == {c.id for c in from_file}
+    # Measured 1.8 MB and 1.5 MB; 13.8 MB and 13.2 MB before.
+    assert mirror_peak < 4_000_000, mirror_peak
+    assert read_peak < 3_000_000, read_peak
+
+
+async def _peak(call: Awaitable[T]) -> tuple[T, int]:
+    """What `call` returns, and the most memory it held at once beyond what it kept."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = await call
+        return result, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
 
 
 async def test_file_channels_are_read_only_mirrors_and_the_file_wins(engine: AsyncEngine) -> None:
