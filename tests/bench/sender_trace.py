@@ -48,7 +48,7 @@ def _instrument() -> Callable[[], None]:
     """Wrap the sender's claim round, flights and store calls; returns the report."""
     from outbox.db import claims, messages
     from outbox.http import api_client
-    from outbox.services import flights, sender
+    from outbox.services import flights, sender, slots
 
     rounds: list[_Round] = []
     starts: list[float] = []
@@ -93,6 +93,7 @@ def _instrument() -> Callable[[], None]:
     for name in ("lock_buckets", "read_claimed"):
         timed(claims, name)
     timed(api_client.ApiClient, "send")  # the request alone, against a flight's whole time
+    timed(slots.Slots, "due")  # a round's wait for its channels (a look may run ahead)
 
     def report() -> None:
         for name, seconds in spent.items():
@@ -100,6 +101,7 @@ def _instrument() -> Callable[[], None]:
             print(
                 f"{name:<14} n={len(ordered):>5}  p50 {ordered[len(ordered) // 2] * 1000:6.1f} ms"
                 f"  p90 {ordered[int(len(ordered) * 0.9)] * 1000:6.1f} ms"
+                f"  in all {sum(ordered):6.2f} s"
             )
         busy = [r for r in rounds if r[3] > 0]
         if not busy or not lands:
