@@ -694,3 +694,15 @@ def test_where_the_number_lives_is_read_when_given(tmp_path: Path) -> None:
     bare = load(tmp_path, DB + channel()).channel("shop-de")
     assert bare is not None
     assert (bare.phone_number_id, bare.client_id) == (None, None)
+
+
+def test_channels_with_the_same_limits_share_one_limits_object() -> None:
+    """Issue 16: 10,000 channels held 10,000 equal `Limits` (2 MB); the same terms now give
+    the same object, and other terms another."""
+    one = ChannelConfig("a", Dialect.CLOUD, "http://127.0.0.1:9", Secret("k"), rate_per_second=5)
+    same = replace(one, id="b", api_key=Secret("other"))
+    assert same.limits() is one.limits()
+    assert replace(one, burst=30.0).limits() is not one.limits()
+    assert replace(one, recipient_gap=timedelta(seconds=6)).limits().paced
+    assert one.limits().burst == 1.0
+    assert replace(one, burst=30.0).limits().burst == 29.75
