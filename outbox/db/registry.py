@@ -57,12 +57,12 @@ class ChannelRegistryStore:
         self._keyring = keyring
         self._environ = environ
         self._api_keys = api_keys
-        self._read = (
+        read = (
             select(*channels.c, registry_cache.WHOLE_ROW)
             if api_keys
             else select(*RECEIVING_COLUMNS, registry_cache.digest_of(RECEIVING_COLUMNS))
         )
-        self._own = self._read.where(channels.c.source == "registry")  # the entries it holds
+        self._own = read.where(channels.c.source == "registry")  # the entries it holds
         self._built = registry_cache.BuiltChannels()
 
     # --- the port (outbox.ports.registry.ChannelRegistry) ---
@@ -203,7 +203,7 @@ class ChannelRegistryStore:
         """Open every sealed credential; raise `SealError` (naming key ids, not values) on the
         first the master keys cannot open. Returns how many were checked."""
         async with self._engine.connect() as connection:
-            found = (await connection.execute(self._read)).all()
+            found = (await connection.execute(self._own)).all()  # a file's entry seals nothing
         count = 0
         for row in found:
             for name in SECRET_FIELDS if self._api_keys else RECEIVING_SECRETS:
