@@ -36,32 +36,51 @@ class BuiltChannels:
     def __init__(self) -> None:
         self._built: dict[str, tuple[str, RegisteredChannel]] = {}
 
-    def build(
-        self, found: Iterable[Any], build: Callable[[Row[Any]], RegisteredChannel]
-    ) -> tuple[list[RegisteredChannel], dict[str, str]]:
-        """The registry's own rows as channels, and the problems of those that cannot be
-        built (by id); `build` makes one that changed. What is gone is forgotten."""
-        usable: list[RegisteredChannel] = []
-        problems: dict[str, str] = {}
-        built: dict[str, tuple[str, RegisteredChannel]] = {}
+    def reading(self, build: Callable[[Row[Any]], RegisteredChannel]) -> Reading:
+        """One read of the registry, its rows given a page at a time; `build` makes a channel
+        of a row that changed."""
+        return Reading(self._built, build, self._keep)
+
+    def _keep(self, built: dict[str, tuple[str, RegisteredChannel]]) -> None:
+        self._built = built
+
+
+class Reading:
+    def __init__(
+        self,
+        kept: dict[str, tuple[str, RegisteredChannel]],
+        build: Callable[[Row[Any]], RegisteredChannel],
+        keep: Callable[[dict[str, tuple[str, RegisteredChannel]]], None],
+    ) -> None:
+        self._kept = kept  # by the last read
+        self._build = build
+        self._keep = keep
+        self.usable: list[RegisteredChannel] = []
+        self.problems: dict[str, str] = {}  # the rows that cannot be built, by id
+        self._built: dict[str, tuple[str, RegisteredChannel]] = {}
+
+    def add(self, found: Iterable[Any]) -> None:
+        """The registry's own rows among `found` as channels."""
         for row in found:
             if row.source != "registry":
                 continue
             version = getattr(row, "row_version", None)
-            kept = self._built.get(row.id)
-            if version is not None and kept is not None and kept[0] == version:
-                channel = kept[1]
+            known = self._kept.get(row.id)
+            if version is not None and known is not None and known[0] == version:
+                channel = known[1]
             else:
                 try:
-                    channel = build(row)
+                    channel = self._build(row)
                 except ConfigError as exc:
-                    problems[row.id] = str(exc)
+                    self.problems[row.id] = str(exc)
                     continue
             if version is not None and not _names_a_file(row):
-                built[row.id] = (version, channel)
-            usable.append(channel)
-        self._built = built
-        return usable, problems
+                self._built[row.id] = (version, channel)
+            self.usable.append(channel)
+
+    def done(self) -> None:
+        """The read is whole: what it built is kept for the next, what is gone is forgotten."""
+        self._keep(self._built)
 
 
 def _names_a_file(row: Row[Any]) -> bool:

@@ -20,7 +20,10 @@ import structlog
 
 from outbox.config import DatabaseConfig, Pooler
 from outbox.db import migrate
+from outbox.db.engine import create_engine
+from outbox.db.registry import ChannelRegistryStore
 from outbox.sandbox import Sandbox
+from tests.integration.test_channel_registry import channel, keyring
 from tests.pgbouncer import PgBouncer, pgbouncer_fixture  # noqa: F401
 from tests.support import (
     KEYS,
@@ -184,3 +187,23 @@ async def test_outbox_migrate_runs_on_the_direct_url(empty_db_url: str, tmp_path
     code, out, err = await outbox_command("migrate", "--config", str(config))
     assert code == 0, err
     assert f"schema: empty -> {migrate.head_revision()}" in out
+
+
+async def test_the_registry_is_read_a_page_at_a_time_through_pgbouncer(
+    db_url: str, pgbouncer: PgBouncer
+) -> None:
+    """The registry's read (a cursor, a page at a time, in one REPEATABLE READ transaction)
+    and the sealed check work in transaction mode, read after read."""
+    engine = create_engine(pgbouncer.url(db_url), pooler=Pooler.PGBOUNCER)
+    try:
+        store = ChannelRegistryStore(engine, keyring())
+        for n in range(600):  # three pages
+            await store.add(channel(f"c{n:04d}", key=f"key-{n}"), enabled=True)
+        await store.mirror_file([channel("from-file")])
+        for _ in range(3):
+            snapshot = await store.snapshot()
+            assert len(snapshot.channels) == 600
+            assert len(snapshot.known) == 601
+        assert await store.check_sealed() == 600
+    finally:
+        await engine.dispose()
