@@ -7,12 +7,12 @@ every running replica listens for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox.config import ChannelConfig, Secret
 from outbox.db import registry_cache
@@ -38,9 +38,8 @@ VERSION = text(
 )
 # Every entry's id, as one array: one value, not a row per channel.
 ALL_IDS = text("SELECT coalesce(array_agg(id), '{}') FROM outbox.channels")
-# File channels mirrored per statement, registry entries read per page.
-MIRROR_PAGE = 1000
-PAGED = {"yield_per": 250}
+MIRROR_PAGE = 1000  # file channels mirrored per statement
+READ_PAGE = 250  # registry entries read at a time
 
 
 class ChannelRegistryStore:
@@ -152,17 +151,14 @@ class ChannelRegistryStore:
     @translated
     async def snapshot(self) -> RegistrySnapshot:
         # The file's mirrored channels by id alone: their columns are the file's, read from
-        # it. The registry's own a page at a time: every change to it has every replica read
-        # it all. Read whole, 10,000 channels held 13 MB of rows at once, either way (the
-        # daemon's peak at start). One snapshot for both statements, so that the ids and the
-        # entries agree.
+        # it (read whole, 10,000 of them were the daemon's peak at start). One snapshot for
+        # both statements, so that the ids and the entries agree.
         reading = self._built.reading(self._registered)
         async with self._engine.connect() as connection:
             await connection.execution_options(isolation_level="REPEATABLE READ")
             async with connection.begin():
                 ids = (await connection.execute(ALL_IDS)).scalar_one()
-                pages = await connection.stream(self._own, execution_options=PAGED)
-                async for page in pages.partitions():
+                async for page in self._pages(connection):
                     reading.add(page)
         reading.done()
         return RegistrySnapshot(tuple(reading.usable), frozenset(ids), reading.problems)
@@ -208,22 +204,20 @@ class ChannelRegistryStore:
     async def check_sealed(self) -> int:
         """Open every sealed credential; raise `SealError` (naming key ids, not values) on the
         first the master keys cannot open. Returns how many were checked."""
-        async with self._engine.connect() as connection:
-            found = (await connection.execute(self._own)).all()  # a file's entry seals nothing
+        names = SECRET_FIELDS if self._api_keys else RECEIVING_SECRETS
         count = 0
-        for row in found:
-            for name in SECRET_FIELDS if self._api_keys else RECEIVING_SECRETS:
-                sealed = getattr(row, f"{name}_sealed")
-                if sealed is None:
-                    continue
-                if self._keyring is None:
-                    raise ConfigError(
-                        "the registry holds sealed keys and no master key is given: set"
-                        " OUTBOX_SECRET_KEY_FILE or OUTBOX_SECRET_KEY_ENV"
-                    )
-                self._keyring.open(sealed, context=rows.context(row.id, name))
-                count += 1
+        async with self._engine.begin() as connection:
+            async for page in self._pages(connection):  # a file's entry seals nothing
+                count += sum(rows.open_sealed(row, names, self._keyring) for row in page)
         return count
+
+    async def _pages(self, connection: AsyncConnection) -> AsyncIterator[Sequence[Any]]:
+        """The registry's own entries, a page at a time (a cursor, in the caller's
+        transaction): every change to the registry has every replica read it all, and 10,000
+        entries read whole held 13 MB of rows at once."""
+        pages = await connection.stream(self._own, execution_options={"yield_per": READ_PAGE})
+        async for page in pages.partitions():
+            yield page
 
     @translated
     async def reseal(self) -> int:

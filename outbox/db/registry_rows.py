@@ -62,6 +62,24 @@ def context(channel_id: str, name: str) -> str:
     return f"channel {channel_id!r} {name}"
 
 
+def open_sealed(row: Row[Any], names: tuple[str, ...], keyring: Keyring | None) -> int:
+    """Open the row's sealed credentials among `names` (a `SealError` names the key ids, never
+    a value); returns how many it holds."""
+    count = 0
+    for name in names:
+        sealed = getattr(row, f"{name}_sealed")
+        if sealed is None:
+            continue
+        if keyring is None:
+            raise ConfigError(
+                "the registry holds sealed keys and no master key is given: set"
+                " OUTBOX_SECRET_KEY_FILE or OUTBOX_SECRET_KEY_ENV"
+            )
+        keyring.open(sealed, context=context(row.id, name))
+        count += 1
+    return count
+
+
 def plain_values(channel: ChannelConfig) -> dict[str, Any]:
     values: dict[str, Any] = {name: getattr(channel, name) for name in PLAIN_FIELDS}
     values["dialect"] = channel.dialect.value

@@ -170,7 +170,10 @@ async def test_the_registry_is_read_a_page_at_a_time(engine: AsyncEngine, db_url
     again, peak = await _peak(store.snapshot())
     assert len(again.channels) == len(first.channels) == 10_000
     assert again.known == {f"r{n}" for n in range(10_000)}
+    checked, check_peak = await _peak(store.check_sealed())  # a start's first read
+    assert checked == 0  # referenced, not sealed
     assert peak < 6_000_000, peak  # measured 3.5 MB
+    assert check_peak < 2_000_000, check_peak  # measured 0.7 MB; 13.1 MB read whole
 
 
 async def _peak(call: Awaitable[T]) -> tuple[T, int]:
