@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import ChainMap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -63,9 +63,15 @@ def context(channel_id: str, name: str) -> str:
 
 
 def open_sealed(row: Row[Any], names: tuple[str, ...], keyring: Keyring | None) -> int:
-    """Open the row's sealed credentials among `names` (a `SealError` names the key ids, never
-    a value); returns how many it holds."""
-    count = 0
+    """Open the row's sealed credentials among `names`; returns how many it holds."""
+    return sum(1 for _ in _opened(row, names, keyring))
+
+
+def _opened(
+    row: Row[Any], names: tuple[str, ...], keyring: Keyring | None
+) -> Iterator[tuple[str, str]]:
+    """Each sealed credential of the row among `names`, opened (a `SealError` names the key
+    ids, never a value)."""
     for name in names:
         sealed = getattr(row, f"{name}_sealed")
         if sealed is None:
@@ -73,11 +79,9 @@ def open_sealed(row: Row[Any], names: tuple[str, ...], keyring: Keyring | None) 
         if keyring is None:
             raise ConfigError(
                 "the registry holds sealed keys and no master key is given: set"
-                " OUTBOX_SECRET_KEY_FILE or OUTBOX_SECRET_KEY_ENV"
+                f" OUTBOX_SECRET_KEY_FILE or OUTBOX_SECRET_KEY_ENV (channel {row.id!r} {name})"
             )
-        keyring.open(sealed, context=context(row.id, name))
-        count += 1
-    return count
+        yield name, keyring.open(sealed, context=context(row.id, name))
 
 
 def plain_values(channel: ChannelConfig) -> dict[str, Any]:
@@ -150,17 +154,9 @@ def config_of(
     secrets = SECRET_FIELDS if api_key else RECEIVING_SECRETS
     entry = entry_of(row, secrets)
     opened: dict[str, str] = {}
-    for name in secrets:
-        sealed = getattr(row, f"{name}_sealed")
-        if sealed is None:
-            continue
-        if keyring is None:
-            raise ConfigError(
-                f"registry channel {row.id!r}: its {name} is sealed and no master key is given"
-                " (OUTBOX_SECRET_KEY_FILE or OUTBOX_SECRET_KEY_ENV)"
-            )
+    for name, value in _opened(row, secrets, keyring):
         variable = f"\0sealed {name}"  # no real environment variable can be named so
-        opened[variable] = keyring.open(sealed, context=context(row.id, name))
+        opened[variable] = value
         entry[f"{name}_env"] = variable
     # The process's environment itself, not a copy of it per channel (a fifth of a read).
     env = ChainMap(opened, os.environ if environ is None else dict(environ))
