@@ -60,10 +60,8 @@ class Reading:
         self._built: dict[str, tuple[str, RegisteredChannel]] = {}
 
     def add(self, found: Iterable[Any]) -> None:
-        """The registry's own rows among `found` as channels."""
+        """The registry's own rows (its read leaves the file's mirrors out) as channels."""
         for row in found:
-            if row.source != "registry":
-                continue
             version = getattr(row, "row_version", None)
             known = self._kept.get(row.id)
             if version is not None and known is not None and known[0] == version:

@@ -93,7 +93,7 @@ def _instrument() -> Callable[[], None]:
     for name in ("lock_buckets", "read_claimed"):
         timed(claims, name)
     timed(api_client.ApiClient, "send")  # the request alone, against a flight's whole time
-    timed(slots.Slots, "due")  # a round's wait for its channels (a look may run ahead)
+    timed(slots.Slots, "due")  # a round's wait for its channels (a look, or its hot ones)
 
     def report() -> None:
         for name, seconds in spent.items():
