@@ -20,27 +20,14 @@ from sqlalchemy import Row
 from outbox.config import ChannelConfig, Secret
 from outbox.config_channels import channel_from_entry
 from outbox.config_checks import ALLOW_INSECURE_HTTP_ENV, checked_credential
-from outbox.db.registry_tables import RECEIVING_SECRETS, SECRET_FIELDS, SECRET_WAYS
+from outbox.db.registry_tables import (
+    PLAIN_FIELDS,
+    RECEIVING_SECRETS,
+    SECRET_FIELDS,
+    SECRET_WAYS,
+)
 from outbox.errors import ConfigError
 from outbox.sealing import Keyring, sealed_parts
-
-# Plain (non-secret) fields, stored under their ChannelConfig names.
-PLAIN_FIELDS = (
-    "dialect",
-    "base_url",
-    "rate_per_second",
-    "burst",
-    "namespace",
-    "unknown_policy",
-    "webhook_auth",
-    "recipient_gap",
-    "max_in_flight",
-    "replay_share",
-    "phone_number_id",
-    "waba_id",
-    "partner_channel_id",
-    "client_id",
-)
 
 # How a credential is held: ("env", variable) or ("file", path) by reference, ("sealed", value).
 Holding = tuple[str, str | Secret]

@@ -4,7 +4,8 @@ A row holds what a `[[channels]]` entry holds, under the same names, so one vali
 (outbox.config_channels.channel_from_entry) serves both. Each credential is held one way: by
 reference (`<name>_env`, `<name>_file`: read by every replica from its own environment or
 files) or sealed (`<name>_sealed`: encrypted under the master key, outbox.sealing). Rows with
-`source = 'file'` mirror a replica's config file: read-only, they carry no credential.
+`source = 'file'` mirror a replica's config file: read-only, they carry no credential. Below
+the table, the statements every replica runs over it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    and_,
     func,
     text,
     true,
+    tuple_,
 )
+from sqlalchemy.dialects.postgresql import insert
 
 from outbox.db.tables import metadata
 
@@ -91,3 +95,50 @@ channels = Table(
 )
 
 RECEIVING_COLUMNS = tuple(c for c in channels.c if not c.name.startswith("api_key_"))
+
+# Plain (non-secret) fields, stored under their ChannelConfig names.
+PLAIN_FIELDS = (
+    "dialect",
+    "base_url",
+    "rate_per_second",
+    "burst",
+    "namespace",
+    "unknown_policy",
+    "webhook_auth",
+    "recipient_gap",
+    "max_in_flight",
+    "replay_share",
+    "phone_number_id",
+    "waba_id",
+    "partner_channel_id",
+    "client_id",
+)
+
+# Any insert, update (updated_at moves) or delete changes it.
+VERSION = text(
+    """
+    SELECT count(*) || '/' || coalesce(max(updated_at)::text, '') || '/'
+           || coalesce(sum(hashtext(id || updated_at::text))::text, '')
+    FROM outbox.channels
+    """
+)
+# Every entry's id, as one array: one value, not a row per channel.
+ALL_IDS = text("SELECT coalesce(array_agg(id), '{}') FROM outbox.channels")
+_EXCLUDED = insert(channels).excluded
+# A file's channel as a read-only entry. Only a mirror whose definition changed is written: a
+# restart with the same file writes nothing (no dead rows, and no new version for every other
+# replica to read), where each restart used to rewrite every mirror.
+MIRROR = (
+    insert(channels)
+    .on_conflict_do_update(
+        index_elements=["id"],
+        set_={**{name: _EXCLUDED[name] for name in PLAIN_FIELDS}, "updated_at": func.now()},
+        where=and_(
+            channels.c.source == "file",
+            tuple_(*(channels.c[name] for name in PLAIN_FIELDS)).is_distinct_from(
+                tuple_(*(_EXCLUDED[name] for name in PLAIN_FIELDS))
+            ),
+        ),
+    )
+    .returning(channels.c.id)
+)
