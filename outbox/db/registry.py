@@ -1,8 +1,8 @@
 """The channel registry (`outbox.channels`): the port's adapter, and what replicas read.
 
 Credentials are sealed here, before they are stored, and opened here, after they are read:
-callers hand over and get back `Secret`s. Every write fires the table's NOTIFY trigger, which
-every running replica listens for.
+callers hand over and get back `Secret`s. Every statement that changes a row fires the table's
+NOTIFY triggers, which every running replica listens for.
 """
 
 from __future__ import annotations

@@ -111,6 +111,45 @@ async def test_a_small_insert_names_its_channels_in_the_notification(db_url: str
         await listener.close()
 
 
+async def test_the_registry_notifies_only_statements_that_changed_a_row(db_url: str) -> None:
+    """Migration 0028: every replica re-reads the registry on its notification; a statement
+    that changed nothing (a restart's upsert of an unchanged file) no longer sends one."""
+    import asyncio
+
+    import asyncpg
+
+    listener = await asyncpg.connect(db_url)
+    notified: asyncio.Queue[str] = asyncio.Queue()
+    for channel in ("outbox_channels", "marker"):
+        await listener.add_listener(channel, lambda *args: notified.put_nowait(args[2]))
+    writer = await asyncpg.connect(db_url)
+    add = """INSERT INTO outbox.channels (id, source, dialect, base_url)
+             VALUES ($1, 'file', 'cloud', 'http://127.0.0.1:9')
+             ON CONFLICT (id) DO UPDATE SET base_url = excluded.base_url
+             WHERE channels.base_url IS DISTINCT FROM excluded.base_url"""
+    try:
+        for statement, args, notifies in (
+            (add, ("n1",), True),
+            (add, ("n1",), False),  # the same definition again: no row written
+            ("UPDATE outbox.channels SET burst = 5 WHERE id = $1", ("none",), False),
+            ("UPDATE outbox.channels SET burst = 5 WHERE id = $1", ("n1",), True),
+            ("DELETE FROM outbox.channels WHERE id = $1", ("none",), False),
+            ("DELETE FROM outbox.channels WHERE id = $1", ("n1",), True),
+            ("TRUNCATE outbox.channels", (), True),
+        ):
+            await writer.execute(statement, *args)
+            # One session's notifications arrive in the order of its commits: all that the
+            # statement sent is in before the marker.
+            await writer.execute("SELECT pg_notify('marker', '')")
+            got = []
+            while (name := await asyncio.wait_for(notified.get(), 5)) != "marker":
+                got.append(name)
+            assert got == (["outbox_channels"] if notifies else []), (statement, args)
+    finally:
+        await writer.close()
+        await listener.close()
+
+
 async def test_schema_constraints(engine: AsyncEngine) -> None:
     import pytest
     from sqlalchemy.exc import IntegrityError

@@ -147,7 +147,7 @@ async def test_readyz_does_not_read_the_migration_files(
 
 
 # The newest revision of the release before this one (13f42c7): its replicas keep running while
-# this release's migrations (0024 to 0027: all additive) are applied in a rolling update.
+# this release's migrations (0024 to 0028: all additive) are applied in a rolling update.
 PREVIOUS_RELEASE = "0023"
 
 
