@@ -706,3 +706,36 @@ def test_channels_with_the_same_limits_share_one_limits_object() -> None:
     assert replace(one, recipient_gap=timedelta(seconds=6)).limits().paced
     assert one.limits().burst == 1.0
     assert replace(one, burst=30.0).limits().burst == 29.75
+
+
+def test_channels_share_the_values_they_have_in_common() -> None:
+    """Issue 16: every TOML table and registry row makes its own copy of each value, so 10,000
+    channels held 10,000 equal base URLs, rates and gaps (and namespaces, WABA and client ids
+    for a partner). Equal values now come out as one object; a number's own stay its own."""
+    from outbox.config_channels import channel_from_entry
+
+    def entry(n: int) -> dict[str, object]:
+        text = "".join  # a new string object each time, as a parser makes them
+        return {
+            "id": f"c{n}",
+            "dialect": "cloud",
+            "base_url": text(["http://127.0.0.1:9", "/"]),
+            "api_key_env": "KEY",
+            "rate_per_second": float(text(["8", "0"])),
+            "recipient_gap": float(text(["0.", "5"])),
+            "replay_share": float(text(["0.", "3"])),
+            "namespace": text(["ns", "-1"]),
+            "waba_id": text(["waba", "-1"]),
+            "client_id": text(["client", "-1"]),
+            "phone_number_id": text(["pn-", "1"]),
+        }
+
+    one, two = (channel_from_entry(entry(n), f"c[{n}]", {"KEY": "k"}) for n in (1, 2))
+    for name in ("base_url", "rate_per_second", "recipient_gap", "replay_share", "namespace",
+                 "waba_id", "client_id"):  # fmt: skip
+        assert getattr(one, name) is getattr(two, name), name
+    assert (one.base_url, one.rate_per_second, one.replay_share) == ("http://127.0.0.1:9", 80, 0.3)
+    assert (one.recipient_gap, one.namespace, one.client_id) == (timedelta(seconds=0.5), "ns-1",
+                                                                  "client-1")  # fmt: skip
+    assert one.phone_number_id == two.phone_number_id == "pn-1"
+    assert one.phone_number_id is not two.phone_number_id  # a number's own: not kept
