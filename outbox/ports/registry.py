@@ -9,7 +9,7 @@ from typing import Protocol
 from outbox.config import ChannelConfig, Secret
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RegisteredChannel:
     """One channel as the registry (`outbox.channels`) holds it."""
 
