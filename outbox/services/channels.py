@@ -59,8 +59,9 @@ class ChannelGovernor:
         # answers is one write, not one per answer (the row decides whether it is a new event).
         self._slowed_at: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._started: set[str] = set()  # channels claimed since the process started
-        self._unstarted: set[str] = set()  # tracked, not yet started
+        # Tracked, not yet started (a tracked channel has a breaker: one without is new, and a
+        # set of the started ones besides would hold every channel's id again).
+        self._unstarted: set[str] = set()
         self._spam_hold = config.spam_hold.total_seconds()
         self._marketing_held_at: dict[str, float] = {}  # monotonic, as _slowed_at
         # One float for every breaker, not two a channel (issue 16: 480 kB at 10,000 channels).
@@ -84,10 +85,9 @@ class ChannelGovernor:
                 per_channel.pop(gone, None)
             self._slowed_at.pop(gone, None)
             self._marketing_held_at.pop(gone, None)
-            self._started.discard(gone)
             self._unstarted.discard(gone)
         for channel in channels:
-            if channel.id not in self._started:
+            if channel.id not in self.breakers:
                 self._unstarted.add(channel.id)
             self.limits[channel.id] = channel.limits()
             if channel.id in self._keys and self._keys[channel.id] != self.key_of(channel):
@@ -133,7 +133,6 @@ class ChannelGovernor:
         except DatabaseError as exc:
             log.warning("outbox.channel.pause_not_lifted", channels=len(new), error=str(exc))
             return {}  # tried again on the next claim
-        self._started.update(new)
         self._unstarted.difference_update(new)
         for channel in lifted:
             log.warning("outbox.channel.pause_lifted", channel=channel, reason="new API key")
