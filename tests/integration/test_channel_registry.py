@@ -167,7 +167,7 @@ async def test_the_registry_is_read_a_page_at_a_time(engine: AsyncEngine, db_url
         FROM outbox.channels AS c, generate_series(1, 9999) AS n WHERE c.id = 'r0'
         """,
     )
-    first, kept = await _kept(store.snapshot())
+    first, _, kept = await _measured(store.snapshot())
     again, peak = await _peak(store.snapshot())
     assert len(again.channels) == len(first.channels) == 10_000
     assert again.known == {f"r{n}" for n in range(10_000)}
@@ -180,27 +180,23 @@ async def test_the_registry_is_read_a_page_at_a_time(engine: AsyncEngine, db_url
     assert check_peak < 2_000_000, check_peak  # measured 0.7 MB; 13.1 MB read whole
 
 
-async def _kept(call: Awaitable[T]) -> tuple[T, int]:
-    """What `call` returns, and the memory still allocated after it (what the result holds)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        result = await call
-        gc.collect()
-        return result, tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-
-
 async def _peak(call: Awaitable[T]) -> tuple[T, int]:
     """What `call` returns, and the most memory it held at once beyond what it kept."""
+    result, peak, _ = await _measured(call)
+    return result, peak
+
+
+async def _measured(call: Awaitable[T]) -> tuple[T, int, int]:
+    """What `call` returns, the most memory it held at once, and what it left allocated (what
+    the result holds)."""
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         result = await call
-        return result, tracemalloc.get_traced_memory()[1] - before
+        peak = tracemalloc.get_traced_memory()[1] - before
+        gc.collect()
+        return result, peak, tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
 
