@@ -124,13 +124,14 @@ async def test_the_registry_notifies_only_statements_that_changed_a_row(db_url: 
         await listener.add_listener(channel, lambda *args: notified.put_nowait(args[2]))
     writer = await asyncpg.connect(db_url)
     add = """INSERT INTO outbox.channels (id, source, dialect, base_url)
-             VALUES ($1, 'file', 'cloud', 'http://127.0.0.1:9')
+             VALUES ($1, 'file', 'cloud', $2)
              ON CONFLICT (id) DO UPDATE SET base_url = excluded.base_url
              WHERE channels.base_url IS DISTINCT FROM excluded.base_url"""
     try:
         for statement, args, notifies in (
-            (add, ("n1",), True),
-            (add, ("n1",), False),  # the same definition again: no row written
+            (add, ("n1", "http://127.0.0.1:9"), True),
+            (add, ("n1", "http://127.0.0.1:9"), False),  # the same again: no row written
+            (add, ("n1", "http://127.0.0.1:8"), True),  # changed: the upsert updates it
             ("UPDATE outbox.channels SET burst = 5 WHERE id = $1", ("none",), False),
             ("UPDATE outbox.channels SET burst = 5 WHERE id = $1", ("n1",), True),
             ("DELETE FROM outbox.channels WHERE id = $1", ("none",), False),
