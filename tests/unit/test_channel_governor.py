@@ -54,7 +54,9 @@ async def test_a_channel_starts_once_while_tracked_and_again_once_it_came_back()
 
 async def test_the_state_of_10000_channels_stays_small() -> None:
     """Issue 16: the breakers' two cooldown floats each and a set of the started channels'
-    ids beside the other per-channel maps: 4.0 MB at 10,000 channels, 3.0 MB without them."""
+    ids beside the other per-channel maps: 4.0 MB at 10,000 channels, 3.1 MB without them. A
+    breaker's attributes are slots: in a dict, the same breakers took 3.56 MB after the rest of
+    the suite had run (an instance dict can lose its shared keys) and 3.0 MB alone."""
     channels = [_channel(f"c{n:05d}") for n in range(10_000)]
     gc.collect()
     tracemalloc.start()
