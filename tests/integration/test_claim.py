@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.db import claim as store_module
+from outbox.db import due as due_module
 from outbox.db.housekeeping import HousekeepingStore
 from outbox.db.messages import MessageStore
 from outbox.domain.ratelimit import Limits
@@ -340,3 +341,31 @@ async def test_the_sweep_of_missed_hand_overs_walks_recipients_a_page_at_a_time(
         (0, ("c", recipients[3], "")),
         (0, ("", "", "")),
     ]
+
+
+async def test_the_look_for_due_channels_probes_no_further_than_its_answer(db_url: str) -> None:
+    """Issue 16: the channels up to the cursor (the wrap-around) were probed up to the limit
+    even when those past it had filled the answer, which cut them all: half of every look's
+    probes with rows on 10,000 channels. Now only what is left of the limit is probed."""
+    await fetch(
+        db_url,
+        """
+        INSERT INTO outbox.messages (channel, recipient, payload)
+        SELECT 'd' || lpad(g::text, 2, '0'), '4915100000001', '{"type":"text","text":{"body":"x"}}'
+        FROM generate_series(0, 39) AS g
+        """,
+    )
+    sql = str(due_module.DUE_CHANNELS)
+    for name, value in {"after": "'d09'", "limit": "10", "also": "ARRAY[]::text[]"}.items():
+        sql = sql.replace(f":{name}", value)
+    connection = await asyncpg.connect(db_url)
+    try:
+        [plan_json] = await connection.fetchrow(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+        answer = await connection.fetchval(sql)
+        wrapped = await connection.fetchval(sql.replace("'d09'", "'d35'"))
+    finally:
+        await connection.close()
+    assert answer == [f"d{n}" for n in range(10, 20)]
+    assert wrapped == [*(f"d{n}" for n in range(36, 40)), *(f"d0{n}" for n in range(6))]
+    # 10 channels past the cursor and the wrap-around's first probe; 20 before.
+    assert _index_rows(json.loads(plan_json)[0]["Plan"]) <= 12
