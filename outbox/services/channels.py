@@ -87,18 +87,17 @@ class ChannelGovernor:
             self._marketing_held_at.pop(gone, None)
             self._unstarted.discard(gone)
         for channel in channels:
-            if channel.id not in self.breakers:
+            if channel.id not in self.breakers:  # new: to start; a kept one keeps its breaker
                 self._unstarted.add(channel.id)
-            self.limits[channel.id] = channel.limits()
-            if channel.id in self._keys and self._keys[channel.id] != self.key_of(channel):
-                self.new_key(channel)
-            self._keys.setdefault(channel.id, self.key_of(channel))
-            if channel.id not in self.breakers:  # a kept one keeps its state
                 self.breakers[channel.id] = CircuitBreaker(
                     threshold=config.breaker_threshold,
                     cooldown=self._cooldown,
                     max_cooldown=self._max_cooldown,
                 )
+            self.limits[channel.id] = channel.limits()
+            if channel.id in self._keys and self._keys[channel.id] != self.key_of(channel):
+                self.new_key(channel)
+            self._keys.setdefault(channel.id, self.key_of(channel))
 
     def key_of(self, channel: ChannelConfig) -> str:
         """The fingerprint of the key `channel` carries, hashed once per key (every send asks,
