@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,18 +26,44 @@ from outbox.domain.response import (
     parse_retry_after,
     parse_send_response,
 )
+from outbox.http.wire import Wire, WireError
 
 
-def create_session(max_connections: int, timeout: timedelta) -> aiohttp.ClientSession:
-    seconds = timeout.total_seconds()
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
-        timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, 10.0)),
-        json_serialize=lambda value: orjson.dumps(value).decode(),
-        raise_for_status=False,
-        # The API sets no cookies worth keeping; skipping the jar saves work on every request.
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
+class ApiSession:
+    """The sends' own pool (`Wire`: the hot path) and an aiohttp session for the rest (a
+    webhook's registration, `outbox check`), both closed together."""
+
+    def __init__(
+        self, max_connections: int, timeout: timedelta, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        seconds = timeout.total_seconds()
+        connect = min(seconds, 10.0)
+        self.wire = Wire(max_connections, seconds, connect, ANSWER_LIMIT, ssl_context)
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=max_connections, limit_per_host=0, ssl=ssl_context or True
+            ),
+            timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=connect),
+            raise_for_status=False,
+            # The API sets no cookies worth keeping; skipping the jar saves work on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def __aenter__(self) -> ApiSession:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.wire.close()
+        await self.http.close()
+
+
+def create_session(
+    max_connections: int, timeout: timedelta, ssl_context: ssl.SSLContext | None = None
+) -> ApiSession:
+    return ApiSession(max_connections, timeout, ssl_context)
 
 
 def key_headers(channel: ChannelConfig) -> dict[str, str]:
@@ -56,9 +83,9 @@ def is_redirect(status: int) -> bool:
     return 300 <= status < 400
 
 
-def redirect_target(response: aiohttp.ClientResponse) -> str:
+def redirect_target(location: str | None) -> str:
     """Where a 3xx pointed, cleaned and short: for the row's detail and the operator."""
-    return parsing.storable(response.headers.get("Location", ""), 200)
+    return parsing.storable(location or "", 200)
 
 
 def webhook_config(channel: ChannelConfig, url: str) -> dict[str, Any]:
@@ -76,8 +103,9 @@ class ApiClient:
     """Every request carries the channel's key, so none follows a redirect
     (`allow_redirects=False`): a 3xx is an answer, reported, never obeyed."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
+    def __init__(self, session: ApiSession) -> None:
+        self._session = session.http
+        self._wire = session.wire
         # Parsed once per address, not per request: this is the hot path. By address, not by
         # channel: a partner's 10,000 channels share one or a few (issue 16: a parsed address
         # and a header set per channel held about 1 kB each), and no channel's key is kept here,
@@ -109,7 +137,8 @@ class ApiClient:
         ) as response:
             raw, cut = await _read(response)
             body = raw.decode("utf-8", errors="replace") if cut else _decode(raw)
-            location = redirect_target(response) if is_redirect(response.status) else None
+            where = response.headers.get("Location")
+            location = redirect_target(where) if is_redirect(response.status) else None
             return ApiAnswer(response.status, body, location)
 
     # --- `outbox check` (issue 19 §4): is the key accepted, and where do webhooks go? ---
@@ -129,32 +158,22 @@ class ApiClient:
     async def send(self, channel: ChannelConfig, request: ApiRequest) -> SendOutcome:
         url, headers = self._target(channel, request.path)
         try:
-            async with self._session.post(
-                url, data=orjson.dumps(request.body), headers=headers, allow_redirects=False
-            ) as response:
-                if is_redirect(response.status):
-                    where = redirect_target(response)
-                    return Rejected(
-                        response.status, None, Title.REDIRECT_REFUSED, f"Location: {where!r}"
-                    )
-                raw, cut = await _read(response)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                status = response.status
-        except aiohttp.ClientConnectorError as exc:
-            return TransportFailure(ambiguous=False, reason=f"connect failed: {exc.os_error}")
-        except aiohttp.ConnectionTimeoutError:
-            return TransportFailure(ambiguous=False, reason="connect timed out")
+            answer = await self._wire.post(url, headers, orjson.dumps(request.body))
+        except WireError as exc:
+            # The reason can quote a garbled answer (the parser's complaint): stored, so cleaned.
+            reason = parsing.storable(exc.reason, DETAIL_LIMIT)
+            return TransportFailure(ambiguous=exc.ambiguous, reason=reason)
         except TimeoutError:
             return TransportFailure(ambiguous=True, reason="timed out waiting for the answer")
-        except aiohttp.ClientError as exc:
-            # aiohttp's message can quote the garbled answer: stored, so cleaned and capped.
-            reason = parsing.storable(f"{type(exc).__name__}: {exc}", DETAIL_LIMIT)
-            return TransportFailure(ambiguous=True, reason=reason)
-        if cut:
+        if is_redirect(answer.status):
+            where = redirect_target(answer.location)
+            return Rejected(answer.status, None, Title.REDIRECT_REFUSED, f"Location: {where!r}")
+        retry_after = parse_retry_after(answer.retry_after)
+        if answer.cut:
             # What was read is a prefix: never JSON, but it may still name the message id.
-            text = raw.decode("utf-8", errors="replace")
-            return parse_send_response(status, text, retry_after, cut=True)
-        return parse_send_response(status, _decode(raw), retry_after)
+            text = answer.body.decode("utf-8", errors="replace")
+            return parse_send_response(answer.status, text, retry_after, cut=True)
+        return parse_send_response(answer.status, _decode(answer.body), retry_after)
 
 
 async def _read(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
