@@ -1,6 +1,6 @@
 """The peers the send path is measured against, each in its own process (not a test).
 
-    python -m tests.bench.peers {pgqueuer,batched,bare} [--dsn DSN] --api URL --messages N
+    python -m tests.bench.peers {pgqueuer,batched,bare,bare-wire} [--dsn DSN] --api URL --messages N
         [--in-flight 200] [--setup] [--outbox-gc]
 
 Each drains N jobs, each one POST to the API imitation (`tests/bench/fake_api.py`), at the same
@@ -11,7 +11,8 @@ concurrency as the sender, and exits when none is left:
 - `batched`: a hand-written claimer with none of outbox's rules: claim up to 100 queued rows of
   `outbox.messages` with `FOR UPDATE SKIP LOCKED`, POST each, write the answers back in batches.
 - `bare`: the N POSTs alone, no database: what one aiohttp client gets from the imitation on
-  this machine, the ceiling any sender's rate meets before the latency bound does.
+  this machine, the ceiling an aiohttp sender's rate meets before the latency bound does;
+  `bare-wire`: the same through outbox's own send pool (`outbox.http.wire`), its ceiling.
 `--outbox-gc` gives the peer the garbage collector's settings `outbox run` uses (the scale
 benchmark's `pgqueuer+gc`), so that what they gain is not counted as outbox's own.
 """
@@ -25,8 +26,11 @@ import aiohttp
 import asyncpg
 import orjson
 import uvloop
+from yarl import URL
 
 from outbox.cli import runtime
+from outbox.domain.response import ANSWER_LIMIT
+from outbox.http.wire import Wire
 
 _BODY = {"messaging_product": "whatsapp", "type": "text", "text": {"body": "Your order shipped"}}
 
@@ -104,6 +108,25 @@ async def bare_run(api: str, in_flight: int, messages: int) -> None:
         await asyncio.gather(*(one(session, n) for n in range(messages)))
 
 
+async def bare_wire_run(api: str, in_flight: int, messages: int) -> None:
+    free = asyncio.Semaphore(in_flight)
+    wire = Wire(in_flight, 30.0, 10.0, ANSWER_LIMIT)
+    url = URL(f"{api}/messages")
+    headers = {"D360-API-KEY": "bench", "Content-Type": "application/json"}
+
+    async def one(n: int) -> None:
+        async with free:
+            key = f"bare:{n}"
+            body = orjson.dumps({**_BODY, "to": key, "biz_opaque_callback_data": key})
+            answer = await wire.post(url, headers, body)
+            str(orjson.loads(answer.body)["messages"][0]["id"])
+
+    try:
+        await asyncio.gather(*(one(n) for n in range(messages)))
+    finally:
+        await wire.close()
+
+
 async def batched_run(dsn: str, api: str, in_flight: int) -> None:
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
     free = asyncio.Semaphore(in_flight)
@@ -154,7 +177,7 @@ async def batched_run(dsn: str, api: str, in_flight: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["pgqueuer", "batched", "bare"])
+    parser.add_argument("kind", choices=["pgqueuer", "batched", "bare", "bare-wire"])
     parser.add_argument("--dsn", default="")
     parser.add_argument("--api", default="")
     parser.add_argument("--messages", type=int, default=20000)
@@ -174,5 +197,7 @@ if __name__ == "__main__":
         asyncio.run(pgqueuer_run(args.dsn, args.api, args.in_flight))
     elif args.kind == "bare":
         asyncio.run(bare_run(args.api, args.in_flight, args.messages))
+    elif args.kind == "bare-wire":
+        asyncio.run(bare_wire_run(args.api, args.in_flight, args.messages))
     else:
         asyncio.run(batched_run(args.dsn, args.api, args.in_flight))

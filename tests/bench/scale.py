@@ -3,14 +3,16 @@
     python -m tests.bench.scale [--messages 20000] [--channels 1,1000,10000]
         [--peers/--no-peers] [--fair-backlog 1000000 [--fair-spread 1] [--fair-clients]] [--steady-seconds 10]
         [--limit 60]
-        [--repeat 1] [--kinds outbox,pgqueuer,pgqueuer+gc,batched,bare,baseline] [--baseline DIR]
+        [--repeat 1] [--kinds outbox,pgqueuer,pgqueuer+gc,batched,bare,bare-wire,baseline]
+        [--baseline DIR]
 
 One invocation, one embedded PostgreSQL, one API imitation (`tests/bench/fake_api.py`, its own
 process), every worker in its own process, every one at 200 requests in flight:
 - peers: outbox with its defaults (every sending rule active), pgqueuer (batch size 100) and a
   hand-written batched claimer with no rules (`tests/bench/peers.py`), draining --messages rows
   at 0 ms and 50 ms API latency, and (`--kinds ...,bare`) the same POSTs from a bare aiohttp
-  client with no database, the most this machine and imitation give any one-loop sender;
+  client with no database, the most this machine and imitation give an aiohttp sender
+  (`bare-wire`: through outbox's own send pool, `outbox.http.wire`, the most they give it);
   messages/s, the CPU per message of the worker, PostgreSQL and the imitation, the cores busy on
   the whole machine (`/proc/stat`: when it nears all of them, every worker is CPU-bound), ratios;
 - channels: for each K in --channels, K configured channels: the --messages rows spread over
@@ -222,10 +224,10 @@ class Bench:
                      "--in-flight", str(IN_FLIGHT), *(["--outbox-gc"] if "gc" in kind else [])]
                 )  # fmt: skip
                 workers = [worker]
-            elif kind == "bare":
+            elif kind in ("bare", "bare-wire"):
                 workers = [
                     await self._worker(
-                        ["tests.bench.peers", "bare", "--api", api_url, "--messages",
+                        ["tests.bench.peers", kind, "--api", api_url, "--messages",
                          str(messages), "--in-flight", str(IN_FLIGHT)]
                     )
                 ]  # fmt: skip
