@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from outbox.db.buckets import Locked, lock_buckets
 from outbox.db.claim import CLAIM_MESSAGES, CLAIM_PACED, GRANTS
 from outbox.db.claimed import ClaimedRow, read_claimed
-from outbox.db.templates import with_policy
+from outbox.db.templates import Scoped, with_policy
 from outbox.db.tuples import as_tuples
 from outbox.domain import ratelimit
 from outbox.domain.models import Claim, ClaimedMessage, SendResult
@@ -75,18 +75,23 @@ async def claim_many(
     for message in messages:
         by_channel.setdefault(message.channel, []).append(message)
     more = {row.channel for row in rows if row.more}
-    for request in requests:
-        if request.channel not in claims:
-            got, lock = by_channel.get(request.channel, []), locked[request.channel]
-            held: Held = []
-            if got and hold is not None and request.template_scope is not None:
-                got = await with_policy(
-                    connection, request.template_scope, got, lock.marketing_hold_until
-                )
-                got, held = await hold(connection, got, lock.now, request.limits)
-            claims[request.channel] = _spent(
-                lock, request, taken[request.channel], got, held, more=request.channel in more
-            )
+    pending = [request for request in requests if request.channel not in claims]
+    if hold is not None:
+        scoped = {
+            r.channel: Scoped(r.template_scope, got, locked[r.channel].marketing_hold_until)
+            for r in pending
+            if r.template_scope is not None and (got := by_channel.get(r.channel))
+        }
+        if scoped:
+            by_channel.update(await with_policy(connection, scoped))
+    for request in pending:
+        got, lock = by_channel.get(request.channel, []), locked[request.channel]
+        held: Held = []
+        if got and hold is not None and request.template_scope is not None:
+            got, held = await hold(connection, got, lock.now, request.limits)
+        claims[request.channel] = _spent(
+            lock, request, taken[request.channel], got, held, more=request.channel in more
+        )
     return claims
 
 

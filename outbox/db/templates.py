@@ -69,11 +69,11 @@ RELEASE_HELD = text(
 
 LOOKUP = text(
     """
-    SELECT t.id, t.name, t.language, t.status, t.category, t.quality
+    SELECT t.id, t.waba_id, t.name, t.language, t.status, t.category, t.quality
     FROM outbox.templates AS t
-    JOIN unnest(CAST(:names AS text[]), CAST(:languages AS text[])) AS k(name, language)
-        ON t.name = k.name AND t.language = k.language
-    WHERE t.waba_id = :waba_id
+    JOIN unnest(CAST(:wabas AS text[]), CAST(:names AS text[]), CAST(:languages AS text[]))
+        AS k(waba_id, name, language)
+        ON t.waba_id = k.waba_id AND t.name = k.name AND t.language = k.language
     """
 )
 
@@ -147,19 +147,22 @@ async def record_template(
 
 
 async def lookup_in(
-    connection: AsyncConnection, waba_id: str, names: Collection[tuple[str, str]]
-) -> dict[tuple[str, str], TemplateInfo]:
-    if not names:
+    connection: AsyncConnection, keys: Collection[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], TemplateInfo]:
+    """The known entries of `keys` ((WABA, name, language) triples), in one statement."""
+    if not keys:
         return {}
-    pairs = sorted(set(names))
+    triples = sorted(set(keys))
     params = {
-        "waba_id": waba_id,
-        "names": [name for name, _ in pairs],
-        "languages": [language for _, language in pairs],
+        "wabas": [waba for waba, _, _ in triples],
+        "names": [name for _, name, _ in triples],
+        "languages": [language for _, _, language in triples],
     }
     rows = (await connection.execute(LOOKUP, params)).all()
     return {
-        (row.name, row.language): TemplateInfo(row.id, row.status, row.category, row.quality)
+        (row.waba_id, row.name, row.language): TemplateInfo(
+            row.id, row.status, row.category, row.quality
+        )
         for row in rows
     }
 
@@ -172,28 +175,40 @@ def _planned_template(message: ClaimedMessage) -> tuple[str, str] | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Scoped:
+    """One channel's claimed rows, where its templates live, and its marketing hold."""
+
+    waba_id: str
+    messages: Sequence[ClaimedMessage]
+    marketing_hold_until: datetime | None
+
+
 async def with_policy(
-    connection: AsyncConnection,
-    waba_id: str,
-    messages: Sequence[ClaimedMessage],
-    marketing_hold_until: datetime | None,
-) -> list[ClaimedMessage]:
-    """Claimed rows with their planned template's registry entry and the channel's marketing
-    hold: one lookup per claim, inside its transaction."""
-    planned = {m.id: _planned_template(m) for m in messages}
-    found = await lookup_in(connection, waba_id, [p for p in planned.values() if p is not None])
+    connection: AsyncConnection, channels: Mapping[str, Scoped]
+) -> dict[str, list[ClaimedMessage]]:
+    """Each channel's claimed rows with their planned template's registry entry and the
+    channel's marketing hold: one lookup for the whole claim, inside its transaction (one per
+    channel cost a campaign spread over a partner's numbers a round trip per number)."""
+    planned = {
+        m.id: (scoped.waba_id, *key)
+        for scoped in channels.values()
+        for m in scoped.messages
+        if (key := _planned_template(m)) is not None
+    }
+    found = await lookup_in(connection, planned.values())
+    entries = {id_: found.get(key) for id_, key in planned.items()}
+    return {channel: _informed(scoped, entries) for channel, scoped in channels.items()}
+
+
+def _informed(scoped: Scoped, entries: Mapping[int, TemplateInfo | None]) -> list[ClaimedMessage]:
+    hold = scoped.marketing_hold_until
     return [
         m
-        if (template := _entry(found, planned[m.id])) is None and marketing_hold_until is None
-        else replace(m, template=template, marketing_hold_until=marketing_hold_until)
-        for m in messages
+        if (entry := entries.get(m.id)) is None and hold is None
+        else replace(m, template=entry, marketing_hold_until=hold)
+        for m in scoped.messages
     ]
-
-
-def _entry(
-    found: Mapping[tuple[str, str], TemplateInfo], key: tuple[str, str] | None
-) -> TemplateInfo | None:
-    return None if key is None else found.get(key)
 
 
 class TemplateStore:
@@ -219,7 +234,8 @@ class TemplateStore:
     ) -> dict[tuple[str, str], TemplateInfo]:
         """The entries of `names` ((name, language) pairs) under `waba_id` that are known."""
         async with self._engine.connect() as connection:
-            return await lookup_in(connection, waba_id, names)
+            found = await lookup_in(connection, [(waba_id, *name) for name in names])
+        return {(name, language): info for (_, name, language), info in found.items()}
 
     @translated
     async def resume(

@@ -1,9 +1,10 @@
 """Where a sender's slots and claim rounds spend their time (not a test).
 
     python -m tests.bench.sender_trace [--messages 20000] [--channels 1] [--latency-ms 0]
-        [--all-on-one]
+        [--all-on-one] [--templates]
 
-Queues --messages rows over --channels channels (or all on the first), then runs the real
+Queues --messages rows over --channels channels (or all on the first; with --templates, each a
+template, as a campaign's are), then runs the real
 daemon (`outbox run --role sender`, the same code and defaults as production) in a child
 process whose claim round, flights and store calls are wrapped with timers, against the API
 imitation of `tests.bench.fake_api`, until every row is answered. Prints per store call its
@@ -149,6 +150,8 @@ async def _drive(args: argparse.Namespace) -> None:
         connection = await asyncpg.connect(dsn)
         try:
             await connection.execute(_ENQUEUE, args.messages, args.channels, args.all_on_one)
+            if args.templates:  # a campaign: each claimed channel looks its template up
+                await connection.execute(_TEMPLATES)
             await connection.execute("VACUUM ANALYZE outbox.messages")
             child = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.bench.sender_trace", "--child", str(config),
@@ -166,12 +169,17 @@ async def _drive(args: argparse.Namespace) -> None:
             await connection.close()
 
 
+_TEMPLATES = """UPDATE outbox.messages SET payload =
+'{"type": "template", "template": {"name": "order_update", "language": {"code": "en"}}}'"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--all-on-one", action="store_true")
+    parser.add_argument("--templates", action="store_true", help="template rows, not text")
     parser.add_argument("--workdir", default="/tmp")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.cli.render import format_message
@@ -202,3 +203,45 @@ async def test_one_claim_over_many_channels_holds_each_by_its_own_scope_and_hold
         db_url, "SELECT channel, round(tokens) AS t FROM outbox.channel_state ORDER BY channel"
     )
     assert [(r["channel"], r["t"]) for r in tokens] == [("a", 10), ("b", 8), ("c", 10)]
+
+
+async def test_one_claim_looks_up_every_channels_templates_in_one_statement(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """A campaign spread over a partner's numbers: one registry lookup for the whole claim, not
+    one per channel (a round trip each, inside the claim's transaction), and each channel's rows
+    still meet the entry of their own WABA (the same name and language, paused in one only)."""
+    templates = TemplateStore(engine)
+    await templates.record(
+        TemplateKey("waba-1", "promo", "en_US"), source="webhook", status="PAUSED"
+    )
+    await templates.record(
+        TemplateKey("waba-2", "promo", "en_US"), source="webhook", status="APPROVED"
+    )
+    channels = [f"ch{n:02}" for n in range(40)]
+    for n, channel in enumerate(channels):
+        await insert(db_url, channel, f"49151{n:08}", PROMO)
+    lookups: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM outbox.templates" in statement:
+            lookups.append(statement)
+
+    requests = [
+        ClaimRequest(channel, 10, LIMITS, "waba-1" if n % 2 else "waba-2")
+        for n, channel in enumerate(channels)
+    ]
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        claims = await MessageStore(engine).claim_many(requests, "w", timedelta(minutes=1))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    assert len(lookups) == 1
+    for n, channel in enumerate(channels):
+        claim = claims[channel]
+        if n % 2:  # waba-1's promo is paused: held, tokens back
+            assert (claim.messages, len(claim.held)) == ([], 1), channel
+        else:
+            [message] = claim.messages
+            assert message.template is not None
+            assert message.template.status == "APPROVED"
