@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -448,9 +449,26 @@ def cloud_on_account(
     return replace(settings, channels=(onprem, cloud))
 
 
-async def loopback_site(app: aiohttp.web.Application) -> tuple[aiohttp.web.AppRunner, str]:
-    """`app` served on a free loopback port: its runner (to clean up) and its base URL."""
+def key_recording_api(seen: list[str]) -> aiohttp.web.Application:
+    """An API whose `POST /messages` records each request's `D360-API-KEY` in `seen` and
+    answers a message id."""
+
+    async def messages(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        seen.append(request.headers["D360-API-KEY"])
+        return aiohttp.web.json_response({"messages": [{"id": "wamid.1"}]})
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/messages", messages)
+    return app
+
+
+async def loopback_site(
+    app: aiohttp.web.Application, ssl_context: ssl.SSLContext | None = None
+) -> tuple[aiohttp.web.AppRunner, str]:
+    """`app` served on a free loopback port (over TLS with `ssl_context`): its runner (to clean
+    up) and its base URL."""
     runner = aiohttp.web.AppRunner(app, access_log=None)
     await runner.setup()
-    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    scheme = "https" if ssl_context else "http"
+    return runner, f"{scheme}://127.0.0.1:{runner.addresses[0][1]}"

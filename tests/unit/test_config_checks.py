@@ -261,25 +261,17 @@ async def test_a_rotated_key_is_dropped_by_the_api_client() -> None:
     from dataclasses import replace
     from datetime import timedelta
 
-    from aiohttp import web
-
     from outbox.config import ChannelConfig, Secret
     from outbox.domain.models import Dialect, SentAs
     from outbox.domain.request import ApiRequest
     from outbox.http.api_client import ApiClient, create_session
-    from tests.support import loopback_site
+    from tests.support import key_recording_api, loopback_site
 
     class Tracked(Secret):  # a Secret that can be watched (Secret has __slots__)
         pass
 
     seen: list[str] = []
-
-    async def messages(request: web.Request) -> web.Response:
-        seen.append(request.headers["D360-API-KEY"])
-        return web.json_response({"messages": [{"id": "wamid.1"}]})
-
-    app = web.Application()
-    app.router.add_post("/messages", messages)
+    app = key_recording_api(seen)
     runner, base = await loopback_site(app)
     old_key = Tracked("old-key-" + "x" * 20)
     watch = weakref.ref(old_key)

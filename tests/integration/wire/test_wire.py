@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +23,7 @@ from yarl import URL
 
 from outbox.http import wire
 from outbox.http.wire import Wire, WireError
+from tests.support import key_recording_api, loopback_site
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 CHUNKED = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n"
@@ -282,7 +283,7 @@ async def test_bytes_nobody_asked_for_close_the_connection(pool: Wire) -> None:
 
 def _certificate(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "outbox test")])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
@@ -292,7 +293,10 @@ def _certificate(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -313,19 +317,9 @@ async def test_https_verifies_the_server_and_keeps_its_connection(tmp_path: Path
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     seen: list[str] = []
-
-    async def messages(request: web.Request) -> web.Response:
-        seen.append(request.headers["D360-API-KEY"])
-        return web.json_response({"messages": [{"id": "wamid.1"}]})
-
-    app = web.Application()
-    app.router.add_post("/messages", messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
-    await site.start()
-    port = runner.addresses[0][1]
-    url = URL(f"https://localhost:{port}/messages")
+    app = key_recording_api(seen)
+    runner, base = await loopback_site(app, server_context)
+    url = URL(f"{base}/messages")
     trusting = Wire(2, 5.0, 2.0, 1024, ssl.create_default_context(cafile=str(cert)))
     default = Wire(2, 5.0, 2.0, 1024)
     try:
