@@ -21,7 +21,10 @@ from outbox.http.wire_connection import Answer, Connection, Origin, WireError
 
 __all__ = ["Answer", "Wire", "WireError"]
 
-KEEPALIVE = 15.0  # seconds a connection may sit idle and still be reused (aiohttp's default)
+# Seconds a connection may sit idle and still be reused (aiohttp's default), or a second less
+# than the server said it keeps one (`Keep-Alive: timeout=N`): a request written as the server
+# closes the connection may have arrived, so it is never reused near the server's limit.
+KEEPALIVE = 15.0
 
 
 class Wire:
@@ -83,13 +86,14 @@ class Wire:
         while True:
             idle = self._idle.get(origin)
             if idle:
-                stale = loop.time() - KEEPALIVE
-                while idle and idle[0].idle_since < stale:  # the oldest first: left unused
+                now = loop.time()
+                while idle and idle[0].idle_until <= now:  # the oldest first: left unused
                     idle.popleft().close()
                 while idle:
                     connection = idle.pop()  # the most recent: the least likely closed by now
-                    if not connection.closed:
+                    if not connection.closed and connection.idle_until > now:
                         return connection
+                    connection.close()
             if len(self._open) + self._connecting < self._limit:
                 return await self._connect(origin, deadline)
             if not self._close_an_idle_one():
@@ -143,7 +147,10 @@ class Wire:
 
     def _release(self, connection: Connection) -> None:
         if connection.reusable:
-            connection.idle_since = asyncio.get_running_loop().time()
+            kept = KEEPALIVE
+            if connection.server_keeps is not None:
+                kept = min(kept, connection.server_keeps - 1.0)
+            connection.idle_until = asyncio.get_running_loop().time() + kept
             self._idle.setdefault(connection.origin, deque()).append(connection)
         else:
             connection.close()

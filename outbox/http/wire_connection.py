@@ -4,6 +4,7 @@ request, parses its answer with httptools (llhttp, the parser aiohttp and Node u
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -11,7 +12,8 @@ from typing import cast
 import httptools
 
 HEAD_LIMIT = 64 * 1024  # an answer's status line and headers; real ones are under 1 kB
-_KEPT = (b"retry-after", b"location", b"content-length", b"transfer-encoding")
+_KEPT = (b"retry-after", b"location", b"content-length", b"transfer-encoding", b"keep-alive")
+_TIMEOUT = re.compile(r"(?i)\btimeout\s*=\s*([0-9]{1,6})")
 Origin = tuple[str, str, int]  # scheme, host, port
 
 
@@ -39,7 +41,8 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, origin: Origin, limit: int, on_closed: Callable[[Connection], None]):
         self.origin = origin
-        self.idle_since = 0.0
+        self.idle_until = 0.0  # the loop's time after which it is closed rather than reused
+        self.server_keeps: float | None = None  # seconds, when the server said (Keep-Alive)
         self.closed = False
         self._limit = limit
         self._on_closed = on_closed
@@ -144,6 +147,8 @@ class Connection(asyncio.Protocol):
             self._reset()
         elif self._waiter is not None:
             self._keep_alive = self._parser.should_keep_alive()
+            if (said := _TIMEOUT.search(self._kept.get(b"keep-alive", ""))) is not None:
+                self.server_keeps = float(said[1])
             self._finish(cut=False)
 
     def _time_out(self) -> None:

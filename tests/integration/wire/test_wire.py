@@ -266,6 +266,19 @@ async def test_a_connection_idle_past_the_keepalive_is_closed_not_reused(
     assert server.accepted == 2
 
 
+async def test_a_connection_is_not_reused_near_the_servers_keep_alive_limit(pool: Wire) -> None:
+    async def keeps_two_seconds(_: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2, max=100\r\nContent-Length: 2\r\n\r\n{}"
+
+    server = Server(keeps_two_seconds)
+    async with server as api:
+        await pool.post(api, {}, b"{}")
+        await pool.post(api, {}, b"{}")  # at once: reused
+        await asyncio.sleep(1.2)  # past a second less than the server's two
+        await pool.post(api, {}, b"{}")
+    assert server.accepted == 2
+
+
 async def test_bytes_nobody_asked_for_close_the_connection(pool: Wire) -> None:
     async def twice(_: bytes) -> bytes:
         return OK + OK  # a second answer behind the first
