@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import ipaddress
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -289,6 +290,38 @@ async def test_bytes_nobody_asked_for_close_the_connection(pool: Wire) -> None:
             assert (await pool.post(api, {}, b"{}")).body == b"{}"
             await asyncio.sleep(0.01)
     assert server.accepted == 3
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6(), reason="no IPv6 loopback on this machine")
+async def test_an_ipv6_address_is_connected_to_and_named_in_host(pool: Wire) -> None:
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.readexactly(2)
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        answer = await pool.post(URL(f"http://[::1]:{port}/v1/messages?x=1"), {}, b"{}")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answer.status == 200
+    [head] = heads
+    assert head.startswith(b"POST /v1/messages?x=1 HTTP/1.1\r\nHost: [::1]:%d\r\n" % port)
 
 
 # --- TLS ---------------------------------------------------------------------------------------
