@@ -100,8 +100,9 @@ def webhook_config(channel: ChannelConfig, url: str) -> dict[str, Any]:
 
 
 class ApiClient:
-    """Every request carries the channel's key, so none follows a redirect
-    (`allow_redirects=False`): a 3xx is an answer, reported, never obeyed."""
+    """Every request carries the channel's key, so none follows a redirect (aiohttp's with
+    `allow_redirects=False`; the sends' pool never does): a 3xx is an answer, reported, never
+    obeyed."""
 
     def __init__(self, session: ApiSession) -> None:
         self._session = session.http
@@ -136,7 +137,7 @@ class ApiClient:
             allow_redirects=False,
         ) as response:
             raw, cut = await _read(response)
-            body = raw.decode("utf-8", errors="replace") if cut else _decode(raw)
+            body = _text(raw) if cut else _decode(raw)
             where = response.headers.get("Location")
             location = redirect_target(where) if is_redirect(response.status) else None
             return ApiAnswer(response.status, body, location)
@@ -152,7 +153,7 @@ class ApiClient:
             allow_redirects=False,
         ) as response:
             raw, cut = await _read(response)
-            body = raw.decode("utf-8", errors="replace") if cut else _decode(raw)
+            body = _text(raw) if cut else _decode(raw)
             return ApiAnswer(response.status, body)
 
     async def send(self, channel: ChannelConfig, request: ApiRequest) -> SendOutcome:
@@ -171,8 +172,7 @@ class ApiClient:
         retry_after = parse_retry_after(answer.retry_after)
         if answer.cut:
             # What was read is a prefix: never JSON, but it may still name the message id.
-            text = answer.body.decode("utf-8", errors="replace")
-            return parse_send_response(answer.status, text, retry_after, cut=True)
+            return parse_send_response(answer.status, _text(answer.body), retry_after, cut=True)
         return parse_send_response(answer.status, _decode(answer.body), retry_after)
 
 
@@ -204,4 +204,12 @@ def _decode(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
-        return raw.decode("utf-8", errors="replace")
+        return _text(raw)
+
+
+def _text(raw: bytes) -> str:
+    """An answer's bytes as text, in the encoding its byte order mark (or, without one, its NUL
+    pattern) names, as the JSON decoder reads them (RFC 8259 §8.1), else UTF-8: a success that
+    is not JSON is searched for its message id in this text, and read as UTF-8, UTF-16 put a
+    NUL between every letter of it (found by the hostile answers' property, session p)."""
+    return raw.decode(json.detect_encoding(raw), errors="replace")

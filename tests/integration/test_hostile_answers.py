@@ -224,6 +224,18 @@ async def test_any_api_answer_ends_in_a_documented_stored_result(
         # Found by the property: one value orjson refuses anywhere lost the id of a success.
         pytest.param(_answer(201, _SUCCESS | {"x": hs.Raw("1e400")}, wamid=_ID), id="1e400"),
         pytest.param(_answer(201, _SUCCESS | {"x": _LONE}, wamid=_ID), id="lone-surrogate"),
+        # Found by the property (session p): a success that is not JSON behind a UTF-16 byte order
+        # mark; its id was looked for in the bytes read as UTF-8 (a NUL between every letter).
+        pytest.param(
+            Answer(
+                b"HTTP/1.1 200 OK",
+                (),
+                f'{{"messages":[{{"id":"{_ID}"}}],"meta":}}'.encode("utf-16"),
+                "exact",
+                _ID,
+            ),
+            id="not-json-behind-bom-utf-16",
+        ),
         # Codes no API has: stored as the HTTP status, not as "-5" or a twenty-digit number.
         pytest.param(_answer(400, {"errors": [{"code": -5, "title": "x"}]}), id="code-negative"),
         pytest.param(_answer(400, {"error": {"code": 2**64 - 1}}), id="code-beyond-9-digits"),
