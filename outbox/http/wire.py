@@ -50,6 +50,7 @@ class Wire:
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._heads: dict[URL, tuple[Origin, bytes]] = {}
+        self._shut = False
 
     async def post(self, url: URL, headers: Mapping[str, str], body: bytes) -> Answer:
         """The answer, WireError when there is none (`ambiguous` says whether the request may
@@ -64,6 +65,7 @@ class Wire:
             self._release(connection)
 
     async def close(self) -> None:
+        self._shut = True  # a connect still in progress closes what it opens
         for connection in list(self._open):
             connection.close()
         self._idle.clear()
@@ -84,6 +86,8 @@ class Wire:
     async def _acquire(self, origin: Origin, deadline: float) -> Connection:
         loop = asyncio.get_running_loop()
         while True:
+            if self._shut:
+                raise WireError("the connection pool is closed", ambiguous=False)
             idle = self._idle.get(origin)
             if idle:
                 now = loop.time()
@@ -124,6 +128,9 @@ class Wire:
             self._connecting -= 1
             if connection is None:
                 self._wake()  # its room goes to a request waiting for one
+        if self._shut:
+            connection.close()
+            raise WireError("the connection pool is closed", ambiguous=False)
         if connection.closed:  # closed by the server before anything was written
             raise WireError("server closed the connection at once", ambiguous=False)
         self._open.add(connection)

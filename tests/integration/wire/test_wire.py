@@ -233,6 +233,31 @@ async def test_a_cancelled_request_frees_its_connection_and_never_reuses_it() ->
     await pool.close()
 
 
+async def test_a_closed_pool_sends_nothing_and_keeps_no_connection_it_was_opening() -> None:
+    pool = Wire(limit=2, timeout=2.0, connect_timeout=1.0, answer_limit=1024)
+    arrived: list[bytes] = []
+
+    async def plan(body: bytes) -> bytes:
+        arrived.append(body)
+        return OK
+
+    server = Server(plan)
+    async with server as api:
+        connecting = asyncio.create_task(pool.post(api, {}, b"{}"))
+        await asyncio.sleep(0)  # the post is connecting
+        await pool.close()
+        with pytest.raises(WireError) as closed:
+            await connecting
+        assert (closed.value.ambiguous, closed.value.reason) == (
+            False,
+            "the connection pool is closed",
+        )
+        with pytest.raises(WireError):
+            await pool.post(api, {}, b"{}")
+        await asyncio.sleep(0.05)
+    assert arrived == []
+
+
 async def test_a_header_that_would_break_the_request_is_never_sent(pool: Wire) -> None:
     server = Server(_ok)
     async with server as api:
